@@ -1,0 +1,158 @@
+"""``voucher-ledger``: serve, run processors, manage streams."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from voucher_ledger import streams
+from voucher_ledger.embedded import EmbeddedNats
+from voucher_ledger.runtime import Stack, StartupError, connect_nats, load_spec
+from voucher_ledger.settings import Settings
+
+log = logging.getLogger("voucher_ledger")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    for name in ("host", "port", "data_dir"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("nats").setLevel(logging.WARNING)
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _serve(settings: Settings) -> int:
+    from voucher_ledger.http.app import create_app
+
+    stack = Stack(settings)
+    await stack.start()
+    runner = web.AppRunner(create_app(stack), access_log=None)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        log.info("voucher-ledger listening on http://%s:%d", settings.host, settings.port)
+        await _wait_for_signal()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+        await stack.stop()
+    return 0
+
+
+async def _processors(settings: Settings) -> int:
+    settings = settings.model_copy(update={"run_processors": True})
+    stack = Stack(settings)
+    await stack.start()
+    try:
+        await _wait_for_signal()
+    finally:
+        await stack.stop()
+    return 0
+
+
+async def _streams(settings: Settings, action: str) -> int:
+    embedded: EmbeddedNats | None = None
+    url = settings.nats_url
+    if not url:
+        embedded = EmbeddedNats(settings.data_dir, binary=settings.nats_server_bin)
+        url = await asyncio.to_thread(embedded.start)
+    try:
+        nc = await connect_nats(url)
+        try:
+            spec = load_spec(settings)
+            if action == "apply":
+                changes = await streams.apply(nc, spec)
+                for line in changes:
+                    print(line)
+                print(f"streams up to date ({len(changes)} change(s))")
+                return 0
+            drifts = await streams.diff(nc, spec)
+            for drift in drifts:
+                print(drift)
+            if drifts:
+                print(f"{len(drifts)} difference(s) between streams.yaml and the server")
+                return 1
+            print("no drift")
+            return 0
+        finally:
+            await nc.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voucher-ledger", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--data-dir", type=Path, default=None, help="embedded data (./.voucher-ledger)"
+        )
+
+    serve = sub.add_parser("serve", help="run the HTTP API, processors and embedded servers")
+    serve.add_argument("--host", default=None, help="bind address (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="HTTP port (8080)")
+    common(serve)
+
+    procs = sub.add_parser("processors", help="run command processors only (no HTTP)")
+    common(procs)
+
+    st = sub.add_parser("streams", help="JetStream objects declared in streams.yaml")
+    st.add_argument("action", choices=["apply", "diff"])
+    common(st)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except Exception as exc:  # noqa: BLE001 - pydantic's error text is what the operator needs
+        print(f"voucher-ledger: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    _logging(settings.log_level)
+    try:
+        if args.command == "serve":
+            return asyncio.run(_serve(settings))
+        if args.command == "processors":
+            return asyncio.run(_processors(settings))
+        return asyncio.run(_streams(settings, args.action))
+    except StartupError as exc:
+        print(f"voucher-ledger: {exc}", file=sys.stderr)
+        return 1
+    except streams.StreamsError as exc:
+        print(f"voucher-ledger: streams: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

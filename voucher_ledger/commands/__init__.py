@@ -1,0 +1,1 @@
+"""Command transport: partitioning, the JetStream event store, sequential processors, the bus."""

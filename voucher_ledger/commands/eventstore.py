@@ -1,0 +1,188 @@
+"""The event store: a JetStream stream, one subject per aggregate.
+
+* ``append`` always carries ``Nats-Expected-Last-Subject-Sequence``. Several events for one
+  subject go as one atomic batch (ADR-50, nats-server >= 2.12) whose first message carries the
+  expectation; all are stored or none.
+* ``load`` reads a subject's history with batched direct gets (ADR-31).
+* JetStream's wrong-sequence errors become one :class:`ConcurrencyConflict`; nothing above this
+  module sees ``nats`` error types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+
+from voucher_ledger.ledger.events import (
+    EventEnvelope,
+    RecordedEvent,
+    decode_envelope,
+    encode_envelope,
+)
+
+MAX_BATCH = 1000  # server limit for one atomic batch
+_CONFLICT_CODES = {10071, 10164}  # wrong last sequence (per subject / constant)
+_TRANSIENT_CODES = {10163, 10158, 10167}  # not ready after leader change, in process, too many
+
+
+class EventStoreError(Exception):
+    pass
+
+
+class ConcurrencyConflict(EventStoreError):
+    """The subject moved since the state was loaded: reload and decide again."""
+
+
+class EventStoreUnavailable(EventStoreError):
+    """NATS did not answer in time; the outcome of an append is unknown: reload before retrying."""
+
+
+class CorruptEvent(EventStoreError):
+    pass
+
+
+class JetStreamEventStore:
+    def __init__(self, nc: Client, stream: str, *, timeout: float = 5.0) -> None:
+        self._nc = nc
+        self._stream = stream
+        self._timeout = timeout
+
+    @property
+    def stream(self) -> str:
+        return self._stream
+
+    async def append(
+        self, subject: str, expected_last_seq: int, envelopes: Sequence[EventEnvelope]
+    ) -> list[RecordedEvent]:
+        if not envelopes:
+            return []
+        if len(envelopes) > MAX_BATCH:
+            raise ValueError(f"at most {MAX_BATCH} events per append")
+        payloads = [encode_envelope(env) for env in envelopes]
+        try:
+            if len(payloads) == 1:
+                ack = await self._request(
+                    subject,
+                    payloads[0],
+                    {"Nats-Expected-Last-Subject-Sequence": str(expected_last_seq)},
+                )
+            else:
+                ack = await self._append_batch(subject, expected_last_seq, payloads)
+        except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise EventStoreUnavailable(f"append to {subject} timed out") from exc
+        except nats.errors.ConnectionClosedError as exc:
+            raise EventStoreUnavailable("NATS connection closed") from exc
+        last = int(ack["seq"])
+        first = last - len(envelopes) + 1
+        return [RecordedEvent(seq=first + i, envelope=env) for i, env in enumerate(envelopes)]
+
+    async def _append_batch(
+        self, subject: str, expected_last_seq: int, payloads: list[bytes]
+    ) -> dict[str, Any]:
+        batch_id = uuid.uuid4().hex
+        last_index = len(payloads)
+        for index, payload in enumerate(payloads, start=1):
+            headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(index)}
+            if index == 1:
+                headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_seq)
+                # The first message is a request: the server answers with an error (e.g. batches
+                # not enabled) or an empty ack before the rest is sent.
+                msg = await self._nc.request(
+                    subject, payload, timeout=self._timeout, headers=headers
+                )
+                if msg.data:
+                    self._raise_for(json.loads(msg.data), subject)
+            elif index < last_index:
+                await self._nc.publish(subject, payload, headers=headers)
+            else:
+                headers["Nats-Batch-Commit"] = "1"
+                msg = await self._nc.request(
+                    subject, payload, timeout=self._timeout, headers=headers
+                )
+                ack: dict[str, Any] = json.loads(msg.data)
+                self._raise_for(ack, subject)
+                if int(ack.get("count", last_index)) != last_index:
+                    raise EventStoreError(f"batch stored {ack.get('count')} of {last_index}")
+                return ack
+        raise AssertionError("unreachable")
+
+    async def _request(
+        self, subject: str, payload: bytes, headers: dict[str, str]
+    ) -> dict[str, Any]:
+        msg = await self._nc.request(subject, payload, timeout=self._timeout, headers=headers)
+        ack: dict[str, Any] = json.loads(msg.data)
+        self._raise_for(ack, subject)
+        return ack
+
+    def _raise_for(self, ack: dict[str, Any], subject: str) -> None:
+        err = ack.get("error")
+        if not err:
+            if ack.get("stream") != self._stream:
+                raise EventStoreError(f"{subject} was stored by stream {ack.get('stream')!r}")
+            return
+        code = int(err.get("err_code", 0))
+        desc = str(err.get("description", ""))
+        if code in _CONFLICT_CODES or "wrong last sequence" in desc:
+            raise ConcurrencyConflict(f"{subject}: {desc}")
+        if code in _TRANSIENT_CODES or int(err.get("code", 0)) == 503:
+            raise ConcurrencyConflict(f"{subject}: transient: {desc}")
+        raise EventStoreError(f"append to {subject} failed: {desc} ({code})")
+
+    async def load(self, subject: str, after_seq: int = 0, page: int = 1000) -> list[RecordedEvent]:
+        """Every event on ``subject`` with a sequence above ``after_seq``, in order."""
+        out: list[RecordedEvent] = []
+        start = after_seq + 1
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
+        try:
+            while True:
+                request = {"seq": start, "batch": page, "next_by_subj": subject}
+                await self._nc.publish(
+                    f"$JS.API.DIRECT.GET.{self._stream}",
+                    json.dumps(request).encode(),
+                    reply=inbox,
+                )
+                pending: int | None = None
+                while True:
+                    try:
+                        msg = await sub.next_msg(timeout=self._timeout)
+                    except nats.errors.TimeoutError as exc:
+                        raise EventStoreUnavailable(f"loading {subject} timed out") from exc
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status == "404":
+                        return out
+                    if status == "204":  # end of batch
+                        pending = int(headers.get("Nats-Num-Pending", "0"))
+                        break
+                    if status:
+                        raise EventStoreError(f"direct get on {subject}: status {status}")
+                    seq = int(headers["Nats-Sequence"])
+                    try:
+                        envelope = decode_envelope(msg.data)
+                    except Exception as exc:
+                        raise CorruptEvent(f"{subject} seq {seq}: {exc}") from exc
+                    out.append(RecordedEvent(seq=seq, envelope=envelope))
+                    start = seq + 1
+                if not pending:
+                    return out
+        finally:
+            await sub.unsubscribe()
+
+    async def last_sequence(self) -> int:
+        msg = await self._nc.request(
+            f"$JS.API.STREAM.INFO.{self._stream}", b"", timeout=self._timeout
+        )
+        info = json.loads(msg.data)
+        if "error" in info:
+            raise EventStoreError(str(info["error"].get("description")))
+        return int(info["state"]["last_seq"])
+
+    async def sleep_backoff(self, attempt: int) -> None:
+        await asyncio.sleep(min(0.5, 0.005 * (2**attempt)))

@@ -1,0 +1,75 @@
+"""Subjects, stream names and partitions, derived from the subject prefix.
+
+Subject tokens are never raw user input: codes are validated to ``[A-Z0-9_-]`` before they get
+here, and the prefix is validated at settings load.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+from voucher_ledger.ledger.codes import CODE_PATTERN
+
+PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    prefix: str
+    partitions: int
+
+    def __post_init__(self) -> None:
+        if not PREFIX_PATTERN.fullmatch(self.prefix):
+            raise ValueError(f"invalid subject prefix {self.prefix!r}: lower-case [a-z0-9_]")
+        if not 1 <= self.partitions <= 1024:
+            raise ValueError("partitions must be between 1 and 1024")
+
+    @property
+    def upper(self) -> str:
+        return self.prefix.upper()
+
+    @property
+    def event_stream(self) -> str:
+        return f"{self.upper}_EVENTS"
+
+    @property
+    def command_stream(self) -> str:
+        return f"{self.upper}_COMMANDS"
+
+    @property
+    def lease_bucket(self) -> str:
+        return f"{self.upper}_LEASES"
+
+    def processor_durable(self, partition: int) -> str:
+        return f"{self.upper}_PROC_{partition}"
+
+    def partition_of(self, code: str) -> int:
+        """Stable across processes and releases (crc32, never Python's salted ``hash``)."""
+        return zlib.crc32(code.encode()) % self.partitions
+
+    def voucher_subject(self, code: str) -> str:
+        _check_code(code)
+        return f"{self.prefix}.events.voucher.{code}"
+
+    def voucher_command_subject(self, code: str) -> str:
+        _check_code(code)
+        return f"{self.prefix}.commands.{self.partition_of(code)}.voucher.{code}"
+
+    def partition_filter(self, partition: int) -> str:
+        return f"{self.prefix}.commands.{partition}.>"
+
+    @property
+    def events_wildcard(self) -> str:
+        return f"{self.prefix}.events.>"
+
+    @property
+    def commands_wildcard(self) -> str:
+        return f"{self.prefix}.commands.>"
+
+
+def _check_code(code: str) -> None:
+    # Defence in depth: commands are validated at construction; this catches any other path.
+    if not CODE_PATTERN.fullmatch(code):
+        raise ValueError("refusing to build a subject from an invalid code")

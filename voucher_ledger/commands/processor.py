@@ -1,0 +1,279 @@
+"""The sequential command processor of one partition.
+
+For each fetched batch of commands: group by code (arrival order kept within a code), and for
+each code decide the commands one by one against the in-memory state, append all of that code's
+new events as ONE atomic batch carrying ``Nats-Expected-Last-Subject-Sequence``, then reply and
+ack. On a conflict the code is reloaded from the stream and the commands are decided again.
+Codes of one batch are appended concurrently (different subjects never conflict).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+
+from voucher_ledger.commands.eventstore import (
+    MAX_BATCH,
+    ConcurrencyConflict,
+    EventStoreUnavailable,
+    JetStreamEventStore,
+)
+from voucher_ledger.commands.layout import Layout
+from voucher_ledger.commands.wire import REPLY_HEADER, Accepted, CommandEnvelope, Rejected
+from voucher_ledger.ledger.errors import DomainError
+from voucher_ledger.ledger.events import EventEnvelope, RecordedEvent
+from voucher_ledger.ledger.voucher import (
+    Decided,
+    Policy,
+    Receipt,
+    Refused,
+    Replayed,
+    VoucherState,
+    evolve,
+    fold,
+    handle,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_CONFLICT_RETRIES = 64
+REPLY_PREFIX = "_INBOX."
+
+
+@dataclass
+class ProcessorStats:
+    """Counters a processor instance exposes (metrics endpoint, tests)."""
+
+    commands: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, outcome)
+    conflicts: int = 0
+    loads: int = 0
+    appends: int = 0
+    events_appended: int = 0
+    batches: int = 0
+
+
+def accepted_from(receipt: Receipt) -> Accepted:
+    return Accepted(
+        command_id=receipt.command_id,
+        command_type=receipt.command_type,
+        seq=receipt.seq,
+        voucher=receipt.voucher,
+        redemption=receipt.redemption,
+    )
+
+
+def rejected_from(command_id: str, error: DomainError) -> Rejected:
+    details = {k: v for k, v in error.context.items() if isinstance(v, str | int | bool)}
+    return Rejected(
+        command_id=command_id, reason=error.reason, message=error.message, details=details
+    )
+
+
+class StateCache:
+    """Per-partition LRU of voucher states, so hot codes are never reloaded."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._items: OrderedDict[str, VoucherState] = OrderedDict()
+        self._capacity = capacity
+
+    def get(self, code: str) -> VoucherState | None:
+        state = self._items.get(code)
+        if state is not None:
+            self._items.move_to_end(code)
+        return state
+
+    def put(self, state: VoucherState) -> None:
+        self._items[state.code] = state
+        self._items.move_to_end(state.code)
+        while len(self._items) > self._capacity:
+            self._items.popitem(last=False)
+
+    def drop(self, code: str) -> None:
+        self._items.pop(code, None)
+
+
+@dataclass
+class _Item:
+    msg: Msg
+    envelope: CommandEnvelope
+
+
+class PartitionProcessor:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        layout: Layout,
+        store: JetStreamEventStore,
+        command_stream: str,
+        partition: int,
+        *,
+        policy: Policy,
+        stats: ProcessorStats,
+        fetch_batch: int = 512,
+        cache: StateCache | None = None,
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self._layout = layout
+        self._store = store
+        self._command_stream = command_stream
+        self.partition = partition
+        self._policy = policy
+        self._stats = stats
+        self._fetch_batch = min(fetch_batch, MAX_BATCH)
+        self.cache = cache or StateCache()
+
+    async def run(self) -> None:
+        durable = self._layout.processor_durable(self.partition)
+        psub = await self._js.pull_subscribe_bind(durable=durable, stream=self._command_stream)
+        log.info("partition %d: processing (%s)", self.partition, durable)
+        try:
+            while True:
+                try:
+                    msgs = await psub.fetch(self._fetch_batch, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue  # an empty pull (nats.py #418)
+                except nats.errors.ConnectionClosedError:
+                    return
+                except (nats.errors.Error, OSError) as exc:
+                    log.warning("partition %d: fetch failed: %r", self.partition, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                if msgs:
+                    await self.process(msgs)
+        finally:
+            try:
+                await psub.unsubscribe()
+            except Exception:  # noqa: BLE001 - best effort while shutting down
+                log.debug("partition %d: unsubscribe failed", self.partition)
+
+    async def process(self, msgs: Sequence[Msg]) -> None:
+        self._stats.batches += 1
+        groups: dict[str, list[_Item]] = {}
+        for msg in msgs:
+            try:
+                envelope = CommandEnvelope.model_validate_json(msg.data)
+            except (ValidationError, DomainError, ValueError) as exc:
+                await self._refuse_malformed(msg, exc)
+                continue
+            groups.setdefault(envelope.command.code, []).append(_Item(msg, envelope))
+        results = await asyncio.gather(
+            *(self._process_code(code, items) for code, items in groups.items()),
+            return_exceptions=True,
+        )
+        for code, result in zip(groups, results, strict=True):
+            if isinstance(result, BaseException):
+                # Not acked: the commands come back after ack_wait and are decided again.
+                log.error("partition %d: code %s failed: %r", self.partition, code, result)
+
+    async def _refuse_malformed(self, msg: Msg, exc: Exception) -> None:
+        log.warning("partition %d: malformed command dropped: %s", self.partition, exc)
+        self._stats.commands[("unknown", "malformed")] += 1
+        reply_to = (msg.headers or {}).get(REPLY_HEADER, "")
+        if reply_to.startswith(REPLY_PREFIX):
+            reply = Rejected(command_id="", reason="invalid_command", message=str(exc)[:500])
+            await self._nc.publish(reply_to, reply.model_dump_json().encode())
+        await msg.term()
+
+    async def _load(self, code: str) -> VoucherState:
+        self._stats.loads += 1
+        history = await self._store.load(self._layout.voucher_subject(code))
+        return fold(code, history)
+
+    async def _process_code(self, code: str, items: list[_Item]) -> None:
+        for start in range(0, len(items), MAX_BATCH):
+            await self._process_chunk(code, items[start : start + MAX_BATCH])
+
+    async def _process_chunk(self, code: str, items: list[_Item]) -> None:
+        subject = self._layout.voucher_subject(code)
+        attempt = 0
+        while True:
+            state = self.cache.get(code)
+            if state is None:
+                state = await self._load(code)
+                self.cache.put(state)
+            working = state
+            new: list[tuple[EventEnvelope, str]] = []
+            outcomes: list[Rejected | str] = []  # a rejection, or the command id to look up
+            now = datetime.now(UTC)
+            for item in items:
+                env = item.envelope
+                outcome = handle(working, env.command, env.command_id, self._policy)
+                match outcome:
+                    case Refused(error=error):
+                        outcomes.append(rejected_from(env.command_id, error))
+                    case Replayed():
+                        outcomes.append(env.command_id)
+                    case Decided(events=events):
+                        fingerprint = env.command.fingerprint()
+                        for event in events:
+                            envelope = EventEnvelope(
+                                event_id=str(uuid.uuid4()),
+                                aggregate_id=code,
+                                occurred_at=now,
+                                actor=env.actor,
+                                command_id=env.command_id,
+                                event=event,
+                            )
+                            working = evolve(
+                                working, RecordedEvent(seq=0, envelope=envelope), fingerprint
+                            )
+                            new.append((envelope, fingerprint))
+                        outcomes.append(env.command_id)
+            try:
+                recorded = await self._store.append(
+                    subject, state.last_seq, [envelope for envelope, _ in new]
+                )
+            except ConcurrencyConflict:
+                self._stats.conflicts += 1
+                self.cache.drop(code)
+                attempt += 1
+                if attempt > MAX_CONFLICT_RETRIES:
+                    raise
+                await self._store.sleep_backoff(attempt)
+                continue
+            except EventStoreUnavailable:
+                self.cache.drop(code)  # the append may or may not have landed
+                raise
+            final = state
+            for rec, (_, fingerprint) in zip(recorded, new, strict=True):
+                final = evolve(final, rec, fingerprint)
+            if new:
+                self._stats.appends += 1
+                self._stats.events_appended += len(new)
+            self.cache.put(final)
+            await self._finish(items, outcomes, final)
+            return
+
+    async def _finish(
+        self, items: list[_Item], outcomes: list[Rejected | str], final: VoucherState
+    ) -> None:
+        for item, outcome in zip(items, outcomes, strict=True):
+            ctype = item.envelope.command.type
+            if isinstance(outcome, Rejected):
+                reply: Accepted | Rejected = outcome
+                self._stats.commands[(ctype, outcome.reason)] += 1
+            else:
+                reply = accepted_from(final.receipts[outcome])
+                self._stats.commands[(ctype, "accepted")] += 1
+            reply_to = (item.msg.headers or {}).get(REPLY_HEADER, "")
+            if reply_to.startswith(REPLY_PREFIX):
+                await self._nc.publish(reply_to, reply.model_dump_json().encode())
+            await item.msg.ack()
+
+
+def monotonic() -> float:
+    return time.monotonic()

@@ -1,0 +1,48 @@
+"""What travels on the command stream, and the replies processors send back."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter, field_validator
+
+from voucher_ledger.ledger.codes import validate_command_id
+from voucher_ledger.ledger.commands import VoucherCommand
+from voucher_ledger.ledger.events import Actor, Frozen
+from voucher_ledger.ledger.voucher import RedemptionView, VoucherView
+
+REPLY_HEADER = "Vl-Reply-To"
+
+
+class CommandEnvelope(Frozen):
+    command_id: str
+    actor: Actor
+    sent_at: datetime
+    command: VoucherCommand
+
+    @field_validator("command_id", mode="before")
+    @classmethod
+    def _command_id(cls, value: object) -> str:
+        return validate_command_id(value)
+
+
+class Accepted(Frozen):
+    status: Literal["accepted"] = "accepted"
+    command_id: str
+    command_type: str
+    seq: int
+    voucher: VoucherView
+    redemption: RedemptionView | None = None
+
+
+class Rejected(Frozen):
+    status: Literal["rejected"] = "rejected"
+    command_id: str
+    reason: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+Reply = Annotated[Accepted | Rejected, Field(discriminator="status")]
+REPLY_ADAPTER: TypeAdapter[Accepted | Rejected] = TypeAdapter(Reply)

@@ -1,0 +1,1 @@
+"""Pure domain: voucher codes, commands, events, the decider. Imports no I/O library."""

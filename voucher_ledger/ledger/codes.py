@@ -1,0 +1,50 @@
+"""Voucher code normalisation and the identifiers that may reach a NATS subject."""
+
+from __future__ import annotations
+
+import re
+
+from voucher_ledger.ledger.errors import InvalidInput
+
+CODE_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9_-]{2,63}$")
+CODE_RULE = "3-64 characters A-Z, 0-9, '_' or '-', starting with a letter or digit"
+
+COMMAND_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+CUSTOMER_ID_MAX = 256
+
+
+def normalise_code(raw: object) -> str:
+    """Return the canonical form of a voucher code (``strip().upper()``) or raise InvalidInput.
+
+    The check runs after normalisation, so a blank code is rejected (the seed stored it as '').
+    Non-ASCII input is rejected before upper-casing, because ``"ß".upper()`` is ``"SS"``.
+    """
+    if not isinstance(raw, str):
+        raise InvalidInput("code", "code must be a string")
+    if not raw.isascii():
+        raise InvalidInput("code", f"code must be ASCII: {CODE_RULE}")
+    code = raw.strip().upper()
+    if not code:
+        raise InvalidInput("code", "code is required")
+    if not CODE_PATTERN.fullmatch(code):
+        raise InvalidInput("code", f"invalid code: {CODE_RULE}")
+    return code
+
+
+def validate_command_id(raw: object) -> str:
+    if not isinstance(raw, str) or not COMMAND_ID_PATTERN.fullmatch(raw):
+        raise InvalidInput(
+            "command_id",
+            "command_id must be 1-128 characters of A-Z a-z 0-9 '_' '.' ':' '-'",
+        )
+    return raw
+
+
+def validate_customer_id(raw: object) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidInput("customer_id", "customer_id is required")
+    if len(raw) > CUSTOMER_ID_MAX:
+        raise InvalidInput("customer_id", f"customer_id is longer than {CUSTOMER_ID_MAX}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in raw):
+        raise InvalidInput("customer_id", "customer_id contains control characters")
+    return raw

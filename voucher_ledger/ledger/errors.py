@@ -1,0 +1,78 @@
+"""Domain errors: each invariant has a named error carrying its context and a stable reason."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class DomainError(Exception):
+    """A command the domain refuses. ``reason`` is machine-readable and stable."""
+
+    reason: ClassVar[str] = "rejected"
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = context
+
+
+class InvalidInput(DomainError):
+    reason = "invalid_input"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message, field=field)
+        self.field = field
+
+
+class VoucherNotFound(DomainError):
+    """Unknown and revoked codes are indistinguishable on purpose (anti-enumeration)."""
+
+    reason = "not_found"
+
+    def __init__(self, code: str) -> None:
+        super().__init__("voucher not found", code=code)
+
+
+class VoucherInactive(DomainError):
+    reason = "inactive"
+
+    def __init__(self, code: str) -> None:
+        super().__init__("voucher is not active", code=code)
+
+
+class CapReached(DomainError):
+    reason = "cap_reached"
+
+    def __init__(self, code: str, cap: int) -> None:
+        super().__init__("voucher has reached its redemption limit", code=code, cap=cap)
+
+
+class AlreadyRedeemed(DomainError):
+    reason = "already_redeemed"
+
+    def __init__(self, code: str, customer_id: str) -> None:
+        super().__init__(
+            "voucher already redeemed by this customer", code=code, customer_id=customer_id
+        )
+
+
+class RedemptionNotFound(DomainError):
+    reason = "redemption_not_found"
+
+    def __init__(self, code: str, customer_id: str) -> None:
+        super().__init__(
+            "no active redemption of this voucher by this customer",
+            code=code,
+            customer_id=customer_id,
+        )
+
+
+class CommandIdReused(DomainError):
+    """The same command id arrived with a different payload: never silently merged."""
+
+    reason = "command_id_reused"
+
+    def __init__(self, command_id: str) -> None:
+        super().__init__(
+            "command_id was already used for a different command", command_id=command_id
+        )

@@ -1,0 +1,365 @@
+"""The voucher aggregate: state, ``decide`` and ``evolve`` as plain functions.
+
+``decide(state, command, policy)`` returns the events a command causes or raises a named
+:class:`~voucher_ledger.ledger.errors.DomainError`. ``evolve(state, recorded)`` folds one stored
+event into the state. ``handle`` adds command-id idempotency on top: a command id seen before
+returns its original receipt instead of deciding again.
+
+State maps (redemptions per customer, receipts per command id) are persistent hash maps
+(``immutables.Map``), so ``evolve`` returns a new state without copying a hot code's history.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+import immutables
+
+from voucher_ledger.ledger.commands import (
+    IssueVoucher,
+    RedeemVoucher,
+    ReverseRedemption,
+    RevokeVoucher,
+)
+from voucher_ledger.ledger.errors import (
+    AlreadyRedeemed,
+    CapReached,
+    CommandIdReused,
+    DomainError,
+    InvalidInput,
+    RedemptionNotFound,
+    VoucherInactive,
+    VoucherNotFound,
+)
+from voucher_ledger.ledger.events import (
+    Frozen,
+    RecordedEvent,
+    RedemptionReversed,
+    VoucherIssued,
+    VoucherRedeemed,
+    VoucherRevoked,
+)
+
+VoucherCommandT = IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption
+VoucherEventT = VoucherIssued | VoucherRevoked | VoucherRedeemed | RedemptionReversed
+
+_REDEMPTION_NS = uuid.UUID("6f1c2a4e-2d3b-4c55-9a57-5f0d3f7b9e11")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Limits configured by the operator, passed to the decider."""
+
+    max_credit_baisa: int = 10_000_000  # 10,000 OMR
+
+
+class VoucherView(Frozen):
+    """The public state of a voucher at one stream position."""
+
+    code: str
+    credit_baisa: int
+    description: str
+    active: bool
+    revoked: bool
+    max_redemptions: int
+    times_redeemed: int
+    created_at: datetime
+    updated_at: datetime
+    last_seq: int
+
+    @property
+    def accepting_redemptions(self) -> bool:
+        return (
+            self.active
+            and not self.revoked
+            and (self.max_redemptions == 0 or self.times_redeemed < self.max_redemptions)
+        )
+
+
+class RedemptionView(Frozen):
+    customer_id: str
+    redemption_id: str
+    credit_baisa: int
+    seq: int
+
+
+class Receipt(Frozen):
+    """What an accepted command produced; replayed verbatim for a retried command id."""
+
+    command_id: str
+    command_type: str
+    fingerprint: str
+    seq: int
+    voucher: VoucherView
+    redemption: RedemptionView | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Redemption:
+    customer_id: str
+    redemption_id: str
+    credit_baisa: int
+    seq: int
+    command_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class VoucherState:
+    code: str
+    issued: bool = False
+    credit_baisa: int = 0
+    description: str = ""
+    active: bool = False
+    revoked: bool = False
+    max_redemptions: int = 0
+    times_redeemed: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    last_seq: int = 0
+    redemptions: immutables.Map[str, Redemption] = field(default_factory=immutables.Map)
+    receipts: immutables.Map[str, Receipt] = field(default_factory=immutables.Map)
+
+    @property
+    def live(self) -> bool:
+        return self.issued and not self.revoked
+
+    def view(self) -> VoucherView:
+        if self.created_at is None or self.updated_at is None:
+            raise VoucherNotFound(self.code)
+        return VoucherView(
+            code=self.code,
+            credit_baisa=self.credit_baisa,
+            description=self.description,
+            active=self.active,
+            revoked=self.revoked,
+            max_redemptions=self.max_redemptions,
+            times_redeemed=self.times_redeemed,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            last_seq=self.last_seq,
+        )
+
+
+def initial_state(code: str) -> VoucherState:
+    return VoucherState(code=code)
+
+
+def redemption_id_for(code: str, customer_id: str, command_id: str) -> str:
+    """Deterministic, so deciding twice (after a conflict) yields the same id."""
+    return str(uuid.uuid5(_REDEMPTION_NS, f"{code}\x00{customer_id}\x00{command_id}"))
+
+
+# ---------------------------------------------------------------------------------------- decide
+
+
+def decide(
+    state: VoucherState, command: VoucherCommandT, command_id: str, policy: Policy
+) -> list[VoucherEventT]:
+    match command:
+        case IssueVoucher():
+            if command.credit_baisa > policy.max_credit_baisa:
+                raise InvalidInput(
+                    "credit", f"credit exceeds the maximum of {policy.max_credit_baisa} baisa"
+                )
+            change = "created" if not state.issued else ("restored" if state.revoked else "updated")
+            return [
+                VoucherIssued(
+                    code=state.code,
+                    credit_baisa=command.credit_baisa,
+                    description=command.description,
+                    active=command.active,
+                    max_redemptions=command.max_redemptions,
+                    change=change,
+                )
+            ]
+        case RevokeVoucher():
+            if not state.live:
+                raise VoucherNotFound(state.code)
+            return [VoucherRevoked(code=state.code)]
+        case RedeemVoucher():
+            if not state.live:
+                raise VoucherNotFound(state.code)
+            if not state.active:
+                raise VoucherInactive(state.code)
+            if state.max_redemptions and state.times_redeemed >= state.max_redemptions:
+                raise CapReached(state.code, state.max_redemptions)
+            if command.customer_id in state.redemptions:
+                raise AlreadyRedeemed(state.code, command.customer_id)
+            return [
+                VoucherRedeemed(
+                    code=state.code,
+                    customer_id=command.customer_id,
+                    redemption_id=redemption_id_for(state.code, command.customer_id, command_id),
+                    credit_baisa=state.credit_baisa,
+                )
+            ]
+        case ReverseRedemption():
+            held = state.redemptions.get(command.customer_id)
+            if held is None or (
+                command.redemption_id is not None and command.redemption_id != held.redemption_id
+            ):
+                raise RedemptionNotFound(state.code, command.customer_id)
+            return [
+                RedemptionReversed(
+                    code=state.code,
+                    customer_id=command.customer_id,
+                    redemption_id=held.redemption_id,
+                    reason=command.reason,
+                )
+            ]
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    receipt: Receipt
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    events: list[VoucherEventT]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    error: DomainError
+
+
+Outcome = Replayed | Decided | Refused
+
+
+def handle(
+    state: VoucherState, command: VoucherCommandT, command_id: str, policy: Policy
+) -> Outcome:
+    """Idempotent decide: a known command id replays its receipt; a reused one is refused."""
+    known = state.receipts.get(command_id)
+    if known is not None:
+        if known.fingerprint != command.fingerprint():
+            return Refused(CommandIdReused(command_id))
+        return Replayed(known)
+    try:
+        return Decided(decide(state, command, command_id, policy))
+    except DomainError as err:
+        return Refused(err)
+
+
+# ---------------------------------------------------------------------------------------- evolve
+
+
+def evolve(state: VoucherState, recorded: RecordedEvent, fingerprint: str = "") -> VoucherState:
+    """Fold one stored event. ``fingerprint`` is the causing command's payload digest when known
+    (live processing); on replay from the stream the digest is recomputed by the caller."""
+    env = recorded.envelope
+    event = env.event
+    at = env.occurred_at
+    redemption_view: RedemptionView | None = None
+    match event:
+        case VoucherIssued():
+            state = replace(
+                state,
+                issued=True,
+                revoked=False,
+                credit_baisa=event.credit_baisa,
+                description=event.description,
+                active=event.active,
+                max_redemptions=event.max_redemptions,
+                created_at=state.created_at or at,
+                updated_at=at,
+                last_seq=recorded.seq,
+            )
+        case VoucherRevoked():
+            state = replace(state, revoked=True, active=False, updated_at=at, last_seq=recorded.seq)
+        case VoucherRedeemed():
+            held = Redemption(
+                customer_id=event.customer_id,
+                redemption_id=event.redemption_id,
+                credit_baisa=event.credit_baisa,
+                seq=recorded.seq,
+                command_id=env.command_id,
+            )
+            state = replace(
+                state,
+                times_redeemed=state.times_redeemed + 1,
+                redemptions=state.redemptions.set(event.customer_id, held),
+                updated_at=at,
+                last_seq=recorded.seq,
+            )
+            redemption_view = RedemptionView(
+                customer_id=held.customer_id,
+                redemption_id=held.redemption_id,
+                credit_baisa=held.credit_baisa,
+                seq=held.seq,
+            )
+        case RedemptionReversed():
+            state = replace(
+                state,
+                times_redeemed=max(0, state.times_redeemed - 1),
+                redemptions=state.redemptions.delete(event.customer_id)
+                if event.customer_id in state.redemptions
+                else state.redemptions,
+                updated_at=at,
+                last_seq=recorded.seq,
+            )
+            redemption_view = RedemptionView(
+                customer_id=event.customer_id,
+                redemption_id=event.redemption_id,
+                credit_baisa=0,
+                seq=recorded.seq,
+            )
+    receipt = Receipt(
+        command_id=env.command_id,
+        command_type=_COMMAND_OF_EVENT[event.type],
+        fingerprint=fingerprint,
+        seq=recorded.seq,
+        voucher=state.view(),
+        redemption=redemption_view,
+    )
+    return replace(state, receipts=state.receipts.set(env.command_id, receipt))
+
+
+_COMMAND_OF_EVENT = {
+    "voucher.issued": "issue_voucher",
+    "voucher.revoked": "revoke_voucher",
+    "voucher.redeemed": "redeem_voucher",
+    "voucher.redemption_reversed": "reverse_redemption",
+}
+
+
+def fold(
+    code: str, history: list[RecordedEvent], start: VoucherState | None = None
+) -> VoucherState:
+    state = start if start is not None else initial_state(code)
+    for recorded in history:
+        state = evolve(state, recorded, fingerprint_of_event(recorded))
+    return state
+
+
+def fingerprint_of_event(recorded: RecordedEvent) -> str:
+    """Rebuild the causing command's fingerprint from the event it produced.
+
+    Every voucher event carries the full payload of its command, so the digest computed on
+    replay equals the one computed when the command was first decided.
+    """
+    event = recorded.envelope.event
+    command: VoucherCommandT
+    match event:
+        case VoucherIssued():
+            command = IssueVoucher(
+                code=event.code,
+                credit_baisa=event.credit_baisa,
+                description=event.description,
+                active=event.active,
+                max_redemptions=event.max_redemptions,
+            )
+        case VoucherRevoked():
+            command = RevokeVoucher(code=event.code)
+        case VoucherRedeemed():
+            command = RedeemVoucher(code=event.code, customer_id=event.customer_id)
+        case RedemptionReversed():
+            # The command may or may not have named the redemption id; accept both forms by
+            # storing the digest of the form without it and comparing leniently (see handle).
+            command = ReverseRedemption(
+                code=event.code, customer_id=event.customer_id, reason=event.reason
+            )
+    return command.fingerprint()

@@ -1,0 +1,1 @@
+"""Postgres read models fed by durable consumers of the event stream (next issue)."""

@@ -1,0 +1,62 @@
+"""One settings object; plain environment names, as the seed service used them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from voucher_ledger.commands.layout import PREFIX_PATTERN
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # External servers. Both unset = embedded: the service starts its own nats-server and
+    # PostgreSQL under DATA_DIR.
+    nats_url: str | None = Field(default=None, alias="NATS_URL")
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+
+    data_dir: Path = Field(default=Path(".voucher-ledger"), alias="DATA_DIR")
+    host: str = Field(default="127.0.0.1", alias="HOST")
+    port: int = Field(default=8080, alias="PORT", ge=0, le=65535)
+
+    subject_prefix: str = Field(default="ledger", alias="SUBJECT_PREFIX")
+    streams_file: Path | None = Field(default=None, alias="STREAMS_FILE")
+    event_replicas: int | None = Field(default=None, alias="EVENT_REPLICAS", ge=1, le=5)
+    command_replicas: int | None = Field(default=None, alias="COMMAND_REPLICAS", ge=1, le=5)
+
+    run_processors: bool = Field(default=True, alias="RUN_PROCESSORS")
+    processor_instance_id: str | None = Field(default=None, alias="PROCESSOR_INSTANCE_ID")
+    command_timeout: float = Field(default=10.0, alias="COMMAND_TIMEOUT", gt=0)
+    max_credit_baisa: int = Field(default=10_000_000, alias="MAX_CREDIT_BAISA", gt=0)
+
+    nats_server_bin: str | None = Field(default=None, alias="NATS_SERVER_BIN")
+    log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+
+    @field_validator("subject_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not PREFIX_PATTERN.fullmatch(value):
+            raise ValueError("SUBJECT_PREFIX must match [a-z][a-z0-9_]{0,31}")
+        return value
+
+    @property
+    def embedded_nats(self) -> bool:
+        return not self.nats_url
+
+    @property
+    def embedded_postgres(self) -> bool:
+        return not self.database_url
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for a log line: the password is replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))

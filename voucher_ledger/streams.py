@@ -1,0 +1,248 @@
+"""``streams.yaml``: load it, apply it idempotently, and report drift against the server.
+
+Streams and consumers are created through the JetStream JSON API (not nats.py's config classes,
+which lag the server's fields, and whose ``pull_subscribe`` ignores a changed config for an
+existing durable). Durations in the file are seconds; the API wants nanoseconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from nats.aio.client import Client
+
+from voucher_ledger.commands.layout import Layout
+
+DEFAULT_FILE = Path(__file__).with_name("streams.yaml")
+_DURATIONS = {"max_age", "duplicate_window", "ack_wait"}
+_NS = 1_000_000_000
+
+
+class StreamsError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Drift:
+    kind: str  # "stream" | "consumer"
+    name: str
+    field: str
+    declared: Any
+    actual: Any
+
+    def __str__(self) -> str:
+        if self.field == "*":
+            return f"{self.kind} {self.name}: missing on the server"
+        if self.field == "+":
+            return f"{self.kind} {self.name}: on the server but not declared"
+        return (
+            f"{self.kind} {self.name}: {self.field} declared {self.declared!r}, "
+            f"server has {self.actual!r}"
+        )
+
+
+@dataclass
+class StreamsSpec:
+    """The rendered declaration for one prefix."""
+
+    layout: Layout
+    streams: dict[str, dict[str, Any]]  # key ("events", "commands", "leases") -> API config
+    consumers: dict[str, list[dict[str, Any]]]  # stream key -> consumer configs
+    lease_ttl: float
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def event_stream(self) -> str:
+        return str(self.streams["events"]["name"])
+
+    @property
+    def command_stream(self) -> str:
+        return str(self.streams["commands"]["name"])
+
+    @property
+    def lease_bucket(self) -> str:
+        return str(self.streams["leases"]["name"]).removeprefix("KV_")
+
+
+def load_spec(
+    prefix: str,
+    path: Path | None = None,
+    *,
+    event_replicas: int | None = None,
+    command_replicas: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> StreamsSpec:
+    raw = yaml.safe_load((path or DEFAULT_FILE).read_text())
+    if overrides:
+        raw = _merge(raw, overrides)
+    partitions = int(raw["partitions"])
+    layout = Layout(prefix=prefix, partitions=partitions)
+
+    def render(value: Any, partition: int | None = None) -> Any:
+        if isinstance(value, str):
+            out = value.replace("{prefix}", prefix).replace("{PREFIX}", prefix.upper())
+            if partition is not None:
+                out = out.replace("{partition}", str(partition))
+            return out
+        if isinstance(value, list):
+            return [render(v, partition) for v in value]
+        if isinstance(value, dict):
+            return {k: render(v, partition) for k, v in value.items()}
+        return value
+
+    streams: dict[str, dict[str, Any]] = {}
+    for key, cfg in raw["streams"].items():
+        streams[key] = _to_api(render(cfg))
+    if event_replicas is not None:
+        streams["events"]["num_replicas"] = event_replicas
+    if command_replicas is not None:
+        streams["commands"]["num_replicas"] = command_replicas
+
+    leases = raw["leases"]
+    bucket = render(leases["bucket"])
+    ttl = float(leases["ttl"])
+    streams["leases"] = {
+        "name": f"KV_{bucket}",
+        "subjects": [f"$KV.{bucket}.>"],
+        "retention": "limits",
+        "storage": "memory",
+        "num_replicas": streams["commands"].get("num_replicas", 1),
+        "max_msgs_per_subject": 1,
+        "max_age": int(ttl * _NS),
+        "discard": "new",
+        "allow_rollup_hdrs": True,
+        "deny_delete": True,
+        "allow_direct": True,
+    }
+
+    consumers: dict[str, list[dict[str, Any]]] = {}
+    for _name, cfg in raw["consumers"].items():
+        cfg = dict(cfg)
+        stream_key = cfg.pop("stream")
+        for partition in range(partitions):
+            consumers.setdefault(stream_key, []).append(_to_api(render(cfg, partition)))
+    return StreamsSpec(layout=layout, streams=streams, consumers=consumers, lease_ttl=ttl, raw=raw)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _to_api(cfg: dict[str, Any]) -> dict[str, Any]:
+    out = dict(cfg)
+    for key in _DURATIONS & out.keys():
+        out[key] = int(float(out[key]) * _NS)
+    return out
+
+
+async def _api(nc: Client, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    payload = json.dumps(body).encode() if body is not None else b""
+    msg = await nc.request(subject, payload, timeout=5.0)
+    result: dict[str, Any] = json.loads(msg.data)
+    return result
+
+
+async def _stream_info(nc: Client, name: str) -> dict[str, Any] | None:
+    info = await _api(nc, f"$JS.API.STREAM.INFO.{name}")
+    if "error" in info:
+        if info["error"].get("err_code") == 10059:  # stream not found
+            return None
+        raise StreamsError(f"stream {name}: {info['error'].get('description')}")
+    return info
+
+
+async def _consumer_info(nc: Client, stream: str, durable: str) -> dict[str, Any] | None:
+    info = await _api(nc, f"$JS.API.CONSUMER.INFO.{stream}.{durable}")
+    if "error" in info:
+        if info["error"].get("err_code") == 10014:  # consumer not found
+            return None
+        raise StreamsError(f"consumer {durable}: {info['error'].get('description')}")
+    return info
+
+
+def _field_drift(
+    kind: str, name: str, declared: dict[str, Any], actual: dict[str, Any]
+) -> list[Drift]:
+    drifts = []
+    for key, want in declared.items():
+        have = actual.get(key)
+        if key == "subjects":
+            equal = sorted(want) == sorted(have or [])
+        elif isinstance(want, bool):
+            equal = bool(have) == want
+        else:
+            equal = have == want
+        if not equal:
+            drifts.append(Drift(kind, name, key, want, have))
+    return drifts
+
+
+async def diff(nc: Client, spec: StreamsSpec) -> list[Drift]:
+    drifts: list[Drift] = []
+    for cfg in spec.streams.values():
+        info = await _stream_info(nc, cfg["name"])
+        if info is None:
+            drifts.append(Drift("stream", cfg["name"], "*", None, None))
+            continue
+        drifts.extend(_field_drift("stream", cfg["name"], cfg, info["config"]))
+    for key, consumer_cfgs in spec.consumers.items():
+        stream = spec.streams[key]["name"]
+        declared_names = set()
+        for cfg in consumer_cfgs:
+            declared_names.add(cfg["durable_name"])
+            info = await _consumer_info(nc, stream, cfg["durable_name"])
+            if info is None:
+                drifts.append(Drift("consumer", cfg["durable_name"], "*", None, None))
+                continue
+            drifts.extend(_field_drift("consumer", cfg["durable_name"], cfg, info["config"]))
+        if await _stream_info(nc, stream) is not None:
+            names = await _api(nc, f"$JS.API.CONSUMER.NAMES.{stream}", {"offset": 0})
+            for name in names.get("consumers") or []:
+                if name.startswith(f"{spec.layout.upper}_PROC_") and name not in declared_names:
+                    drifts.append(Drift("consumer", name, "+", None, None))
+    return drifts
+
+
+async def apply(nc: Client, spec: StreamsSpec) -> list[str]:
+    """Create what is missing, update what drifted. Returns a line per change made."""
+    changes: list[str] = []
+    for cfg in spec.streams.values():
+        name = cfg["name"]
+        info = await _stream_info(nc, name)
+        if info is None:
+            result = await _api(nc, f"$JS.API.STREAM.CREATE.{name}", cfg)
+            _check(result, f"creating stream {name}")
+            changes.append(f"created stream {name}")
+        elif _field_drift("stream", name, cfg, info["config"]):
+            merged = {**info["config"], **cfg}
+            result = await _api(nc, f"$JS.API.STREAM.UPDATE.{name}", merged)
+            _check(result, f"updating stream {name}")
+            changes.append(f"updated stream {name}")
+    for key, consumer_cfgs in spec.consumers.items():
+        stream = spec.streams[key]["name"]
+        for cfg in consumer_cfgs:
+            durable = cfg["durable_name"]
+            info = await _consumer_info(nc, stream, durable)
+            if info is not None and not _field_drift("consumer", durable, cfg, info["config"]):
+                continue
+            body = {"stream_name": stream, "config": cfg}
+            result = await _api(nc, f"$JS.API.CONSUMER.CREATE.{stream}.{durable}", body)
+            _check(result, f"{'updating' if info else 'creating'} consumer {durable}")
+            changes.append(f"{'updated' if info else 'created'} consumer {durable}")
+    return changes
+
+
+def _check(result: dict[str, Any], what: str) -> None:
+    if "error" in result:
+        raise StreamsError(f"{what}: {result['error'].get('description')}")
