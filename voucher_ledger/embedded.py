@@ -99,6 +99,7 @@ jetstream {{
                 raise EmbeddedError(f"nats-server exited with {code}; see {logpath}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    (self.dir / "url").write_text(self.url + "\n")
                     log.info("embedded nats-server on %s (data %s)", self.url, self.dir)
                     return self.url
             except OSError:

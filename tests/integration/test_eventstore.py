@@ -1,0 +1,134 @@
+"""The JetStream event store against a real nats-server."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from nats.aio.client import Client
+
+from voucher_ledger.commands.eventstore import ConcurrencyConflict, JetStreamEventStore
+from voucher_ledger.ledger.events import Actor, EventEnvelope, VoucherIssued, VoucherRedeemed
+from voucher_ledger.streams import StreamsSpec
+
+ACTOR = Actor(sub="tester", role="superadmin")
+
+
+def issued(code: str, command_id: str = "c-issue") -> EventEnvelope:
+    return EventEnvelope(
+        event_id=str(uuid.uuid4()),
+        aggregate_id=code,
+        occurred_at=datetime.now(UTC),
+        actor=ACTOR,
+        command_id=command_id,
+        event=VoucherIssued(
+            code=code,
+            credit_baisa=5000,
+            description="d",
+            active=True,
+            max_redemptions=0,
+            change="created",
+        ),
+    )
+
+
+def redeemed(code: str, customer: str) -> EventEnvelope:
+    return EventEnvelope(
+        event_id=str(uuid.uuid4()),
+        aggregate_id=code,
+        occurred_at=datetime.now(UTC),
+        actor=ACTOR,
+        command_id=f"c-{customer}",
+        event=VoucherRedeemed(
+            code=code, customer_id=customer, redemption_id=f"r-{customer}", credit_baisa=5000
+        ),
+    )
+
+
+async def test_single_append_records_sequence_and_loads_back(
+    store: JetStreamEventStore, applied: StreamsSpec
+) -> None:
+    subject = applied.layout.voucher_subject("WELCOME50")
+    recorded = await store.append(subject, 0, [issued("WELCOME50")])
+    assert [r.seq for r in recorded] == [1]
+    history = await store.load(subject)
+    assert history == recorded
+
+
+async def test_batch_append_is_contiguous_and_matches_stored_sequences(
+    store: JetStreamEventStore, applied: StreamsSpec
+) -> None:
+    a = applied.layout.voucher_subject("AAA")
+    b = applied.layout.voucher_subject("BBB")
+    await store.append(b, 0, [issued("BBB")])
+    batch = [issued("AAA")] + [redeemed("AAA", f"cust{i}") for i in range(40)]
+    recorded = await store.append(a, 0, batch)
+    assert [r.seq for r in recorded] == list(range(2, 43))
+    loaded = await store.load(a)
+    assert [r.seq for r in loaded] == [r.seq for r in recorded]
+    assert [r.envelope.event_id for r in loaded] == [e.event_id for e in batch]
+
+
+async def test_wrong_expected_sequence_is_a_conflict_and_stores_nothing(
+    store: JetStreamEventStore, applied: StreamsSpec, nc: Client
+) -> None:
+    subject = applied.layout.voucher_subject("CONFLICT1")
+    await store.append(subject, 0, [issued("CONFLICT1")])
+    with pytest.raises(ConcurrencyConflict):
+        await store.append(subject, 0, [redeemed("CONFLICT1", "x")])
+    with pytest.raises(ConcurrencyConflict):  # the atomic batch form: all or nothing
+        await store.append(subject, 0, [redeemed("CONFLICT1", "y"), redeemed("CONFLICT1", "z")])
+    history = await store.load(subject)
+    assert len(history) == 1
+    assert await store.last_sequence() == 1
+
+
+async def test_concurrent_appends_with_same_expectation_only_one_wins(
+    store: JetStreamEventStore, applied: StreamsSpec
+) -> None:
+    import asyncio
+
+    subject = applied.layout.voucher_subject("RACE1")
+    await store.append(subject, 0, [issued("RACE1")])
+    results = await asyncio.gather(
+        *(store.append(subject, 1, [redeemed("RACE1", f"c{i}")]) for i in range(50)),
+        return_exceptions=True,
+    )
+    wins = [r for r in results if not isinstance(r, BaseException)]
+    conflicts = [r for r in results if isinstance(r, ConcurrencyConflict)]
+    assert len(wins) == 1
+    assert len(conflicts) == 49
+    assert len(await store.load(subject)) == 2
+
+
+async def test_load_pages_through_long_histories(
+    store: JetStreamEventStore, applied: StreamsSpec
+) -> None:
+    subject = applied.layout.voucher_subject("LONG1")
+    batch = [issued("LONG1")] + [redeemed("LONG1", f"c{i}") for i in range(249)]
+    await store.append(subject, 0, batch)
+    loaded = await store.load(subject, page=7)
+    assert [r.envelope.event_id for r in loaded] == [e.event_id for e in batch]
+    tail = await store.load(subject, after_seq=245, page=7)
+    assert [r.seq for r in tail] == [246, 247, 248, 249, 250]
+
+
+async def test_load_of_unknown_subject_is_empty(
+    store: JetStreamEventStore, applied: StreamsSpec
+) -> None:
+    assert await store.load(applied.layout.voucher_subject("NOPE1")) == []
+
+
+async def test_event_stream_refuses_message_deletion(nc: Client, applied: StreamsSpec) -> None:
+    import json
+
+    store = JetStreamEventStore(nc, applied.event_stream)
+    await store.append(applied.layout.voucher_subject("KEEP1"), 0, [issued("KEEP1")])
+    msg = await nc.request(
+        f"$JS.API.STREAM.MSG.DELETE.{applied.event_stream}", json.dumps({"seq": 1}).encode()
+    )
+    assert "error" in json.loads(msg.data)
+    msg = await nc.request(f"$JS.API.STREAM.PURGE.{applied.event_stream}", b"")
+    assert "error" in json.loads(msg.data)
+    assert len(await store.load(applied.layout.voucher_subject("KEEP1"))) == 1
