@@ -84,19 +84,18 @@ class Stack:
         else:
             assert s.nats_url is not None
             self.nats_url = s.nats_url
-        if s.embedded_postgres:
-            self._pg = EmbeddedPostgres(s.data_dir)
-            self.database_url = await asyncio.to_thread(self._pg.start)
-        else:
-            assert s.database_url is not None
-            self.database_url = s.database_url
-
         self.nc = await connect_nats(self.nats_url)
         log.info(
             "connected to nats-server %s at %s",
             self.nc.connected_server_version,
             redact_url(self.nats_url),
         )
+        if s.embedded_postgres:
+            self._pg = EmbeddedPostgres(s.data_dir)
+            self.database_url = await asyncio.to_thread(self._pg.start)
+        else:
+            assert s.database_url is not None
+            self.database_url = s.database_url
         self.spec = load_spec(s)
         changes = await streams.apply(self.nc, self.spec)
         for line in changes:

@@ -165,7 +165,7 @@ async def _stream_info(nc: Client, name: str) -> dict[str, Any] | None:
 async def _consumer_info(nc: Client, stream: str, durable: str) -> dict[str, Any] | None:
     info = await _api(nc, f"$JS.API.CONSUMER.INFO.{stream}.{durable}")
     if "error" in info:
-        if info["error"].get("err_code") == 10014:  # consumer not found
+        if info["error"].get("err_code") in (10014, 10059):  # consumer or stream not found
             return None
         raise StreamsError(f"consumer {durable}: {info['error'].get('description')}")
     return info

@@ -1,0 +1,136 @@
+"""``voucher-ledger serve`` as a newcomer runs it: embedded servers, clean stop, durable data."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+
+from tests.conftest import connect
+from tests.e2e.helpers import ServiceProcess, clean_env, free_port, wait_http
+from voucher_ledger import streams
+from voucher_ledger.commands.bus import CommandBus
+from voucher_ledger.commands.wire import Accepted
+from voucher_ledger.ledger.events import Actor
+from voucher_ledger.ledger.voucher import IssueVoucher, RedeemVoucher
+
+ADMIN = Actor(sub="admin", role="superadmin")
+
+
+def processes_using(data_dir: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(data_dir) in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+async def bus_for(data_dir: Path) -> tuple[CommandBus, object]:
+    url = (data_dir / "nats" / "url").read_text().strip()
+    nc = await connect(url)
+    spec = streams.load_spec("ledger")
+    bus = CommandBus(nc, spec.layout, spec.command_stream)
+    await bus.start()
+    return bus, nc
+
+
+async def test_serve_embedded_default_survives_restart_and_stops_cleanly(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    port = free_port()
+    service = ServiceProcess(
+        ["serve", "--port", str(port), "--data-dir", str(data_dir)],
+        clean_env(),
+        tmp_path / "serve.log",
+    )
+    service.start()
+    try:
+        resp = await wait_http(f"http://127.0.0.1:{port}/healthz", service)
+        assert resp.status == 200
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/healthz") as health:
+                body = await health.json()
+            async with session.get(f"http://127.0.0.1:{port}/no/such/route") as missing:
+                assert missing.status == 404
+                assert "error" in await missing.json()
+        assert body["nats"] == "connected"
+        assert body["processor_partitions"] == list(range(8))
+
+        bus, nc = await bus_for(data_dir)
+        issued = await bus.send(
+            IssueVoucher(code="launch-50", credit_baisa=50_000, max_redemptions=5), actor=ADMIN
+        )
+        assert isinstance(issued, Accepted)
+        first = await bus.send(
+            RedeemVoucher(code="LAUNCH-50", customer_id="alice"), actor=ADMIN, command_id="r-alice"
+        )
+        assert isinstance(first, Accepted)
+        await bus.close()
+        await nc.close()  # type: ignore[attr-defined]
+
+        service.signal(signal.SIGTERM)
+        assert await service.wait(60) == 0
+        assert processes_using(data_dir) == [], "nats-server or postgres left running"
+
+        # Same data dir: the ledger is still there, and the retried command replays.
+        port = free_port()
+        service.args = ["serve", "--port", str(port), "--data-dir", str(data_dir)]
+        service.start()
+        await wait_http(f"http://127.0.0.1:{port}/healthz", service)
+        bus, nc = await bus_for(data_dir)
+        again = await bus.send(
+            RedeemVoucher(code="LAUNCH-50", customer_id="alice"), actor=ADMIN, command_id="r-alice"
+        )
+        assert again == first
+        second = await bus.send(RedeemVoucher(code="LAUNCH-50", customer_id="bob"), actor=ADMIN)
+        assert isinstance(second, Accepted)
+        assert second.voucher.times_redeemed == 2
+        assert second.seq > first.seq
+        await bus.close()
+        await nc.close()  # type: ignore[attr-defined]
+
+        service.signal(signal.SIGINT)
+        assert await service.wait(60) == 0
+        assert processes_using(data_dir) == []
+        assert "shutting down" in service.output()
+    finally:
+        service.kill()
+        for proc in processes_using(data_dir):
+            proc.kill()
+
+
+def _old_nats_url() -> str | None:
+    """The machine's own NATS 2.9 on 4222, when there is one."""
+    try:
+        with socket.create_connection(("127.0.0.1", 4222), timeout=0.5) as sock:
+            info = sock.recv(4096).decode(errors="replace")
+    except OSError:
+        return None
+    if '"version":"2.9' in info or '"version":"2.10' in info or '"version":"2.11' in info:
+        return "nats://127.0.0.1:4222"
+    return None
+
+
+async def test_serve_refuses_a_nats_server_older_than_2_12(tmp_path: Path, pg_url: str) -> None:
+    url = _old_nats_url()
+    if url is None:
+        pytest.skip("no nats-server older than 2.12 on 127.0.0.1:4222 on this machine")
+    service = ServiceProcess(
+        ["serve", "--port", str(free_port()), "--data-dir", str(tmp_path)],
+        clean_env(NATS_URL=url, DATABASE_URL=pg_url),
+        tmp_path / "old.log",
+    )
+    service.start()
+    try:
+        assert await service.wait(60) == 1
+    finally:
+        service.kill()
+    out = service.output()
+    assert "is too old" in out
+    assert ">= 2.12" in out
