@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from nats.aio.client import Client
 
 from tests.conftest import FAST, wait_until
 from tests.e2e.helpers import ServiceProcess, clean_env
@@ -29,14 +30,14 @@ async def test_sigkill_of_the_active_processor_process_mid_storm(
     nats_url: str,
     pg_url: str,
     prefix: str,
-    nc: object,
+    nc: Client,
     applied: streams.StreamsSpec,
     bus: CommandBus,
     store: JetStreamEventStore,
 ) -> None:
     # The processes read the same fast-failover declaration the test applied.
     raw = yaml.safe_load(streams.DEFAULT_FILE.read_text())
-    raw = streams._merge(raw, FAST)  # noqa: SLF001 - test-only reuse of the merge helper
+    raw = streams._merge(raw, FAST)
     streams_file = tmp_path / "streams.yaml"
     streams_file.write_text(yaml.safe_dump(raw))
 
@@ -52,7 +53,7 @@ async def test_sigkill_of_the_active_processor_process_mid_storm(
         procs[name] = ServiceProcess(["processors"], env, tmp_path / f"{name}.log")
         procs[name].start()
     try:
-        kv = await bus._nc.jetstream().key_value(applied.lease_bucket)  # noqa: SLF001
+        kv = await nc.jetstream().key_value(applied.lease_bucket)
         code, cap, attempts = "KILL-9", 1200, 3000
         partition = applied.layout.partition_of(code)
 
