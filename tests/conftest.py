@@ -173,3 +173,30 @@ async def stream_state(nc: Client, stream: str) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+async def _dump_tasks_if_stuck(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Set VL_DEBUG_STUCK=seconds to print every asyncio task's stack when a test hangs."""
+    seconds = float(os.environ.get("VL_DEBUG_STUCK", "0"))
+    if not seconds:
+        yield
+        return
+    import sys
+    import threading
+    import traceback
+
+    loop = asyncio.get_running_loop()
+
+    def dump() -> None:
+        print(f"\n==== {request.node.nodeid} still running after {seconds}s", file=sys.stderr)
+        for task in list(asyncio.all_tasks(loop)):
+            print(f"--- {task!r}", file=sys.stderr)
+            for frame in task.get_stack(limit=8):
+                traceback.print_stack(frame, limit=1, file=sys.stderr)
+
+    timer = threading.Timer(seconds, dump)
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()

@@ -108,6 +108,9 @@ class ProcessorHost:
         for partition, held in list(self._held.items()):
             if held.renewed_at < deadline:
                 log.warning("partition %d: lease overdue, stopping", partition)
+                proc = self._processors.pop(partition, None)
+                if proc is not None:
+                    proc.stop()
                 held.task.cancel()
                 del self._held[partition]
 
@@ -183,11 +186,15 @@ class ProcessorHost:
 
     async def _drop(self, partition: int, *, release: bool) -> None:
         held = self._held.pop(partition, None)
-        self._processors.pop(partition, None)
+        proc = self._processors.pop(partition, None)
         self._caches.pop(partition, None)  # whoever held it meanwhile made our states stale
         if held is None:
             return
-        held.task.cancel()
+        if proc is not None:
+            proc.stop()
+        while not held.task.done():
+            held.task.cancel()
+            await asyncio.wait({held.task}, timeout=1.0)
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await held.task
         if release and self._kv is not None:

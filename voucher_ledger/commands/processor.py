@@ -135,13 +135,23 @@ class PartitionProcessor:
         self._stats = stats
         self._fetch_batch = min(fetch_batch, MAX_BATCH)
         self.cache = cache or StateCache()
+        self._stopped = False
+
+    def stop(self) -> None:
+        """Ask the loop to end after the current batch (cancellation alone can be swallowed
+        by ``asyncio.wait_for`` inside nats.py's fetch on Python < 3.12)."""
+        self._stopped = True
+
+    def _should_stop(self) -> bool:
+        task = asyncio.current_task()
+        return self._stopped or (task is not None and task.cancelling() > 0)
 
     async def run(self) -> None:
         durable = self._layout.processor_durable(self.partition)
         psub = await self._js.pull_subscribe_bind(durable=durable, stream=self._command_stream)
         log.info("partition %d: processing (%s)", self.partition, durable)
         try:
-            while True:
+            while not self._should_stop():
                 try:
                     msgs = await psub.fetch(self._fetch_batch, timeout=1.0)
                 except (TimeoutError, nats.errors.TimeoutError):
@@ -152,7 +162,7 @@ class PartitionProcessor:
                     log.warning("partition %d: fetch failed: %r", self.partition, exc)
                     await asyncio.sleep(0.5)
                     continue
-                if msgs:
+                if msgs and not self._should_stop():
                     await self.process(msgs)
         finally:
             try:
