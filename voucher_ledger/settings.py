@@ -33,6 +33,20 @@ class Settings(BaseSettings):
     command_timeout: float = Field(default=10.0, alias="COMMAND_TIMEOUT", gt=0)
     max_credit_baisa: int = Field(default=10_000_000, alias="MAX_CREDIT_BAISA", gt=0)
 
+    # Auth. HS256 with JWT_SECRET (>= 32 bytes; the embedded default generates one and keeps it
+    # in DATA_DIR/jwt-secret). Optional RS256 via a JWKS endpoint (Keycloak).
+    jwt_secret: str | None = Field(default=None, alias="JWT_SECRET", repr=False)
+    jwks_url: str | None = Field(default=None, alias="JWKS_URL")
+    jwt_issuer: str | None = Field(default=None, alias="JWT_ISSUER")
+    jwt_audience: str | None = Field(default=None, alias="JWT_AUDIENCE")
+
+    # HTTP
+    preview_rate_per_minute: int = Field(default=30, alias="PREVIEW_RATE_PER_MINUTE", ge=1)
+    preview_burst: int = Field(default=10, alias="PREVIEW_BURST", ge=1)
+    trust_forwarded_for: bool = Field(default=False, alias="TRUST_FORWARDED_FOR")
+    read_your_writes_timeout: float = Field(default=5.0, alias="READ_YOUR_WRITES_TIMEOUT", gt=0)
+    body_limit: int = Field(default=64 * 1024, alias="BODY_LIMIT", ge=1024)
+
     nats_server_bin: str | None = Field(default=None, alias="NATS_SERVER_BIN")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 
