@@ -26,9 +26,11 @@ CUSTOMER = Actor(sub="checkout", role="service")
 async def all_partitions_covered(hosts: list[ProcessorHost], spec: StreamsSpec) -> None:
     def covered() -> bool:
         held = [p for h in hosts for p in h.partitions]
-        return sorted(held) == list(range(spec.layout.partitions))
+        counts = [len(h.partitions) for h in hosts]
+        balanced = max(counts) - min(counts) <= 1
+        return balanced and sorted(held) == list(range(spec.layout.partitions))
 
-    await wait_until(covered, what="every partition held exactly once")
+    await wait_until(covered, what="every partition held exactly once, fair shares")
 
 
 async def issue(bus: CommandBus, code: str, cap: int, credit: int = 5000) -> Accepted:
@@ -76,13 +78,12 @@ async def test_cap_storm_three_instances_exactly_cap_accepted(
     assert set(on_stream) == accepted_customers
     final = max((r for r in replies if isinstance(r, Accepted)), key=lambda r: r.seq)
     assert final.voucher.times_redeemed == cap
-    # The work was done by the one instance holding the code's partition, in batches.
-    partition = applied.layout.partition_of(code)
-    owner = [h for h in hosts if partition in h.partitions]
-    assert len(owner) == 1
-    assert owner[0].stats.commands[("redeem_voucher", "accepted")] == cap
-    assert owner[0].stats.events_appended < attempts  # rejections append nothing
-    assert owner[0].stats.appends < cap  # many redemptions shared one atomic batch
+    # The work was done in batches: rejections append nothing, and many redemptions shared
+    # one atomic batch append.
+    accepted_by_hosts = sum(h.stats.commands[("redeem_voucher", "accepted")] for h in hosts)
+    assert accepted_by_hosts == cap
+    assert sum(h.stats.events_appended for h in hosts) == cap + 1  # + the issue
+    assert sum(h.stats.appends for h in hosts) < cap / 10
 
 
 async def test_stale_writer_gets_conflict_reloads_and_never_exceeds_cap(

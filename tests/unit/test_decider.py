@@ -64,7 +64,9 @@ T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 POLICY = Policy()
 
 
-def recorded(seq: int, event: VoucherEventT, command_id: str, code: str = CODE) -> RecordedEvent:
+def recorded(
+    seq: int, event: VoucherEventT, command_id: str, code: str = CODE, fingerprint: str = ""
+) -> RecordedEvent:
     return RecordedEvent(
         seq=seq,
         envelope=EventEnvelope(
@@ -73,6 +75,7 @@ def recorded(seq: int, event: VoucherEventT, command_id: str, code: str = CODE) 
             occurred_at=T0 + timedelta(seconds=seq),
             actor=ADMIN,
             command_id=command_id,
+            command_fingerprint=fingerprint,
             event=event,
         ),
     )
@@ -111,7 +114,7 @@ def apply(
     outcome = handle(state, command, command_id, policy)
     if isinstance(outcome, Decided):
         for event in outcome.events:
-            rec = recorded(next(seq), event, command_id, state.code)
+            rec = recorded(next(seq), event, command_id, state.code, command.fingerprint())
             if history is not None:
                 history.append(rec)
             state = evolve(state, rec, command.fingerprint())
@@ -169,21 +172,32 @@ def test_issue_on_empty_state_creates_the_voucher() -> None:
     assert view.last_seq == 1
 
 
-def test_issue_again_updates_by_full_replace() -> None:
+def test_issue_again_updates_given_fields_and_keeps_omitted_ones() -> None:
     ledger = Ledger()
     ledger.apply(issue(credit_baisa=750, description="first", max_redemptions=3))
     event = only_event(ledger.apply(issue(credit_baisa=100, active=False)))
     assert isinstance(event, VoucherIssued)
     assert event.change == "updated"
     view = ledger.state.view()
-    # Omitted fields take their defaults: the update replaces, it does not merge.
+    # Omitted fields keep their values (the seed reset them: B9); given ones replace.
     assert view.credit_baisa == 100
-    assert view.description == ""
-    assert view.max_redemptions == 0
+    assert view.description == "first"
+    assert view.max_redemptions == 3
     assert view.active is False
     assert view.created_at == T0 + timedelta(seconds=1)
     assert view.updated_at == T0 + timedelta(seconds=2)
     assert view.last_seq == 2
+    # A later update without `active` does not silently re-activate or deactivate it.
+    ledger.apply(issue(credit_baisa=100, description="second"))
+    assert ledger.state.view().active is False
+    assert ledger.state.view().description == "second"
+
+
+def test_issue_of_a_new_code_defaults_omitted_fields() -> None:
+    ledger = Ledger()
+    event = only_event(ledger.apply(IssueVoucher(code=CODE, credit_baisa=500)))
+    assert isinstance(event, VoucherIssued)
+    assert (event.description, event.active, event.max_redemptions) == ("", True, 0)
 
 
 def test_issue_after_revoke_restores_and_keeps_redemption_history() -> None:
@@ -589,7 +603,6 @@ def test_folded_state_replays_and_refuses_like_the_live_state() -> None:
     "command",
     [
         issue(credit_baisa=42, description="d", active=False, max_redemptions=7),
-        issue(),
         RevokeVoucher(code=CODE),
         redeem("alice"),
         reverse("alice"),
@@ -598,7 +611,6 @@ def test_folded_state_replays_and_refuses_like_the_live_state() -> None:
     ],
     ids=[
         "issue-full",
-        "issue-defaults",
         "revoke",
         "redeem",
         "reverse",
@@ -622,6 +634,18 @@ def test_fingerprint_of_event_equals_the_fingerprint_of_its_command(
     assert rec.envelope.command_id == "target"
     assert fingerprint_of_event(rec) == command.fingerprint()
     assert ledger.state.receipts["target"].fingerprint == command.fingerprint()
+
+
+def test_fold_uses_the_fingerprint_stored_in_the_envelope() -> None:
+    """An issue that left fields out cannot be rebuilt from its event; the envelope keeps the
+    command's digest, so a retry after a reload still replays instead of being refused."""
+    ledger = Ledger()
+    command = IssueVoucher(code=CODE, credit_baisa=500)
+    ledger.apply(command, "partial")
+    rec = ledger.history[-1]
+    assert fingerprint_of_event(rec) != command.fingerprint()
+    folded = fold(CODE, ledger.history)
+    assert isinstance(handle(folded, command, "partial", POLICY), Replayed)
 
 
 def test_fingerprints_differ_between_different_commands() -> None:

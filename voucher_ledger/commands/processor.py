@@ -236,6 +236,7 @@ class PartitionProcessor:
                                 occurred_at=now,
                                 actor=env.actor,
                                 command_id=env.command_id,
+                                command_fingerprint=fingerprint,
                                 event=event,
                             )
                             working = evolve(

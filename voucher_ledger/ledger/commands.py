@@ -25,13 +25,18 @@ class _CodeCommand(Frozen):
 
 
 class IssueVoucher(_CodeCommand):
-    """Upsert: create, update (full replace) or restore a revoked code."""
+    """Upsert: create, update or restore a revoked code.
+
+    A field left out (None) keeps the voucher's current value on an update, and takes the
+    default on a create (description "", active true, max_redemptions 0 = unlimited). The seed
+    service replaced every field, so a missing ``active`` silently deactivated a voucher (B9).
+    """
 
     type: Literal["issue_voucher"] = "issue_voucher"
     credit_baisa: int = Field(gt=0, strict=True)
-    description: str = Field(default="", max_length=2000)
-    active: bool = Field(default=True, strict=True)
-    max_redemptions: int = Field(default=0, ge=0, le=2**31 - 1, strict=True)
+    description: str | None = Field(default=None, max_length=2000)
+    active: bool | None = Field(default=None, strict=True)
+    max_redemptions: int | None = Field(default=None, ge=0, le=2**31 - 1, strict=True)
 
 
 class RevokeVoucher(_CodeCommand):

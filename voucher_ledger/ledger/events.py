@@ -94,6 +94,8 @@ class EventEnvelope(Frozen):
     occurred_at: datetime
     actor: Actor
     command_id: str
+    # Digest of the causing command's payload: a retried command id is matched against it.
+    command_fingerprint: str = ""
     event: VoucherEvent
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import TypeVar
 
 import immutables
 
@@ -45,6 +46,7 @@ from voucher_ledger.ledger.events import (
 VoucherCommandT = IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption
 VoucherEventT = VoucherIssued | VoucherRevoked | VoucherRedeemed | RedemptionReversed
 
+_T = TypeVar("_T")
 _REDEMPTION_NS = uuid.UUID("6f1c2a4e-2d3b-4c55-9a57-5f0d3f7b9e11")
 
 
@@ -164,13 +166,15 @@ def decide(
                     "credit", f"credit exceeds the maximum of {policy.max_credit_baisa} baisa"
                 )
             change = "created" if not state.issued else ("restored" if state.revoked else "updated")
+            keep = state.issued
             return [
                 VoucherIssued(
                     code=state.code,
                     credit_baisa=command.credit_baisa,
-                    description=command.description,
-                    active=command.active,
-                    max_redemptions=command.max_redemptions,
+                    description=_pick(command.description, state.description, keep, ""),
+                    # A restored code was deactivated by its revocation: default to active.
+                    active=_pick(command.active, state.active, change == "updated", True),
+                    max_redemptions=_pick(command.max_redemptions, state.max_redemptions, keep, 0),
                     change=change,
                 )
             ]
@@ -209,6 +213,12 @@ def decide(
                     reason=command.reason,
                 )
             ]
+
+
+def _pick(given: _T | None, current: _T, keep_current: bool, default: _T) -> _T:
+    if given is not None:
+        return given
+    return current if keep_current else default
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +341,8 @@ def fold(
 ) -> VoucherState:
     state = start if start is not None else initial_state(code)
     for recorded in history:
-        state = evolve(state, recorded, fingerprint_of_event(recorded))
+        fingerprint = recorded.envelope.command_fingerprint or fingerprint_of_event(recorded)
+        state = evolve(state, recorded, fingerprint)
     return state
 
 
