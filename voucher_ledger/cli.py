@@ -66,7 +66,9 @@ async def _serve(settings: Settings) -> int:
 
 
 async def _processors(settings: Settings) -> int:
-    settings = settings.model_copy(update={"run_processors": True})
+    settings = settings.model_copy(
+        update={"run_processors": True, "run_projectors": False, "serve_http": False}
+    )
     stack = Stack(settings)
     await stack.start()
     try:
@@ -107,6 +109,18 @@ async def _streams(settings: Settings, action: str) -> int:
             await asyncio.to_thread(embedded.stop)
 
 
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    from voucher_ledger.http.auth import ConfigError, mint_token, resolve_secret
+
+    try:
+        secret = resolve_secret(settings)
+    except ConfigError as exc:
+        print(f"voucher-ledger: {exc}", file=sys.stderr)
+        return 1
+    print(mint_token(secret, args.sub, args.role, ttl=args.ttl))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voucher-ledger", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     procs = sub.add_parser("processors", help="run command processors only (no HTTP)")
     common(procs)
 
+    tok = sub.add_parser("token", help="print a bearer token signed with the configured secret")
+    tok.add_argument("--sub", required=True, help="the token's subject (user id)")
+    tok.add_argument("--role", required=True, help="e.g. superadmin, sovereign-admin, member")
+    tok.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (3600)")
+    common(tok)
+
     st = sub.add_parser("streams", help="JetStream objects declared in streams.yaml")
     st.add_argument("action", choices=["apply", "diff"])
     common(st)
@@ -138,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"voucher-ledger: invalid settings: {exc}", file=sys.stderr)
         return 2
     _logging(settings.log_level)
+    if args.command == "token":
+        if args.ttl <= 0 or args.ttl > 31 * 24 * 3600:
+            print("voucher-ledger: --ttl must be between 1 and 2678400 seconds", file=sys.stderr)
+            return 2
+        return _token(settings, args)
     try:
         if args.command == "serve":
             return asyncio.run(_serve(settings))

@@ -16,7 +16,11 @@ from voucher_ledger import streams
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.host import ProcessorHost
 from voucher_ledger.embedded import EmbeddedNats, EmbeddedPostgres
+from voucher_ledger.http.auth import Authenticator, ConfigError, resolve_secret
 from voucher_ledger.ledger.voucher import Policy
+from voucher_ledger.projections.host import ProjectorHost
+from voucher_ledger.projections.migrate import MigrationError, migrate
+from voucher_ledger.projections.projector import ALL_PROJECTIONS, ProjectionStatus
 from voucher_ledger.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,9 @@ class Stack:
     bus: CommandBus | None = None
     host: ProcessorHost | None = None
     pool: asyncpg.Pool | None = None
+    authenticator: Authenticator | None = None
+    status: ProjectionStatus | None = None
+    projectors: ProjectorHost | None = None
     _nats: EmbeddedNats | None = None
     _pg: EmbeddedPostgres | None = None
     _closing: list[str] = field(default_factory=list)
@@ -78,6 +85,17 @@ class Stack:
             raise
 
     async def _start(self, s: Settings) -> None:
+        if s.serve_http:
+            try:
+                secret = resolve_secret(s)
+                self.authenticator = Authenticator(
+                    secret=secret,
+                    jwks_url=s.jwks_url,
+                    issuer=s.jwt_issuer,
+                    audience=s.jwt_audience,
+                )
+            except ConfigError as exc:
+                raise StartupError(str(exc)) from exc
         if s.embedded_nats:
             self._nats = EmbeddedNats(s.data_dir, binary=s.nats_server_bin)
             self.nats_url = await asyncio.to_thread(self._nats.start)
@@ -107,6 +125,19 @@ class Stack:
             raise StartupError(
                 f"cannot connect to PostgreSQL at {redact_url(self.database_url)}: {exc}"
             ) from exc
+        try:
+            async with self.pool.acquire() as conn:
+                for name in await migrate(conn):
+                    log.info("migration applied: %s", name)
+        except MigrationError as exc:
+            raise StartupError(f"database migration: {exc}") from exc
+        self.status = ProjectionStatus(self.pool, [p.name for p in ALL_PROJECTIONS])
+        await self.status.refresh()
+        if s.run_projectors:
+            self.projectors = ProjectorHost(
+                self.nc, self.pool, self.spec, self.status, instance_id=s.processor_instance_id
+            )
+            await self.projectors.start()
 
         if s.run_processors:
             self.host = ProcessorHost(
@@ -124,7 +155,33 @@ class Stack:
         self.bus = CommandBus(self.nc, self.spec.layout, self.spec.command_stream)
         await self.bus.start()
 
+    async def wait_for_projections(self, seq: int) -> bool:
+        if self.status is None:
+            return False
+        return await self.status.wait_for(seq, self.settings.read_your_writes_timeout)
+
+    async def projection_lag(self) -> dict[str, int] | None:
+        """Events each projection still has to apply; None when NATS cannot say."""
+        if self.nc is None or self.spec is None or self.status is None:
+            return None
+        from voucher_ledger.commands.eventstore import JetStreamEventStore
+
+        try:
+            head = await JetStreamEventStore(
+                self.nc, self.spec.event_stream, timeout=2
+            ).last_sequence()
+            await self.status.refresh()
+        except Exception:  # noqa: BLE001 - NATS or Postgres down: lag unknown
+            return None
+        return {name: max(0, head - seq) for name, seq in self.status.applied.items()}
+
     async def stop(self) -> None:
+        if self.projectors is not None:
+            await self.projectors.stop(release=True)
+            self.projectors = None
+        if self.authenticator is not None:
+            await self.authenticator.close()
+            self.authenticator = None
         if self.bus is not None:
             await self.bus.close()
             self.bus = None

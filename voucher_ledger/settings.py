@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     command_replicas: int | None = Field(default=None, alias="COMMAND_REPLICAS", ge=1, le=5)
 
     run_processors: bool = Field(default=True, alias="RUN_PROCESSORS")
+    run_projectors: bool = Field(default=True, alias="RUN_PROJECTORS")
+    serve_http: bool = Field(default=True, alias="SERVE_HTTP")
     processor_instance_id: str | None = Field(default=None, alias="PROCESSOR_INSTANCE_ID")
     command_timeout: float = Field(default=10.0, alias="COMMAND_TIMEOUT", gt=0)
     max_credit_baisa: int = Field(default=10_000_000, alias="MAX_CREDIT_BAISA", gt=0)

@@ -54,7 +54,11 @@ class StreamsSpec:
     streams: dict[str, dict[str, Any]]  # key ("events", "commands", "leases") -> API config
     consumers: dict[str, list[dict[str, Any]]]  # stream key -> consumer configs
     lease_ttl: float
+    projectors: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> consumer cfg
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def projector_consumer(self, name: str) -> dict[str, Any]:
+        return dict(self.projectors[name])
 
     @property
     def event_stream(self) -> str:
@@ -126,7 +130,23 @@ def load_spec(
         stream_key = cfg.pop("stream")
         for partition in range(partitions):
             consumers.setdefault(stream_key, []).append(_to_api(render(cfg, partition)))
-    return StreamsSpec(layout=layout, streams=streams, consumers=consumers, lease_ttl=ttl, raw=raw)
+    projectors: dict[str, dict[str, Any]] = {}
+    section = raw.get("projectors") or {}
+    for name in section.get("names", []):
+        cfg = render(section["consumer"])
+        cfg = {
+            k: (v.replace("{PROJECTION}", name.upper()) if isinstance(v, str) else v)
+            for k, v in cfg.items()
+        }
+        projectors[name] = _to_api(cfg)
+    return StreamsSpec(
+        layout=layout,
+        streams=streams,
+        consumers=consumers,
+        lease_ttl=ttl,
+        projectors=projectors,
+        raw=raw,
+    )
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -188,6 +208,12 @@ def _field_drift(
     return drifts
 
 
+def _all_consumers(spec: StreamsSpec) -> dict[str, list[dict[str, Any]]]:
+    out = {key: list(cfgs) for key, cfgs in spec.consumers.items()}
+    out.setdefault("events", []).extend(spec.projectors.values())
+    return out
+
+
 async def diff(nc: Client, spec: StreamsSpec) -> list[Drift]:
     drifts: list[Drift] = []
     for cfg in spec.streams.values():
@@ -196,7 +222,7 @@ async def diff(nc: Client, spec: StreamsSpec) -> list[Drift]:
             drifts.append(Drift("stream", cfg["name"], "*", None, None))
             continue
         drifts.extend(_field_drift("stream", cfg["name"], cfg, info["config"]))
-    for key, consumer_cfgs in spec.consumers.items():
+    for key, consumer_cfgs in _all_consumers(spec).items():
         stream = spec.streams[key]["name"]
         declared_names = set()
         for cfg in consumer_cfgs:
@@ -229,7 +255,7 @@ async def apply(nc: Client, spec: StreamsSpec) -> list[str]:
             result = await _api(nc, f"$JS.API.STREAM.UPDATE.{name}", merged)
             _check(result, f"updating stream {name}")
             changes.append(f"updated stream {name}")
-    for key, consumer_cfgs in spec.consumers.items():
+    for key, consumer_cfgs in _all_consumers(spec).items():
         stream = spec.streams[key]["name"]
         for cfg in consumer_cfgs:
             durable = cfg["durable_name"]

@@ -123,7 +123,7 @@ async def test_serve_refuses_a_nats_server_older_than_2_12(tmp_path: Path, pg_ur
         pytest.skip("no nats-server older than 2.12 on 127.0.0.1:4222 on this machine")
     service = ServiceProcess(
         ["serve", "--port", str(free_port()), "--data-dir", str(tmp_path)],
-        clean_env(NATS_URL=url, DATABASE_URL=pg_url),
+        clean_env(NATS_URL=url, DATABASE_URL=pg_url, JWT_SECRET="s" * 40),
         tmp_path / "old.log",
     )
     service.start()

@@ -18,7 +18,9 @@ async def test_apply_is_idempotent_and_diff_is_clean(nc: Client, prefix: str) ->
     assert {d.field for d in await streams.diff(nc, spec)} == {"*"}  # nothing exists yet
     first = await streams.apply(nc, spec)
     assert f"created stream {prefix.upper()}_EVENTS" in first
-    assert len([c for c in first if c.startswith("created consumer")]) == spec.layout.partitions
+    created = [c for c in first if c.startswith("created consumer")]
+    assert len([c for c in created if "_PROC_" in c]) == spec.layout.partitions
+    assert len([c for c in created if "_PROJ_" in c]) == len(spec.projectors)
     assert await streams.apply(nc, spec) == []
     assert await streams.diff(nc, spec) == []
     for cfg in spec.streams.values():

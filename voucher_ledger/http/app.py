@@ -1,55 +1,469 @@
-"""``create_app(stack) -> web.Application``: routes, JSON errors."""
+"""``create_app(stack) -> web.Application``: the billing voucher API.
+
+Routes (errors are always ``{"error": "..."}``):
+
+* issuers (``superadmin`` / ``sovereign-admin``): ``POST /billing/vouchers/issue``,
+  ``GET /billing/vouchers/list``, ``DELETE /billing/vouchers/revoke/{code}``, the legacy
+  ``GET|POST /billing/admin/promos`` and ``DELETE /billing/admin/promos/{code}``,
+  ``GET /billing/vouchers/{code}``, ``.../history``, ``.../redemptions``;
+* public: ``POST /billing/vouchers/redeem-preview`` (rate-limited per client address),
+  ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``.
+
+Writes go to the command bus and answer once the read models have applied the write's event
+(read-your-writes, bounded by READ_YOUR_WRITES_TIMEOUT).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
+from voucher_ledger.commands.bus import BusError, BusUnavailable, CommandTimeout
+from voucher_ledger.commands.wire import Accepted, Rejected
+from voucher_ledger.http.auth import ISSUER_ROLES, AuthError, Principal
+from voucher_ledger.http.errors import ApiError, int_query, parse_body
+from voucher_ledger.http.metrics import Metrics
+from voucher_ledger.http.models import (
+    HealthOut,
+    HistoryEntry,
+    HistoryOut,
+    IssueVoucherBody,
+    OkOut,
+    PreviewBody,
+    PreviewOut,
+    ReadyOut,
+    RedemptionOut,
+    RedemptionsOut,
+    VoucherDetail,
+    VoucherOut,
+)
+from voucher_ledger.http.ratelimit import RateLimiter
+from voucher_ledger.ledger.codes import normalise_code, validate_command_id
+from voucher_ledger.ledger.commands import IssueVoucher, RevokeVoucher
+from voucher_ledger.ledger.errors import InvalidInput
+from voucher_ledger.ledger.events import Actor
+from voucher_ledger.ledger.voucher import VoucherCommandT
+from voucher_ledger.projections import queries
 from voucher_ledger.runtime import Stack
 
 log = logging.getLogger(__name__)
 
 STACK = web.AppKey("stack", Stack)
+METRICS = web.AppKey("metrics", Metrics)
+LIMITER = web.AppKey("preview_limiter", RateLimiter)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+BAISA = 1000
+ISSUER_FORBIDDEN = "superadmin or sovereign-admin role required"
 
 
-def error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def ok(model: BaseModel | list[BaseModel], status: int = 200) -> web.Response:
+    if isinstance(model, list):
+        body = "[" + ",".join(m.model_dump_json() for m in model) + "]"
+    else:
+        body = model.model_dump_json()
+    return web.Response(text=body, status=status, content_type="application/json")
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"
 
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error is ``{"error": ...}``; nothing escapes as an HTML page or a bare 500."""
+    """Every error is ``{"error": ...}``; no input yields an HTML page or a bare 500."""
+    started = time.perf_counter()
+    status = 500
     try:
-        return await handler(request)
+        response = await handler(request)
+        status = response.status
+        return response
+    except ApiError as exc:
+        status = exc.status
+        return error(exc.status, exc.message, exc.headers)
     except web.HTTPException as exc:
+        status = exc.status
         if exc.status < 400:
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
-        resp = error(exc.status, exc.reason.lower())
-        resp.headers.update(headers)
-        return resp
+        message = {
+            404: "not found",
+            405: "method not allowed",
+            413: "request body too large",
+        }.get(exc.status, exc.reason.lower())
+        return error(exc.status, message, headers)
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, _route_name(request))
         return error(500, "internal server error")
+    finally:
+        request.app[METRICS].observe_request(
+            request.method, _route_name(request), status, time.perf_counter() - started
+        )
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+async def require_issuer(request: web.Request) -> Principal:
+    stack = request.app[STACK]
+    assert stack.authenticator is not None
+    try:
+        principal = await stack.authenticator.authenticate(request.headers.get("Authorization"))
+    except AuthError as exc:
+        raise ApiError(401, exc.message, {"WWW-Authenticate": "Bearer"}) from exc
+    if not principal.has_any(ISSUER_ROLES):
+        raise ApiError(403, ISSUER_FORBIDDEN)
+    return principal
+
+
+def path_code(request: web.Request) -> str:
+    try:
+        return normalise_code(request.match_info.get("code", ""))
+    except InvalidInput as exc:
+        raise ApiError(400, exc.message) from exc
+
+
+def command_id_from(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    try:
+        return validate_command_id(key)
+    except InvalidInput as exc:
+        raise ApiError(400, f"Idempotency-Key: {exc.message}") from exc
+
+
+async def send(
+    request: web.Request, command: VoucherCommandT, principal: Principal
+) -> Accepted | Rejected:
+    stack = request.app[STACK]
+    metrics = request.app[METRICS]
+    assert stack.bus is not None
+    actor = Actor(sub=principal.sub, role=principal.role)
+    try:
+        reply = await stack.bus.send(
+            command,
+            actor=actor,
+            command_id=command_id_from(request) or uuid.uuid4().hex,
+            timeout=stack.settings.command_timeout,
+        )
+    except CommandTimeout as exc:
+        metrics.commands[(command.type, "timeout")] += 1
+        raise ApiError(
+            503,
+            "the ledger did not answer in time; retry with the same Idempotency-Key",
+            {"Retry-After": "1"},
+        ) from exc
+    except BusUnavailable as exc:
+        metrics.commands[(command.type, "unavailable")] += 1
+        raise ApiError(503, "the ledger is unavailable; retry later", {"Retry-After": "2"}) from exc
+    except BusError as exc:
+        metrics.commands[(command.type, "error")] += 1
+        raise ApiError(503, "the ledger is unavailable; retry later") from exc
+    outcome = "accepted" if isinstance(reply, Accepted) else reply.reason
+    metrics.commands[(command.type, outcome)] += 1
+    if isinstance(reply, Accepted):
+        await stack.wait_for_projections(reply.seq)
+    return reply
+
+
+def voucher_out(row: dict[str, Any]) -> VoucherOut:
+    return VoucherOut(
+        code=row["code"],
+        credit_omr=row["credit_baisa"] // BAISA,
+        credit_baisa=row["credit_baisa"],
+        description=row["description"],
+        active=row["active"],
+        max_redemptions=row["max_redemptions"],
+        times_redeemed=row["times_redeemed"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def accepting(row: dict[str, Any]) -> bool:
+    cap = row["max_redemptions"]
+    return bool(row["active"] and not row["revoked"] and (cap == 0 or row["times_redeemed"] < cap))
+
+
+def _raise_rejected(reply: Rejected) -> None:
+    status = {"not_found": 404, "invalid_input": 400, "command_id_reused": 409}.get(
+        reply.reason, 409
+    )
+    raise ApiError(status, reply.message)
+
+
+def _pool(request: web.Request) -> Any:
+    pool = request.app[STACK].pool
+    if pool is None:
+        raise ApiError(503, "read models unavailable")
+    return pool
+
+
+# ----------------------------------------------------------------------------------- handlers
+
+
+async def issue_voucher(request: web.Request) -> web.Response:
+    principal = await require_issuer(request)
+    body = await parse_body(request, IssueVoucherBody)
+    try:
+        code = normalise_code(body.code)
+    except InvalidInput as exc:
+        raise ApiError(400, exc.message) from exc
+    stack = request.app[STACK]
+    credit = body.credit_omr * BAISA
+    if credit > stack.settings.max_credit_baisa:
+        limit = stack.settings.max_credit_baisa // BAISA
+        raise ApiError(400, f"credit_omr must be at most {limit}")
+    command = IssueVoucher(
+        code=code,
+        credit_baisa=credit,
+        description=body.description,
+        active=body.active,
+        max_redemptions=body.max_redemptions,
+    )
+    reply = await send(request, command, principal)
+    if isinstance(reply, Rejected):
+        _raise_rejected(reply)
+    assert isinstance(reply, Accepted)
+    row = await queries.get_voucher(_pool(request), code)
+    if row is None or row["last_seq"] < reply.seq:
+        # The read model lags beyond the bounded wait: answer from the event stream's state.
+        view = reply.voucher
+        return ok(
+            VoucherOut(
+                code=view.code,
+                credit_omr=view.credit_baisa // BAISA,
+                credit_baisa=view.credit_baisa,
+                description=view.description,
+                active=view.active,
+                max_redemptions=view.max_redemptions,
+                times_redeemed=view.times_redeemed,
+                created_at=view.created_at,
+                updated_at=view.updated_at,
+            )
+        )
+    return ok(voucher_out(row))
+
+
+async def list_vouchers(request: web.Request) -> web.Response:
+    await require_issuer(request)
+    limit = int_query(request, "limit", 1000, 1, 1000)
+    offset = int_query(request, "offset", 0, 0, 10_000_000)
+    search = request.query.get("q")
+    if search is not None:
+        search = search.strip().upper()
+        if not search or any(ch not in "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-" for ch in search):
+            raise ApiError(400, "q must be part of a code: A-Z, 0-9, '_' or '-'")
+    rows = await queries.list_live_vouchers(
+        _pool(request), limit=limit, offset=offset, search=search
+    )
+    return ok([voucher_out(r) for r in rows])
+
+
+async def revoke_voucher(request: web.Request) -> web.Response:
+    principal = await require_issuer(request)
+    code = path_code(request)
+    reply = await send(request, RevokeVoucher(code=code), principal)
+    if isinstance(reply, Rejected):
+        _raise_rejected(reply)
+    return ok(OkOut())
+
+
+def client_address(request: web.Request) -> str:
+    if request.app[STACK].settings.trust_forwarded_for:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        first = forwarded.split(",")[0].strip()
+        if first:
+            return first[:64]
+    return request.remote or "unknown"
+
+
+async def redeem_preview(request: web.Request) -> web.Response:
+    wait = request.app[LIMITER].check(client_address(request))
+    if wait > 0:
+        retry = RateLimiter.retry_after_header(wait)
+        return web.json_response(
+            {"error": "too many requests", "retry_after": int(retry)},
+            status=429,
+            headers={"Retry-After": retry},
+        )
+    body = await parse_body(request, PreviewBody)
+    try:
+        code = normalise_code(body.code)
+    except InvalidInput as exc:
+        raise ApiError(400, exc.message) from exc
+    row = await queries.get_voucher(_pool(request), code)
+    if row is None or row["revoked"]:
+        raise ApiError(404, "voucher not valid")  # unknown and revoked look the same
+    preview = PreviewOut(
+        code=row["code"],
+        credit_omr=row["credit_baisa"] // BAISA,
+        description=row["description"],
+        active=row["active"],
+        accepting_redemptions=accepting(row),
+    )
+    return ok(preview, status=200 if preview.accepting_redemptions else 410)
+
+
+async def get_voucher(request: web.Request) -> web.Response:
+    await require_issuer(request)
+    code = path_code(request)
+    row = await queries.get_voucher(_pool(request), code)
+    if row is None:
+        raise ApiError(404, "voucher not found")
+    detail = VoucherDetail(
+        **voucher_out(row).model_dump(),
+        revoked=row["revoked"],
+        revoked_at=row["revoked_at"],
+        accepting_redemptions=accepting(row),
+        last_seq=row["last_seq"],
+    )
+    return ok(detail)
+
+
+async def voucher_history(request: web.Request) -> web.Response:
+    await require_issuer(request)
+    code = path_code(request)
+    after = int_query(request, "after_seq", 0, 0, 2**62)
+    limit = int_query(request, "limit", 100, 1, 1000)
+    pool = _pool(request)
+    if await queries.get_voucher(pool, code) is None:
+        raise ApiError(404, "voucher not found")
+    rows = await queries.history(pool, code, after_seq=after, limit=limit)
+    import json
+
+    events = []
+    for r in rows:
+        envelope = json.loads(r["event"])
+        events.append(
+            HistoryEntry(
+                seq=r["seq"],
+                type=r["type"],
+                version=r["version"],
+                occurred_at=r["occurred_at"],
+                actor={"sub": r["actor_sub"], "role": r["actor_role"]},
+                command_id=r["command_id"],
+                event=envelope.get("event", {}),
+            )
+        )
+    next_after = events[-1].seq if len(events) == limit else None
+    return ok(HistoryOut(code=code, events=events, next_after_seq=next_after))
+
+
+async def voucher_redemptions(request: web.Request) -> web.Response:
+    await require_issuer(request)
+    code = path_code(request)
+    after = int_query(request, "after_seq", 0, 0, 2**62)
+    limit = int_query(request, "limit", 100, 1, 1000)
+    pool = _pool(request)
+    if await queries.get_voucher(pool, code) is None:
+        raise ApiError(404, "voucher not found")
+    rows = await queries.redemptions(pool, code, after_seq=after, limit=limit)
+    items = [
+        RedemptionOut(
+            redemption_id=r["redemption_id"],
+            customer_id=r["customer_id"],
+            credit_omr=r["credit_baisa"] // BAISA,
+            credit_baisa=r["credit_baisa"],
+            redeemed_at=r["redeemed_at"],
+            seq=r["seq"],
+            reversed_at=r["reversed_at"],
+            reversal_reason=r["reversal_reason"],
+        )
+        for r in rows
+    ]
+    next_after = items[-1].seq if len(items) == limit else None
+    return ok(RedemptionsOut(code=code, redemptions=items, next_after_seq=next_after))
 
 
 async def healthz(request: web.Request) -> web.Response:
     stack = request.app[STACK]
     nats_ok = stack.nc is not None and stack.nc.is_connected
-    body = {
-        "status": "ok" if nats_ok else "degraded",
-        "nats": "connected" if nats_ok else "disconnected",
-        "processor_partitions": sorted(stack.host.partitions) if stack.host else [],
-    }
-    return web.json_response(body, status=200)
+    return ok(
+        HealthOut(
+            status="ok" if nats_ok else "degraded",
+            nats="connected" if nats_ok else "disconnected",
+            processor_partitions=sorted(stack.host.partitions) if stack.host else [],
+        )
+    )
+
+
+async def readyz(request: web.Request) -> web.Response:
+    stack = request.app[STACK]
+    checks: dict[str, Any] = {}
+    checks["nats"] = bool(stack.nc is not None and stack.nc.is_connected)
+    try:
+        assert stack.pool is not None
+        await asyncio.wait_for(stack.pool.fetchval("SELECT 1"), 2)
+        checks["postgres"] = True
+    except Exception:  # noqa: BLE001 - any failure means not ready
+        checks["postgres"] = False
+    lag = await stack.projection_lag()
+    checks["projection_lag"] = lag
+    ready = checks["nats"] and checks["postgres"] and lag is not None and max(lag.values()) < 10_000
+    return ok(ReadyOut(ready=bool(ready), checks=checks), status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    stack = request.app[STACK]
+    gauges: dict[str, list[tuple[tuple[tuple[str, str], ...], float]]] = {}
+    lag = await stack.projection_lag()
+    if lag is not None:
+        gauges["voucher_ledger_projection_lag_events"] = [
+            ((("projection", name),), float(value)) for name, value in sorted(lag.items())
+        ]
+    if stack.host is not None:
+        stats = stack.host.stats
+        gauges["voucher_ledger_processor_commands"] = [
+            ((("type", t), ("outcome", o)), float(n))
+            for (t, o), n in sorted(stats.commands.items())
+        ]
+        gauges["voucher_ledger_processor_conflicts"] = [((), float(stats.conflicts))]
+        gauges["voucher_ledger_processor_partitions_held"] = [
+            ((), float(len(stack.host.partitions)))
+        ]
+    text = request.app[METRICS].render(gauges)
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+async def openapi(request: web.Request) -> web.Response:
+    from voucher_ledger.http.openapi import build_openapi
+
+    return web.json_response(build_openapi())
 
 
 def create_app(stack: Stack) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=64 * 1024)
+    settings = stack.settings
+    app = web.Application(middlewares=[json_errors], client_max_size=settings.body_limit)
     app[STACK] = stack
-    app.router.add_get("/healthz", healthz)
+    app[METRICS] = Metrics()
+    app[LIMITER] = RateLimiter(settings.preview_rate_per_minute, settings.preview_burst)
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics)
+    r.add_get("/openapi.json", openapi)
+    r.add_post("/billing/vouchers/issue", issue_voucher)
+    r.add_get("/billing/vouchers/list", list_vouchers)
+    r.add_delete("/billing/vouchers/revoke/{code}", revoke_voucher)
+    r.add_post("/billing/vouchers/redeem-preview", redeem_preview)
+    r.add_get("/billing/admin/promos", list_vouchers)
+    r.add_post("/billing/admin/promos", issue_voucher)
+    r.add_delete("/billing/admin/promos/{code}", revoke_voucher)
+    r.add_get("/billing/vouchers/{code}/history", voucher_history)
+    r.add_get("/billing/vouchers/{code}/redemptions", voucher_redemptions)
+    r.add_get("/billing/vouchers/{code}", get_voucher)
     return app

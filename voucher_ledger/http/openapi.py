@@ -1,0 +1,168 @@
+"""/openapi.json, generated from the same pydantic models the handlers validate with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from voucher_ledger import __version__
+from voucher_ledger.http import models as m
+
+_REF = "#/components/schemas/"
+
+
+def _schema(model: type[BaseModel], defs: dict[str, Any]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template=_REF + "{model}")
+    for name, sub in schema.pop("$defs", {}).items():
+        defs[name] = sub
+    defs[model.__name__] = schema
+    return {"$ref": _REF + model.__name__}
+
+
+def build_openapi() -> dict[str, Any]:
+    defs: dict[str, Any] = {}
+    error = {"description": "error", "content": _json(_schema(m.ErrorOut, defs))}
+    issuer: list[dict[str, list[str]]] = [{"bearer": []}]
+    code_param = {
+        "name": "code",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^\\s*[A-Za-z0-9][A-Za-z0-9_-]{2,63}\\s*$"},
+    }
+    page = [
+        {"name": "after_seq", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+        },
+    ]
+    idem = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"},
+    }
+
+    def resp(model: type[BaseModel], *codes: int, many: bool = False) -> dict[str, Any]:
+        ref = _schema(model, defs)
+        schema = {"type": "array", "items": ref} if many else ref
+        out: dict[str, Any] = {"200": {"description": "ok", "content": _json(schema)}}
+        for code in codes:
+            out[str(code)] = error
+        return out
+
+    def body(model: type[BaseModel]) -> dict[str, Any]:
+        return {"required": True, "content": _json(_schema(model, defs))}
+
+    issue = {
+        "summary": "Issue, update or restore a voucher",
+        "security": issuer,
+        "parameters": [idem],
+        "requestBody": body(m.IssueVoucherBody),
+        "responses": resp(m.VoucherOut, 400, 401, 403, 413, 503),
+    }
+    listing = {
+        "summary": "Live vouchers, newest first",
+        "security": issuer,
+        "parameters": [
+            {
+                "name": "limit",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+            },
+            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            {"name": "q", "in": "query", "schema": {"type": "string"}},
+        ],
+        "responses": resp(m.VoucherOut, 400, 401, 403, many=True),
+    }
+    revoke = {
+        "summary": "Revoke (soft delete) a voucher",
+        "security": issuer,
+        "parameters": [code_param, idem],
+        "responses": resp(m.OkOut, 400, 401, 403, 404, 503),
+    }
+    preview_responses = resp(m.PreviewOut, 400, 404, 413, 429)
+    preview_responses["410"] = {
+        "description": "inactive or at its cap",
+        "content": _json(_schema(m.PreviewOut, defs)),
+    }
+    paths: dict[str, Any] = {
+        "/billing/vouchers/issue": {"post": issue},
+        "/billing/admin/promos": {"get": listing, "post": issue},
+        "/billing/vouchers/list": {"get": listing},
+        "/billing/vouchers/revoke/{code}": {"delete": revoke},
+        "/billing/admin/promos/{code}": {"delete": revoke},
+        "/billing/vouchers/redeem-preview": {
+            "post": {
+                "summary": "Public preview of a code (rate-limited per client)",
+                "security": [],
+                "requestBody": body(m.PreviewBody),
+                "responses": preview_responses,
+            }
+        },
+        "/billing/vouchers/{code}": {
+            "get": {
+                "summary": "A voucher's full state with counters",
+                "security": issuer,
+                "parameters": [code_param],
+                "responses": resp(m.VoucherDetail, 400, 401, 403, 404),
+            }
+        },
+        "/billing/vouchers/{code}/history": {
+            "get": {
+                "summary": "The voucher's audit trail in stream order",
+                "security": issuer,
+                "parameters": [code_param, *page],
+                "responses": resp(m.HistoryOut, 400, 401, 403, 404),
+            }
+        },
+        "/billing/vouchers/{code}/redemptions": {
+            "get": {
+                "summary": "The voucher's redemptions in stream order",
+                "security": issuer,
+                "parameters": [code_param, *page],
+                "responses": resp(m.RedemptionsOut, 400, 401, 403, 404),
+            }
+        },
+        "/healthz": {
+            "get": {"summary": "Liveness", "security": [], "responses": resp(m.HealthOut)}
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: NATS, Postgres, projection lag",
+                "security": [],
+                "responses": {**resp(m.ReadyOut), "503": {"description": "not ready"}},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "security": [],
+                "responses": {"200": {"description": "text/plain exposition"}},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": {"description": "ok"}},
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "voucher-ledger", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": defs,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}

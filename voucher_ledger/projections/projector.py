@@ -1,0 +1,382 @@
+"""Projectors: durable consumers of the event stream that keep the Postgres read models.
+
+Each fetched batch is applied in ONE transaction together with the projector's checkpoint (the
+last stream sequence applied). The checkpoint row is locked (``FOR UPDATE``) first, events at or
+below it are skipped (re-delivery is harmless), and a gap (the next event is not checkpoint+1)
+aborts the batch and restarts the consumer from the checkpoint: the position lives in Postgres,
+never in the broker. Only the holder of the projector's lease runs it (one per name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, TypeAlias
+
+import asyncpg
+import asyncpg.pool
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from voucher_ledger.ledger.events import (
+    EventEnvelope,
+    RedemptionReversed,
+    VoucherIssued,
+    VoucherRedeemed,
+    VoucherRevoked,
+    decode_envelope,
+)
+from voucher_ledger.streams import StreamsSpec
+
+log = logging.getLogger(__name__)
+
+Conn: TypeAlias = (
+    "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    seq: int
+    envelope: EventEnvelope
+    raw: str  # the message body exactly as stored
+
+
+class Projection(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def tables(self) -> tuple[str, ...]: ...
+
+    async def apply(self, conn: Conn, events: Sequence[StreamEvent]) -> None: ...
+
+
+class _Ops:
+    """Statements in stream order; consecutive runs of one statement become one executemany."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, list[tuple[Any, ...]]]] = []
+
+    def add(self, sql: str, args: tuple[Any, ...]) -> None:
+        if self.runs and self.runs[-1][0] == sql:
+            self.runs[-1][1].append(args)
+        else:
+            self.runs.append((sql, [args]))
+
+    async def run(self, conn: Conn) -> None:
+        for sql, rows in self.runs:
+            if len(rows) == 1:
+                await conn.execute(sql, *rows[0])
+            else:
+                await conn.executemany(sql, rows)
+
+
+_UPSERT = """
+INSERT INTO vouchers (code, credit_baisa, description, active, revoked, max_redemptions,
+                      times_redeemed, created_at, updated_at, revoked_at, last_seq)
+VALUES ($1, $2, $3, $4, false, $5, 0, $6, $6, NULL, $7)
+ON CONFLICT (code) DO UPDATE SET
+    credit_baisa = EXCLUDED.credit_baisa, description = EXCLUDED.description,
+    active = EXCLUDED.active, max_redemptions = EXCLUDED.max_redemptions,
+    revoked = false, revoked_at = NULL
+"""
+_REVOKE = "UPDATE vouchers SET revoked = true, active = false, revoked_at = $2 WHERE code = $1"
+_REDEEM = """
+INSERT INTO redemptions (redemption_id, code, customer_id, credit_baisa, redeemed_at, seq,
+                         command_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+"""
+_REVERSE = """
+UPDATE redemptions SET reversed_at = $2, reversed_seq = $3, reversal_reason = $4
+WHERE redemption_id = $1 AND reversed_at IS NULL
+"""
+_TOUCH = """
+UPDATE vouchers SET times_redeemed = vouchers.times_redeemed + d.delta,
+                    updated_at = d.at, last_seq = d.seq
+FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::bigint[]) AS d(code, delta, at, seq)
+WHERE vouchers.code = d.code
+"""
+
+
+class VoucherProjection:
+    """``vouchers`` and ``redemptions``."""
+
+    name = "vouchers"
+    tables = ("vouchers", "redemptions")
+
+    async def apply(self, conn: Conn, events: Sequence[StreamEvent]) -> None:
+        ops = _Ops()
+        touched: dict[str, list[Any]] = {}  # code -> [delta, at, seq]
+
+        def touch(code: str, delta: int, at: datetime, seq: int) -> None:
+            entry = touched.setdefault(code, [0, at, seq])
+            entry[0] += delta
+            entry[1], entry[2] = at, seq
+
+        for item in events:
+            env = item.envelope
+            event = env.event
+            at = env.occurred_at
+            match event:
+                case VoucherIssued():
+                    ops.add(
+                        _UPSERT,
+                        (
+                            event.code,
+                            event.credit_baisa,
+                            event.description,
+                            event.active,
+                            event.max_redemptions,
+                            at,
+                            item.seq,
+                        ),
+                    )
+                    touch(event.code, 0, at, item.seq)
+                case VoucherRevoked():
+                    ops.add(_REVOKE, (event.code, at))
+                    touch(event.code, 0, at, item.seq)
+                case VoucherRedeemed():
+                    ops.add(
+                        _REDEEM,
+                        (
+                            event.redemption_id,
+                            event.code,
+                            event.customer_id,
+                            event.credit_baisa,
+                            at,
+                            item.seq,
+                            env.command_id,
+                        ),
+                    )
+                    touch(event.code, 1, at, item.seq)
+                case RedemptionReversed():
+                    ops.add(_REVERSE, (event.redemption_id, at, item.seq, event.reason))
+                    touch(event.code, -1, at, item.seq)
+        await ops.run(conn)
+        if touched:
+            codes = list(touched)
+            await conn.execute(
+                _TOUCH,
+                codes,
+                [touched[c][0] for c in codes],
+                [touched[c][1] for c in codes],
+                [touched[c][2] for c in codes],
+            )
+
+
+class AuditProjection:
+    """``audit_log``: every event verbatim with its stream sequence."""
+
+    name = "audit"
+    tables = ("audit_log",)
+
+    async def apply(self, conn: Conn, events: Sequence[StreamEvent]) -> None:
+        await conn.executemany(
+            """INSERT INTO audit_log (seq, event_id, type, version, aggregate, aggregate_id,
+                                      actor_sub, actor_role, command_id, occurred_at, event)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)""",
+            [
+                (
+                    e.seq,
+                    e.envelope.event_id,
+                    e.envelope.event.type,
+                    e.envelope.event.version,
+                    e.envelope.aggregate,
+                    e.envelope.aggregate_id,
+                    e.envelope.actor.sub,
+                    e.envelope.actor.role,
+                    e.envelope.command_id,
+                    e.envelope.occurred_at,
+                    e.raw,
+                )
+                for e in events
+            ],
+        )
+
+
+ALL_PROJECTIONS: tuple[Projection, ...] = (VoucherProjection(), AuditProjection())
+
+
+class GapError(RuntimeError):
+    pass
+
+
+class ProjectionStatus:
+    """Where each projection is; ``wait_for(seq)`` is read-your-writes for the HTTP layer."""
+
+    def __init__(self, pool: asyncpg.Pool, names: Sequence[str]) -> None:
+        self._pool = pool
+        self.applied: dict[str, int] = dict.fromkeys(names, 0)
+        self._changed = asyncio.Event()
+        self._last_refresh = 0.0
+
+    def advance(self, name: str, seq: int) -> None:
+        if seq > self.applied.get(name, 0):
+            self.applied[name] = seq
+            self._changed.set()
+
+    async def refresh(self) -> None:
+        rows = await self._pool.fetch("SELECT projection, last_seq FROM projection_checkpoints")
+        for row in rows:
+            if row["projection"] in self.applied:
+                self.advance(row["projection"], int(row["last_seq"]))
+        self._last_refresh = time.monotonic()
+
+    @property
+    def low_water(self) -> int:
+        return min(self.applied.values()) if self.applied else 0
+
+    async def wait_for(self, seq: int, timeout: float) -> bool:
+        """True once every projection has applied ``seq``; False after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.low_water < seq:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.05))
+            if self.low_water < seq and time.monotonic() - self._last_refresh > 0.05:
+                # Another instance may hold the projector lease: its progress is in Postgres.
+                with contextlib.suppress(Exception):
+                    await self.refresh()
+        return True
+
+
+class Projector:
+    def __init__(
+        self,
+        nc: Client,
+        pool: asyncpg.Pool,
+        spec: StreamsSpec,
+        projection: Projection,
+        status: ProjectionStatus,
+        *,
+        batch: int = 500,
+    ) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._pool = pool
+        self._spec = spec
+        self.projection = projection
+        self._status = status
+        self._batch = batch
+        self.durable = f"{spec.layout.upper}_PROJ_{projection.name.upper()}"
+        self.batches = 0
+        self._stopped = False
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    async def checkpoint(self) -> int:
+        await self._pool.execute(
+            "INSERT INTO projection_checkpoints (projection) VALUES ($1) ON CONFLICT DO NOTHING",
+            self.projection.name,
+        )
+        value = await self._pool.fetchval(
+            "SELECT last_seq FROM projection_checkpoints WHERE projection = $1",
+            self.projection.name,
+        )
+        return int(value)
+
+    async def _recreate_consumer(self, start_seq: int) -> None:
+        stream = self._spec.event_stream
+        await self._nc.request(f"$JS.API.CONSUMER.DELETE.{stream}.{self.durable}", b"", timeout=5)
+        config = {
+            **self._spec.projector_consumer(self.projection.name),
+            "deliver_policy": "by_start_sequence",
+            "opt_start_seq": start_seq,
+        }
+        msg = await self._nc.request(
+            f"$JS.API.CONSUMER.CREATE.{stream}.{self.durable}",
+            json.dumps({"stream_name": stream, "config": config}).encode(),
+            timeout=5,
+        )
+        result = json.loads(msg.data)
+        if "error" in result:
+            raise RuntimeError(f"projector consumer {self.durable}: {result['error']}")
+
+    async def run(self) -> None:
+        while not self._stopped:
+            try:
+                await self._run_once()
+            except GapError as exc:
+                log.warning(
+                    "projection %s: %s; restarting from checkpoint", self.projection.name, exc
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Postgres or NATS outage: retry
+                log.warning("projection %s: %r; retrying", self.projection.name, exc)
+                await asyncio.sleep(0.5)
+
+    async def _run_once(self) -> None:
+        last = await self.checkpoint()
+        self._status.advance(self.projection.name, last)
+        await self._recreate_consumer(last + 1)
+        psub = await self._js.pull_subscribe_bind(
+            durable=self.durable, stream=self._spec.event_stream
+        )
+        try:
+            while not self._stopped:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError
+                try:
+                    msgs = await psub.fetch(self._batch, timeout=0.5)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                if msgs:
+                    await self.apply_messages(msgs)
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+    async def apply_messages(self, msgs: Sequence[Msg]) -> int:
+        events = [
+            StreamEvent(
+                seq=int(m.metadata.sequence.stream),
+                envelope=decode_envelope(m.data),
+                raw=m.data.decode(),
+            )
+            for m in msgs
+        ]
+        reached = await self.apply(events)
+        await msgs[-1].ack()  # AckAll: acknowledges the whole batch
+        return reached
+
+    async def apply(self, events: Sequence[StreamEvent]) -> int:
+        """Apply one batch with the checkpoint, in one transaction. Returns the checkpoint."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            last = int(
+                await conn.fetchval(
+                    "SELECT last_seq FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
+                    self.projection.name,
+                )
+            )
+            todo = [e for e in events if e.seq > last]
+            if not todo:
+                return last
+            if todo[0].seq != last + 1:
+                raise GapError(f"expected seq {last + 1}, got {todo[0].seq}")
+            await self.projection.apply(conn, todo)
+            reached = todo[-1].seq
+            await conn.execute(
+                "UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() "
+                "WHERE projection = $1",
+                self.projection.name,
+                reached,
+            )
+        self.batches += 1
+        self._status.advance(self.projection.name, reached)
+        return reached

@@ -1,0 +1,66 @@
+"""Read-side queries for the HTTP layer. SQL lives here, parameterised, never built from input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+_VOUCHER_COLUMNS = """code, credit_baisa, description, active, revoked, max_redemptions,
+    times_redeemed, created_at, updated_at, revoked_at, last_seq"""
+
+
+def _dict(row: asyncpg.Record | None) -> dict[str, Any] | None:
+    return dict(row) if row is not None else None
+
+
+async def list_live_vouchers(
+    pool: asyncpg.Pool, *, limit: int = 1000, offset: int = 0, search: str | None = None
+) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        f"""SELECT {_VOUCHER_COLUMNS} FROM vouchers
+            WHERE NOT revoked AND ($3::text IS NULL OR code LIKE '%' || $3 || '%')
+            ORDER BY created_at DESC, code LIMIT $1 OFFSET $2""",  # noqa: S608 - constant columns
+        limit,
+        offset,
+        search,
+    )
+    return [dict(r) for r in rows]
+
+
+async def get_voucher(pool: asyncpg.Pool, code: str) -> dict[str, Any] | None:
+    return _dict(
+        await pool.fetchrow(
+            f"SELECT {_VOUCHER_COLUMNS} FROM vouchers WHERE code = $1",  # noqa: S608
+            code,
+        )
+    )
+
+
+async def history(
+    pool: asyncpg.Pool, code: str, *, after_seq: int = 0, limit: int = 100
+) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        """SELECT seq, event_id, type, version, actor_sub, actor_role, command_id, occurred_at,
+                  event::text AS event
+           FROM audit_log WHERE aggregate = 'voucher' AND aggregate_id = $1 AND seq > $2
+           ORDER BY seq LIMIT $3""",
+        code,
+        after_seq,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def redemptions(
+    pool: asyncpg.Pool, code: str, *, after_seq: int = 0, limit: int = 100
+) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        """SELECT redemption_id, customer_id, credit_baisa, redeemed_at, seq, command_id,
+                  reversed_at, reversed_seq, reversal_reason
+           FROM redemptions WHERE code = $1 AND seq > $2 ORDER BY seq LIMIT $3""",
+        code,
+        after_seq,
+        limit,
+    )
+    return [dict(r) for r in rows]
