@@ -425,17 +425,21 @@ async def metrics(request: web.Request) -> web.Response:
         gauges["voucher_ledger_projection_lag_events"] = [
             ((("projection", name),), float(value)) for name, value in sorted(lag.items())
         ]
+    counters: dict[str, list[tuple[tuple[tuple[str, str], ...], float]]] = {}
     if stack.host is not None:
         stats = stack.host.stats
-        gauges["voucher_ledger_processor_commands"] = [
+        counters["voucher_ledger_processor_commands_total"] = [
             ((("type", t), ("outcome", o)), float(n))
             for (t, o), n in sorted(stats.commands.items())
         ]
-        gauges["voucher_ledger_processor_conflicts"] = [((), float(stats.conflicts))]
+        counters["voucher_ledger_processor_conflicts_total"] = [((), float(stats.conflicts))]
+        counters["voucher_ledger_processor_events_appended_total"] = [
+            ((), float(stats.events_appended))
+        ]
         gauges["voucher_ledger_processor_partitions_held"] = [
             ((), float(len(stack.host.partitions)))
         ]
-    text = request.app[METRICS].render(gauges)
+    text = request.app[METRICS].render(gauges, counters)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 

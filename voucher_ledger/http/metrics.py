@@ -34,13 +34,21 @@ class Metrics:
         counts[-1] += 1
         self._latency_sum[key] += seconds
 
-    def render(self, gauges: dict[str, list[tuple[tuple[tuple[str, str], ...], float]]]) -> str:
+    def render(
+        self,
+        gauges: dict[str, list[tuple[tuple[tuple[str, str], ...], float]]],
+        counters: dict[str, list[tuple[tuple[tuple[str, str], ...], float]]] | None = None,
+    ) -> str:
         out: list[str] = []
         out.append("# HELP voucher_ledger_commands_total Commands sent by the API, by outcome.")
         out.append("# TYPE voucher_ledger_commands_total counter")
         for (ctype, outcome), n in sorted(self.commands.items()):
             labels = _labels((("type", ctype), ("outcome", outcome)))
             out.append(f"voucher_ledger_commands_total{labels} {n}")
+        for name, samples in (counters or {}).items():
+            out.append(f"# TYPE {name} counter")
+            for pairs, value in samples:
+                out.append(f"{name}{_labels(pairs)} {value}")
         for name, samples in gauges.items():
             out.append(f"# TYPE {name} gauge")
             for pairs, value in samples:
