@@ -93,6 +93,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except ApiError as exc:
         status = exc.status
         return error(exc.status, exc.message, exc.headers)
+    except queries.ReadModelUnavailable:
+        status = 503
+        log.warning("read models unavailable on %s %s", request.method, _route_name(request))
+        return error(503, "read models unavailable; retry later", {"Retry-After": "2"})
     except web.HTTPException as exc:
         status = exc.status
         if exc.status < 400:

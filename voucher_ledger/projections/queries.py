@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ReadModelUnavailable(Exception):
+    """Postgres did not answer: the API says 503, never 500."""
+
+
+def _translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise ReadModelUnavailable(str(exc)) from exc
+
+    return wrapper
+
 
 _VOUCHER_COLUMNS = """code, credit_baisa, description, active, revoked, max_redemptions,
     times_redeemed, created_at, updated_at, revoked_at, last_seq"""
@@ -14,6 +35,7 @@ def _dict(row: asyncpg.Record | None) -> dict[str, Any] | None:
     return dict(row) if row is not None else None
 
 
+@_translated
 async def list_live_vouchers(
     pool: asyncpg.Pool, *, limit: int = 1000, offset: int = 0, search: str | None = None
 ) -> list[dict[str, Any]]:
@@ -28,6 +50,7 @@ async def list_live_vouchers(
     return [dict(r) for r in rows]
 
 
+@_translated
 async def get_voucher(pool: asyncpg.Pool, code: str) -> dict[str, Any] | None:
     return _dict(
         await pool.fetchrow(
@@ -37,6 +60,7 @@ async def get_voucher(pool: asyncpg.Pool, code: str) -> dict[str, Any] | None:
     )
 
 
+@_translated
 async def history(
     pool: asyncpg.Pool, code: str, *, after_seq: int = 0, limit: int = 100
 ) -> list[dict[str, Any]]:
@@ -52,6 +76,7 @@ async def history(
     return [dict(r) for r in rows]
 
 
+@_translated
 async def redemptions(
     pool: asyncpg.Pool, code: str, *, after_seq: int = 0, limit: int = 100
 ) -> list[dict[str, Any]]:
