@@ -20,7 +20,7 @@ import asyncpg
 from tests.e2e.helpers import ServiceProcess, clean_env, free_port, wait_http
 from voucher_ledger.http.auth import mint_token
 
-SECRET = "e2e-api-secret-" + "x" * 40  # >= 32 bytes, shared by every instance of a test server
+SECRET = "e2e-api-secret-" + "x" * 60  # >= 64 bytes, so an HS512 token can be minted with it
 
 
 def _with_database(url: str, name: str) -> str:

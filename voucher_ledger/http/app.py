@@ -244,21 +244,9 @@ async def issue_voucher(request: web.Request) -> web.Response:
     assert isinstance(reply, Accepted)
     row = await queries.get_voucher(_pool(request), code)
     if row is None or row["last_seq"] < reply.seq:
-        # The read model lags beyond the bounded wait: answer from the event stream's state.
-        view = reply.voucher
-        return ok(
-            VoucherOut(
-                code=view.code,
-                credit_omr=view.credit_baisa // BAISA,
-                credit_baisa=view.credit_baisa,
-                description=view.description,
-                active=view.active,
-                max_redemptions=view.max_redemptions,
-                times_redeemed=view.times_redeemed,
-                created_at=view.created_at,
-                updated_at=view.updated_at,
-            )
-        )
+        # The read model lags beyond the bounded wait: answer from the event stream's state,
+        # which has the same fields.
+        return ok(voucher_out(reply.voucher.model_dump()))
     return ok(voucher_out(row))
 
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
 
 import asyncpg
-import nats.js.errors
 from nats.aio.client import Client
-from nats.js.kv import KeyValue
 
+from voucher_ledger.leases import LeaseHost, stop_worker
 from voucher_ledger.projections.projector import (
     ALL_PROJECTIONS,
     Projection,
@@ -31,7 +29,7 @@ class _Held:
     task: asyncio.Task[None]
 
 
-class ProjectorHost:
+class ProjectorHost(LeaseHost):
     def __init__(
         self,
         nc: Client,
@@ -42,15 +40,18 @@ class ProjectorHost:
         projections: tuple[Projection, ...] = ALL_PROJECTIONS,
         instance_id: str | None = None,
     ) -> None:
-        self._nc = nc
+        super().__init__(
+            nc,
+            spec.lease_bucket,
+            spec.lease_ttl,
+            instance_id or uuid.uuid4().hex[:12],
+            "projectors",
+        )
         self._pool = pool
         self._spec = spec
         self._status = status
         self._projections = projections
-        self.instance_id = instance_id or uuid.uuid4().hex[:12]
-        self._kv: KeyValue | None = None
         self._held: dict[str, _Held] = {}
-        self._loop_task: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> set[str]:
@@ -60,34 +61,7 @@ class ProjectorHost:
         held = self._held.get(name)
         return held.projector if held else None
 
-    async def start(self) -> None:
-        self._kv = await self._nc.jetstream().key_value(self._spec.lease_bucket)
-        await self._tick()
-        self._loop_task = asyncio.create_task(self._loop(), name=f"projectors-{self.instance_id}")
-
-    async def stop(self, *, release: bool = True) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
-        for name in list(self._held):
-            await self._drop(name, release=release)
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._spec.lease_ttl / 3)
-            try:
-                await self._tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - keep going through NATS blips
-                log.warning("projector leases: %r", exc)
-
-    async def _tick(self) -> None:
-        kv = self._kv
-        assert kv is not None
-        owner = self.instance_id.encode()
+    async def tick(self) -> None:
         for projection in self._projections:
             key = f"projector.{projection.name}"
             held = self._held.get(projection.name)
@@ -95,31 +69,29 @@ class ProjectorHost:
                 if held.task.done():
                     await self._drop(projection.name, release=True)
                     continue
-                try:
-                    held.revision = await kv.update(key, owner, last=held.revision)
-                except nats.js.errors.KeyWrongLastSequenceError:
+                revision = await self.renew(key, held.revision)
+                if revision is None:
                     log.warning("projection %s: lease lost", projection.name)
                     await self._drop(projection.name, release=False)
+                else:
+                    held.revision = revision
                 continue
-            try:
-                revision = await kv.create(key, owner)
-            except nats.js.errors.KeyWrongLastSequenceError:
+            revision = await self.acquire(key)
+            if revision is None:
                 continue
             projector = Projector(self._nc, self._pool, self._spec, projection, self._status)
             task = asyncio.create_task(projector.run(), name=f"projector-{projection.name}")
             self._held[projection.name] = _Held(revision, projector, task)
             log.info("instance %s: running projection %s", self.instance_id, projection.name)
 
+    async def drop_all(self, *, release: bool) -> None:
+        for name in list(self._held):
+            await self._drop(name, release=release)
+
     async def _drop(self, name: str, *, release: bool) -> None:
         held = self._held.pop(name, None)
         if held is None:
             return
-        held.projector.stop()
-        while not held.task.done():
-            held.task.cancel()
-            await asyncio.wait({held.task}, timeout=1.0)
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await held.task
-        if release and self._kv is not None:
-            with contextlib.suppress(Exception):
-                await self._kv.delete(f"projector.{name}", last=held.revision)
+        await stop_worker(held.task, held.projector.stop)
+        if release:
+            await self.release(f"projector.{name}", held.revision)
