@@ -15,6 +15,7 @@ from nats.aio.client import Client
 from voucher_ledger import streams
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.host import ProcessorHost
+from voucher_ledger.commands.idempotency import IdempotencyKeys
 from voucher_ledger.embedded import EmbeddedNats, EmbeddedPostgres
 from voucher_ledger.http.auth import Authenticator, ConfigError, resolve_secret
 from voucher_ledger.ledger.voucher import Policy
@@ -70,6 +71,7 @@ class Stack:
     host: ProcessorHost | None = None
     pool: asyncpg.Pool | None = None
     authenticator: Authenticator | None = None
+    idempotency: IdempotencyKeys | None = None
     status: ProjectionStatus | None = None
     projectors: ProjectorHost | None = None
     _nats: EmbeddedNats | None = None
@@ -154,6 +156,7 @@ class Stack:
             )
         self.bus = CommandBus(self.nc, self.spec.layout, self.spec.command_stream)
         await self.bus.start()
+        self.idempotency = await IdempotencyKeys.bind(self.nc, self.spec.idempotency_bucket)
 
     async def wait_for_projections(self, seq: int) -> bool:
         if self.status is None:

@@ -72,6 +72,10 @@ class StreamsSpec:
     def lease_bucket(self) -> str:
         return str(self.streams["leases"]["name"]).removeprefix("KV_")
 
+    @property
+    def idempotency_bucket(self) -> str:
+        return str(self.streams["idempotency"]["name"]).removeprefix("KV_")
+
 
 def load_spec(
     prefix: str,
@@ -123,6 +127,23 @@ def load_spec(
         "deny_delete": True,
         "allow_direct": True,
     }
+
+    idem = raw.get("idempotency")
+    if idem:
+        idem_bucket = render(idem["bucket"])
+        streams["idempotency"] = {
+            "name": f"KV_{idem_bucket}",
+            "subjects": [f"$KV.{idem_bucket}.>"],
+            "retention": "limits",
+            "storage": "file",
+            "num_replicas": streams["events"].get("num_replicas", 1),
+            "max_msgs_per_subject": 1,
+            "max_age": int(float(idem["ttl"]) * _NS),
+            "discard": "new",
+            "allow_rollup_hdrs": True,
+            "deny_delete": True,
+            "allow_direct": True,
+        }
 
     consumers: dict[str, list[dict[str, Any]]] = {}
     for _name, cfg in raw["consumers"].items():

@@ -55,11 +55,11 @@ class ApiServer:
 
     port: int
     prefix: str
-    secret: str
+    secret: str = field(repr=False)
     process: ServiceProcess
     database_url: str
     nats_url: str
-    tokens: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def base(self) -> str:

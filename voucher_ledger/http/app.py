@@ -26,6 +26,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from voucher_ledger.commands.bus import BusError, BusUnavailable, CommandTimeout
+from voucher_ledger.commands.idempotency import IdempotencyUnavailable, KeyReused
 from voucher_ledger.commands.wire import Accepted, Rejected
 from voucher_ledger.http.auth import ISSUER_ROLES, AuthError, Principal
 from voucher_ledger.http.errors import ApiError, int_query, parse_body
@@ -132,21 +133,39 @@ async def require_issuer(request: web.Request) -> Principal:
     return principal
 
 
+_RESERVED = {"issue": ["POST"], "list": ["GET"], "redeem-preview": ["POST"], "revoke": []}
+
+
 def path_code(request: web.Request) -> str:
+    raw = request.match_info.get("code", "")
+    if raw in _RESERVED:  # /billing/vouchers/issue with the wrong method, not a code
+        raise web.HTTPMethodNotAllowed(request.method, _RESERVED[raw])
     try:
         return normalise_code(request.match_info.get("code", ""))
     except InvalidInput as exc:
         raise ApiError(400, exc.message) from exc
 
 
-def command_id_from(request: web.Request) -> str | None:
+async def command_id_from(request: web.Request, command: VoucherCommandT) -> str | None:
+    """The Idempotency-Key as command id, after claiming it for this exact request."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
     try:
-        return validate_command_id(key)
+        key = validate_command_id(key)
     except InvalidInput as exc:
         raise ApiError(400, f"Idempotency-Key: {exc.message}") from exc
+    keys = request.app[STACK].idempotency
+    if keys is None:
+        raise ApiError(503, "idempotency keys unavailable")
+    fingerprint = keys.fingerprint(request.method, _route_name(request), command.model_dump_json())
+    try:
+        await keys.claim(key, fingerprint)
+    except KeyReused as exc:
+        raise ApiError(409, "Idempotency-Key was already used for a different request") from exc
+    except IdempotencyUnavailable as exc:
+        raise ApiError(503, "the ledger is unavailable; retry later", {"Retry-After": "2"}) from exc
+    return key
 
 
 async def send(
@@ -160,7 +179,7 @@ async def send(
         reply = await stack.bus.send(
             command,
             actor=actor,
-            command_id=command_id_from(request) or uuid.uuid4().hex,
+            command_id=await command_id_from(request, command) or uuid.uuid4().hex,
             timeout=stack.settings.command_timeout,
         )
     except CommandTimeout as exc:
@@ -242,12 +261,9 @@ async def issue_voucher(request: web.Request) -> web.Response:
     if isinstance(reply, Rejected):
         _raise_rejected(reply)
     assert isinstance(reply, Accepted)
-    row = await queries.get_voucher(_pool(request), code)
-    if row is None or row["last_seq"] < reply.seq:
-        # The read model lags beyond the bounded wait: answer from the event stream's state,
-        # which has the same fields.
-        return ok(voucher_out(reply.voucher.model_dump()))
-    return ok(voucher_out(row))
+    # The voucher as this write left it (its receipt): a replayed Idempotency-Key returns the
+    # original answer even after later updates. The read models have applied it by now.
+    return ok(voucher_out(reply.voucher.model_dump()))
 
 
 async def list_vouchers(request: web.Request) -> web.Response:
@@ -311,8 +327,8 @@ async def redeem_preview(request: web.Request) -> web.Response:
 
 
 async def get_voucher(request: web.Request) -> web.Response:
-    await require_issuer(request)
     code = path_code(request)
+    await require_issuer(request)
     row = await queries.get_voucher(_pool(request), code)
     if row is None:
         raise ApiError(404, "voucher not found")

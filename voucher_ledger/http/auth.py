@@ -351,6 +351,8 @@ def _bearer(authorization: str | None) -> str:
     token = authorization[len(BEARER) :]
     if not token or _WHITESPACE.search(token):
         raise AuthError(HEADER_MESSAGE)
+    if not token.isascii():  # a JWT is base64url; PyJWT would raise UnicodeEncodeError
+        raise _invalid("token is not ASCII")
     if len(token) > MAX_TOKEN_CHARS:
         raise _invalid("token too long")
     return token

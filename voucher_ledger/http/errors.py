@@ -52,7 +52,7 @@ def int_query(request: web.Request, name: str, default: int, low: int, high: int
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(400, f"{name} must be an integer between {low} and {high}")
     value = int(raw)
     if not low <= value <= high:

@@ -20,7 +20,7 @@ class IssueVoucherBody(_In):
 
     code: StrictStr = Field(description="normalised with strip().upper(); [A-Z0-9_-], 3-64")
     credit_omr: StrictInt = Field(gt=0, description="credit per redemption, whole OMR")
-    description: StrictStr | None = Field(default=None, max_length=2000)
+    description: StrictStr | None = Field(default=None, max_length=2000, pattern=r"^[^\x00]*$")
     active: StrictBool | None = None
     max_redemptions: StrictInt | None = Field(
         default=None, ge=0, le=2**31 - 1, description="0 = unlimited"

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from voucher_ledger.ledger.codes import normalise_code, validate_customer_id
+from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import Frozen
 
 
@@ -37,6 +38,15 @@ class IssueVoucher(_CodeCommand):
     description: str | None = Field(default=None, max_length=2000)
     active: bool | None = Field(default=None, strict=True)
     max_redemptions: int | None = Field(default=None, ge=0, le=2**31 - 1, strict=True)
+
+    @field_validator("description")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        # NUL cannot be stored by PostgreSQL (text or jsonb): refuse it at the door rather than
+        # append an event no read model can hold.
+        if value is not None and "\x00" in value:
+            raise InvalidInput("description", "description must not contain NUL characters")
+        return value
 
 
 class RevokeVoucher(_CodeCommand):

@@ -41,7 +41,7 @@ async def list_live_vouchers(
 ) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         f"""SELECT {_VOUCHER_COLUMNS} FROM vouchers
-            WHERE NOT revoked AND ($3::text IS NULL OR code LIKE '%' || $3 || '%')
+            WHERE NOT revoked AND ($3::text IS NULL OR strpos(code, $3) > 0)
             ORDER BY created_at DESC, code LIMIT $1 OFFSET $2""",  # noqa: S608 - constant columns
         limit,
         offset,
