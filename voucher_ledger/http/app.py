@@ -421,7 +421,15 @@ async def readyz(request: web.Request) -> web.Response:
         checks["postgres"] = False
     lag = await stack.projection_lag()
     checks["projection_lag"] = lag
-    ready = checks["nats"] and checks["postgres"] and lag is not None and max(lag.values()) < 10_000
+    failing = dict(stack.status.failing) if stack.status is not None else {}
+    checks["projections_failing"] = failing
+    ready = (
+        checks["nats"]
+        and checks["postgres"]
+        and lag is not None
+        and max(lag.values()) < 10_000
+        and not failing
+    )
     return ok(ReadyOut(ready=bool(ready), checks=checks), status=200 if ready else 503)
 
 

@@ -216,6 +216,8 @@ class ProjectionStatus:
     def __init__(self, pool: asyncpg.Pool, names: Sequence[str]) -> None:
         self._pool = pool
         self.applied: dict[str, int] = dict.fromkeys(names, 0)
+        # name -> last error, while a projector keeps failing (a poison event or an outage)
+        self.failing: dict[str, str] = {}
         self._changed = asyncio.Event()
         self._last_refresh = 0.0
 
@@ -378,5 +380,6 @@ class Projector:
                 reached,
             )
         self.batches += 1
+        self._status.failing.pop(self.projection.name, None)
         self._status.advance(self.projection.name, reached)
         return reached
