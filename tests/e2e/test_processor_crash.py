@@ -84,10 +84,11 @@ async def test_sigkill_of_the_active_processor_process_mid_storm(
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 120
         done: list[Accepted | Rejected] = []
+        in_flight = asyncio.Semaphore(40)  # a steady storm, so the kill lands mid-way
 
         async def client(i: int) -> Accepted | Rejected:
             reply = await send_until_answered(
-                bus, RedeemVoucher(code=code, customer_id=f"k{i}"), f"kill-{i}", deadline
+                bus, RedeemVoucher(code=code, customer_id=f"k{i}"), f"kill-{i}", deadline, in_flight
             )
             done.append(reply)
             return reply

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
 
@@ -158,17 +159,23 @@ async def test_retry_same_command_id_five_times_across_restart_one_redemption_sa
 
 
 async def send_until_answered(
-    bus: CommandBus, command: RedeemVoucher, command_id: str, deadline: float
+    bus: CommandBus,
+    command: RedeemVoucher,
+    command_id: str,
+    deadline: float,
+    in_flight: asyncio.Semaphore | None = None,
 ) -> Accepted | Rejected:
-    """What a well-behaved client does: retry with the same command id until it gets a reply."""
+    """What a well-behaved client does: retry with the same command id until it gets a reply.
+    ``in_flight`` bounds concurrent clients, so a storm lasts long enough to crash mid-way."""
     loop = asyncio.get_running_loop()
-    while True:
-        try:
-            return await bus.send(command, actor=CUSTOMER, command_id=command_id, timeout=4)
-        except BusError:
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.1)
+    async with in_flight or contextlib.nullcontext():
+        while True:
+            try:
+                return await bus.send(command, actor=CUSTOMER, command_id=command_id, timeout=4)
+            except BusError:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
 
 
 @pytest.mark.storm
@@ -189,10 +196,11 @@ async def test_failover_mid_storm_cap_holds_and_accepted_replies_are_on_stream(
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 120
+    in_flight = asyncio.Semaphore(40)
     tasks = [
         asyncio.create_task(
             send_until_answered(
-                bus, RedeemVoucher(code=code, customer_id=f"c{i}"), f"fo-{i}", deadline
+                bus, RedeemVoucher(code=code, customer_id=f"c{i}"), f"fo-{i}", deadline, in_flight
             )
         )
         for i in range(attempts)
