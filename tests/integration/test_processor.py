@@ -304,3 +304,66 @@ async def test_reply_subject_outside_inbox_is_never_published_to(
     history = await store.load(target)
     assert (await stream_state(nc, applied.event_stream))["messages"] == before + 1
     assert all(r.envelope.event.type != "voucher.issued" or r.seq == 1 for r in history)
+
+
+async def _send_raw(nc: Client, applied: StreamsSpec, env: object) -> Accepted | Rejected:
+    from voucher_ledger.commands.wire import REPLY_ADAPTER, CommandEnvelope
+
+    assert isinstance(env, CommandEnvelope)
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.request(
+        applied.layout.voucher_command_subject(env.command.code),
+        env.model_dump_json().encode(),
+        headers={"Vl-Reply-To": inbox},
+    )
+    msg = await sub.next_msg(timeout=10)
+    await sub.unsubscribe()
+    return REPLY_ADAPTER.validate_json(msg.data)
+
+
+async def test_a_command_past_its_deadline_is_refused_not_applied_late(
+    make_host: HostFactory,
+    bus: CommandBus,
+    nc: Client,
+    applied: StreamsSpec,
+    store: JetStreamEventStore,
+) -> None:
+    """A caller that stopped waiting never has its command applied behind its back; a command
+    that was applied before still replays its original reply."""
+    from datetime import UTC, datetime, timedelta
+
+    from voucher_ledger.commands.wire import CommandEnvelope
+
+    host = await make_host()
+    await all_partitions_covered([host], applied)
+    await issue(bus, "LATE-1", cap=0)
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    late = CommandEnvelope(
+        command_id="late-1",
+        actor=CUSTOMER,
+        sent_at=past - timedelta(seconds=10),
+        expires_at=past,
+        command=RedeemVoucher(code="LATE-1", customer_id="slowpoke"),
+    )
+    reply = await _send_raw(nc, applied, late)
+    assert isinstance(reply, Rejected)
+    assert reply.reason == "expired"
+    assert await redemption_events(store, applied, "LATE-1") == []
+
+    applied_first = await bus.send(
+        RedeemVoucher(code="LATE-1", customer_id="on-time"), actor=CUSTOMER, command_id="ok-1"
+    )
+    assert isinstance(applied_first, Accepted)
+    replay = await _send_raw(
+        nc,
+        applied,
+        late.model_copy(
+            update={
+                "command_id": "ok-1",
+                "command": RedeemVoucher(code="LATE-1", customer_id="on-time"),
+            }
+        ),
+    )
+    assert replay == applied_first
+    assert await redemption_events(store, applied, "LATE-1") == ["on-time"]

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import nats.errors
 from nats.aio.client import Client
@@ -30,6 +30,9 @@ from voucher_ledger.commands.wire import (
 from voucher_ledger.ledger.codes import validate_command_id
 from voucher_ledger.ledger.events import Actor
 from voucher_ledger.ledger.voucher import VoucherCommandT
+
+# Clock skew allowance between the sender and the processors for a command's deadline.
+EXPIRY_GRACE = 5.0
 
 
 class BusError(Exception):
@@ -90,8 +93,13 @@ class CommandBus:
         if self._sub is None:
             raise BusError("bus not started")
         command_id = validate_command_id(command_id) if command_id else uuid.uuid4().hex
+        now = datetime.now(UTC)
         envelope = CommandEnvelope(
-            command_id=command_id, actor=actor, sent_at=datetime.now(UTC), command=command
+            command_id=command_id,
+            actor=actor,
+            sent_at=now,
+            expires_at=now + timedelta(seconds=timeout + EXPIRY_GRACE),
+            command=command,
         )
         subject = self._layout.voucher_command_subject(command.code)
         token = uuid.uuid4().hex

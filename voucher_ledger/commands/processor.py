@@ -32,7 +32,7 @@ from voucher_ledger.commands.eventstore import (
 )
 from voucher_ledger.commands.layout import Layout
 from voucher_ledger.commands.wire import REPLY_HEADER, Accepted, CommandEnvelope, Rejected
-from voucher_ledger.ledger.errors import DomainError
+from voucher_ledger.ledger.errors import CommandExpired, DomainError
 from voucher_ledger.ledger.events import EventEnvelope, RecordedEvent
 from voucher_ledger.ledger.voucher import (
     Decided,
@@ -222,6 +222,13 @@ class PartitionProcessor:
             for item in items:
                 env = item.envelope
                 outcome = handle(working, env.command, env.command_id, self._policy)
+                if (
+                    isinstance(outcome, Decided)
+                    and env.expires_at is not None
+                    and env.expires_at < now
+                ):
+                    # Already-applied commands still replay; a new one is not applied late.
+                    outcome = Refused(CommandExpired(env.command_id))
                 match outcome:
                     case Refused(error=error):
                         outcomes.append(rejected_from(env.command_id, error))

@@ -19,6 +19,10 @@ class CommandEnvelope(Frozen):
     command_id: str
     actor: Actor
     sent_at: datetime
+    # After this instant the sender has stopped waiting: a processor that only gets to the
+    # command later refuses it ("expired") instead of applying it behind the caller's back.
+    # A retry with the same command id is a new envelope with a new deadline.
+    expires_at: datetime | None = None
     command: VoucherCommand
 
     @field_validator("command_id", mode="before")

@@ -76,3 +76,12 @@ class CommandIdReused(DomainError):
         super().__init__(
             "command_id was already used for a different command", command_id=command_id
         )
+
+
+class CommandExpired(DomainError):
+    """The sender stopped waiting before a processor got to the command: nothing was done."""
+
+    reason = "expired"
+
+    def __init__(self, command_id: str) -> None:
+        super().__init__("command expired before it was decided; retry it", command_id=command_id)
