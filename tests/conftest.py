@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import uuid
@@ -56,28 +57,32 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture
-async def database(pg_url: str) -> AsyncIterator[str]:
-    """A fresh, empty database for one test; dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
+@contextlib.asynccontextmanager
+async def fresh_database(pg_url: str, stem: str = "t") -> AsyncIterator[str]:
+    """A new, empty database on ``pg_url``'s server, dropped WITH (FORCE) afterwards."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    name = f"{stem}_{uuid.uuid4().hex[:16]}"
     admin = await asyncpg.connect(pg_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    yield _with_database(pg_url, name)
-    admin = await asyncpg.connect(pg_url)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield urlunsplit(urlsplit(pg_url)._replace(path=f"/{name}"))
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(pg_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
 
-def _with_database(url: str, name: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
+@pytest.fixture
+async def database(pg_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test; dropped afterwards."""
+    async with fresh_database(pg_url) as url:
+        yield url
 
 
 @pytest.fixture

@@ -111,39 +111,20 @@ def load_spec(
     if command_replicas is not None:
         streams["commands"]["num_replicas"] = command_replicas
 
-    leases = raw["leases"]
-    bucket = render(leases["bucket"])
-    ttl = float(leases["ttl"])
-    streams["leases"] = {
-        "name": f"KV_{bucket}",
-        "subjects": [f"$KV.{bucket}.>"],
-        "retention": "limits",
-        "storage": "memory",
-        "num_replicas": streams["commands"].get("num_replicas", 1),
-        "max_msgs_per_subject": 1,
-        "max_age": int(ttl * _NS),
-        "discard": "new",
-        "allow_rollup_hdrs": True,
-        "deny_delete": True,
-        "allow_direct": True,
-    }
-
+    # KV buckets are streams too: leases live in memory (they expire in seconds anyway);
+    # idempotency keys must survive a restart, so they go to disk like the events.
+    ttl = float(raw["leases"]["ttl"])
+    streams["leases"] = _kv_stream(
+        render(raw["leases"]["bucket"]), ttl, "memory", streams["commands"].get("num_replicas", 1)
+    )
     idem = raw.get("idempotency")
     if idem:
-        idem_bucket = render(idem["bucket"])
-        streams["idempotency"] = {
-            "name": f"KV_{idem_bucket}",
-            "subjects": [f"$KV.{idem_bucket}.>"],
-            "retention": "limits",
-            "storage": "file",
-            "num_replicas": streams["events"].get("num_replicas", 1),
-            "max_msgs_per_subject": 1,
-            "max_age": int(float(idem["ttl"]) * _NS),
-            "discard": "new",
-            "allow_rollup_hdrs": True,
-            "deny_delete": True,
-            "allow_direct": True,
-        }
+        streams["idempotency"] = _kv_stream(
+            render(idem["bucket"]),
+            float(idem["ttl"]),
+            "file",
+            streams["events"].get("num_replicas", 1),
+        )
 
     consumers: dict[str, list[dict[str, Any]]] = {}
     for _name, cfg in raw["consumers"].items():
@@ -168,6 +149,23 @@ def load_spec(
         projectors=projectors,
         raw=raw,
     )
+
+
+def _kv_stream(bucket: str, ttl: float, storage: str, replicas: int) -> dict[str, Any]:
+    """The stream behind a KV bucket: one value per key, entries expire after ``ttl``."""
+    return {
+        "name": f"KV_{bucket}",
+        "subjects": [f"$KV.{bucket}.>"],
+        "retention": "limits",
+        "storage": storage,
+        "num_replicas": replicas,
+        "max_msgs_per_subject": 1,
+        "max_age": int(ttl * _NS),
+        "discard": "new",
+        "allow_rollup_hdrs": True,
+        "deny_delete": True,
+        "allow_direct": True,
+    }
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -15,38 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 
+from tests.conftest import fresh_database
 from tests.e2e.helpers import ServiceProcess, clean_env, free_port, wait_http
 from voucher_ledger.http.auth import mint_token
 
 SECRET = "e2e-api-secret-" + "x" * 60  # >= 64 bytes, so an HS512 token can be minted with it
 
 
-def _with_database(url: str, name: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(pg_url: str) -> AsyncIterator[str]:
-    """A new, empty database on ``pg_url``'s server (dropped WITH (FORCE) afterwards)."""
-    name = f"api_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(pg_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield _with_database(pg_url, name)
-    finally:
-        admin = await asyncpg.connect(pg_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+VOUCHER_KEYS = {
+    "code",
+    "credit_omr",
+    "credit_baisa",
+    "description",
+    "active",
+    "max_redemptions",
+    "times_redeemed",
+    "created_at",
+    "updated_at",
+}
+PREVIEW_KEYS = {"code", "credit_omr", "description", "active", "accepting_redemptions"}
 
 
 @dataclass
@@ -210,7 +198,9 @@ def assert_json_error(reply: Reply, status: int | None = None) -> str:
 
 
 __all__ = [
+    "PREVIEW_KEYS",
     "SECRET",
+    "VOUCHER_KEYS",
     "ApiServer",
     "Reply",
     "assert_json_error",

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import psutil
 
 from voucher_ledger.embedded import free_port
 
@@ -74,4 +75,16 @@ async def wait_http(url: str, proc: ServiceProcess, timeout: float = 60) -> aioh
             await asyncio.sleep(0.1)
 
 
-__all__ = ["ServiceProcess", "clean_env", "free_port", "wait_http"]
+def processes_using(data_dir: Path) -> list[psutil.Process]:
+    """Processes whose command line names ``data_dir``: the embedded servers a test started."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(data_dir) in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+__all__ = ["ServiceProcess", "clean_env", "free_port", "processes_using", "wait_http"]

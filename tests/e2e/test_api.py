@@ -20,6 +20,8 @@ import pytest
 
 from tests.conftest import connect, wait_until
 from tests.e2e.api_helpers import (
+    PREVIEW_KEYS,
+    VOUCHER_KEYS,
     ApiServer,
     Reply,
     assert_json_error,
@@ -44,18 +46,6 @@ DETAIL = "/billing/vouchers/{code}"
 HISTORY = "/billing/vouchers/{code}/history"
 REDEMPTIONS = "/billing/vouchers/{code}/redemptions"
 
-VOUCHER_KEYS = {
-    "code",
-    "credit_omr",
-    "credit_baisa",
-    "description",
-    "active",
-    "max_redemptions",
-    "times_redeemed",
-    "created_at",
-    "updated_at",
-}
-PREVIEW_KEYS = {"code", "credit_omr", "description", "active", "accepting_redemptions"}
 
 # Every (method, path template) this module exercises; /openapi.json must document exactly these.
 EXERCISED = {

@@ -21,7 +21,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.e2e.api_helpers import ApiServer, Reply, running_server, sync_call
+from tests.e2e.api_helpers import (
+    PREVIEW_KEYS,
+    VOUCHER_KEYS,
+    ApiServer,
+    Reply,
+    running_server,
+    sync_call,
+)
 
 FUZZ = settings(
     max_examples=150,
@@ -125,19 +132,6 @@ utf8_header = (
 
 
 # ------------------------------------------------------------------------------------- checks
-
-VOUCHER_KEYS = {
-    "code",
-    "credit_omr",
-    "credit_baisa",
-    "description",
-    "active",
-    "max_redemptions",
-    "times_redeemed",
-    "created_at",
-    "updated_at",
-}
-PREVIEW_KEYS = {"code", "credit_omr", "description", "active", "accepting_redemptions"}
 
 
 def check(reply: Reply, *, many: bool = False, preview: bool = False) -> Any:

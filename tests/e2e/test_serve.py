@@ -7,11 +7,10 @@ import socket
 from pathlib import Path
 
 import aiohttp
-import psutil
 import pytest
 
 from tests.conftest import connect
-from tests.e2e.helpers import ServiceProcess, clean_env, free_port, wait_http
+from tests.e2e.helpers import ServiceProcess, clean_env, free_port, processes_using, wait_http
 from voucher_ledger import streams
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.wire import Accepted
@@ -19,17 +18,6 @@ from voucher_ledger.ledger.events import Actor
 from voucher_ledger.ledger.voucher import IssueVoucher, RedeemVoucher
 
 ADMIN = Actor(sub="admin", role="superadmin")
-
-
-def processes_using(data_dir: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(str(data_dir) in part for part in proc.info["cmdline"] or []):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
 
 
 async def bus_for(data_dir: Path) -> tuple[CommandBus, object]:

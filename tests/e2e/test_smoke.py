@@ -12,10 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.e2e.helpers import ServiceProcess, clean_env, free_port, wait_http
+from tests.e2e.helpers import ServiceProcess, clean_env, free_port, processes_using, wait_http
 
 SMOKE_SCRIPT = """\
 # 1. Schema check — list vouchers (will be empty on a fresh Sovereign).
@@ -56,17 +55,6 @@ def test_smoke_script_has_four_curl_steps() -> None:
     steps = smoke_steps(SMOKE_SCRIPT)
     assert len(steps) == 4
     assert all(step.lstrip().startswith("curl -s") and step.endswith("| jq .") for step in steps)
-
-
-def leftovers(data_dir: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(str(data_dir) in part for part in proc.info["cmdline"] or []):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
 
 
 def run_step(step: str, env: dict[str, str]) -> object:
@@ -143,10 +131,10 @@ async def test_seed_four_step_smoke_test_runs_as_written_on_the_embedded_default
         service.signal(signal.SIGINT)
         assert await service.wait(60) == 0, service.output()[-4000:]
         assert "shutting down" in service.output()
-        assert leftovers(data_dir) == [], "nats-server or postgres left running"
+        assert processes_using(data_dir) == [], "nats-server or postgres left running"
     finally:
         service.kill()
-        for proc in leftovers(data_dir):  # only the servers this test started, under its dir
+        for proc in processes_using(data_dir):  # only the servers this test started, under its dir
             proc.kill()
     assert (data_dir / "jwt-secret").exists()
     assert os.stat(data_dir / "jwt-secret").st_mode & 0o077 == 0

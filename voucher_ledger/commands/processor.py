@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
@@ -291,7 +290,3 @@ class PartitionProcessor:
             if reply_to.startswith(REPLY_PREFIX):
                 await self._nc.publish(reply_to, reply.model_dump_json().encode())
             await item.msg.ack()
-
-
-def monotonic() -> float:
-    return time.monotonic()

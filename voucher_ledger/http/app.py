@@ -16,6 +16,7 @@ Writes go to the command bus and answer once the read models have applied the wr
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -342,7 +343,8 @@ async def get_voucher(request: web.Request) -> web.Response:
     return ok(detail)
 
 
-async def voucher_history(request: web.Request) -> web.Response:
+async def _code_page(request: web.Request) -> tuple[Any, str, int, int]:
+    """Issuer check, the path's code (404 when unknown), and ``after_seq`` / ``limit``."""
     await require_issuer(request)
     code = path_code(request)
     after = int_query(request, "after_seq", 0, 0, 2**62)
@@ -350,9 +352,12 @@ async def voucher_history(request: web.Request) -> web.Response:
     pool = _pool(request)
     if await queries.get_voucher(pool, code) is None:
         raise ApiError(404, "voucher not found")
-    rows = await queries.history(pool, code, after_seq=after, limit=limit)
-    import json
+    return pool, code, after, limit
 
+
+async def voucher_history(request: web.Request) -> web.Response:
+    pool, code, after, limit = await _code_page(request)
+    rows = await queries.history(pool, code, after_seq=after, limit=limit)
     events = []
     for r in rows:
         envelope = json.loads(r["event"])
@@ -372,13 +377,7 @@ async def voucher_history(request: web.Request) -> web.Response:
 
 
 async def voucher_redemptions(request: web.Request) -> web.Response:
-    await require_issuer(request)
-    code = path_code(request)
-    after = int_query(request, "after_seq", 0, 0, 2**62)
-    limit = int_query(request, "limit", 100, 1, 1000)
-    pool = _pool(request)
-    if await queries.get_voucher(pool, code) is None:
-        raise ApiError(404, "voucher not found")
+    pool, code, after, limit = await _code_page(request)
     rows = await queries.redemptions(pool, code, after_seq=after, limit=limit)
     items = [
         RedemptionOut(
