@@ -796,6 +796,17 @@ async def test_wrong_method_is_405_json_with_allow(
     assert method not in allow
 
 
+@pytest.mark.parametrize(("path", "allowed"), [(ISSUE, "POST"), (PREVIEW, "POST")])
+async def test_get_on_a_write_route_is_405_not_a_lookup_of_a_voucher_named_like_it(
+    api: Api, path: str, allowed: str
+) -> None:
+    """/billing/vouchers/issue must not be read as GET /billing/vouchers/{code} for 'ISSUE'."""
+    for with_token in (False, True):
+        reply = await api.request("GET", path, auth=with_token)
+        assert assert_json_error(reply, 405) == "method not allowed"
+        assert allowed in reply.headers.get("Allow", ""), reply.headers
+
+
 @pytest.mark.parametrize("path", [ISSUE, LEGACY, PREVIEW])
 async def test_body_over_the_limit_is_413_json_and_nothing_changes(api: Api, path: str) -> None:
     code = new_code("BIG")

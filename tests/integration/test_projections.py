@@ -237,3 +237,32 @@ async def test_live_projectors_via_consumer_keep_up_with_a_storm(
     finally:
         await host.stop()
     await assert_rows_equal_fold(pool, await stream_events(nc, applied))
+
+
+async def test_a_projector_that_keeps_failing_is_reported_until_a_batch_applies(
+    make_host: HostFactory, bus: CommandBus, nc: Client, applied: StreamsSpec, pool: asyncpg.Pool
+) -> None:
+    """/readyz reads ``status.failing``: set while the projector cannot apply, cleared after."""
+    await make_host()
+    await bus.send(IssueVoucher(code="POISON-1", credit_baisa=1000), actor=ADMIN)
+    status = ProjectionStatus(pool, ["vouchers"])
+    broken = Projector(nc, pool, applied, _Crashing(VoucherProjection(), 0), status)  # type: ignore[arg-type]
+    task = asyncio.create_task(broken.run())
+    try:
+        await wait_until(lambda: "vouchers" in status.failing, what="failure reported")
+        assert status.failing["vouchers"] == "ConnectionResetError"
+        assert status.applied["vouchers"] == 0
+    finally:
+        broken.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    healthy = Projector(nc, pool, applied, VoucherProjection(), status)
+    task = asyncio.create_task(healthy.run())
+    try:
+        await wait_until(lambda: status.applied["vouchers"] >= 1, what="caught up")
+        assert status.failing == {}
+    finally:
+        healthy.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -319,6 +319,7 @@ class Projector:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Postgres or NATS outage: retry
+                self._status.failing[self.projection.name] = type(exc).__name__
                 log.warning("projection %s: %r; retrying", self.projection.name, exc)
                 await asyncio.sleep(0.5)
 
