@@ -1,4 +1,4 @@
-"""``voucher-ledger``: serve, run processors, manage streams."""
+"""``voucher-ledger``: serve, run processors, manage streams, read the event stream."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from voucher_ledger import streams
+from voucher_ledger import audit_cli, streams
 from voucher_ledger.embedded import EmbeddedNats
 from voucher_ledger.runtime import Stack, StartupError, connect_nats, load_spec
 from voucher_ledger.settings import Settings
@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("streams", help="JetStream objects declared in streams.yaml")
     st.add_argument("action", choices=["apply", "diff"])
     common(st)
+
+    audit_cli.add_parsers(sub, common)  # audit tail, show (time travel), schema export/check
     return parser
 
 
@@ -163,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             print("voucher-ledger: --ttl must be between 1 and 2678400 seconds", file=sys.stderr)
             return 2
         return _token(settings, args)
+    if args.command in audit_cli.COMMANDS:
+        return audit_cli.run(args, settings)
     try:
         if args.command == "serve":
             return asyncio.run(_serve(settings))
