@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from voucher_ledger.commands.bus import BusError, BusUnavailable, CommandTimeout
 from voucher_ledger.commands.idempotency import IdempotencyUnavailable, KeyReused
 from voucher_ledger.commands.wire import Accepted, Rejected
+from voucher_ledger.http.asof import parse_at, voucher_detail_at
 from voucher_ledger.http.auth import ISSUER_ROLES, AuthError, Principal
 from voucher_ledger.http.errors import ApiError, int_query, parse_body
 from voucher_ledger.http.metrics import Metrics
@@ -330,6 +331,9 @@ async def redeem_preview(request: web.Request) -> web.Response:
 async def get_voucher(request: web.Request) -> web.Response:
     code = path_code(request)
     await require_issuer(request)
+    if "at" in request.query:  # time travel: folded from the event stream
+        raw_at = parse_at(request.query.getall("at"))
+        return ok(await voucher_detail_at(request.app[STACK], code, raw_at))
     row = await queries.get_voucher(_pool(request), code)
     if row is None:
         raise ApiError(404, "voucher not found")

@@ -104,10 +104,21 @@ def build_openapi() -> dict[str, Any]:
         },
         "/billing/vouchers/{code}": {
             "get": {
-                "summary": "A voucher's full state with counters",
+                "summary": "A voucher's full state with counters (now, or ?at= a past time)",
                 "security": issuer,
-                "parameters": [code_param],
-                "responses": resp(m.VoucherDetail, 400, 401, 403, 404),
+                "parameters": [
+                    code_param,
+                    {
+                        "name": "at",
+                        "in": "query",
+                        "required": False,
+                        "description": "the state as of this time, folded from the event "
+                        "stream (events with occurred_at <= at); 404 if the voucher did not "
+                        "exist yet. ISO 8601 with a time zone; encode '+' as %2B or use Z.",
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                ],
+                "responses": resp(m.VoucherDetail, 400, 401, 403, 404, 503),
             }
         },
         "/billing/vouchers/{code}/history": {
