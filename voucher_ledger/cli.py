@@ -21,7 +21,7 @@ log = logging.getLogger("voucher_ledger")
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, object] = {}
-    for name in ("host", "port", "data_dir"):
+    for name in ("host", "port", "data_dir", "catalog_file"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP API, processors and embedded servers")
     serve.add_argument("--host", default=None, help="bind address (127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="HTTP port (8080)")
+    serve.add_argument(
+        "--catalog",
+        dest="catalog_file",
+        type=Path,
+        default=None,
+        help="plans and addons YAML (default: CATALOG_URL, else the shipped sample catalog)",
+    )
     common(serve)
 
     procs = sub.add_parser("processors", help="run command processors only (no HTTP)")

@@ -13,6 +13,14 @@ import nats
 from nats.aio.client import Client
 
 from voucher_ledger import streams
+from voucher_ledger.billing.catalog import (
+    CatalogSource,
+    FileCatalog,
+    HttpCatalog,
+    sample_catalog_path,
+)
+from voucher_ledger.billing.checkout import CheckoutService
+from voucher_ledger.billing.stripe_gateway import StripeGateway
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.host import ProcessorHost
 from voucher_ledger.commands.idempotency import IdempotencyKeys
@@ -21,7 +29,8 @@ from voucher_ledger.http.auth import Authenticator, ConfigError, resolve_secret
 from voucher_ledger.ledger.voucher import Policy
 from voucher_ledger.projections.host import ProjectorHost
 from voucher_ledger.projections.migrate import MigrationError, migrate
-from voucher_ledger.projections.projector import ALL_PROJECTIONS, ProjectionStatus
+from voucher_ledger.projections.projector import ProjectionStatus
+from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -74,6 +83,10 @@ class Stack:
     idempotency: IdempotencyKeys | None = None
     status: ProjectionStatus | None = None
     projectors: ProjectorHost | None = None
+    catalog: CatalogSource | None = None
+    stripe: StripeGateway | None = None
+    checkout: CheckoutService | None = None
+    _recovery: asyncio.Task[None] | None = None
     _nats: EmbeddedNats | None = None
     _pg: EmbeddedPostgres | None = None
     _closing: list[str] = field(default_factory=list)
@@ -98,6 +111,20 @@ class Stack:
                 )
             except ConfigError as exc:
                 raise StartupError(str(exc)) from exc
+            self.catalog = make_catalog(s)
+            if s.stripe_secret_key:
+                self.stripe = StripeGateway(
+                    s.stripe_secret_key,
+                    webhook_secret=s.stripe_webhook_secret,
+                    api_base=s.stripe_api_base,
+                    currency=s.stripe_currency,
+                    success_url=s.success_url,
+                    cancel_url=s.cancel_url,
+                    sovereign=s.sovereign_fqdn,
+                    timeout=s.stripe_timeout,
+                )
+            else:
+                log.warning("STRIPE_SECRET_KEY unset: checkouts that need a card payment get 503")
         if s.embedded_nats:
             self._nats = EmbeddedNats(s.data_dir, binary=s.nats_server_bin)
             self.nats_url = await asyncio.to_thread(self._nats.start)
@@ -157,6 +184,28 @@ class Stack:
         self.bus = CommandBus(self.nc, self.spec.layout, self.spec.command_stream)
         await self.bus.start()
         self.idempotency = await IdempotencyKeys.bind(self.nc, self.spec.idempotency_bucket)
+        if self.catalog is not None:
+            self.checkout = CheckoutService(
+                self.bus,
+                self.catalog,
+                self.stripe,
+                command_timeout=s.command_timeout,
+                recovery_after=s.recovery_after,
+            )
+            if s.run_recovery:
+                self._recovery = asyncio.create_task(self._recover(self.checkout))
+
+    async def _recover(self, checkout: CheckoutService) -> None:
+        """Finish or compensate half-way checkouts (after a crash) every few seconds."""
+        while True:
+            try:
+                if self.pool is not None:
+                    await checkout.recover_once(self.pool)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an outage: try again next round
+                log.warning("checkout recovery: %r", exc)
+            await asyncio.sleep(self.settings.checkout_recovery_interval)
 
     async def wait_for_projections(self, seq: int) -> bool:
         if self.status is None:
@@ -179,6 +228,17 @@ class Stack:
         return {name: max(0, head - seq) for name, seq in self.status.applied.items()}
 
     async def stop(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(BaseException):
+                await self._recovery
+            self._recovery = None
+        if self.stripe is not None:
+            await self.stripe.close()
+            self.stripe = None
+        if self.catalog is not None:
+            await self.catalog.close()
+            self.catalog = None
         if self.projectors is not None:
             await self.projectors.stop(release=True)
             self.projectors = None
@@ -205,6 +265,17 @@ class Stack:
         if self._pg is not None:
             await asyncio.to_thread(self._pg.stop)
             self._pg = None
+
+
+def make_catalog(s: Settings) -> CatalogSource:
+    if s.catalog_url and s.catalog_file:
+        raise StartupError("set CATALOG_URL or CATALOG_FILE (--catalog), not both")
+    if s.catalog_url:
+        return HttpCatalog(s.catalog_url, timeout=s.catalog_timeout)
+    try:
+        return FileCatalog(s.catalog_file or sample_catalog_path())
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
 
 
 def load_spec(s: Settings) -> streams.StreamsSpec:

@@ -49,6 +49,32 @@ class Settings(BaseSettings):
     read_your_writes_timeout: float = Field(default=5.0, alias="READ_YOUR_WRITES_TIMEOUT", gt=0)
     body_limit: int = Field(default=64 * 1024, alias="BODY_LIMIT", ge=1024)
 
+    # Checkout. The catalog comes from CATALOG_URL (the seed's /catalog/plans and
+    # /catalog/addons) or a YAML file (CATALOG_FILE, or `serve --catalog FILE`); neither set
+    # means the sample catalog shipped in the package.
+    catalog_file: Path | None = Field(default=None, alias="CATALOG_FILE")
+    catalog_url: str | None = Field(default=None, alias="CATALOG_URL")
+    catalog_timeout: float = Field(default=3.0, alias="CATALOG_TIMEOUT", gt=0)
+    # Stripe: unset secret key = no card payments (a checkout that needs one answers 503).
+    stripe_secret_key: str | None = Field(default=None, alias="STRIPE_SECRET_KEY", repr=False)
+    stripe_webhook_secret: str | None = Field(
+        default=None, alias="STRIPE_WEBHOOK_SECRET", repr=False
+    )
+    stripe_api_base: str | None = Field(default=None, alias="STRIPE_API_BASE")
+    stripe_currency: str = Field(default="omr", alias="STRIPE_CURRENCY", pattern=r"^[a-z]{3}$")
+    stripe_timeout: float = Field(default=20.0, alias="STRIPE_TIMEOUT", gt=0)
+    success_url: str = Field(default="http://localhost:8080/checkout/success", alias="SUCCESS_URL")
+    cancel_url: str = Field(default="http://localhost:8080/checkout/cancel", alias="CANCEL_URL")
+    sovereign_fqdn: str = Field(default="", alias="SOVEREIGN_FQDN", max_length=253)
+    webhook_body_limit: int = Field(default=1024 * 1024, alias="WEBHOOK_BODY_LIMIT", ge=512 * 1024)
+    # A checkout still half-way after this many seconds is finished or compensated by the
+    # recovery loop (unset: three command timeouts plus grace). RUN_RECOVERY=false disables it.
+    checkout_recovery_after: float | None = Field(
+        default=None, alias="CHECKOUT_RECOVERY_AFTER", gt=0
+    )
+    checkout_recovery_interval: float = Field(default=5.0, alias="CHECKOUT_RECOVERY_INTERVAL", gt=0)
+    run_recovery: bool = Field(default=True, alias="RUN_RECOVERY")
+
     nats_server_bin: str | None = Field(default=None, alias="NATS_SERVER_BIN")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 
@@ -58,6 +84,12 @@ class Settings(BaseSettings):
         if not PREFIX_PATTERN.fullmatch(value):
             raise ValueError("SUBJECT_PREFIX must match [a-z][a-z0-9_]{0,31}")
         return value
+
+    @property
+    def recovery_after(self) -> float:
+        if self.checkout_recovery_after is not None:
+            return self.checkout_recovery_after
+        return 3 * self.command_timeout + 10.0
 
     @property
     def embedded_nats(self) -> bool:

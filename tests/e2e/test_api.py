@@ -33,6 +33,7 @@ from voucher_ledger import streams
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.wire import Accepted
 from voucher_ledger.http.auth import mint_token
+from voucher_ledger.http.billing import CHECKOUT_PATHS
 from voucher_ledger.ledger.commands import RedeemVoucher
 from voucher_ledger.ledger.events import Actor
 
@@ -63,6 +64,11 @@ EXERCISED = {
     ("get", "/readyz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
+    # checkout, webhook, balance and orders: exercised in tests/e2e/test_checkout.py
+    *(("post", path) for path in CHECKOUT_PATHS),
+    ("post", "/billing/webhook"),
+    ("get", "/billing/balance"),
+    ("get", "/billing/admin/orders"),
 }
 
 
@@ -908,7 +914,7 @@ async def test_readyz_is_200_with_checks(api: Api) -> None:
     checks = body["checks"]
     assert checks["nats"] is True
     assert checks["postgres"] is True
-    assert set(checks["projection_lag"]) == {"vouchers", "audit"}
+    assert set(checks["projection_lag"]) == {"vouchers", "wallets", "audit"}
     assert all(isinstance(v, int) and v >= 0 for v in checks["projection_lag"].values())
 
 

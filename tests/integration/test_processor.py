@@ -98,7 +98,7 @@ async def test_stale_writer_gets_conflict_reloads_and_never_exceeds_cap(
     assert isinstance(first, Accepted)
     proc = host.processor(applied.layout.partition_of(code))
     assert proc is not None
-    assert proc.cache.get(code) is not None  # warm, in-memory state
+    assert proc.cache.get(("voucher", code)) is not None  # warm, in-memory state
 
     # Behind the processor's back: another writer appends the remaining two redemptions.
     subject = applied.layout.voucher_subject(code)

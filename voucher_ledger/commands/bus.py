@@ -28,6 +28,7 @@ from voucher_ledger.commands.wire import (
     Rejected,
 )
 from voucher_ledger.ledger.codes import validate_command_id
+from voucher_ledger.ledger.commands import WalletCommandT
 from voucher_ledger.ledger.events import Actor
 from voucher_ledger.ledger.voucher import VoucherCommandT
 
@@ -84,12 +85,15 @@ class CommandBus:
 
     async def send(
         self,
-        command: VoucherCommandT,
+        command: VoucherCommandT | WalletCommandT,
         *,
         actor: Actor,
         command_id: str | None = None,
         timeout: float = 10.0,
+        expires_at: datetime | None = None,
     ) -> Accepted | Rejected:
+        """Send and wait for the outcome. ``expires_at`` can only shorten the deadline after
+        which a processor refuses the command (it defaults to timeout + EXPIRY_GRACE)."""
         if self._sub is None:
             raise BusError("bus not started")
         command_id = validate_command_id(command_id) if command_id else uuid.uuid4().hex
@@ -98,10 +102,13 @@ class CommandBus:
             command_id=command_id,
             actor=actor,
             sent_at=now,
-            expires_at=now + timedelta(seconds=timeout + EXPIRY_GRACE),
+            expires_at=min(
+                now + timedelta(seconds=timeout + EXPIRY_GRACE),
+                expires_at or datetime.max.replace(tzinfo=UTC),
+            ),
             command=command,
         )
-        subject = self._layout.voucher_command_subject(command.code)
+        subject = self._layout.command_subject(*command.aggregate)
         token = uuid.uuid4().hex
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Accepted | Rejected] = loop.create_future()

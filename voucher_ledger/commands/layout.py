@@ -6,6 +6,7 @@ here, and the prefix is validated at settings load.
 
 from __future__ import annotations
 
+import base64
 import re
 import zlib
 from dataclasses import dataclass
@@ -57,6 +58,23 @@ class Layout:
         _check_code(code)
         return f"{self.prefix}.commands.{self.partition_of(code)}.voucher.{code}"
 
+    def wallet_subject(self, customer_id: str) -> str:
+        return f"{self.prefix}.events.wallet.{account_token(customer_id)}"
+
+    def wallet_command_subject(self, customer_id: str) -> str:
+        token = account_token(customer_id)
+        return f"{self.prefix}.commands.{self.partition_of(token)}.wallet.{token}"
+
+    def event_subject(self, aggregate: str, key: str) -> str:
+        if aggregate == "wallet":
+            return self.wallet_subject(key)
+        return self.voucher_subject(key)
+
+    def command_subject(self, aggregate: str, key: str) -> str:
+        if aggregate == "wallet":
+            return self.wallet_command_subject(key)
+        return self.voucher_command_subject(key)
+
     def partition_filter(self, partition: int) -> str:
         return f"{self.prefix}.commands.{partition}.>"
 
@@ -73,3 +91,15 @@ def _check_code(code: str) -> None:
     # Defence in depth: commands are validated at construction; this catches any other path.
     if not CODE_PATTERN.fullmatch(code):
         raise ValueError("refusing to build a subject from an invalid code")
+
+
+def account_token(customer_id: str) -> str:
+    """A customer id (any JWT ``sub``) as a subject token: unpadded base64url, so ``.``, ``*``,
+    ``>`` and whitespace can never reach a subject, and distinct ids never collide."""
+    if not customer_id:
+        raise ValueError("refusing to build a subject from an empty customer id")
+    return base64.urlsafe_b64encode(customer_id.encode()).decode().rstrip("=")
+
+
+def customer_of_token(token: str) -> str:
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()

@@ -1,10 +1,11 @@
 """The sequential command processor of one partition.
 
-For each fetched batch of commands: group by code (arrival order kept within a code), and for
-each code decide the commands one by one against the in-memory state, append all of that code's
-new events as ONE atomic batch carrying ``Nats-Expected-Last-Subject-Sequence``, then reply and
-ack. On a conflict the code is reloaded from the stream and the commands are decided again.
-Codes of one batch are appended concurrently (different subjects never conflict).
+For each fetched batch of commands: group by aggregate (a voucher code or a customer's wallet;
+arrival order kept within one), and for each aggregate decide the commands one by one against
+the in-memory state, append all of its new events as ONE atomic batch carrying
+``Nats-Expected-Last-Subject-Sequence``, then reply and ack. On a conflict the aggregate is
+reloaded from the stream and the commands are decided again. Aggregates of one batch are
+appended concurrently (different subjects never conflict).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
@@ -31,19 +33,10 @@ from voucher_ledger.commands.eventstore import (
 )
 from voucher_ledger.commands.layout import Layout
 from voucher_ledger.commands.wire import REPLY_HEADER, Accepted, CommandEnvelope, Rejected
+from voucher_ledger.ledger import voucher, wallet
 from voucher_ledger.ledger.errors import CommandExpired, DomainError
 from voucher_ledger.ledger.events import EventEnvelope, RecordedEvent
-from voucher_ledger.ledger.voucher import (
-    Decided,
-    Policy,
-    Receipt,
-    Refused,
-    Replayed,
-    VoucherState,
-    evolve,
-    fold,
-    handle,
-)
+from voucher_ledger.ledger.voucher import Decided, Policy, Receipt, Refused, Replayed
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +66,51 @@ def accepted_from(receipt: Receipt) -> Accepted:
     )
 
 
+class _VoucherKind:
+    """How the processor treats a voucher: folded from its code's events; replies replay the
+    receipt (the voucher as the command left it)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def fold(self, key: str, history: list[RecordedEvent]) -> Any:
+        return voucher.fold(key, history)
+
+    def handle(self, state: Any, command: Any, command_id: str) -> Any:
+        return voucher.handle(state, command, command_id, self.policy)
+
+    def evolve(self, state: Any, recorded: RecordedEvent, fingerprint: str) -> Any:
+        return voucher.evolve(state, recorded, fingerprint)
+
+    def reply(self, state: Any, command: Any, command_id: str) -> Accepted:
+        return accepted_from(state.receipts[command_id])
+
+
+class _WalletKind:
+    """A customer's wallet: replies show the wallet and the order as they are now, so a retried
+    checkout step learns where the order got to."""
+
+    def fold(self, key: str, history: list[RecordedEvent]) -> Any:
+        return wallet.fold(key, history)
+
+    def handle(self, state: Any, command: Any, command_id: str) -> Any:
+        return wallet.handle(state, command, command_id)
+
+    def evolve(self, state: Any, recorded: RecordedEvent, fingerprint: str) -> Any:
+        return wallet.evolve(state, recorded, fingerprint)
+
+    def reply(self, state: Any, command: Any, command_id: str) -> Accepted:
+        receipt = state.receipts.get(command_id)
+        order = state.orders.get(command.order_id)
+        return Accepted(
+            command_id=command_id,
+            command_type=command.type,
+            seq=receipt.seq if receipt is not None else state.last_seq,
+            wallet=state.view(),
+            order=order,
+        )
+
+
 def rejected_from(command_id: str, error: DomainError) -> Rejected:
     details = {k: v for k, v in error.context.items() if isinstance(v, str | int | bool)}
     return Rejected(
@@ -80,27 +118,30 @@ def rejected_from(command_id: str, error: DomainError) -> Rejected:
     )
 
 
+AggregateKey = tuple[str, str]  # ("voucher", CODE) or ("wallet", customer id)
+
+
 class StateCache:
-    """Per-partition LRU of voucher states, so hot codes are never reloaded."""
+    """Per-partition LRU of aggregate states, so hot codes and wallets are never reloaded."""
 
     def __init__(self, capacity: int = 100_000) -> None:
-        self._items: OrderedDict[str, VoucherState] = OrderedDict()
+        self._items: OrderedDict[AggregateKey, Any] = OrderedDict()
         self._capacity = capacity
 
-    def get(self, code: str) -> VoucherState | None:
-        state = self._items.get(code)
+    def get(self, key: AggregateKey) -> Any:
+        state = self._items.get(key)
         if state is not None:
-            self._items.move_to_end(code)
+            self._items.move_to_end(key)
         return state
 
-    def put(self, state: VoucherState) -> None:
-        self._items[state.code] = state
-        self._items.move_to_end(state.code)
+    def put(self, key: AggregateKey, state: Any) -> None:
+        self._items[key] = state
+        self._items.move_to_end(key)
         while len(self._items) > self._capacity:
             self._items.popitem(last=False)
 
-    def drop(self, code: str) -> None:
-        self._items.pop(code, None)
+    def drop(self, key: AggregateKey) -> None:
+        self._items.pop(key, None)
 
 
 @dataclass
@@ -135,6 +176,10 @@ class PartitionProcessor:
         self._fetch_batch = min(fetch_batch, MAX_BATCH)
         self.cache = cache or StateCache()
         self._stopped = False
+        self._kinds: dict[str, _VoucherKind | _WalletKind] = {
+            "voucher": _VoucherKind(policy),
+            "wallet": _WalletKind(),
+        }
 
     def stop(self) -> None:
         """Ask the loop to end after the current batch (cancellation alone can be swallowed
@@ -171,22 +216,22 @@ class PartitionProcessor:
 
     async def process(self, msgs: Sequence[Msg]) -> None:
         self._stats.batches += 1
-        groups: dict[str, list[_Item]] = {}
+        groups: dict[AggregateKey, list[_Item]] = {}
         for msg in msgs:
             try:
                 envelope = CommandEnvelope.model_validate_json(msg.data)
             except (ValidationError, DomainError, ValueError) as exc:
                 await self._refuse_malformed(msg, exc)
                 continue
-            groups.setdefault(envelope.command.code, []).append(_Item(msg, envelope))
+            groups.setdefault(envelope.command.aggregate, []).append(_Item(msg, envelope))
         results = await asyncio.gather(
-            *(self._process_code(code, items) for code, items in groups.items()),
+            *(self._process_aggregate(key, items) for key, items in groups.items()),
             return_exceptions=True,
         )
-        for code, result in zip(groups, results, strict=True):
+        for key, result in zip(groups, results, strict=True):
             if isinstance(result, BaseException):
                 # Not acked: the commands come back after ack_wait and are decided again.
-                log.error("partition %d: code %s failed: %r", self.partition, code, result)
+                log.error("partition %d: %s %s failed: %r", self.partition, *key, result)
 
     async def _refuse_malformed(self, msg: Msg, exc: Exception) -> None:
         log.warning("partition %d: malformed command dropped: %s", self.partition, exc)
@@ -197,30 +242,31 @@ class PartitionProcessor:
             await self._nc.publish(reply_to, reply.model_dump_json().encode())
         await msg.term()
 
-    async def _load(self, code: str) -> VoucherState:
+    async def _load(self, key: AggregateKey) -> Any:
         self._stats.loads += 1
-        history = await self._store.load(self._layout.voucher_subject(code))
-        return fold(code, history)
+        history = await self._store.load(self._layout.event_subject(*key))
+        return self._kinds[key[0]].fold(key[1], history)
 
-    async def _process_code(self, code: str, items: list[_Item]) -> None:
+    async def _process_aggregate(self, key: AggregateKey, items: list[_Item]) -> None:
         for start in range(0, len(items), MAX_BATCH):
-            await self._process_chunk(code, items[start : start + MAX_BATCH])
+            await self._process_chunk(key, items[start : start + MAX_BATCH])
 
-    async def _process_chunk(self, code: str, items: list[_Item]) -> None:
-        subject = self._layout.voucher_subject(code)
+    async def _process_chunk(self, key: AggregateKey, items: list[_Item]) -> None:
+        kind = self._kinds[key[0]]
+        subject = self._layout.event_subject(*key)
         attempt = 0
         while True:
-            state = self.cache.get(code)
+            state = self.cache.get(key)
             if state is None:
-                state = await self._load(code)
-                self.cache.put(state)
+                state = await self._load(key)
+                self.cache.put(key, state)
             working = state
             new: list[tuple[EventEnvelope, str]] = []
             outcomes: list[Rejected | str] = []  # a rejection, or the command id to look up
             now = datetime.now(UTC)
             for item in items:
                 env = item.envelope
-                outcome = handle(working, env.command, env.command_id, self._policy)
+                outcome = kind.handle(working, env.command, env.command_id)
                 if (
                     isinstance(outcome, Decided)
                     and env.expires_at is not None
@@ -238,14 +284,15 @@ class PartitionProcessor:
                         for event in events:
                             envelope = EventEnvelope(
                                 event_id=str(uuid.uuid4()),
-                                aggregate_id=code,
+                                aggregate=key[0],
+                                aggregate_id=key[1],
                                 occurred_at=now,
                                 actor=env.actor,
                                 command_id=env.command_id,
                                 command_fingerprint=fingerprint,
                                 event=event,
                             )
-                            working = evolve(
+                            working = kind.evolve(
                                 working, RecordedEvent(seq=0, envelope=envelope), fingerprint
                             )
                             new.append((envelope, fingerprint))
@@ -256,27 +303,31 @@ class PartitionProcessor:
                 )
             except ConcurrencyConflict:
                 self._stats.conflicts += 1
-                self.cache.drop(code)
+                self.cache.drop(key)
                 attempt += 1
                 if attempt > MAX_CONFLICT_RETRIES:
                     raise
                 await self._store.sleep_backoff(attempt)
                 continue
             except EventStoreUnavailable:
-                self.cache.drop(code)  # the append may or may not have landed
+                self.cache.drop(key)  # the append may or may not have landed
                 raise
             final = state
             for rec, (_, fingerprint) in zip(recorded, new, strict=True):
-                final = evolve(final, rec, fingerprint)
+                final = kind.evolve(final, rec, fingerprint)
             if new:
                 self._stats.appends += 1
                 self._stats.events_appended += len(new)
-            self.cache.put(final)
-            await self._finish(items, outcomes, final)
+            self.cache.put(key, final)
+            await self._finish(kind, items, outcomes, final)
             return
 
     async def _finish(
-        self, items: list[_Item], outcomes: list[Rejected | str], final: VoucherState
+        self,
+        kind: _VoucherKind | _WalletKind,
+        items: list[_Item],
+        outcomes: list[Rejected | str],
+        final: Any,
     ) -> None:
         for item, outcome in zip(items, outcomes, strict=True):
             ctype = item.envelope.command.type
@@ -284,7 +335,7 @@ class PartitionProcessor:
                 reply: Accepted | Rejected = outcome
                 self._stats.commands[(ctype, outcome.reason)] += 1
             else:
-                reply = accepted_from(final.receipts[outcome])
+                reply = kind.reply(final, item.envelope.command, outcome)
                 self._stats.commands[(ctype, "accepted")] += 1
             reply_to = (item.msg.headers or {}).get(REPLY_HEADER, "")
             if reply_to.startswith(REPLY_PREFIX):

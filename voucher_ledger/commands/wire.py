@@ -8,9 +8,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, TypeAdapter, field_validator
 
 from voucher_ledger.ledger.codes import validate_command_id
-from voucher_ledger.ledger.commands import VoucherCommand
+from voucher_ledger.ledger.commands import AnyCommand
 from voucher_ledger.ledger.events import Actor, Frozen
 from voucher_ledger.ledger.voucher import RedemptionView, VoucherView
+from voucher_ledger.ledger.wallet import OrderView, WalletView
 
 REPLY_HEADER = "Vl-Reply-To"
 
@@ -23,7 +24,7 @@ class CommandEnvelope(Frozen):
     # command later refuses it ("expired") instead of applying it behind the caller's back.
     # A retry with the same command id is a new envelope with a new deadline.
     expires_at: datetime | None = None
-    command: VoucherCommand
+    command: AnyCommand
 
     @field_validator("command_id", mode="before")
     @classmethod
@@ -36,8 +37,11 @@ class Accepted(Frozen):
     command_id: str
     command_type: str
     seq: int
-    voucher: VoucherView
+    voucher: VoucherView | None = None
     redemption: RedemptionView | None = None
+    # Wallet commands: the wallet and the command's order as they are now (after this command).
+    wallet: WalletView | None = None
+    order: OrderView | None = None
 
 
 class Rejected(Frozen):

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from voucher_ledger.commands.bus import BusError, BusUnavailable, CommandTimeout
 from voucher_ledger.commands.idempotency import IdempotencyUnavailable, KeyReused
 from voucher_ledger.commands.wire import Accepted, Rejected
+from voucher_ledger.http import billing
 from voucher_ledger.http.asof import parse_at, voucher_detail_at
 from voucher_ledger.http.auth import ISSUER_ROLES, AuthError, Principal
 from voucher_ledger.http.errors import ApiError, int_query, parse_body
@@ -263,6 +264,7 @@ async def issue_voucher(request: web.Request) -> web.Response:
     if isinstance(reply, Rejected):
         _raise_rejected(reply)
     assert isinstance(reply, Accepted)
+    assert reply.voucher is not None
     # The voucher as this write left it (its receipt): a replayed Idempotency-Key returns the
     # original answer even after later updates. The read models have applied it by now.
     return ok(voucher_out(reply.voucher.model_dump()))
@@ -489,4 +491,5 @@ def create_app(stack: Stack) -> web.Application:
     r.add_get("/billing/vouchers/{code}/history", voucher_history)
     r.add_get("/billing/vouchers/{code}/redemptions", voucher_redemptions)
     r.add_get("/billing/vouchers/{code}", get_voucher)
+    billing.add_routes(app)
     return app

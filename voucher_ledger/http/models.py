@@ -6,7 +6,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 
 class _In(BaseModel):
@@ -110,3 +118,96 @@ class HealthOut(BaseModel):
 class ReadyOut(BaseModel):
     ready: bool
     checks: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------ checkout
+
+
+def _no_control(value: str) -> str:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+class CheckoutBody(_In):
+    """The seed's checkout request (E1). ``promo_code`` is normalised like every code."""
+
+    plan_id: StrictStr = Field(min_length=1, max_length=100)
+    tenant_id: StrictStr = Field(min_length=1, max_length=200)
+    apps: list[StrictStr] = Field(default_factory=list, max_length=100)
+    addons: list[StrictStr] = Field(default_factory=list, max_length=100)
+    promo_code: StrictStr | None = Field(default=None, max_length=200)
+
+    @field_validator("plan_id", "tenant_id")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        return _no_control(value)
+
+    @field_validator("apps", "addons")
+    @classmethod
+    def _items(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not 1 <= len(item) <= 100:
+                raise ValueError("each item must be 1-100 characters")
+            _no_control(item)
+        return value
+
+
+class CheckoutOut(BaseModel):
+    order_id: str
+    status: str = Field(description="completed, or awaiting_payment with a session_url")
+    paid_by_credit: bool
+    session_url: str | None = None
+    credit_balance: int = Field(description="credit still available after this order, whole OMR")
+    credit_balance_baisa: int
+    credit_applied_omr: int
+    credit_applied_baisa: int
+    amount_due_omr: int
+    amount_due_baisa: int
+    total_omr: int
+    total_baisa: int
+
+
+class CreditEntryOut(BaseModel):
+    id: str = Field(description="the stream sequence of the movement")
+    kind: str = Field(description="granted, captured (an order payment) or revoked")
+    amount_omr: int
+    amount_baisa: int = Field(description="signed effect on the balance")
+    reason: str
+    order_id: str | None = None
+    balance_after_baisa: int
+    created_at: datetime
+
+
+class BalanceOut(BaseModel):
+    credit_omr: int = Field(description="available credit (balance minus reservations)")
+    credit_baisa: int
+    balance_baisa: int
+    reserved_baisa: int = Field(description="held for orders awaiting payment")
+    entries: list[CreditEntryOut]
+
+
+class OrderOut(BaseModel):
+    id: str
+    customer_id: str
+    tenant_id: str
+    plan_id: str
+    apps: list[str]
+    addons: list[str]
+    lines: list[dict[str, Any]]
+    amount_omr: int
+    amount_baisa: int
+    credit_applied_baisa: int
+    amount_due_baisa: int
+    amount_paid_baisa: int
+    paid_by_credit: bool
+    status: str
+    stripe_session_id: str | None = None
+    promo_code: str | None = None
+    failure_reason: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookOut(BaseModel):
+    received: bool = True

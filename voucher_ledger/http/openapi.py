@@ -137,6 +137,48 @@ def build_openapi() -> dict[str, Any]:
                 "responses": resp(m.RedemptionsOut, 400, 401, 403, 404),
             }
         },
+        "/billing/balance": {
+            "get": {
+                "summary": "The caller's credit: available, reserved, and the 20 newest movements",
+                "security": issuer,
+                "responses": resp(m.BalanceOut, 401, 503),
+            }
+        },
+        "/billing/admin/orders": {
+            "get": {
+                "summary": "Newest orders with their status",
+                "security": issuer,
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                    },
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "status", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": resp(m.OrderOut, 400, 401, 403, 503, many=True),
+            }
+        },
+        "/billing/webhook": {
+            "post": {
+                "summary": "Stripe webhook (authenticated by the Stripe-Signature header)",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "Stripe-Signature",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": _json({"type": "object", "description": "a Stripe event"}),
+                },
+                "responses": resp(m.WebhookOut, 400, 413, 503),
+            }
+        },
         "/healthz": {
             "get": {"summary": "Liveness", "security": [], "responses": resp(m.HealthOut)}
         },
@@ -162,6 +204,20 @@ def build_openapi() -> dict[str, Any]:
             }
         },
     }
+    checkout = {
+        "summary": "Check out a plan with addons and an optional promo code; credit first",
+        "security": issuer,
+        "parameters": [idem],
+        "requestBody": body(m.CheckoutBody),
+        "responses": resp(m.CheckoutOut, 400, 401, 409, 413, 502, 503),
+    }
+    for path in (
+        "/billing/checkout",
+        "/billing/purchase",
+        "/api/v1/billing/purchase",
+        "/api/v1/sme/billing/purchase",
+    ):
+        paths[path] = {"post": checkout}
     return {
         "openapi": "3.1.0",
         "info": {"title": "voucher-ledger", "version": __version__},

@@ -9,11 +9,15 @@ from pydantic import Field, field_validator
 
 from voucher_ledger.ledger.codes import normalise_code, validate_customer_id
 from voucher_ledger.ledger.errors import InvalidInput
-from voucher_ledger.ledger.events import Frozen
+from voucher_ledger.ledger.events import Frozen, OrderLine
 
 
 class _CodeCommand(Frozen):
     code: str
+
+    @property
+    def aggregate(self) -> tuple[Literal["voucher"], str]:
+        return ("voucher", self.code)
 
     @field_validator("code", mode="before")
     @classmethod
@@ -81,7 +85,105 @@ class ReverseRedemption(_CodeCommand):
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+# ------------------------------------------------------------------------- wallet (per customer)
+
+_ID = Field(min_length=1, max_length=200)
+
+
+class _WalletCommand(Frozen):
+    customer_id: str
+    order_id: str = _ID
+
+    @field_validator("customer_id", mode="before")
+    @classmethod
+    def _customer(cls, value: object) -> str:
+        return validate_customer_id(value)
+
+    @property
+    def aggregate(self) -> tuple[Literal["wallet"], str]:
+        return ("wallet", self.customer_id)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:32]
+
+
+class OpenOrder(_WalletCommand):
+    """Record a priced checkout before anything is redeemed, reserved or charged."""
+
+    type: Literal["open_order"] = "open_order"
+    tenant_id: str = _ID
+    plan_id: str = _ID
+    apps: list[str] = Field(default_factory=list, max_length=100)
+    addons: list[str] = Field(default_factory=list, max_length=100)
+    promo_code: str | None = None
+    lines: list[OrderLine] = Field(min_length=1, max_length=101)
+    total_baisa: int = Field(ge=0, strict=True)
+
+
+class Grant(Frozen):
+    """The credit a checkout's redemption earned, granted when the order settles."""
+
+    redemption_id: str = _ID
+    code: str
+    amount_baisa: int = Field(gt=0, strict=True)
+
+
+class SettleOrder(_WalletCommand):
+    """Grant the redemption's credit, then apply credit first: complete the order on credit
+    alone, or reserve the credit and ask for the rest through Stripe."""
+
+    type: Literal["settle_order"] = "settle_order"
+    grant: Grant | None = None
+    payment_available: bool
+
+
+class AttachSession(_WalletCommand):
+    type: Literal["attach_session"] = "attach_session"
+    session_id: str = _ID
+    session_url: str = Field(min_length=1, max_length=2000)
+
+
+class ConfirmPayment(_WalletCommand):
+    """Stripe says the session is paid: capture the reserved credit, complete the order."""
+
+    type: Literal["confirm_payment"] = "confirm_payment"
+    session_id: str = _ID
+    amount_paid_baisa: int = Field(ge=0, strict=True)
+
+
+class AbandonOrder(_WalletCommand):
+    """The session expired or its payment failed: release the reserved credit."""
+
+    type: Literal["abandon_order"] = "abandon_order"
+    reason: str = Field(min_length=1, max_length=200)
+
+
+class FailOrder(_WalletCommand):
+    """The checkout cannot go on: release what it reserved and take back what it granted."""
+
+    type: Literal["fail_order"] = "fail_order"
+    reason: str = Field(min_length=1, max_length=100)
+    message: str = Field(max_length=500)
+    # Recovery fails only what it saw: refused (order_closed) if the order moved on meanwhile.
+    expected_status: str | None = None
+
+
+class QueryOrder(_WalletCommand):
+    """Changes nothing: answers with the order and the wallet as the processor has them now
+    (the read models may lag; this cannot)."""
+
+    type: Literal["query_order"] = "query_order"
+
+
+WalletCommandT = (
+    OpenOrder | SettleOrder | AttachSession | ConfirmPayment | AbandonOrder | FailOrder | QueryOrder
+)
+
 VoucherCommand = Annotated[
     IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption,
+    Field(discriminator="type"),
+]
+AnyCommand = Annotated[
+    IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption | WalletCommandT,
     Field(discriminator="type"),
 ]

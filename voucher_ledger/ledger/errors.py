@@ -85,3 +85,32 @@ class CommandExpired(DomainError):
 
     def __init__(self, command_id: str) -> None:
         super().__init__("command expired before it was decided; retry it", command_id=command_id)
+
+
+class OrderNotFound(DomainError):
+    reason = "order_not_found"
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__("order not found", order_id=order_id)
+
+
+class OrderClosed(DomainError):
+    """The order is past the step the command wants (completed, failed or abandoned)."""
+
+    reason = "order_closed"
+
+    def __init__(self, order_id: str, status: str) -> None:
+        super().__init__(f"order is {status}", order_id=order_id, status=status)
+
+
+class PaymentUnavailable(DomainError):
+    """Credit does not cover the total and no payment processor is configured."""
+
+    reason = "payment_unavailable"
+
+    def __init__(self, order_id: str, amount_due_baisa: int) -> None:
+        super().__init__(
+            "payment processor is not configured; the credit does not cover the order total",
+            order_id=order_id,
+            amount_due_baisa=amount_due_baisa,
+        )

@@ -1,6 +1,9 @@
 """Events: frozen pydantic models with a ``type`` tag and a schema ``version``, in an envelope.
 
-Wire format (the JSON body of a JetStream message on ``<prefix>.events.voucher.<CODE>``)::
+Two aggregates write events: vouchers (``<prefix>.events.voucher.<CODE>``) and customer wallets
+(``<prefix>.events.wallet.<ACCOUNT>``, credit movements and the customer's orders).
+
+Wire format (the JSON body of a JetStream message)::
 
     {"event_id": "...", "aggregate": "voucher", "aggregate_id": "CODE",
      "occurred_at": "2026-11-21T12:00:00Z", "actor": {"sub": "...", "role": "..."},
@@ -75,8 +78,164 @@ class RedemptionReversed(Frozen):
     reason: str
 
 
+class _WalletEvent(Frozen):
+    customer_id: str
+
+
+class CreditGranted(_WalletEvent):
+    """Credit earned by a voucher redemption. At most once per redemption id."""
+
+    type: Literal["wallet.credit_granted"] = "wallet.credit_granted"
+    version: Literal[1] = 1
+    redemption_id: str
+    code: str
+    order_id: str
+    amount_baisa: int
+
+
+class GrantRevoked(_WalletEvent):
+    """A grant taken back because its checkout failed; the voucher slot is given back too."""
+
+    type: Literal["wallet.grant_revoked"] = "wallet.grant_revoked"
+    version: Literal[1] = 1
+    redemption_id: str
+    code: str
+    order_id: str
+    amount_baisa: int
+    reason: str
+
+
+class CreditReserved(_WalletEvent):
+    """Credit held for an order: no longer available, not spent yet."""
+
+    type: Literal["wallet.credit_reserved"] = "wallet.credit_reserved"
+    version: Literal[1] = 1
+    order_id: str
+    amount_baisa: int
+
+
+class CreditCaptured(_WalletEvent):
+    """An order's reservation spent (the order was paid)."""
+
+    type: Literal["wallet.credit_captured"] = "wallet.credit_captured"
+    version: Literal[1] = 1
+    order_id: str
+    amount_baisa: int
+
+
+class CreditReleased(_WalletEvent):
+    """An order's reservation returned to the available credit (payment abandoned or failed)."""
+
+    type: Literal["wallet.credit_released"] = "wallet.credit_released"
+    version: Literal[1] = 1
+    order_id: str
+    amount_baisa: int
+    reason: str
+
+
+class OrderLine(Frozen):
+    kind: Literal["plan", "addon"]
+    id: str
+    name: str
+    amount_baisa: int
+
+
+class OrderOpened(_WalletEvent):
+    """A checkout started: the priced order, before any credit or payment."""
+
+    type: Literal["order.opened"] = "order.opened"
+    version: Literal[1] = 1
+    order_id: str
+    tenant_id: str
+    plan_id: str
+    apps: list[str]
+    addons: list[str]
+    promo_code: str | None
+    lines: list[OrderLine]
+    total_baisa: int
+
+
+class OrderPaymentRequested(_WalletEvent):
+    """Credit did not cover the total: ``amount_due_baisa`` is to be paid through Stripe."""
+
+    type: Literal["order.payment_requested"] = "order.payment_requested"
+    version: Literal[1] = 1
+    order_id: str
+    credit_applied_baisa: int
+    amount_due_baisa: int
+
+
+class OrderSessionCreated(_WalletEvent):
+    type: Literal["order.session_created"] = "order.session_created"
+    version: Literal[1] = 1
+    order_id: str
+    session_id: str
+    session_url: str
+
+
+class OrderCompleted(_WalletEvent):
+    type: Literal["order.completed"] = "order.completed"
+    version: Literal[1] = 1
+    order_id: str
+    paid_by_credit: bool
+    credit_applied_baisa: int
+    amount_paid_baisa: int
+    stripe_session_id: str | None = None
+
+
+class OrderFailed(_WalletEvent):
+    """The checkout did not go through; whatever it reserved or granted was given back."""
+
+    type: Literal["order.failed"] = "order.failed"
+    version: Literal[1] = 1
+    order_id: str
+    reason: str
+    message: str
+    # True when the voucher redemption of this checkout (if any) is to be reversed.
+    release_slot: bool
+
+
+class OrderAbandoned(_WalletEvent):
+    """The Stripe session expired or its payment failed: the reserved credit was released.
+    The redemption stays (upstream's choice for abandoned carts)."""
+
+    type: Literal["order.abandoned"] = "order.abandoned"
+    version: Literal[1] = 1
+    order_id: str
+    reason: str
+
+
+class OrderRefundDue(_WalletEvent):
+    """Stripe reported a payment for an order that had already failed or been abandoned: the
+    money is recorded, never dropped, and an operator refunds it."""
+
+    type: Literal["order.refund_due"] = "order.refund_due"
+    version: Literal[1] = 1
+    order_id: str
+    stripe_session_id: str
+    amount_paid_baisa: int
+
+
 VoucherEvent = Annotated[
     VoucherIssued | VoucherRevoked | VoucherRedeemed | RedemptionReversed,
+    Field(discriminator="type"),
+]
+WalletEventT = (
+    CreditGranted
+    | GrantRevoked
+    | CreditReserved
+    | CreditCaptured
+    | CreditReleased
+    | OrderOpened
+    | OrderPaymentRequested
+    | OrderSessionCreated
+    | OrderCompleted
+    | OrderFailed
+    | OrderAbandoned
+    | OrderRefundDue
+)
+AnyEvent = Annotated[
+    VoucherIssued | VoucherRevoked | VoucherRedeemed | RedemptionReversed | WalletEventT,
     Field(discriminator="type"),
 ]
 EVENT_TYPES: tuple[type[Frozen], ...] = (
@@ -84,19 +243,31 @@ EVENT_TYPES: tuple[type[Frozen], ...] = (
     VoucherRevoked,
     VoucherRedeemed,
     RedemptionReversed,
+    CreditGranted,
+    GrantRevoked,
+    CreditReserved,
+    CreditCaptured,
+    CreditReleased,
+    OrderOpened,
+    OrderPaymentRequested,
+    OrderSessionCreated,
+    OrderCompleted,
+    OrderFailed,
+    OrderAbandoned,
+    OrderRefundDue,
 )
 
 
 class EventEnvelope(Frozen):
     event_id: str
-    aggregate: Literal["voucher"] = "voucher"
+    aggregate: Literal["voucher", "wallet"] = "voucher"
     aggregate_id: str
     occurred_at: datetime
     actor: Actor
     command_id: str
     # Digest of the causing command's payload: a retried command id is matched against it.
     command_fingerprint: str = ""
-    event: VoucherEvent
+    event: AnyEvent
 
 
 class RecordedEvent(Frozen):

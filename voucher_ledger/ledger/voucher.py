@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import immutables
 
@@ -221,14 +221,18 @@ def _pick(given: _T | None, current: _T, keep_current: bool, default: _T) -> _T:
     return current if keep_current else default
 
 
-@dataclass(frozen=True, slots=True)
-class Replayed:
-    receipt: Receipt
+_R = TypeVar("_R")
+_E = TypeVar("_E")
 
 
 @dataclass(frozen=True, slots=True)
-class Decided:
-    events: list[VoucherEventT]
+class Replayed(Generic[_R]):
+    receipt: _R
+
+
+@dataclass(frozen=True, slots=True)
+class Decided(Generic[_E]):
+    events: list[_E]
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +240,7 @@ class Refused:
     error: DomainError
 
 
-Outcome = Replayed | Decided | Refused
+Outcome = Replayed[Receipt] | Decided[VoucherEventT] | Refused
 
 
 def handle(
@@ -317,6 +321,8 @@ def evolve(state: VoucherState, recorded: RecordedEvent, fingerprint: str = "") 
                 credit_baisa=0,
                 seq=recorded.seq,
             )
+        case _:
+            raise TypeError(f"{event.type} is not a voucher event")
     receipt = Receipt(
         command_id=env.command_id,
         command_type=_COMMAND_OF_EVENT[event.type],
@@ -373,4 +379,6 @@ def fingerprint_of_event(recorded: RecordedEvent) -> str:
             command = ReverseRedemption(
                 code=event.code, customer_id=event.customer_id, reason=event.reason
             )
+        case _:
+            raise TypeError(f"{event.type} is not a voucher event")
     return command.fingerprint()

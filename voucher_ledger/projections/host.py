@@ -11,12 +11,8 @@ import asyncpg
 from nats.aio.client import Client
 
 from voucher_ledger.leases import LeaseHost, stop_worker
-from voucher_ledger.projections.projector import (
-    ALL_PROJECTIONS,
-    Projection,
-    ProjectionStatus,
-    Projector,
-)
+from voucher_ledger.projections.projector import Projection, ProjectionStatus, Projector
+from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.streams import StreamsSpec
 
 log = logging.getLogger(__name__)

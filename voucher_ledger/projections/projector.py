@@ -60,7 +60,7 @@ class Projection(Protocol):
     async def apply(self, conn: Conn, events: Sequence[StreamEvent]) -> None: ...
 
 
-class _Ops:
+class Ops:
     """Statements in stream order; consecutive runs of one statement become one executemany."""
 
     def __init__(self) -> None:
@@ -114,7 +114,7 @@ class VoucherProjection:
     tables = ("vouchers", "redemptions")
 
     async def apply(self, conn: Conn, events: Sequence[StreamEvent]) -> None:
-        ops = _Ops()
+        ops = Ops()
         touched: dict[str, list[Any]] = {}  # code -> [delta, at, seq]
 
         def touch(code: str, delta: int, at: datetime, seq: int) -> None:
@@ -201,9 +201,6 @@ class AuditProjection:
                 for e in events
             ],
         )
-
-
-ALL_PROJECTIONS: tuple[Projection, ...] = (VoucherProjection(), AuditProjection())
 
 
 class GapError(RuntimeError):

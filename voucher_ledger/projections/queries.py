@@ -89,3 +89,74 @@ async def redemptions(
         limit,
     )
     return [dict(r) for r in rows]
+
+
+# ------------------------------------------------------------------------- wallets and orders
+
+
+@_translated
+async def wallet(pool: asyncpg.Pool, customer_id: str) -> dict[str, Any] | None:
+    row = await pool.fetchrow(
+        "SELECT balance_baisa, reserved_baisa, last_seq FROM wallets WHERE customer_id = $1",
+        customer_id,
+    )
+    return _dict(row)
+
+
+@_translated
+async def credit_entries(
+    pool: asyncpg.Pool, customer_id: str, *, limit: int = 20
+) -> list[dict[str, Any]]:
+    """Movements of the balance (grants, payments, revocations), newest first."""
+    rows = await pool.fetch(
+        """SELECT seq, kind, balance_delta_baisa, reason, order_id, code, balance_after_baisa,
+                  created_at
+           FROM credit_entries
+           WHERE customer_id = $1 AND kind IN ('granted', 'captured', 'revoked')
+           ORDER BY seq DESC LIMIT $2""",
+        customer_id,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+@_translated
+async def list_orders(
+    pool: asyncpg.Pool, *, limit: int = 50, offset: int = 0, status: str | None = None
+) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        """SELECT order_id, customer_id, tenant_id, plan_id, apps, addons, lines, promo_code,
+                  total_baisa, credit_applied_baisa, amount_due_baisa, amount_paid_baisa,
+                  paid_by_credit, status, stripe_session_id, redemption_id, failure_reason,
+                  created_at, updated_at
+            FROM orders
+            WHERE ($3::text IS NULL OR status = $3)
+            ORDER BY created_at DESC, order_id LIMIT $1 OFFSET $2""",
+        limit,
+        offset,
+        status,
+    )
+    return [dict(r) for r in rows]
+
+
+@_translated
+async def orders_to_recover(
+    pool: asyncpg.Pool, *, older_than: float, limit: int = 200
+) -> list[tuple[str, str]]:
+    """(order id, customer id) of checkouts a crash may have left half-way: still opened, or
+    awaiting payment without a session, after ``older_than`` seconds; and failed ones whose
+    voucher slot was to be given back but is still taken."""
+    rows = await pool.fetch(
+        """SELECT order_id, customer_id FROM orders
+           WHERE status IN ('opened', 'awaiting_payment') AND stripe_session_id IS NULL
+             AND created_at < now() - make_interval(secs => $1)
+           UNION
+           SELECT o.order_id, o.customer_id FROM orders o
+           JOIN redemptions r ON r.code = o.promo_code AND r.customer_id = o.customer_id
+                             AND r.reversed_at IS NULL AND r.command_id = 'redeem-' || o.order_id
+           WHERE o.status = 'failed' AND o.release_slot
+           LIMIT $2""",
+        older_than,
+        limit,
+    )
+    return [(r["order_id"], r["customer_id"]) for r in rows]

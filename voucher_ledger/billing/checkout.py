@@ -1,0 +1,515 @@
+"""The checkout saga: price, open the order, redeem the promo code, settle credit first, and ask
+Stripe for the rest. Every step is a command with a deterministic id derived from the order id,
+so any step can be retried (by the client with the same Idempotency-Key, or by the recovery
+loop after a crash) and returns its original outcome.
+
+    open-<order>     wallet   OpenOrder        the priced order (nothing redeemed or reserved)
+    redeem-<order>   voucher  RedeemVoucher    takes the cap slot (deadline-bounded)
+    settle-<order>   wallet   SettleOrder      grant the credit, apply it; complete or reserve
+    (Stripe)                  session create   idempotency key = order id
+    session-<order>  wallet   AttachSession
+    fail-<order>     wallet   FailOrder        release the reservation, revoke the grant
+    reverse-<order>  voucher  ReverseRedemption  gives the cap slot back (never burns it, B2)
+
+A checkout that stops half-way (the process died, a timeout) is finished or compensated by
+:meth:`CheckoutService.recover_once` once it is older than ``recovery_after``: a redemption
+command carries a deadline before that moment, so none can land after recovery compensated.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from voucher_ledger.billing.catalog import CatalogError, CatalogSource, CatalogUnavailable
+from voucher_ledger.billing.stripe_gateway import PaymentError, StripeGateway
+from voucher_ledger.commands.bus import EXPIRY_GRACE, BusError, CommandBus, CommandTimeout
+from voucher_ledger.commands.wire import Accepted, Rejected
+from voucher_ledger.failpoints import crash_if
+from voucher_ledger.ledger.commands import (
+    AbandonOrder,
+    AttachSession,
+    ConfirmPayment,
+    FailOrder,
+    Grant,
+    OpenOrder,
+    QueryOrder,
+    RedeemVoucher,
+    ReverseRedemption,
+    SettleOrder,
+    WalletCommandT,
+)
+from voucher_ledger.ledger.events import Actor, OrderLine
+from voucher_ledger.ledger.voucher import VoucherCommandT, redemption_id_for
+from voucher_ledger.ledger.wallet import OrderView, WalletView
+from voucher_ledger.projections import queries
+
+log = logging.getLogger(__name__)
+
+_ORDER_NS = uuid.UUID("0b7f7c56-3f0e-4d8e-9a3c-6d2f1f1f6a01")
+RECOVERY_ACTOR = Actor(sub="checkout-recovery", role="system")
+STRIPE_ACTOR = Actor(sub="stripe", role="webhook")
+
+# Failure reason recorded on the order -> the HTTP status a (retried) checkout answers with.
+FAILURE_STATUS = {
+    "invalid_promo": 400,
+    "payment_unavailable": 503,
+    "payment_error": 502,
+    "interrupted": 409,
+    "timeout": 503,
+}
+
+
+class CheckoutError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutOutcome:
+    order: OrderView
+    wallet: WalletView | None
+    seq: int
+
+
+def order_id_for(customer_id: str, idempotency_key: str | None) -> str:
+    """The same key from the same customer is the same order (B23); no key, a new order."""
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(_ORDER_NS, f"{customer_id}\x00{idempotency_key}"))
+
+
+def _order_of(reply: Accepted) -> OrderView:
+    if reply.order is None:
+        raise CheckoutError(503, "the ledger answered without the order; retry")
+    return reply.order
+
+
+def redeem_command_id(order_id: str) -> str:
+    return f"redeem-{order_id}"
+
+
+class CheckoutService:
+    def __init__(
+        self,
+        bus: CommandBus,
+        catalog: CatalogSource,
+        stripe: StripeGateway | None,
+        *,
+        command_timeout: float,
+        recovery_after: float,
+    ) -> None:
+        self._bus = bus
+        self.catalog = catalog
+        self.stripe = stripe
+        self._timeout = command_timeout
+        self.recovery_after = recovery_after
+
+    # ------------------------------------------------------------------------------ commands
+
+    async def _send(
+        self,
+        command: VoucherCommandT | WalletCommandT,
+        command_id: str,
+        actor: Actor,
+        *,
+        expires_at: datetime | None = None,
+    ) -> Accepted | Rejected:
+        try:
+            return await self._bus.send(
+                command,
+                actor=actor,
+                command_id=command_id,
+                timeout=self._timeout,
+                expires_at=expires_at,
+            )
+        except CommandTimeout as exc:
+            raise CheckoutError(
+                503,
+                "the ledger did not answer in time; retry with the same Idempotency-Key",
+                {"Retry-After": "1"},
+            ) from exc
+        except BusError as exc:
+            raise CheckoutError(
+                503, "the ledger is unavailable; retry later", {"Retry-After": "2"}
+            ) from exc
+
+    async def _wallet(
+        self, command: WalletCommandT, command_id: str, actor: Actor
+    ) -> tuple[Accepted | None, Rejected | None]:
+        reply = await self._send(command, command_id, actor)
+        if isinstance(reply, Rejected):
+            return None, reply
+        return reply, None
+
+    # ------------------------------------------------------------------------------ checkout
+
+    async def price(self, plan_id: str, addons: Sequence[str]) -> list[OrderLine]:
+        try:
+            catalog = await self.catalog.get()
+        except CatalogUnavailable as exc:
+            log.warning("catalog unavailable: %s", exc)
+            raise CheckoutError(503, "the catalog is unavailable; retry later") from exc
+        try:
+            return catalog.price(plan_id, addons)
+        except CatalogError as exc:
+            raise CheckoutError(400, f"failed to compute order total: {exc}") from exc
+
+    async def checkout(
+        self,
+        *,
+        customer_id: str,
+        actor: Actor,
+        plan_id: str,
+        tenant_id: str,
+        apps: list[str],
+        addons: list[str],
+        promo_code: str | None,
+        idempotency_key: str | None,
+    ) -> CheckoutOutcome:
+        # Priced before anything is written: a catalog failure cannot burn a promo slot.
+        lines = await self.price(plan_id, addons)
+        order_id = order_id_for(customer_id, idempotency_key)
+        opened, refused = await self._wallet(
+            OpenOrder(
+                customer_id=customer_id,
+                order_id=order_id,
+                tenant_id=tenant_id,
+                plan_id=plan_id,
+                apps=apps,
+                addons=addons,
+                promo_code=promo_code,
+                lines=lines,
+                total_baisa=sum(line.amount_baisa for line in lines),
+            ),
+            f"open-{order_id}",
+            actor,
+        )
+        if refused is not None:
+            if refused.reason == "command_id_reused":
+                raise CheckoutError(
+                    409, "Idempotency-Key was already used for a different checkout"
+                )
+            raise CheckoutError(400, refused.message)
+        assert opened is not None
+        return await self.advance(customer_id, actor, _order_of(opened), opened.wallet, opened.seq)
+
+    async def advance(
+        self,
+        customer_id: str,
+        actor: Actor,
+        order: OrderView,
+        wallet: WalletView | None,
+        seq: int,
+        *,
+        recovering: bool = False,
+    ) -> CheckoutOutcome:
+        """Take the order from wherever it is to an answer. ``recovering``: the client is gone,
+        so an order still ``opened`` is compensated rather than redeemed now."""
+        if order.status == "opened":
+            if recovering:
+                return await self._compensate(
+                    customer_id,
+                    actor,
+                    order,
+                    "interrupted",
+                    "checkout was interrupted and has been rolled back; start a new checkout",
+                    expected="opened",
+                )
+            order, wallet, seq = await self._settle(customer_id, actor, order)
+        if order.status == "awaiting_payment" and order.session_url is None:
+            order, wallet, seq = await self._request_payment(customer_id, actor, order, seq)
+        if order.status == "failed":
+            if order.release_slot:
+                await self.release_slot(customer_id, actor, order)
+            raise CheckoutError(
+                FAILURE_STATUS.get(order.failure_reason or "", 409),
+                order.failure_message or "checkout failed",
+            )
+        if order.status in ("abandoned", "refund_due"):
+            raise CheckoutError(409, f"order {order.order_id} is {order.status}")
+        return CheckoutOutcome(order=order, wallet=wallet, seq=seq)
+
+    def _redeem_deadline(self, order: OrderView) -> datetime:
+        # Strictly before recovery may compensate the order (with room for clock skew).
+        return order.opened_at + timedelta(seconds=max(1.0, self.recovery_after - EXPIRY_GRACE))
+
+    async def _settle(
+        self, customer_id: str, actor: Actor, order: OrderView
+    ) -> tuple[OrderView, WalletView | None, int]:
+        grant: Grant | None = None
+        if order.promo_code:
+            deadline = self._redeem_deadline(order)
+            if datetime.now(UTC) >= deadline:
+                return await self._failed(
+                    customer_id,
+                    actor,
+                    order,
+                    "interrupted",
+                    "checkout took too long and has been rolled back; start a new checkout",
+                    expected="opened",
+                )
+            reply = await self._send(
+                RedeemVoucher(code=order.promo_code, customer_id=customer_id),
+                redeem_command_id(order.order_id),
+                actor,
+                expires_at=deadline,
+            )
+            if isinstance(reply, Rejected):
+                if reply.reason == "expired":
+                    reason, message = "timeout", "the ledger did not answer in time; retry"
+                else:
+                    reason, message = "invalid_promo", f"invalid promo code: {reply.message}"
+                return await self._failed(
+                    customer_id, actor, order, reason, message, expected="opened"
+                )
+            assert reply.redemption is not None
+            grant = Grant(
+                redemption_id=reply.redemption.redemption_id,
+                code=order.promo_code,
+                amount_baisa=reply.redemption.credit_baisa,
+            )
+            crash_if("checkout.after_redeem")
+        settled, refused = await self._wallet(
+            SettleOrder(
+                customer_id=customer_id,
+                order_id=order.order_id,
+                grant=grant,
+                payment_available=self.stripe is not None,
+            ),
+            f"settle-{order.order_id}",
+            actor,
+        )
+        if refused is not None:
+            if refused.reason == "payment_unavailable":
+                return await self._failed(
+                    customer_id,
+                    actor,
+                    order,
+                    "payment_unavailable",
+                    "payment processor is not configured yet. Please contact support or use "
+                    "a promo code that covers the full amount.",
+                    expected="opened",
+                )
+            # order_closed: recovery (or a concurrent retry) moved the order on; look it up.
+            return await self._current(customer_id, actor, order.order_id)
+        assert settled is not None
+        crash_if("checkout.after_settle")
+        return _order_of(settled), settled.wallet, settled.seq
+
+    async def _request_payment(
+        self, customer_id: str, actor: Actor, order: OrderView, seq: int
+    ) -> tuple[OrderView, WalletView | None, int]:
+        if self.stripe is None:
+            return await self._failed(
+                customer_id,
+                actor,
+                order,
+                "payment_unavailable",
+                "payment processor is not configured",
+                expected="awaiting_payment",
+            )
+        params = self.stripe.session_params(
+            order_id=order.order_id,
+            customer_id=customer_id,
+            tenant_id=order.tenant_id,
+            lines=order.lines,
+            credit_applied_baisa=order.credit_applied_baisa,
+        )
+        try:
+            session = await self.stripe.create_session(params, order_id=order.order_id)
+        except PaymentError as exc:
+            log.warning("order %s: %s", order.order_id, exc.message)
+            return await self._failed(
+                customer_id,
+                actor,
+                order,
+                "payment_error",
+                exc.message,
+                expected="awaiting_payment",
+            )
+        attached, refused = await self._wallet(
+            AttachSession(
+                customer_id=customer_id,
+                order_id=order.order_id,
+                session_id=session.id,
+                session_url=session.url,
+            ),
+            f"session-{order.order_id}",
+            actor,
+        )
+        if refused is not None:
+            return await self._current(customer_id, actor, order.order_id)
+        assert attached is not None
+        return _order_of(attached), attached.wallet, attached.seq
+
+    async def _current(
+        self, customer_id: str, actor: Actor, order_id: str
+    ) -> tuple[OrderView, WalletView | None, int]:
+        """The order as the wallet has it now (the read models may lag behind)."""
+        reply = await self._send(
+            QueryOrder(customer_id=customer_id, order_id=order_id),
+            f"query-{uuid.uuid4().hex}",
+            actor,
+        )
+        if isinstance(reply, Rejected) or reply.order is None:
+            raise CheckoutError(503, "the ledger could not report the order; retry")
+        return reply.order, reply.wallet, reply.seq
+
+    async def _failed(
+        self,
+        customer_id: str,
+        actor: Actor,
+        order: OrderView,
+        reason: str,
+        message: str,
+        *,
+        expected: str,
+    ) -> tuple[OrderView, WalletView | None, int]:
+        outcome = await self._compensate_step(customer_id, actor, order, reason, message, expected)
+        return outcome.order, outcome.wallet, outcome.seq
+
+    async def _compensate(
+        self,
+        customer_id: str,
+        actor: Actor,
+        order: OrderView,
+        reason: str,
+        message: str,
+        *,
+        expected: str,
+    ) -> CheckoutOutcome:
+        outcome = await self._compensate_step(customer_id, actor, order, reason, message, expected)
+        if outcome.order.status == "failed" and outcome.order.release_slot:
+            await self.release_slot(customer_id, actor, outcome.order)
+        return outcome
+
+    async def _compensate_step(
+        self,
+        customer_id: str,
+        actor: Actor,
+        order: OrderView,
+        reason: str,
+        message: str,
+        expected: str,
+    ) -> CheckoutOutcome:
+        failed, refused = await self._wallet(
+            FailOrder(
+                customer_id=customer_id,
+                order_id=order.order_id,
+                reason=reason,
+                message=message,
+                expected_status=expected,
+            ),
+            f"fail-{order.order_id}",
+            actor,
+        )
+        if refused is not None:
+            # The order moved on (settled by its own request, or failed already).
+            current, wallet, seq = await self._current(customer_id, actor, order.order_id)
+            return CheckoutOutcome(order=current, wallet=wallet, seq=seq)
+        assert failed is not None
+        return CheckoutOutcome(order=_order_of(failed), wallet=failed.wallet, seq=failed.seq)
+
+    async def release_slot(self, customer_id: str, actor: Actor, order: OrderView) -> None:
+        """Give the checkout's voucher slot back, if it took one (idempotent)."""
+        if not order.promo_code:
+            return
+        redemption_id = redemption_id_for(
+            order.promo_code, customer_id, redeem_command_id(order.order_id)
+        )
+        reply = await self._send(
+            ReverseRedemption(
+                code=order.promo_code,
+                customer_id=customer_id,
+                redemption_id=redemption_id,
+                reason=f"checkout {order.order_id} failed: {order.failure_reason}",
+            ),
+            f"reverse-{order.order_id}",
+            actor,
+        )
+        if isinstance(reply, Rejected) and reply.reason != "redemption_not_found":
+            log.warning("order %s: slot release refused: %s", order.order_id, reply.reason)
+
+    # ------------------------------------------------------------------------------ recovery
+
+    async def recover_once(self, pool: asyncpg.Pool) -> int:
+        """Finish or compensate every checkout left half-way; returns how many it touched."""
+        todo = await queries.orders_to_recover(pool, older_than=self.recovery_after)
+        for order_id, customer_id in todo:
+            try:
+                order, wallet, seq = await self._current(customer_id, RECOVERY_ACTOR, order_id)
+                outcome = await self.advance(
+                    customer_id, RECOVERY_ACTOR, order, wallet, seq, recovering=True
+                )
+                log.info("recovery: order %s is %s", order_id, outcome.order.status)
+            except CheckoutError as exc:
+                # failed orders end here once their slot is given back; others retry next time
+                log.info("recovery: order %s: %s", order_id, exc.message)
+        return len(todo)
+
+    # ------------------------------------------------------------------------------ webhooks
+
+    async def on_stripe_event(self, event: dict[str, Any]) -> str:
+        """Apply one verified Stripe event; returns what happened (for the log). Raises
+        CheckoutError(503) when the ledger cannot take it now (Stripe retries)."""
+        event_id = str(event.get("id") or "")
+        etype = str(event.get("type") or "")
+        obj = (event.get("data") or {}).get("object") or {}
+        if not isinstance(obj, dict):
+            return "ignored: no object"
+        if etype == "checkout.session.completed":
+            if obj.get("payment_status") not in ("paid", "no_payment_required"):
+                return "ignored: not paid yet (async payment pending)"
+            action = "confirm"
+        elif etype == "checkout.session.async_payment_succeeded":
+            action = "confirm"
+        elif etype in ("checkout.session.expired", "checkout.session.async_payment_failed"):
+            action = "abandon"
+        else:
+            return f"ignored: {etype}"
+        metadata = obj.get("metadata") or {}
+        order_id = metadata.get("order_id") if isinstance(metadata, dict) else None
+        customer_id = obj.get("client_reference_id")
+        if not isinstance(order_id, str) or not order_id:
+            return "ignored: not one of our sessions (no order_id)"
+        if not isinstance(customer_id, str) or not customer_id:
+            return "ignored: session without client_reference_id"
+        session_id = str(obj.get("id") or "")
+        command: WalletCommandT
+        if action == "confirm":
+            amount = obj.get("amount_total")
+            command = ConfirmPayment(
+                customer_id=customer_id,
+                order_id=order_id,
+                session_id=session_id,
+                amount_paid_baisa=amount if isinstance(amount, int) and amount >= 0 else 0,
+            )
+        else:
+            command = AbandonOrder(
+                customer_id=customer_id,
+                order_id=order_id,
+                reason=etype.rsplit(".", 1)[-1],
+            )
+        # The Stripe event id is the command id: the wallet records it in the same atomic append
+        # as the effects, so a replayed event changes nothing (B13).
+        reply = await self._send(command, f"stripe-{event_id}", STRIPE_ACTOR)
+        if isinstance(reply, Rejected):
+            return f"{action} refused: {reply.reason}"
+        status = reply.order.status if reply.order is not None else "?"
+        if status == "refund_due":
+            log.error(
+                "order %s: payment received for a closed order; refund due (session %s)",
+                order_id,
+                session_id,
+            )
+        return f"{action}: order {order_id} is {status}"

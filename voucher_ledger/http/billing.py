@@ -1,0 +1,267 @@
+"""Checkout, the Stripe webhook, the customer's balance and the admin order list.
+
+* ``POST /billing/checkout`` and its aliases ``/billing/purchase``, ``/api/v1/billing/purchase``
+  and ``/api/v1/sme/billing/purchase`` (any signed-in customer; the JWT ``sub`` is the wallet);
+* ``POST /billing/webhook`` (public; Stripe's signature is the authentication);
+* ``GET /billing/balance`` (any signed-in customer);
+* ``GET /billing/admin/orders`` (``superadmin`` or ``sovereign-admin``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from aiohttp import web
+
+from voucher_ledger.billing.checkout import CheckoutError, CheckoutOutcome, CheckoutService
+from voucher_ledger.billing.stripe_gateway import WebhookSignatureError
+from voucher_ledger.http.auth import ISSUER_ROLES, AuthError, Principal
+from voucher_ledger.http.errors import ApiError, int_query, parse_body
+from voucher_ledger.http.models import (
+    BalanceOut,
+    CheckoutBody,
+    CheckoutOut,
+    CreditEntryOut,
+    OrderOut,
+    WebhookOut,
+)
+from voucher_ledger.ledger.codes import normalise_code, validate_command_id
+from voucher_ledger.ledger.errors import InvalidInput
+from voucher_ledger.ledger.events import Actor
+from voucher_ledger.projections import queries
+from voucher_ledger.runtime import Stack
+
+log = logging.getLogger(__name__)
+
+BAISA = 1000
+CHECKOUT_PATHS = (
+    "/billing/checkout",
+    "/billing/purchase",
+    "/api/v1/billing/purchase",
+    "/api/v1/sme/billing/purchase",
+)
+_EVENT_ID = re.compile(r"^[A-Za-z0-9_]{1,120}$")
+ORDER_STATUSES = {"opened", "awaiting_payment", "completed", "failed", "abandoned", "refund_due"}
+
+
+def omr(baisa: int) -> int:
+    """Whole OMR, truncated toward zero (a debit of 9.5 OMR shows as -9, never -10)."""
+    return -(-baisa // BAISA) if baisa < 0 else baisa // BAISA
+
+
+def _stack(request: web.Request) -> Stack:
+    from voucher_ledger.http.app import STACK
+
+    return request.app[STACK]
+
+
+def _ok(model: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        text=model.model_dump_json(exclude_none=True),
+        status=status,
+        content_type="application/json",
+    )
+
+
+async def require_user(request: web.Request) -> Principal:
+    stack = _stack(request)
+    assert stack.authenticator is not None
+    try:
+        return await stack.authenticator.authenticate(request.headers.get("Authorization"))
+    except AuthError as exc:
+        raise ApiError(401, exc.message, {"WWW-Authenticate": "Bearer"}) from exc
+
+
+def _service(request: web.Request) -> CheckoutService:
+    service = _stack(request).checkout
+    if service is None:
+        raise ApiError(503, "checkout is not running on this instance")
+    return service
+
+
+def _answer(outcome: CheckoutOutcome) -> CheckoutOut:
+    order = outcome.order
+    available = outcome.wallet.available_baisa if outcome.wallet is not None else 0
+    return CheckoutOut(
+        order_id=order.order_id,
+        status=order.status,
+        paid_by_credit=order.status == "completed" and order.paid_by_credit,
+        session_url=order.session_url if order.status == "awaiting_payment" else None,
+        credit_balance=omr(available),
+        credit_balance_baisa=available,
+        credit_applied_omr=omr(order.credit_applied_baisa),
+        credit_applied_baisa=order.credit_applied_baisa,
+        amount_due_omr=omr(order.amount_due_baisa),
+        amount_due_baisa=order.amount_due_baisa,
+        total_omr=omr(order.total_baisa),
+        total_baisa=order.total_baisa,
+    )
+
+
+async def checkout(request: web.Request) -> web.Response:
+    principal = await require_user(request)
+    body = await parse_body(request, CheckoutBody)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        try:
+            key = validate_command_id(key)
+        except InvalidInput as exc:
+            raise ApiError(400, f"Idempotency-Key: {exc.message}") from exc
+    promo: str | None = None
+    if body.promo_code is not None and body.promo_code.strip():
+        try:
+            promo = normalise_code(body.promo_code)
+        except InvalidInput as exc:
+            raise ApiError(400, f"invalid promo code: {exc.message}") from exc
+    service = _service(request)
+    try:
+        outcome = await service.checkout(
+            customer_id=principal.sub,
+            actor=Actor(sub=principal.sub, role=principal.role),
+            plan_id=body.plan_id,
+            tenant_id=body.tenant_id,
+            apps=body.apps,
+            addons=body.addons,
+            promo_code=promo,
+            idempotency_key=key,
+        )
+    except CheckoutError as exc:
+        raise ApiError(exc.status, exc.message, exc.headers) from exc
+    # Read-your-writes: the balance and the admin order list show this order already.
+    await _stack(request).wait_for_projections(outcome.seq)
+    log.info(
+        "checkout order=%s status=%s total=%d credit=%d due=%d",
+        outcome.order.order_id,
+        outcome.order.status,
+        outcome.order.total_baisa,
+        outcome.order.credit_applied_baisa,
+        outcome.order.amount_due_baisa,
+    )
+    return _ok(_answer(outcome))
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "request body too large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "request body too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def webhook(request: web.Request) -> web.Response:
+    stack = _stack(request)
+    stripe = stack.stripe
+    if stripe is None or not stripe.webhooks_enabled:
+        raise ApiError(503, "webhook not configured")
+    payload = await _read_limited(request, stack.settings.webhook_body_limit)
+    try:
+        stripe.verify_webhook(payload, request.headers.get("Stripe-Signature"))
+    except WebhookSignatureError as exc:
+        log.warning("webhook refused: %s", exc)
+        raise ApiError(400, "invalid webhook signature") from exc
+    try:
+        event = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid JSON body") from exc
+    if not isinstance(event, dict):
+        raise ApiError(400, "invalid JSON body: expected an object")
+    event_id = event.get("id")
+    if not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id):
+        raise ApiError(400, "invalid event id")
+    try:
+        result = await _service(request).on_stripe_event(event)
+    except CheckoutError as exc:
+        # 5xx: Stripe retries the event later; nothing was applied.
+        raise ApiError(503 if exc.status < 500 else exc.status, exc.message) from exc
+    log.info("webhook %s %s: %s", event_id, event.get("type"), result)
+    return _ok(WebhookOut())
+
+
+async def balance(request: web.Request) -> web.Response:
+    principal = await require_user(request)
+    pool = _stack(request).pool
+    if pool is None:
+        raise ApiError(503, "read models unavailable")
+    row = await queries.wallet(pool, principal.sub)
+    entries = await queries.credit_entries(pool, principal.sub, limit=20)
+    balance_baisa = row["balance_baisa"] if row else 0
+    reserved = row["reserved_baisa"] if row else 0
+    available = balance_baisa - reserved
+    return _ok(
+        BalanceOut(
+            credit_omr=omr(available),
+            credit_baisa=available,
+            balance_baisa=balance_baisa,
+            reserved_baisa=reserved,
+            entries=[
+                CreditEntryOut(
+                    id=str(e["seq"]),
+                    kind=e["kind"],
+                    amount_omr=omr(e["balance_delta_baisa"]),
+                    amount_baisa=e["balance_delta_baisa"],
+                    reason=e["reason"],
+                    order_id=e["order_id"],
+                    balance_after_baisa=e["balance_after_baisa"],
+                    created_at=e["created_at"],
+                )
+                for e in entries
+            ],
+        )
+    )
+
+
+async def admin_orders(request: web.Request) -> web.Response:
+    principal = await require_user(request)
+    if not principal.has_any(ISSUER_ROLES):
+        raise ApiError(403, "superadmin or sovereign-admin role required")
+    limit = int_query(request, "limit", 50, 1, 500)
+    offset = int_query(request, "offset", 0, 0, 10_000_000)
+    status = request.query.get("status")
+    if status is not None and status not in ORDER_STATUSES:
+        raise ApiError(400, f"status must be one of {', '.join(sorted(ORDER_STATUSES))}")
+    pool = _stack(request).pool
+    if pool is None:
+        raise ApiError(503, "read models unavailable")
+    rows = await queries.list_orders(pool, limit=limit, offset=offset, status=status)
+    items = [
+        OrderOut(
+            id=r["order_id"],
+            customer_id=r["customer_id"],
+            tenant_id=r["tenant_id"],
+            plan_id=r["plan_id"],
+            apps=json.loads(r["apps"]),
+            addons=json.loads(r["addons"]),
+            lines=json.loads(r["lines"]),
+            amount_omr=omr(r["total_baisa"]),
+            amount_baisa=r["total_baisa"],
+            credit_applied_baisa=r["credit_applied_baisa"],
+            amount_due_baisa=r["amount_due_baisa"],
+            amount_paid_baisa=r["amount_paid_baisa"],
+            paid_by_credit=r["paid_by_credit"],
+            status=r["status"],
+            stripe_session_id=r["stripe_session_id"],
+            promo_code=r["promo_code"],
+            failure_reason=r["failure_reason"],
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
+        )
+        for r in rows
+    ]
+    body = "[" + ",".join(i.model_dump_json() for i in items) + "]"
+    return web.Response(text=body, content_type="application/json")
+
+
+def add_routes(app: web.Application) -> None:
+    for path in CHECKOUT_PATHS:
+        app.router.add_post(path, checkout)
+    app.router.add_post("/billing/webhook", webhook)
+    app.router.add_get("/billing/balance", balance)
+    app.router.add_get("/billing/admin/orders", admin_orders)

@@ -1,0 +1,526 @@
+"""The wallet aggregate (one per customer): credit and the customer's orders.
+
+Credit moves only through events: granted (by a voucher redemption, once per redemption id),
+reserved for an order, captured (spent) or released, and revoked when the checkout that earned
+it failed. ``balance`` is granted minus captured minus revoked; ``reserved`` is held for orders
+awaiting payment; ``available = balance - reserved`` is what a checkout can apply, and the
+decider never lets it go below zero (DESIGN.md invariant 3).
+
+Orders live here too, so that applying credit to an order and recording the order's state are
+one atomic append: a checkout is a small state machine
+
+    opened -> completed                         (credit covered the total)
+    opened -> awaiting_payment -> completed     (Stripe paid the rest)
+                               -> abandoned     (session expired / payment failed: release)
+    opened | awaiting_payment -> failed         (compensated: release, revoke, give the slot back)
+    failed | abandoned -> refund_due            (money arrived for a closed order: recorded)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+import immutables
+
+from voucher_ledger.ledger.commands import (
+    AbandonOrder,
+    AttachSession,
+    ConfirmPayment,
+    FailOrder,
+    OpenOrder,
+    QueryOrder,
+    SettleOrder,
+    WalletCommandT,
+)
+from voucher_ledger.ledger.errors import (
+    CommandIdReused,
+    DomainError,
+    InvalidInput,
+    OrderClosed,
+    OrderNotFound,
+    PaymentUnavailable,
+)
+from voucher_ledger.ledger.events import (
+    CreditCaptured,
+    CreditGranted,
+    CreditReleased,
+    CreditReserved,
+    Frozen,
+    GrantRevoked,
+    OrderAbandoned,
+    OrderCompleted,
+    OrderFailed,
+    OrderLine,
+    OrderOpened,
+    OrderPaymentRequested,
+    OrderRefundDue,
+    OrderSessionCreated,
+    RecordedEvent,
+    WalletEventT,
+)
+from voucher_ledger.ledger.voucher import Decided, Refused, Replayed
+
+TERMINAL = frozenset({"completed", "failed", "abandoned", "refund_due"})
+
+
+class OrderView(Frozen):
+    order_id: str
+    status: str
+    tenant_id: str
+    plan_id: str
+    apps: list[str]
+    addons: list[str]
+    promo_code: str | None
+    lines: list[OrderLine]
+    total_baisa: int
+    credit_applied_baisa: int
+    amount_due_baisa: int
+    reserved_baisa: int
+    paid_by_credit: bool
+    session_id: str | None
+    session_url: str | None
+    redemption_id: str | None
+    failure_reason: str | None
+    failure_message: str | None
+    release_slot: bool
+    opened_at: datetime
+    updated_at: datetime
+
+
+class WalletView(Frozen):
+    customer_id: str
+    balance_baisa: int
+    reserved_baisa: int
+    available_baisa: int
+    last_seq: int
+
+
+class WalletReceipt(Frozen):
+    command_id: str
+    fingerprint: str
+    seq: int
+    order_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldGrant:
+    amount_baisa: int
+    code: str
+    order_id: str
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WalletState:
+    customer_id: str
+    balance_baisa: int = 0
+    reserved_baisa: int = 0
+    last_seq: int = 0
+    grants: immutables.Map[str, HeldGrant] = field(default_factory=immutables.Map)
+    orders: immutables.Map[str, OrderView] = field(default_factory=immutables.Map)
+    receipts: immutables.Map[str, WalletReceipt] = field(default_factory=immutables.Map)
+
+    @property
+    def available_baisa(self) -> int:
+        return self.balance_baisa - self.reserved_baisa
+
+    def view(self) -> WalletView:
+        return WalletView(
+            customer_id=self.customer_id,
+            balance_baisa=self.balance_baisa,
+            reserved_baisa=self.reserved_baisa,
+            available_baisa=self.available_baisa,
+            last_seq=self.last_seq,
+        )
+
+    def order(self, order_id: str) -> OrderView:
+        found = self.orders.get(order_id)
+        if found is None:
+            raise OrderNotFound(order_id)
+        return found
+
+
+def initial_state(customer_id: str) -> WalletState:
+    return WalletState(customer_id=customer_id)
+
+
+# ---------------------------------------------------------------------------------------- decide
+
+
+def decide(state: WalletState, command: WalletCommandT) -> list[WalletEventT]:
+    who = state.customer_id
+    match command:
+        case OpenOrder():
+            if command.order_id in state.orders:
+                raise InvalidInput("order_id", "order already exists")
+            if sum(line.amount_baisa for line in command.lines) != command.total_baisa:
+                raise InvalidInput("total_baisa", "total does not match the order lines")
+            return [
+                OrderOpened(
+                    customer_id=who,
+                    order_id=command.order_id,
+                    tenant_id=command.tenant_id,
+                    plan_id=command.plan_id,
+                    apps=command.apps,
+                    addons=command.addons,
+                    promo_code=command.promo_code,
+                    lines=command.lines,
+                    total_baisa=command.total_baisa,
+                )
+            ]
+        case SettleOrder():
+            order = state.order(command.order_id)
+            if order.status != "opened":
+                raise OrderClosed(order.order_id, order.status)
+            events: list[WalletEventT] = []
+            granted = 0
+            grant = command.grant
+            if grant is not None and grant.redemption_id not in state.grants:
+                granted = grant.amount_baisa
+                events.append(
+                    CreditGranted(
+                        customer_id=who,
+                        redemption_id=grant.redemption_id,
+                        code=grant.code,
+                        order_id=order.order_id,
+                        amount_baisa=granted,
+                    )
+                )
+            applied = min(state.available_baisa + granted, order.total_baisa)
+            due = order.total_baisa - applied
+            if due > 0 and not command.payment_available:
+                raise PaymentUnavailable(order.order_id, due)
+            if applied > 0:
+                events.append(
+                    CreditReserved(customer_id=who, order_id=order.order_id, amount_baisa=applied)
+                )
+            if due == 0:
+                if applied > 0:
+                    events.append(
+                        CreditCaptured(
+                            customer_id=who, order_id=order.order_id, amount_baisa=applied
+                        )
+                    )
+                events.append(
+                    OrderCompleted(
+                        customer_id=who,
+                        order_id=order.order_id,
+                        paid_by_credit=True,
+                        credit_applied_baisa=applied,
+                        amount_paid_baisa=0,
+                    )
+                )
+            else:
+                events.append(
+                    OrderPaymentRequested(
+                        customer_id=who,
+                        order_id=order.order_id,
+                        credit_applied_baisa=applied,
+                        amount_due_baisa=due,
+                    )
+                )
+            return events
+        case AttachSession():
+            order = state.order(command.order_id)
+            if order.session_id == command.session_id:
+                return []
+            if order.status != "awaiting_payment":
+                raise OrderClosed(order.order_id, order.status)
+            if order.session_id is not None:
+                raise InvalidInput("session_id", "the order already has another session")
+            return [
+                OrderSessionCreated(
+                    customer_id=who,
+                    order_id=order.order_id,
+                    session_id=command.session_id,
+                    session_url=command.session_url,
+                )
+            ]
+        case ConfirmPayment():
+            order = state.order(command.order_id)
+            if order.status in ("completed", "refund_due"):
+                return []
+            if order.status in ("failed", "abandoned"):
+                return [
+                    OrderRefundDue(
+                        customer_id=who,
+                        order_id=order.order_id,
+                        stripe_session_id=command.session_id,
+                        amount_paid_baisa=command.amount_paid_baisa,
+                    )
+                ]
+            if order.status != "awaiting_payment":
+                raise OrderClosed(order.order_id, order.status)
+            events = []
+            if order.reserved_baisa:
+                events.append(
+                    CreditCaptured(
+                        customer_id=who, order_id=order.order_id, amount_baisa=order.reserved_baisa
+                    )
+                )
+            events.append(
+                OrderCompleted(
+                    customer_id=who,
+                    order_id=order.order_id,
+                    paid_by_credit=False,
+                    credit_applied_baisa=order.credit_applied_baisa,
+                    amount_paid_baisa=command.amount_paid_baisa,
+                    stripe_session_id=command.session_id,
+                )
+            )
+            return events
+        case AbandonOrder():
+            order = state.order(command.order_id)
+            if order.status in TERMINAL:
+                return []
+            if order.status != "awaiting_payment":
+                raise OrderClosed(order.order_id, order.status)
+            events = []
+            if order.reserved_baisa:
+                events.append(
+                    CreditReleased(
+                        customer_id=who,
+                        order_id=order.order_id,
+                        amount_baisa=order.reserved_baisa,
+                        reason=command.reason,
+                    )
+                )
+            events.append(
+                OrderAbandoned(customer_id=who, order_id=order.order_id, reason=command.reason)
+            )
+            return events
+        case FailOrder():
+            order = state.order(command.order_id)
+            if command.expected_status is not None and order.status != command.expected_status:
+                raise OrderClosed(order.order_id, order.status)
+            if order.status in ("failed", "abandoned", "refund_due"):
+                return []
+            if order.status == "completed":
+                raise OrderClosed(order.order_id, order.status)
+            return _fail(state, order, command)
+        case QueryOrder():
+            state.order(command.order_id)
+            return []
+
+
+def _fail(state: WalletState, order: OrderView, command: FailOrder) -> list[WalletEventT]:
+    who = state.customer_id
+    events: list[WalletEventT] = []
+    available = state.available_baisa
+    if order.reserved_baisa:
+        events.append(
+            CreditReleased(
+                customer_id=who,
+                order_id=order.order_id,
+                amount_baisa=order.reserved_baisa,
+                reason=command.reason,
+            )
+        )
+        available += order.reserved_baisa
+    release_slot = True
+    held = state.grants.get(order.redemption_id) if order.redemption_id else None
+    if held is not None and not held.revoked:
+        if available >= held.amount_baisa:
+            assert order.redemption_id is not None
+            events.append(
+                GrantRevoked(
+                    customer_id=who,
+                    redemption_id=order.redemption_id,
+                    code=held.code,
+                    order_id=order.order_id,
+                    amount_baisa=held.amount_baisa,
+                    reason=command.reason,
+                )
+            )
+        else:
+            # Another checkout already spent this credit: the redemption was used, so it stays
+            # (and so does its slot). Taking the credit back would make the balance negative.
+            release_slot = False
+    events.append(
+        OrderFailed(
+            customer_id=who,
+            order_id=order.order_id,
+            reason=command.reason,
+            message=command.message,
+            release_slot=release_slot,
+        )
+    )
+    return events
+
+
+WalletOutcome = Replayed[WalletReceipt] | Decided[WalletEventT] | Refused
+
+
+def handle(state: WalletState, command: WalletCommandT, command_id: str) -> WalletOutcome:
+    """Idempotent decide: a known command id replays; one reused for another payload is refused."""
+    known = state.receipts.get(command_id)
+    if known is not None:
+        if known.fingerprint != command.fingerprint():
+            return Refused(CommandIdReused(command_id))
+        return Replayed(known)
+    try:
+        return Decided(decide(state, command))
+    except DomainError as err:
+        return Refused(err)
+
+
+# ---------------------------------------------------------------------------------------- evolve
+
+
+def _set_order(state: WalletState, order: OrderView, **changes: object) -> WalletState:
+    updated = order.model_copy(update=changes)
+    return replace(state, orders=state.orders.set(order.order_id, updated))
+
+
+def evolve(state: WalletState, recorded: RecordedEvent, fingerprint: str = "") -> WalletState:
+    env = recorded.envelope
+    event = env.event
+    at = env.occurred_at
+    order_id: str | None = getattr(event, "order_id", None)
+    order = state.orders.get(order_id) if order_id else None
+    match event:
+        case OrderOpened():
+            opened = OrderView(
+                order_id=event.order_id,
+                status="opened",
+                tenant_id=event.tenant_id,
+                plan_id=event.plan_id,
+                apps=event.apps,
+                addons=event.addons,
+                promo_code=event.promo_code,
+                lines=event.lines,
+                total_baisa=event.total_baisa,
+                credit_applied_baisa=0,
+                amount_due_baisa=event.total_baisa,
+                reserved_baisa=0,
+                paid_by_credit=False,
+                session_id=None,
+                session_url=None,
+                redemption_id=None,
+                failure_reason=None,
+                failure_message=None,
+                release_slot=False,
+                opened_at=at,
+                updated_at=at,
+            )
+            state = replace(state, orders=state.orders.set(event.order_id, opened))
+        case CreditGranted():
+            state = replace(
+                state,
+                balance_baisa=state.balance_baisa + event.amount_baisa,
+                grants=state.grants.set(
+                    event.redemption_id, HeldGrant(event.amount_baisa, event.code, event.order_id)
+                ),
+            )
+            if order is not None:
+                state = _set_order(state, order, redemption_id=event.redemption_id, updated_at=at)
+        case GrantRevoked():
+            held = state.grants.get(event.redemption_id)
+            state = replace(state, balance_baisa=state.balance_baisa - event.amount_baisa)
+            if held is not None:
+                state = replace(
+                    state, grants=state.grants.set(event.redemption_id, replace(held, revoked=True))
+                )
+        case CreditReserved():
+            state = replace(state, reserved_baisa=state.reserved_baisa + event.amount_baisa)
+            if order is not None:
+                state = _set_order(
+                    state,
+                    order,
+                    reserved_baisa=order.reserved_baisa + event.amount_baisa,
+                    updated_at=at,
+                )
+        case CreditCaptured():
+            state = replace(
+                state,
+                reserved_baisa=state.reserved_baisa - event.amount_baisa,
+                balance_baisa=state.balance_baisa - event.amount_baisa,
+            )
+            if order is not None:
+                state = _set_order(
+                    state,
+                    order,
+                    reserved_baisa=order.reserved_baisa - event.amount_baisa,
+                    updated_at=at,
+                )
+        case CreditReleased():
+            state = replace(state, reserved_baisa=state.reserved_baisa - event.amount_baisa)
+            if order is not None:
+                state = _set_order(
+                    state,
+                    order,
+                    reserved_baisa=order.reserved_baisa - event.amount_baisa,
+                    updated_at=at,
+                )
+        case OrderPaymentRequested():
+            if order is not None:
+                state = _set_order(
+                    state,
+                    order,
+                    status="awaiting_payment",
+                    credit_applied_baisa=event.credit_applied_baisa,
+                    amount_due_baisa=event.amount_due_baisa,
+                    updated_at=at,
+                )
+        case OrderSessionCreated():
+            if order is not None:
+                state = _set_order(
+                    state,
+                    order,
+                    session_id=event.session_id,
+                    session_url=event.session_url,
+                    updated_at=at,
+                )
+        case OrderCompleted():
+            if order is not None:
+                state = _set_order(
+                    state,
+                    order,
+                    status="completed",
+                    paid_by_credit=event.paid_by_credit,
+                    credit_applied_baisa=event.credit_applied_baisa,
+                    amount_due_baisa=order.total_baisa - event.credit_applied_baisa,
+                    session_id=event.stripe_session_id or order.session_id,
+                    updated_at=at,
+                )
+        case OrderFailed():
+            if order is not None:
+                state = _set_order(
+                    state,
+                    order,
+                    status="failed",
+                    failure_reason=event.reason,
+                    failure_message=event.message,
+                    release_slot=event.release_slot,
+                    updated_at=at,
+                )
+        case OrderAbandoned():
+            if order is not None:
+                state = _set_order(
+                    state, order, status="abandoned", failure_reason=event.reason, updated_at=at
+                )
+        case OrderRefundDue():
+            if order is not None:
+                state = _set_order(state, order, status="refund_due", updated_at=at)
+        case _:
+            raise TypeError(f"{event.type} is not a wallet event")
+    if state.available_baisa < 0 or state.reserved_baisa < 0:
+        # The decider never produces this; a stream that does is corrupt, and must not be folded.
+        raise ValueError(f"wallet {state.customer_id}: negative credit at seq {recorded.seq}")
+    receipt = WalletReceipt(
+        command_id=env.command_id,
+        fingerprint=fingerprint or env.command_fingerprint,
+        seq=recorded.seq,
+        order_id=order_id,
+    )
+    return replace(
+        state, last_seq=recorded.seq, receipts=state.receipts.set(env.command_id, receipt)
+    )
+
+
+def fold(customer_id: str, history: list[RecordedEvent]) -> WalletState:
+    state = initial_state(customer_id)
+    for recorded in history:
+        state = evolve(state, recorded)
+    return state
