@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import signal
 import urllib.error
@@ -159,7 +160,9 @@ async def call(
     if json_body is not None:
         kwargs["json"] = json_body
     elif data is not None:
-        kwargs["data"] = data
+        # aiohttp warns (an error here) about large raw bodies; a stream is what it wants.
+        big = isinstance(data, bytes) and len(data) > 512 * 1024
+        kwargs["data"] = io.BytesIO(data) if big else data
     async with session.request(method, url, **kwargs) as resp:
         text = await resp.text()
         return Reply(resp.status, dict(resp.headers), text)

@@ -67,11 +67,17 @@ FAILURE_STATUS = {
 
 
 class CheckoutError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    """The checkout's answer is an error. ``seq``: the stream position its compensation
+    reached, so the caller can wait for the read models to show it."""
+
+    def __init__(
+        self, status: int, message: str, headers: dict[str, str] | None = None, seq: int = 0
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.seq = seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,13 +236,14 @@ class CheckoutService:
             order, wallet, seq = await self._request_payment(customer_id, actor, order, seq)
         if order.status == "failed":
             if order.release_slot:
-                await self.release_slot(customer_id, actor, order)
+                seq = max(seq, await self.release_slot(customer_id, actor, order))
             raise CheckoutError(
                 FAILURE_STATUS.get(order.failure_reason or "", 409),
                 order.failure_message or "checkout failed",
+                seq=seq,
             )
         if order.status in ("abandoned", "refund_due"):
-            raise CheckoutError(409, f"order {order.order_id} is {order.status}")
+            raise CheckoutError(409, f"order {order.order_id} is {order.status}", seq=seq)
         return CheckoutOutcome(order=order, wallet=wallet, seq=seq)
 
     def _redeem_deadline(self, order: OrderView) -> datetime:
@@ -420,10 +427,11 @@ class CheckoutService:
         assert failed is not None
         return CheckoutOutcome(order=_order_of(failed), wallet=failed.wallet, seq=failed.seq)
 
-    async def release_slot(self, customer_id: str, actor: Actor, order: OrderView) -> None:
-        """Give the checkout's voucher slot back, if it took one (idempotent)."""
+    async def release_slot(self, customer_id: str, actor: Actor, order: OrderView) -> int:
+        """Give the checkout's voucher slot back, if it took one (idempotent). Returns the
+        stream sequence of the reversal, or 0."""
         if not order.promo_code:
-            return
+            return 0
         redemption_id = redemption_id_for(
             order.promo_code, customer_id, redeem_command_id(order.order_id)
         )
@@ -437,8 +445,11 @@ class CheckoutService:
             f"reverse-{order.order_id}",
             actor,
         )
-        if isinstance(reply, Rejected) and reply.reason != "redemption_not_found":
-            log.warning("order %s: slot release refused: %s", order.order_id, reply.reason)
+        if isinstance(reply, Rejected):
+            if reply.reason != "redemption_not_found":
+                log.warning("order %s: slot release refused: %s", order.order_id, reply.reason)
+            return 0
+        return reply.seq
 
     # ------------------------------------------------------------------------------ recovery
 

@@ -129,6 +129,8 @@ async def checkout(request: web.Request) -> web.Response:
             idempotency_key=key,
         )
     except CheckoutError as exc:
+        if exc.seq:  # the compensation is visible before the answer, as a success would be
+            await _stack(request).wait_for_projections(exc.seq)
         raise ApiError(exc.status, exc.message, exc.headers) from exc
     # Read-your-writes: the balance and the admin order list show this order already.
     await _stack(request).wait_for_projections(outcome.seq)

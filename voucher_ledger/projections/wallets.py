@@ -29,10 +29,13 @@ from voucher_ledger.projections.projector import Conn, Ops, StreamEvent
 _MOVE = """
 WITH w AS (
     INSERT INTO wallets AS cur (customer_id, balance_baisa, reserved_baisa, updated_at, last_seq)
-    VALUES ($2, $5, $6, $11, $1)
+    -- A wallet's first movement is a grant; the candidate row must pass the CHECKs even when
+    -- it conflicts (Postgres checks it first), so the deltas are applied in DO UPDATE only.
+    VALUES ($2, GREATEST($5::bigint, 0),
+            LEAST(GREATEST($6::bigint, 0), GREATEST($5::bigint, 0)), $11, $1)
     ON CONFLICT (customer_id) DO UPDATE SET
-        balance_baisa = cur.balance_baisa + EXCLUDED.balance_baisa,
-        reserved_baisa = cur.reserved_baisa + EXCLUDED.reserved_baisa,
+        balance_baisa = cur.balance_baisa + $5::bigint,
+        reserved_baisa = cur.reserved_baisa + $6::bigint,
         updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq
     RETURNING balance_baisa, reserved_baisa
 )
