@@ -75,42 +75,61 @@ async def running_server(
 
     On exit: SIGTERM, and the exit code must be 0 (the process is killed if anything fails)."""
     async with fresh_database(pg_url) as database_url:
-        port = free_port()
         prefix = f"{name}{uuid.uuid4().hex[:10]}"
-        settings = {
-            "NATS_URL": nats_url,
-            "DATABASE_URL": database_url,
-            "SUBJECT_PREFIX": prefix,
-            "JWT_SECRET": SECRET,
-            "PREVIEW_RATE_PER_MINUTE": "100000",
-            "PREVIEW_BURST": "100000",
-            "LOG_LEVEL": "INFO",
-        }
-        settings.update(env)
-        data_dir = tmp_dir / f"data-{prefix}"
-        service = ServiceProcess(
-            ["serve", "--port", str(port), "--data-dir", str(data_dir)],
-            clean_env(**settings),
-            tmp_dir / f"{prefix}.log",
-        )
-        service.start()
         try:
-            resp = await wait_http(f"http://127.0.0.1:{port}/healthz", service)
-            assert resp.status == 200, service.output()
-            yield ApiServer(
-                port=port,
-                prefix=prefix,
-                secret=SECRET,
-                process=service,
-                database_url=database_url,
-                nats_url=nats_url,
-            )
+            async with serve_on(tmp_dir, nats_url, database_url, prefix, **env) as server:
+                yield server
+        finally:
+            await _delete_streams(nats_url, prefix)
+
+
+@contextlib.asynccontextmanager
+async def serve_on(
+    tmp_dir: Path,
+    nats_url: str,
+    database_url: str,
+    prefix: str,
+    *,
+    expect_exit: int | None = 0,
+    **env: str,
+) -> AsyncIterator[ApiServer]:
+    """``voucher-ledger serve`` on a given database and prefix (a restart sees the same data).
+    On exit: SIGTERM and, unless ``expect_exit`` is None, that exit code."""
+    port = free_port()
+    settings = {
+        "NATS_URL": nats_url,
+        "DATABASE_URL": database_url,
+        "SUBJECT_PREFIX": prefix,
+        "JWT_SECRET": SECRET,
+        "PREVIEW_RATE_PER_MINUTE": "100000",
+        "PREVIEW_BURST": "100000",
+        "LOG_LEVEL": "INFO",
+    }
+    settings.update(env)
+    data_dir = tmp_dir / f"data-{prefix}"
+    service = ServiceProcess(
+        ["serve", "--port", str(port), "--data-dir", str(data_dir)],
+        clean_env(**settings),
+        tmp_dir / f"{prefix}-{port}.log",
+    )
+    service.start()
+    try:
+        resp = await wait_http(f"http://127.0.0.1:{port}/healthz", service)
+        assert resp.status == 200, service.output()
+        yield ApiServer(
+            port=port,
+            prefix=prefix,
+            secret=SECRET,
+            process=service,
+            database_url=database_url,
+            nats_url=nats_url,
+        )
+        if expect_exit is not None:
             service.signal(signal.SIGTERM)
             code = await service.wait(60)
-            assert code == 0, f"serve exited with {code}:\n{service.output()[-4000:]}"
-        finally:
-            service.kill()
-            await _delete_streams(nats_url, prefix)
+            assert code == expect_exit, f"serve exited with {code}:\n{service.output()[-4000:]}"
+    finally:
+        service.kill()
 
 
 async def _delete_streams(nats_url: str, prefix: str) -> None:

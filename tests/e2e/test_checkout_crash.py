@@ -1,0 +1,156 @@
+"""Crash safety of checkout: the service dies at a chosen point of the saga (a failpoint exits
+the process as a SIGKILL would), is restarted, and its recovery loop finishes or compensates
+the half-way checkout: no cap slot leaked, no credit lost or doubled."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import fresh_database, wait_until
+from tests.e2e.api_helpers import _delete_streams, serve_on
+from tests.e2e.checkout_helpers import Shop, new_code, new_customer, stripe_env
+from tests.fakes.stripe_server import FakeStripe
+from voucher_ledger.failpoints import EXIT_CODE
+
+OMR = 1000
+RECOVERY = {"CHECKOUT_RECOVERY_AFTER": "3", "CHECKOUT_RECOVERY_INTERVAL": "0.3"}
+
+
+@contextlib.asynccontextmanager
+async def shop_on(
+    tmp: Path, nats_url: str, database_url: str, prefix: str, expect_exit: int | None, **env: str
+) -> AsyncIterator[Shop]:
+    async with (
+        serve_on(tmp, nats_url, database_url, prefix, expect_exit=expect_exit, **env) as server,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
+    ):
+        yield Shop(server, session)
+
+
+async def crash_during_checkout(s: Shop, sub: str, **checkout: object) -> None:
+    with pytest.raises(aiohttp.ClientError):
+        await s.checkout(sub, **checkout)  # type: ignore[arg-type]
+    code = await s.server.process.wait(30)
+    assert code == EXIT_CODE, s.server.process.output()[-3000:]
+
+
+async def test_crash_between_redemption_and_settlement_gives_the_slot_back(
+    tmp_path: Path, nats_url: str, pg_url: str
+) -> None:
+    prefix = f"crash{uuid.uuid4().hex[:8]}"
+    code = new_code("CRASH")
+    sub = new_customer()
+    async with fresh_database(pg_url) as db:
+        try:
+            async with shop_on(
+                tmp_path,
+                nats_url,
+                db,
+                prefix,
+                None,
+                VL_FAILPOINTS="checkout.after_redeem",
+                **RECOVERY,
+            ) as first:
+                await first.issue(code, 20, max_redemptions=1)
+                await crash_during_checkout(first, sub, plan_id="starter", promo_code=code)
+
+            async with shop_on(tmp_path, nats_url, db, prefix, 0, **RECOVERY) as second:
+                # The redemption landed before the crash: the slot is taken, for now.
+                async def compensated() -> bool:
+                    orders = [o for o in await second.orders() if o["customer_id"] == sub]
+                    voucher = await second.voucher(code)
+                    return (
+                        len(orders) == 1
+                        and orders[0]["status"] == "failed"
+                        and voucher["times_redeemed"] == 0
+                    )
+
+                await wait_until(compensated, timeout=40, what="recovery compensates the order")
+                [order] = [o for o in await second.orders() if o["customer_id"] == sub]
+                assert order["failure_reason"] == "interrupted"
+                balance = await second.balance(sub)
+                assert (balance["credit_baisa"], balance["reserved_baisa"]) == (0, 0)
+                assert balance["entries"] == []
+                redemptions = await second.request("GET", f"/billing/vouchers/{code}/redemptions")
+                [redemption] = redemptions.json["redemptions"]
+                assert redemption["customer_id"] == sub
+                assert redemption["reversed_at"] is not None
+                # The one slot is free: the same customer (retrying) gets it, and its credit.
+                retry = await second.checkout(sub, plan_id="starter", promo_code=code)
+                assert retry.status == 200, retry
+                assert retry.json["paid_by_credit"] is True
+                assert retry.json["credit_balance_baisa"] == 11 * OMR
+                assert (await second.voucher(code))["times_redeemed"] == 1
+        finally:
+            await _delete_streams(nats_url, prefix)
+
+
+async def test_crash_after_settlement_completes_the_stripe_checkout_on_restart(
+    tmp_path: Path, nats_url: str, pg_url: str
+) -> None:
+    fake = FakeStripe()
+    await fake.start()
+    prefix = f"crash{uuid.uuid4().hex[:8]}"
+    code = new_code("SETTLED")
+    sub = new_customer()
+    env = {**stripe_env(fake), **RECOVERY}
+    try:
+        async with fresh_database(pg_url) as db:
+            try:
+                async with shop_on(
+                    tmp_path,
+                    nats_url,
+                    db,
+                    prefix,
+                    None,
+                    VL_FAILPOINTS="checkout.after_settle",
+                    **env,
+                ) as first:
+                    await first.issue(code, 4, max_redemptions=1)
+                    await crash_during_checkout(first, sub, plan_id="starter", promo_code=code)
+                assert fake.session_creates() == []
+
+                async with shop_on(tmp_path, nats_url, db, prefix, 0, **env) as second:
+
+                    async def session_attached() -> bool:
+                        orders = [o for o in await second.orders() if o["customer_id"] == sub]
+                        return len(orders) == 1 and orders[0]["stripe_session_id"] is not None
+
+                    await wait_until(session_attached, timeout=40, what="recovery asks Stripe")
+                    [order] = [o for o in await second.orders() if o["customer_id"] == sub]
+                    assert order["status"] == "awaiting_payment"
+                    assert (order["credit_applied_baisa"], order["amount_due_baisa"]) == (
+                        4 * OMR,
+                        5 * OMR,
+                    )
+                    [created] = fake.session_creates()
+                    assert created.headers["Idempotency-Key"] == order["id"]
+                    balance = await second.balance(sub)
+                    assert (balance["credit_baisa"], balance["reserved_baisa"]) == (0, 4 * OMR)
+                    assert (await second.voucher(code))["times_redeemed"] == 1
+                    # The customer pays: captured once, nothing doubled.
+                    paid = fake.event(
+                        "checkout.session.completed",
+                        order["stripe_session_id"],
+                        payment_status="paid",
+                    )
+                    assert (await second.webhook(paid)).status == 200
+
+                    async def completed() -> bool:
+                        return bool((await second.order(order["id"]))["status"] == "completed")
+
+                    await wait_until(completed, what="paid order completed")
+                    balance = await second.balance(sub)
+                    assert (balance["balance_baisa"], balance["reserved_baisa"]) == (0, 0)
+                    kinds = sorted(e["kind"] for e in balance["entries"])
+                    assert kinds == ["captured", "granted"]
+            finally:
+                await _delete_streams(nats_url, prefix)
+    finally:
+        await fake.stop()
