@@ -1,0 +1,257 @@
+"""The wallet decider: credit first, never negative, every movement an event, idempotent."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from voucher_ledger.ledger.commands import (
+    AbandonOrder,
+    AttachSession,
+    ConfirmPayment,
+    FailOrder,
+    Grant,
+    OpenOrder,
+    QueryOrder,
+    SettleOrder,
+    WalletCommandT,
+)
+from voucher_ledger.ledger.events import Actor, EventEnvelope, OrderLine, RecordedEvent
+from voucher_ledger.ledger.voucher import Decided, Refused, Replayed
+from voucher_ledger.ledger.wallet import WalletState, evolve, fold, handle, initial_state
+
+CUSTOMER = "alice"
+OMR = 1000
+
+
+class Wallet:
+    """Applies commands like a processor: decide, then fold the events with stream seqs."""
+
+    def __init__(self) -> None:
+        self.state: WalletState = initial_state(CUSTOMER)
+        self.history: list[RecordedEvent] = []
+
+    def apply(self, command: WalletCommandT, command_id: str | None = None) -> object:
+        command_id = command_id or uuid.uuid4().hex
+        outcome = handle(self.state, command, command_id)
+        if isinstance(outcome, Decided):
+            for event in outcome.events:
+                recorded = RecordedEvent(
+                    seq=len(self.history) + 1,
+                    envelope=EventEnvelope(
+                        event_id=str(uuid.uuid4()),
+                        aggregate="wallet",
+                        aggregate_id=CUSTOMER,
+                        occurred_at=datetime.now(UTC),
+                        actor=Actor(sub=CUSTOMER, role="member"),
+                        command_id=command_id,
+                        command_fingerprint=command.fingerprint(),
+                        event=event,
+                    ),
+                )
+                self.history.append(recorded)
+                self.state = evolve(self.state, recorded)
+        return outcome
+
+    def types(self) -> list[str]:
+        return [r.envelope.event.type for r in self.history]
+
+
+def open_order(order_id: str, total_omr: int) -> OpenOrder:
+    return OpenOrder(
+        customer_id=CUSTOMER,
+        order_id=order_id,
+        tenant_id="t1",
+        plan_id="plan",
+        lines=[OrderLine(kind="plan", id="plan", name="Plan", amount_baisa=total_omr * OMR)],
+        total_baisa=total_omr * OMR,
+    )
+
+
+def settle(order_id: str, grant_omr: int = 0, payment: bool = True) -> SettleOrder:
+    grant = (
+        Grant(redemption_id=f"r-{order_id}", code="PROMO", amount_baisa=grant_omr * OMR)
+        if grant_omr
+        else None
+    )
+    return SettleOrder(
+        customer_id=CUSTOMER, order_id=order_id, grant=grant, payment_available=payment
+    )
+
+
+def test_credit_covers_the_total_reserve_capture_complete() -> None:
+    w = Wallet()
+    w.apply(open_order("o1", 12))
+    w.apply(settle("o1", grant_omr=50))
+    assert w.types() == [
+        "order.opened",
+        "wallet.credit_granted",
+        "wallet.credit_reserved",
+        "wallet.credit_captured",
+        "order.completed",
+    ]
+    assert (w.state.balance_baisa, w.state.reserved_baisa) == (38 * OMR, 0)
+    order = w.state.orders["o1"]
+    assert (order.status, order.paid_by_credit, order.credit_applied_baisa) == (
+        "completed",
+        True,
+        12 * OMR,
+    )
+
+
+def test_partial_credit_reserves_and_asks_for_the_rest() -> None:
+    w = Wallet()
+    w.apply(open_order("o1", 29))
+    w.apply(settle("o1", grant_omr=5))
+    order = w.state.orders["o1"]
+    assert (order.status, order.credit_applied_baisa, order.amount_due_baisa) == (
+        "awaiting_payment",
+        5 * OMR,
+        24 * OMR,
+    )
+    assert (w.state.available_baisa, w.state.reserved_baisa) == (0, 5 * OMR)
+    w.apply(AttachSession(customer_id=CUSTOMER, order_id="o1", session_id="cs_1", session_url="u"))
+    w.apply(
+        ConfirmPayment(
+            customer_id=CUSTOMER, order_id="o1", session_id="cs_1", amount_paid_baisa=24 * OMR
+        ),
+        "stripe-evt_1",
+    )
+    assert w.state.orders["o1"].status == "completed"
+    assert (w.state.balance_baisa, w.state.reserved_baisa) == (0, 0)
+    # The same Stripe event again replays; nothing new is appended.
+    before = len(w.history)
+    again = w.apply(
+        ConfirmPayment(
+            customer_id=CUSTOMER, order_id="o1", session_id="cs_1", amount_paid_baisa=24 * OMR
+        ),
+        "stripe-evt_1",
+    )
+    assert isinstance(again, Replayed)
+    assert len(w.history) == before
+
+
+def test_without_payment_an_amount_due_is_refused_and_nothing_is_granted() -> None:
+    w = Wallet()
+    w.apply(open_order("o1", 29))
+    outcome = w.apply(settle("o1", grant_omr=5, payment=False))
+    assert isinstance(outcome, Refused)
+    assert outcome.error.reason == "payment_unavailable"
+    assert w.types() == ["order.opened"]
+    assert w.state.balance_baisa == 0
+
+
+def test_failing_an_order_releases_its_reservation_and_revokes_its_grant() -> None:
+    w = Wallet()
+    w.apply(open_order("o1", 29))
+    w.apply(settle("o1", grant_omr=5))
+    w.apply(FailOrder(customer_id=CUSTOMER, order_id="o1", reason="payment_error", message="x"))
+    assert w.types()[-3:] == ["wallet.credit_released", "wallet.grant_revoked", "order.failed"]
+    assert (w.state.balance_baisa, w.state.reserved_baisa) == (0, 0)
+    assert w.state.orders["o1"].release_slot is True
+    # Failing it again changes nothing.
+    before = len(w.history)
+    w.apply(FailOrder(customer_id=CUSTOMER, order_id="o1", reason="payment_error", message="x"))
+    assert len(w.history) == before
+
+
+def test_a_payment_for_an_abandoned_order_is_recorded_as_refund_due() -> None:
+    w = Wallet()
+    w.apply(open_order("o1", 9))
+    w.apply(settle("o1"))
+    w.apply(AbandonOrder(customer_id=CUSTOMER, order_id="o1", reason="expired"))
+    w.apply(
+        ConfirmPayment(
+            customer_id=CUSTOMER, order_id="o1", session_id="cs", amount_paid_baisa=9 * OMR
+        )
+    )
+    assert w.state.orders["o1"].status == "refund_due"
+    assert w.types()[-1] == "order.refund_due"
+
+
+def test_recovery_fails_only_the_status_it_saw() -> None:
+    w = Wallet()
+    w.apply(open_order("o1", 0))
+    w.apply(settle("o1"))
+    outcome = w.apply(
+        FailOrder(
+            customer_id=CUSTOMER,
+            order_id="o1",
+            reason="interrupted",
+            message="m",
+            expected_status="opened",
+        )
+    )
+    assert isinstance(outcome, Refused)
+    assert outcome.error.reason == "order_closed"
+    assert w.state.orders["o1"].status == "completed"
+
+
+def test_query_and_unknown_orders() -> None:
+    w = Wallet()
+    w.apply(open_order("o1", 3))
+    assert isinstance(w.apply(QueryOrder(customer_id=CUSTOMER, order_id="o1")), Decided)
+    missing = w.apply(QueryOrder(customer_id=CUSTOMER, order_id="nope"))
+    assert isinstance(missing, Refused)
+    assert missing.error.reason == "order_not_found"
+
+
+def test_same_open_command_id_with_another_payload_is_refused() -> None:
+    w = Wallet()
+    w.apply(open_order("o1", 3), "open-o1")
+    assert isinstance(w.apply(open_order("o1", 3), "open-o1"), Replayed)
+    reused = w.apply(open_order("o1", 4), "open-o1")
+    assert isinstance(reused, Refused)
+    assert reused.error.reason == "command_id_reused"
+
+
+def test_fold_of_the_history_equals_the_live_state() -> None:
+    w = Wallet()
+    w.apply(open_order("o1", 29))
+    w.apply(settle("o1", grant_omr=5))
+    w.apply(open_order("o2", 1))
+    w.apply(settle("o2", grant_omr=2))
+    folded = fold(CUSTOMER, w.history)
+    assert folded.view() == w.state.view()
+    assert dict(folded.orders) == dict(w.state.orders)
+
+
+step = st.one_of(
+    st.tuples(st.just("open"), st.integers(0, 40)),
+    st.tuples(st.just("settle"), st.integers(0, 30), st.booleans()),
+    st.tuples(st.just("confirm")),
+    st.tuples(st.just("abandon")),
+    st.tuples(st.just("fail")),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(step, st.integers(0, 5)), max_size=60))
+def test_no_sequence_of_commands_makes_credit_negative(
+    script: list[tuple[tuple[object, ...], int]],
+) -> None:
+    w = Wallet()
+    for action, n in script:
+        order_id = f"o{n}"
+        kind = action[0]
+        if kind == "open":
+            w.apply(open_order(order_id, int(action[1])))  # type: ignore[call-overload]
+        elif kind == "settle":
+            w.apply(settle(order_id, int(action[1]), bool(action[2])))  # type: ignore[call-overload]
+        elif kind == "confirm":
+            w.apply(
+                ConfirmPayment(
+                    customer_id=CUSTOMER, order_id=order_id, session_id="cs", amount_paid_baisa=1
+                )
+            )
+        elif kind == "abandon":
+            w.apply(AbandonOrder(customer_id=CUSTOMER, order_id=order_id, reason="expired"))
+        else:
+            w.apply(FailOrder(customer_id=CUSTOMER, order_id=order_id, reason="r", message="m"))
+        assert w.state.available_baisa >= 0
+        assert w.state.reserved_baisa >= 0
+        assert w.state.reserved_baisa == sum(o.reserved_baisa for o in w.state.orders.values())
+    assert fold(CUSTOMER, w.history).view() == w.state.view()
