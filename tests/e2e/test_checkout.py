@@ -455,3 +455,32 @@ async def test_fifty_concurrent_checkouts_on_credit_for_ten_exactly_ten_succeed(
     orders = [o for o in await credit_only.orders() if o["customer_id"] == sub]
     statuses = sorted(o["status"] for o in orders if o["plan_id"] == "starter")
     assert statuses == ["completed"] * 10 + ["failed"] * 40
+
+
+async def test_orders_and_credit_movements_are_events_in_the_audit_trail(paid: Shop) -> None:
+    sub = new_customer()
+    code = new_code("AUDIT")
+    await paid.issue(code, 15)
+    reply = await paid.checkout(sub, "starter", promo_code=code)
+    assert reply.status == 200, reply
+    rows = await paid.db(
+        "SELECT type, aggregate_id, actor_sub, command_id, event FROM audit_log "
+        "WHERE aggregate = 'wallet' AND aggregate_id = $1 ORDER BY seq",
+        sub,
+    )
+    assert [r["type"] for r in rows] == [
+        "order.opened",
+        "wallet.credit_granted",
+        "wallet.credit_reserved",
+        "wallet.credit_captured",
+        "order.completed",
+    ]
+    order_id = reply.json["order_id"]
+    assert {r["command_id"] for r in rows} == {f"open-{order_id}", f"settle-{order_id}"}
+    assert {r["actor_sub"] for r in rows} == {sub}
+    voucher_rows = await paid.db(
+        "SELECT type, command_id FROM audit_log WHERE aggregate = 'voucher' "
+        "AND aggregate_id = $1 AND type = 'voucher.redeemed'",
+        code,
+    )
+    assert [r["command_id"] for r in voucher_rows] == [f"redeem-{order_id}"]
