@@ -262,7 +262,8 @@ class PartitionProcessor:
                 self.cache.put(key, state)
             working = state
             new: list[tuple[EventEnvelope, str]] = []
-            outcomes: list[Rejected | str] = []  # a rejection, or the command id to look up
+            # a rejection, or the command id to look up (with whether it was a replay)
+            outcomes: list[Rejected | tuple[str, bool]] = []
             now = datetime.now(UTC)
             for item in items:
                 env = item.envelope
@@ -278,7 +279,7 @@ class PartitionProcessor:
                     case Refused(error=error):
                         outcomes.append(rejected_from(env.command_id, error))
                     case Replayed():
-                        outcomes.append(env.command_id)
+                        outcomes.append((env.command_id, True))
                     case Decided(events=events):
                         fingerprint = env.command.fingerprint()
                         for event in events:
@@ -296,7 +297,7 @@ class PartitionProcessor:
                                 working, RecordedEvent(seq=0, envelope=envelope), fingerprint
                             )
                             new.append((envelope, fingerprint))
-                        outcomes.append(env.command_id)
+                        outcomes.append((env.command_id, False))
             try:
                 recorded = await self._store.append(
                     subject, state.last_seq, [envelope for envelope, _ in new]
@@ -326,7 +327,7 @@ class PartitionProcessor:
         self,
         kind: _VoucherKind | _WalletKind,
         items: list[_Item],
-        outcomes: list[Rejected | str],
+        outcomes: list[Rejected | tuple[str, bool]],
         final: Any,
     ) -> None:
         for item, outcome in zip(items, outcomes, strict=True):
@@ -335,8 +336,10 @@ class PartitionProcessor:
                 reply: Accepted | Rejected = outcome
                 self._stats.commands[(ctype, outcome.reason)] += 1
             else:
-                reply = kind.reply(final, item.envelope.command, outcome)
-                self._stats.commands[(ctype, "accepted")] += 1
+                command_id, replayed = outcome
+                reply = kind.reply(final, item.envelope.command, command_id)
+                # A replay (a retry, or a redelivery after a lease moved) is not a new effect.
+                self._stats.commands[(ctype, "replayed" if replayed else "accepted")] += 1
             reply_to = (item.msg.headers or {}).get(REPLY_HEADER, "")
             if reply_to.startswith(REPLY_PREFIX):
                 await self._nc.publish(reply_to, reply.model_dump_json().encode())
