@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import signal
 import sys
@@ -22,6 +23,8 @@ import nats.errors
 from nats.aio.client import Client
 
 from voucher_ledger.settings import Settings
+
+log = logging.getLogger(__name__)
 
 COMMANDS = ("audit", "show", "schema")
 PROG = "voucher-ledger"
@@ -193,19 +196,41 @@ def nats_url(settings: Settings) -> str:
         ) from None
 
 
+async def connect(url: str) -> Client:
+    """Connect once (two attempts, no tracebacks in the log); once connected, reconnect forever
+    like the service does, so a long ``audit tail`` survives a NATS restart."""
+    import nats
+
+    from voucher_ledger.runtime import StartupError, check_nats_version
+    from voucher_ledger.settings import redact_url
+
+    async def quiet(exc: Exception) -> None:
+        log.debug("nats: %r", exc)
+
+    try:
+        nc = await nats.connect(
+            url,
+            name="voucher-ledger-audit",
+            connect_timeout=3,
+            allow_reconnect=True,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.5,
+            error_cb=quiet,
+        )
+    except Exception as exc:  # any failure to connect is the same story for the user
+        raise UserError(f"cannot connect to NATS at {redact_url(url)}: {exc}") from exc
+    nc.options["max_reconnect_attempts"] = -1
+    try:
+        check_nats_version(nc, url)
+    except StartupError as exc:
+        await nc.close()
+        raise UserError(str(exc)) from exc
+    return nc
+
+
 @contextlib.asynccontextmanager
 async def _connected(settings: Settings) -> AsyncIterator[Client]:
-    from voucher_ledger.runtime import StartupError, connect_nats
-
-    url = nats_url(settings)
-    try:
-        nc = await asyncio.wait_for(connect_nats(url, name="voucher-ledger-audit"), 10)
-    except StartupError as exc:
-        raise UserError(str(exc)) from exc
-    except TimeoutError:
-        from voucher_ledger.settings import redact_url
-
-        raise UserError(f"cannot connect to NATS at {redact_url(url)}") from None
+    nc = await connect(nats_url(settings))
     try:
         yield nc
     finally:

@@ -300,6 +300,10 @@ def _type_of(prop: dict[str, Any]) -> str:
         return str(prop["$ref"]).rsplit("/", 1)[-1]
     if "allOf" in prop and len(prop["allOf"]) == 1:
         return _type_of(prop["allOf"][0])
+    if "oneOf" in prop and len(prop["oneOf"]) > 3:
+        return f"one of the {len(prop['oneOf'])} event types below"
+    if "oneOf" in prop:
+        return " or ".join(_type_of(p) for p in prop["oneOf"])
     if "anyOf" in prop:
         return " or ".join(_type_of(p) for p in prop["anyOf"])
     kind = prop.get("type")
@@ -315,7 +319,10 @@ def _fields_table(schema: dict[str, Any], docs: dict[str, str] | None = None) ->
     rows = ["| field | type | required |" + (" meaning |" if docs else "")]
     rows.append("|---|---|---|" + ("---|" if docs else ""))
     for name, prop in schema["properties"].items():
-        row = f"| `{name}` | {_type_of(prop)} | {'yes' if name in required else 'no'} |"
+        needed = "yes" if name in required else "no"
+        if name not in required and "default" in prop:
+            needed += f" (default `{json.dumps(prop['default'])}`)"
+        row = f"| `{name}` | {_type_of(prop)} | {needed} |"
         if docs:
             row += f" {docs.get(name, '')} |"
         rows.append(row)

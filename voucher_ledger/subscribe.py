@@ -27,7 +27,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import re
 import uuid
@@ -43,7 +42,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
-from voucher_ledger.commands.layout import PREFIX_PATTERN
+from voucher_ledger.commands.layout import PREFIX_PATTERN, account_token
 from voucher_ledger.ledger.codes import CODE_PATTERN
 from voucher_ledger.ledger.events import CURRENT_VERSIONS, EventEnvelope, RecordedEvent
 from voucher_ledger.ledger.events import decode_envelope as _decode_envelope
@@ -104,9 +103,7 @@ def voucher_subject(prefix: str, code: str) -> str:
 
 def wallet_account_token(customer_id: str) -> str:
     """A customer id as a subject token: base64url (RFC 4648 section 5) without padding."""
-    if not customer_id:
-        raise ValueError("customer id must not be empty")
-    return base64.urlsafe_b64encode(customer_id.encode()).rstrip(b"=").decode("ascii")
+    return account_token(customer_id)
 
 
 def wallet_subject(prefix: str, customer_id: str) -> str:
