@@ -20,8 +20,8 @@
   (a fetched batch, a crash) are rewound to the consumer's ack floor at start, so the order is
   kept. One process per durable name. ``from_seq`` / ``since`` only apply when the durable is
   first created.
-* Without a durable, the consumer is ephemeral: deleted on close, and by the server after a
-  minute without a client.
+* Without a durable, the consumer is ephemeral: deleted on close, and by the server after five
+  minutes without a client.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 DURABLE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _RESET_SUPPORTED = (2, 14)  # $JS.API.CONSUMER.RESET (ADR-60)
-_EPHEMERAL_IDLE = 60.0  # seconds the server keeps an ephemeral consumer without a client
+_EPHEMERAL_IDLE = 300.0  # seconds the server keeps an ephemeral consumer without a client
 _ACK_CONFIRM_TIMEOUT = 5.0
 
 
