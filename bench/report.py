@@ -1,0 +1,349 @@
+"""The run's results as JSON, a markdown report and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.config import PATHS
+
+Results = dict[str, Any]
+
+TARGETS = {
+    "bus_ratio": 5.0,
+    "http_ratio": 2.0,
+    "rebuild_eps": 20_000.0,
+}
+
+
+def _num(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f}" if value < 10 else f"{value:,.1f}"
+
+
+def _ratio(service: dict[str, Any] | None, baseline: dict[str, Any] | None) -> float | None:
+    if not service or not baseline or not baseline.get("per_second"):
+        return None
+    return float(service["per_second"]) / float(baseline["per_second"])
+
+
+def _path_cells(result: dict[str, Any] | None, baseline: dict[str, Any] | None) -> list[str]:
+    if result is None:
+        return ["n/a", "", ""] + ([""] if baseline is not None else [])
+    cells = [_num(result["per_second"]), _ms(result["p50_ms"]), _ms(result["p99_ms"])]
+    if baseline is not None:
+        ratio = _ratio(result, baseline)
+        cells.append(f"**{ratio:.2f}×**" if ratio is not None else "")
+    return cells
+
+
+def _row_label(row: dict[str, Any]) -> list[str]:
+    attempts = f"{row['attempts']:,}" + ("*" if row["reduced"] else "")
+    http = row.get("http_attempts")
+    if http is not None and http != row["attempts"]:
+        attempts += f" (HTTP {http:,}†)"
+    return [row["mode"], row["workload"], str(row["clients"]), attempts]
+
+
+def main_table(results: Results) -> list[str]:
+    lines = [
+        "| durability | workload | clients | attempts | baseline /s | p50 ms | p99 ms "
+        "| bus /s | p50 ms | p99 ms | bus ÷ baseline | HTTP /s | p50 ms | p99 ms "
+        "| HTTP ÷ baseline |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["rows"]:
+        base = row.get("baseline")
+        cells = _row_label(row)
+        cells += _path_cells(base, None) if base else ["n/a", "", ""]
+        cells += _path_cells(row.get("bus"), base or {})
+        cells += _path_cells(row.get("http"), base or {})
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _redeemed(row: dict[str, Any]) -> str:
+    parts = []
+    for path in PATHS:
+        result = row.get(path)
+        if result is None:
+            parts.append("–")
+            continue
+        text = f"{result['ok']:,}"
+        if result["other"]:
+            text += f" (+{result['other']:,} failed)"
+        parts.append(text)
+    return " / ".join(parts)
+
+
+def _lag(result: dict[str, Any] | None) -> str:
+    if not result or "lag_p99_events" not in result:
+        return "–"
+    return f"{_num(result['lag_p99_events'])} ev / {_ms(result['lag_p99_ms'])} ms"
+
+
+def service_table(results: Results) -> list[str]:
+    lines = [
+        "| durability | workload | clients | redeemed: baseline / bus / HTTP (expected) "
+        "| projection lag p99, bus storm | projection lag p99, HTTP storm "
+        "| drain after bus storm s | service RSS peak MiB (bus / HTTP storm) |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for row in results["rows"]:
+        bus, http = row.get("bus"), row.get("http")
+        rss = " / ".join(
+            _num(r["rss_peak_mb"], 1) if r and "rss_peak_mb" in r else "–" for r in (bus, http)
+        )
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    row["mode"],
+                    row["workload"],
+                    str(row["clients"]),
+                    f"{_redeemed(row)} ({row['expected_ok']:,})",
+                    _lag(bus),
+                    _lag(http),
+                    f"{bus['drain_s']:.2f}" if bus and "drain_s" in bus else "–",
+                    rss,
+                ]
+            )
+            + " |"
+        )
+    return lines
+
+
+def _cpu(result: dict[str, Any] | None, names: tuple[str, ...]) -> str:
+    if not result or "cpu_s" not in result:
+        return "–"
+    attempts = result["attempts"]
+    return " / ".join(f"{1000 * result['cpu_s'].get(name, 0.0) / attempts:.2f}" for name in names)
+
+
+def cpu_table(results: Results) -> list[str]:
+    service_procs = ("service", "nats", "postgres", "client")
+    lines = [
+        "| durability | workload | clients | baseline: postgres / client "
+        "| bus: service / nats / postgres / client | HTTP: service / nats / postgres / client |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in results["rows"]:
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    row["mode"],
+                    row["workload"],
+                    str(row["clients"]),
+                    _cpu(row.get("baseline"), ("postgres", "client")),
+                    _cpu(row.get("bus"), service_procs),
+                    _cpu(row.get("http"), service_procs),
+                ]
+            )
+            + " |"
+        )
+    return lines
+
+
+def targets(results: Results) -> list[dict[str, Any]]:
+    """Issue #6's targets, as ratios of this run."""
+    out: list[dict[str, Any]] = []
+    row = next(
+        (
+            r
+            for r in results["rows"]
+            if r["mode"] == "matched" and r["workload"] == "hot" and r["clients"] == 64
+        ),
+        None,
+    )
+    if row is not None and row.get("baseline"):
+        base = row["baseline"]
+        bus = row.get("bus")
+        ratio = _ratio(bus, base)
+        if bus is not None and ratio is not None:
+            out.append(
+                {
+                    "target": "hot code, 64 clients, matched durability: command bus ≥ 5× "
+                    "the row-lock baseline",
+                    "reached": f"{ratio:.2f}×",
+                    "met": ratio >= TARGETS["bus_ratio"],
+                }
+            )
+            out.append(
+                {
+                    "target": "… with p99 latency no worse than the baseline's",
+                    "reached": f"{bus['p99_ms']:.1f} ms vs {base['p99_ms']:.1f} ms",
+                    "met": bus["p99_ms"] <= base["p99_ms"],
+                }
+            )
+        http = row.get("http")
+        ratio = _ratio(http, base)
+        out.append(
+            {
+                "target": "hot code, 64 clients, matched durability: end to end over HTTP ≥ 2×",
+                "reached": f"{ratio:.2f}×" if ratio is not None else row.get("http_note", "n/a"),
+                "met": ratio is not None and ratio >= TARGETS["http_ratio"],
+            }
+        )
+    rebuild = results.get("rebuild")
+    if rebuild and "events_per_second" in rebuild:
+        eps = float(rebuild["events_per_second"])
+        out.append(
+            {
+                "target": "rebuild ≥ 20,000 events/s",
+                "reached": f"{eps:,.0f} events/s",
+                "met": eps >= TARGETS["rebuild_eps"],
+            }
+        )
+    return out
+
+
+def to_markdown(results: Results) -> str:
+    machine = results["machine"]
+    sizes = results["sizes"]
+    lines = [
+        "# Benchmark results: row-lock baseline vs voucher-ledger",
+        "",
+        f"Produced by `{results['command']}` on {results['date']} ({results['duration_s']:.0f} s).",
+        "",
+        "## Machine",
+        "",
+    ]
+    lines += [f"- {k}: {v}" for k, v in machine.items()]
+    lines += ["", "## What was measured", ""]
+    lines += [f"- **{name}**: {text}" for name, text in results["modes"].items()]
+    lines += [
+        f"- **hot**: one code, {sizes['hot_attempts']:,} attempts by as many customers against "
+        f"a cap of {sizes['hot_cap']:,}; **distinct**: {sizes['distinct_codes']:,} codes, one "
+        "attempt each (all succeed).",
+        f"- \\* rows with one client run {sizes['single_client_attempts']:,} attempts (the hot "
+        "code's cap is half of them) to keep the run short. † A checkout over HTTP is a saga "
+        "of several commands and much slower: HTTP rows run at most "
+        f"{sizes['http_max_attempts']:,} attempts ({sizes['http_single_client_attempts']:,} "
+        "with one client), the hot code's cap scaled alike (half of the attempts succeed); "
+        "throughput and latency are steady-state figures, so the ratio stays meaningful.",
+        "- **/s** is attempts decided per second (a redemption or a refusal at the cap); "
+        "latency is per attempt, as its client saw it (p50 / p99, ms). The ratios are service "
+        "÷ baseline throughput from the same row of the same run.",
+        "- **baseline**: seed-billing-spec.md §4.5 over asyncpg (a pool of one connection per "
+        "client): `BEGIN; SELECT … FOR UPDATE; checks; SELECT count(*); INSERT redemption; "
+        "UPDATE times_redeemed; INSERT credit; COMMIT`.",
+        "- **bus**: `CommandBus.send(RedeemVoucher)` from this process to a running `voucher-ledger"
+        " serve` (processors + projectors), reply awaited.",
+        "- **HTTP**: `POST /billing/checkout` (free plan, the promo code) with a customer's "
+        "bearer token, against the same kind of serve process.",
+        "",
+        "## Throughput and latency",
+        "",
+    ]
+    lines += main_table(results)
+    for note in results.get("notes", []):
+        lines += ["", f"Note: {note}"]
+    lines += ["", "## Targets (issue #6)", "", "| target | reached | met |", "|---|---|---|"]
+    for target in results.get("targets", []):
+        met = "yes" if target["met"] else "**no**"
+        lines.append(f"| {target['target']} | {target['reached']} | {met} |")
+    lines += ["", "## Rebuild", ""]
+    rebuild = results.get("rebuild")
+    if rebuild and "events_per_second" in rebuild:
+        lines.append(
+            f"Stream of the `{rebuild['mode']}` service (every storm of this run): "
+            f"{rebuild['events']:,} events in {rebuild['seconds']:.2f} s, "
+            f"**{rebuild['events_per_second']:,.0f} events/s**. Method: {rebuild['method']}."
+        )
+        for name, part in rebuild.get("projections", {}).items():
+            lines.append(
+                f"- `{name}`: {part['events']:,} events, {part['events_per_second']:,.0f} events/s"
+            )
+        if "wall_seconds" in rebuild:
+            lines.append(f"- the whole command, start-up included: {rebuild['wall_seconds']:.1f} s")
+        catchup = rebuild.get("catchup")
+        if catchup:
+            lines.append(
+                f"- for comparison, {catchup['method']}: {catchup['events']:,} events in "
+                f"{catchup['seconds']:.2f} s, {catchup['events_per_second']:,.0f} events/s"
+            )
+    else:
+        lines.append(f"not measured: {rebuild.get('note') if rebuild else 'not run'}")
+    lines += [
+        "",
+        "## The service under load",
+        "",
+        "Projection lag: the event stream's head against the lowest projection checkpoint, "
+        "sampled every 50 ms during the storm, in events and as the age of the oldest event not "
+        "yet in the read models. Drain: time for the projections to reach the head after the "
+        "storm's last reply. RSS: the serve process's peak resident memory sampled during the "
+        "storm.",
+        "",
+    ]
+    lines += service_table(results)
+    memory = results.get("service_memory", {})
+    if memory:
+        lines += [""]
+        for mode, mem in memory.items():
+            lines.append(
+                f"- `{mode}` serve process: peak RSS (VmHWM) over the whole run "
+                f"**{mem['hwm_mb']:,.1f} MiB**, {mem['rss_mb']:,.1f} MiB at the end."
+            )
+    lines += [
+        "",
+        "## CPU per attempt (ms), by process",
+        "",
+        "CPU time (user + system) each process used during the storm, divided by its attempts. "
+        "*client* is this benchmark process (the asyncpg, bus or HTTP clients).",
+        "",
+    ]
+    lines += cpu_table(results)
+    lines += [""]
+    return "\n".join(lines)
+
+
+def chart(results: Results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = list(dict.fromkeys(r["mode"] for r in results["rows"]))
+    fig, axes = plt.subplots(2, len(modes), figsize=(6.5 * len(modes), 8), squeeze=False)
+    colors = {"baseline": "#888888", "bus": "#1f77b4", "http": "#ff7f0e"}
+    labels = {"baseline": "row-lock baseline", "bus": "command bus", "http": "HTTP checkout"}
+    width = 0.27
+    for col, mode in enumerate(modes):
+        rows = [r for r in results["rows"] if r["mode"] == mode]
+        names = [f"{r['workload']}\n{r['clients']} cl." for r in rows]
+        for metric, row_index, ylabel in (
+            ("per_second", 0, "attempts / s"),
+            ("p99_ms", 1, "p99 latency, ms (log)"),
+        ):
+            ax = axes[row_index][col]
+            for i, path_name in enumerate(PATHS):
+                values = [float((r.get(path_name) or {}).get(metric, 0.0)) for r in rows]
+                xs = [x + (i - 1) * width for x in range(len(rows))]
+                ax.bar(xs, values, width, label=labels[path_name], color=colors[path_name])
+            ax.set_xticks(range(len(rows)))
+            ax.set_xticklabels(names, fontsize=8)
+            ax.set_ylabel(ylabel)
+            if metric == "p99_ms":
+                ax.set_yscale("log")
+            ax.set_title(f"{mode}: {'throughput' if row_index == 0 else 'p99 latency'}")
+            ax.grid(axis="y", alpha=0.3)
+        axes[0][col].legend(fontsize=8)
+    fig.suptitle("voucher redemption: row-lock baseline vs voucher-ledger (same run)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: Results, out_dir: Path) -> str:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results["targets"] = targets(results)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    markdown = to_markdown(results)
+    (out_dir / "results.md").write_text(markdown)
+    chart(results, out_dir / "chart.png")
+    return markdown

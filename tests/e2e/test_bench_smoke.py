@@ -1,0 +1,63 @@
+"""A smoke run of issue #6's benchmark (``python -m bench --quick``, tiny sizes): every row is
+in the table, every figure is positive, and the cap is exact on every path. No time
+thresholds: a shared machine's numbers are not a test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+MODES = ("matched", "defaults")
+WORKLOADS = ("hot", "distinct")
+CLIENTS = (1, 16, 64)
+
+
+def test_quick_benchmark_writes_every_row_with_positive_figures(
+    tmp_path: Path, repo_root: Path
+) -> None:
+    out = tmp_path / "results"
+    args = ["--quick", "--out", str(out), "--work-dir", str(tmp_path / "work")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    results = json.loads((out / "results.json").read_text())
+    rows = {(r["mode"], r["workload"], r["clients"]): r for r in results["rows"]}
+    assert set(rows) == {(m, w, c) for m in MODES for w in WORKLOADS for c in CLIENTS}
+    for key, row in rows.items():
+        for path in ("baseline", "bus"):
+            figures = row[path]
+            assert figures["per_second"] > 0, (key, path)
+            assert 0 < figures["p50_ms"] <= figures["p99_ms"], (key, path)
+            # Exactly the cap on the hot code, every attempt on distinct codes; nothing failed.
+            assert (figures["ok"], figures["other"]) == (row["expected_ok"], 0), (key, path)
+        assert row["bus"]["lag_samples"] > 0, key
+        assert row["bus"]["rss_peak_mb"] > 0, key
+        if row["http"] is None:  # the checkout route is not there: skipped, with a note
+            assert "404" in row["http_note"], key
+        else:
+            assert row["http"]["per_second"] > 0, key
+            assert (row["http"]["ok"], row["http"]["other"]) == (row["http_expected_ok"], 0), key
+    assert results["rebuild"]["events"] > 0
+    assert results["rebuild"]["events_per_second"] > 0
+
+    markdown = (out / "results.md").read_text()
+    assert results["command"] in markdown
+    for mode, workload, clients in rows:
+        assert f"| {mode} | {workload} | {clients} |" in markdown
+    assert "## Targets (issue #6)" in markdown
+    assert (out / "chart.png").read_bytes().startswith(b"\x89PNG")
+    # The table is printed at the end, too.
+    assert "| durability | workload | clients |" in proc.stdout
