@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from voucher_ledger import audit_cli, streams
+from voucher_ledger import audit_cli, replay_cli, streams
 from voucher_ledger.embedded import EmbeddedNats
 from voucher_ledger.runtime import Stack, StartupError, connect_nats, load_spec
 from voucher_ledger.settings import Settings
@@ -156,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(st)
 
     audit_cli.add_parsers(sub, common)  # audit tail, show (time travel), schema export/check
+    replay_cli.add_parsers(sub, common)  # rebuild, verify
     return parser
 
 
@@ -174,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         return _token(settings, args)
     if args.command in audit_cli.COMMANDS:
         return audit_cli.run(args, settings)
+    if args.command in replay_cli.COMMANDS:
+        return replay_cli.run(args, settings)
     try:
         if args.command == "serve":
             return asyncio.run(_serve(settings))

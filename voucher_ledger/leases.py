@@ -42,6 +42,7 @@ class LeaseHost(abc.ABC):
         self._label = label
         self._kv: KeyValue | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def kv(self) -> KeyValue:
@@ -53,6 +54,7 @@ class LeaseHost(abc.ABC):
         return self.instance_id.encode()
 
     async def start(self) -> None:
+        self._stopping = False
         self._kv = await self._nc.jetstream().key_value(self._bucket)
         await self.tick()
         self._loop_task = asyncio.create_task(
@@ -62,15 +64,22 @@ class LeaseHost(abc.ABC):
     async def stop(self, *, release: bool = True) -> None:
         """Stop holding. ``release=False`` simulates a crash: the leases are left to expire."""
         if self._loop_task is not None:
-            self._loop_task.cancel()
+            self._stopping = True
+            # nats.py's requests use asyncio.wait_for, which on Python 3.11 can swallow a
+            # cancellation that races a reply: cancel again until the loop has really ended.
+            while not self._loop_task.done():
+                self._loop_task.cancel()
+                await asyncio.wait({self._loop_task}, timeout=0.5)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
         await self.drop_all(release=release)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self._ttl / 3)
+            if self._stopping:
+                return
             try:
                 await self.tick()
             except asyncio.CancelledError:

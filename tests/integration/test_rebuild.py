@@ -1,0 +1,354 @@
+"""Rebuild and verify: the read models are a pure function of the event stream (invariant 5).
+
+The history is written straight to the event stream (voucher and wallet events decided by the
+real deciders), the live projectors apply it, then ``rebuild`` replays it into shadow tables and
+swaps them in while the live projectors keep running, and ``verify`` folds the stream with the
+domain code and compares. ``VL_REBUILD_EVENTS`` sets the size (200,000 for the issue's full
+run; CI uses a smaller default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+from nats.aio.client import Client
+
+from tests.conftest import HostFactory
+from voucher_ledger.commands.bus import CommandBus
+from voucher_ledger.commands.eventstore import JetStreamEventStore
+from voucher_ledger.ledger.commands import (
+    IssueVoucher,
+    OpenOrder,
+    RedeemVoucher,
+    RevokeVoucher,
+    SettleOrder,
+)
+from voucher_ledger.ledger.events import (
+    Actor,
+    EventEnvelope,
+    OrderLine,
+    RecordedEvent,
+    VoucherIssued,
+    VoucherRedeemed,
+)
+from voucher_ledger.ledger.voucher import Decided
+from voucher_ledger.ledger.wallet import evolve as wallet_evolve
+from voucher_ledger.ledger.wallet import handle as wallet_handle
+from voucher_ledger.ledger.wallet import initial_state as wallet_initial
+from voucher_ledger.projections.host import ProjectorHost
+from voucher_ledger.projections.migrate import migrate
+from voucher_ledger.projections.projector import ProjectionStatus
+from voucher_ledger.projections.rebuild import Progress, rebuild
+from voucher_ledger.projections.registry import ALL_PROJECTIONS
+from voucher_ledger.projections.verify import verify
+from voucher_ledger.streams import StreamsSpec
+
+EVENTS = int(os.environ.get("VL_REBUILD_EVENTS", "12000"))
+ADMIN = Actor(sub="admin", role="superadmin")
+PER_CODE = 1000  # one atomic batch per code: the issue and 999 redemptions
+
+TABLES = {
+    "vouchers": "code",
+    "redemptions": "redemption_id",
+    "wallets": "customer_id",
+    "credit_entries": "seq",
+    "orders": "order_id",
+    "audit_log": "seq",
+}
+
+
+def envelope(aggregate: str, key: str, event: Any, command_id: str) -> EventEnvelope:
+    return EventEnvelope(
+        event_id=str(uuid.uuid4()),
+        aggregate=aggregate,  # type: ignore[arg-type]
+        aggregate_id=key,
+        occurred_at=datetime.now(UTC),
+        actor=ADMIN,
+        command_id=command_id,
+        event=event,
+    )
+
+
+async def write_history(store: JetStreamEventStore, spec: StreamsSpec, events: int) -> None:
+    """``events`` events: vouchers with many redemptions, and wallets with orders."""
+    written = 0
+    n = 0
+    while written < events * 9 // 10:
+        code = f"RB-{n:05d}-{uuid.uuid4().hex[:6]}".upper()
+        n += 1
+        batch = [
+            envelope(
+                "voucher",
+                code,
+                VoucherIssued(
+                    code=code,
+                    credit_baisa=5000,
+                    description=f"voucher {n}",
+                    active=True,
+                    max_redemptions=0,
+                    change="created",
+                ),
+                f"issue-{code}",
+            )
+        ]
+        for i in range(min(PER_CODE, events - written) - 1):
+            batch.append(
+                envelope(
+                    "voucher",
+                    code,
+                    VoucherRedeemed(
+                        code=code,
+                        customer_id=f"c{i}",
+                        redemption_id=f"{code}-r{i}",
+                        credit_baisa=5000,
+                    ),
+                    f"redeem-{code}-{i}",
+                )
+            )
+        await store.append(spec.layout.voucher_subject(code), 0, batch)
+        written += len(batch)
+    customer = 0
+    while written < events:
+        sub = f"customer-{customer}"
+        customer += 1
+        state = wallet_initial(sub)
+        new: list[EventEnvelope] = []
+        for k in range(20):
+            order_id = f"{sub}-o{k}"
+            for command in (
+                OpenOrder(
+                    customer_id=sub,
+                    order_id=order_id,
+                    tenant_id="t",
+                    plan_id="p",
+                    lines=[OrderLine(kind="plan", id="p", name="P", amount_baisa=3000)],
+                    total_baisa=3000,
+                ),
+                SettleOrder(
+                    customer_id=sub,
+                    order_id=order_id,
+                    grant=None,
+                    payment_available=True,
+                ),
+            ):
+                outcome = wallet_handle(state, command, f"{command.type}-{order_id}")
+                assert isinstance(outcome, Decided)
+                for event in outcome.events:
+                    env = envelope("wallet", sub, event, f"{command.type}-{order_id}")
+                    state = wallet_evolve(state, RecordedEvent(seq=len(new) + 1, envelope=env))
+                    new.append(env)
+        await store.append(spec.layout.wallet_subject(sub), 0, new)
+        written += len(new)
+
+
+async def rows(pool: asyncpg.Pool) -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    async with pool.acquire() as conn:
+        for table, key in TABLES.items():
+            sql = f"SELECT * FROM {table} ORDER BY {key}"  # noqa: S608 - constant names
+            out[table] = [dict(r) for r in await conn.fetch(sql)]
+    return out
+
+
+@pytest.fixture
+async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await asyncpg.create_pool(database, min_size=1, max_size=6)
+    async with p.acquire() as conn:
+        await migrate(conn)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def live(
+    nc: Client, applied: StreamsSpec, pool: asyncpg.Pool
+) -> AsyncIterator[ProjectionStatus]:
+    status = ProjectionStatus(pool, [p.name for p in ALL_PROJECTIONS])
+    host = ProjectorHost(nc, pool, applied, status)
+    await host.start()
+    yield status
+    await host.stop()
+
+
+async def caught_up(nc: Client, spec: StreamsSpec, status: ProjectionStatus) -> int:
+    head = await JetStreamEventStore(nc, spec.event_stream).last_sequence()
+    assert await status.wait_for(head, timeout=300), status.applied
+    return head
+
+
+class Counting(Progress):
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.total = 0
+        self.done = 0
+        self.stop_after = stop_after
+
+    def start(self, total: int, done: int) -> None:
+        self.total, self.done = total, done
+
+    def advance(self, events: int, total: int) -> None:
+        self.done += events
+        if self.stop_after is not None and self.done >= self.stop_after:
+            raise KeyboardInterrupt
+
+
+async def test_rebuild_equals_the_live_projection_row_for_row_and_verify_is_clean(
+    nc: Client,
+    applied: StreamsSpec,
+    store: JetStreamEventStore,
+    pool: asyncpg.Pool,
+    live: ProjectionStatus,
+) -> None:
+    await write_history(store, applied, EVENTS)
+    head = await caught_up(nc, applied, live)
+    assert head >= EVENTS
+    before = await rows(pool)
+    assert len(before["redemptions"]) > EVENTS // 2
+    assert before["orders"]
+
+    summaries = [
+        await rebuild(pool, nc, applied, projection, progress=Counting())
+        for projection in ALL_PROJECTIONS
+    ]
+
+    for summary in summaries:
+        assert summary.reached == head
+        assert summary.events == head
+        assert summary.events_per_second > 0
+        print(f"rebuild {summary.projection}: {summary.events_per_second:,.0f} events/s")
+    after = await rows(pool)
+    for table in TABLES:
+        assert after[table] == before[table], table
+    report = await verify(pool, nc, applied)
+    assert report.clean, report.differences[:20]
+    assert report.checked["redemptions"] == len(before["redemptions"])
+
+
+async def test_rebuild_while_writes_continue_then_the_live_projector_carries_on(
+    nc: Client,
+    applied: StreamsSpec,
+    store: JetStreamEventStore,
+    pool: asyncpg.Pool,
+    live: ProjectionStatus,
+    make_host: HostFactory,
+    bus: CommandBus,
+) -> None:
+    await make_host()
+    await write_history(store, applied, 3000)
+    await caught_up(nc, applied, live)
+
+    async def writes() -> None:
+        for i in range(60):
+            code = f"LIVE-{i}-{uuid.uuid4().hex[:4]}".upper()
+            await bus.send(IssueVoucher(code=code, credit_baisa=1000), actor=ADMIN)
+            await bus.send(RedeemVoucher(code=code, customer_id="x"), actor=ADMIN)
+            if i % 3 == 0:
+                await bus.send(RevokeVoucher(code=code), actor=ADMIN)
+
+    writer = asyncio.create_task(writes())
+    for projection in ALL_PROJECTIONS:
+        await rebuild(pool, nc, applied, projection, batch=500, swap_within=100)
+    await writer
+    await caught_up(nc, applied, live)
+    report = await verify(pool, nc, applied)
+    assert report.clean, report.differences[:20]
+    live_codes = await pool.fetchval("SELECT count(*) FROM vouchers WHERE code LIKE 'LIVE-%'")
+    assert live_codes == 60
+
+
+async def test_an_interrupted_rebuild_resumes_where_it_stopped(
+    nc: Client,
+    applied: StreamsSpec,
+    store: JetStreamEventStore,
+    pool: asyncpg.Pool,
+    live: ProjectionStatus,
+) -> None:
+    await write_history(store, applied, 5000)
+    head = await caught_up(nc, applied, live)
+    before = await rows(pool)
+    projection = ALL_PROJECTIONS[0]
+    with pytest.raises(KeyboardInterrupt):
+        await rebuild(pool, nc, applied, projection, progress=Counting(stop_after=1), batch=1000)
+    shadow = await pool.fetchval(
+        "SELECT last_seq FROM rebuild_vouchers.projection_checkpoints WHERE projection = $1",
+        projection.name,
+    )
+    assert 0 < shadow < head
+    summary = await rebuild(pool, nc, applied, projection, batch=1000)
+    assert summary.resumed_from == shadow
+    assert summary.events == head - shadow
+    assert await rows(pool) == before
+    gone = await pool.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'rebuild_%'")
+    assert gone == 0
+
+
+async def test_verify_names_a_corrupted_row_and_the_cli_exits_1(
+    nc: Client,
+    applied: StreamsSpec,
+    store: JetStreamEventStore,
+    pool: asyncpg.Pool,
+    live: ProjectionStatus,
+    nats_url: str,
+    database: str,
+) -> None:
+    await write_history(store, applied, 2500)
+    await caught_up(nc, applied, live)
+    assert (await verify(pool, nc, applied)).clean
+    code = await pool.fetchval("SELECT code FROM vouchers ORDER BY code LIMIT 1")
+    victim = await pool.fetchval("SELECT redemption_id FROM redemptions ORDER BY seq DESC LIMIT 1")
+    customer = await pool.fetchval("SELECT customer_id FROM wallets LIMIT 1")
+    await pool.execute(
+        "UPDATE vouchers SET times_redeemed = times_redeemed + 1 WHERE code = $1", code
+    )
+    await pool.execute("DELETE FROM redemptions WHERE redemption_id = $1", victim)
+    await pool.execute(
+        "UPDATE wallets SET balance_baisa = balance_baisa + 1 WHERE customer_id = $1", customer
+    )
+
+    report = await verify(pool, nc, applied)
+
+    assert f"vouchers[{code}].times_redeemed: read model" in "\n".join(report.differences)
+    assert (
+        f"redemptions[{victim}]: in the stream, missing from the read model" in report.differences
+    )
+    assert any(d.startswith(f"wallets[{customer}].balance_baisa") for d in report.differences)
+    assert len(report.differences) == 3, report.differences
+
+    env = {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "DATABASE_URL": database,
+        "SUBJECT_PREFIX": applied.layout.prefix,
+    }
+    cli = [sys.executable, "-m", "voucher_ledger.cli"]
+    result = await asyncio.to_thread(
+        subprocess.run, [*cli, "verify"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"DIFF vouchers[{code}].times_redeemed" in result.stdout
+
+    # A rebuild repairs it; the CLI reports events/s and verify is clean again.
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [*cli, "rebuild", "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "events/s" in result.stdout
+    assert result.stdout.count("rebuilt ") == len(ALL_PROJECTIONS)
+    result = await asyncio.to_thread(
+        subprocess.run, [*cli, "verify"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "match" in result.stdout

@@ -1,0 +1,172 @@
+"""Rebuild a projection from sequence 1 while the service keeps serving reads.
+
+1. A shadow schema ``rebuild_<name>`` gets fresh tables from the same migrations (same names,
+   constraints and indexes), with its own checkpoint row.
+2. The stream is replayed into it in big batches, each in one transaction with the shadow
+   checkpoint, so an interrupted rebuild resumes where it stopped.
+3. Near the head, one transaction locks the live checkpoint (the live projector waits on it),
+   applies the last events, moves the live tables out and the shadow tables in, and sets the
+   live checkpoint to the shadow's. Readers see the old rows until the commit, the new after.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from nats.aio.client import Client
+
+from voucher_ledger.projections.migrate import discover
+from voucher_ledger.projections.projector import Conn, Projection, StreamEvent
+from voucher_ledger.projections.replay import read_stream, stream_head
+from voucher_ledger.streams import StreamsSpec
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """What a rebuild reports as it goes (the CLI draws a bar from it)."""
+
+    def start(self, total: int, done: int) -> None: ...
+
+    def advance(self, events: int, total: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class RebuildSummary:
+    projection: str
+    resumed_from: int
+    reached: int
+    events: int
+    seconds: float
+    rows: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def ident(name: str) -> str:
+    """A quoted SQL identifier. Only names from the projection registry get here; the check
+    makes sure nothing else ever does."""
+    if not _IDENT.fullmatch(name):
+        raise ValueError(f"not a plain identifier: {name!r}")
+    return f'"{name}"'
+
+
+def shadow_schema(projection: Projection) -> str:
+    return f"rebuild_{projection.name}"
+
+
+async def _prepare_shadow(conn: Conn, schema: str, name: str) -> int:
+    """Create the shadow schema and tables if missing; return its checkpoint."""
+    exists = await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema)
+    if not exists:
+        async with conn.transaction():
+            await conn.execute(f"CREATE SCHEMA {ident(schema)}")
+            await conn.execute(f"SET LOCAL search_path TO {ident(schema)}")
+            for migration in discover():
+                await conn.execute(migration.sql)
+        log.info("rebuild %s: shadow schema %s created", name, schema)
+    table = f"{ident(schema)}.projection_checkpoints"
+    await conn.execute(
+        f"INSERT INTO {table} (projection) VALUES ($1) ON CONFLICT DO NOTHING",  # noqa: S608
+        name,
+    )
+    sql = f"SELECT last_seq FROM {table} WHERE projection = $1"  # noqa: S608
+    return int(await conn.fetchval(sql, name))
+
+
+async def _apply(
+    conn: Conn, schema: str, projection: Projection, events: list[StreamEvent]
+) -> None:
+    """Apply one batch to the shadow tables with the shadow checkpoint (inside a transaction)."""
+    await conn.execute(f"SET LOCAL search_path TO {ident(schema)}")
+    await projection.apply(conn, events)
+    await conn.execute(
+        "UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() WHERE projection = $1",
+        projection.name,
+        events[-1].seq,
+    )
+    await conn.execute("SET LOCAL search_path TO public")
+
+
+async def rebuild(
+    pool: asyncpg.Pool,
+    nc: Client,
+    spec: StreamsSpec,
+    projection: Projection,
+    *,
+    progress: Progress | None = None,
+    batch: int = 2000,
+    swap_within: int = 2000,
+) -> RebuildSummary:
+    bar = progress or Progress()
+    schema = shadow_schema(projection)
+    started = time.perf_counter()
+    async with pool.acquire() as conn:
+        reached = await _prepare_shadow(conn, schema, projection.name)
+        resumed_from = reached
+        head = await stream_head(nc, spec)
+        bar.start(head, reached)
+        # Replay into the shadow until close enough to the head to swap quickly.
+        while head - reached > swap_within:
+            async for events in read_stream(nc, spec, reached + 1, until_seq=head, batch=batch):
+                async with conn.transaction():
+                    await _apply(conn, schema, projection, events)
+                reached = events[-1].seq
+                bar.advance(len(events), head)
+            head = await stream_head(nc, spec)
+        # The swap: the live projector blocks on its checkpoint row until this commits.
+        old = f"{schema}_old"
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO projection_checkpoints (projection) VALUES ($1) "
+                "ON CONFLICT DO NOTHING",
+                projection.name,
+            )
+            await conn.fetchval(
+                "SELECT last_seq FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
+                projection.name,
+            )
+            head = await stream_head(nc, spec)
+            async for events in read_stream(nc, spec, reached + 1, until_seq=head, batch=batch):
+                await _apply(conn, schema, projection, events)
+                reached = events[-1].seq
+                bar.advance(len(events), head)
+            await conn.execute(f"DROP SCHEMA IF EXISTS {ident(old)} CASCADE")
+            await conn.execute(f"CREATE SCHEMA {ident(old)}")
+            for table in projection.tables:
+                await conn.execute(f"ALTER TABLE public.{ident(table)} SET SCHEMA {ident(old)}")
+                await conn.execute(f"ALTER TABLE {ident(schema)}.{ident(table)} SET SCHEMA public")
+            await conn.execute(
+                "UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() "
+                "WHERE projection = $1",
+                projection.name,
+                reached,
+            )
+        await conn.execute(f"DROP SCHEMA {ident(old)} CASCADE")
+        await conn.execute(f"DROP SCHEMA {ident(schema)} CASCADE")
+        rows: dict[str, Any] = {}
+        for table in projection.tables:
+            sql = f"SELECT count(*) FROM public.{ident(table)}"  # noqa: S608
+            rows[table] = int(await conn.fetchval(sql))
+    bar.close()
+    seconds = time.perf_counter() - started
+    return RebuildSummary(
+        projection=projection.name,
+        resumed_from=resumed_from,
+        reached=reached,
+        events=reached - resumed_from,
+        seconds=seconds,
+        rows=rows,
+    )

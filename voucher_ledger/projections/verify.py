@@ -1,0 +1,182 @@
+"""Verify the read models against the event stream.
+
+The expected rows are computed from the stream by the domain folds (``ledger.voucher.fold``,
+``ledger.wallet.fold``) and a plain walk over redemption events: none of the projectors' SQL is
+involved. The read models are read in one REPEATABLE READ snapshot together with their
+checkpoints, and each is compared with the stream folded up to its own checkpoint, so a
+projector that is merely behind is not reported as drift (its lag is reported separately).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from nats.aio.client import Client
+
+from voucher_ledger.ledger import voucher, wallet
+from voucher_ledger.ledger.events import RecordedEvent, RedemptionReversed, VoucherRedeemed
+from voucher_ledger.projections.replay import read_stream, stream_head
+from voucher_ledger.streams import StreamsSpec
+
+
+@dataclass
+class VerifyReport:
+    head: int
+    checkpoints: dict[str, int]
+    differences: list[str] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def clean(self) -> bool:
+        return not self.differences
+
+
+def _compare(
+    report: VerifyReport,
+    table: str,
+    expected: dict[str, dict[str, Any]],
+    actual: dict[str, dict[str, Any]],
+) -> None:
+    report.checked[table] = len(expected)
+    for key in sorted(expected.keys() - actual.keys()):
+        report.differences.append(f"{table}[{key}]: in the stream, missing from the read model")
+    for key in sorted(actual.keys() - expected.keys()):
+        report.differences.append(f"{table}[{key}]: in the read model, not in the stream")
+    for key in sorted(expected.keys() & actual.keys()):
+        want, have = expected[key], actual[key]
+        for column in want:
+            if want[column] != have.get(column):
+                report.differences.append(
+                    f"{table}[{key}].{column}: read model {have.get(column)!r}, "
+                    f"stream {want[column]!r}"
+                )
+
+
+async def verify(pool: asyncpg.Pool, nc: Client, spec: StreamsSpec) -> VerifyReport:
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        checkpoints = {
+            r["projection"]: int(r["last_seq"])
+            for r in await conn.fetch("SELECT projection, last_seq FROM projection_checkpoints")
+        }
+        vouchers = await conn.fetch("SELECT * FROM vouchers")
+        redemptions = await conn.fetch("SELECT * FROM redemptions")
+        wallets = await conn.fetch("SELECT * FROM wallets")
+        orders = await conn.fetch("SELECT * FROM orders")
+        audit = await conn.fetch("SELECT seq, event_id, type FROM audit_log")
+    head = await stream_head(nc, spec)
+    report = VerifyReport(head=head, checkpoints=checkpoints)
+    upto = max(checkpoints.values(), default=0)
+    by_aggregate: dict[tuple[str, str], list[RecordedEvent]] = defaultdict(list)
+    stream_audit: dict[str, dict[str, Any]] = {}
+    async for events in read_stream(nc, spec, 1, until_seq=upto, batch=5000):
+        for e in events:
+            by_aggregate[(e.envelope.aggregate, e.envelope.aggregate_id)].append(
+                RecordedEvent(seq=e.seq, envelope=e.envelope)
+            )
+            if e.seq <= checkpoints.get("audit", 0):
+                stream_audit[str(e.seq)] = {
+                    "event_id": e.envelope.event_id,
+                    "type": e.envelope.event.type,
+                }
+
+    _verify_vouchers(report, by_aggregate, checkpoints.get("vouchers", 0), vouchers, redemptions)
+    _verify_wallets(report, by_aggregate, checkpoints.get("wallets", 0), wallets, orders)
+    _compare(
+        report,
+        "audit_log",
+        stream_audit,
+        {str(r["seq"]): {"event_id": r["event_id"], "type": r["type"]} for r in audit},
+    )
+    return report
+
+
+def _verify_vouchers(
+    report: VerifyReport,
+    by_aggregate: dict[tuple[str, str], list[RecordedEvent]],
+    upto: int,
+    vouchers: list[asyncpg.Record],
+    redemptions: list[asyncpg.Record],
+) -> None:
+    expected: dict[str, dict[str, Any]] = {}
+    expected_redemptions: dict[str, dict[str, Any]] = {}
+    for (aggregate, code), history in by_aggregate.items():
+        if aggregate != "voucher":
+            continue
+        seen = [r for r in history if r.seq <= upto]
+        if not seen:
+            continue
+        state = voucher.fold(code, seen)
+        expected[code] = {
+            "credit_baisa": state.credit_baisa,
+            "description": state.description,
+            "active": state.active,
+            "revoked": state.revoked,
+            "max_redemptions": state.max_redemptions,
+            "times_redeemed": state.times_redeemed,
+            "created_at": state.created_at,
+            "updated_at": state.updated_at,
+            "last_seq": state.last_seq,
+        }
+        for r in seen:
+            event = r.envelope.event
+            if isinstance(event, VoucherRedeemed):
+                expected_redemptions[event.redemption_id] = {
+                    "code": event.code,
+                    "customer_id": event.customer_id,
+                    "credit_baisa": event.credit_baisa,
+                    "seq": r.seq,
+                    "command_id": r.envelope.command_id,
+                    "reversed_seq": None,
+                }
+            elif (
+                isinstance(event, RedemptionReversed)
+                and event.redemption_id in expected_redemptions
+            ):
+                expected_redemptions[event.redemption_id]["reversed_seq"] = r.seq
+    _compare(report, "vouchers", expected, {r["code"]: dict(r) for r in vouchers})
+    _compare(
+        report,
+        "redemptions",
+        expected_redemptions,
+        {r["redemption_id"]: dict(r) for r in redemptions},
+    )
+
+
+def _verify_wallets(
+    report: VerifyReport,
+    by_aggregate: dict[tuple[str, str], list[RecordedEvent]],
+    upto: int,
+    wallets: list[asyncpg.Record],
+    orders: list[asyncpg.Record],
+) -> None:
+    expected: dict[str, dict[str, Any]] = {}
+    expected_orders: dict[str, dict[str, Any]] = {}
+    for (aggregate, customer), history in by_aggregate.items():
+        if aggregate != "wallet":
+            continue
+        seen = [r for r in history if r.seq <= upto]
+        if not seen:
+            continue
+        state = wallet.fold(customer, seen)
+        moved = any(r.envelope.event.type.startswith("wallet.") for r in seen)
+        if moved:
+            expected[customer] = {
+                "balance_baisa": state.balance_baisa,
+                "reserved_baisa": state.reserved_baisa,
+            }
+        for order in state.orders.values():
+            expected_orders[order.order_id] = {
+                "customer_id": customer,
+                "status": order.status,
+                "total_baisa": order.total_baisa,
+                "credit_applied_baisa": order.credit_applied_baisa,
+                "amount_due_baisa": order.amount_due_baisa,
+                "stripe_session_id": order.session_id,
+                "failure_reason": order.failure_reason,
+                "promo_code": order.promo_code,
+            }
+    _compare(report, "wallets", expected, {r["customer_id"]: dict(r) for r in wallets})
+    _compare(report, "orders", expected_orders, {r["order_id"]: dict(r) for r in orders})

@@ -1,0 +1,147 @@
+"""``voucher-ledger rebuild`` and ``voucher-ledger verify``: replay jobs over the event stream.
+
+Both use NATS_URL (or the embedded server a running ``serve`` wrote down) and DATABASE_URL (or
+the embedded PostgreSQL under the data directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+from nats.aio.client import Client
+from tqdm import tqdm
+
+from voucher_ledger.audit_cli import PROG, UserError, _spec, connect, nats_url
+from voucher_ledger.projections.rebuild import Progress, RebuildSummary, rebuild
+from voucher_ledger.projections.registry import ALL_PROJECTIONS
+from voucher_ledger.projections.verify import verify
+from voucher_ledger.settings import Settings, redact_url
+
+COMMANDS = ("rebuild", "verify")
+
+
+def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    names = [p.name for p in ALL_PROJECTIONS]
+    rb = sub.add_parser(
+        "rebuild",
+        help="replay the event stream into fresh tables and swap them in (reads keep working)",
+    )
+    rb.add_argument(
+        "--projection", choices=names, action="append", help="only this one (repeatable)"
+    )
+    rb.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common(rb)
+    vf = sub.add_parser(
+        "verify", help="fold the stream and compare with the read models; exit 1 on drift"
+    )
+    common(vf)
+
+
+class _Bar(Progress):
+    def __init__(self, label: str, enabled: bool) -> None:
+        self._label = label
+        self._enabled = enabled
+        self._bar: tqdm[Any] | None = None
+
+    def start(self, total: int, done: int) -> None:
+        self._bar = tqdm(
+            total=total,
+            initial=done,
+            unit="ev",
+            unit_scale=True,
+            desc=f"rebuild {self._label}",
+            disable=not self._enabled,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+
+    def advance(self, events: int, total: int) -> None:
+        if self._bar is not None:
+            if total > (self._bar.total or 0):
+                self._bar.total = total
+            self._bar.update(events)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@contextlib.asynccontextmanager
+async def _servers(settings: Settings) -> AsyncIterator[tuple[Client, asyncpg.Pool]]:
+    nc = await connect(nats_url(settings))
+    pg = None
+    try:
+        url = settings.database_url
+        if not url:
+            from voucher_ledger.embedded import EmbeddedPostgres
+
+            pg = EmbeddedPostgres(settings.data_dir)
+            url = await asyncio.to_thread(pg.start)
+        try:
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+        except Exception as exc:  # any connection failure is the same story for the user
+            raise UserError(f"cannot connect to PostgreSQL at {redact_url(url)}: {exc}") from exc
+        try:
+            yield nc, pool
+        finally:
+            await pool.close()
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 5)
+        if pg is not None:
+            await asyncio.to_thread(pg.stop)
+
+
+def _summary(s: RebuildSummary) -> str:
+    rows = ", ".join(f"{table} {count}" for table, count in s.rows.items())
+    resumed = f" (resumed at seq {s.resumed_from})" if s.resumed_from else ""
+    return (
+        f"rebuilt {s.projection}: {s.events} events to seq {s.reached}{resumed} in "
+        f"{s.seconds:.1f}s, {s.events_per_second:,.0f} events/s; rows: {rows}"
+    )
+
+
+async def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    spec = _spec(settings)
+    chosen = [p for p in ALL_PROJECTIONS if not args.projection or p.name in args.projection]
+    async with _servers(settings) as (nc, pool):
+        for projection in chosen:
+            bar = _Bar(projection.name, not args.no_progress and sys.stderr.isatty())
+            summary = await rebuild(pool, nc, spec, projection, progress=bar)
+            print(_summary(summary))
+    return 0
+
+
+async def _verify(settings: Settings) -> int:
+    spec = _spec(settings)
+    async with _servers(settings) as (nc, pool):
+        report = await verify(pool, nc, spec)
+    lag = {name: report.head - seq for name, seq in sorted(report.checkpoints.items())}
+    checked = ", ".join(f"{t} {n}" for t, n in report.checked.items())
+    print(f"stream head {report.head}; projection lag {lag}; checked {checked}")
+    for line in report.differences:
+        print(f"DIFF {line}")
+    if report.clean:
+        print("verify: the read models match the event stream")
+        return 0
+    print(f"verify: {len(report.differences)} difference(s)", file=sys.stderr)
+    return 1
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        if args.command == "rebuild":
+            return asyncio.run(_rebuild(args, settings))
+        return asyncio.run(_verify(settings))
+    except UserError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
