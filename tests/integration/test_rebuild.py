@@ -26,6 +26,7 @@ from tests.conftest import HostFactory
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.ledger.commands import (
+    Grant,
     IssueVoucher,
     OpenOrder,
     RedeemVoucher,
@@ -82,7 +83,8 @@ async def write_history(store: JetStreamEventStore, spec: StreamsSpec, events: i
     """``events`` events: vouchers with many redemptions, and wallets with orders."""
     written = 0
     n = 0
-    while written < events * 9 // 10:
+    voucher_events = events * 9 // 10
+    while written < voucher_events:
         code = f"RB-{n:05d}-{uuid.uuid4().hex[:6]}".upper()
         n += 1
         batch = [
@@ -100,7 +102,7 @@ async def write_history(store: JetStreamEventStore, spec: StreamsSpec, events: i
                 f"issue-{code}",
             )
         ]
-        for i in range(min(PER_CODE, events - written) - 1):
+        for i in range(max(1, min(PER_CODE, voucher_events - written)) - 1):
             batch.append(
                 envelope(
                     "voucher",
@@ -117,7 +119,7 @@ async def write_history(store: JetStreamEventStore, spec: StreamsSpec, events: i
         await store.append(spec.layout.voucher_subject(code), 0, batch)
         written += len(batch)
     customer = 0
-    while written < events:
+    while written < events or customer == 0:
         sub = f"customer-{customer}"
         customer += 1
         state = wallet_initial(sub)
@@ -136,7 +138,10 @@ async def write_history(store: JetStreamEventStore, spec: StreamsSpec, events: i
                 SettleOrder(
                     customer_id=sub,
                     order_id=order_id,
-                    grant=None,
+                    # credit for the first ten orders; the rest await a card payment
+                    grant=Grant(redemption_id=f"{sub}-g", code="FUND", amount_baisa=30_000)
+                    if k == 0
+                    else None,
                     payment_available=True,
                 ),
             ):
