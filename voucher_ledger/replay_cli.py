@@ -111,10 +111,10 @@ async def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     spec = _spec(settings)
     chosen = [p for p in ALL_PROJECTIONS if not args.projection or p.name in args.projection]
     async with _servers(settings) as (nc, pool):
-        for projection in chosen:
-            bar = _Bar(projection.name, not args.no_progress and sys.stderr.isatty())
-            summary = await rebuild(pool, nc, spec, projection, progress=bar)
-            print(_summary(summary))
+        label = "+".join(p.name for p in chosen)
+        bar = _Bar(label, not args.no_progress and sys.stderr.isatty())
+        summary = await rebuild(pool, nc, spec, chosen, progress=bar)
+        print(_summary(summary))
     return 0
 
 

@@ -219,16 +219,13 @@ async def test_rebuild_equals_the_live_projection_row_for_row_and_verify_is_clea
     assert len(before["redemptions"]) > EVENTS // 2
     assert before["orders"]
 
-    summaries = [
-        await rebuild(pool, nc, applied, projection, progress=Counting())
-        for projection in ALL_PROJECTIONS
-    ]
+    progress = Counting()
+    summary = await rebuild(pool, nc, applied, ALL_PROJECTIONS, progress=progress)
 
-    for summary in summaries:
-        assert summary.reached == head
-        assert summary.events == head
-        assert summary.events_per_second > 0
-        print(f"rebuild {summary.projection}: {summary.events_per_second:,.0f} events/s")
+    assert (summary.reached, summary.events, progress.done) == (head, head, head)
+    assert summary.events_per_second > 0
+    print(f"rebuild {summary.projection}: {summary.events_per_second:,.0f} events/s")
+    assert summary.rows["redemptions"] == len(before["redemptions"])
     after = await rows(pool)
     for table in TABLES:
         assert after[table] == before[table], table
@@ -259,7 +256,7 @@ async def test_rebuild_while_writes_continue_then_the_live_projector_carries_on(
                 await bus.send(RevokeVoucher(code=code), actor=ADMIN)
 
     writer = asyncio.create_task(writes())
-    for projection in ALL_PROJECTIONS:
+    for projection in ALL_PROJECTIONS:  # one at a time here; all in one pass elsewhere
         await rebuild(pool, nc, applied, projection, batch=500, swap_within=100)
     await writer
     await caught_up(nc, applied, live)
@@ -351,7 +348,7 @@ async def test_verify_names_a_corrupted_row_and_the_cli_exits_1(
     )
     assert result.returncode == 0, result.stderr
     assert "events/s" in result.stdout
-    assert result.stdout.count("rebuilt ") == len(ALL_PROJECTIONS)
+    assert "rebuilt vouchers+wallets+audit:" in result.stdout
     result = await asyncio.to_thread(
         subprocess.run, [*cli, "verify"], env=env, capture_output=True, text=True, timeout=120
     )

@@ -311,6 +311,14 @@ def upcast(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def decode_envelope(raw: bytes) -> EventEnvelope:
+    """Bytes from the stream to the current model. Events already at their current version
+    (nearly all) take pydantic's JSON fast path; anything else goes through the upcasters."""
+    from pydantic import ValidationError
+
+    try:
+        return _ENVELOPE.validate_json(raw)
+    except ValidationError:
+        pass
     import json
 
     doc = json.loads(raw)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,66 +105,85 @@ async def rebuild(
     pool: asyncpg.Pool,
     nc: Client,
     spec: StreamsSpec,
-    projection: Projection,
+    projection: Projection | Sequence[Projection],
     *,
     progress: Progress | None = None,
-    batch: int = 2000,
+    batch: int = 1000,
     swap_within: int = 2000,
 ) -> RebuildSummary:
+    """Rebuild one projection, or several in ONE pass over the stream (each batch is applied
+    to every shadow in the same transaction, and they are swapped in together)."""
+    chosen = [projection] if not isinstance(projection, Sequence) else list(projection)
     bar = progress or Progress()
-    schema = shadow_schema(projection)
     started = time.perf_counter()
+    label = "+".join(p.name for p in chosen)
+
+    async def apply_all(conn: Conn, events: list[StreamEvent], floor: dict[str, int]) -> None:
+        for p in chosen:
+            todo = [e for e in events if e.seq > floor[p.name]]
+            if todo:
+                await _apply(conn, shadow_schema(p), p, todo)
+                floor[p.name] = todo[-1].seq
+
     async with pool.acquire() as conn:
-        reached = await _prepare_shadow(conn, schema, projection.name)
+        floor = {p.name: await _prepare_shadow(conn, shadow_schema(p), p.name) for p in chosen}
+        reached = min(floor.values())
         resumed_from = reached
         head = await stream_head(nc, spec)
         bar.start(head, reached)
-        # Replay into the shadow until close enough to the head to swap quickly.
+        # Replay into the shadows until close enough to the head to swap quickly.
         while head - reached > swap_within:
             async for events in read_stream(nc, spec, reached + 1, until_seq=head, batch=batch):
                 async with conn.transaction():
-                    await _apply(conn, schema, projection, events)
+                    await apply_all(conn, events, floor)
                 reached = events[-1].seq
                 bar.advance(len(events), head)
             head = await stream_head(nc, spec)
-        # The swap: the live projector blocks on its checkpoint row until this commits.
-        old = f"{schema}_old"
+        # The swap: the live projectors block on their checkpoint rows until this commits.
         async with conn.transaction():
-            await conn.execute(
-                "INSERT INTO projection_checkpoints (projection) VALUES ($1) "
-                "ON CONFLICT DO NOTHING",
-                projection.name,
-            )
-            await conn.fetchval(
-                "SELECT last_seq FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
-                projection.name,
-            )
+            for p in chosen:
+                await conn.execute(
+                    "INSERT INTO projection_checkpoints (projection) VALUES ($1) "
+                    "ON CONFLICT DO NOTHING",
+                    p.name,
+                )
+                await conn.fetchval(
+                    "SELECT last_seq FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
+                    p.name,
+                )
             head = await stream_head(nc, spec)
             async for events in read_stream(nc, spec, reached + 1, until_seq=head, batch=batch):
-                await _apply(conn, schema, projection, events)
+                await apply_all(conn, events, floor)
                 reached = events[-1].seq
                 bar.advance(len(events), head)
-            await conn.execute(f"DROP SCHEMA IF EXISTS {ident(old)} CASCADE")
-            await conn.execute(f"CREATE SCHEMA {ident(old)}")
-            for table in projection.tables:
-                await conn.execute(f"ALTER TABLE public.{ident(table)} SET SCHEMA {ident(old)}")
-                await conn.execute(f"ALTER TABLE {ident(schema)}.{ident(table)} SET SCHEMA public")
-            await conn.execute(
-                "UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() "
-                "WHERE projection = $1",
-                projection.name,
-                reached,
-            )
-        await conn.execute(f"DROP SCHEMA {ident(old)} CASCADE")
-        await conn.execute(f"DROP SCHEMA {ident(schema)} CASCADE")
+            for p in chosen:
+                schema = shadow_schema(p)
+                old = f"{schema}_old"
+                await conn.execute(f"DROP SCHEMA IF EXISTS {ident(old)} CASCADE")
+                await conn.execute(f"CREATE SCHEMA {ident(old)}")
+                for table in p.tables:
+                    await conn.execute(f"ALTER TABLE public.{ident(table)} SET SCHEMA {ident(old)}")
+                    await conn.execute(
+                        f"ALTER TABLE {ident(schema)}.{ident(table)} SET SCHEMA public"
+                    )
+                await conn.execute(
+                    "UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() "
+                    "WHERE projection = $1",
+                    p.name,
+                    reached,
+                )
         rows: dict[str, Any] = {}
-        for table in projection.tables:
-            sql = f"SELECT count(*) FROM public.{ident(table)}"  # noqa: S608
-            rows[table] = int(await conn.fetchval(sql))
+        for p in chosen:
+            schema = shadow_schema(p)
+            await conn.execute(f"DROP SCHEMA {ident(schema + '_old')} CASCADE")
+            await conn.execute(f"DROP SCHEMA {ident(schema)} CASCADE")
+            for table in p.tables:
+                sql = f"SELECT count(*) FROM public.{ident(table)}"  # noqa: S608
+                rows[table] = int(await conn.fetchval(sql))
     bar.close()
     seconds = time.perf_counter() - started
     return RebuildSummary(
-        projection=projection.name,
+        projection=label,
         resumed_from=resumed_from,
         reached=reached,
         events=reached - resumed_from,
