@@ -180,11 +180,12 @@ class AuditProjection:
     tables = ("audit_log",)
 
     async def apply(self, conn: Conn, events: Sequence[StreamEvent]) -> None:
-        await conn.executemany(
-            """INSERT INTO audit_log (seq, event_id, type, version, aggregate, aggregate_id,
-                                      actor_sub, actor_role, command_id, occurred_at, event)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)""",
-            [
+        # COPY (binary): several times faster than INSERTs for the one table every event
+        # lands in. The table name is unqualified on purpose: a rebuild sets search_path.
+        await conn.copy_records_to_table(
+            "audit_log",
+            columns=_AUDIT_COLUMNS,
+            records=[
                 (
                     e.seq,
                     e.envelope.event_id,
@@ -201,6 +202,21 @@ class AuditProjection:
                 for e in events
             ],
         )
+
+
+_AUDIT_COLUMNS = (
+    "seq",
+    "event_id",
+    "type",
+    "version",
+    "aggregate",
+    "aggregate_id",
+    "actor_sub",
+    "actor_role",
+    "command_id",
+    "occurred_at",
+    "event",
+)
 
 
 class GapError(RuntimeError):
