@@ -128,7 +128,7 @@ FULL = Sizes(
     distinct_codes=10_000,
     clients=(1, 16, 64),
     single_client_attempts=2_000,
-    http_max_attempts=5_000,
+    http_max_attempts=2_500,
     http_single_client_attempts=500,
 )
 QUICK = Sizes(

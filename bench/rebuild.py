@@ -79,7 +79,8 @@ async def rebuild_with_command(
     nats_url: str, prefix: str, database_url: str, secret: str, log: Path
 ) -> dict[str, Any]:
     """``voucher-ledger rebuild`` on the service's own database (after the service stopped):
-    every read model replayed from sequence 1 into shadow tables and swapped in."""
+    every read model replayed from sequence 1 into shadow tables and swapped in. Its summary
+    lines (``rebuilt <names>: <n> events ... <rate> events/s``) give the replay time."""
     head = await stream_head(nats_url, prefix)
     env = {
         **os.environ,
@@ -102,12 +103,12 @@ async def rebuild_with_command(
             "events_per_second": eps,
             "seconds": round(events / eps, 3) if eps else 0.0,
         }
-    # Each event is replayed into every read model: the rebuild's rate is the stream's events
-    # over the time all of them took (as the command reports it, without its start-up).
+    # The rate is the stream's events over the replay time the command reports (its start-up
+    # left out); when it reports per projection, over the sum of their times.
     replay = sum(p["seconds"] for p in projections.values()) or wall
     return {
-        "method": "`voucher-ledger rebuild` (every read model, one after another, into shadow "
-        "tables swapped in at the end); rate = stream events ÷ the replay times it reports",
+        "method": "`voucher-ledger rebuild` (every read model replayed from sequence 1 into "
+        "shadow tables and swapped in; rate = stream events ÷ the replay time it reports)",
         "events": head,
         "seconds": round(replay, 3),
         "events_per_second": round(head / replay, 1),

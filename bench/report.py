@@ -83,7 +83,7 @@ def _redeemed(row: dict[str, Any]) -> str:
 def _lag(result: dict[str, Any] | None) -> str:
     if not result or "lag_p99_events" not in result:
         return "–"
-    return f"{_num(result['lag_p99_events'])} ev / {_ms(result['lag_p99_ms'])} ms"
+    return f"{_num(result['lag_p99_events'])} ev / {_num(result['lag_p99_ms'])} ms"
 
 
 def service_table(results: Results) -> list[str]:

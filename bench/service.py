@@ -170,7 +170,10 @@ class Service:
     async def applied(self) -> int:
         """The lowest checkpoint of the projections (0 until both have one)."""
         assert self._pg is not None
-        rows = await self._pg.fetch("SELECT last_seq FROM projection_checkpoints")
+        rows = await self._pg.fetch(
+            "SELECT last_seq FROM projection_checkpoints WHERE projection = ANY($1::text[])",
+            [p.name for p in ALL_PROJECTIONS],
+        )
         if len(rows) < len(ALL_PROJECTIONS):
             return 0
         return min(int(r["last_seq"]) for r in rows)
