@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -36,25 +38,39 @@ FAST = {"leases": {"ttl": 1.5}, "consumers": {"processor": {"ack_wait": 2}}}
 
 
 @pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def nats_url() -> Iterator[str]:
     url = os.environ.get("NATS_URL")
     if url:
         yield url
         return
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
-    yield server.start()
-    server.stop()
+    with _server_dir("nats") as where:
+        server = EmbeddedNats(where)
+        yield server.start()
+        server.stop()
 
 
 @pytest.fixture(scope="session")
-def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_url() -> Iterator[str]:
     url = os.environ.get("DATABASE_URL")
     if url:
         yield url
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), database="postgres")
-    yield server.start()
-    server.stop()
+    with _server_dir("pg") as where:
+        server = EmbeddedPostgres(where, database="postgres")
+        yield server.start()
+        server.stop()
+
+
+@contextlib.contextmanager
+def _server_dir(name: str) -> Iterator[Path]:
+    """The session's embedded servers live outside pytest's basetemp: pytest prunes old
+    basetemps at start, so a second pytest run on the machine would delete a running server's
+    data directory from under it."""
+    where = Path(tempfile.mkdtemp(prefix=f"vl-test-{name}-"))
+    try:
+        yield where
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager
