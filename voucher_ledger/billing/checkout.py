@@ -222,8 +222,8 @@ class CheckoutService:
         """Take the order from wherever it is to an answer. ``recovering``: the client is gone,
         so an order still ``opened`` is compensated rather than redeemed now."""
         if order.status == "opened":
-            if recovering:
-                return await self._compensate(
+            if recovering:  # rolled back; the "failed" branch below gives the slot back
+                order, wallet, seq = await self._failed(
                     customer_id,
                     actor,
                     order,
@@ -231,7 +231,8 @@ class CheckoutService:
                     "checkout was interrupted and has been rolled back; start a new checkout",
                     expected="opened",
                 )
-            order, wallet, seq = await self._settle(customer_id, actor, order)
+            else:
+                order, wallet, seq = await self._settle(customer_id, actor, order)
         if order.status == "awaiting_payment" and order.session_url is None:
             order, wallet, seq = await self._request_payment(customer_id, actor, order, seq)
         if order.status == "failed":
@@ -382,33 +383,7 @@ class CheckoutService:
         *,
         expected: str,
     ) -> tuple[OrderView, WalletView | None, int]:
-        outcome = await self._compensate_step(customer_id, actor, order, reason, message, expected)
-        return outcome.order, outcome.wallet, outcome.seq
-
-    async def _compensate(
-        self,
-        customer_id: str,
-        actor: Actor,
-        order: OrderView,
-        reason: str,
-        message: str,
-        *,
-        expected: str,
-    ) -> CheckoutOutcome:
-        outcome = await self._compensate_step(customer_id, actor, order, reason, message, expected)
-        if outcome.order.status == "failed" and outcome.order.release_slot:
-            await self.release_slot(customer_id, actor, outcome.order)
-        return outcome
-
-    async def _compensate_step(
-        self,
-        customer_id: str,
-        actor: Actor,
-        order: OrderView,
-        reason: str,
-        message: str,
-        expected: str,
-    ) -> CheckoutOutcome:
+        """Fail the order (release, revoke) if it is still ``expected``; else where it is now."""
         failed, refused = await self._wallet(
             FailOrder(
                 customer_id=customer_id,
@@ -422,10 +397,9 @@ class CheckoutService:
         )
         if refused is not None:
             # The order moved on (settled by its own request, or failed already).
-            current, wallet, seq = await self._current(customer_id, actor, order.order_id)
-            return CheckoutOutcome(order=current, wallet=wallet, seq=seq)
+            return await self._current(customer_id, actor, order.order_id)
         assert failed is not None
-        return CheckoutOutcome(order=_order_of(failed), wallet=failed.wallet, seq=failed.seq)
+        return _order_of(failed), failed.wallet, failed.seq
 
     async def release_slot(self, customer_id: str, actor: Actor, order: OrderView) -> int:
         """Give the checkout's voucher slot back, if it took one (idempotent). Returns the

@@ -14,11 +14,12 @@ Old versions are upcast on read by :data:`UPCASTERS` before validation.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 
 class Frozen(BaseModel):
@@ -313,14 +314,10 @@ def upcast(event: dict[str, Any]) -> dict[str, Any]:
 def decode_envelope(raw: bytes) -> EventEnvelope:
     """Bytes from the stream to the current model. Events already at their current version
     (nearly all) take pydantic's JSON fast path; anything else goes through the upcasters."""
-    from pydantic import ValidationError
-
     try:
         return _ENVELOPE.validate_json(raw)
     except ValidationError:
         pass
-    import json
-
     doc = json.loads(raw)
     if isinstance(doc, dict) and isinstance(doc.get("event"), dict):
         doc["event"] = upcast(doc["event"])

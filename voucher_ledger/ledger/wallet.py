@@ -373,6 +373,14 @@ def _set_order(state: WalletState, order: OrderView, **changes: object) -> Walle
     return replace(state, orders=state.orders.set(order.order_id, updated))
 
 
+def _hold(state: WalletState, order: OrderView | None, delta: int, at: datetime) -> WalletState:
+    """Move ``delta`` into (or out of) the reservation, on the wallet and on its order."""
+    state = replace(state, reserved_baisa=state.reserved_baisa + delta)
+    if order is None:
+        return state
+    return _set_order(state, order, reserved_baisa=order.reserved_baisa + delta, updated_at=at)
+
+
 def evolve(state: WalletState, recorded: RecordedEvent, fingerprint: str = "") -> WalletState:
     env = recorded.envelope
     event = env.event
@@ -423,36 +431,12 @@ def evolve(state: WalletState, recorded: RecordedEvent, fingerprint: str = "") -
                     state, grants=state.grants.set(event.redemption_id, replace(held, revoked=True))
                 )
         case CreditReserved():
-            state = replace(state, reserved_baisa=state.reserved_baisa + event.amount_baisa)
-            if order is not None:
-                state = _set_order(
-                    state,
-                    order,
-                    reserved_baisa=order.reserved_baisa + event.amount_baisa,
-                    updated_at=at,
-                )
+            state = _hold(state, order, event.amount_baisa, at)
         case CreditCaptured():
-            state = replace(
-                state,
-                reserved_baisa=state.reserved_baisa - event.amount_baisa,
-                balance_baisa=state.balance_baisa - event.amount_baisa,
-            )
-            if order is not None:
-                state = _set_order(
-                    state,
-                    order,
-                    reserved_baisa=order.reserved_baisa - event.amount_baisa,
-                    updated_at=at,
-                )
+            state = _hold(state, order, -event.amount_baisa, at)
+            state = replace(state, balance_baisa=state.balance_baisa - event.amount_baisa)
         case CreditReleased():
-            state = replace(state, reserved_baisa=state.reserved_baisa - event.amount_baisa)
-            if order is not None:
-                state = _set_order(
-                    state,
-                    order,
-                    reserved_baisa=order.reserved_baisa - event.amount_baisa,
-                    updated_at=at,
-                )
+            state = _hold(state, order, -event.amount_baisa, at)
         case OrderPaymentRequested():
             if order is not None:
                 state = _set_order(
