@@ -164,6 +164,9 @@ class ServiceProcess:
                 "HOST": "127.0.0.1",
                 "PORT": str(self.port),
                 "DATA_DIR": str(log.parent / f"data-{prefix}"),
+                # Every attempt is decided, even on a saturated machine: the bench measures
+                # throughput, and a 503 after the default 10 s would drop an attempt instead.
+                "COMMAND_TIMEOUT": "45",
                 **(extra_env or {}),
             }
         )

@@ -49,12 +49,7 @@ def test_quick_benchmark_writes_every_row_with_positive_figures(
             assert "404" in row["http_note"], key
         else:
             assert row["http"]["per_second"] > 0, key
-            http = row["http"]
-            # The only failure allowed is the ledger's own overload answer (a 503 after
-            # COMMAND_TIMEOUT, seen when the 2-core machine is saturated by other work): its
-            # checkout holds a slot until recovery, so it may cost one success, never more.
-            assert all("did not answer in time" in e for e in http["errors"]), (key, http)
-            assert http["ok"] <= row["http_expected_ok"] <= http["ok"] + http["other"], key
+            assert (row["http"]["ok"], row["http"]["other"]) == (row["http_expected_ok"], 0), key
     assert results["rebuild"]["events"] > 0
     assert results["rebuild"]["events_per_second"] > 0
 
