@@ -36,6 +36,30 @@ def _logging(level: str) -> None:
     )
     logging.getLogger("nats").setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    logging.getLogger("asyncpg.pool").addFilter(_OutageLine())
+    logging.getLogger("nats.aio.client").addFilter(_OutageLine())
+
+
+class _OutageLine(logging.Filter):
+    """asyncpg's pool and nats.py log a traceback each time they fail to reconnect. Keep one line
+    (the error folded into the message) and at most one a minute of the same message."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        super().__init__()
+        self._every = every
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {record.exc_info[1]!r}"
+            record.args = None
+            record.exc_info = None
+        key = record.getMessage()
+        last = self._last.get(key)
+        if last is not None and record.created - last < self._every:
+            return False
+        self._last[key] = record.created
+        return True
 
 
 async def _wait_for_signal() -> None:

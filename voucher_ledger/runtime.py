@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -42,11 +43,19 @@ class StartupError(RuntimeError):
     """The service cannot start; the message says why, for a human."""
 
 
-async def connect_nats(url: str, name: str = "voucher-ledger") -> Client:
+async def connect_nats(
+    url: str,
+    name: str = "voucher-ledger",
+    *,
+    disconnected_cb: Callable[[], Awaitable[None]] | None = None,
+    reconnected_cb: Callable[[], Awaitable[None]] | None = None,
+) -> Client:
     try:
         nc = await nats.connect(
             url,
             name=name,
+            disconnected_cb=disconnected_cb,
+            reconnected_cb=reconnected_cb,
             connect_timeout=3,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
@@ -87,6 +96,7 @@ class Stack:
     stripe: StripeGateway | None = None
     checkout: CheckoutService | None = None
     _recovery: asyncio.Task[None] | None = None
+    _reapply: asyncio.Task[None] | None = None
     _nats: EmbeddedNats | None = None
     _pg: EmbeddedPostgres | None = None
     _closing: list[str] = field(default_factory=list)
@@ -131,7 +141,11 @@ class Stack:
         else:
             assert s.nats_url is not None
             self.nats_url = s.nats_url
-        self.nc = await connect_nats(self.nats_url)
+        self.nc = await connect_nats(
+            self.nats_url,
+            disconnected_cb=self._nats_disconnected,
+            reconnected_cb=self._nats_reconnected,
+        )
         log.info(
             "connected to nats-server %s at %s",
             self.nc.connected_server_version,
@@ -195,6 +209,34 @@ class Stack:
             if s.run_recovery:
                 self._recovery = asyncio.create_task(self._recover(self.checkout))
 
+    async def _nats_disconnected(self) -> None:
+        if self.nc is not None and self.nc.is_closed:
+            return  # our own shutdown
+        log.warning("NATS connection lost; writes answer 503 until it is back")
+        if self.bus is not None:
+            self.bus.connection_lost()
+
+    async def _nats_reconnected(self) -> None:
+        log.info("NATS connection restored")
+        if self._reapply is None or self._reapply.done():
+            self._reapply = asyncio.create_task(self._ensure_streams())
+
+    async def _ensure_streams(self) -> None:
+        """A nats-server that restarted has lost its memory-stored streams (the command queue,
+        the leases): declare them again, so writes resume by themselves."""
+        pause = 0.5
+        while self.nc is not None and self.spec is not None and not self.nc.is_closed:
+            try:
+                changes = await streams.apply(self.nc, self.spec)
+            except Exception as exc:  # noqa: BLE001 - NATS still settling: try again
+                log.warning("streams: re-applying after the reconnect failed: %r; retrying", exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            for line in changes:
+                log.warning("streams: %s (missing after the NATS reconnect)", line)
+            return
+
     async def _recover(self, checkout: CheckoutService) -> None:
         """Finish or compensate half-way checkouts (after a crash) every few seconds."""
         while True:
@@ -228,11 +270,12 @@ class Stack:
         return {name: max(0, head - seq) for name, seq in self.status.applied.items()}
 
     async def stop(self) -> None:
-        if self._recovery is not None:
-            self._recovery.cancel()
-            with contextlib.suppress(BaseException):
-                await self._recovery
-            self._recovery = None
+        for task in (self._recovery, self._reapply):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        self._recovery = self._reapply = None
         if self.stripe is not None:
             await self.stripe.close()
             self.stripe = None

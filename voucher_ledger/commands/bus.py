@@ -45,10 +45,11 @@ class BusUnavailable(BusError):
 
 
 class CommandTimeout(BusError):
-    """Stored, but no reply in time. Retry with the same command id."""
+    """Stored, but no reply in time (or the connection was lost while waiting for it): the
+    outcome is unknown. Retry with the same command id."""
 
-    def __init__(self, command_id: str) -> None:
-        super().__init__(f"no reply for command {command_id} in time")
+    def __init__(self, command_id: str, why: str = "in time") -> None:
+        super().__init__(f"no reply for command {command_id} {why}")
         self.command_id = command_id
 
 
@@ -58,7 +59,8 @@ class CommandBus:
         self._layout = layout
         self._stream = command_stream
         self._inbox = f"_INBOX.vlbus.{uuid.uuid4().hex}"
-        self._waiting: dict[str, asyncio.Future[Accepted | Rejected]] = {}
+        # token -> the caller's future; None as its result: the connection was lost meanwhile
+        self._waiting: dict[str, asyncio.Future[Accepted | Rejected | None]] = {}
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
@@ -72,6 +74,14 @@ class CommandBus:
         for fut in self._waiting.values():
             fut.cancel()
         self._waiting.clear()
+
+    def connection_lost(self) -> None:
+        """NATS went away: a reply to a pending command may never come (a reply sent while
+        disconnected is dropped; a memory command stream loses what was not yet decided), so
+        every caller gets "outcome unknown" now instead of waiting out its timeout."""
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_result(None)
 
     async def _on_reply(self, msg: Msg) -> None:
         token = msg.subject.rsplit(".", 1)[-1]
@@ -96,6 +106,8 @@ class CommandBus:
         which a processor refuses the command (it defaults to timeout + EXPIRY_GRACE)."""
         if self._sub is None:
             raise BusError("bus not started")
+        if not self._nc.is_connected:  # nats.py would buffer the publish and wait it out
+            raise BusUnavailable("not connected to NATS")
         command_id = validate_command_id(command_id) if command_id else uuid.uuid4().hex
         now = datetime.now(UTC)
         envelope = CommandEnvelope(
@@ -111,7 +123,7 @@ class CommandBus:
         subject = self._layout.command_subject(*command.aggregate)
         token = uuid.uuid4().hex
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Accepted | Rejected] = loop.create_future()
+        fut: asyncio.Future[Accepted | Rejected | None] = loop.create_future()
         self._waiting[token] = fut
         deadline = loop.time() + timeout
         try:
@@ -131,8 +143,11 @@ class CommandBus:
                 raise BusUnavailable(f"command stream refused the command: {ack.get('error')}")
             remaining = max(0.0, deadline - loop.time())
             try:
-                return await asyncio.wait_for(asyncio.shield(fut), remaining)
+                reply = await asyncio.wait_for(asyncio.shield(fut), remaining)
             except TimeoutError as exc:
                 raise CommandTimeout(command_id) from exc
+            if reply is None:
+                raise CommandTimeout(command_id, "before the NATS connection was lost")
+            return reply
         finally:
             self._waiting.pop(token, None)

@@ -25,12 +25,13 @@ class IdempotencyUnavailable(Exception):
 
 
 class IdempotencyKeys:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, nc: Client) -> None:
         self._kv = kv
+        self._nc = nc
 
     @classmethod
     async def bind(cls, nc: Client, bucket: str) -> IdempotencyKeys:
-        return cls(await nc.jetstream().key_value(bucket))
+        return cls(await nc.jetstream().key_value(bucket), nc)
 
     @staticmethod
     def fingerprint(*parts: str | bytes) -> bytes:
@@ -44,6 +45,8 @@ class IdempotencyKeys:
     async def claim(self, key: str, fingerprint: bytes) -> None:
         """Record ``key`` for this request, or check it was recorded for this same request."""
         slot = "k." + hashlib.sha256(key.encode()).hexdigest()
+        if not self._nc.is_connected:  # fail now, not after a buffered request's timeout
+            raise IdempotencyUnavailable("not connected to NATS")
         try:
             try:
                 await self._kv.create(slot, fingerprint)

@@ -80,6 +80,9 @@ class Ops:
                 await conn.executemany(sql, rows)
 
 
+# Retry pauses of a failing projector, and how often a lasting failure is logged (seconds).
+RETRY_MIN, RETRY_MAX, OUTAGE_LOG_EVERY = 0.5, 5.0, 60.0
+
 _UPSERT = """
 INSERT INTO vouchers (code, credit_baisa, description, active, revoked, max_redemptions,
                       times_redeemed, created_at, updated_at, revoked_at, last_seq)
@@ -231,8 +234,32 @@ class ProjectionStatus:
         self.applied: dict[str, int] = dict.fromkeys(names, 0)
         # name -> last error, while a projector keeps failing (a poison event or an outage)
         self.failing: dict[str, str] = {}
+        # name -> (when the failures began, when one was last logged, how many in a row)
+        self._outages: dict[str, tuple[float, float, int]] = {}
         self._changed = asyncio.Event()
         self._last_refresh = 0.0
+
+    def failed(self, name: str, exc: BaseException) -> float:
+        """Record a failed attempt (an outage or a poison event) and return how long to pause
+        before the next one: 0.5 s doubling to 5 s. The first failure is logged, then one line
+        a minute while it lasts, so an outage does not flood the log."""
+        self.failing[name] = type(exc).__name__
+        now = time.monotonic()
+        began, logged, count = self._outages.get(name, (now, 0.0, 0))
+        if count == 0:
+            log.warning("projection %s stopped: %r; retrying", name, exc)
+            logged = now
+        elif now - logged >= OUTAGE_LOG_EVERY:
+            log.warning("projection %s still failing after %.0f s: %r", name, now - began, exc)
+            logged = now
+        self._outages[name] = (began, logged, count + 1)
+        return float(min(RETRY_MAX, RETRY_MIN * 2**count))
+
+    def succeeded(self, name: str) -> None:
+        self.failing.pop(name, None)
+        outage = self._outages.pop(name, None)
+        if outage is not None:
+            log.info("projection %s resumed after %.1f s", name, time.monotonic() - outage[0])
 
     def advance(self, name: str, seq: int) -> None:
         if seq > self.applied.get(name, 0):
@@ -332,9 +359,7 @@ class Projector:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Postgres or NATS outage: retry
-                self._status.failing[self.projection.name] = type(exc).__name__
-                log.warning("projection %s: %r; retrying", self.projection.name, exc)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(self._status.failed(self.projection.name, exc))
 
     async def _run_once(self) -> None:
         last = await self.checkpoint()
@@ -394,6 +419,6 @@ class Projector:
                 reached,
             )
         self.batches += 1
-        self._status.failing.pop(self.projection.name, None)
+        self._status.succeeded(self.projection.name)
         self._status.advance(self.projection.name, reached)
         return reached
