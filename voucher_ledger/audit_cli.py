@@ -197,35 +197,19 @@ def nats_url(settings: Settings) -> str:
 
 
 async def connect(url: str) -> Client:
-    """Connect once (two attempts, no tracebacks in the log); once connected, reconnect forever
-    like the service does, so a long ``audit tail`` survives a NATS restart."""
-    import nats
-
-    from voucher_ledger.runtime import StartupError, check_nats_version
-    from voucher_ledger.settings import redact_url
+    """Connect (no tracebacks in the log, a clear error after a few seconds); once connected,
+    reconnect forever like the service does, so a long ``audit tail`` survives a NATS restart."""
+    from voucher_ledger.runtime import StartupError, connect_nats
 
     async def quiet(exc: Exception) -> None:
         log.debug("nats: %r", exc)
 
     try:
-        nc = await nats.connect(
-            url,
-            name="voucher-ledger-audit",
-            connect_timeout=3,
-            allow_reconnect=True,
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.5,
-            error_cb=quiet,
+        return await connect_nats(
+            url, name="voucher-ledger-audit", error_cb=quiet, startup_timeout=5.0
         )
-    except Exception as exc:  # any failure to connect is the same story for the user
-        raise UserError(f"cannot connect to NATS at {redact_url(url)}: {exc}") from exc
-    nc.options["max_reconnect_attempts"] = -1
-    try:
-        check_nats_version(nc, url)
     except StartupError as exc:
-        await nc.close()
         raise UserError(str(exc)) from exc
-    return nc
 
 
 @contextlib.asynccontextmanager

@@ -109,7 +109,7 @@ async def _streams(settings: Settings, action: str) -> int:
         embedded = EmbeddedNats(settings.data_dir, binary=settings.nats_server_bin)
         url = await asyncio.to_thread(embedded.start)
     try:
-        nc = await connect_nats(url)
+        nc = await connect_nats(url, startup_timeout=settings.nats_connect_timeout)
         try:
             spec = load_spec(settings)
             if action == "apply":

@@ -49,21 +49,38 @@ async def connect_nats(
     *,
     disconnected_cb: Callable[[], Awaitable[None]] | None = None,
     reconnected_cb: Callable[[], Awaitable[None]] | None = None,
+    error_cb: Callable[[Exception], Awaitable[None]] | None = None,
+    startup_timeout: float = 20.0,
 ) -> Client:
+    """Connect, or fail with a StartupError after ``startup_timeout`` seconds of trying (nats.py
+    alone would retry a server that is not there forever). Once connected, it reconnects
+    forever, and the callbacks tell the stack when the connection drops and comes back."""
     try:
-        nc = await nats.connect(
-            url,
-            name=name,
-            disconnected_cb=disconnected_cb,
-            reconnected_cb=reconnected_cb,
-            connect_timeout=3,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            allow_reconnect=True,
+        nc = await asyncio.wait_for(
+            nats.connect(
+                url,
+                name=name,
+                disconnected_cb=disconnected_cb,
+                reconnected_cb=reconnected_cb,
+                error_cb=error_cb,
+                connect_timeout=3,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                allow_reconnect=True,
+            ),
+            startup_timeout,
         )
+    except TimeoutError as exc:
+        raise StartupError(
+            f"cannot connect to NATS at {redact_url(url)}: no answer in {startup_timeout:.0f} s"
+        ) from exc
     except Exception as exc:
         raise StartupError(f"cannot connect to NATS at {redact_url(url)}: {exc}") from exc
-    check_nats_version(nc, url)
+    try:
+        check_nats_version(nc, url)
+    except StartupError:
+        await nc.close()
+        raise
     return nc
 
 
@@ -143,6 +160,7 @@ class Stack:
             self.nats_url = s.nats_url
         self.nc = await connect_nats(
             self.nats_url,
+            startup_timeout=s.nats_connect_timeout,
             disconnected_cb=self._nats_disconnected,
             reconnected_cb=self._nats_reconnected,
         )

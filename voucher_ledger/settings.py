@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     # PostgreSQL under DATA_DIR.
     nats_url: str | None = Field(default=None, alias="NATS_URL")
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    # How long to keep trying a NATS that does not answer at startup before giving up.
+    nats_connect_timeout: float = Field(default=20.0, alias="NATS_CONNECT_TIMEOUT", gt=0)
 
     data_dir: Path = Field(default=Path(".voucher-ledger"), alias="DATA_DIR")
     host: str = Field(default="127.0.0.1", alias="HOST")

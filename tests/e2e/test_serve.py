@@ -122,3 +122,27 @@ async def test_serve_refuses_a_nats_server_older_than_2_12(tmp_path: Path, pg_ur
     out = service.output()
     assert "is too old" in out
     assert ">= 2.12" in out
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["processors"], ["streams", "diff"]])
+async def test_an_unreachable_nats_is_a_clear_error_not_an_endless_retry(
+    tmp_path: Path, pg_url: str, command: list[str]
+) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"nats://127.0.0.1:{sock.getsockname()[1]}"
+    service = ServiceProcess(
+        [*command, "--data-dir", str(tmp_path)] if command[0] != "streams" else command,
+        clean_env(
+            NATS_URL=dead, DATABASE_URL=pg_url, JWT_SECRET="s" * 40, NATS_CONNECT_TIMEOUT="2"
+        ),
+        tmp_path / "dead.log",
+    )
+    service.start()
+    try:
+        assert await service.wait(60) == 1
+    finally:
+        service.kill()
+    out = service.output()
+    assert f"cannot connect to NATS at {dead}: no answer in 2 s" in out
+    assert "Traceback" not in out
