@@ -9,13 +9,14 @@ acknowledged write is lost, no input yields a 500).
   once (no hang, no 500), and the service recovers by itself.
 
 ``VL_FAULT_SCALE=N`` multiplies the storms (CI runs N=1: 300 and 250 attempts; the full run in
-RELIABILITY.md uses N=10). Each attempt carries an ``Idempotency-Key``; every attempt whose answer was not definitive is
-retried with the same key until it is, as a client of a billing API does.
+RELIABILITY.md uses N=10). Each attempt carries an ``Idempotency-Key``; every attempt whose
+answer was not definitive is retried with the same key until it is, as a billing client does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from pathlib import Path
@@ -85,6 +86,25 @@ class Storm:
                 f"{len(open_)} attempts never settled: {self.final(open_[0])}"
             )
             await asyncio.gather(*(self.attempt(c) for c in open_))
+
+    def report(self, test: str, **facts: object) -> None:
+        """One line of figures; appended as JSON to ``$VL_FAULT_REPORT`` when it is set (the
+        figures in RELIABILITY.md come from there)."""
+        line = {
+            "test": test,
+            "scale": SCALE,
+            "attempts": len(self.keys),
+            "requests": sum(len(r) for r in self.answers.values()),
+            "answers": {
+                str(status): self.count(status)
+                for status in sorted({r.status for rs in self.answers.values() for r in rs})
+            },
+            **facts,
+        }
+        print(json.dumps(line))
+        if os.environ.get("VL_FAULT_REPORT"):
+            with open(os.environ["VL_FAULT_REPORT"], "a") as out:
+                out.write(json.dumps(line) + "\n")
 
     def check_answers(self) -> None:
         """Every answer is a definitive outcome or a clean 503; errors are JSON; never a 500."""
@@ -164,6 +184,8 @@ async def test_postgres_outage_during_a_checkout_storm(tmp_path: Path, nats_url:
             await wait_until(lambda: storm.count(200) >= 10, timeout=60, what="first checkouts")
             accepted_before = storm.count(200)
 
+            loop = asyncio.get_running_loop()
+            down_at = loop.time()
             await pg.down()
             ready = await shop.request("GET", "/readyz", sub=None)
             assert ready.status == 503, ready
@@ -189,15 +211,27 @@ async def test_postgres_outage_during_a_checkout_storm(tmp_path: Path, nats_url:
                 what="checkouts accepted while Postgres is down",
             )
             assert not task.done() or task.exception() is None
+            accepted_during = storm.count(200) - accepted_before
             await pg.up()
+            up_at = loop.time()
 
             await task
             storm.check_answers()
+            first_pass = dict(answered_503=storm.count(503))
             await storm.settle()
             storm.check_answers()
             await wait_ready(shop)
+            ready_after = loop.time() - up_at
             await assert_converged(shop, storm, cap)
             assert "Traceback" not in server.process.output()
+            storm.report(
+                "postgres_outage",
+                cap=cap,
+                outage_s=round(up_at - down_at, 1),
+                accepted_while_down=accepted_during,
+                ready_s_after_return=round(ready_after, 1),
+                **first_pass,
+            )
 
 
 async def test_nats_outage_fails_fast_and_recovers(tmp_path: Path, pg_url: str) -> None:
@@ -252,7 +286,9 @@ async def test_nats_outage_fails_fast_and_recovers(tmp_path: Path, pg_url: str) 
             )
             assert preview.status in (200, 410), preview
 
+            down_for = loop.time() - started
             await asyncio.to_thread(nats_server.start)
+            back_at = loop.time()
             await task
             storm.check_answers()
             assert storm.count(503) > 0, "the outage never reached the storm"
@@ -265,6 +301,7 @@ async def test_nats_outage_fails_fast_and_recovers(tmp_path: Path, pg_url: str) 
             ]
             assert all(e < timeout for e in cut), max(cut)
             await wait_ready(shop)
+            ready_after = loop.time() - back_at
             await storm.settle()
             storm.check_answers()
             await assert_converged(shop, storm, cap)
@@ -275,3 +312,11 @@ async def test_nats_outage_fails_fast_and_recovers(tmp_path: Path, pg_url: str) 
             )
             assert after.status == 200, after
             assert "Traceback" not in server.process.output()
+            storm.report(
+                "nats_outage",
+                cap=cap,
+                outage_s_at_least=round(down_for, 1),
+                cut_off_503=len(cut),
+                slowest_503_s=round(max(cut), 2),
+                ready_s_after_return=round(ready_after, 1),
+            )
