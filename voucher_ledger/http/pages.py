@@ -45,6 +45,15 @@ PAGE_ROUTES = {
 }
 
 
+def build_id(assets: dict[str, bytes]) -> str:
+    """A hash of every asset's name and content: it names the asset folder, so a changed asset
+    gets a new URL and a cached one is never stale."""
+    digest = hashlib.sha256()
+    for name in sorted(assets):
+        digest.update(name.encode() + b"\0" + assets[name] + b"\0")
+    return digest.hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Page:
     body: bytes
@@ -57,10 +66,7 @@ class Pages:
     def __init__(self, continue_url: str = "") -> None:
         root = resources.files("voucher_ledger") / "web"
         self.assets = {name: (root / name).read_bytes() for name in ASSET_TYPES}
-        digest = hashlib.sha256()
-        for name in sorted(self.assets):
-            digest.update(name.encode() + b"\0" + self.assets[name] + b"\0")
-        self.build = digest.hexdigest()[:16]
+        self.build = build_id(self.assets)
         self.pages = {
             # Relative links, so the pages also work behind a proxy that adds a path prefix.
             "console": self._render(root / "console.html", "../", continue_url),

@@ -291,19 +291,19 @@ function renderCounters(rows, route) {
 
 function emptyList(route) {
   if (route.q) {
-    return h("div", { class: "empty", id: "empty-state" },
+    return h("div", { class: "empty", id: "list-empty" },
       h("p", { class: "empty-title" }, `No ${route.status === "revoked" ? "revoked " : ""}voucher code contains “${route.q.toUpperCase()}”.`),
       h("p", {}, h("a", { href: listHash({ status: route.status }) }, "Clear the search")));
   }
   if (route.status === "revoked") {
-    return h("div", { class: "empty", id: "empty-state" }, h("p", { class: "empty-title" }, "No revoked vouchers."));
+    return h("div", { class: "empty", id: "list-empty" }, h("p", { class: "empty-title" }, "No revoked vouchers."));
   }
   if (route.page > 1) {
-    return h("div", { class: "empty", id: "empty-state" },
+    return h("div", { class: "empty", id: "list-empty" },
       h("p", { class: "empty-title" }, "No older vouchers."),
       h("p", {}, h("a", { href: listHash({}) }, "Back to the newest")));
   }
-  return h("div", { class: "empty", id: "empty-state" },
+  return h("div", { class: "empty", id: "list-empty" },
     h("p", { class: "empty-title" }, "No vouchers yet."),
     h("p", {}, "Issue the first one; it appears here, newest first."),
     h("p", {}, h("a", { class: "button primary", href: "#/new" }, "Issue a voucher")));
@@ -436,8 +436,12 @@ function showFormError(message) {
     h("p", { id: "form-error-message" }, message));
   let first = null;
   for (const part of message.split("; ")) {
-    const field = FIELDS.find((name) => part.startsWith(`${name}:`) || part.startsWith(`${name} `));
-    if (!field) continue;
+    // "credit_omr: Input should be ...", "credit_omr must be ...", "invalid code: ..."
+    const named = FIELDS.map((name) => [part.search(new RegExp(`(^|\\s)${name}(:|\\s|$)`)), name])
+      .filter(([at]) => at >= 0)
+      .sort((a, b) => a[0] - b[0]);
+    if (named.length === 0) continue;
+    const field = named[0][1];
     const input = $(FIELD_INPUT[field]);
     input.setAttribute("aria-invalid", "true");
     const slot = $(`${FIELD_INPUT[field]}-error`);
@@ -492,7 +496,7 @@ async function renderDetail(route, id) {
     if (handled(res, what)) return;
   }
   if (detail.status === 404) {
-    replace($("detail-body"), h("div", { class: "empty", id: "empty-state" },
+    replace($("detail-body"), h("div", { class: "empty", id: "detail-empty" },
       h("p", { class: "empty-title" }, `There is no voucher ${code}.`),
       h("p", {}, h("a", { href: "#/" }, "Back to the vouchers"))));
     focusHeading($("detail-title"));
