@@ -162,13 +162,13 @@ class Recorder:
 # --------------------------------------------------------------------- screenshots, a11y
 
 
-async def snap(page: Any, name: str) -> Path:
-    """Save a full-page screenshot as ``results/browser/<name>.png`` after the accessibility
-    checks passed for what is on screen."""
+async def snap(page: Any, name: str, *, full_page: bool = True) -> Path:
+    """Save a screenshot as ``results/browser/<name>.png`` after the accessibility checks
+    passed for what is on screen."""
     await assert_accessible(page)
     RESULTS.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a local directory, once
     path = RESULTS / f"{name}.png"
-    await page.screenshot(path=str(path), full_page=True, animations="disabled")
+    await page.screenshot(path=str(path), full_page=full_page, animations="disabled")
     return path
 
 

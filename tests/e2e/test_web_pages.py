@@ -316,7 +316,7 @@ async def test_issue_list_update_history_chart_and_revoke(web: Browse, store: Sh
     dialog = page.locator("#revoke-dialog")
     await dialog.wait_for()
     assert await text(page, "#revoke-title") == f"Revoke voucher {code}?"
-    await snap(page, "console-06-revoke-confirmation")
+    await snap(page, "console-06-revoke-confirmation", full_page=False)  # a modal
     await page.click("#revoke-cancel")
     await dialog.wait_for(state="hidden")
     assert (await store.voucher(code))["revoked"] is False
@@ -414,6 +414,25 @@ async def test_a_failing_service_shows_a_banner_and_writes_nothing(web_degraded:
     assert banner.startswith("The service could not save the voucher (503: ")
     assert "Try again in 1 second." in banner
     await snap(page, "console-11-503")
+    # "Try again" sends the same save with the same Idempotency-Key; the form keeps its values
+    async with page.expect_response(lambda r: r.url.endswith(ISSUE)) as answer:
+        await page.click("#banner-retry")
+    assert (await answer.value).status == 503
+    await page.locator("#banner").wait_for()
+    saves = [h for m, _, h in web_degraded.recorder.calls(ISSUE) if m == "POST"]
+    assert len(saves) == 2
+    assert saves[0]["idempotency-key"] == saves[1]["idempotency-key"]
+    assert saves[0]["idempotency-key"].startswith("console-")
+    assert await page.input_value("#f-code") == code
+    # another body is another save: a new key
+    await page.fill("#f-credit", "6")
+    async with page.expect_response(lambda r: r.url.endswith(ISSUE)) as answer:
+        await page.click("#form-submit")
+    assert (await answer.value).status == 503
+    await page.locator("#banner").wait_for()
+    saves = [h for m, _, h in web_degraded.recorder.calls(ISSUE) if m == "POST"]
+    assert len(saves) == 3
+    assert saves[2]["idempotency-key"] != saves[0]["idempotency-key"]
     # an unknown voucher's page is an empty state, not an error
     await page.goto(web_degraded.server.url("/console/#/v/NOPE-404"))
     await page.locator("#detail-empty").wait_for()

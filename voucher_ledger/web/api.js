@@ -30,13 +30,13 @@ export function parseRetryAfter(value) {
  * Call one documented endpoint. Never throws: the answer is
  * {status, ok, body, error, retryAfter}; status 0 means the service could not be reached.
  */
-export async function call(name, { code, query, body, token } = {}) {
+export async function call(name, { code, query, body, token, headers: extra } = {}) {
   const [method, template] = ENDPOINTS[name];
   const url = new URL(template.replace("{code}", encodeURIComponent(code ?? "")), apiRoot);
   for (const [key, value] of Object.entries(query ?? {})) {
     if (value !== undefined && value !== null && value !== "") url.searchParams.set(key, value);
   }
-  const headers = { Accept: "application/json" };
+  const headers = { Accept: "application/json", ...extra };
   if (token) headers.Authorization = `Bearer ${token}`;
   const init = { method, headers, credentials: "omit", cache: "no-store", redirect: "error" };
   if (body !== undefined) {

@@ -75,10 +75,15 @@ function show(view) {
   }
 }
 
+let retryAction = null;
+
+/** A message above the view; with ``retry`` (true: render the view again, or a function) a
+ *  "Try again" button. */
 function banner(message, retry) {
   $("banner").hidden = !message;
   $("banner-text").textContent = message ?? "";
   $("banner-retry").hidden = !retry;
+  retryAction = typeof retry === "function" ? retry : render;
 }
 
 function announce(message) {
@@ -103,7 +108,7 @@ function seconds(n) {
  * reason), 429 and 5xx and an unreachable service get a banner with a retry. Returns true when
  * it handled the answer; 400 / 404 / 409 are left to the view.
  */
-function handled(res, what) {
+function handled(res, what, retry = true) {
   if (res.status === 401) {
     signOut(`The service refused the token (401: ${res.error}). Sign in again with a valid token.`);
     return true;
@@ -114,16 +119,16 @@ function handled(res, what) {
   }
   if (res.status === 429) {
     const wait = res.retryAfter ?? 1;
-    banner(`Too many requests (429) while trying to ${what}. Try again in ${seconds(wait)}.`, true);
+    banner(`Too many requests (429) while trying to ${what}. Try again in ${seconds(wait)}.`, retry);
     return true;
   }
   if (res.status === 0) {
-    banner(`Could not reach the service to ${what}. Check the connection and try again.`, true);
+    banner(`Could not reach the service to ${what}. Check the connection and try again.`, retry);
     return true;
   }
   if (res.status >= 500) {
     const later = res.retryAfter ? ` Try again in ${seconds(res.retryAfter)}.` : " Try again in a moment.";
-    banner(`The service could not ${what} (${res.status}: ${res.error}).${later}`, true);
+    banner(`The service could not ${what} (${res.status}: ${res.error}).${later}`, retry);
     return true;
   }
   return false;
@@ -216,7 +221,11 @@ $("sign-out").addEventListener("click", () => {
   announce("Signed out.");
 });
 
-$("banner-retry").addEventListener("click", () => render());
+$("banner-retry").addEventListener("click", () => {
+  const action = retryAction;
+  banner(null);
+  action();
+});
 
 // ---------------------------------------------------------------------------- list
 
@@ -356,6 +365,17 @@ $("status-filter").addEventListener("change", () => {
 // ---------------------------------------------------------------------------- issue / update
 
 let editing = null; // the code being updated, or null for a new voucher
+// The Idempotency-Key of the last save that got no answer (timeout, 5xx, no connection): the
+// same body sent again reuses it, so the service applies the save at most once.
+let unanswered = null;
+
+function idempotencyKey(json) {
+  if (unanswered?.json === json) return unanswered.key;
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  const key = `console-${[...bytes].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
+  unanswered = { json, key };
+  return key;
+}
 
 async function renderForm(route, id) {
   show("form");
@@ -457,12 +477,20 @@ $("voucher-form").addEventListener("submit", async (event) => {
   const submit = $("form-submit");
   if (submit.disabled) return;
   clearFormErrors();
+  banner(null);
   submit.disabled = true;
   submit.setAttribute("aria-busy", "true");
   const updating = editing;
+  const body = formBody();
+  const json = JSON.stringify(body);
   try {
-    const res = await call("issue", { token: token(), body: formBody() });
-    if (handled(res, "save the voucher")) return;
+    const res = await call("issue", {
+      token: token(),
+      body,
+      headers: { "Idempotency-Key": idempotencyKey(json) },
+    });
+    if (res.status !== 0 && res.status < 500) unanswered = null; // decided: a new save, a new key
+    if (handled(res, "save the voucher", () => $("voucher-form").requestSubmit())) return;
     if (!res.ok) {
       showFormError(res.error);
       return;
