@@ -190,6 +190,7 @@ async function render() {
 // ---------------------------------------------------------------------------- sign-in
 
 function renderSignIn() {
+  loading(false);
   show("signin");
   document.title = "Sign in · voucher-ledger console";
   const message = sessionStorage.getItem(`${TOKEN_KEY}.message`);
@@ -697,7 +698,10 @@ function chart(v, items, truncated) {
   let d = `M ${x(t0).toFixed(1)} ${y(0).toFixed(1)}`;
   for (const [t, n] of points) d += ` H ${x(t).toFixed(1)} V ${y(n).toFixed(1)}`;
   d += ` H ${x(t1).toFixed(1)}`;
-  const ticks = [...new Set([0, Math.round(top / 2), top])];
+  const step = top <= 6 ? 1 : Math.ceil(top / 4);
+  const ticks = [];
+  for (let n = 0; n < top; n += step) ticks.push(n);
+  ticks.push(top);
   const summary =
     `${plural(total, "redemption", "redemptions")} now (net of reversals), ` +
     `from ${formatTime(new Date(t0).toISOString())} to ${formatTime(new Date(t1).toISOString())}` +
