@@ -10,6 +10,8 @@ Screenshots of every page and state go to results/browser/ (after the accessibil
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -188,6 +190,14 @@ async def issue_in_form(page: Any, fields: dict[str, str], active: bool = True) 
         await page.click("#f-active")
 
 
+@contextlib.asynccontextmanager
+async def list_drawn(page: Any) -> AsyncIterator[None]:
+    """Wait for the list the block's action asks for to be answered and drawn."""
+    async with page.expect_response(lambda r: "/billing/vouchers/list" in r.url):
+        yield
+    await page.locator("#counters li").first.wait_for()
+
+
 async def api_error(store: Shop, body: dict[str, Any]) -> str:
     reply = await store.request("POST", ISSUE, json_body=body)
     assert reply.status == 400, reply
@@ -343,15 +353,68 @@ async def test_issue_list_update_history_chart_and_revoke(web: Browse, store: Sh
     await snap(page, "console-07-revoked")
 
     # gone from the live list, shown under the revoked filter
-    await page.click("#nav-list")
-    await page.locator("#counters li").first.wait_for()
+    async with list_drawn(page):
+        await page.click("#nav-list")
+    shown = await page.locator("[data-counter=shown] .counter-value").inner_text()
+    assert int(shown) == await page.locator("#voucher-table tbody tr").count()
     assert await page.locator(f"#voucher-table tr[data-code='{code}']").count() == 0
-    await page.select_option("#status-filter", "revoked")
-    await page.locator(f"#voucher-table tr[data-code='{code}']").wait_for()
+    async with list_drawn(page):
+        await page.select_option("#status-filter", "revoked")
     assert "Revoked" in await text(page, f"#voucher-table tr[data-code='{code}']")
     # the browser used DELETE .../revoke/{code} exactly once (the declined dialog sent nothing)
     revokes = [r for r in web.recorder.calls("/billing/vouchers/revoke/") if r[0] == "DELETE"]
     assert len(revokes) == 1
+
+    # restore: issuing the code again from its page
+    await page.click(f"#voucher-table tr[data-code='{code}'] a")
+    await page.locator("#detail-edit", has_text="Restore…").click()
+    await page.locator("#form-title", has_text=f"Restore voucher {code}").wait_for()
+    await page.click("#form-submit")
+    await page.locator("#notice", has_text=f"Voucher {code} saved.").wait_for()
+    await page.locator("#history-table tr[data-type='voucher.revoked']").wait_for()
+    events = await page.locator("#history-table tbody tr td:nth-child(3)").all_inner_texts()
+    assert events[-2:] == ["Revoked", "Restored"]
+    restored = await store.voucher(code)
+    assert (restored["revoked"], restored["times_redeemed"], restored["credit_omr"]) == (
+        False,
+        2,
+        12,
+    )
+
+
+async def test_long_lists_and_histories_are_paged(web: Browse, store: Shop) -> None:
+    stem = new_code("PAGE")
+    codes = [f"{stem}-{n:02d}" for n in range(51)]
+    for code in codes:  # one after another: created_at orders the list
+        await store.issue(code, 1)
+    page = await signed_in(web)
+    async with list_drawn(page):
+        await page.goto(web.server.url(f"/console/#/?q={stem}"))
+    rows = page.locator("#voucher-table tbody tr")
+    assert await rows.count() == 50
+    assert await rows.first.get_attribute("data-code") == codes[-1]
+    assert await page.locator("#pager-prev").is_hidden()
+    async with list_drawn(page):
+        await page.click("#pager-next")
+    assert await rows.evaluate_all("rows => rows.map(r => r.dataset.code)") == [codes[0]]
+    assert await text(page, "#pager-where") == "Page 2"
+    assert await page.locator("#pager-next").is_hidden()
+    async with list_drawn(page):
+        await page.click("#pager-prev")
+    assert await rows.count() == 50
+
+    # a history longer than a page: "Show later events" fetches the next one
+    busy = codes[0]
+    await asyncio.gather(*(store.issue(busy, credit) for credit in range(2, 57)))
+    await page.goto(web.server.url(f"/console/#/v/{busy}"))
+    history = page.locator("#history-table tbody tr")
+    await history.first.wait_for()
+    assert await history.count() == 50
+    await page.click("#history-more")
+    await page.locator("#history-more").wait_for(state="hidden")
+    assert await history.count() == 56
+    seqs = await history.evaluate_all("rows => rows.map(r => Number(r.dataset.seq))")
+    assert seqs == sorted(set(seqs))
 
 
 BAD_FORMS = [
@@ -394,7 +457,7 @@ async def test_validation_messages_are_the_apis(web: Browse, store: Shop) -> Non
     assert listed.json == []
 
 
-async def test_bad_token_is_a_401_and_a_non_issuer_a_403(web: Browse, tmp_path: Path) -> None:
+async def test_bad_token_is_a_401_and_a_non_issuer_a_403(web: Browse) -> None:
     page = await web.page("/console/")
     await sign_in(page, "not-a-jwt")
     await page.locator("#signin-error").wait_for()
@@ -402,7 +465,7 @@ async def test_bad_token_is_a_401_and_a_non_issuer_a_403(web: Browse, tmp_path: 
     assert message.startswith("The service refused the token (401: ")
     assert await page.get_attribute("#token", "aria-invalid") == "true"
     await snap(page, "console-09-401")
-    await sign_in(page, cli_token(tmp_path, sub="shopper", role="member"))
+    await sign_in(page, web.server.token(role="member", sub="shopper"))
     await page.locator("#signin-error", has_text="403").wait_for()
     assert (await text(page, "#signin-error")) == (
         "This token may not manage vouchers (403: superadmin or sovereign-admin role "
@@ -516,6 +579,8 @@ async def test_redeem_a_valid_code_and_keep_it_for_checkout(web: Browse, store: 
     await page.locator("#saved").wait_for()
     assert await page.evaluate(f"() => localStorage.getItem('{PENDING_KEY}')") == code
     await snap(page, "redeem-02-saved-for-checkout")
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await snap(page, "redeem-07-phone")
     # the preview went out trimmed and upper-cased, without any Authorization header
     previews = [r for r in web.recorder.calls(PREVIEW) if r[0] == "POST"]
     assert len(previews) == 1
@@ -638,7 +703,7 @@ async def test_the_browser_used_the_documented_operations(store: Shop) -> None:
     }
 
 
-async def test_every_page_passes_the_accessibility_checks_on_a_bad_page_too(
+async def test_the_accessibility_checks_catch_a_missing_label_and_low_contrast(
     browser: Any,
 ) -> None:
     """The in-page checks can fail: an unlabeled input and grey-on-white text are reported."""

@@ -236,6 +236,9 @@ async function renderList(route, id) {
   $("search").value = route.q;
   $("status-filter").value = route.status;
   $("list-error").hidden = true;
+  replace($("counters"));
+  replace($("list-body"));
+  $("pager").hidden = true;
   const res = await call("list", {
     token: token(),
     query: {
@@ -246,9 +249,6 @@ async function renderList(route, id) {
     },
   });
   if (id !== renderId) return;
-  replace($("counters"));
-  replace($("list-body"));
-  $("pager").hidden = true;
   if (handled(res, "list the vouchers")) return;
   if (!res.ok) {
     $("list-error").hidden = false;
