@@ -455,6 +455,15 @@ async def test_validation_messages_are_the_apis(web: Browse, store: Shop) -> Non
     # nothing was written
     listed = await store.request("GET", "/billing/vouchers/list?q=OK-CODE-1")
     assert listed.json == []
+    # the search box too: the API's message for a search that cannot match a code
+    bad_search = await store.request("GET", "/billing/vouchers/list?q=a.b")
+    assert bad_search.status == 400
+    await page.click("#nav-list")
+    await page.fill("#search", "a.b")
+    await page.press("#search", "Enter")
+    await page.locator("#list-error").wait_for()
+    assert await page.inner_text("#list-error") == bad_search.json["error"]
+    assert await page.get_attribute("#search", "aria-invalid") == "true"
 
 
 async def test_bad_token_is_a_401_and_a_non_issuer_a_403(web: Browse) -> None:
