@@ -81,6 +81,12 @@ async def _serve(settings: Settings) -> int:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         log.info("voucher-ledger listening on http://%s:%d", settings.host, settings.port)
+        log.info(
+            "console: http://%s:%d/console/ (sign in with `voucher-ledger token`); public redeem "
+            "page: /redeem",
+            settings.host,
+            settings.port,
+        )
         await _wait_for_signal()
         log.info("shutting down")
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -50,6 +51,9 @@ class Settings(BaseSettings):
     trust_forwarded_for: bool = Field(default=False, alias="TRUST_FORWARDED_FOR")
     read_your_writes_timeout: float = Field(default=5.0, alias="READ_YOUR_WRITES_TIMEOUT", gt=0)
     body_limit: int = Field(default=64 * 1024, alias="BODY_LIMIT", ge=1024)
+    # Where /redeem's "use this code" button goes after storing the code for checkout (the
+    # seed's marketplace went to /plans). Empty: the page stays and says the code is saved.
+    redeem_continue_url: str = Field(default="", alias="REDEEM_CONTINUE_URL", max_length=2000)
 
     # Checkout. The catalog comes from CATALOG_URL (the seed's /catalog/plans and
     # /catalog/addons) or a YAML file (CATALOG_FILE, or `serve --catalog FILE`); neither set
@@ -85,6 +89,17 @@ class Settings(BaseSettings):
     def _prefix(cls, value: str) -> str:
         if not PREFIX_PATTERN.fullmatch(value):
             raise ValueError("SUBJECT_PREFIX must match [a-z][a-z0-9_]{0,31}")
+        return value
+
+    @field_validator("redeem_continue_url")
+    @classmethod
+    def _continue_url(cls, value: str) -> str:
+        value = value.strip()
+        local = value.startswith("/") and not value.startswith("//")
+        if value and not (local or re.match(r"^https?://[^\s/]+", value)):
+            raise ValueError("REDEEM_CONTINUE_URL must be a path (/plans) or an http(s) URL")
+        if any(ord(ch) < 33 for ch in value):
+            raise ValueError("REDEEM_CONTINUE_URL must not contain spaces or control characters")
         return value
 
     @property

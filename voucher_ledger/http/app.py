@@ -7,7 +7,8 @@ Routes (errors are always ``{"error": "..."}``):
   ``GET|POST /billing/admin/promos`` and ``DELETE /billing/admin/promos/{code}``,
   ``GET /billing/vouchers/{code}``, ``.../history``, ``.../redemptions``;
 * public: ``POST /billing/vouchers/redeem-preview`` (rate-limited per client address),
-  ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``.
+  ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``;
+* pages (``http/pages.py``, not API operations): ``/console/`` and ``/redeem``.
 
 Writes go to the command bus and answer once the read models have applied the write's event
 (read-your-writes, bounded by READ_YOUR_WRITES_TIMEOUT).
@@ -29,7 +30,7 @@ from pydantic import BaseModel
 from voucher_ledger.commands.bus import BusError, BusUnavailable, CommandTimeout
 from voucher_ledger.commands.idempotency import IdempotencyUnavailable, KeyReused
 from voucher_ledger.commands.wire import Accepted, Rejected
-from voucher_ledger.http import billing
+from voucher_ledger.http import billing, pages
 from voucher_ledger.http.asof import parse_at, voucher_detail_at
 from voucher_ledger.http.auth import ISSUER_ROLES, AuthError, Principal
 from voucher_ledger.http.errors import ApiError, int_query, parse_body
@@ -66,6 +67,7 @@ LIMITER = web.AppKey("preview_limiter", RateLimiter)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BAISA = 1000
 ISSUER_FORBIDDEN = "superadmin or sovereign-admin role required"
+LIST_STATUSES = ("live", "revoked")
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -279,8 +281,11 @@ async def list_vouchers(request: web.Request) -> web.Response:
         search = search.strip().upper()
         if not search or any(ch not in "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-" for ch in search):
             raise ApiError(400, "q must be part of a code: A-Z, 0-9, '_' or '-'")
-    rows = await queries.list_live_vouchers(
-        _pool(request), limit=limit, offset=offset, search=search
+    status = request.query.get("status", "live")
+    if status not in LIST_STATUSES:
+        raise ApiError(400, "status must be live or revoked")
+    rows = await queries.list_vouchers(
+        _pool(request), limit=limit, offset=offset, search=search, revoked=status == "revoked"
     )
     return ok([voucher_out(r) for r in rows])
 
@@ -492,4 +497,5 @@ def create_app(stack: Stack) -> web.Application:
     r.add_get("/billing/vouchers/{code}/redemptions", voucher_redemptions)
     r.add_get("/billing/vouchers/{code}", get_voucher)
     billing.add_routes(app)
+    pages.add_routes(app, settings.redeem_continue_url)
     return app

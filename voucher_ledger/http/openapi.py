@@ -64,7 +64,7 @@ def build_openapi() -> dict[str, Any]:
         "responses": resp(m.VoucherOut, 400, 401, 403, 413, 503),
     }
     listing = {
-        "summary": "Live vouchers, newest first",
+        "summary": "Live (or revoked) vouchers, newest first",
         "security": issuer,
         "parameters": [
             {
@@ -74,6 +74,12 @@ def build_openapi() -> dict[str, Any]:
             },
             {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
             {"name": "q", "in": "query", "schema": {"type": "string"}},
+            {
+                "name": "status",
+                "in": "query",
+                "description": "live (the default: not revoked) or revoked",
+                "schema": {"type": "string", "enum": ["live", "revoked"], "default": "live"},
+            },
         ],
         "responses": resp(m.VoucherOut, 400, 401, 403, many=True),
     }

@@ -36,16 +36,23 @@ def _dict(row: asyncpg.Record | None) -> dict[str, Any] | None:
 
 
 @_translated
-async def list_live_vouchers(
-    pool: asyncpg.Pool, *, limit: int = 1000, offset: int = 0, search: str | None = None
+async def list_vouchers(
+    pool: asyncpg.Pool,
+    *,
+    limit: int = 1000,
+    offset: int = 0,
+    search: str | None = None,
+    revoked: bool = False,
 ) -> list[dict[str, Any]]:
+    """Live vouchers (or, with ``revoked``, the revoked ones), newest first."""
     rows = await pool.fetch(
         f"""SELECT {_VOUCHER_COLUMNS} FROM vouchers
-            WHERE NOT revoked AND ($3::text IS NULL OR strpos(code, $3) > 0)
+            WHERE revoked = $4 AND ($3::text IS NULL OR strpos(code, $3) > 0)
             ORDER BY created_at DESC, code LIMIT $1 OFFSET $2""",  # noqa: S608 - constant columns
         limit,
         offset,
         search,
+        revoked,
     )
     return [dict(r) for r in rows]
 

@@ -1,0 +1,730 @@
+"""The web console (/console/) and the public redeem page (/redeem) in headless Chromium, against
+a real ``voucher-ledger serve`` on the session's NATS and PostgreSQL.
+
+Two servers for the module: ``shop`` (healthy) and ``degraded`` (no processors and a 1 s command
+timeout, so a write really answers 503; the public preview limited to one per minute, so a second
+check really answers 429). Every test gets a fresh browser context; every request it makes is
+checked against the live /openapi.json (same origin; a page, or a documented operation with
+documented query parameters), and no console error (a CSP violation is one) is allowed.
+Screenshots of every page and state go to results/browser/ (after the accessibility checks)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+
+from tests.e2e.api_helpers import SECRET, ApiServer, call, running_server
+from tests.e2e.browser_helpers import (
+    Operation,
+    Recorder,
+    assert_accessible,
+    browser_missing,
+    documented_operations,
+    launch_browser,
+    nonconforming,
+    require_browser,
+    snap,
+    tab_to,
+)
+from tests.e2e.checkout_helpers import Shop, new_code, new_customer, shop
+
+_MISSING = browser_missing()
+pytestmark = [
+    pytest.mark.timeout(180),
+    # skip before any server starts; with VL_REQUIRE_BROWSER=1 (CI) the fixtures fail instead
+    pytest.mark.skipif(
+        _MISSING is not None and os.environ.get("VL_REQUIRE_BROWSER") != "1",
+        reason=str(_MISSING),
+    ),
+]
+
+ISSUE = "/billing/vouchers/issue"
+PREVIEW = "/billing/vouchers/redeem-preview"
+PENDING_KEY = "sme-pending-voucher"
+TOKEN_KEY = "voucher-ledger.console.token"
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+async def store(
+    tmp_path_factory: pytest.TempPathFactory, nats_url: str, pg_url: str
+) -> AsyncIterator[Shop]:
+    require_browser()  # before a server is started for nothing
+    async with shop(tmp_path_factory.mktemp("web"), nats_url, pg_url, "web") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+async def degraded(
+    tmp_path_factory: pytest.TempPathFactory, nats_url: str, pg_url: str
+) -> AsyncIterator[ApiServer]:
+    require_browser()
+    async with running_server(
+        tmp_path_factory.mktemp("web-degraded"),
+        nats_url,
+        pg_url,
+        name="webdeg",
+        RUN_PROCESSORS="false",
+        COMMAND_TIMEOUT="1",
+        PREVIEW_RATE_PER_MINUTE="1",
+        PREVIEW_BURST="1",
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Any]:
+    async for b in launch_browser():
+        yield b
+
+
+_OPERATIONS: dict[str, list[Operation]] = {}
+
+
+async def operations(server: ApiServer) -> list[Operation]:
+    if server.base not in _OPERATIONS:
+        async with aiohttp.ClientSession() as http:
+            reply = await call(http, "GET", server.url("/openapi.json"))
+        assert reply.status == 200, reply
+        _OPERATIONS[server.base] = documented_operations(reply.json)
+    return _OPERATIONS[server.base]
+
+
+class Browse:
+    """A fresh browser context on one server; checks its traffic when the test ends."""
+
+    def __init__(self, browser: Any, server: ApiServer) -> None:
+        self.browser = browser
+        self.server = server
+        self.recorder = Recorder()
+        self.context: Any = None
+
+    async def page(self, path: str | None = None) -> Any:
+        if self.context is None:
+            self.context = await self.browser.new_context(
+                viewport={"width": 1200, "height": 800}, locale="en-GB", timezone_id="UTC"
+            )
+            self.context.set_default_timeout(15_000)
+            self.recorder.attach(self.context)
+        page = await self.context.new_page()
+        self.recorder.watch(page)
+        if path is not None:
+            await page.goto(self.server.url(path))
+        return page
+
+    async def close(self) -> None:
+        if self.context is not None:
+            await self.context.close()
+        assert self.recorder.errors == [], self.recorder.errors
+        problems = nonconforming(
+            [(m, u) for m, u, _ in self.recorder.requests],
+            self.server.base,
+            await operations(self.server),
+        )
+        assert problems == [], problems
+
+
+@pytest.fixture
+async def web(browser: Any, store: Shop) -> AsyncIterator[Browse]:
+    b = Browse(browser, store.server)
+    yield b
+    await b.close()
+    RECORDED.extend(b.recorder.requests)
+
+
+@pytest.fixture
+async def web_degraded(browser: Any, degraded: ApiServer) -> AsyncIterator[Browse]:
+    b = Browse(browser, degraded)
+    yield b
+    await b.close()
+
+
+RECORDED: list[tuple[str, str, dict[str, str]]] = []
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def cli_token(tmp: Path, sub: str = "console-admin", role: str = "superadmin") -> str:
+    """A token printed by ``voucher-ledger token`` with the server's secret."""
+    env = {**os.environ, "JWT_SECRET": SECRET}
+    out = subprocess.run(
+        [sys.executable, "-m", "voucher_ledger.cli", "token", "--sub", sub, "--role", role,
+         "--data-dir", str(tmp / "token-data")],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+async def sign_in(page: Any, token: str) -> None:
+    await page.locator("#view-signin").wait_for()
+    await page.fill("#token", token)
+    await page.click("#signin-form button[type=submit]")
+
+
+async def signed_in(b: Browse, path: str = "/console/") -> Any:
+    """A console page signed in with an issuer token handed in the fragment."""
+    page = await b.page(f"{path}#token={b.server.token()}")
+    await page.locator("#session").wait_for()
+    return page
+
+
+async def issue_in_form(page: Any, fields: dict[str, str], active: bool = True) -> None:
+    await page.click("#nav-new")
+    await page.locator("#view-form").wait_for()
+    for selector, value in fields.items():
+        await page.fill(selector, value)
+    if await page.is_checked("#f-active") != active:
+        await page.click("#f-active")
+
+
+@contextlib.asynccontextmanager
+async def list_drawn(page: Any) -> AsyncIterator[None]:
+    """Wait for the list the block's action asks for to be answered and drawn."""
+    async with page.expect_response(lambda r: "/billing/vouchers/list" in r.url):
+        yield
+    await page.locator("#counters li").first.wait_for()
+
+
+async def api_error(store: Shop, body: dict[str, Any]) -> str:
+    reply = await store.request("POST", ISSUE, json_body=body)
+    assert reply.status == 400, reply
+    return str(reply.json["error"])
+
+
+async def text(page: Any, selector: str) -> str:
+    return " ".join((await page.locator(selector).inner_text()).split())
+
+
+# ------------------------------------------------------------------------------- the console
+
+
+async def test_sign_in_with_a_cli_token_then_empty_state(
+    web_degraded: Browse, tmp_path: Path
+) -> None:
+    """A token printed by ``voucher-ledger token`` is pasted; a ledger with no voucher shows the
+    empty state. (The degraded server never had a voucher: its writes cannot be decided.)"""
+    page = await web_degraded.page("/console/")
+    await page.locator("#view-signin").wait_for()
+    assert await page.evaluate("() => document.activeElement.id") == "signin-title"
+    await snap(page, "console-01-sign-in")
+    await sign_in(page, cli_token(tmp_path))
+    await page.locator("#list-empty").wait_for()
+    assert "No vouchers yet." in await text(page, "#list-empty")
+    assert await text(page, "#session-who") == "Signed in as console-admin (superadmin)"
+    counters = await page.locator("#counters li").all_inner_texts()
+    assert [" ".join(c.split()) for c in counters[:3]] == ["0 Shown", "0 Active", "0 Inactive"]
+    await snap(page, "console-02-empty")
+    # the token went only into the Authorization header, never into a URL
+    lists = web_degraded.recorder.calls("/billing/vouchers/list")
+    assert lists
+    assert all(h["authorization"].startswith("Bearer ey") for _, _, h in lists)
+    token = await page.evaluate(f"() => sessionStorage.getItem('{TOKEN_KEY}')")
+    assert all(token not in url for _, url, _ in web_degraded.recorder.requests)
+    # signing out forgets it
+    await page.click("#sign-out")
+    await page.locator("#view-signin").wait_for()
+    assert await page.evaluate(f"() => sessionStorage.getItem('{TOKEN_KEY}')") is None
+
+
+async def test_token_handed_in_the_fragment_is_kept_and_removed_from_the_address_bar(
+    web: Browse,
+) -> None:
+    token = web.server.token(sub="handed-over")
+    page = await web.page(f"/console/#token={token}")
+    await page.locator("#view-list").wait_for()
+    assert "token" not in page.url
+    assert page.url == web.server.url("/console/")
+    assert await page.evaluate(f"() => sessionStorage.getItem('{TOKEN_KEY}')") == token
+    assert await text(page, "#session-who") == "Signed in as handed-over (superadmin)"
+    assert all(token not in url for _, url, _ in web.recorder.requests)
+    # a reload keeps the session (sessionStorage), a new tab in another context does not
+    await page.reload()
+    await page.locator("#view-list").wait_for()
+
+
+async def test_issue_list_update_history_chart_and_revoke(web: Browse, store: Shop) -> None:
+    code = new_code("WEB")
+    page = await signed_in(web)
+    await issue_in_form(
+        page,
+        {"#f-code": f"  {code.lower()} ", "#f-credit": "10", "#f-description": "Launch offer",
+         "#f-max": "5"},
+    )  # fmt: skip
+    await snap(page, "console-03-issue-form")
+    await page.click("#form-submit")
+    await page.locator("#detail-title", has_text=code).wait_for()
+    assert await text(page, "#notice") == f"Voucher {code} issued."
+    voucher = await store.voucher(code)
+    assert (voucher["credit_omr"], voucher["description"], voucher["max_redemptions"]) == (
+        10,
+        "Launch offer",
+        5,
+    )
+    assert voucher["active"] is True
+
+    # listed, newest first, with its counters; the search finds it by part of its code
+    await page.click("#nav-list")
+    row = page.locator(f"#voucher-table tr[data-code='{code}']")
+    await row.wait_for()
+    first = await page.locator("#voucher-table tbody tr").first.get_attribute("data-code")
+    assert first == code
+    cells = [" ".join(c.split()) for c in await row.locator("th, td").all_inner_texts()]
+    assert cells[:5] == [code, "10 OMR", "Launch offer", "Active", "0 of 5"]
+    await snap(page, "console-04-list")
+    await page.fill("#search", code[-6:].lower())
+    await page.press("#search", "Enter")
+    await page.wait_for_url(f"**#/?q={code[-6:].lower()}")
+    await page.locator("#voucher-table tbody tr").first.wait_for()
+    listed = await page.locator("#voucher-table tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.code)"
+    )
+    assert listed == [code]
+    await page.fill("#search", "NO-SUCH-CODE-ANYWHERE")
+    await page.press("#search", "Enter")
+    await page.locator("#list-empty").wait_for()
+    assert "No voucher code contains “NO-SUCH-CODE-ANYWHERE”." in await text(page, "#list-empty")
+
+    # update: the form is pre-filled and the code cannot change
+    await page.goto(web.server.url(f"/console/#/v/{code}"))
+    await page.locator("#detail-edit").click()
+    await page.locator("#form-title", has_text=f"Update voucher {code}").wait_for()
+    assert await page.input_value("#f-credit") == "10"
+    assert await page.locator("#f-code").get_attribute("readonly") is not None
+    await page.fill("#f-credit", "12")
+    await page.fill("#f-max", "3")
+    await page.click("#form-submit")
+    await page.locator("#notice", has_text=f"Voucher {code} saved.").wait_for()
+    assert (await store.voucher(code))["credit_omr"] == 12
+
+    # two customers redeem it at checkout (12 OMR covers the 9 OMR starter plan)
+    for _ in range(2):
+        reply = await store.checkout(new_customer(), promo_code=code.lower())
+        assert reply.status == 200, reply
+        assert reply.json["paid_by_credit"] is True
+    await page.reload()
+    await page.locator("#redemption-chart").wait_for()
+    facts = await text(page, "#facts")
+    assert "12 OMR" in facts
+    assert "2 of 3" in facts
+    assert await page.locator("#redemption-chart circle").count() == 2
+    assert (await text(page, "#chart-summary")).startswith("2 redemptions now")
+    assert await page.locator("#redemptions-table tbody tr").count() == 2
+    history = await page.locator("#history-table tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.type)"
+    )
+    assert history == ["voucher.issued", "voucher.issued", "voucher.redeemed", "voucher.redeemed"]
+    events = await page.locator("#history-table tbody tr td:nth-child(3)").all_inner_texts()
+    assert events == ["Issued", "Updated", "Redeemed", "Redeemed"]
+    await snap(page, "console-05-detail-history-chart")
+
+    # revoke: the confirmation can be declined, then confirmed
+    await page.click("#detail-revoke")
+    dialog = page.locator("#revoke-dialog")
+    await dialog.wait_for()
+    assert await text(page, "#revoke-title") == f"Revoke voucher {code}?"
+    await snap(page, "console-06-revoke-confirmation", full_page=False)  # a modal
+    await page.click("#revoke-cancel")
+    await dialog.wait_for(state="hidden")
+    assert (await store.voucher(code))["revoked"] is False
+    await page.click("#detail-revoke")
+    await page.click("#revoke-confirm")
+    await page.locator("#notice", has_text=f"Voucher {code} revoked.").wait_for()
+    await page.locator("#facts .badge-revoked").wait_for()
+    assert await page.locator("#detail-revoke").is_hidden()
+    assert await text(page, "#detail-edit") == "Restore…"
+    types = await page.locator("#history-table tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.type)"
+    )
+    assert types[-1] == "voucher.revoked"
+    assert (await store.voucher(code))["revoked"] is True
+    await snap(page, "console-07-revoked")
+
+    # gone from the live list, shown under the revoked filter
+    async with list_drawn(page):
+        await page.click("#nav-list")
+    shown = await page.locator("[data-counter=shown] .counter-value").inner_text()
+    assert int(shown) == await page.locator("#voucher-table tbody tr").count()
+    assert await page.locator(f"#voucher-table tr[data-code='{code}']").count() == 0
+    async with list_drawn(page):
+        await page.select_option("#status-filter", "revoked")
+    assert "Revoked" in await text(page, f"#voucher-table tr[data-code='{code}']")
+    # the browser used DELETE .../revoke/{code} exactly once (the declined dialog sent nothing)
+    revokes = [r for r in web.recorder.calls("/billing/vouchers/revoke/") if r[0] == "DELETE"]
+    assert len(revokes) == 1
+
+    # restore: issuing the code again from its page
+    await page.click(f"#voucher-table tr[data-code='{code}'] a")
+    await page.locator("#detail-edit", has_text="Restore…").click()
+    await page.locator("#form-title", has_text=f"Restore voucher {code}").wait_for()
+    await page.click("#form-submit")
+    await page.locator("#notice", has_text=f"Voucher {code} saved.").wait_for()
+    await page.locator("#history-table tr[data-type='voucher.revoked']").wait_for()
+    events = await page.locator("#history-table tbody tr td:nth-child(3)").all_inner_texts()
+    assert events[-2:] == ["Revoked", "Restored"]
+    restored = await store.voucher(code)
+    assert (restored["revoked"], restored["times_redeemed"], restored["credit_omr"]) == (
+        False,
+        2,
+        12,
+    )
+
+
+async def test_long_lists_and_histories_are_paged(web: Browse, store: Shop) -> None:
+    stem = new_code("PAGE")
+    codes = [f"{stem}-{n:02d}" for n in range(51)]
+    for code in codes:  # one after another: created_at orders the list
+        await store.issue(code, 1)
+    page = await signed_in(web)
+    async with list_drawn(page):
+        await page.goto(web.server.url(f"/console/#/?q={stem}"))
+    rows = page.locator("#voucher-table tbody tr")
+    assert await rows.count() == 50
+    assert await rows.first.get_attribute("data-code") == codes[-1]
+    assert await page.locator("#pager-prev").is_hidden()
+    async with list_drawn(page):
+        await page.click("#pager-next")
+    assert await rows.evaluate_all("rows => rows.map(r => r.dataset.code)") == [codes[0]]
+    assert await text(page, "#pager-where") == "Page 2"
+    assert await page.locator("#pager-next").is_hidden()
+    async with list_drawn(page):
+        await page.click("#pager-prev")
+    assert await rows.count() == 50
+
+    # a history longer than a page: "Show later events" fetches the next one
+    busy = codes[0]
+    await asyncio.gather(*(store.issue(busy, credit) for credit in range(2, 57)))
+    await page.goto(web.server.url(f"/console/#/v/{busy}"))
+    history = page.locator("#history-table tbody tr")
+    await history.first.wait_for()
+    assert await history.count() == 50
+    await page.click("#history-more")
+    await page.locator("#history-more").wait_for(state="hidden")
+    assert await history.count() == 56
+    seqs = await history.evaluate_all("rows => rows.map(r => Number(r.dataset.seq))")
+    assert seqs == sorted(set(seqs))
+
+
+BAD_FORMS = [
+    # (form fields, the same body sent to the API directly, the field the message is about)
+    ({"#f-code": "ok-code-1", "#f-credit": "abc"}, {"code": "ok-code-1", "credit_omr": "abc"},
+     "f-credit"),
+    ({"#f-code": "ok-code-1", "#f-credit": "0"}, {"code": "ok-code-1", "credit_omr": 0},
+     "f-credit"),
+    ({"#f-code": "ok-code-1", "#f-credit": ""}, {"code": "ok-code-1"}, "f-credit"),
+    ({"#f-code": "a.b", "#f-credit": "5"}, {"code": "a.b", "credit_omr": 5}, "f-code"),
+    ({"#f-code": "   ", "#f-credit": "5"}, {"code": "   ", "credit_omr": 5}, "f-code"),
+    ({"#f-code": "ok-code-1", "#f-credit": "5", "#f-max": "-1"},
+     {"code": "ok-code-1", "credit_omr": 5, "max_redemptions": -1}, "f-max"),
+    ({"#f-code": "ok-code-1", "#f-credit": "99999999"},
+     {"code": "ok-code-1", "credit_omr": 99999999}, "f-credit"),
+]  # fmt: skip
+
+
+async def test_validation_messages_are_the_apis(web: Browse, store: Shop) -> None:
+    page = await signed_in(web)
+    for fields, body, field in BAD_FORMS:
+        expected = await api_error(store, {"description": "", "active": True, **body})
+        await page.goto(web.server.url("/console/#/"))  # a fresh form each time
+        await page.locator("#view-list").wait_for()
+        await page.goto(web.server.url("/console/#/new"))
+        await page.locator("#view-form").wait_for()
+        for selector, value in fields.items():
+            await page.fill(selector, value)
+        await page.click("#form-submit")
+        await page.locator("#form-error-message").wait_for()
+        assert await page.inner_text("#form-error-message") == expected, fields
+        # the field the message names is marked invalid and has the focus
+        assert await page.get_attribute(f"#{field}", "aria-invalid") == "true", expected
+        assert await page.evaluate("() => document.activeElement.id") == field
+        assert await page.inner_text(f"#{field}-error") == expected
+        if body.get("credit_omr") == "abc":
+            await snap(page, "console-08-validation-error")
+    # nothing was written
+    listed = await store.request("GET", "/billing/vouchers/list?q=OK-CODE-1")
+    assert listed.json == []
+    # the search box too: the API's message for a search that cannot match a code
+    bad_search = await store.request("GET", "/billing/vouchers/list?q=a.b")
+    assert bad_search.status == 400
+    await page.click("#nav-list")
+    await page.fill("#search", "a.b")
+    await page.press("#search", "Enter")
+    await page.locator("#list-error").wait_for()
+    assert await page.inner_text("#list-error") == bad_search.json["error"]
+    assert await page.get_attribute("#search", "aria-invalid") == "true"
+
+
+async def test_bad_token_is_a_401_and_a_non_issuer_a_403(web: Browse) -> None:
+    page = await web.page("/console/")
+    await sign_in(page, "not-a-jwt")
+    await page.locator("#signin-error").wait_for()
+    message = await text(page, "#signin-error")
+    assert message.startswith("The service refused the token (401: ")
+    assert await page.get_attribute("#token", "aria-invalid") == "true"
+    await snap(page, "console-09-401")
+    await sign_in(page, web.server.token(role="member", sub="shopper"))
+    await page.locator("#signin-error", has_text="403").wait_for()
+    assert (await text(page, "#signin-error")) == (
+        "This token may not manage vouchers (403: superadmin or sovereign-admin role "
+        "required). Use an issuer's token."
+    )
+    statuses = [s for _, url, s, _ in web.recorder.responses if "/billing/vouchers/list" in url]
+    assert statuses == [401, 403]
+    assert await page.locator("#loading").is_hidden()
+    await snap(page, "console-10-403")
+
+
+async def test_a_failing_service_shows_a_banner_and_writes_nothing(web_degraded: Browse) -> None:
+    page = await signed_in(web_degraded)
+    code = new_code("DOWN")
+    await issue_in_form(page, {"#f-code": code, "#f-credit": "5"})
+    await page.click("#form-submit")
+    await page.locator("#banner").wait_for()
+    banner = await text(page, "#banner-text")
+    assert banner.startswith("The service could not save the voucher (503: ")
+    assert "Try again in 1 second." in banner
+    await snap(page, "console-11-503")
+    # "Try again" sends the same save with the same Idempotency-Key; the form keeps its values
+    async with page.expect_response(lambda r: r.url.endswith(ISSUE)) as answer:
+        await page.click("#banner-retry")
+    assert (await answer.value).status == 503
+    await page.locator("#banner").wait_for()
+    saves = [h for m, _, h in web_degraded.recorder.calls(ISSUE) if m == "POST"]
+    assert len(saves) == 2
+    assert saves[0]["idempotency-key"] == saves[1]["idempotency-key"]
+    assert saves[0]["idempotency-key"].startswith("console-")
+    assert await page.input_value("#f-code") == code
+    # another body is another save: a new key
+    await page.fill("#f-credit", "6")
+    async with page.expect_response(lambda r: r.url.endswith(ISSUE)) as answer:
+        await page.click("#form-submit")
+    assert (await answer.value).status == 503
+    await page.locator("#banner").wait_for()
+    saves = [h for m, _, h in web_degraded.recorder.calls(ISSUE) if m == "POST"]
+    assert len(saves) == 3
+    assert saves[2]["idempotency-key"] != saves[0]["idempotency-key"]
+    # an unknown voucher's page is an empty state, not an error
+    await page.goto(web_degraded.server.url("/console/#/v/NOPE-404"))
+    await page.locator("#detail-empty").wait_for()
+    assert await text(page, "#detail-empty") == "There is no voucher NOPE-404. Back to the vouchers"
+    await snap(page, "console-12-unknown-voucher")
+
+
+async def test_keyboard_only_issue_and_revoke(web: Browse, store: Shop) -> None:
+    code = new_code("KEY")
+    page = await signed_in(web)
+    await page.locator("#list-title").wait_for()
+    # the view's heading has the focus after a navigation; the menu is behind it
+    assert await page.evaluate("() => document.activeElement.id") == "list-title"
+    await tab_to(page, "#nav-new", backward=True)
+    await page.keyboard.press("Enter")
+    await page.locator("#view-form").wait_for()
+    await tab_to(page, "#f-code")
+    await page.keyboard.type(code)
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("() => document.activeElement.id") == "f-credit"
+    await page.keyboard.type("7")
+    await page.keyboard.press("Tab")
+    await page.keyboard.type("Typed with the keyboard")
+    await page.keyboard.press("Tab")
+    await page.keyboard.type("2")
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("() => document.activeElement.id") == "f-active"
+    await page.keyboard.press("Space")  # issue it inactive
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("() => document.activeElement.id") == "form-submit"
+    await page.keyboard.press("Enter")
+    await page.locator("#detail-title", has_text=code).wait_for()
+    voucher = await store.voucher(code)
+    assert (voucher["credit_omr"], voucher["max_redemptions"], voucher["active"]) == (7, 2, False)
+    assert voucher["description"] == "Typed with the keyboard"
+
+    # revoke with the keyboard: Escape declines, focus returns to the button
+    await tab_to(page, "#detail-revoke")
+    await page.keyboard.press("Enter")
+    await page.locator("#revoke-dialog").wait_for()
+    assert await page.evaluate("() => document.activeElement.id") == "revoke-cancel"
+    await page.keyboard.press("Escape")
+    await page.locator("#revoke-dialog").wait_for(state="hidden")
+    assert await page.evaluate("() => document.activeElement.id") == "detail-revoke"
+    assert (await store.voucher(code))["revoked"] is False
+    await page.keyboard.press("Enter")
+    await page.locator("#revoke-dialog").wait_for()
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("() => document.activeElement.id") == "revoke-confirm"
+    await page.keyboard.press("Enter")
+    await page.locator("#notice", has_text=f"Voucher {code} revoked.").wait_for()
+    assert (await store.voucher(code))["revoked"] is True
+
+
+# ---------------------------------------------------------------------------- the redeem page
+
+
+async def test_redeem_a_valid_code_and_keep_it_for_checkout(web: Browse, store: Shop) -> None:
+    code = new_code("HELLO")
+    reply = await store.request(
+        "POST", ISSUE, json_body={"code": code, "credit_omr": 25, "description": "Welcome gift"}
+    )
+    assert reply.status == 200, reply
+    page = await web.page(f"/redeem?code=%20{code.lower()}%20")
+    await page.locator("#outcome[data-outcome=valid]").wait_for()
+    assert await text(page, "#result-title") == f"{code} is valid"
+    assert await text(page, "#outcome .amount") == "25 OMR credit"
+    assert await text(page, "#outcome .description") == "Welcome gift"
+    await snap(page, "redeem-01-valid")
+    await page.click("#use-code")
+    await page.locator("#saved").wait_for()
+    assert await page.evaluate(f"() => localStorage.getItem('{PENDING_KEY}')") == code
+    await snap(page, "redeem-02-saved-for-checkout")
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await snap(page, "redeem-07-phone")
+    # the preview went out trimmed and upper-cased, without any Authorization header
+    previews = [r for r in web.recorder.calls(PREVIEW) if r[0] == "POST"]
+    assert len(previews) == 1
+    assert "authorization" not in previews[0][2]
+
+
+async def test_redeem_an_ended_campaign(web: Browse, store: Shop) -> None:
+    inactive = new_code("ENDED")
+    full = new_code("FULL")
+    for body in (
+        {"code": inactive, "credit_omr": 30, "active": False},
+        {"code": full, "credit_omr": 9, "max_redemptions": 1},
+    ):
+        reply = await store.request("POST", ISSUE, json_body=body)
+        assert reply.status == 200, reply
+    reply = await store.checkout(new_customer(), promo_code=full)
+    assert reply.status == 200, reply
+    page = await web.page(f"/redeem?code={inactive}")
+    await page.locator("#outcome[data-outcome=ended]").wait_for()
+    assert await text(page, "#result-title") == "This campaign has ended"
+    ended = f"{inactive} (30 OMR credit) no longer accepts redemptions."
+    assert await text(page, "#outcome p") == ended
+    await snap(page, "redeem-03-campaign-ended")
+    await page.goto(web.server.url(f"/redeem?code={full}"))
+    await page.locator("#outcome[data-outcome=ended]").wait_for()
+    assert full in await text(page, "#outcome p")
+    assert await page.locator("#use-code").count() == 0
+    statuses = [s for _, url, s, _ in web.recorder.responses if url.endswith(PREVIEW)]
+    assert statuses == [410, 410]
+
+
+async def test_redeem_an_unknown_revoked_or_malformed_code(web: Browse, store: Shop) -> None:
+    revoked = new_code("GONE")
+    await store.issue(revoked, 3)
+    assert (await store.request("DELETE", f"/billing/vouchers/revoke/{revoked}")).status == 200
+    page = await web.page("/redeem?code=NOT-A-REAL-CODE")
+    await page.locator("#outcome[data-outcome=invalid]").wait_for()
+    assert await text(page, "#result-title") == "This code is not valid"
+    await snap(page, "redeem-04-not-valid")
+    await page.goto(web.server.url(f"/redeem?code={revoked}"))
+    await page.locator("#outcome[data-outcome=invalid]").wait_for()
+    assert revoked in await text(page, "#outcome p")
+    await page.goto(web.server.url("/redeem?code=a.b"))
+    await page.locator("#outcome[data-outcome=invalid]").wait_for()
+    api = await store.request("POST", PREVIEW, sub=None, json_body={"code": "A.B"})
+    assert api.status == 400
+    assert await text(page, "#outcome p") == f"A.B: {api.json['error']}."
+    statuses = [s for _, url, s, _ in web.recorder.responses if url.endswith(PREVIEW)]
+    assert statuses == [404, 404, 400]
+    assert await page.evaluate(f"() => localStorage.getItem('{PENDING_KEY}')") is None
+
+
+async def test_redeem_manual_entry(web: Browse, store: Shop) -> None:
+    code = new_code("TYPED")
+    await store.issue(code, 4)
+    page = await web.page("/redeem")
+    await page.locator("#redeem-form").wait_for()
+    assert await page.locator("#outcome").count() == 0
+    assert await text(page, "#form-heading") == "Enter your voucher code"
+    await snap(page, "redeem-05-manual-entry")
+    # empty: a message, no request
+    await page.click("#check")
+    await page.locator("#form-error", has_text="Enter a voucher code.").wait_for()
+    assert await page.get_attribute("#code", "aria-invalid") == "true"
+    assert web.recorder.calls(PREVIEW) == []
+    # keyboard only: type, Enter; the code is upper-cased into ?code= and checked
+    await tab_to(page, "#code")
+    await page.keyboard.type(f" {code.lower()} ")
+    await page.keyboard.press("Enter")
+    await page.locator("#outcome[data-outcome=valid]").wait_for()
+    assert page.url == web.server.url(f"/redeem?code={code}")
+    assert await page.evaluate("() => document.activeElement.id") == "result-title"
+    # back: the manual entry form again
+    await page.go_back()
+    await page.locator("#outcome").wait_for(state="detached")
+    assert await text(page, "#form-heading") == "Enter your voucher code"
+
+
+async def test_redeem_rate_limited_says_when_to_retry(web_degraded: Browse) -> None:
+    page = await web_degraded.page("/redeem?code=FIRST-TRY")
+    await page.locator("#outcome[data-outcome=invalid]").wait_for()
+    await page.fill("#code", "second-try")
+    await page.press("#code", "Enter")
+    await page.locator("#outcome[data-outcome=limited]").wait_for()
+    limited = [
+        h for _, url, s, h in web_degraded.recorder.responses if url.endswith(PREVIEW) and s == 429
+    ]
+    assert len(limited) == 1
+    retry = int(limited[0]["retry-after"])
+    assert 1 <= retry <= 60
+    assert await text(page, "#outcome p") == (
+        f"Codes were checked too often from this address. Try again in {retry} seconds."
+    )
+    await snap(page, "redeem-06-rate-limited")
+
+
+# ------------------------------------------------------------------------------ the whole run
+
+
+async def test_the_browser_used_the_documented_operations(store: Shop) -> None:
+    """Run after the browser tests: each test already checked that its requests were documented;
+    this checks the recording really saw the console and the redeem page at work."""
+    if not RECORDED:
+        pytest.skip("no browser test on the healthy server ran in this session")
+    ops = await operations(store.server)
+    used = set()
+    for method, url, _ in RECORDED:
+        path = urlsplit(url).path
+        used |= {
+            (o.method, o.template) for o in ops if o.method == method and o.pattern.fullmatch(path)
+        }
+    assert used == {
+        ("POST", "/billing/vouchers/issue"),
+        ("GET", "/billing/vouchers/list"),
+        ("GET", "/billing/vouchers/{code}"),
+        ("GET", "/billing/vouchers/{code}/history"),
+        ("GET", "/billing/vouchers/{code}/redemptions"),
+        ("DELETE", "/billing/vouchers/revoke/{code}"),
+        ("POST", "/billing/vouchers/redeem-preview"),
+    }
+
+
+async def test_the_accessibility_checks_catch_a_missing_label_and_low_contrast(
+    browser: Any,
+) -> None:
+    """The in-page checks can fail: an unlabeled input and grey-on-white text are reported."""
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.set_content(
+            '<body style="background:#fff"><input id="x"><p style="color:#bbb">faint</p></body>'
+        )
+        with pytest.raises(AssertionError) as failure:
+            await assert_accessible(page)
+        assert "no accessible name: input#x" in str(failure.value)
+        assert 'contrast 1.92 for "faint"' in str(failure.value)
+    finally:
+        await context.close()

@@ -1,0 +1,67 @@
+// The only module that talks to the service. Every call goes through ENDPOINTS: a method and a
+// path template that the REST API documents in /openapi.json (the tests check both, statically
+// and by recording every request the browser makes).
+
+export const ENDPOINTS = Object.freeze({
+  list: ["GET", "billing/vouchers/list"],
+  issue: ["POST", "billing/vouchers/issue"],
+  revoke: ["DELETE", "billing/vouchers/revoke/{code}"],
+  detail: ["GET", "billing/vouchers/{code}"],
+  history: ["GET", "billing/vouchers/{code}/history"],
+  redemptions: ["GET", "billing/vouchers/{code}/redemptions"],
+  preview: ["POST", "billing/vouchers/redeem-preview"],
+});
+
+// The API sits next to the page (a relative root, so a proxy's path prefix is kept).
+const apiRoot = new URL(
+  document.querySelector('meta[name="api-root"]')?.getAttribute("content") ?? "./",
+  window.location.href,
+);
+
+/** Seconds from a Retry-After header (delta-seconds or an HTTP date), or null. */
+export function parseRetryAfter(value) {
+  if (!value) return null;
+  if (/^\d+$/.test(value.trim())) return Number(value.trim());
+  const when = Date.parse(value);
+  return Number.isNaN(when) ? null : Math.max(0, Math.ceil((when - Date.now()) / 1000));
+}
+
+/**
+ * Call one documented endpoint. Never throws: the answer is
+ * {status, ok, body, error, retryAfter}; status 0 means the service could not be reached.
+ */
+export async function call(name, { code, query, body, token, headers: extra } = {}) {
+  const [method, template] = ENDPOINTS[name];
+  const url = new URL(template.replace("{code}", encodeURIComponent(code ?? "")), apiRoot);
+  for (const [key, value] of Object.entries(query ?? {})) {
+    if (value !== undefined && value !== null && value !== "") url.searchParams.set(key, value);
+  }
+  const headers = { Accept: "application/json", ...extra };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const init = { method, headers, credentials: "omit", cache: "no-store", redirect: "error" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(url, init);
+  } catch {
+    return { status: 0, ok: false, body: null, error: "the service could not be reached", retryAfter: null };
+  }
+  let data = null;
+  try {
+    const text = await response.text();
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  const error = data && typeof data.error === "string" ? data.error : `HTTP ${response.status}`;
+  return {
+    status: response.status,
+    ok: response.ok,
+    body: data,
+    error,
+    retryAfter: parseRetryAfter(response.headers.get("Retry-After")),
+  };
+}

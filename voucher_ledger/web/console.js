@@ -1,0 +1,762 @@
+// The issuer console: sign in with a bearer token, list / search vouchers, issue and update them,
+// a voucher's detail with its audit trail and a chart of its redemptions, revoke with a
+// confirmation. It uses only the documented REST API (api.js).
+
+import { call } from "./api.js";
+import { focusHeading, h, omr, plural, replace, s, time, formatTime } from "./ui.js";
+
+const TOKEN_KEY = "voucher-ledger.console.token";
+const PAGE_SIZE = 50;
+const HISTORY_PAGE = 50;
+const REDEMPTION_PAGES = 20; // the chart reads at most 20 pages of 1,000 redemptions
+const FIELDS = ["code", "credit_omr", "description", "max_redemptions", "active"];
+const FIELD_INPUT = {
+  code: "f-code",
+  credit_omr: "f-credit",
+  description: "f-description",
+  max_redemptions: "f-max",
+  active: "f-active",
+};
+
+const $ = (id) => document.getElementById(id);
+const views = ["signin", "list", "form", "detail"];
+let renderId = 0; // a newer navigation makes the answers of an older one irrelevant
+let pendingNotice = null;
+
+// ---------------------------------------------------------------------------- session
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+/** A token handed over in the fragment (#token=...) is stored and removed from the address bar. */
+function takeTokenFromFragment() {
+  const match = /^#token=([^&]*)/.exec(window.location.hash);
+  if (!match) return;
+  const handed = decodeURIComponent(match[1]).trim();
+  if (handed) sessionStorage.setItem(TOKEN_KEY, handed);
+  history.replaceState(null, "", window.location.pathname + window.location.search);
+}
+
+/** The subject and role claimed by the token, for display only (the service verifies it). */
+function claims(raw) {
+  try {
+    const part = raw.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const json = JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "=")));
+    const roles = json.role ?? json.realm_access?.roles ?? [];
+    return { sub: String(json.sub ?? "?"), role: Array.isArray(roles) ? roles.join(", ") : String(roles) };
+  } catch {
+    return { sub: "?", role: "?" };
+  }
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  if (message) sessionStorage.setItem(`${TOKEN_KEY}.message`, message);
+  else sessionStorage.removeItem(`${TOKEN_KEY}.message`);
+  if (window.location.hash && window.location.hash !== "#/") window.location.hash = "#/";
+  else render();
+}
+
+// ---------------------------------------------------------------------------- chrome
+
+function show(view) {
+  for (const name of views) $(`view-${name}`).hidden = name !== view;
+  const signedIn = view !== "signin";
+  $("nav").hidden = !signedIn;
+  $("session").hidden = !signedIn;
+  if (signedIn) {
+    const who = claims(token() ?? "");
+    $("session-who").textContent = `Signed in as ${who.sub} (${who.role})`;
+  }
+  for (const [id, match] of [["nav-list", view === "list"], ["nav-new", view === "form" && !currentRoute().code]]) {
+    if (match) $(id).setAttribute("aria-current", "page");
+    else $(id).removeAttribute("aria-current");
+  }
+}
+
+let retryAction = null;
+
+/** A message above the view; with ``retry`` (true: render the view again, or a function) a
+ *  "Try again" button. */
+function banner(message, retry) {
+  $("banner").hidden = !message;
+  $("banner-text").textContent = message ?? "";
+  $("banner-retry").hidden = !retry;
+  retryAction = typeof retry === "function" ? retry : render;
+}
+
+function announce(message) {
+  $("status").textContent = message;
+}
+
+function notice(message) {
+  $("notice").hidden = !message;
+  $("notice").textContent = message ?? "";
+}
+
+function loading(on) {
+  $("loading").hidden = !on;
+}
+
+function seconds(n) {
+  return n === 1 ? "1 second" : `${n} seconds`;
+}
+
+/**
+ * The error states every call shares: 401 and 403 end the session (back to sign-in with the
+ * reason), 429 and 5xx and an unreachable service get a banner with a retry. Returns true when
+ * it handled the answer; 400 / 404 / 409 are left to the view.
+ */
+function handled(res, what, retry = true) {
+  if (res.status === 401) {
+    signOut(`The service refused the token (401: ${res.error}). Sign in again with a valid token.`);
+    return true;
+  }
+  if (res.status === 403) {
+    signOut(`This token may not manage vouchers (403: ${res.error}). Use an issuer's token.`);
+    return true;
+  }
+  if (res.status === 429) {
+    const wait = res.retryAfter ?? 1;
+    banner(`Too many requests (429) while trying to ${what}. Try again in ${seconds(wait)}.`, retry);
+    return true;
+  }
+  if (res.status === 0) {
+    banner(`Could not reach the service to ${what}. Check the connection and try again.`, retry);
+    return true;
+  }
+  if (res.status >= 500) {
+    const later = res.retryAfter ? ` Try again in ${seconds(res.retryAfter)}.` : " Try again in a moment.";
+    banner(`The service could not ${what} (${res.status}: ${res.error}).${later}`, retry);
+    return true;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------- routing
+
+/** #/ (list, with ?q=&status=&page=), #/new, #/v/CODE, #/v/CODE/edit */
+function currentRoute() {
+  const raw = window.location.hash.replace(/^#/, "") || "/";
+  const [path, search = ""] = raw.split("?");
+  const params = new URLSearchParams(search);
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  if (parts[0] === "new") return { view: "form" };
+  if (parts[0] === "v" && parts[1]) {
+    return parts[2] === "edit" ? { view: "form", code: parts[1] } : { view: "detail", code: parts[1] };
+  }
+  return {
+    view: "list",
+    q: params.get("q") ?? "",
+    status: params.get("status") === "revoked" ? "revoked" : "live",
+    page: Math.max(1, Number.parseInt(params.get("page") ?? "1", 10) || 1),
+  };
+}
+
+function listHash({ q = "", status = "live", page = 1 }) {
+  const params = new URLSearchParams();
+  if (q) params.set("q", q);
+  if (status !== "live") params.set("status", status);
+  if (page > 1) params.set("page", String(page));
+  const search = params.toString();
+  return search ? `#/?${search}` : "#/";
+}
+
+function voucherHash(code, edit = false) {
+  return `#/v/${encodeURIComponent(code)}${edit ? "/edit" : ""}`;
+}
+
+async function render() {
+  const id = ++renderId;
+  banner(null);
+  notice(pendingNotice);
+  pendingNotice = null;
+  if (!token()) {
+    renderSignIn();
+    return;
+  }
+  const route = currentRoute();
+  loading(true);
+  try {
+    if (route.view === "form") await renderForm(route, id);
+    else if (route.view === "detail") await renderDetail(route, id);
+    else await renderList(route, id);
+  } finally {
+    if (id === renderId) loading(false);
+  }
+}
+
+// ---------------------------------------------------------------------------- sign-in
+
+function renderSignIn() {
+  loading(false);
+  show("signin");
+  document.title = "Sign in · voucher-ledger console";
+  const message = sessionStorage.getItem(`${TOKEN_KEY}.message`);
+  $("signin-error").hidden = !message;
+  $("signin-error").textContent = message ?? "";
+  $("token").value = "";
+  if (message) $("token").setAttribute("aria-invalid", "true");
+  else $("token").removeAttribute("aria-invalid");
+  focusHeading($("signin-title"));
+}
+
+$("signin-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const raw = $("token").value.trim().replace(/^Bearer\s+/i, "");
+  if (!raw) {
+    $("signin-error").hidden = false;
+    $("signin-error").textContent = "Paste a token first.";
+    $("token").setAttribute("aria-invalid", "true");
+    $("token").focus();
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, raw);
+  sessionStorage.removeItem(`${TOKEN_KEY}.message`);
+  render();
+});
+
+$("sign-out").addEventListener("click", () => {
+  signOut(null);
+  announce("Signed out.");
+});
+
+$("banner-retry").addEventListener("click", () => {
+  const action = retryAction;
+  banner(null);
+  action();
+});
+
+// ---------------------------------------------------------------------------- list
+
+async function renderList(route, id) {
+  show("list");
+  document.title = "Vouchers · voucher-ledger console";
+  $("search").value = route.q;
+  $("status-filter").value = route.status;
+  $("list-error").hidden = true;
+  replace($("counters"));
+  replace($("list-body"));
+  $("pager").hidden = true;
+  const res = await call("list", {
+    token: token(),
+    query: {
+      limit: PAGE_SIZE + 1, // one more tells whether an older page exists
+      offset: (route.page - 1) * PAGE_SIZE,
+      q: route.q || undefined,
+      status: route.status === "live" ? undefined : route.status,
+    },
+  });
+  if (id !== renderId) return;
+  if (handled(res, "list the vouchers")) return;
+  if (!res.ok) {
+    $("list-error").hidden = false;
+    $("list-error").textContent = res.error;
+    $("search").setAttribute("aria-invalid", "true");
+    focusHeading($("list-title"));
+    return;
+  }
+  $("search").removeAttribute("aria-invalid");
+  const rows = res.body.slice(0, PAGE_SIZE);
+  const older = res.body.length > PAGE_SIZE;
+  renderCounters(rows, route);
+  if (rows.length === 0) {
+    $("list-body").append(emptyList(route));
+  } else {
+    $("list-body").append(voucherTable(rows, route));
+  }
+  if (route.page > 1 || older) {
+    $("pager").hidden = false;
+    const prev = $("pager-prev");
+    const next = $("pager-next");
+    prev.hidden = route.page <= 1;
+    next.hidden = !older;
+    prev.href = listHash({ ...route, page: route.page - 1 });
+    next.href = listHash({ ...route, page: route.page + 1 });
+    $("pager-where").textContent = `Page ${route.page}`;
+  }
+  announce(`${plural(rows.length, "voucher", "vouchers")} shown.`);
+  focusHeading($("list-title"));
+}
+
+function renderCounters(rows, route) {
+  const active = rows.filter((v) => v.active).length;
+  const redeemed = rows.reduce((sum, v) => sum + v.times_redeemed, 0);
+  const credit = rows.reduce((sum, v) => sum + v.times_redeemed * v.credit_omr, 0);
+  const items =
+    route.status === "revoked"
+      ? [["Revoked", rows.length]]
+      : [["Shown", rows.length], ["Active", active], ["Inactive", rows.length - active]];
+  items.push(["Redemptions", redeemed], ["Credit granted", omr(credit)]);
+  replace(
+    $("counters"),
+    items.map(([label, value]) =>
+      h("li", { "data-counter": label.toLowerCase().replace(/ /g, "-") },
+        h("span", { class: "counter-value" }, typeof value === "number" ? value.toLocaleString("en-GB") : value),
+        h("span", { class: "counter-label" }, label)),
+    ),
+  );
+}
+
+function emptyList(route) {
+  if (route.q) {
+    return h("div", { class: "empty", id: "list-empty" },
+      h("p", { class: "empty-title" }, `No ${route.status === "revoked" ? "revoked " : ""}voucher code contains “${route.q.toUpperCase()}”.`),
+      h("p", {}, h("a", { href: listHash({ status: route.status }) }, "Clear the search")));
+  }
+  if (route.status === "revoked") {
+    return h("div", { class: "empty", id: "list-empty" }, h("p", { class: "empty-title" }, "No revoked vouchers."));
+  }
+  if (route.page > 1) {
+    return h("div", { class: "empty", id: "list-empty" },
+      h("p", { class: "empty-title" }, "No older vouchers."),
+      h("p", {}, h("a", { href: listHash({}) }, "Back to the newest")));
+  }
+  return h("div", { class: "empty", id: "list-empty" },
+    h("p", { class: "empty-title" }, "No vouchers yet."),
+    h("p", {}, "Issue the first one; it appears here, newest first."),
+    h("p", {}, h("a", { class: "button primary", href: "#/new" }, "Issue a voucher")));
+}
+
+function statusBadge(v) {
+  if (v.revoked) return h("span", { class: "badge badge-revoked" }, "Revoked");
+  if (!v.active) return h("span", { class: "badge badge-inactive" }, "Inactive");
+  if (v.max_redemptions > 0 && v.times_redeemed >= v.max_redemptions) {
+    return h("span", { class: "badge badge-full" }, "At cap");
+  }
+  return h("span", { class: "badge badge-active" }, "Active");
+}
+
+function usage(v) {
+  return v.max_redemptions > 0
+    ? `${v.times_redeemed.toLocaleString("en-GB")} of ${v.max_redemptions.toLocaleString("en-GB")}`
+    : `${v.times_redeemed.toLocaleString("en-GB")} (unlimited)`;
+}
+
+function voucherTable(rows, route) {
+  const revoked = route.status === "revoked";
+  return h("div", { class: "table-wrap" },
+    h("table", { id: "voucher-table" },
+      h("caption", {}, revoked ? "Revoked vouchers, newest first" : "Live vouchers, newest first"),
+      h("thead", {}, h("tr", {},
+        ["Code", "Credit", "Description", "Status", "Redeemed", "Created"].map((label) =>
+          h("th", { scope: "col" }, label)))),
+      h("tbody", {}, rows.map((v) =>
+        h("tr", { "data-code": v.code },
+          h("th", { scope: "row" }, h("a", { href: voucherHash(v.code), class: "code" }, v.code)),
+          h("td", { class: "num" }, omr(v.credit_omr)),
+          h("td", { class: "description" }, v.description || h("span", { class: "muted" }, "—")),
+          h("td", {}, statusBadge({ ...v, revoked })),
+          h("td", { class: "num" }, usage(v)),
+          h("td", {}, time(v.created_at)))))));
+}
+
+$("search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const target = listHash({ q: $("search").value.trim(), status: $("status-filter").value });
+  if (window.location.hash === target) render();
+  else window.location.hash = target;
+});
+
+$("status-filter").addEventListener("change", () => {
+  window.location.hash = listHash({ q: $("search").value.trim(), status: $("status-filter").value });
+});
+
+// ---------------------------------------------------------------------------- issue / update
+
+let editing = null; // the code being updated, or null for a new voucher
+// The Idempotency-Key of the last save that got no answer (timeout, 5xx, no connection): the
+// same body sent again reuses it, so the service applies the save at most once.
+let unanswered = null;
+
+function idempotencyKey(json) {
+  if (unanswered?.json === json) return unanswered.key;
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  const key = `console-${[...bytes].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
+  unanswered = { json, key };
+  return key;
+}
+
+async function renderForm(route, id) {
+  show("form");
+  clearFormErrors();
+  const form = $("voucher-form");
+  form.reset();
+  editing = route.code ?? null;
+  const title = $("form-title");
+  if (!editing) {
+    document.title = "Issue a voucher · voucher-ledger console";
+    title.textContent = "Issue a voucher";
+    $("form-submit").textContent = "Issue voucher";
+    $("f-code").readOnly = false;
+    $("form-cancel").href = "#/";
+    $("f-active").checked = true;
+    focusHeading(title);
+    return;
+  }
+  const res = await call("detail", { token: token(), code: editing });
+  if (id !== renderId) return;
+  if (handled(res, `load ${editing}`)) return;
+  if (!res.ok) {
+    pendingNotice = `Voucher ${editing} was not found (${res.status}: ${res.error}).`;
+    window.location.hash = "#/";
+    return;
+  }
+  const v = res.body;
+  const restoring = v.revoked;
+  document.title = `${restoring ? "Restore" : "Update"} ${v.code} · voucher-ledger console`;
+  title.textContent = `${restoring ? "Restore" : "Update"} voucher ${v.code}`;
+  $("form-submit").textContent = restoring ? "Restore voucher" : "Save changes";
+  $("form-cancel").href = voucherHash(v.code);
+  $("f-code").value = v.code;
+  $("f-code").readOnly = true;
+  $("f-credit").value = String(v.credit_omr);
+  $("f-description").value = v.description;
+  $("f-max").value = String(v.max_redemptions);
+  $("f-active").checked = v.active;
+  focusHeading(title);
+}
+
+/** A whole number as typed becomes a JSON number; anything else is sent as typed, so the
+ *  service's own validation answers (and its message is the one shown). Empty: omitted. */
+function numberField(raw) {
+  const text = raw.trim();
+  if (text === "") return undefined;
+  return /^-?\d+$/.test(text) && Number.isSafeInteger(Number(text)) ? Number(text) : text;
+}
+
+function formBody() {
+  const body = {
+    code: $("f-code").value,
+    credit_omr: numberField($("f-credit").value),
+    description: $("f-description").value,
+    max_redemptions: numberField($("f-max").value),
+    active: $("f-active").checked,
+  };
+  for (const key of Object.keys(body)) if (body[key] === undefined) delete body[key];
+  return body;
+}
+
+function clearFormErrors() {
+  $("form-error").hidden = true;
+  $("form-error").textContent = "";
+  for (const field of FIELDS) {
+    const input = $(FIELD_INPUT[field]);
+    input.removeAttribute("aria-invalid");
+    const slot = $(`${FIELD_INPUT[field]}-error`);
+    slot.hidden = true;
+    slot.textContent = "";
+  }
+}
+
+/** Show the service's message verbatim, and next to every field it names. */
+function showFormError(message) {
+  $("form-error").hidden = false;
+  replace($("form-error"), h("p", { class: "error-title" }, "The voucher was not saved:"),
+    h("p", { id: "form-error-message" }, message));
+  let first = null;
+  for (const part of message.split("; ")) {
+    // "credit_omr: Input should be ...", "credit_omr must be ...", "invalid code: ..."
+    const named = FIELDS.map((name) => [part.search(new RegExp(`(^|\\s)${name}(:|\\s|$)`)), name])
+      .filter(([at]) => at >= 0)
+      .sort((a, b) => a[0] - b[0]);
+    if (named.length === 0) continue;
+    const field = named[0][1];
+    const input = $(FIELD_INPUT[field]);
+    input.setAttribute("aria-invalid", "true");
+    const slot = $(`${FIELD_INPUT[field]}-error`);
+    slot.hidden = false;
+    slot.textContent = part;
+    first ??= input;
+  }
+  (first ?? $("form-error")).focus();
+}
+
+$("voucher-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const submit = $("form-submit");
+  if (submit.disabled) return;
+  clearFormErrors();
+  banner(null);
+  submit.disabled = true;
+  submit.setAttribute("aria-busy", "true");
+  const updating = editing;
+  const body = formBody();
+  const json = JSON.stringify(body);
+  try {
+    const res = await call("issue", {
+      token: token(),
+      body,
+      headers: { "Idempotency-Key": idempotencyKey(json) },
+    });
+    if (res.status !== 0 && res.status < 500) unanswered = null; // decided: a new save, a new key
+    if (handled(res, "save the voucher", () => $("voucher-form").requestSubmit())) return;
+    if (!res.ok) {
+      showFormError(res.error);
+      return;
+    }
+    pendingNotice = `Voucher ${res.body.code} ${updating ? "saved" : "issued"}.`;
+    announce(pendingNotice);
+    window.location.hash = voucherHash(res.body.code);
+  } finally {
+    submit.disabled = false;
+    submit.removeAttribute("aria-busy");
+  }
+});
+
+// ---------------------------------------------------------------------------- detail
+
+async function renderDetail(route, id) {
+  show("detail");
+  const code = route.code;
+  document.title = `${code} · voucher-ledger console`;
+  $("detail-title").textContent = code;
+  $("detail-edit").hidden = true;
+  $("detail-revoke").hidden = true;
+  replace($("detail-body"));
+  const [detail, history, redemptions] = await Promise.all([
+    call("detail", { token: token(), code }),
+    call("history", { token: token(), code, query: { limit: HISTORY_PAGE } }),
+    loadRedemptions(code),
+  ]);
+  if (id !== renderId) return;
+  for (const [res, what] of [[detail, `load ${code}`], [history, `load the history of ${code}`], [redemptions, `load the redemptions of ${code}`]]) {
+    if (handled(res, what)) return;
+  }
+  if (detail.status === 404) {
+    replace($("detail-body"), h("div", { class: "empty", id: "detail-empty" },
+      h("p", { class: "empty-title" }, `There is no voucher ${code}.`),
+      h("p", {}, h("a", { href: "#/" }, "Back to the vouchers"))));
+    focusHeading($("detail-title"));
+    return;
+  }
+  for (const res of [detail, history, redemptions]) {
+    if (!res.ok) {
+      replace($("detail-body"), h("p", { class: "error-summary", role: "alert" }, res.error));
+      return;
+    }
+  }
+  const v = detail.body;
+  $("detail-title").textContent = v.code;
+  const edit = $("detail-edit");
+  edit.hidden = false;
+  edit.href = voucherHash(v.code, true);
+  edit.textContent = v.revoked ? "Restore…" : "Edit";
+  $("detail-revoke").hidden = v.revoked;
+  $("detail-revoke").dataset.code = v.code;
+  replace(
+    $("detail-body"),
+    facts(v),
+    h("section", { class: "panel", "aria-labelledby": "chart-title" },
+      h("h2", { id: "chart-title" }, "Redemptions over time"),
+      chart(v, redemptions.items, redemptions.truncated)),
+    h("section", { class: "panel", "aria-labelledby": "history-title" },
+      h("h2", { id: "history-title" }, "Audit trail"),
+      h("p", { class: "hint" }, "Every event of this voucher, in stream order, from the history endpoint."),
+      historyTable(code, history.body)),
+    h("section", { class: "panel", "aria-labelledby": "redemptions-title" },
+      h("h2", { id: "redemptions-title" }, "Latest redemptions"),
+      redemptionTable(redemptions.items)),
+  );
+  focusHeading($("detail-title"));
+}
+
+function facts(v) {
+  const rows = [
+    ["Status", statusBadge(v)],
+    ["Credit per redemption", omr(v.credit_omr)],
+    ["Description", v.description || "—"],
+    ["Redeemed", usage(v)],
+    ["Accepting redemptions", v.accepting_redemptions ? "Yes" : "No"],
+    ["Created", time(v.created_at)],
+    ["Last changed", time(v.updated_at)],
+  ];
+  if (v.revoked) rows.push(["Revoked", time(v.revoked_at)]);
+  rows.push(["Last stream sequence", String(v.last_seq)]);
+  return h("dl", { class: "facts", id: "facts" },
+    rows.map(([label, value]) => h("div", {}, h("dt", {}, label), h("dd", {}, value))));
+}
+
+async function loadRedemptions(code) {
+  const items = [];
+  let after = 0;
+  for (let page = 0; page < REDEMPTION_PAGES; page++) {
+    const res = await call("redemptions", { token: token(), code, query: { after_seq: after || undefined, limit: 1000 } });
+    if (!res.ok) return res;
+    items.push(...res.body.redemptions);
+    if (res.body.next_after_seq === null) return { ...res, items, truncated: false };
+    after = res.body.next_after_seq;
+  }
+  return { status: 200, ok: true, items, truncated: true };
+}
+
+const EVENT_LABEL = {
+  "voucher.issued": (e) => ({ created: "Issued", updated: "Updated", restored: "Restored" })[e.change] ?? "Issued",
+  "voucher.revoked": () => "Revoked",
+  "voucher.redeemed": () => "Redeemed",
+  "voucher.redemption_reversed": () => "Redemption reversed",
+};
+
+function eventDetails(type, e) {
+  if (type === "voucher.issued") {
+    const cap = e.max_redemptions > 0 ? `cap ${e.max_redemptions}` : "no cap";
+    const parts = [`${omr(e.credit_baisa / 1000)} credit`, cap, e.active ? "active" : "inactive"];
+    if (e.description) parts.push(`“${e.description}”`);
+    return parts.join(", ");
+  }
+  if (type === "voucher.redeemed") return `by ${e.customer_id}, ${omr(e.credit_baisa / 1000)}`;
+  if (type === "voucher.redemption_reversed") return `for ${e.customer_id}: ${e.reason}`;
+  return "";
+}
+
+function historyRows(page) {
+  return page.events.map((entry) =>
+    h("tr", { "data-seq": entry.seq, "data-type": entry.type },
+      h("td", { class: "num" }, String(entry.seq)),
+      h("td", {}, time(entry.occurred_at)),
+      h("td", {}, h("span", { class: `event event-${entry.type.split(".")[1]}` },
+        (EVENT_LABEL[entry.type] ?? (() => entry.type))(entry.event))),
+      h("td", {}, eventDetails(entry.type, entry.event)),
+      h("td", {}, `${entry.actor.sub} (${entry.actor.role})`)));
+}
+
+function historyTable(code, firstPage) {
+  if (firstPage.events.length === 0) {
+    return h("p", { class: "empty" }, "No events recorded yet.");
+  }
+  const body = h("tbody", {}, historyRows(firstPage));
+  const more = h("button", { type: "button", id: "history-more", class: "button-quiet" }, "Show later events");
+  let next = firstPage.next_after_seq;
+  more.hidden = next === null;
+  more.addEventListener("click", async () => {
+    more.disabled = true;
+    const res = await call("history", { token: token(), code, query: { after_seq: next, limit: HISTORY_PAGE } });
+    more.disabled = false;
+    if (handled(res, `load the history of ${code}`)) return;
+    if (!res.ok) {
+      banner(res.error, false);
+      return;
+    }
+    body.append(...historyRows(res.body));
+    next = res.body.next_after_seq;
+    more.hidden = next === null;
+    announce(`${plural(res.body.events.length, "more event", "more events")} shown.`);
+  });
+  return h("div", {},
+    h("div", { class: "table-wrap" },
+      h("table", { id: "history-table" },
+        h("caption", {}, `Audit trail of ${code}`),
+        h("thead", {}, h("tr", {}, ["Seq", "Time", "Event", "Details", "Actor"].map((l) => h("th", { scope: "col" }, l)))),
+        body)),
+    more);
+}
+
+function redemptionTable(items) {
+  if (items.length === 0) return h("p", { class: "empty", id: "redemptions-empty" }, "No redemptions yet.");
+  const latest = items.slice(-10).reverse();
+  return h("div", { class: "table-wrap" },
+    h("table", { id: "redemptions-table" },
+      h("caption", {}, `The ${latest.length} most recent of ${plural(items.length, "redemption", "redemptions")}`),
+      h("thead", {}, h("tr", {}, ["Customer", "Redeemed", "Credit", "Reversed"].map((l) => h("th", { scope: "col" }, l)))),
+      h("tbody", {}, latest.map((r) =>
+        h("tr", {},
+          h("td", {}, r.customer_id),
+          h("td", {}, time(r.redeemed_at)),
+          h("td", { class: "num" }, omr(r.credit_omr)),
+          h("td", {}, r.reversed_at ? [time(r.reversed_at), ` (${r.reversal_reason ?? "reversed"})`] : "—"))))));
+}
+
+/**
+ * Net redemptions over time (+1 when redeemed, -1 when reversed) as an SVG step line, with the
+ * cap as a dashed line. The figure has a text summary for screen readers.
+ */
+function chart(v, items, truncated) {
+  if (items.length === 0) {
+    return h("p", { class: "empty", id: "chart-empty" }, "No redemptions yet: the chart starts with the first one.");
+  }
+  const steps = [];
+  for (const r of items) {
+    steps.push([Date.parse(r.redeemed_at), 1]);
+    if (r.reversed_at) steps.push([Date.parse(r.reversed_at), -1]);
+  }
+  steps.sort((a, b) => a[0] - b[0]);
+  const points = [];
+  let total = 0;
+  let peak = 0;
+  for (const [t, delta] of steps) {
+    total += delta;
+    peak = Math.max(peak, total);
+    points.push([t, total]);
+  }
+  const W = 640, H = 220, L = 48, R = 16, T = 16, B = 36;
+  const t0 = points[0][0];
+  const t1 = Math.max(points[points.length - 1][0], t0 + 1000);
+  const top = Math.max(peak, v.max_redemptions || 0, 1);
+  const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
+  const y = (n) => H - B - (n / top) * (H - T - B);
+  let d = `M ${x(t0).toFixed(1)} ${y(0).toFixed(1)}`;
+  for (const [t, n] of points) d += ` H ${x(t).toFixed(1)} V ${y(n).toFixed(1)}`;
+  d += ` H ${x(t1).toFixed(1)}`;
+  const step = top <= 6 ? 1 : Math.ceil(top / 4);
+  const ticks = [];
+  for (let n = 0; n < top; n += step) ticks.push(n);
+  ticks.push(top);
+  const summary =
+    `${plural(total, "redemption", "redemptions")} now (net of reversals), ` +
+    `from ${formatTime(new Date(t0).toISOString())} to ${formatTime(new Date(t1).toISOString())}` +
+    (v.max_redemptions > 0 ? `; cap ${v.max_redemptions}.` : "; no cap.") +
+    (truncated ? " Only the first 20,000 redemptions are drawn." : "");
+  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-labelledby": "chart-svg-title chart-svg-desc", class: "chart", id: "redemption-chart" },
+    s("title", { id: "chart-svg-title" }, `Redemptions of ${v.code} over time`),
+    s("desc", { id: "chart-svg-desc" }, summary),
+    ticks.map((n) => [
+      s("line", { x1: L, x2: W - R, y1: y(n), y2: y(n), class: "grid" }),
+      s("text", { x: L - 8, y: y(n) + 4, class: "axis", "text-anchor": "end" }, String(n)),
+    ]),
+    v.max_redemptions > 0 ? s("line", { x1: L, x2: W - R, y1: y(v.max_redemptions), y2: y(v.max_redemptions), class: "cap" }) : null,
+    s("path", { d, class: "series" }),
+    points.map(([t, n]) => s("circle", { cx: x(t), cy: y(n), r: 3, class: "dot" })),
+    s("text", { x: L, y: H - 10, class: "axis" }, formatTime(new Date(t0).toISOString())),
+    s("text", { x: W - R, y: H - 10, class: "axis", "text-anchor": "end" }, formatTime(new Date(t1).toISOString())));
+  return h("figure", { class: "chart-figure" }, svg, h("figcaption", { id: "chart-summary" }, summary));
+}
+
+// ---------------------------------------------------------------------------- revoke
+
+$("detail-revoke").addEventListener("click", () => {
+  const code = $("detail-revoke").dataset.code;
+  $("revoke-title").textContent = `Revoke voucher ${code}?`;
+  $("revoke-text").textContent =
+    `Customers can no longer redeem ${code}, and the public page will call it not valid. ` +
+    "Its redemptions and history stay. Issuing the code again restores it.";
+  $("revoke-dialog").returnValue = "";
+  $("revoke-dialog").showModal();
+});
+
+$("revoke-dialog").addEventListener("close", async () => {
+  const dialog = $("revoke-dialog");
+  const code = $("detail-revoke").dataset.code;
+  if (dialog.returnValue !== "confirm") {
+    $("detail-revoke").focus();
+    return;
+  }
+  const res = await call("revoke", { token: token(), code });
+  if (handled(res, `revoke ${code}`)) return;
+  if (!res.ok) {
+    banner(`${code} was not revoked (${res.status}: ${res.error}).`, false);
+    return;
+  }
+  pendingNotice = `Voucher ${code} revoked.`;
+  announce(pendingNotice);
+  render();
+});
+
+// ---------------------------------------------------------------------------- start
+
+window.addEventListener("hashchange", () => {
+  if (window.location.hash.startsWith("#token=")) takeTokenFromFragment();
+  render();
+});
+takeTokenFromFragment();
+render();
