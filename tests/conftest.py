@@ -32,6 +32,7 @@ from voucher_ledger.commands.host import ProcessorHost
 from voucher_ledger.embedded import EmbeddedNats, EmbeddedPostgres
 from voucher_ledger.ledger.voucher import Policy
 from voucher_ledger.runtime import check_nats_version
+from voucher_ledger.settings import nats_servers
 
 # Short timings so failover tests take seconds, not minutes.
 FAST = {"leases": {"ttl": 1.5}, "consumers": {"processor": {"ack_wait": 2}}}
@@ -107,7 +108,8 @@ def prefix() -> str:
 
 
 async def connect(url: str) -> Client:
-    nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    """``url``: one server or a comma-separated cluster list, as NATS_URL."""
+    nc = await nats.connect(nats_servers(url), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     check_nats_version(nc, url)
     return nc
 

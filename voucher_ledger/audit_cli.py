@@ -202,14 +202,14 @@ async def connect(url: str) -> Client:
     import nats
 
     from voucher_ledger.runtime import StartupError, check_nats_version
-    from voucher_ledger.settings import redact_url
+    from voucher_ledger.settings import nats_servers, redact_url
 
     async def quiet(exc: Exception) -> None:
         log.debug("nats: %r", exc)
 
     try:
         nc = await nats.connect(
-            url,
+            nats_servers(url),
             name="voucher-ledger-audit",
             connect_timeout=3,
             allow_reconnect=True,

@@ -31,7 +31,7 @@ from voucher_ledger.projections.host import ProjectorHost
 from voucher_ledger.projections.migrate import MigrationError, migrate
 from voucher_ledger.projections.projector import ProjectionStatus
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
-from voucher_ledger.settings import Settings, redact_url
+from voucher_ledger.settings import Settings, nats_servers, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,11 @@ class StartupError(RuntimeError):
 
 
 async def connect_nats(url: str, name: str = "voucher-ledger") -> Client:
+    """Connect to ``url`` (one server, or a comma-separated cluster list) and reconnect forever,
+    to any server of the list or one the cluster announced."""
     try:
         nc = await nats.connect(
-            url,
+            nats_servers(url),
             name=name,
             connect_timeout=3,
             max_reconnect_attempts=-1,
