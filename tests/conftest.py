@@ -29,7 +29,7 @@ from voucher_ledger import streams
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.host import ProcessorHost
-from voucher_ledger.embedded import EmbeddedNats, EmbeddedPostgres
+from voucher_ledger.embedded import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres
 from voucher_ledger.ledger.voucher import Policy
 from voucher_ledger.runtime import check_nats_version
 from voucher_ledger.settings import nats_servers
@@ -60,6 +60,19 @@ def pg_url() -> Iterator[str]:
         server = EmbeddedPostgres(where, database="postgres")
         yield server.start()
         server.stop()
+
+
+@pytest.fixture
+def nats_cluster() -> Iterator[EmbeddedNatsCluster]:
+    """A 3-node JetStream cluster of the wheel's nats-server, for this test alone (a test may
+    kill and restart its nodes). Always embedded, whatever NATS_URL says."""
+    with _server_dir("nats-cluster") as where:
+        cluster = EmbeddedNatsCluster(where, size=3)
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
 
 
 @contextlib.contextmanager
