@@ -29,9 +29,10 @@ from voucher_ledger import streams
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.host import ProcessorHost
-from voucher_ledger.embedded import EmbeddedNats, EmbeddedPostgres
+from voucher_ledger.embedded import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres
 from voucher_ledger.ledger.voucher import Policy
 from voucher_ledger.runtime import check_nats_version
+from voucher_ledger.settings import nats_servers
 
 # Short timings so failover tests take seconds, not minutes.
 FAST = {"leases": {"ttl": 1.5}, "consumers": {"processor": {"ack_wait": 2}}}
@@ -59,6 +60,19 @@ def pg_url() -> Iterator[str]:
         server = EmbeddedPostgres(where, database="postgres")
         yield server.start()
         server.stop()
+
+
+@pytest.fixture
+def nats_cluster() -> Iterator[EmbeddedNatsCluster]:
+    """A 3-node JetStream cluster of the wheel's nats-server, for this test alone (a test may
+    kill and restart its nodes). Always embedded, whatever NATS_URL says."""
+    with _server_dir("nats-cluster") as where:
+        cluster = EmbeddedNatsCluster(where, size=3)
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
 
 
 @contextlib.contextmanager
@@ -107,7 +121,8 @@ def prefix() -> str:
 
 
 async def connect(url: str) -> Client:
-    nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    """``url``: one server or a comma-separated cluster list, as NATS_URL."""
+    nc = await nats.connect(nats_servers(url), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     check_nats_version(nc, url)
     return nc
 

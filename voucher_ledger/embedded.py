@@ -5,10 +5,13 @@
   two-minute interval can lose acknowledged writes), storage under the data dir, a free
   loopback port.
 * PostgreSQL from the ``pgserver`` wheel, data under the data dir, on a unix socket.
+* :class:`EmbeddedNatsCluster`: several such nats-servers routed into one JetStream cluster on
+  loopback ports, for the fault-injection tests (kill a node, restart it, wait for it to rejoin).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -18,6 +21,8 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +63,13 @@ class EmbeddedNats:
         binary: str | None = None,
         port: int | None = None,
         extra_conf: str = "",
+        server_name: str = "voucher_ledger_embedded",
     ) -> None:
         self.dir = data_dir.resolve() / "nats"
         self.binary = find_nats_server(binary)
         self.port = port or free_port()
         self.extra_conf = extra_conf
+        self.server_name = server_name
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,7 +81,7 @@ class EmbeddedNats:
         conf = self.dir / "nats-server.conf"
         conf.write_text(
             f"""# written by voucher-ledger at each start
-server_name: voucher_ledger_embedded
+server_name: {self.server_name}
 listen: 127.0.0.1:{self.port}
 jetstream {{
   store_dir: "{self.dir / "jetstream"}"
@@ -124,6 +131,128 @@ jetstream {{
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class EmbeddedNatsCluster:
+    """``size`` nats-servers (default 3) routed into one JetStream cluster on loopback ports.
+
+    Node ``i`` keeps its data under ``data_dir/node-i`` and is named ``<name>-i``; every node
+    serves HTTP monitoring on its own port, which :meth:`wait_ready` polls (``/healthz`` for
+    JetStream being current, ``/jsz`` for the meta leader). ``url`` is the comma-separated list
+    of the client URLs, as ``NATS_URL`` takes it.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        size: int = 3,
+        binary: str | None = None,
+        name: str = "vl",
+    ) -> None:
+        if size < 1:
+            raise ValueError("a cluster needs at least one node")
+        self.name = name
+        route_ports = [free_port() for _ in range(size)]
+        self.monitor_ports = [free_port() for _ in range(size)]
+        routes = ", ".join(f"nats-route://127.0.0.1:{port}" for port in route_ports)
+        self.nodes: list[EmbeddedNats] = []
+        for i in range(size):
+            conf = f"""http: 127.0.0.1:{self.monitor_ports[i]}
+cluster {{
+  name: {name}
+  listen: 127.0.0.1:{route_ports[i]}
+  routes: [{routes}]
+}}
+"""
+            self.nodes.append(
+                EmbeddedNats(
+                    data_dir / f"node-{i}",
+                    binary=binary,
+                    extra_conf=conf,
+                    server_name=f"{name}-{i}",
+                )
+            )
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    def index_of(self, server_name: str) -> int:
+        for i, node in enumerate(self.nodes):
+            if node.server_name == server_name:
+                return i
+        raise KeyError(server_name)
+
+    def start(self, timeout: float = 60.0) -> str:
+        try:
+            for node in self.nodes:
+                node.start()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    def kill(self, index: int) -> None:
+        """SIGKILL node ``index`` (its data stays, so :meth:`restart` brings it back)."""
+        self.nodes[index].kill()
+        log.info("killed nats-server %s", self.nodes[index].server_name)
+
+    def restart(self, index: int, timeout: float = 60.0) -> None:
+        """Start a killed node again and wait until it has rejoined with JetStream current."""
+        self.nodes[index].start()
+        self.wait_ready(timeout)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Every running node answers ``/healthz`` OK (JetStream enabled and current, its
+        streams and consumers caught up) and names the same meta leader, itself running."""
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            last = self._not_ready() or ""
+            if not last:
+                return
+            time.sleep(0.2)
+        raise EmbeddedError(f"NATS cluster not ready in {timeout}s: {last}")
+
+    def _not_ready(self) -> str | None:
+        live = [i for i, node in enumerate(self.nodes) if node.running]
+        leaders = set()
+        for i in live:
+            health = self._monitor(i, "/healthz")
+            if health.get("status") != "ok":
+                return f"{self.nodes[i].server_name} not healthy: {health}"
+            meta = self._monitor(i, "/jsz").get("meta_cluster") or {}
+            leaders.add(meta.get("leader") or "")
+        names = {self.nodes[i].server_name for i in live}
+        if len(leaders) != 1 or not leaders <= names:
+            return f"meta leader: {sorted(leaders)}"
+        return None
+
+    def _monitor(self, index: int, path: str) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.monitor_ports[index]}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                body: dict[str, Any] = json.loads(resp.read())
+                return body
+        except urllib.error.HTTPError as exc:  # /healthz answers 503 with a JSON body
+            with exc:
+                try:
+                    body = json.loads(exc.read())
+                except ValueError:
+                    body = {"status": f"HTTP {exc.code}"}
+                return body
+        except (OSError, ValueError) as exc:
+            return {"status": f"unreachable: {exc}"}
 
 
 class EmbeddedPostgres:

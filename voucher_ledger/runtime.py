@@ -32,7 +32,7 @@ from voucher_ledger.projections.host import ProjectorHost
 from voucher_ledger.projections.migrate import MigrationError, migrate
 from voucher_ledger.projections.projector import ProjectionStatus
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
-from voucher_ledger.settings import Settings, redact_url
+from voucher_ledger.settings import Settings, nats_servers, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,15 @@ async def connect_nats(
     error_cb: Callable[[Exception], Awaitable[None]] | None = None,
     startup_timeout: float = 20.0,
 ) -> Client:
-    """Connect, or fail with a StartupError after ``startup_timeout`` seconds of trying (nats.py
-    alone would retry a server that is not there forever). Once connected, it reconnects
-    forever, and the callbacks tell the stack when the connection drops and comes back."""
+    """Connect to ``url`` (one server, or a comma-separated cluster list), or fail with a
+    StartupError after ``startup_timeout`` seconds of trying (nats.py alone would retry a server
+    that is not there forever). Once connected, it reconnects forever, to any server of the list
+    or one the cluster announced, and the callbacks tell the stack when the connection drops and
+    comes back."""
     try:
         nc = await asyncio.wait_for(
             nats.connect(
-                url,
+                nats_servers(url),
                 name=name,
                 disconnected_cb=disconnected_cb,
                 reconnected_cb=reconnected_cb,

@@ -117,8 +117,20 @@ class Settings(BaseSettings):
         return not self.database_url
 
 
+def nats_servers(url: str) -> list[str]:
+    """``NATS_URL`` as nats.py's server list: one URL, or several separated by commas (the
+    nodes of a cluster, tried in turn and on every reconnect)."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError("NATS_URL names no server")
+    return servers
+
+
 def redact_url(url: str) -> str:
-    """A URL fit for a log line: the password is replaced by ``***``."""
+    """A URL fit for a log line: the password is replaced by ``***`` (in every URL of a
+    comma-separated list)."""
+    if "," in url:
+        return ",".join(redact_url(part.strip()) for part in url.split(","))
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -15,7 +15,7 @@ import aiohttp
 import asyncpg
 
 from tests.conftest import connect, stream_state
-from tests.e2e.api_helpers import ApiServer, Reply, call, running_server
+from tests.e2e.api_helpers import ApiServer, Reply, call, running_server, serve_on
 from tests.fakes.stripe_server import FakeStripe, encode_event, sign
 
 WEBHOOK_SECRET = "whsec_test_" + "w" * 32
@@ -163,6 +163,18 @@ class Shop:
 async def shop(tmp: Path, nats_url: str, pg_url: str, name: str, **env: str) -> AsyncIterator[Shop]:
     async with (
         running_server(tmp, nats_url, pg_url, name=name, **env) as server,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
+    ):
+        yield Shop(server, session)
+
+
+@contextlib.asynccontextmanager
+async def shop_on(
+    tmp: Path, nats_url: str, database_url: str, prefix: str, expect_exit: int | None, **env: str
+) -> AsyncIterator[Shop]:
+    """A shop on a given database and prefix, so a restarted service sees the same data."""
+    async with (
+        serve_on(tmp, nats_url, database_url, prefix, expect_exit=expect_exit, **env) as server,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
     ):
         yield Shop(server, session)

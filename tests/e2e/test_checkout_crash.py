@@ -4,33 +4,20 @@ the half-way checkout: no cap slot leaked, no credit lost or doubled."""
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.conftest import fresh_database, wait_until
-from tests.e2e.api_helpers import _delete_streams, serve_on
-from tests.e2e.checkout_helpers import Shop, new_code, new_customer, stripe_env
+from tests.e2e.api_helpers import _delete_streams
+from tests.e2e.checkout_helpers import Shop, new_code, new_customer, shop_on, stripe_env
 from tests.fakes.stripe_server import FakeStripe
 from voucher_ledger.failpoints import EXIT_CODE
 
 OMR = 1000
 RECOVERY = {"CHECKOUT_RECOVERY_AFTER": "3", "CHECKOUT_RECOVERY_INTERVAL": "0.3"}
-
-
-@contextlib.asynccontextmanager
-async def shop_on(
-    tmp: Path, nats_url: str, database_url: str, prefix: str, expect_exit: int | None, **env: str
-) -> AsyncIterator[Shop]:
-    async with (
-        serve_on(tmp, nats_url, database_url, prefix, expect_exit=expect_exit, **env) as server,
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
-    ):
-        yield Shop(server, session)
 
 
 async def crash_during_checkout(s: Shop, sub: str, **checkout: object) -> None:

@@ -8,10 +8,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
 from nats.aio.client import Client
 
 from tests.conftest import FAST, wait_until
+from tests.e2e.faults import write_streams_file
 from tests.e2e.helpers import ServiceProcess, clean_env
 from tests.integration.test_processor import redemption_events, send_until_answered
 from voucher_ledger import streams
@@ -36,10 +36,7 @@ async def test_sigkill_of_the_active_processor_process_mid_storm(
     store: JetStreamEventStore,
 ) -> None:
     # The processes read the same fast-failover declaration the test applied.
-    raw = yaml.safe_load(streams.DEFAULT_FILE.read_text())
-    raw = streams._merge(raw, FAST)
-    streams_file = tmp_path / "streams.yaml"
-    streams_file.write_text(yaml.safe_dump(raw))
+    streams_file = write_streams_file(tmp_path / "streams.yaml", FAST)
 
     procs = {}
     for name in ("proc-a", "proc-b"):

@@ -3,7 +3,11 @@
 * ``append`` always carries ``Nats-Expected-Last-Subject-Sequence``. Several events for one
   subject go as one atomic batch (ADR-50, nats-server >= 2.12) whose first message carries the
   expectation; all are stored or none.
-* ``load`` reads a subject's history with batched direct gets (ADR-31).
+* ``load`` reads a subject's history with batched direct gets (ADR-31). Any replica of an R3
+  stream answers a direct get, a follower possibly a few messages behind the leader; with
+  ``consistent=True`` (the processors) the stream leader is asked for the subject's last
+  sequence and any missing tail is read from the leader, so a decision is never taken on a
+  stale history.
 * JetStream's wrong-sequence errors become one :class:`ConcurrencyConflict`; nothing above this
   module sees ``nats`` error types.
 """
@@ -11,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 from collections.abc import Sequence
@@ -29,6 +34,7 @@ from voucher_ledger.ledger.events import (
 MAX_BATCH = 1000  # server limit for one atomic batch
 _CONFLICT_CODES = {10071, 10164}  # wrong last sequence (per subject / constant)
 _TRANSIENT_CODES = {10163, 10158, 10167}  # not ready after leader change, in process, too many
+_NO_MESSAGE = 10037  # stream msg get: no message found
 
 
 class EventStoreError(Exception):
@@ -134,8 +140,64 @@ class JetStreamEventStore:
             raise ConcurrencyConflict(f"{subject}: transient: {desc}")
         raise EventStoreError(f"append to {subject} failed: {desc} ({code})")
 
-    async def load(self, subject: str, after_seq: int = 0, page: int = 1000) -> list[RecordedEvent]:
-        """Every event on ``subject`` with a sequence above ``after_seq``, in order."""
+    async def load(
+        self, subject: str, after_seq: int = 0, page: int = 1000, *, consistent: bool = False
+    ) -> list[RecordedEvent]:
+        """Every event on ``subject`` with a sequence above ``after_seq``, in order.
+
+        ``consistent``: at least every event the stream leader had stored when the load began
+        (a direct get may be answered by a follower that is behind)."""
+        leader_last = await self._leader_last_seq(subject) if consistent else 0
+        out = await self._direct_load(subject, after_seq, page)
+        last = out[-1].seq if out else after_seq
+        while last < leader_last:
+            recorded = await self._leader_get_next(subject, last + 1)
+            if recorded is None:
+                break
+            out.append(recorded)
+            last = recorded.seq
+        return out
+
+    async def _leader_api(self, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """``$JS.API.STREAM.MSG.GET``, answered by the stream leader only: the message, or None
+        when there is none."""
+        try:
+            msg = await self._nc.request(
+                f"$JS.API.STREAM.MSG.GET.{self._stream}",
+                json.dumps(payload).encode(),
+                timeout=self._timeout,
+            )
+        except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise EventStoreUnavailable(f"stream leader of {self._stream} did not answer") from exc
+        except nats.errors.ConnectionClosedError as exc:
+            raise EventStoreUnavailable("NATS connection closed") from exc
+        answer: dict[str, Any] = json.loads(msg.data)
+        err = answer.get("error")
+        if err:
+            if int(err.get("err_code", 0)) == _NO_MESSAGE:
+                return None
+            if int(err.get("code", 0)) == 503:
+                raise EventStoreUnavailable(f"{self._stream}: {err.get('description')}")
+            raise EventStoreError(f"message get on {self._stream}: {err.get('description')}")
+        message: dict[str, Any] = answer["message"]
+        return message
+
+    async def _leader_last_seq(self, subject: str) -> int:
+        message = await self._leader_api({"last_by_subj": subject})
+        return 0 if message is None else int(message["seq"])
+
+    async def _leader_get_next(self, subject: str, start: int) -> RecordedEvent | None:
+        message = await self._leader_api({"seq": start, "next_by_subj": subject})
+        if message is None:
+            return None
+        seq = int(message["seq"])
+        try:
+            envelope = decode_envelope(base64.b64decode(message.get("data") or ""))
+        except Exception as exc:
+            raise CorruptEvent(f"{subject} seq {seq}: {exc}") from exc
+        return RecordedEvent(seq=seq, envelope=envelope)
+
+    async def _direct_load(self, subject: str, after_seq: int, page: int) -> list[RecordedEvent]:
         out: list[RecordedEvent] = []
         start = after_seq + 1
         inbox = self._nc.new_inbox()

@@ -244,7 +244,9 @@ class PartitionProcessor:
 
     async def _load(self, key: AggregateKey) -> Any:
         self._stats.loads += 1
-        history = await self._store.load(self._layout.event_subject(*key))
+        # Consistent: a follower's stale history could turn into a wrong rejection (not_found,
+        # redemption_not_found) that no append expectation would catch.
+        history = await self._store.load(self._layout.event_subject(*key), consistent=True)
         return self._kinds[key[0]].fold(key[1], history)
 
     async def _process_aggregate(self, key: AggregateKey, items: list[_Item]) -> None:
