@@ -28,6 +28,7 @@ import pytest
 from tests.conftest import connect, fresh_database, wait_until
 from tests.e2e.api_helpers import Reply, serve_on
 from tests.e2e.checkout_helpers import Shop, new_code, new_customer
+from tests.e2e.faults import fault_scale
 from tests.e2e.outage_helpers import own_nats, own_postgres
 from voucher_ledger import streams
 from voucher_ledger.projections.verify import verify
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.storm
 # A starter plan costs 9 OMR; a 10 OMR promo pays it in full, so no Stripe is involved.
 PLAN, CREDIT_OMR = "starter", 10
 DEFINITIVE = {200, 400, 409}
-SCALE = int(os.environ.get("VL_FAULT_SCALE", "1"))
+SCALE = fault_scale()
 
 
 class Storm:
