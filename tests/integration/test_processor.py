@@ -88,9 +88,14 @@ async def test_cap_storm_three_instances_exactly_cap_accepted(
     assert final.voucher.times_redeemed == cap
     # The work was done in batches: rejections append nothing, and many redemptions shared
     # one atomic batch append.
+    # (The exact counts are the replies and the stream, above. A host's counters can miss an
+    # append whose acknowledgement timed out on a loaded machine although it landed: the
+    # command's redelivery then finds its receipt and counts as "replayed".)
     accepted_by_hosts = sum(h.stats.commands[("redeem_voucher", "accepted")] for h in hosts)
-    assert accepted_by_hosts == cap, ("first-time accepts counted by the hosts", hosts_stats(hosts))
-    assert sum(h.stats.events_appended for h in hosts) == cap + 1  # + the issue
+    replayed_by_hosts = sum(h.stats.commands[("redeem_voucher", "replayed")] for h in hosts)
+    assert accepted_by_hosts <= cap, ("first-time accepts counted by the hosts", hosts_stats(hosts))
+    assert accepted_by_hosts + replayed_by_hosts >= cap, hosts_stats(hosts)
+    assert sum(h.stats.events_appended for h in hosts) <= cap + 1  # + the issue
     assert sum(h.stats.appends for h in hosts) < cap / 10
 
 
