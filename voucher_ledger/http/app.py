@@ -144,7 +144,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         # A body aiohttp could not decode (a broken gzip/deflate stream, a bad chunk): the
         # exception's text quotes the input, so it is not logged.
         status = 400
-        return error(400, "malformed request body")
+        response = error(400, "malformed request body")
+        response.force_close()  # the rest of the body is unusable; so is the connection
+        return response
     except ConnectionResetError:
         status = 400  # the client hung up mid-request: nobody reads this answer
         log.debug("client went away during %s %s", request.method, _route_name(request))

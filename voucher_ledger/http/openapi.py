@@ -90,7 +90,7 @@ def build_openapi(max_credit_omr: int | None = None) -> dict[str, Any]:
         "security": issuer,
         "parameters": [idem],
         "requestBody": body(m.IssueVoucherBody),
-        "responses": resp(m.VoucherOut, 400, 401, 403, 409, 413, 503),
+        "responses": resp(m.VoucherOut, 400, 401, 403, 409, 413, 415, 503),
     }
     if max_credit_omr is not None:
         credit = defs["IssueVoucherBody"]["properties"]["credit_omr"]
@@ -120,7 +120,7 @@ def build_openapi(max_credit_omr: int | None = None) -> dict[str, Any]:
         "parameters": [code_param, idem],
         "responses": resp(m.OkOut, 400, 401, 403, 404, 409, 503),
     }
-    preview_responses = resp(m.PreviewOut, 400, 404, 413, 429, 503)
+    preview_responses = resp(m.PreviewOut, 400, 404, 413, 415, 429, 503)
     preview_responses["410"] = {
         "description": "inactive or at its cap",
         "content": _json(_schema(m.PreviewOut, defs)),
@@ -250,7 +250,7 @@ def build_openapi(max_credit_omr: int | None = None) -> dict[str, Any]:
         "security": issuer,
         "parameters": [idem],
         "requestBody": body(m.CheckoutBody),
-        "responses": resp(m.CheckoutOut, 400, 401, 409, 413, 502, 503),
+        "responses": resp(m.CheckoutOut, 400, 401, 409, 413, 415, 502, 503),
     }
     for path in (
         "/billing/checkout",

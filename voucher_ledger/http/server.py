@@ -16,11 +16,12 @@ instead, which already answers JSON), so the runner swaps in a protocol class th
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,14 @@ class _Protocol(RequestHandler):
     """One connection: aiohttp's own, except for how a parser error is answered and logged."""
 
     __slots__ = ()
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # After a body that could not be decoded was answered (a 400 from the middleware),
+        # aiohttp drains the rest and meets the same error again: not worth a traceback.
+        if isinstance(kw.get("exc_info"), RequestPayloadError | HttpProcessingError):
+            log.debug("abandoned an undecodable request body")
+            return
+        super().log_exception(*args, **kw)
 
     def handle_error(
         self,
