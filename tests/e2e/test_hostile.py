@@ -17,6 +17,7 @@ import collections
 import contextlib
 import gzip
 import json
+import re
 import socket
 import time
 import urllib.parse
@@ -312,6 +313,57 @@ async def test_codes_aimed_at_subjects_are_refused_on_every_route_and_reach_no_s
                 assert_json_error(reply)
                 assert code not in reply.text or len(code) < 3
     print(h.report("injection"))
+
+
+async def event_subjects(server: ApiServer) -> set[str]:
+    nc = await connect(server.nats_url)
+    try:
+        request = json.dumps({"subjects_filter": ">"}).encode()
+        stream = f"{server.prefix.upper()}_EVENTS"
+        msg = await nc.request(f"$JS.API.STREAM.INFO.{stream}", request, timeout=5)
+        return set(json.loads(msg.data)["state"].get("subjects") or {})
+    finally:
+        await nc.close()
+
+
+HOSTILE_SUBS = ["a.b", "*", ">", "$JS.API.>", "..", "a b", "ü.ñ", "x" * 256, "_INBOX.x"]
+
+
+async def test_hostile_ids_in_valid_tokens_and_keys_become_safe_subject_tokens(
+    hostile: Hostile,
+) -> None:
+    """A signed-in customer's ``sub`` names its wallet, and an Idempotency-Key names a request:
+    whatever they hold, every subject on the event stream is made of safe tokens."""
+    h = hostile
+    for sub in HOSTILE_SUBS:
+        reply = await h.send("POST", CHECKOUT, json_body=ORDER, headers=h.member(sub))
+        h.record("ids", reply)
+        assert reply.status == 200, (sub, reply)
+        assert reply.json["status"] == "completed"
+    for sub in ("x" * 257, "a\tb"):
+        reply = await h.send("POST", CHECKOUT, json_body=ORDER, headers=h.member(sub))
+        h.record("ids", reply)
+        assert_json_error(reply, 400)
+    code = new_code("IDEM")
+    async with nothing_changes(h.server):
+        for key in ("a b", "*", ">", "$JS.API", "a/b", "-a", "k" * 129, "ä", ""):
+            headers = {**h.issuer(), "Idempotency-Key": key}
+            body = {"code": code, "credit_omr": 1}
+            reply = await h.send("POST", ISSUE, json_body=body, headers=headers)
+            h.record("ids", reply)
+            assert_json_error(reply, 400)
+    for key in ("a..b", "a.", "a:b.>"[:-1]):  # allowed characters, hashed before any subject
+        headers = {**h.issuer(), "Idempotency-Key": key}
+        body = {"code": code, "credit_omr": 1}
+        first = await h.send("POST", ISSUE, json_body=body, headers=headers)
+        again = await h.send("POST", ISSUE, json_body=body, headers=headers)
+        assert first.status == again.status == 200, (key, first, again)
+        assert first.json == again.json
+    safe = re.compile(rf"^{h.server.prefix}\.events\.(voucher|wallet)\.[A-Za-z0-9_-]+$")
+    subjects = await event_subjects(h.server)
+    assert len(subjects) >= len(HOSTILE_SUBS)
+    assert [s for s in subjects if not safe.fullmatch(s)] == []
+    print(h.report("ids"), f"| {len(subjects)} event subjects, all safe tokens")
 
 
 # ------------------------------------------------------------------------------------------ JWT

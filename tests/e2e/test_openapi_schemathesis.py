@@ -77,17 +77,26 @@ def summary(output: str) -> tuple[int, int]:
     return int(tested.group(1)), int(generated.group(1))
 
 
-@pytest.mark.parametrize("who", ["issuer", "anonymous"])
+# Without a token every issuer route must answer a documented 401: the fuzzing phase shows it
+# (the coverage and stateful phases would only repeat the same 401s, at CI's expense).
+RUNS = {
+    "issuer": ["--phases", "examples,coverage,fuzzing,stateful"],
+    "anonymous": ["--phases", "examples,fuzzing"],
+}
+
+
+@pytest.mark.parametrize("who", sorted(RUNS))
 async def test_schemathesis_finds_nothing_over_the_live_openapi_document(
     server: ApiServer, who: str
 ) -> None:
     auth = ["-H", f"Authorization: Bearer {server.token()}"] if who == "issuer" else []
-    code, output = await run_schemathesis(server, *auth)
+    code, output = await run_schemathesis(server, *RUNS[who], *auth)
     tested, generated = summary(output)
     print(f"schemathesis ({who}): {tested} operations, {generated} generated test cases")
     assert code == 0, output[-12000:]
     assert tested == OPERATIONS, output[-3000:]
-    assert generated >= OPERATIONS * EXAMPLES, "every operation got its examples"
+    # five operations take no input at all (one case each); every other one got its examples
+    assert generated >= (OPERATIONS - 5) * EXAMPLES, output[-3000:]
     log = server.process.output()
     assert "unhandled error" not in log
     assert "Traceback" not in log

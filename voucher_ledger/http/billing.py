@@ -29,7 +29,11 @@ from voucher_ledger.http.models import (
     WebhookOut,
 )
 from voucher_ledger.http.openapi import MAX_OFFSET, ORDER_STATUSES
-from voucher_ledger.ledger.codes import normalise_code, validate_command_id
+from voucher_ledger.ledger.codes import (
+    normalise_code,
+    validate_command_id,
+    validate_customer_id,
+)
 from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import Actor
 from voucher_ledger.projections import queries
@@ -103,6 +107,10 @@ def _answer(outcome: CheckoutOutcome) -> CheckoutOut:
 
 async def checkout(request: web.Request) -> web.Response:
     principal = await require_user(request)
+    try:
+        validate_customer_id(principal.sub)  # the wallet's id: a valid token may still not fit
+    except InvalidInput as exc:
+        raise ApiError(400, f"the token's subject cannot hold credit: {exc.message}") from exc
     body = await parse_body(request, CheckoutBody)
     key = request.headers.get("Idempotency-Key")
     if key is not None:
