@@ -72,10 +72,11 @@ async def _wait_for_signal() -> None:
 
 async def _serve(settings: Settings) -> int:
     from voucher_ledger.http.app import create_app
+    from voucher_ledger.http.server import AppRunner
 
     stack = Stack(settings)
     await stack.start()
-    runner = web.AppRunner(create_app(stack), access_log=None)
+    runner = AppRunner(create_app(stack), access_log=None)
     try:
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)

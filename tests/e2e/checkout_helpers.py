@@ -180,5 +180,21 @@ async def shop_on(
         yield Shop(server, session)
 
 
+async def start_stripe_checkout(
+    s: Shop, fake: FakeStripe, credit_omr: int
+) -> tuple[str, str, str, str]:
+    """A customer with ``credit_omr`` of promo credit checks out a 29 OMR plan: (customer,
+    code, order id, session id)."""
+    sub = new_customer()
+    code = new_code("HOOK")
+    await s.issue(code, credit_omr)
+    reply = await s.checkout(sub, "business", promo_code=code)
+    assert reply.status == 200, reply
+    assert reply.json["status"] == "awaiting_payment"
+    session_id = reply.json["session_url"].rsplit("/", 1)[-1]
+    assert session_id in fake.sessions
+    return sub, code, reply.json["order_id"], session_id
+
+
 def expired_timestamp() -> int:
     return int(time.time()) - 301

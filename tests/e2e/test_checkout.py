@@ -26,6 +26,7 @@ from tests.e2e.checkout_helpers import (
     new_code,
     new_customer,
     shop,
+    start_stripe_checkout,
     stripe_env,
 )
 from tests.fakes.stripe_server import FakeStripe, encode_event, sign
@@ -224,22 +225,6 @@ async def test_stripe_session_is_for_exactly_the_amount_due_with_addons_and_meta
     session_id = body["session_url"].rsplit("/", 1)[-1]
     assert order["stripe_session_id"] == session_id
     assert fake_stripe.sessions[session_id]["amount_total"] == 34 * OMR
-
-
-async def start_stripe_checkout(
-    s: Shop, fake: FakeStripe, credit_omr: int
-) -> tuple[str, str, str, str]:
-    """A customer with ``credit_omr`` of promo credit checks out a 29 OMR plan: (customer,
-    code, order id, session id)."""
-    sub = new_customer()
-    code = new_code("HOOK")
-    await s.issue(code, credit_omr)
-    reply = await s.checkout(sub, "business", promo_code=code)
-    assert reply.status == 200, reply
-    assert reply.json["status"] == "awaiting_payment"
-    session_id = reply.json["session_url"].rsplit("/", 1)[-1]
-    assert session_id in fake.sessions
-    return sub, code, reply.json["order_id"], session_id
 
 
 async def test_paid_webhook_captures_the_credit_and_a_replay_changes_nothing(

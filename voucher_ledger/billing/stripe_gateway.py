@@ -9,6 +9,7 @@ at a local fake Stripe server.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -162,6 +163,13 @@ class StripeGateway:
             raise WebhookSignatureError("webhook secret not configured")
         if not signature:
             raise WebhookSignatureError("missing Stripe-Signature header")
+        # The SDK refuses an old timestamp only; one far ahead would keep a captured event
+        # replayable for as long, so the tolerance applies both ways.
+        stamps = [p[2:] for p in signature.split(",") if p.startswith("t=")]
+        if not stamps or not stamps[0].isascii() or not stamps[0].isdigit():
+            raise WebhookSignatureError("invalid webhook signature")
+        if int(stamps[0][:20]) > time.time() + tolerance:
+            raise WebhookSignatureError("webhook timestamp is in the future")
         try:
             stripe.WebhookSignature.verify_header(
                 payload.decode("utf-8"), signature, self._webhook_secret, tolerance

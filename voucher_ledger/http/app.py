@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel
 
 from voucher_ledger.commands.bus import BusError, BusUnavailable, CommandTimeout
@@ -49,8 +51,14 @@ from voucher_ledger.http.models import (
     VoucherDetail,
     VoucherOut,
 )
+from voucher_ledger.http.openapi import (
+    MAX_AFTER_SEQ,
+    MAX_OFFSET,
+    RESERVED_SEGMENTS,
+    build_openapi,
+)
 from voucher_ledger.http.ratelimit import RateLimiter
-from voucher_ledger.ledger.codes import normalise_code, validate_command_id
+from voucher_ledger.ledger.codes import normalise_code, normalise_search, validate_command_id
 from voucher_ledger.ledger.commands import IssueVoucher, RevokeVoucher
 from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import Actor
@@ -68,6 +76,21 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BAISA = 1000
 ISSUER_FORBIDDEN = "superadmin or sovereign-admin role required"
 LIST_STATUSES = ("live", "revoked")
+
+
+def _documented_methods() -> dict[str, str]:
+    """Static path -> the Allow header of its documented methods."""
+    allowed = {}
+    for path, operations in build_openapi()["paths"].items():
+        if "{" not in path:
+            methods = {method.upper() for method in operations}
+            if "GET" in methods:
+                methods.add("HEAD")
+            allowed[path] = ",".join(sorted(methods))
+    return allowed
+
+
+_DOCUMENTED_METHODS = _documented_methods()
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -108,12 +131,28 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
+        if exc.status == 405 and request.path in _DOCUMENTED_METHODS:
+            # aiohttp's Allow is the union over every matching resource, and a static path such
+            # as /billing/vouchers/issue also matches /billing/vouchers/{code}; say what is
+            # really served there.
+            headers["Allow"] = _DOCUMENTED_METHODS[request.path]
         message = {
             404: "not found",
             405: "method not allowed",
             413: "request body too large",
         }.get(exc.status, exc.reason.lower())
         return error(exc.status, message, headers)
+    except (RequestPayloadError, HttpProcessingError):
+        # A body aiohttp could not decode (a broken gzip/deflate stream, a bad chunk): the
+        # exception's text quotes the input, so it is not logged.
+        status = 400
+        response = error(400, "malformed request body")
+        response.force_close()  # the rest of the body is unusable; so is the connection
+        return response
+    except ConnectionResetError:
+        status = 400  # the client hung up mid-request: nobody reads this answer
+        log.debug("client went away during %s %s", request.method, _route_name(request))
+        return error(400, "connection lost")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, _route_name(request))
         return error(500, "internal server error")
@@ -138,13 +177,7 @@ async def require_issuer(request: web.Request) -> Principal:
     return principal
 
 
-_RESERVED = {"issue": ["POST"], "list": ["GET"], "redeem-preview": ["POST"], "revoke": []}
-
-
 def path_code(request: web.Request) -> str:
-    raw = request.match_info.get("code", "")
-    if raw in _RESERVED:  # /billing/vouchers/issue with the wrong method, not a code
-        raise web.HTTPMethodNotAllowed(request.method, _RESERVED[raw])
     try:
         return normalise_code(request.match_info.get("code", ""))
     except InvalidInput as exc:
@@ -275,12 +308,13 @@ async def issue_voucher(request: web.Request) -> web.Response:
 async def list_vouchers(request: web.Request) -> web.Response:
     await require_issuer(request)
     limit = int_query(request, "limit", 1000, 1, 1000)
-    offset = int_query(request, "offset", 0, 0, 10_000_000)
+    offset = int_query(request, "offset", 0, 0, MAX_OFFSET)
     search = request.query.get("q")
     if search is not None:
-        search = search.strip().upper()
-        if not search or any(ch not in "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-" for ch in search):
-            raise ApiError(400, "q must be part of a code: A-Z, 0-9, '_' or '-'")
+        try:
+            search = normalise_search(search)
+        except InvalidInput as exc:
+            raise ApiError(400, exc.message) from exc
     status = request.query.get("status", "live")
     if status not in LIST_STATUSES:
         raise ApiError(400, "status must be live or revoked")
@@ -336,6 +370,11 @@ async def redeem_preview(request: web.Request) -> web.Response:
 
 
 async def get_voucher(request: web.Request) -> web.Response:
+    if request.match_info.get("code", "") in RESERVED_SEGMENTS:
+        # /billing/vouchers/issue with the wrong method: a route, not a voucher named "issue"
+        # (the code "ISSUE" is still reachable here in upper case, and under every other route).
+        allowed = _DOCUMENTED_METHODS.get(request.path, "")
+        raise web.HTTPMethodNotAllowed(request.method, [m for m in allowed.split(",") if m])
     code = path_code(request)
     await require_issuer(request)
     if "at" in request.query:  # time travel: folded from the event stream
@@ -358,7 +397,7 @@ async def _code_page(request: web.Request) -> tuple[Any, str, int, int]:
     """Issuer check, the path's code (404 when unknown), and ``after_seq`` / ``limit``."""
     await require_issuer(request)
     code = path_code(request)
-    after = int_query(request, "after_seq", 0, 0, 2**62)
+    after = int_query(request, "after_seq", 0, 0, MAX_AFTER_SEQ)
     limit = int_query(request, "limit", 100, 1, 1000)
     pool = _pool(request)
     if await queries.get_voucher(pool, code) is None:
@@ -470,9 +509,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    from voucher_ledger.http.openapi import build_openapi
-
-    return web.json_response(build_openapi())
+    limit = request.app[STACK].settings.max_credit_baisa // BAISA
+    return web.json_response(build_openapi(max_credit_omr=limit))
 
 
 def create_app(stack: Stack) -> web.Application:

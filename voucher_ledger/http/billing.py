@@ -28,7 +28,12 @@ from voucher_ledger.http.models import (
     OrderOut,
     WebhookOut,
 )
-from voucher_ledger.ledger.codes import normalise_code, validate_command_id
+from voucher_ledger.http.openapi import MAX_OFFSET, ORDER_STATUSES
+from voucher_ledger.ledger.codes import (
+    normalise_code,
+    validate_command_id,
+    validate_customer_id,
+)
 from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import Actor
 from voucher_ledger.projections import queries
@@ -44,7 +49,6 @@ CHECKOUT_PATHS = (
     "/api/v1/sme/billing/purchase",
 )
 _EVENT_ID = re.compile(r"^[A-Za-z0-9_]{1,120}$")
-ORDER_STATUSES = {"opened", "awaiting_payment", "completed", "failed", "abandoned", "refund_due"}
 
 
 def omr(baisa: int) -> int:
@@ -103,6 +107,10 @@ def _answer(outcome: CheckoutOutcome) -> CheckoutOut:
 
 async def checkout(request: web.Request) -> web.Response:
     principal = await require_user(request)
+    try:
+        validate_customer_id(principal.sub)  # the wallet's id: a valid token may still not fit
+    except InvalidInput as exc:
+        raise ApiError(400, f"the token's subject cannot hold credit: {exc.message}") from exc
     body = await parse_body(request, CheckoutBody)
     key = request.headers.get("Idempotency-Key")
     if key is not None:
@@ -225,7 +233,7 @@ async def admin_orders(request: web.Request) -> web.Response:
     if not principal.has_any(ISSUER_ROLES):
         raise ApiError(403, "superadmin or sovereign-admin role required")
     limit = int_query(request, "limit", 50, 1, 500)
-    offset = int_query(request, "offset", 0, 0, 10_000_000)
+    offset = int_query(request, "offset", 0, 0, MAX_OFFSET)
     status = request.query.get("status")
     if status is not None and status not in ORDER_STATUSES:
         raise ApiError(400, f"status must be one of {', '.join(sorted(ORDER_STATUSES))}")

@@ -16,6 +16,8 @@ from pydantic import (
     field_validator,
 )
 
+from voucher_ledger.ledger.codes import CODE_INPUT_PATTERN, PROMO_INPUT_PATTERN
+
 
 class _In(BaseModel):
     # Unknown fields are ignored, as the seed's clients send times_redeemed / created_at back.
@@ -26,7 +28,10 @@ class IssueVoucherBody(_In):
     """Create, update or restore a voucher. Omitted optional fields keep their current value
     on an update and take the default on a create (active true, unlimited, no description)."""
 
-    code: StrictStr = Field(description="normalised with strip().upper(); [A-Z0-9_-], 3-64")
+    code: StrictStr = Field(
+        description="normalised with strip().upper(); [A-Z0-9_-], 3-64",
+        json_schema_extra={"pattern": CODE_INPUT_PATTERN},
+    )
     credit_omr: StrictInt = Field(gt=0, description="credit per redemption, whole OMR")
     description: StrictStr | None = Field(default=None, max_length=2000, pattern=r"^[^\x00]*$")
     active: StrictBool | None = None
@@ -36,7 +41,7 @@ class IssueVoucherBody(_In):
 
 
 class PreviewBody(_In):
-    code: StrictStr
+    code: StrictStr = Field(json_schema_extra={"pattern": CODE_INPUT_PATTERN})
 
 
 class VoucherOut(BaseModel):
@@ -136,7 +141,12 @@ class CheckoutBody(_In):
     tenant_id: StrictStr = Field(min_length=1, max_length=200)
     apps: list[StrictStr] = Field(default_factory=list, max_length=100)
     addons: list[StrictStr] = Field(default_factory=list, max_length=100)
-    promo_code: StrictStr | None = Field(default=None, max_length=200)
+    promo_code: StrictStr | None = Field(
+        default=None,
+        max_length=200,
+        description="a voucher code, or blank for none",
+        json_schema_extra={"pattern": PROMO_INPUT_PATTERN},
+    )
 
     @field_validator("plan_id", "tenant_id")
     @classmethod

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from voucher_ledger import __version__
 from voucher_ledger.http import models as m
+from voucher_ledger.ledger.codes import CODE_INPUT_PATTERN, COMMAND_ID_PATTERN, SEARCH_INPUT_PATTERN
 
 _REF = "#/components/schemas/"
 
@@ -20,18 +21,41 @@ def _schema(model: type[BaseModel], defs: dict[str, Any]) -> dict[str, Any]:
     return {"$ref": _REF + model.__name__}
 
 
-def build_openapi() -> dict[str, Any]:
+# Path segments under /billing/vouchers/ that name a route, not a voucher (405 with GET).
+RESERVED_SEGMENTS = ("issue", "list", "redeem-preview", "revoke")
+ORDER_STATUSES = ("abandoned", "awaiting_payment", "completed", "failed", "opened", "refund_due")
+MAX_AFTER_SEQ = 2**62
+MAX_OFFSET = 10_000_000
+
+
+def build_openapi(max_credit_omr: int | None = None) -> dict[str, Any]:
+    """The document; ``max_credit_omr`` (from MAX_CREDIT_BAISA) bounds ``credit_omr``."""
     defs: dict[str, Any] = {}
     error = {"description": "error", "content": _json(_schema(m.ErrorOut, defs))}
     issuer: list[dict[str, list[str]]] = [{"bearer": []}]
-    code_param = {
+    code_schema = {"type": "string", "pattern": CODE_INPUT_PATTERN}
+    code_help = "a voucher code; surrounding whitespace is stripped and it is upper-cased"
+    code_param: dict[str, Any] = {
         "name": "code",
         "in": "path",
         "required": True,
-        "schema": {"type": "string", "pattern": "^\\s*[A-Za-z0-9][A-Za-z0-9_-]{2,63}\\s*$"},
+        "description": code_help,
+        "schema": code_schema,
+    }
+    detail_code = {
+        **code_param,
+        "description": code_param["description"]
+        + "; the lower-case segments "
+        + ", ".join(RESERVED_SEGMENTS)
+        + " name routes (405 with GET), their upper-case codes do not",
+        "schema": {**code_param["schema"], "not": {"enum": list(RESERVED_SEGMENTS)}},
     }
     page = [
-        {"name": "after_seq", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+        {
+            "name": "after_seq",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 0, "maximum": MAX_AFTER_SEQ},
+        },
         {
             "name": "limit",
             "in": "query",
@@ -42,7 +66,12 @@ def build_openapi() -> dict[str, Any]:
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"},
+        "schema": {"type": "string", "pattern": COMMAND_ID_PATTERN.pattern},
+    }
+    offset = {
+        "name": "offset",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
     }
 
     def resp(model: type[BaseModel], *codes: int, many: bool = False) -> dict[str, Any]:
@@ -61,8 +90,11 @@ def build_openapi() -> dict[str, Any]:
         "security": issuer,
         "parameters": [idem],
         "requestBody": body(m.IssueVoucherBody),
-        "responses": resp(m.VoucherOut, 400, 401, 403, 413, 503),
+        "responses": resp(m.VoucherOut, 400, 401, 403, 409, 413, 415, 503),
     }
+    if max_credit_omr is not None:
+        credit = defs["IssueVoucherBody"]["properties"]["credit_omr"]
+        credit["maximum"] = max_credit_omr
     listing = {
         "summary": "Live (or revoked) vouchers, newest first",
         "security": issuer,
@@ -72,8 +104,13 @@ def build_openapi() -> dict[str, Any]:
                 "in": "query",
                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
             },
-            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-            {"name": "q", "in": "query", "schema": {"type": "string"}},
+            offset,
+            {
+                "name": "q",
+                "in": "query",
+                "description": "part of a code (case-insensitive)",
+                "schema": {"type": "string", "pattern": SEARCH_INPUT_PATTERN},
+            },
             {
                 "name": "status",
                 "in": "query",
@@ -81,15 +118,15 @@ def build_openapi() -> dict[str, Any]:
                 "schema": {"type": "string", "enum": ["live", "revoked"], "default": "live"},
             },
         ],
-        "responses": resp(m.VoucherOut, 400, 401, 403, many=True),
+        "responses": resp(m.VoucherOut, 400, 401, 403, 503, many=True),
     }
     revoke = {
         "summary": "Revoke (soft delete) a voucher",
         "security": issuer,
         "parameters": [code_param, idem],
-        "responses": resp(m.OkOut, 400, 401, 403, 404, 503),
+        "responses": resp(m.OkOut, 400, 401, 403, 404, 409, 503),
     }
-    preview_responses = resp(m.PreviewOut, 400, 404, 413, 429)
+    preview_responses = resp(m.PreviewOut, 400, 404, 413, 415, 429, 503)
     preview_responses["410"] = {
         "description": "inactive or at its cap",
         "content": _json(_schema(m.PreviewOut, defs)),
@@ -113,7 +150,7 @@ def build_openapi() -> dict[str, Any]:
                 "summary": "A voucher's full state with counters (now, or ?at= a past time)",
                 "security": issuer,
                 "parameters": [
-                    code_param,
+                    detail_code,
                     {
                         "name": "at",
                         "in": "query",
@@ -124,7 +161,7 @@ def build_openapi() -> dict[str, Any]:
                         "schema": {"type": "string", "format": "date-time"},
                     },
                 ],
-                "responses": resp(m.VoucherDetail, 400, 401, 403, 404, 503),
+                "responses": resp(m.VoucherDetail, 400, 401, 403, 404, 405, 503),
             }
         },
         "/billing/vouchers/{code}/history": {
@@ -132,7 +169,7 @@ def build_openapi() -> dict[str, Any]:
                 "summary": "The voucher's audit trail in stream order",
                 "security": issuer,
                 "parameters": [code_param, *page],
-                "responses": resp(m.HistoryOut, 400, 401, 403, 404),
+                "responses": resp(m.HistoryOut, 400, 401, 403, 404, 503),
             }
         },
         "/billing/vouchers/{code}/redemptions": {
@@ -140,7 +177,7 @@ def build_openapi() -> dict[str, Any]:
                 "summary": "The voucher's redemptions in stream order",
                 "security": issuer,
                 "parameters": [code_param, *page],
-                "responses": resp(m.RedemptionsOut, 400, 401, 403, 404),
+                "responses": resp(m.RedemptionsOut, 400, 401, 403, 404, 503),
             }
         },
         "/billing/balance": {
@@ -160,8 +197,12 @@ def build_openapi() -> dict[str, Any]:
                         "in": "query",
                         "schema": {"type": "integer", "minimum": 1, "maximum": 500},
                     },
-                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                    {"name": "status", "in": "query", "schema": {"type": "string"}},
+                    offset,
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": list(ORDER_STATUSES)},
+                    },
                 ],
                 "responses": resp(m.OrderOut, 400, 401, 403, 503, many=True),
             }
@@ -215,7 +256,7 @@ def build_openapi() -> dict[str, Any]:
         "security": issuer,
         "parameters": [idem],
         "requestBody": body(m.CheckoutBody),
-        "responses": resp(m.CheckoutOut, 400, 401, 409, 413, 502, 503),
+        "responses": resp(m.CheckoutOut, 400, 401, 409, 413, 415, 502, 503),
     }
     for path in (
         "/billing/checkout",

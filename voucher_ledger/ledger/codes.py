@@ -11,6 +11,15 @@ CODE_RULE = "3-64 characters A-Z, 0-9, '_' or '-', starting with a letter or dig
 
 COMMAND_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 CUSTOMER_ID_MAX = 256
+SEARCH_MAX = 64
+
+# What the API accepts as a code before normalisation, as a regular expression that JSON Schema
+# (ECMA 262) and Python read alike: the ASCII characters ``str.strip`` removes, around a code of
+# either case. /openapi.json documents it; a unit test proves it matches ``normalise_code``.
+_SPACE = r"[\t-\r\x1c-\x20]*"
+CODE_INPUT_PATTERN = rf"^{_SPACE}[A-Za-z0-9][A-Za-z0-9_-]{{2,63}}{_SPACE}$"
+PROMO_INPUT_PATTERN = rf"^{_SPACE}([A-Za-z0-9][A-Za-z0-9_-]{{2,63}}{_SPACE})?$"  # blank: none
+SEARCH_INPUT_PATTERN = rf"^{_SPACE}[A-Za-z0-9_-]{{1,{SEARCH_MAX}}}{_SPACE}$"
 
 
 def normalise_code(raw: object) -> str:
@@ -29,6 +38,17 @@ def normalise_code(raw: object) -> str:
     if not CODE_PATTERN.fullmatch(code):
         raise InvalidInput("code", f"invalid code: {CODE_RULE}")
     return code
+
+
+def normalise_search(raw: str) -> str:
+    """A list search (``?q=``): part of a code, normalised like one, or InvalidInput."""
+    search = raw.strip().upper() if raw.isascii() else ""
+    if not search or len(search) > SEARCH_MAX or not SEARCH_PATTERN.fullmatch(search):
+        raise InvalidInput("q", "q must be part of a code: A-Z, 0-9, '_' or '-'")
+    return search
+
+
+SEARCH_PATTERN = re.compile(r"^[A-Z0-9_-]+$")
 
 
 def validate_command_id(raw: object) -> str:
