@@ -80,7 +80,10 @@ class JetStreamEventStore:
             raise EventStoreUnavailable("NATS connection closed") from exc
         last = int(ack["seq"])
         first = last - len(envelopes) + 1
-        return [RecordedEvent(seq=first + i, envelope=env) for i, env in enumerate(envelopes)]
+        return [
+            RecordedEvent.model_construct(seq=first + i, envelope=env)
+            for i, env in enumerate(envelopes)
+        ]
 
     async def _append_batch(
         self, subject: str, expected_last_seq: int, payloads: list[bytes]
