@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
 import logging
 import time
@@ -242,6 +244,13 @@ _AUDIT_COLUMNS = (
 )
 
 
+_ADVANCE = """
+UPDATE projection_checkpoints SET last_seq = $2, updated_at = now()
+WHERE projection = $1 AND last_seq = $3
+RETURNING last_seq
+"""
+
+
 class GapError(RuntimeError):
     pass
 
@@ -254,13 +263,20 @@ class ProjectionStatus:
         self.applied: dict[str, int] = dict.fromkeys(names, 0)
         # name -> last error, while a projector keeps failing (a poison event or an outage)
         self.failing: dict[str, str] = {}
-        self._changed = asyncio.Event()
+        # (seq, ticket, waiter) of the waiting writers, lowest seq first: a projector's
+        # progress wakes only the writers it satisfied (not every waiter on every batch).
+        self._waiters: list[tuple[int, int, _Waiter]] = []
+        self._tickets = itertools.count()
         self._last_refresh = 0.0
 
     def advance(self, name: str, seq: int) -> None:
         if seq > self.applied.get(name, 0):
             self.applied[name] = seq
-            self._changed.set()
+            waiters = self._waiters
+            if waiters and waiters[0][0] <= seq:
+                low = self.low_water
+                while waiters and waiters[0][0] <= low:
+                    heapq.heappop(waiters)[2].wake()
 
     async def refresh(self) -> None:
         rows = await self._pool.fetch("SELECT projection, last_seq FROM projection_checkpoints")
@@ -275,20 +291,56 @@ class ProjectionStatus:
 
     async def wait_for(self, seq: int, timeout: float) -> bool:
         """True once every projection has applied ``seq``; False after ``timeout``."""
+        if self.low_water >= seq:
+            return True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.low_water < seq:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.05))
-            if self.low_water < seq and time.monotonic() - self._last_refresh > 0.05:
-                # Another instance may hold the projector lease: its progress is in Postgres.
-                with contextlib.suppress(Exception):
-                    await self.refresh()
-        return True
+        waiter = _Waiter()
+        if len(self._waiters) > _MAX_WAITERS:  # drop the entries of writers that gave up
+            self._waiters = [w for w in self._waiters if not w[2].gone]
+            heapq.heapify(self._waiters)
+        heapq.heappush(self._waiters, (seq, next(self._tickets), waiter))
+        try:
+            while self.low_water < seq:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                # Woken by advance(), or after 50 ms to look at Postgres: another instance
+                # may hold the projector lease, and its progress is only there.
+                await waiter.sleep(loop, min(remaining, 0.05))
+                if self.low_water < seq and time.monotonic() - self._last_refresh > 0.05:
+                    with contextlib.suppress(Exception):
+                        await self.refresh()
+            return True
+        finally:
+            waiter.gone = True
+
+
+_MAX_WAITERS = 10_000
+
+
+class _Waiter:
+    """One writer waiting for its write to reach the read models."""
+
+    __slots__ = ("fut", "gone")
+
+    def __init__(self) -> None:
+        self.fut: asyncio.Future[None] | None = None
+        self.gone = False
+
+    def wake(self) -> None:
+        fut = self.fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def sleep(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        self.fut = fut = loop.create_future()
+        timer = loop.call_later(seconds, self.wake)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self.fut = None
 
 
 class Projector:
@@ -390,25 +442,29 @@ class Projector:
     async def apply(self, events: Sequence[StreamEvent]) -> int:
         """Apply one batch with the checkpoint, in one transaction. Returns the checkpoint."""
         async with self._pool.acquire() as conn, conn.transaction():
-            last = int(
-                await conn.fetchval(
-                    "SELECT last_seq FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
-                    self.projection.name,
-                )
+            # The usual case, in one round trip: the batch follows the checkpoint, which moves
+            # to the batch's end (and is locked until the commit).
+            moved = await conn.fetchval(
+                _ADVANCE, self.projection.name, events[-1].seq, events[0].seq - 1
             )
-            todo = [e for e in events if e.seq > last]
-            if not todo:
-                return last
-            if todo[0].seq != last + 1:
-                raise GapError(f"expected seq {last + 1}, got {todo[0].seq}")
+            if moved is not None:
+                todo = events
+            else:
+                last = int(
+                    await conn.fetchval(
+                        "SELECT last_seq FROM projection_checkpoints WHERE projection = $1 "
+                        "FOR UPDATE",
+                        self.projection.name,
+                    )
+                )
+                todo = [e for e in events if e.seq > last]
+                if not todo:
+                    return last
+                if todo[0].seq != last + 1:
+                    raise GapError(f"expected seq {last + 1}, got {todo[0].seq}")
+                await conn.execute(_ADVANCE, self.projection.name, todo[-1].seq, last)
             await self.projection.apply(conn, todo)
             reached = todo[-1].seq
-            await conn.execute(
-                "UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() "
-                "WHERE projection = $1",
-                self.projection.name,
-                reached,
-            )
         self.batches += 1
         self._status.failing.pop(self.projection.name, None)
         self._status.advance(self.projection.name, reached)
