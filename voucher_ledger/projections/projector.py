@@ -279,6 +279,8 @@ class ProjectionStatus:
                     heapq.heappop(waiters)[2].wake()
 
     async def refresh(self) -> None:
+        # Claimed before the query: the writers waiting meanwhile do not query too.
+        self._last_refresh = time.monotonic()
         rows = await self._pool.fetch("SELECT projection, last_seq FROM projection_checkpoints")
         for row in rows:
             if row["projection"] in self.applied:
