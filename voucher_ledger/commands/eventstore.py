@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import uuid
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from voucher_ledger.ledger.events import (
     EventEnvelope,
@@ -35,6 +37,9 @@ MAX_BATCH = 1000  # server limit for one atomic batch
 _CONFLICT_CODES = {10071, 10164}  # wrong last sequence (per subject / constant)
 _TRANSIENT_CODES = {10163, 10158, 10167}  # not ready after leader change, in process, too many
 _NO_MESSAGE = 10037  # stream msg get: no message found
+
+
+_PendingGet = tuple[list[Msg], "asyncio.Future[dict[str, str]]"]
 
 
 class EventStoreError(Exception):
@@ -58,6 +63,9 @@ class JetStreamEventStore:
         self._nc = nc
         self._stream = stream
         self._timeout = timeout
+        self._load_prefix: str | None = None
+        self._load_tokens = itertools.count(1)
+        self._load_waiting: dict[str, _PendingGet] = {}
 
     @property
     def stream(self) -> str:
@@ -86,7 +94,10 @@ class JetStreamEventStore:
             raise EventStoreUnavailable("NATS connection closed") from exc
         last = int(ack["seq"])
         first = last - len(envelopes) + 1
-        return [RecordedEvent(seq=first + i, envelope=env) for i, env in enumerate(envelopes)]
+        return [
+            RecordedEvent.model_construct(seq=first + i, envelope=env)
+            for i, env in enumerate(envelopes)
+        ]
 
     async def _append_batch(
         self, subject: str, expected_last_seq: int, payloads: list[bytes]
@@ -198,44 +209,71 @@ class JetStreamEventStore:
         return RecordedEvent(seq=seq, envelope=envelope)
 
     async def _direct_load(self, subject: str, after_seq: int, page: int) -> list[RecordedEvent]:
+        """Batched direct gets (any replica may answer). Replies come back on one long-lived
+        wildcard subscription shared by every load of this store (a token per request): a cache
+        miss costs no SUB/UNSUB on the server, whose subscription changes invalidate its
+        subject-match cache for every publisher."""
         out: list[RecordedEvent] = []
         start = after_seq + 1
-        inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox)
+        while True:
+            request = {"seq": start, "batch": page, "next_by_subj": subject}
+            msgs, end = await self._direct_get(request, subject)
+            for msg in msgs:
+                seq = int(msg.headers["Nats-Sequence"])  # type: ignore[index]
+                try:
+                    envelope = decode_envelope(msg.data)
+                except Exception as exc:
+                    raise CorruptEvent(f"{subject} seq {seq}: {exc}") from exc
+                out.append(RecordedEvent.model_construct(seq=seq, envelope=envelope))
+                start = seq + 1
+            if end is None:  # 404: nothing (more) on the subject
+                return out
+            if not int(end.get("Nats-Num-Pending", "0")):
+                return out
+
+    async def _direct_get(
+        self, request: dict[str, Any], subject: str
+    ) -> tuple[list[Msg], dict[str, str] | None]:
+        """One batched direct get: the messages, and the end-of-batch headers (None: 404)."""
+        if self._load_prefix is None:
+            prefix = f"{self._nc.new_inbox()}."
+            await self._nc.subscribe(f"{prefix}*", cb=self._on_direct_reply)
+            self._load_prefix = prefix
+        token = str(next(self._load_tokens))
+        loop = asyncio.get_running_loop()
+        pending: _PendingGet = ([], loop.create_future())
+        self._load_waiting[token] = pending
         try:
-            while True:
-                request = {"seq": start, "batch": page, "next_by_subj": subject}
-                await self._nc.publish(
-                    f"$JS.API.DIRECT.GET.{self._stream}",
-                    json.dumps(request).encode(),
-                    reply=inbox,
-                )
-                pending: int | None = None
-                while True:
-                    try:
-                        msg = await sub.next_msg(timeout=self._timeout)
-                    except nats.errors.TimeoutError as exc:
-                        raise EventStoreUnavailable(f"loading {subject} timed out") from exc
-                    headers = msg.headers or {}
-                    status = headers.get("Status")
-                    if status == "404":
-                        return out
-                    if status == "204":  # end of batch
-                        pending = int(headers.get("Nats-Num-Pending", "0"))
-                        break
-                    if status:
-                        raise EventStoreError(f"direct get on {subject}: status {status}")
-                    seq = int(headers["Nats-Sequence"])
-                    try:
-                        envelope = decode_envelope(msg.data)
-                    except Exception as exc:
-                        raise CorruptEvent(f"{subject} seq {seq}: {exc}") from exc
-                    out.append(RecordedEvent(seq=seq, envelope=envelope))
-                    start = seq + 1
-                if not pending:
-                    return out
+            await self._nc.publish(
+                f"$JS.API.DIRECT.GET.{self._stream}",
+                json.dumps(request).encode(),
+                reply=self._load_prefix + token,
+            )
+            try:
+                end = await asyncio.wait_for(pending[1], self._timeout)
+            except TimeoutError as exc:
+                raise EventStoreUnavailable(f"loading {subject} timed out") from exc
         finally:
-            await sub.unsubscribe()
+            self._load_waiting.pop(token, None)
+        status = end.get("Status")
+        if status == "404":
+            return pending[0], None
+        if status != "204":
+            raise EventStoreError(f"direct get on {subject}: status {status}")
+        return pending[0], end
+
+    async def _on_direct_reply(self, msg: Msg) -> None:
+        token = msg.subject.rsplit(".", 1)[-1]
+        pending = self._load_waiting.get(token)
+        if pending is None:
+            return
+        msgs, done = pending
+        headers = msg.headers or {}
+        if headers.get("Status"):
+            if not done.done():
+                done.set_result(headers)
+        elif not done.done():
+            msgs.append(msg)
 
     async def last_sequence(self) -> int:
         msg = await self._nc.request(

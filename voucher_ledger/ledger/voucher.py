@@ -87,15 +87,65 @@ class RedemptionView(Frozen):
     seq: int
 
 
-class Receipt(Frozen):
-    """What an accepted command produced; replayed verbatim for a retried command id."""
+@dataclass(frozen=True, slots=True)
+class VoucherFacts:
+    """The parts of a voucher that only an issue or a revocation changes: one object shared by
+    the state and by every receipt taken while it held (a hot code's 10,000 redemptions keep
+    one of these, not 10,000 copies)."""
+
+    code: str
+    credit_baisa: int
+    description: str
+    active: bool
+    revoked: bool
+    max_redemptions: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What an accepted command produced; replayed verbatim for a retried command id.
+
+    Compact (it is kept per accepted command in the cached state): the voucher view and the
+    redemption view are built when a reply asks for them."""
 
     command_id: str
     command_type: str
     fingerprint: str
     seq: int
-    voucher: VoucherView
-    redemption: RedemptionView | None = None
+    facts: VoucherFacts
+    times_redeemed: int
+    updated_at: datetime
+    held: Redemption | None = None
+
+    @property
+    def voucher(self) -> VoucherView:
+        """The voucher as this command left it."""
+        f = self.facts
+        return VoucherView.model_construct(
+            code=f.code,
+            credit_baisa=f.credit_baisa,
+            description=f.description,
+            active=f.active,
+            revoked=f.revoked,
+            max_redemptions=f.max_redemptions,
+            times_redeemed=self.times_redeemed,
+            created_at=f.created_at,
+            updated_at=self.updated_at,
+            last_seq=self.seq,
+        )
+
+    @property
+    def redemption(self) -> RedemptionView | None:
+        held = self.held
+        if held is None:
+            return None
+        return RedemptionView.model_construct(
+            customer_id=held.customer_id,
+            redemption_id=held.redemption_id,
+            credit_baisa=held.credit_baisa,
+            seq=held.seq,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +172,7 @@ class VoucherState:
     last_seq: int = 0
     redemptions: immutables.Map[str, Redemption] = field(default_factory=immutables.Map)
     receipts: immutables.Map[str, Receipt] = field(default_factory=immutables.Map)
+    facts: VoucherFacts | None = None  # set by the first issue, renewed by issue and revoke
 
     @property
     def live(self) -> bool:
@@ -263,75 +314,105 @@ def handle(
 
 def evolve(state: VoucherState, recorded: RecordedEvent, fingerprint: str = "") -> VoucherState:
     """Fold one stored event. ``fingerprint`` is the causing command's payload digest when known
-    (live processing); on replay from the stream the digest is recomputed by the caller."""
+    (live processing); on replay from the stream the digest is recomputed by the caller.
+
+    The hot path of the processors (twice per new event): plain dataclasses only, one new
+    state object per event."""
     env = recorded.envelope
     event = env.event
     at = env.occurred_at
-    redemption_view: RedemptionView | None = None
+    seq = recorded.seq
+    held: Redemption | None = None
     match event:
-        case VoucherIssued():
-            state = replace(
-                state,
-                issued=True,
-                revoked=False,
-                credit_baisa=event.credit_baisa,
-                description=event.description,
-                active=event.active,
-                max_redemptions=event.max_redemptions,
-                created_at=state.created_at or at,
-                updated_at=at,
-                last_seq=recorded.seq,
-            )
-        case VoucherRevoked():
-            state = replace(state, revoked=True, active=False, updated_at=at, last_seq=recorded.seq)
         case VoucherRedeemed():
             held = Redemption(
                 customer_id=event.customer_id,
                 redemption_id=event.redemption_id,
                 credit_baisa=event.credit_baisa,
-                seq=recorded.seq,
+                seq=seq,
                 command_id=env.command_id,
             )
-            state = replace(
-                state,
-                times_redeemed=state.times_redeemed + 1,
-                redemptions=state.redemptions.set(event.customer_id, held),
-                updated_at=at,
-                last_seq=recorded.seq,
-            )
-            redemption_view = RedemptionView(
-                customer_id=held.customer_id,
-                redemption_id=held.redemption_id,
-                credit_baisa=held.credit_baisa,
-                seq=held.seq,
-            )
+            facts = state.facts
+            if facts is None:  # a redemption before the code was issued: not a valid history
+                raise VoucherNotFound(state.code)
+            times_redeemed = state.times_redeemed + 1
+            changes: dict[str, object] = {
+                "times_redeemed": times_redeemed,
+                "redemptions": state.redemptions.set(event.customer_id, held),
+            }
         case RedemptionReversed():
-            state = replace(
-                state,
-                times_redeemed=max(0, state.times_redeemed - 1),
-                redemptions=state.redemptions.delete(event.customer_id)
-                if event.customer_id in state.redemptions
-                else state.redemptions,
-                updated_at=at,
-                last_seq=recorded.seq,
-            )
-            redemption_view = RedemptionView(
+            held = Redemption(
                 customer_id=event.customer_id,
                 redemption_id=event.redemption_id,
                 credit_baisa=0,
-                seq=recorded.seq,
+                seq=seq,
+                command_id=env.command_id,
             )
+            facts = state.facts
+            if facts is None:
+                raise VoucherNotFound(state.code)
+            times_redeemed = max(0, state.times_redeemed - 1)
+            changes = {
+                "times_redeemed": times_redeemed,
+                "redemptions": state.redemptions.delete(event.customer_id)
+                if event.customer_id in state.redemptions
+                else state.redemptions,
+            }
+        case VoucherIssued():
+            created_at = state.created_at or at
+            times_redeemed = state.times_redeemed
+            facts = VoucherFacts(
+                code=state.code,
+                credit_baisa=event.credit_baisa,
+                description=event.description,
+                active=event.active,
+                revoked=False,
+                max_redemptions=event.max_redemptions,
+                created_at=created_at,
+            )
+            changes = {
+                "issued": True,
+                "revoked": False,
+                "credit_baisa": event.credit_baisa,
+                "description": event.description,
+                "active": event.active,
+                "max_redemptions": event.max_redemptions,
+                "created_at": created_at,
+            }
+        case VoucherRevoked():
+            if state.created_at is None:
+                raise VoucherNotFound(state.code)
+            times_redeemed = state.times_redeemed
+            facts = VoucherFacts(
+                code=state.code,
+                credit_baisa=state.credit_baisa,
+                description=state.description,
+                active=False,
+                revoked=True,
+                max_redemptions=state.max_redemptions,
+                created_at=state.created_at,
+            )
+            changes = {"revoked": True, "active": False}
         case _:
             raise TypeError(f"{event.type} is not a voucher event")
     receipt = Receipt(
         command_id=env.command_id,
         command_type=_COMMAND_OF_EVENT[event.type],
         fingerprint=fingerprint,
-        seq=recorded.seq,
-        voucher=state.view(),
-        redemption=redemption_view,
+        seq=seq,
+        facts=facts,
+        times_redeemed=times_redeemed,
+        updated_at=at,
+        held=held,
     )
-    return replace(state, receipts=state.receipts.set(env.command_id, receipt))
+    return replace(
+        state,
+        updated_at=at,
+        last_seq=seq,
+        facts=facts,
+        receipts=state.receipts.set(env.command_id, receipt),
+        **changes,  # type: ignore[arg-type]
+    )
 
 
 _COMMAND_OF_EVENT = {

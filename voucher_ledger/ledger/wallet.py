@@ -96,7 +96,10 @@ class WalletView(Frozen):
     last_seq: int
 
 
-class WalletReceipt(Frozen):
+@dataclass(frozen=True, slots=True)
+class WalletReceipt:
+    """Kept per accepted command in the cached state: a plain slotted record."""
+
     command_id: str
     fingerprint: str
     seq: int

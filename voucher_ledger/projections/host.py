@@ -11,7 +11,12 @@ import asyncpg
 from nats.aio.client import Client
 
 from voucher_ledger.leases import LeaseHost, stop_worker
-from voucher_ledger.projections.projector import Projection, ProjectionStatus, Projector
+from voucher_ledger.projections.projector import (
+    DecodedEvents,
+    Projection,
+    ProjectionStatus,
+    Projector,
+)
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.streams import StreamsSpec
 
@@ -48,6 +53,7 @@ class ProjectorHost(LeaseHost):
         self._status = status
         self._projections = projections
         self._held: dict[str, _Held] = {}
+        self._decoded = DecodedEvents()  # shared by this instance's projectors
 
     @property
     def running(self) -> set[str]:
@@ -75,7 +81,9 @@ class ProjectorHost(LeaseHost):
             revision = await self.acquire(key)
             if revision is None:
                 continue
-            projector = Projector(self._nc, self._pool, self._spec, projection, self._status)
+            projector = Projector(
+                self._nc, self._pool, self._spec, projection, self._status, decoded=self._decoded
+            )
             task = asyncio.create_task(projector.run(), name=f"projector-{projection.name}")
             self._held[projection.name] = _Held(revision, projector, task)
             log.info("instance %s: running projection %s", self.instance_id, projection.name)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
 import logging
 import time
@@ -21,8 +23,6 @@ from typing import Any, Protocol, TypeAlias
 
 import asyncpg
 import asyncpg.pool
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -34,6 +34,7 @@ from voucher_ledger.ledger.events import (
     VoucherRevoked,
     decode_envelope,
 )
+from voucher_ledger.pulls import PullLoop, stream_sequence
 from voucher_ledger.streams import StreamsSpec
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,30 @@ class StreamEvent:
     seq: int
     envelope: EventEnvelope
     raw: str  # the message body exactly as stored
+
+
+class DecodedEvents:
+    """Events decoded once for all the projectors of one process: they read the same stream,
+    so the first to get a sequence decodes it and the others reuse it (each used to decode
+    every event itself: a quarter of the serve process in a redemption storm). Bounded; a
+    stream sequence always names the same bytes, so an entry never goes stale."""
+
+    def __init__(self, capacity: int = 20_000) -> None:
+        self._items: dict[int, StreamEvent] = {}
+        self._capacity = capacity
+
+    def event(self, msg: Msg) -> StreamEvent:
+        seq = stream_sequence(msg)
+        found = self._items.get(seq)
+        if found is not None:
+            return found
+        data = msg.data
+        event = StreamEvent(seq=seq, envelope=decode_envelope(data), raw=data.decode())
+        items = self._items
+        items[seq] = event
+        if len(items) > self._capacity:
+            del items[next(iter(items))]  # insertion order: the oldest
+        return event
 
 
 class Projection(Protocol):
@@ -222,6 +247,13 @@ _AUDIT_COLUMNS = (
 )
 
 
+_ADVANCE = """
+UPDATE projection_checkpoints SET last_seq = $2, updated_at = now()
+WHERE projection = $1 AND last_seq = $3
+RETURNING last_seq
+"""
+
+
 class GapError(RuntimeError):
     pass
 
@@ -236,7 +268,10 @@ class ProjectionStatus:
         self.failing: dict[str, str] = {}
         # name -> (when the failures began, when one was last logged, how many in a row)
         self._outages: dict[str, tuple[float, float, int]] = {}
-        self._changed = asyncio.Event()
+        # (seq, ticket, waiter) of the waiting writers, lowest seq first: a projector's
+        # progress wakes only the writers it satisfied (not every waiter on every batch).
+        self._waiters: list[tuple[int, int, _Waiter]] = []
+        self._tickets = itertools.count()
         self._last_refresh = 0.0
 
     def failed(self, name: str, exc: BaseException) -> float:
@@ -264,9 +299,15 @@ class ProjectionStatus:
     def advance(self, name: str, seq: int) -> None:
         if seq > self.applied.get(name, 0):
             self.applied[name] = seq
-            self._changed.set()
+            waiters = self._waiters
+            if waiters and waiters[0][0] <= seq:
+                low = self.low_water
+                while waiters and waiters[0][0] <= low:
+                    heapq.heappop(waiters)[2].wake()
 
     async def refresh(self) -> None:
+        # Claimed before the query: the writers waiting meanwhile do not query too.
+        self._last_refresh = time.monotonic()
         rows = await self._pool.fetch("SELECT projection, last_seq FROM projection_checkpoints")
         for row in rows:
             if row["projection"] in self.applied:
@@ -279,20 +320,56 @@ class ProjectionStatus:
 
     async def wait_for(self, seq: int, timeout: float) -> bool:
         """True once every projection has applied ``seq``; False after ``timeout``."""
+        if self.low_water >= seq:
+            return True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.low_water < seq:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.05))
-            if self.low_water < seq and time.monotonic() - self._last_refresh > 0.05:
-                # Another instance may hold the projector lease: its progress is in Postgres.
-                with contextlib.suppress(Exception):
-                    await self.refresh()
-        return True
+        waiter = _Waiter()
+        if len(self._waiters) > _MAX_WAITERS:  # drop the entries of writers that gave up
+            self._waiters = [w for w in self._waiters if not w[2].gone]
+            heapq.heapify(self._waiters)
+        heapq.heappush(self._waiters, (seq, next(self._tickets), waiter))
+        try:
+            while self.low_water < seq:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                # Woken by advance(), or after 50 ms to look at Postgres: another instance
+                # may hold the projector lease, and its progress is only there.
+                await waiter.sleep(loop, min(remaining, 0.05))
+                if self.low_water < seq and time.monotonic() - self._last_refresh > 0.05:
+                    with contextlib.suppress(Exception):
+                        await self.refresh()
+            return True
+        finally:
+            waiter.gone = True
+
+
+_MAX_WAITERS = 10_000
+
+
+class _Waiter:
+    """One writer waiting for its write to reach the read models."""
+
+    __slots__ = ("fut", "gone")
+
+    def __init__(self) -> None:
+        self.fut: asyncio.Future[None] | None = None
+        self.gone = False
+
+    def wake(self) -> None:
+        fut = self.fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def sleep(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        self.fut = fut = loop.create_future()
+        timer = loop.call_later(seconds, self.wake)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self.fut = None
 
 
 class Projector:
@@ -305,8 +382,10 @@ class Projector:
         status: ProjectionStatus,
         *,
         batch: int = 500,
+        decoded: DecodedEvents | None = None,
     ) -> None:
         self._nc = nc
+        self._decoded = decoded or DecodedEvents()
         self._js = nc.jetstream()
         self._pool = pool
         self._spec = spec
@@ -365,59 +444,54 @@ class Projector:
         last = await self.checkpoint()
         self._status.advance(self.projection.name, last)
         await self._recreate_consumer(last + 1)
-        psub = await self._js.pull_subscribe_bind(
-            durable=self.durable, stream=self._spec.event_stream
+        pulls = PullLoop(
+            self._nc, self._spec.event_stream, self.durable, batch=self._batch, expires=0.5
         )
+        await pulls.start()
         try:
             while not self._stopped:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError
-                try:
-                    msgs = await psub.fetch(self._batch, timeout=0.5)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
+                msgs = await pulls.next(timeout=0.5)
                 if msgs:
                     await self.apply_messages(msgs)
         finally:
             with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+                await pulls.stop()
 
     async def apply_messages(self, msgs: Sequence[Msg]) -> int:
-        events = [
-            StreamEvent(
-                seq=int(m.metadata.sequence.stream),
-                envelope=decode_envelope(m.data),
-                raw=m.data.decode(),
-            )
-            for m in msgs
-        ]
-        reached = await self.apply(events)
+        event = self._decoded.event
+        reached = await self.apply([event(m) for m in msgs])
         await msgs[-1].ack()  # AckAll: acknowledges the whole batch
         return reached
 
     async def apply(self, events: Sequence[StreamEvent]) -> int:
         """Apply one batch with the checkpoint, in one transaction. Returns the checkpoint."""
         async with self._pool.acquire() as conn, conn.transaction():
-            last = int(
-                await conn.fetchval(
-                    "SELECT last_seq FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
-                    self.projection.name,
-                )
+            # The usual case, in one round trip: the batch follows the checkpoint, which moves
+            # to the batch's end (and is locked until the commit).
+            moved = await conn.fetchval(
+                _ADVANCE, self.projection.name, events[-1].seq, events[0].seq - 1
             )
-            todo = [e for e in events if e.seq > last]
-            if not todo:
-                return last
-            if todo[0].seq != last + 1:
-                raise GapError(f"expected seq {last + 1}, got {todo[0].seq}")
+            if moved is not None:
+                todo = events
+            else:
+                last = int(
+                    await conn.fetchval(
+                        "SELECT last_seq FROM projection_checkpoints WHERE projection = $1 "
+                        "FOR UPDATE",
+                        self.projection.name,
+                    )
+                )
+                todo = [e for e in events if e.seq > last]
+                if not todo:
+                    return last
+                if todo[0].seq != last + 1:
+                    raise GapError(f"expected seq {last + 1}, got {todo[0].seq}")
+                await conn.execute(_ADVANCE, self.projection.name, todo[-1].seq, last)
             await self.projection.apply(conn, todo)
             reached = todo[-1].seq
-            await conn.execute(
-                "UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() "
-                "WHERE projection = $1",
-                self.projection.name,
-                reached,
-            )
         self.batches += 1
         self._status.succeeded(self.projection.name)
         self._status.advance(self.projection.name, reached)

@@ -1,0 +1,132 @@
+"""A raw pull loop on a durable JetStream pull consumer, for the processors and the projectors.
+
+nats.py's ``PullSubscription.fetch`` waits for every message of a batch with its own
+``asyncio.wait_for`` (a task and a timer each): in a redemption storm that was 16 % of the
+serve process (bench/README.md). Here one callback subscription on an inbox collects the
+deliveries into a list, pull requests (``$JS.API.CONSUMER.MSG.NEXT``, ``batch`` + ``expires``)
+are published directly and kept topped up, and :meth:`PullLoop.next` hands over everything that
+arrived, waiting (one timer) only when nothing did.
+
+Delivery semantics are the consumer's, unchanged: whatever is handed over and not acked comes
+back after the consumer's ``ack_wait``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+log = logging.getLogger(__name__)
+
+_V1_TOKENS = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+_V2_MIN_TOKENS = 11  # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>...
+_RETRY_AFTER_CONFLICT = 0.1  # s, after a 409 (e.g. too many waiting pulls) before asking again
+_EXPIRY_MARGIN = 0.5  # s, after which a request without its end-of-request status counts as over
+
+
+def stream_sequence(msg: Msg) -> int:
+    """The stream sequence of a JetStream delivery, read straight from its ack subject
+    (``msg.metadata`` builds a whole metadata object with a timestamp for it)."""
+    tokens = msg.reply.split(".")
+    if len(tokens) == _V1_TOKENS:
+        return int(tokens[5])
+    if len(tokens) >= _V2_MIN_TOKENS:
+        return int(tokens[7])
+    return int(msg.metadata.sequence.stream)
+
+
+class PullLoop:
+    """Deliveries of one durable pull consumer, in batches."""
+
+    def __init__(
+        self, nc: Client, stream: str, durable: str, *, batch: int, expires: float = 1.0
+    ) -> None:
+        self._nc = nc
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._inbox = nc.new_inbox()
+        self._batch = max(1, batch)
+        self._expires = expires
+        self._buffer: list[Msg] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._open = 0  # deliveries the outstanding requests may still bring
+        self._open_until = 0.0  # loop time after which they are surely over
+        self._quiet_until = 0.0  # no new request before this (after a 409)
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
+
+    async def stop(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            await sub.unsubscribe()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        headers = msg.headers
+        status = headers.get("Status") if headers else None
+        if status and headers:
+            if status == "100":  # idle heartbeat / flow control
+                return
+            # 404 no messages, 408 request expired, 409 conflict (too many waiting requests,
+            # consumer deleted, leadership change): that request is over.
+            if status == "409":
+                log.debug("pull %s: 409 %s", self._next_subject, headers.get("Description"))
+                self._quiet_until = asyncio.get_running_loop().time() + _RETRY_AFTER_CONFLICT
+            self._open = 0
+        else:
+            self._buffer.append(msg)
+            self._open -= 1
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _top_up(self, now: float) -> None:
+        """Keep at least half a batch requested, so deliveries flow while a batch is worked on."""
+        if now >= self._open_until:
+            self._open = 0
+        if self._open >= self._batch // 2 or now < self._quiet_until:
+            return
+        request = {"batch": self._batch, "expires": int(self._expires * 1_000_000_000)}
+        await self._nc.publish(self._next_subject, json.dumps(request).encode(), self._inbox)
+        self._open += self._batch
+        self._open_until = now + self._expires + _EXPIRY_MARGIN
+
+    async def next(self, timeout: float) -> list[Msg]:
+        """The deliveries that arrived (at least one, at most a batch), or ``[]`` after
+        ``timeout``."""
+        if self._sub is None:
+            raise RuntimeError("pull loop not started")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            now = loop.time()
+            if self._buffer:
+                # At most one batch at a time: a processor's batch is decided without yielding.
+                out = self._buffer[: self._batch]
+                del self._buffer[: self._batch]
+                await self._top_up(now)
+                return out
+            await self._top_up(now)
+            remaining = deadline - now
+            if remaining <= 0:
+                return []
+            if self._open <= 0:  # waiting out a 409: wake up when a request may be sent again
+                remaining = min(remaining, max(0.001, self._quiet_until - now))
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiter = waiter
+            timer = loop.call_later(remaining, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
