@@ -105,21 +105,26 @@ def _old_nats_url() -> str | None:
     return None
 
 
-async def test_serve_refuses_a_nats_server_older_than_2_12(tmp_path: Path, pg_url: str) -> None:
-    url = _old_nats_url()
-    if url is None:
-        pytest.skip("no nats-server older than 2.12 on 127.0.0.1:4222 on this machine")
-    service = ServiceProcess(
-        ["serve", "--port", str(free_port()), "--data-dir", str(tmp_path)],
-        clean_env(NATS_URL=url, DATABASE_URL=pg_url, JWT_SECRET="s" * 40),
-        tmp_path / "old.log",
-    )
+async def refused_start(args: list[str], env: dict[str, str], log: Path) -> str:
+    """Run ``voucher-ledger ARGS``, which must refuse to start (exit code 1): its output."""
+    service = ServiceProcess(args, env, log)
     service.start()
     try:
         assert await service.wait(60) == 1
     finally:
         service.kill()
-    out = service.output()
+    return service.output()
+
+
+async def test_serve_refuses_a_nats_server_older_than_2_12(tmp_path: Path, pg_url: str) -> None:
+    url = _old_nats_url()
+    if url is None:
+        pytest.skip("no nats-server older than 2.12 on 127.0.0.1:4222 on this machine")
+    out = await refused_start(
+        ["serve", "--port", str(free_port()), "--data-dir", str(tmp_path)],
+        clean_env(NATS_URL=url, DATABASE_URL=pg_url, JWT_SECRET="s" * 40),
+        tmp_path / "old.log",
+    )
     assert "is too old" in out
     assert ">= 2.12" in out
 
@@ -131,18 +136,12 @@ async def test_an_unreachable_nats_is_a_clear_error_not_an_endless_retry(
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         dead = f"nats://127.0.0.1:{sock.getsockname()[1]}"
-    service = ServiceProcess(
+    out = await refused_start(
         [*command, "--data-dir", str(tmp_path)] if command[0] != "streams" else command,
         clean_env(
             NATS_URL=dead, DATABASE_URL=pg_url, JWT_SECRET="s" * 40, NATS_CONNECT_TIMEOUT="2"
         ),
         tmp_path / "dead.log",
     )
-    service.start()
-    try:
-        assert await service.wait(60) == 1
-    finally:
-        service.kill()
-    out = service.output()
     assert f"cannot connect to NATS at {dead}: no answer in 2 s" in out
     assert "Traceback" not in out
