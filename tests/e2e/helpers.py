@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import aiohttp
@@ -75,6 +76,19 @@ async def wait_http(url: str, proc: ServiceProcess, timeout: float = 60) -> aioh
             await asyncio.sleep(0.1)
 
 
+async def stop_processes(procs: Iterable[ServiceProcess], timeout: float = 30) -> None:
+    """SIGTERM every process still running, then wait for each (SIGKILL after ``timeout``)."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            await proc.wait(timeout)
+        except TimeoutError:
+            proc.kill()
+
+
 def processes_using(data_dir: Path) -> list[psutil.Process]:
     """Processes whose command line names ``data_dir``: the embedded servers a test started."""
     found = []
@@ -87,4 +101,11 @@ def processes_using(data_dir: Path) -> list[psutil.Process]:
     return found
 
 
-__all__ = ["ServiceProcess", "clean_env", "free_port", "processes_using", "wait_http"]
+__all__ = [
+    "ServiceProcess",
+    "clean_env",
+    "free_port",
+    "processes_using",
+    "stop_processes",
+    "wait_http",
+]

@@ -36,14 +36,6 @@ OMR = 1000
 
 
 @pytest.fixture(scope="module")
-async def fake_stripe() -> AsyncIterator[FakeStripe]:
-    fake = FakeStripe()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture(scope="module")
 async def paid(
     tmp_path_factory: pytest.TempPathFactory, nats_url: str, pg_url: str, fake_stripe: FakeStripe
 ) -> AsyncIterator[Shop]:

@@ -183,14 +183,6 @@ async def jwks_url(rsa_key: Key) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="module")
-async def fake_stripe() -> AsyncIterator[FakeStripe]:
-    fake = FakeStripe()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture(scope="module")
 async def hostile(
     tmp_path_factory: pytest.TempPathFactory,
     nats_url: str,

@@ -12,7 +12,7 @@ from nats.aio.client import Client
 
 from tests.conftest import FAST, wait_until
 from tests.e2e.faults import write_streams_file
-from tests.e2e.helpers import ServiceProcess, clean_env
+from tests.e2e.helpers import ServiceProcess, clean_env, stop_processes
 from tests.integration.test_processor import redemption_events, send_until_answered
 from voucher_ledger import streams
 from voucher_ledger.commands.bus import CommandBus
@@ -109,14 +109,7 @@ async def test_sigkill_of_the_active_processor_process_mid_storm(
         assert len(on_stream) == cap
         assert {r.redemption.customer_id for r in accepted if r.redemption} == set(on_stream)
     finally:
-        for proc in procs.values():
-            if proc.proc is not None and proc.proc.poll() is None:
-                proc.signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                await proc.wait(30)
-            except TimeoutError:
-                proc.kill()
+        await stop_processes(procs.values())
 
 
 async def _is(value: object, expected: str) -> bool:
