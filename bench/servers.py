@@ -237,28 +237,36 @@ class ServiceProcess:
 class CpuMeter:
     """CPU seconds each named process spent between enter and exit. PostgreSQL counts with its
     children (a backend per connection); the others alone (this process's children are the
-    servers it started, measured under their own names)."""
+    servers it started, measured under their own names).
+
+    A process with children is measured as itself + the children it has reaped (the kernel adds
+    their CPU to its ``children_*`` times when they exit) + the children alive at that moment,
+    enumerated anew each time: backends that start or exit during a storm are counted once."""
 
     def __init__(
         self, pids: dict[str, int], with_children: tuple[str, ...] = ("postgres",)
     ) -> None:
-        self._procs: dict[str, list[psutil.Process]] = {}
+        self._roots: dict[str, psutil.Process] = {}
         for name, pid in pids.items():
             with contextlib.suppress(psutil.Error):
-                root = psutil.Process(pid)
-                children = root.children(recursive=True) if name in with_children else []
-                self._procs[name] = [root, *children]
+                self._roots[name] = psutil.Process(pid)
+        self._with_children = with_children
         self._before: dict[str, float] = {}
         self.seconds: dict[str, float] = {}
 
     def _now(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for name, procs in self._procs.items():
+        for name, root in self._roots.items():
             total = 0.0
-            for proc in procs:
-                with contextlib.suppress(psutil.Error):
-                    times = proc.cpu_times()
-                    total += times.user + times.system
+            with contextlib.suppress(psutil.Error):
+                times = root.cpu_times()
+                total += times.user + times.system
+                if name in self._with_children:
+                    total += times.children_user + times.children_system
+                    for child in root.children(recursive=True):
+                        with contextlib.suppress(psutil.Error):
+                            ctimes = child.cpu_times()
+                            total += ctimes.user + ctimes.system
             out[name] = total
         return out
 
