@@ -119,14 +119,23 @@ async def test_event_stream_leader_and_a_processor_killed_mid_storm(
                 killed_node = nats_cluster.index_of(leader)
                 nats_cluster.kill(killed_node)
                 node_killed_at = len(done)
-                new_leader = await stream_leader(nc, spec.event_stream, other_than=leader)
 
-                # Fault 2: SIGKILL the processor process holding the voucher's partition.
+                # Fault 2: SIGKILL the processor process holding the voucher's partition. (Nothing
+                # may block between the faults: once a new leader is elected, the queued storm
+                # drains in a burst.)
                 await wait_until(lambda: accepted_so_far() >= cap // 2, timeout=120, what="storm")
-                active = await holder(partition)
+                holders: list[str | None] = []
+
+                async def held() -> bool:  # a lease can be between holders after the election
+                    holders.append(await holder(partition))
+                    return holders[-1] is not None
+
+                await wait_until(held, timeout=30, what="a holder of the voucher's partition")
+                active = holders[-1]
                 assert active in procs, active
                 procs[active].signal(signal.SIGKILL)
                 proc_killed_at = len(done)
+                new_leader = await stream_leader(nc, spec.event_stream, other_than=leader)
 
                 replies = await asyncio.gather(*tasks)
                 storm_seconds = time.monotonic() - started
