@@ -390,6 +390,7 @@ def evolve(state: WalletState, recorded: RecordedEvent, fingerprint: str = "") -
     at = env.occurred_at
     order_id: str | None = getattr(event, "order_id", None)
     order = state.orders.get(order_id) if order_id else None
+    order_changes: dict[str, object] | None = None  # applied to ``order`` after the match
     match event:
         case OrderOpened():
             opened = OrderView(
@@ -424,8 +425,7 @@ def evolve(state: WalletState, recorded: RecordedEvent, fingerprint: str = "") -
                     event.redemption_id, HeldGrant(event.amount_baisa, event.code, event.order_id)
                 ),
             )
-            if order is not None:
-                state = _set_order(state, order, redemption_id=event.redemption_id, updated_at=at)
+            order_changes = {"redemption_id": event.redemption_id}
         case GrantRevoked():
             held = state.grants.get(event.redemption_id)
             state = replace(state, balance_baisa=state.balance_baisa - event.amount_baisa)
@@ -441,57 +441,37 @@ def evolve(state: WalletState, recorded: RecordedEvent, fingerprint: str = "") -
         case CreditReleased():
             state = _hold(state, order, -event.amount_baisa, at)
         case OrderPaymentRequested():
-            if order is not None:
-                state = _set_order(
-                    state,
-                    order,
-                    status="awaiting_payment",
-                    credit_applied_baisa=event.credit_applied_baisa,
-                    amount_due_baisa=event.amount_due_baisa,
-                    updated_at=at,
-                )
+            order_changes = {
+                "status": "awaiting_payment",
+                "credit_applied_baisa": event.credit_applied_baisa,
+                "amount_due_baisa": event.amount_due_baisa,
+            }
         case OrderSessionCreated():
-            if order is not None:
-                state = _set_order(
-                    state,
-                    order,
-                    session_id=event.session_id,
-                    session_url=event.session_url,
-                    updated_at=at,
-                )
+            order_changes = {"session_id": event.session_id, "session_url": event.session_url}
         case OrderCompleted():
             if order is not None:
-                state = _set_order(
-                    state,
-                    order,
-                    status="completed",
-                    paid_by_credit=event.paid_by_credit,
-                    credit_applied_baisa=event.credit_applied_baisa,
-                    amount_due_baisa=order.total_baisa - event.credit_applied_baisa,
-                    session_id=event.stripe_session_id or order.session_id,
-                    updated_at=at,
-                )
+                order_changes = {
+                    "status": "completed",
+                    "paid_by_credit": event.paid_by_credit,
+                    "credit_applied_baisa": event.credit_applied_baisa,
+                    "amount_due_baisa": order.total_baisa - event.credit_applied_baisa,
+                    "session_id": event.stripe_session_id or order.session_id,
+                }
         case OrderFailed():
-            if order is not None:
-                state = _set_order(
-                    state,
-                    order,
-                    status="failed",
-                    failure_reason=event.reason,
-                    failure_message=event.message,
-                    release_slot=event.release_slot,
-                    updated_at=at,
-                )
+            order_changes = {
+                "status": "failed",
+                "failure_reason": event.reason,
+                "failure_message": event.message,
+                "release_slot": event.release_slot,
+            }
         case OrderAbandoned():
-            if order is not None:
-                state = _set_order(
-                    state, order, status="abandoned", failure_reason=event.reason, updated_at=at
-                )
+            order_changes = {"status": "abandoned", "failure_reason": event.reason}
         case OrderRefundDue():
-            if order is not None:
-                state = _set_order(state, order, status="refund_due", updated_at=at)
+            order_changes = {"status": "refund_due"}
         case _:
             raise TypeError(f"{event.type} is not a wallet event")
+    if order_changes is not None and order is not None:  # an event of an order we hold
+        state = _set_order(state, order, updated_at=at, **order_changes)
     if state.available_baisa < 0 or state.reserved_baisa < 0:
         # The decider never produces this; a stream that does is corrupt, and must not be folded.
         raise ValueError(f"wallet {state.customer_id}: negative credit at seq {recorded.seq}")
