@@ -274,7 +274,9 @@ async def test_nats_outage_fails_fast_and_recovers(tmp_path: Path, pg_url: str) 
             )
             assert issued.status == 503, issued
             assert "error" in issued.json, issued
-            assert loop.time() - started < timeout / 4
+            # (Buffered by nats.py until the PubAck wait gave up, it took 5 s; refused at once
+            # now, in milliseconds.)
+            assert loop.time() - started < 2.5
             late = await shop.checkout(new_customer(), plan_id=PLAN, promo_code=code)
             assert late.status == 503, late
             assert "error" in late.json, late
