@@ -16,6 +16,7 @@ from voucher_ledger import audit_cli, replay_cli, streams
 from voucher_ledger.embedded import EmbeddedNats
 from voucher_ledger.runtime import Stack, StartupError, connect_nats, load_spec
 from voucher_ledger.settings import Settings
+from voucher_ledger.worker import answer_reports, die_with_parent
 
 log = logging.getLogger("voucher_ledger")
 
@@ -85,7 +86,7 @@ async def _serve(settings: Settings) -> int:
     from voucher_ledger.http.app import create_app
     from voucher_ledger.http.server import AppRunner
 
-    stack = Stack(settings)
+    stack = Stack(settings, processors_in_child=settings.processor_process)
     await stack.start()
     runner = AppRunner(create_app(stack), access_log=None)
     try:
@@ -112,8 +113,13 @@ async def _processors(settings: Settings) -> int:
     settings = settings.model_copy(
         update={"run_processors": True, "run_projectors": False, "serve_http": False}
     )
+    die_with_parent()  # started by `serve` (voucher_ledger/worker.py): go when it goes
     stack = Stack(settings)
     await stack.start()
+    assert stack.host is not None
+    assert stack.spec is not None
+    assert stack.nc is not None
+    await answer_reports(stack.nc, stack.spec.layout.prefix, stack.host)
     tune_gc()
     try:
         await _wait_for_signal()
