@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from voucher_ledger import audit_cli, replay_cli, streams
 from voucher_ledger.embedded import EmbeddedNats
 from voucher_ledger.runtime import Stack, StartupError, connect_nats, load_spec
 from voucher_ledger.settings import Settings
-from voucher_ledger.worker import answer_reports, die_with_parent
+from voucher_ledger.worker import PARENT_ENV, answer_reports, die_with_parent
 
 log = logging.getLogger("voucher_ledger")
 
@@ -30,10 +31,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)  # type: ignore[arg-type]
 
 
-def _logging(level: str) -> None:
+def _logging(level: str, role: str = "") -> None:
     logging.basicConfig(
         level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {role}%(name)s: %(message)s",
         stream=sys.stderr,
     )
     logging.getLogger("nats").setLevel(logging.WARNING)
@@ -217,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - pydantic's error text is what the operator needs
         print(f"voucher-ledger: invalid settings: {exc}", file=sys.stderr)
         return 2
-    _logging(settings.log_level)
+    # serve's processor process logs to the same terminal: its lines say so.
+    started_by_serve = args.command == "processors" and PARENT_ENV in os.environ
+    _logging(settings.log_level, "[processors] " if started_by_serve else "")
     if args.command == "token":
         if args.ttl <= 0 or args.ttl > 31 * 24 * 3600:
             print("voucher-ledger: --ttl must be between 1 and 2678400 seconds", file=sys.stderr)
