@@ -159,6 +159,42 @@ async def test_second_checkout_with_the_same_code_is_refused_and_changes_nothing
     assert (await paid.voucher(code))["times_redeemed"] == 1
 
 
+async def test_a_checkout_refused_at_the_cap_gives_back_no_slot_it_never_took(
+    credit_only: Shop,
+) -> None:
+    """The voucher refused the order's redemption and the request's own FailOrder closed the
+    order: no slot was taken, so no reversal is sent (three commands, not four); the order is
+    failed and the cap's count is unchanged."""
+    import json
+
+    from tests.conftest import connect
+
+    code = new_code("FULL")
+    await credit_only.issue(code, 3, max_redemptions=1)
+    first = await credit_only.checkout(new_customer(), "free", promo_code=code)
+    assert first.status == 200, first
+    nc = await connect(credit_only.server.nats_url)
+    voucher_commands: list[str] = []
+
+    async def spy(msg: Any) -> None:
+        voucher_commands.append(json.loads(msg.data)["command"]["type"])
+
+    try:
+        await nc.subscribe(f"{credit_only.server.prefix}.commands.*.voucher.{code}", cb=spy)
+        await nc.flush()
+        sub = new_customer()
+        refused = await credit_only.checkout(sub, "free", promo_code=code)
+        assert "limit" in assert_json_error(refused, 400)
+        await nc.flush()
+    finally:
+        await nc.close()
+    assert voucher_commands == ["redeem_voucher"]
+    [order] = [o for o in await credit_only.orders() if o["customer_id"] == sub]
+    assert (order["status"], order["failure_reason"]) == ("failed", "invalid_promo")
+    assert (await credit_only.voucher(code))["times_redeemed"] == 1
+    assert (await credit_only.balance(sub))["credit_baisa"] == 0
+
+
 # ------------------------------------------------------------------------------ Stripe path
 
 
