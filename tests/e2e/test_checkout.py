@@ -195,6 +195,30 @@ async def test_a_checkout_refused_at_the_cap_gives_back_no_slot_it_never_took(
     assert (await credit_only.balance(sub))["credit_baisa"] == 0
 
 
+async def test_a_free_order_is_granted_then_settled_one_event_per_step(credit_only: Shop) -> None:
+    """Nothing to pay: the grant is a step of its own (``grant-<order>``) and the settle appends
+    the completion alone, so no step needs an atomic batch; the events are those of a settle
+    that grants, in the same order."""
+    sub = new_customer()
+    code = new_code("FREE")
+    await credit_only.issue(code, 4)
+    reply = await credit_only.checkout(sub, "free", promo_code=code)
+    assert reply.status == 200, reply
+    order_id = reply.json["order_id"]
+    rows = await credit_only.db(
+        "SELECT type, command_id FROM audit_log WHERE aggregate = 'wallet' "
+        "AND aggregate_id = $1 ORDER BY seq",
+        sub,
+    )
+    assert [(r["type"], r["command_id"]) for r in rows] == [
+        ("order.opened", f"open-{order_id}"),
+        ("wallet.credit_granted", f"grant-{order_id}"),
+        ("order.completed", f"settle-{order_id}"),
+    ]
+    assert reply.json["credit_balance_baisa"] == 4 * OMR
+    assert (await credit_only.balance(sub))["credit_baisa"] == 4 * OMR
+
+
 # ------------------------------------------------------------------------------ Stripe path
 
 

@@ -5,11 +5,20 @@ loop after a crash) and returns its original outcome.
 
     open-<order>     wallet   OpenOrder        the priced order (nothing redeemed or reserved)
     redeem-<order>   voucher  RedeemVoucher    takes the cap slot (deadline-bounded)
+    grant-<order>    wallet   GrantCredit      only when there is nothing to pay: the grant alone
     settle-<order>   wallet   SettleOrder      grant the credit, apply it; complete or reserve
     (Stripe)                  session create   idempotency key = order id
     session-<order>  wallet   AttachSession
     fail-<order>     wallet   FailOrder        release the reservation, revoke the grant
     reverse-<order>  voucher  ReverseRedemption  gives the cap slot back (never burns it, B2)
+
+An order with nothing to pay (the free plan) would settle as two events (credit granted, order
+completed), appended as one atomic batch; a one-replica file stream stages every atomic batch in
+a temporary file store (a directory, metadata written and fsynced, removed on commit), which
+costs nats-server several milliseconds of CPU and holds up the stream. So such an order gets its
+grant in a step of its own and settles with one event: two plain appends. Between the two the
+order is still ``opened`` with its credit granted; recovery fails it (revoking the grant) and
+gives the slot back as after any other interrupted step.
 
 A checkout that stops half-way (the process died, a timeout) is finished or compensated by
 :meth:`CheckoutService.recover_once` once it is older than ``recovery_after``: a redemption
@@ -38,6 +47,7 @@ from voucher_ledger.ledger.commands import (
     ConfirmPayment,
     FailOrder,
     Grant,
+    GrantCredit,
     OpenOrder,
     QueryOrder,
     RedeemVoucher,
@@ -296,6 +306,16 @@ class CheckoutService:
                 amount_baisa=reply.redemption.credit_baisa,
             )
             crash_if("checkout.after_redeem")
+            if order.total_baisa == 0:
+                # The grant alone, then a one-event settle (see the module docstring). Its
+                # outcome is not needed: SettleOrder carries the grant too, grants it if this
+                # step did not, and meets any refusal (order_closed) again.
+                await self._send(
+                    GrantCredit(customer_id=customer_id, order_id=order.order_id, grant=grant),
+                    f"grant-{order.order_id}",
+                    actor,
+                )
+                crash_if("checkout.after_grant")
         settled, refused = await self._wallet(
             SettleOrder(
                 customer_id=customer_id,
