@@ -168,3 +168,30 @@ async def test_consistent_load_on_a_single_replica_stream_asks_no_leader(
     assert await _leader_gets_during(nc, applied.event_stream, loads) == 0
     assert loaded[0] == []
     assert len(loaded[1]) == 2
+
+
+async def test_too_many_atomic_batches_in_flight_is_transient_not_a_failure(
+    store: JetStreamEventStore, applied: StreamsSpec, nc: Client
+) -> None:
+    """nats-server refuses a new atomic batch while too many are open on the stream (50 by
+    default); nothing of it is stored, so the append is a conflict to retry after a backoff,
+    not an error (which left the commands unacknowledged until ack_wait brought them back)."""
+    import json
+
+    subject = applied.layout.voucher_subject("INFLIGHT")
+    refused = None
+    for i in range(500):  # open batches and leave them open (they time out on the server)
+        msg = await nc.request(
+            subject,
+            b"{}",
+            timeout=5,
+            headers={"Nats-Batch-Id": f"hold{i}-{uuid.uuid4().hex}", "Nats-Batch-Sequence": "1"},
+        )
+        if msg.data:
+            refused = json.loads(msg.data)
+            break
+    assert refused is not None, "the server never refused a new batch"
+    assert refused["error"]["err_code"] == 10210, refused
+    with pytest.raises(ConcurrencyConflict):
+        await store.append(subject, 0, [issued("INFLIGHT"), redeemed("INFLIGHT", "c1")])
+    assert await store.load(subject) == []

@@ -39,7 +39,9 @@ from voucher_ledger.ledger.events import (
 
 MAX_BATCH = 1000  # server limit for one atomic batch
 _CONFLICT_CODES = {10071, 10164}  # wrong last sequence (per subject / constant)
-_TRANSIENT_CODES = {10163, 10158, 10167}  # not ready after leader change, in process, too many
+# not ready after leader change, in process, too many requests, too many atomic batches in
+# flight on the stream (refused at its first message: nothing of it is stored)
+_TRANSIENT_CODES = {10163, 10158, 10167, 10210}
 _NO_MESSAGE = 10037  # stream msg get: no message found
 REPLICAS_RECHECK = 5.0  # seconds between looks at the event stream's replica count
 
