@@ -159,6 +159,66 @@ async def test_second_checkout_with_the_same_code_is_refused_and_changes_nothing
     assert (await paid.voucher(code))["times_redeemed"] == 1
 
 
+async def test_a_checkout_refused_at_the_cap_gives_back_no_slot_it_never_took(
+    credit_only: Shop,
+) -> None:
+    """The voucher refused the order's redemption and the request's own FailOrder closed the
+    order: no slot was taken, so no reversal is sent (three commands, not four); the order is
+    failed and the cap's count is unchanged."""
+    import json
+
+    from tests.conftest import connect
+
+    code = new_code("FULL")
+    await credit_only.issue(code, 3, max_redemptions=1)
+    first = await credit_only.checkout(new_customer(), "free", promo_code=code)
+    assert first.status == 200, first
+    nc = await connect(credit_only.server.nats_url)
+    voucher_commands: list[str] = []
+
+    async def spy(msg: Any) -> None:
+        voucher_commands.append(json.loads(msg.data)["command"]["type"])
+
+    try:
+        await nc.subscribe(f"{credit_only.server.prefix}.commands.*.voucher.{code}", cb=spy)
+        await nc.flush()
+        sub = new_customer()
+        refused = await credit_only.checkout(sub, "free", promo_code=code)
+        assert "limit" in assert_json_error(refused, 400)
+        await nc.flush()
+    finally:
+        await nc.close()
+    assert voucher_commands == ["redeem_voucher"]
+    [order] = [o for o in await credit_only.orders() if o["customer_id"] == sub]
+    assert (order["status"], order["failure_reason"]) == ("failed", "invalid_promo")
+    assert (await credit_only.voucher(code))["times_redeemed"] == 1
+    assert (await credit_only.balance(sub))["credit_baisa"] == 0
+
+
+async def test_a_free_order_is_granted_then_settled_one_event_per_step(credit_only: Shop) -> None:
+    """Nothing to pay: the grant is a step of its own (``grant-<order>``) and the settle appends
+    the completion alone, so no step needs an atomic batch; the events are those of a settle
+    that grants, in the same order."""
+    sub = new_customer()
+    code = new_code("FREE")
+    await credit_only.issue(code, 4)
+    reply = await credit_only.checkout(sub, "free", promo_code=code)
+    assert reply.status == 200, reply
+    order_id = reply.json["order_id"]
+    rows = await credit_only.db(
+        "SELECT type, command_id FROM audit_log WHERE aggregate = 'wallet' "
+        "AND aggregate_id = $1 ORDER BY seq",
+        sub,
+    )
+    assert [(r["type"], r["command_id"]) for r in rows] == [
+        ("order.opened", f"open-{order_id}"),
+        ("wallet.credit_granted", f"grant-{order_id}"),
+        ("order.completed", f"settle-{order_id}"),
+    ]
+    assert reply.json["credit_balance_baisa"] == 4 * OMR
+    assert (await credit_only.balance(sub))["credit_baisa"] == 4 * OMR
+
+
 # ------------------------------------------------------------------------------ Stripe path
 
 

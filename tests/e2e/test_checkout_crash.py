@@ -141,3 +141,52 @@ async def test_crash_after_settlement_completes_the_stripe_checkout_on_restart(
                 await _delete_streams(nats_url, prefix)
     finally:
         await fake.stop()
+
+
+async def test_crash_between_grant_and_settlement_takes_the_credit_back_and_frees_the_slot(
+    tmp_path: Path, nats_url: str, pg_url: str
+) -> None:
+    """A free order gets its grant in a step of its own (GrantCredit, then a one-event settle):
+    dying between the two leaves an opened order with granted credit, which recovery fails,
+    revoking the grant and giving the slot back."""
+    prefix = f"crash{uuid.uuid4().hex[:8]}"
+    code = new_code("GRANTED")
+    sub = new_customer()
+    async with fresh_database(pg_url) as db:
+        try:
+            async with shop_on(
+                tmp_path,
+                nats_url,
+                db,
+                prefix,
+                None,
+                VL_FAILPOINTS="checkout.after_grant",
+                **RECOVERY,
+            ) as first:
+                await first.issue(code, 7, max_redemptions=1)
+                await crash_during_checkout(first, sub, plan_id="free", promo_code=code)
+
+            async with shop_on(tmp_path, nats_url, db, prefix, 0, **RECOVERY) as second:
+
+                async def compensated() -> bool:
+                    orders = [o for o in await second.orders() if o["customer_id"] == sub]
+                    voucher = await second.voucher(code)
+                    return (
+                        len(orders) == 1
+                        and orders[0]["status"] == "failed"
+                        and voucher["times_redeemed"] == 0
+                    )
+
+                await wait_until(compensated, timeout=40, what="recovery compensates the order")
+                [order] = [o for o in await second.orders() if o["customer_id"] == sub]
+                assert order["failure_reason"] == "interrupted"
+                balance = await second.balance(sub)
+                assert (balance["credit_baisa"], balance["balance_baisa"]) == (0, 0)
+                assert sorted(e["kind"] for e in balance["entries"]) == ["granted", "revoked"]
+                # The slot is free again: the same customer (retrying) gets it, and its credit.
+                retry = await second.checkout(sub, plan_id="free", promo_code=code)
+                assert retry.status == 200, retry
+                assert retry.json["credit_balance_baisa"] == 7 * OMR
+                assert (await second.voucher(code))["times_redeemed"] == 1
+        finally:
+            await _delete_streams(nats_url, prefix)

@@ -121,3 +121,16 @@ async def test_a_consistent_load_of_an_empty_subject_is_empty(sides: Sides) -> N
     reader = JetStreamEventStore(sides.follower, sides.spec.event_stream)
     subject = sides.spec.layout.voucher_subject("NOTHING-HERE")
     assert await reader.load(subject, consistent=True) == []
+
+
+async def test_a_consistent_load_on_an_r3_stream_asks_the_leader(sides: Sides) -> None:
+    """The single-replica shortcut (no leader request) never applies to an R3 stream."""
+    from tests.integration.test_eventstore import _leader_gets_during
+
+    reader = JetStreamEventStore(sides.follower, sides.spec.event_stream)
+    subject = sides.spec.layout.voucher_subject("ASK-LEADER")
+
+    async def load() -> None:
+        assert await reader.load(subject, consistent=True) == []
+
+    assert await _leader_gets_during(sides.leader, sides.spec.event_stream, load) >= 1

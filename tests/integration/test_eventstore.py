@@ -132,3 +132,66 @@ async def test_event_stream_refuses_message_deletion(nc: Client, applied: Stream
     msg = await nc.request(f"$JS.API.STREAM.PURGE.{applied.event_stream}", b"")
     assert "error" in json.loads(msg.data)
     assert len(await store.load(applied.layout.voucher_subject("KEEP1"))) == 1
+
+
+async def _leader_gets_during(nc: Client, stream: str, action: object) -> int:
+    """How many ``$JS.API.STREAM.MSG.GET`` requests (answered by the stream leader only) were
+    made while ``action`` ran: a plain subscriber receives a copy of every API request."""
+    seen: list[str] = []
+
+    async def spy(msg: object) -> None:
+        seen.append("get")
+
+    sub = await nc.subscribe(f"$JS.API.STREAM.MSG.GET.{stream}", cb=spy)
+    await nc.flush()
+    await action()  # type: ignore[operator]
+    await nc.flush()
+    await sub.unsubscribe()
+    return len(seen)
+
+
+async def test_consistent_load_on_a_single_replica_stream_asks_no_leader(
+    store: JetStreamEventStore, applied: StreamsSpec, nc: Client
+) -> None:
+    """One replica: the direct get is answered by the stream's only server, so a consistent load
+    costs no extra leader request (a new aggregate: one direct get); it still sees every
+    acknowledged append."""
+    subject = applied.layout.voucher_subject("R1LOAD")
+    loaded: list[list[object]] = []
+
+    async def loads() -> None:
+        loaded.append(list(await store.load(subject, consistent=True)))
+        [first] = await store.append(subject, 0, [issued("R1LOAD")])
+        await store.append(subject, first.seq, [redeemed("R1LOAD", "c1")])
+        loaded.append(list(await store.load(subject, consistent=True)))
+
+    assert await _leader_gets_during(nc, applied.event_stream, loads) == 0
+    assert loaded[0] == []
+    assert len(loaded[1]) == 2
+
+
+async def test_too_many_atomic_batches_in_flight_is_transient_not_a_failure(
+    store: JetStreamEventStore, applied: StreamsSpec, nc: Client
+) -> None:
+    """nats-server refuses a new atomic batch while too many are open on the stream (50 by
+    default); nothing of it is stored, so the append is a conflict to retry after a backoff,
+    not an error (which left the commands unacknowledged until ack_wait brought them back)."""
+    import json
+
+    subject = applied.layout.voucher_subject("INFLIGHT")
+    refused = None
+    for i in range(500):  # open batches and leave them open (they time out on the server)
+        msg = await nc.request(
+            subject,
+            b"{}",
+            timeout=5,
+            headers={"Nats-Batch-Id": f"hold{i}-{uuid.uuid4().hex}", "Nats-Batch-Sequence": "1"},
+        )
+        if msg.data:
+            refused = json.loads(msg.data)
+            break
+    assert refused is not None, "the server never refused a new batch"
+    assert refused["error"]["err_code"] == 10210, refused
+    with pytest.raises(ConcurrencyConflict):
+        await store.append(subject, 0, [issued("INFLIGHT"), redeemed("INFLIGHT", "c1")])
+    assert await store.load(subject) == []

@@ -14,6 +14,7 @@ from voucher_ledger.ledger.commands import (
     ConfirmPayment,
     FailOrder,
     Grant,
+    GrantCredit,
     OpenOrder,
     QueryOrder,
     SettleOrder,
@@ -100,6 +101,76 @@ def test_credit_covers_the_total_reserve_capture_complete() -> None:
         True,
         12 * OMR,
     )
+
+
+def grant_credit(order_id: str, grant_omr: int) -> GrantCredit:
+    return GrantCredit(
+        customer_id=CUSTOMER,
+        order_id=order_id,
+        grant=Grant(redemption_id=f"r-{order_id}", code="PROMO", amount_baisa=grant_omr * OMR),
+    )
+
+
+def test_a_free_order_granted_first_then_settles_with_one_event_each() -> None:
+    """GrantCredit, then the same SettleOrder (still carrying the grant): one event per command,
+    the same events in the same order as a settle that grants, the same state."""
+    split, whole = Wallet(), Wallet()
+    for w in (split, whole):
+        w.apply(open_order("o1", 0))
+    granted = split.apply(grant_credit("o1", 5), "grant-o1")
+    assert isinstance(granted, Decided)
+    assert [e.type for e in granted.events] == ["wallet.credit_granted"]
+    settled = split.apply(settle("o1", grant_omr=5), "settle-o1")
+    assert isinstance(settled, Decided)
+    assert [e.type for e in settled.events] == ["order.completed"]
+    whole.apply(settle("o1", grant_omr=5), "settle-o1")
+    assert split.types() == whole.types()
+    assert split.state.orders["o1"].status == whole.state.orders["o1"].status == "completed"
+    assert (split.state.balance_baisa, split.state.available_baisa) == (5 * OMR, 5 * OMR)
+    assert split.state.orders["o1"].redemption_id == "r-o1"
+
+
+def test_grant_credit_is_idempotent_and_only_for_an_opened_order() -> None:
+    w = Wallet()
+    w.apply(open_order("o1", 0))
+    w.apply(grant_credit("o1", 5), "grant-o1")
+    again = w.apply(grant_credit("o1", 5), "grant-o1-retry")  # same redemption, new command id
+    assert isinstance(again, Decided)
+    assert again.events == []
+    assert isinstance(w.apply(grant_credit("o1", 5), "grant-o1"), Replayed)
+    assert w.state.balance_baisa == 5 * OMR
+    w.apply(open_order("o2", 0))
+    w.apply(
+        FailOrder(customer_id=CUSTOMER, order_id="o2", reason="interrupted", message="m"),
+        "fail-o2",
+    )
+    refused = w.apply(grant_credit("o2", 7), "grant-o2")
+    assert isinstance(refused, Refused)
+    assert refused.error.reason == "order_closed"
+    unknown = w.apply(grant_credit("nope", 7))
+    assert isinstance(unknown, Refused)
+    assert unknown.error.reason == "order_not_found"
+    assert w.state.balance_baisa == 5 * OMR
+
+
+def test_an_order_failed_between_grant_and_settle_takes_the_grant_back() -> None:
+    """What recovery does to a checkout interrupted after its grant: revoke it, free the slot."""
+    w = Wallet()
+    w.apply(open_order("o1", 0))
+    w.apply(grant_credit("o1", 5), "grant-o1")
+    w.apply(
+        FailOrder(
+            customer_id=CUSTOMER,
+            order_id="o1",
+            reason="interrupted",
+            message="m",
+            expected_status="opened",
+        ),
+        "fail-o1",
+    )
+    assert w.types()[-2:] == ["wallet.grant_revoked", "order.failed"]
+    assert w.state.balance_baisa == 0
+    assert w.state.orders["o1"].release_slot is True
 
 
 def test_partial_credit_reserves_and_asks_for_the_rest() -> None:

@@ -5,11 +5,20 @@ loop after a crash) and returns its original outcome.
 
     open-<order>     wallet   OpenOrder        the priced order (nothing redeemed or reserved)
     redeem-<order>   voucher  RedeemVoucher    takes the cap slot (deadline-bounded)
+    grant-<order>    wallet   GrantCredit      only when there is nothing to pay: the grant alone
     settle-<order>   wallet   SettleOrder      grant the credit, apply it; complete or reserve
     (Stripe)                  session create   idempotency key = order id
     session-<order>  wallet   AttachSession
     fail-<order>     wallet   FailOrder        release the reservation, revoke the grant
     reverse-<order>  voucher  ReverseRedemption  gives the cap slot back (never burns it, B2)
+
+An order with nothing to pay (the free plan) would settle as two events (credit granted, order
+completed), appended as one atomic batch; a one-replica file stream stages every atomic batch in
+a temporary file store (a directory, metadata written and fsynced, removed on commit), which
+costs nats-server several milliseconds of CPU and holds up the stream. So such an order gets its
+grant in a step of its own and settles with one event: two plain appends. Between the two the
+order is still ``opened`` with its credit granted; recovery fails it (revoking the grant) and
+gives the slot back as after any other interrupted step.
 
 A checkout that stops half-way (the process died, a timeout) is finished or compensated by
 :meth:`CheckoutService.recover_once` once it is older than ``recovery_after``: a redemption
@@ -38,6 +47,7 @@ from voucher_ledger.ledger.commands import (
     ConfirmPayment,
     FailOrder,
     Grant,
+    GrantCredit,
     OpenOrder,
     QueryOrder,
     RedeemVoucher,
@@ -221,6 +231,7 @@ class CheckoutService:
     ) -> CheckoutOutcome:
         """Take the order from wherever it is to an answer. ``recovering``: the client is gone,
         so an order still ``opened`` is compensated rather than redeemed now."""
+        took_no_slot = False  # the voucher refused this order's redemption: nothing to give back
         if order.status == "opened":
             if recovering:  # rolled back; the "failed" branch below gives the slot back
                 order, wallet, seq = await self._failed(
@@ -232,11 +243,11 @@ class CheckoutService:
                     expected="opened",
                 )
             else:
-                order, wallet, seq = await self._settle(customer_id, actor, order)
+                order, wallet, seq, took_no_slot = await self._settle(customer_id, actor, order)
         if order.status == "awaiting_payment" and order.session_url is None:
             order, wallet, seq = await self._request_payment(customer_id, actor, order, seq)
         if order.status == "failed":
-            if order.release_slot:
+            if order.release_slot and not took_no_slot:
                 seq = max(seq, await self.release_slot(customer_id, actor, order))
             raise CheckoutError(
                 FAILURE_STATUS.get(order.failure_reason or "", 409),
@@ -253,19 +264,24 @@ class CheckoutService:
 
     async def _settle(
         self, customer_id: str, actor: Actor, order: OrderView
-    ) -> tuple[OrderView, WalletView | None, int]:
+    ) -> tuple[OrderView, WalletView | None, int, bool]:
+        """Redeem the order's code and settle it. The flag: the voucher refused this order's
+        redemption and this request's own FailOrder then closed the order, so this checkout
+        took no slot and has none to give back. (A concurrent retry with the same key whose
+        redemption got through afterwards finds the order failed and gives its slot back
+        itself, or recovery does: failed orders with a redemption are recovered.)"""
         grant: Grant | None = None
         if order.promo_code:
             deadline = self._redeem_deadline(order)
             if datetime.now(UTC) >= deadline:
-                return await self._failed(
+                return *await self._failed(
                     customer_id,
                     actor,
                     order,
                     "interrupted",
                     "checkout took too long and has been rolled back; start a new checkout",
                     expected="opened",
-                )
+                ), False
             reply = await self._send(
                 RedeemVoucher(code=order.promo_code, customer_id=customer_id),
                 redeem_command_id(order.order_id),
@@ -277,9 +293,12 @@ class CheckoutService:
                     reason, message = "timeout", "the ledger did not answer in time; retry"
                 else:
                     reason, message = "invalid_promo", f"invalid promo code: {reply.message}"
-                return await self._failed(
+                failed, _ = await self._fail_order(
                     customer_id, actor, order, reason, message, expected="opened"
                 )
+                if failed is None:  # the order moved on meanwhile: where is it now?
+                    return *await self._current(customer_id, actor, order.order_id), False
+                return _order_of(failed), failed.wallet, failed.seq, True
             assert reply.redemption is not None
             grant = Grant(
                 redemption_id=reply.redemption.redemption_id,
@@ -287,6 +306,16 @@ class CheckoutService:
                 amount_baisa=reply.redemption.credit_baisa,
             )
             crash_if("checkout.after_redeem")
+            if order.total_baisa == 0:
+                # The grant alone, then a one-event settle (see the module docstring). Its
+                # outcome is not needed: SettleOrder carries the grant too, grants it if this
+                # step did not, and meets any refusal (order_closed) again.
+                await self._send(
+                    GrantCredit(customer_id=customer_id, order_id=order.order_id, grant=grant),
+                    f"grant-{order.order_id}",
+                    actor,
+                )
+                crash_if("checkout.after_grant")
         settled, refused = await self._wallet(
             SettleOrder(
                 customer_id=customer_id,
@@ -299,7 +328,7 @@ class CheckoutService:
         )
         if refused is not None:
             if refused.reason == "payment_unavailable":
-                return await self._failed(
+                return *await self._failed(
                     customer_id,
                     actor,
                     order,
@@ -307,12 +336,12 @@ class CheckoutService:
                     "payment processor is not configured yet. Please contact support or use "
                     "a promo code that covers the full amount.",
                     expected="opened",
-                )
+                ), False
             # order_closed: recovery (or a concurrent retry) moved the order on; look it up.
-            return await self._current(customer_id, actor, order.order_id)
+            return *await self._current(customer_id, actor, order.order_id), False
         assert settled is not None
         crash_if("checkout.after_settle")
-        return _order_of(settled), settled.wallet, settled.seq
+        return _order_of(settled), settled.wallet, settled.seq, False
 
     async def _request_payment(
         self, customer_id: str, actor: Actor, order: OrderView, seq: int
@@ -384,7 +413,25 @@ class CheckoutService:
         expected: str,
     ) -> tuple[OrderView, WalletView | None, int]:
         """Fail the order (release, revoke) if it is still ``expected``; else where it is now."""
-        failed, refused = await self._wallet(
+        failed, _ = await self._fail_order(
+            customer_id, actor, order, reason, message, expected=expected
+        )
+        if failed is None:
+            # The order moved on (settled by its own request, or failed already).
+            return await self._current(customer_id, actor, order.order_id)
+        return _order_of(failed), failed.wallet, failed.seq
+
+    async def _fail_order(
+        self,
+        customer_id: str,
+        actor: Actor,
+        order: OrderView,
+        reason: str,
+        message: str,
+        *,
+        expected: str,
+    ) -> tuple[Accepted | None, Rejected | None]:
+        return await self._wallet(
             FailOrder(
                 customer_id=customer_id,
                 order_id=order.order_id,
@@ -395,11 +442,6 @@ class CheckoutService:
             f"fail-{order.order_id}",
             actor,
         )
-        if refused is not None:
-            # The order moved on (settled by its own request, or failed already).
-            return await self._current(customer_id, actor, order.order_id)
-        assert failed is not None
-        return _order_of(failed), failed.wallet, failed.seq
 
     async def release_slot(self, customer_id: str, actor: Actor, order: OrderView) -> int:
         """Give the checkout's voucher slot back, if it took one (idempotent). Returns the

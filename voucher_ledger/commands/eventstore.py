@@ -7,7 +7,10 @@
   stream answers a direct get, a follower possibly a few messages behind the leader; with
   ``consistent=True`` (the processors) the stream leader is asked for the subject's last
   sequence and any missing tail is read from the leader, so a decision is never taken on a
-  stale history.
+  stale history. A stream with one replica has no follower to be behind: its only server
+  answers the direct get, so the leader request is skipped (the replica count is read from
+  the stream's info and looked at again every ``REPLICAS_RECHECK`` seconds, so a stream
+  scaled up while the service runs gets the leader request again).
 * JetStream's wrong-sequence errors become one :class:`ConcurrencyConflict`; nothing above this
   module sees ``nats`` error types.
 """
@@ -18,6 +21,7 @@ import asyncio
 import base64
 import itertools
 import json
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -35,8 +39,11 @@ from voucher_ledger.ledger.events import (
 
 MAX_BATCH = 1000  # server limit for one atomic batch
 _CONFLICT_CODES = {10071, 10164}  # wrong last sequence (per subject / constant)
-_TRANSIENT_CODES = {10163, 10158, 10167}  # not ready after leader change, in process, too many
+# not ready after leader change, in process, too many requests, too many atomic batches in
+# flight on the stream (refused at its first message: nothing of it is stored)
+_TRANSIENT_CODES = {10163, 10158, 10167, 10210}
 _NO_MESSAGE = 10037  # stream msg get: no message found
+REPLICAS_RECHECK = 5.0  # seconds between looks at the event stream's replica count
 
 
 _PendingGet = tuple[list[Msg], "asyncio.Future[dict[str, str]]"]
@@ -66,6 +73,8 @@ class JetStreamEventStore:
         self._load_prefix: str | None = None
         self._load_tokens = itertools.count(1)
         self._load_waiting: dict[str, _PendingGet] = {}
+        # (whether the stream has a single replica, monotonic time it was read)
+        self._single_replica: tuple[bool, float] | None = None
 
     @property
     def stream(self) -> str:
@@ -158,7 +167,9 @@ class JetStreamEventStore:
 
         ``consistent``: at least every event the stream leader had stored when the load began
         (a direct get may be answered by a follower that is behind)."""
-        leader_last = await self._leader_last_seq(subject) if consistent else 0
+        leader_last = 0
+        if consistent and not await self._is_single_replica():
+            leader_last = await self._leader_last_seq(subject)
         out = await self._direct_load(subject, after_seq, page)
         last = out[-1].seq if out else after_seq
         while last < leader_last:
@@ -168,6 +179,34 @@ class JetStreamEventStore:
             out.append(recorded)
             last = recorded.seq
         return out
+
+    async def _is_single_replica(self) -> bool:
+        """Whether the stream has one replica (so a direct get is answered by its only
+        server, never by a follower that is behind). Read from the stream's info at most once
+        every ``REPLICAS_RECHECK`` seconds."""
+        known = self._single_replica
+        now = time.monotonic()
+        if known is not None and now - known[1] < REPLICAS_RECHECK:
+            return known[0]
+        info = await self._stream_info()
+        cluster = info.get("cluster") or {}
+        single = int(info["config"].get("num_replicas", 1)) == 1 and not cluster.get("replicas")
+        self._single_replica = (single, now)
+        return single
+
+    async def _stream_info(self) -> dict[str, Any]:
+        try:
+            msg = await self._nc.request(
+                f"$JS.API.STREAM.INFO.{self._stream}", b"", timeout=self._timeout
+            )
+        except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise EventStoreUnavailable(f"stream info of {self._stream}: no answer") from exc
+        except nats.errors.ConnectionClosedError as exc:
+            raise EventStoreUnavailable("NATS connection closed") from exc
+        info: dict[str, Any] = json.loads(msg.data)
+        if "error" in info:
+            raise EventStoreError(str(info["error"].get("description")))
+        return info
 
     async def _leader_api(self, payload: dict[str, Any]) -> dict[str, Any] | None:
         """``$JS.API.STREAM.MSG.GET``, answered by the stream leader only: the message, or None

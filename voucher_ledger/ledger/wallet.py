@@ -28,6 +28,7 @@ from voucher_ledger.ledger.commands import (
     AttachSession,
     ConfirmPayment,
     FailOrder,
+    GrantCredit,
     OpenOrder,
     QueryOrder,
     SettleOrder,
@@ -224,6 +225,22 @@ def decide(state: WalletState, command: WalletCommandT) -> list[WalletEventT]:
                     )
                 )
             return events
+        case GrantCredit():
+            order = state.order(command.order_id)
+            grant = command.grant
+            if grant.redemption_id in state.grants:
+                return []
+            if order.status != "opened":
+                raise OrderClosed(order.order_id, order.status)
+            return [
+                CreditGranted(
+                    customer_id=who,
+                    redemption_id=grant.redemption_id,
+                    code=grant.code,
+                    order_id=order.order_id,
+                    amount_baisa=grant.amount_baisa,
+                )
+            ]
         case AttachSession():
             order = state.order(command.order_id)
             if order.session_id == command.session_id:
