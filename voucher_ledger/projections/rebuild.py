@@ -2,8 +2,12 @@
 
 1. A shadow schema ``rebuild_<name>`` gets fresh tables from the same migrations (same names,
    constraints and indexes), with its own checkpoint row.
+   Its secondary indexes (not unique, not backing a constraint) are dropped, their definitions
+   kept in the shadow schema, and built again in one pass once the replay is near the head.
 2. The stream is replayed into it in big batches, each in one transaction with the shadow
-   checkpoint, so an interrupted rebuild resumes where it stopped.
+   checkpoint, so an interrupted rebuild resumes where it stopped. Each batch goes in through
+   the projection's bulk applier (``bulk.py``: rows folded in memory, written once per batch,
+   ``COPY`` for new rows) when it has one, else through its ``apply``.
 3. Near the head, one transaction locks the live checkpoint (the live projector waits on it),
    applies the last events, moves the live tables out and the shadow tables in, and sets the
    live checkpoint to the shadow's. Readers see the old rows until the commit, the new after.
@@ -21,6 +25,7 @@ from typing import Any
 import asyncpg
 from nats.aio.client import Client
 
+from voucher_ledger.projections.bulk import bulk_for
 from voucher_ledger.projections.migrate import discover
 from voucher_ledger.projections.projector import Conn, Projection, StreamEvent
 from voucher_ledger.projections.replay import read_stream, stream_head
@@ -68,8 +73,24 @@ def shadow_schema(projection: Projection) -> str:
     return f"rebuild_{projection.name}"
 
 
-async def _prepare_shadow(conn: Conn, schema: str, name: str) -> int:
-    """Create the shadow schema and tables if missing; return its checkpoint."""
+_DEFERRED = "rebuild_deferred_indexes"
+# The secondary indexes of some tables: neither unique nor backing a constraint.
+_SECONDARY_INDEXES = """
+SELECT i.relname AS name, pg_get_indexdef(i.oid) AS definition
+FROM pg_index x
+JOIN pg_class i ON i.oid = x.indexrelid
+JOIN pg_class t ON t.oid = x.indrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname = $1 AND t.relname = ANY($2::text[]) AND NOT x.indisunique
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)
+ORDER BY i.relname
+"""
+
+
+async def _prepare_shadow(conn: Conn, schema: str, projection: Projection) -> int:
+    """Create the shadow schema and tables if missing (their secondary indexes deferred);
+    return its checkpoint."""
+    name = projection.name
     exists = await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema)
     if not exists:
         async with conn.transaction():
@@ -77,6 +98,18 @@ async def _prepare_shadow(conn: Conn, schema: str, name: str) -> int:
             await conn.execute(f"SET LOCAL search_path TO {ident(schema)}")
             for migration in discover():
                 await conn.execute(migration.sql)
+            await conn.execute(
+                f"CREATE TABLE {ident(_DEFERRED)} (name text PRIMARY KEY, definition text NOT NULL)"
+            )
+            deferred = await conn.fetch(_SECONDARY_INDEXES, schema, list(projection.tables))
+            for row in deferred:
+                await conn.execute(
+                    f"INSERT INTO {ident(_DEFERRED)} (name, definition) VALUES ($1, $2)",  # noqa: S608
+                    row["name"],
+                    row["definition"],
+                )
+                await conn.execute(f"DROP INDEX {ident(row['name'])}")
+            await conn.execute("SET LOCAL search_path TO public")
         log.info("rebuild %s: shadow schema %s created", name, schema)
     table = f"{ident(schema)}.projection_checkpoints"
     await conn.execute(
@@ -87,12 +120,29 @@ async def _prepare_shadow(conn: Conn, schema: str, name: str) -> int:
     return int(await conn.fetchval(sql, name))
 
 
+async def _restore_indexes(conn: Conn, schema: str, tables: Sequence[str]) -> None:
+    """Build the shadow's deferred secondary indexes (one pass over the loaded rows each) and
+    refresh the planner statistics of its tables, before they are swapped in."""
+    async with conn.transaction():
+        table = f"{ident(schema)}.{ident(_DEFERRED)}"
+        deferred = await conn.fetch(f"SELECT name, definition FROM {table} ORDER BY name")  # noqa: S608
+        for row in deferred:
+            await conn.execute(row["definition"])
+        await conn.execute(f"DELETE FROM {table}")  # noqa: S608
+    if deferred:
+        await conn.execute("ANALYZE " + ", ".join(f"{ident(schema)}.{ident(t)}" for t in tables))
+
+
 async def _apply(
     conn: Conn, schema: str, projection: Projection, events: list[StreamEvent]
 ) -> None:
     """Apply one batch to the shadow tables with the shadow checkpoint (inside a transaction)."""
     await conn.execute(f"SET LOCAL search_path TO {ident(schema)}")
-    await projection.apply(conn, events)
+    bulk = bulk_for(projection)
+    if bulk is not None:
+        await bulk.apply_bulk(conn, events)
+    else:
+        await projection.apply(conn, events)
     await conn.execute(
         "UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() WHERE projection = $1",
         projection.name,
@@ -108,7 +158,7 @@ async def rebuild(
     projection: Projection | Sequence[Projection],
     *,
     progress: Progress | None = None,
-    batch: int = 1000,
+    batch: int = 10_000,
     swap_within: int = 2000,
 ) -> RebuildSummary:
     """Rebuild one projection, or several in ONE pass over the stream (each batch is applied
@@ -126,7 +176,7 @@ async def rebuild(
                 floor[p.name] = todo[-1].seq
 
     async with pool.acquire() as conn:
-        floor = {p.name: await _prepare_shadow(conn, shadow_schema(p), p.name) for p in chosen}
+        floor = {p.name: await _prepare_shadow(conn, shadow_schema(p), p) for p in chosen}
         reached = min(floor.values())
         resumed_from = reached
         head = await stream_head(nc, spec)
@@ -139,6 +189,8 @@ async def rebuild(
                 reached = events[-1].seq
                 bar.advance(len(events), head)
             head = await stream_head(nc, spec)
+        for p in chosen:
+            await _restore_indexes(conn, shadow_schema(p), p.tables)
         # The swap: the live projectors block on their checkpoint rows until this commits.
         async with conn.transaction():
             for p in chosen:
