@@ -108,6 +108,11 @@ def _summary(s: RebuildSummary) -> str:
 
 
 async def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from voucher_ledger.cli import tune_gc
+
+    # A replay allocates a batch's events, rows and records at a time, all short-lived: with
+    # the default thresholds the cyclic GC walked them (and every module) over and over.
+    tune_gc()
     spec = _spec(settings)
     chosen = [p for p in ALL_PROJECTIONS if not args.projection or p.name in args.projection]
     async with _servers(settings) as (nc, pool):
