@@ -10,6 +10,7 @@ run; CI uses a smaller default).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -42,14 +43,16 @@ from voucher_ledger.ledger.events import (
     RecordedEvent,
     VoucherIssued,
     VoucherRedeemed,
+    encode_envelope,
 )
 from voucher_ledger.ledger.voucher import Decided
 from voucher_ledger.ledger.wallet import evolve as wallet_evolve
 from voucher_ledger.ledger.wallet import handle as wallet_handle
 from voucher_ledger.ledger.wallet import initial_state as wallet_initial
+from voucher_ledger.projections import replay
 from voucher_ledger.projections.host import ProjectorHost
 from voucher_ledger.projections.migrate import migrate
-from voucher_ledger.projections.projector import ProjectionStatus
+from voucher_ledger.projections.projector import ProjectionStatus, StreamEvent
 from voucher_ledger.projections.rebuild import Progress, rebuild
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.projections.verify import verify
@@ -234,6 +237,39 @@ async def test_rebuild_equals_the_live_projection_row_for_row_and_verify_is_clea
     report = await verify(pool, nc, applied)
     assert report.clean, report.differences[:20]
     assert report.checked["redemptions"] == len(before["redemptions"])
+
+
+async def test_the_replay_reader_takes_deliveries_off_the_parser_and_misses_none(
+    nc: Client,
+    applied: StreamsSpec,
+    store: JetStreamEventStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The replay's deliveries (batch headers and all) skip nats.py's message path; every
+    event arrives once, in order, byte for byte, and the client is left as it was."""
+    loops: list[Any] = []
+
+    class Recorded(replay._ReplayPulls):
+        async def start(self) -> None:
+            loops.append(self)
+            await super().start()
+
+    monkeypatch.setattr(replay, "_ReplayPulls", Recorded)
+    await write_history(store, applied, 2500)
+    head = await store.last_sequence()
+    seen: list[StreamEvent] = []
+    async for events in replay.read_stream(nc, applied, 7, until_seq=head - 3, batch=400):
+        assert len(events) <= 400
+        seen.extend(events)
+    assert [e.seq for e in seen] == list(range(7, head - 2))
+    for event in seen:
+        assert encode_envelope(event.envelope).decode() == event.raw
+    assert len(loops) == 1
+    assert loops[0].direct >= len(seen)
+    assert "_process_msg" not in vars(nc)
+    # the client still delivers to ordinary subscriptions
+    reply = await nc.request(f"$JS.API.STREAM.INFO.{applied.event_stream}", b"", timeout=5)
+    assert json.loads(reply.data)["state"]["last_seq"] == head
 
 
 INDEXES = """
