@@ -15,12 +15,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from nats.aio.client import Client
@@ -56,6 +58,50 @@ class RebuildSummary:
     @property
     def events_per_second(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    exc: BaseException
+
+
+async def prefetched(source: AsyncIterator[_T], depth: int = 1) -> AsyncGenerator[_T, None]:
+    """``source``'s items, read (received and decoded) by a task of their own up to ``depth``
+    items ahead: the next batch is decoded while PostgreSQL works on the previous one, instead
+    of each side waiting for the other. Errors of the source surface here, in order; closing
+    this iterator stops the reader."""
+    queue: asyncio.Queue[_T | _Failed | None] = asyncio.Queue()  # bounded by ``slots``
+    slots = asyncio.Semaphore(depth)
+
+    async def produce() -> None:
+        try:
+            async for item in source:
+                queue.put_nowait(item)
+                await slots.acquire()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            queue.put_nowait(_Failed(exc))
+        else:
+            queue.put_nowait(None)
+
+    task = asyncio.create_task(produce())
+    try:
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            slots.release()
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -183,11 +229,13 @@ async def rebuild(
         bar.start(head, reached)
         # Replay into the shadows until close enough to the head to swap quickly.
         while head - reached > swap_within:
-            async for events in read_stream(nc, spec, reached + 1, until_seq=head, batch=batch):
-                async with conn.transaction():
-                    await apply_all(conn, events, floor)
-                reached = events[-1].seq
-                bar.advance(len(events), head)
+            source = read_stream(nc, spec, reached + 1, until_seq=head, batch=batch)
+            async with contextlib.aclosing(prefetched(source)) as batches:
+                async for events in batches:
+                    async with conn.transaction():
+                        await apply_all(conn, events, floor)
+                    reached = events[-1].seq
+                    bar.advance(len(events), head)
             head = await stream_head(nc, spec)
         for p in chosen:
             await _restore_indexes(conn, shadow_schema(p), p.tables)

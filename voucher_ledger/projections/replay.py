@@ -3,6 +3,7 @@ ephemeral pull consumer."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -136,6 +137,8 @@ async def read_stream(
                 if len(out) >= batch:
                     yield out
                     out = []
+            # Let a concurrent consumer (rebuild's prefetch) get on with its batch in between.
+            await asyncio.sleep(0)
         if out:
             yield out
     finally:
