@@ -19,41 +19,38 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 import asyncpg
 
-from voucher_ledger.ledger.events import (
-    CreditCaptured,
-    CreditGranted,
-    CreditReleased,
-    CreditReserved,
-    GrantRevoked,
-    OrderAbandoned,
-    OrderCompleted,
-    OrderFailed,
-    OrderOpened,
-    OrderPaymentRequested,
-    OrderRefundDue,
-    OrderSessionCreated,
-    RedemptionReversed,
-    VoucherIssued,
-    VoucherRedeemed,
-    VoucherRevoked,
-)
+from voucher_ledger.ledger.events import decode_plain
 from voucher_ledger.projections.projector import (
     AuditProjection,
     Conn,
     Projection,
-    StreamEvent,
     VoucherProjection,
 )
 from voucher_ledger.projections.wallets import WalletProjection
 
 
+@dataclass(frozen=True, slots=True)
+class PlainEvent:
+    """An event as the bulk appliers read it: ``doc`` is ``decode_plain``'s envelope (plain
+    dicts, validated as the models are), ``raw`` the message body exactly as stored."""
+
+    seq: int
+    doc: dict[str, Any]
+    raw: str
+
+
+def plain_event(seq: int, data: bytes) -> PlainEvent:
+    return PlainEvent(seq, decode_plain(data), data.decode())
+
+
 class BulkProjection(Protocol):
-    async def apply_bulk(self, conn: Conn, events: Sequence[StreamEvent]) -> None: ...
+    async def apply_bulk(self, conn: Conn, events: Sequence[PlainEvent]) -> None: ...
 
 
 # ------------------------------------------------------------------------------------ vouchers
@@ -114,18 +111,24 @@ def _foreign_key_error(code: str) -> asyncpg.ForeignKeyViolationError:
     )
 
 
-_VOUCHER_EVENTS = (VoucherIssued, VoucherRevoked, VoucherRedeemed, RedemptionReversed)
+_ISSUED, _REVOKED, _REDEEMED, _REVERSED = (
+    "voucher.issued",
+    "voucher.revoked",
+    "voucher.redeemed",
+    "voucher.redemption_reversed",
+)
+_VOUCHER_EVENTS = frozenset((_ISSUED, _REVOKED, _REDEEMED, _REVERSED))
 
 
 class VoucherBulk:
     """``vouchers`` and ``redemptions``, as ``VoucherProjection.apply`` leaves them."""
 
-    async def apply_bulk(self, conn: Conn, events: Sequence[StreamEvent]) -> None:
+    async def apply_bulk(self, conn: Conn, events: Sequence[PlainEvent]) -> None:
         codes: set[str] = set()
         for item in events:
-            event = item.envelope.event
-            if isinstance(event, _VOUCHER_EVENTS):
-                codes.add(event.code)
+            event = item.doc["event"]
+            if event["type"] in _VOUCHER_EVENTS:
+                codes.add(event["code"])
         if not codes:
             return
         rows: dict[str, list[Any]] = {
@@ -144,47 +147,52 @@ class VoucherBulk:
         earlier: dict[str, tuple[datetime, int, str]] = {}
 
         for item in events:
-            env = item.envelope
-            event = env.event
-            at = env.occurred_at
+            env = item.doc
+            event = env["event"]
+            kind = event["type"]
+            if kind not in _VOUCHER_EVENTS:
+                continue
+            at = env["occurred_at"]
             seq = item.seq
-            if isinstance(event, VoucherRedeemed):
-                row = rows.get(event.code)
+            code = event["code"]
+            if kind == _REDEEMED:
+                row = rows.get(code)
                 if row is None:
-                    raise _foreign_key_error(event.code)
+                    raise _foreign_key_error(code)
+                redemption_id = event["redemption_id"]
                 redemption = [
-                    event.redemption_id,
-                    event.code,
-                    event.customer_id,
-                    event.credit_baisa,
+                    redemption_id,
+                    code,
+                    event["customer_id"],
+                    event["credit_baisa"],
                     at,
                     seq,
-                    env.command_id,
+                    env["command_id"],
                     None,
                     None,
                     None,
                 ]
-                pair = (event.code, event.customer_id)
-                if event.redemption_id in by_id or pair in active:
+                pair = (code, event["customer_id"])
+                if redemption_id in by_id or pair in active:
                     raise asyncpg.UniqueViolationError(
-                        f"redemption {event.redemption_id!r} of {pair} recorded twice "
+                        f"redemption {redemption_id!r} of {pair} recorded twice "
                         "(the live insert violates a unique index of redemptions)"
                     )
                 active.add(pair)
                 new.append(redemption)
-                by_id[event.redemption_id] = redemption
+                by_id[redemption_id] = redemption
                 row[_V_TIMES] += 1
                 row[_V_UPDATED], row[_V_SEQ] = at, seq
-            elif isinstance(event, VoucherIssued):
-                row = rows.get(event.code)
+            elif kind == _ISSUED:
+                row = rows.get(code)
                 if row is None:
-                    rows[event.code] = [
-                        event.code,
-                        event.credit_baisa,
-                        event.description,
-                        event.active,
+                    rows[code] = [
+                        code,
+                        event["credit_baisa"],
+                        event["description"],
+                        event["active"],
                         False,
-                        event.max_redemptions,
+                        event["max_redemptions"],
                         0,
                         at,
                         at,
@@ -192,26 +200,27 @@ class VoucherBulk:
                         seq,
                     ]
                 else:
-                    row[_V_CREDIT] = event.credit_baisa
-                    row[_V_DESC] = event.description
-                    row[_V_ACTIVE] = event.active
-                    row[_V_MAX] = event.max_redemptions
+                    row[_V_CREDIT] = event["credit_baisa"]
+                    row[_V_DESC] = event["description"]
+                    row[_V_ACTIVE] = event["active"]
+                    row[_V_MAX] = event["max_redemptions"]
                     row[_V_REVOKED], row[_V_REVOKED_AT] = False, None
                     row[_V_UPDATED], row[_V_SEQ] = at, seq
-            elif isinstance(event, VoucherRevoked):
-                row = rows.get(event.code)
+            elif kind == _REVOKED:
+                row = rows.get(code)
                 if row is not None:
                     row[_V_REVOKED], row[_V_ACTIVE], row[_V_REVOKED_AT] = True, False, at
                     row[_V_UPDATED], row[_V_SEQ] = at, seq
-            elif isinstance(event, RedemptionReversed):
-                found = by_id.get(event.redemption_id)
+            else:  # _REVERSED
+                redemption_id = event["redemption_id"]
+                found = by_id.get(redemption_id)
                 if found is not None:
                     if found[_R_REVERSED_AT] is None:
-                        found[7:10] = [at, seq, event.reason]
+                        found[7:10] = [at, seq, event["reason"]]
                         active.discard((found[1], found[2]))
-                elif event.redemption_id not in earlier:
-                    earlier[event.redemption_id] = (at, seq, event.reason)
-                row = rows.get(event.code)
+                elif redemption_id not in earlier:
+                    earlier[redemption_id] = (at, seq, event["reason"])
+                row = rows.get(code)
                 if row is not None:
                     row[_V_TIMES] -= 1
                     row[_V_UPDATED], row[_V_SEQ] = at, seq
@@ -327,15 +336,26 @@ FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[], $5::bigin
 WHERE wallets.customer_id = d.customer_id
 """
 
-_MOVES = (CreditGranted, GrantRevoked, CreditReserved, CreditCaptured, CreditReleased)
-_ORDER_EVENTS = (
-    OrderOpened,
-    OrderPaymentRequested,
-    OrderSessionCreated,
-    OrderCompleted,
-    OrderFailed,
-    OrderAbandoned,
-    OrderRefundDue,
+_GRANTED = "wallet.credit_granted"
+_MOVES = frozenset(
+    (
+        _GRANTED,
+        "wallet.grant_revoked",
+        "wallet.credit_reserved",
+        "wallet.credit_captured",
+        "wallet.credit_released",
+    )
+)
+_ORDER_EVENTS = frozenset(
+    (
+        "order.opened",
+        "order.payment_requested",
+        "order.session_created",
+        "order.completed",
+        "order.failed",
+        "order.abandoned",
+        "order.refund_due",
+    )
 )
 
 
@@ -343,17 +363,18 @@ class WalletBulk:
     """``wallets``, ``credit_entries`` and ``orders``, as ``WalletProjection.apply`` leaves
     them."""
 
-    async def apply_bulk(self, conn: Conn, events: Sequence[StreamEvent]) -> None:
+    async def apply_bulk(self, conn: Conn, events: Sequence[PlainEvent]) -> None:
         customers: set[str] = set()
         order_ids: set[str] = set()
         for item in events:
-            event = item.envelope.event
-            if isinstance(event, _MOVES):
-                customers.add(item.envelope.aggregate_id)
-                if isinstance(event, CreditGranted):
-                    order_ids.add(event.order_id)
-            elif isinstance(event, _ORDER_EVENTS):
-                order_ids.add(event.order_id)
+            event = item.doc["event"]
+            kind = event["type"]
+            if kind in _MOVES:
+                customers.add(item.doc["aggregate_id"])
+                if kind == _GRANTED:
+                    order_ids.add(event["order_id"])
+            elif kind in _ORDER_EVENTS:
+                order_ids.add(event["order_id"])
         if not customers and not order_ids:
             return
         wallets: dict[str, list[Any]] = {}
@@ -381,7 +402,7 @@ class WalletBulk:
         entries: list[tuple[Any, ...]] = []
 
         def move(
-            item: StreamEvent,
+            item: PlainEvent,
             kind: str,
             amount: int,
             delta: int,
@@ -391,9 +412,9 @@ class WalletBulk:
             code: str | None = None,
             redemption_id: str | None = None,
         ) -> None:
-            env = item.envelope
-            customer = env.aggregate_id
-            at = env.occurred_at
+            env = item.doc
+            customer = env["aggregate_id"]
+            at = env["occurred_at"]
             row = wallets.get(customer)
             if row is None:
                 # the live INSERT's candidate row (a wallet's first movement)
@@ -427,146 +448,58 @@ class WalletBulk:
             )
 
         for item in events:
-            env = item.envelope
-            event = env.event
-            at = env.occurred_at
-            seq = item.seq
-            match event:
-                case CreditGranted():
+            env = item.doc
+            event = env["event"]
+            kind = event["type"]
+            if kind in _MOVES:
+                amount = event["amount_baisa"]
+                order_id = event["order_id"]
+                if kind == _GRANTED:
+                    code, redemption_id = event["code"], event["redemption_id"]
                     move(
                         item,
                         "granted",
-                        event.amount_baisa,
-                        event.amount_baisa,
+                        amount,
+                        amount,
                         0,
-                        f"promo:{event.code}",
-                        event.order_id,
-                        event.code,
-                        event.redemption_id,
+                        f"promo:{code}",
+                        order_id,
+                        code,
+                        redemption_id,
                     )
-                    order = orders.get(event.order_id)
+                    order = orders.get(order_id)
                     if order is not None:
-                        order[_O_REDEMPTION] = event.redemption_id
-                        order[_O_UPDATED], order[_O_SEQ] = at, seq
-                case GrantRevoked():
+                        order[_O_REDEMPTION] = redemption_id
+                        order[_O_UPDATED], order[_O_SEQ] = env["occurred_at"], item.seq
+                elif kind == "wallet.grant_revoked":
+                    code = event["code"]
                     move(
                         item,
                         "revoked",
-                        event.amount_baisa,
-                        -event.amount_baisa,
+                        amount,
+                        -amount,
                         0,
-                        f"promo-reversed:{event.code}",
-                        event.order_id,
-                        event.code,
-                        event.redemption_id,
+                        f"promo-reversed:{code}",
+                        order_id,
+                        code,
+                        event["redemption_id"],
                     )
-                case CreditReserved():
-                    move(
-                        item,
-                        "reserved",
-                        event.amount_baisa,
-                        0,
-                        event.amount_baisa,
-                        "order-reservation",
-                        event.order_id,
-                    )
-                case CreditCaptured():
-                    move(
-                        item,
-                        "captured",
-                        event.amount_baisa,
-                        -event.amount_baisa,
-                        -event.amount_baisa,
-                        "order-payment",
-                        event.order_id,
-                    )
-                case CreditReleased():
+                elif kind == "wallet.credit_reserved":
+                    move(item, "reserved", amount, 0, amount, "order-reservation", order_id)
+                elif kind == "wallet.credit_captured":
+                    move(item, "captured", amount, -amount, -amount, "order-payment", order_id)
+                else:  # wallet.credit_released
                     move(
                         item,
                         "released",
-                        event.amount_baisa,
+                        amount,
                         0,
-                        -event.amount_baisa,
-                        f"order-release:{event.reason}",
-                        event.order_id,
+                        -amount,
+                        f"order-release:{event['reason']}",
+                        order_id,
                     )
-                case OrderOpened():
-                    if event.order_id in orders:
-                        raise asyncpg.UniqueViolationError(
-                            f"order {event.order_id!r} opened twice (orders_pkey)"
-                        )
-                    orders[event.order_id] = [
-                        event.order_id,
-                        env.aggregate_id,
-                        event.tenant_id,
-                        event.plan_id,
-                        json.dumps(event.apps),
-                        json.dumps(event.addons),
-                        json.dumps([line.model_dump() for line in event.lines]),
-                        event.promo_code,
-                        event.total_baisa,
-                        0,
-                        event.total_baisa,
-                        0,
-                        False,
-                        "opened",
-                        None,
-                        None,
-                        None,
-                        None,
-                        None,
-                        False,
-                        at,
-                        at,
-                        seq,
-                    ]
-                case OrderPaymentRequested():
-                    order = orders.get(event.order_id)
-                    if order is not None:
-                        order[_O_STATUS] = "awaiting_payment"
-                        order[_O_APPLIED] = event.credit_applied_baisa
-                        order[_O_DUE] = event.amount_due_baisa
-                        order[_O_UPDATED], order[_O_SEQ] = at, seq
-                case OrderSessionCreated():
-                    order = orders.get(event.order_id)
-                    if order is not None:
-                        order[_O_SESSION] = event.session_id
-                        order[_O_URL] = event.session_url
-                        order[_O_UPDATED], order[_O_SEQ] = at, seq
-                case OrderCompleted():
-                    order = orders.get(event.order_id)
-                    if order is not None:
-                        order[_O_STATUS] = "completed"
-                        order[_O_BY_CREDIT] = event.paid_by_credit
-                        order[_O_APPLIED] = event.credit_applied_baisa
-                        order[_O_DUE] = order[_O_TOTAL] - event.credit_applied_baisa
-                        order[_O_PAID] = event.amount_paid_baisa
-                        if event.stripe_session_id is not None:
-                            order[_O_SESSION] = event.stripe_session_id
-                        order[_O_UPDATED], order[_O_SEQ] = at, seq
-                case OrderFailed():
-                    order = orders.get(event.order_id)
-                    if order is not None:
-                        order[_O_STATUS] = "failed"
-                        order[_O_REASON] = event.reason
-                        order[_O_MESSAGE] = event.message
-                        order[_O_RELEASE] = event.release_slot
-                        order[_O_UPDATED], order[_O_SEQ] = at, seq
-                case OrderAbandoned():
-                    order = orders.get(event.order_id)
-                    if order is not None:
-                        order[_O_STATUS] = "abandoned"
-                        order[_O_REASON] = event.reason
-                        order[_O_UPDATED], order[_O_SEQ] = at, seq
-                case OrderRefundDue():
-                    order = orders.get(event.order_id)
-                    if order is not None:
-                        order[_O_STATUS] = "refund_due"
-                        order[_O_PAID] = event.amount_paid_baisa
-                        order[_O_SESSION] = event.stripe_session_id
-                        order[_O_UPDATED], order[_O_SEQ] = at, seq
-                case _:
-                    pass  # voucher events: not this projection's
+            elif kind in _ORDER_EVENTS:
+                self._order(orders, item, kind, event)
 
         created_wallets = [tuple(r) for c, r in wallets.items() if c not in wallets_existed]
         changed_wallets = [r for c, r in wallets.items() if c in wallets_existed]
@@ -595,17 +528,119 @@ class WalletBulk:
                 *([r[i] for r in changed_orders] for i in _O_MUTABLE),
             )
 
+    @staticmethod
+    def _order(
+        orders: dict[str, list[Any]], item: PlainEvent, kind: str, event: dict[str, Any]
+    ) -> None:
+        """One order event on the order rows, as the live statements change them."""
+        at = item.doc["occurred_at"]
+        seq = item.seq
+        order_id = event["order_id"]
+        if kind == "order.opened":
+            if order_id in orders:
+                raise asyncpg.UniqueViolationError(f"order {order_id!r} opened twice (orders_pkey)")
+            orders[order_id] = [
+                order_id,
+                item.doc["aggregate_id"],
+                event["tenant_id"],
+                event["plan_id"],
+                json.dumps(event["apps"]),
+                json.dumps(event["addons"]),
+                json.dumps(event["lines"]),
+                event["promo_code"],
+                event["total_baisa"],
+                0,
+                event["total_baisa"],
+                0,
+                False,
+                "opened",
+                None,
+                None,
+                None,
+                None,
+                None,
+                False,
+                at,
+                at,
+                seq,
+            ]
+            return
+        order = orders.get(order_id)
+        if order is None:
+            return  # the live UPDATE finds no row
+        if kind == "order.payment_requested":
+            order[_O_STATUS] = "awaiting_payment"
+            order[_O_APPLIED] = event["credit_applied_baisa"]
+            order[_O_DUE] = event["amount_due_baisa"]
+        elif kind == "order.session_created":
+            order[_O_SESSION] = event["session_id"]
+            order[_O_URL] = event["session_url"]
+        elif kind == "order.completed":
+            order[_O_STATUS] = "completed"
+            order[_O_BY_CREDIT] = event["paid_by_credit"]
+            order[_O_APPLIED] = event["credit_applied_baisa"]
+            order[_O_DUE] = order[_O_TOTAL] - event["credit_applied_baisa"]
+            order[_O_PAID] = event["amount_paid_baisa"]
+            if event["stripe_session_id"] is not None:
+                order[_O_SESSION] = event["stripe_session_id"]
+        elif kind == "order.failed":
+            order[_O_STATUS] = "failed"
+            order[_O_REASON] = event["reason"]
+            order[_O_MESSAGE] = event["message"]
+            order[_O_RELEASE] = event["release_slot"]
+        elif kind == "order.abandoned":
+            order[_O_STATUS] = "abandoned"
+            order[_O_REASON] = event["reason"]
+        else:  # order.refund_due
+            order[_O_STATUS] = "refund_due"
+            order[_O_PAID] = event["amount_paid_baisa"]
+            order[_O_SESSION] = event["stripe_session_id"]
+        order[_O_UPDATED], order[_O_SEQ] = at, seq
+
 
 # --------------------------------------------------------------------------------------- audit
 
 
+_AUDIT_COLUMNS = (
+    "seq",
+    "event_id",
+    "type",
+    "version",
+    "aggregate",
+    "aggregate_id",
+    "actor_sub",
+    "actor_role",
+    "command_id",
+    "occurred_at",
+    "event",
+)
+
+
 class AuditBulk:
-    """``audit_log``: the live projection already writes it with one COPY per batch."""
+    """``audit_log``: every event verbatim, with one COPY per batch as ``AuditProjection``."""
 
-    _live = AuditProjection()
-
-    async def apply_bulk(self, conn: Conn, events: Sequence[StreamEvent]) -> None:
-        await self._live.apply(conn, events)
+    async def apply_bulk(self, conn: Conn, events: Sequence[PlainEvent]) -> None:
+        records = []
+        for e in events:
+            doc = e.doc
+            event = doc["event"]
+            actor = doc["actor"]
+            records.append(
+                (
+                    e.seq,
+                    doc["event_id"],
+                    event["type"],
+                    event["version"],
+                    doc["aggregate"],
+                    doc["aggregate_id"],
+                    actor["sub"],
+                    actor["role"],
+                    doc["command_id"],
+                    doc["occurred_at"],
+                    e.raw,
+                )
+            )
+        await conn.copy_records_to_table("audit_log", columns=_AUDIT_COLUMNS, records=records)
 
 
 _BULK: dict[type, BulkProjection] = {

@@ -20,17 +20,17 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
 from nats.aio.client import Client
 
-from voucher_ledger.projections.bulk import bulk_for
+from voucher_ledger.projections.bulk import BulkProjection, PlainEvent, bulk_for, plain_event
 from voucher_ledger.projections.migrate import discover
 from voucher_ledger.projections.projector import Conn, Projection, StreamEvent
-from voucher_ledger.projections.replay import read_stream, stream_head
+from voucher_ledger.projections.replay import read_events, stream_event, stream_head
 from voucher_ledger.streams import StreamsSpec
 
 log = logging.getLogger(__name__)
@@ -179,19 +179,27 @@ async def _restore_indexes(conn: Conn, schema: str, tables: Sequence[str]) -> No
         await conn.execute("ANALYZE " + ", ".join(f"{ident(schema)}.{ident(t)}" for t in tables))
 
 
+_Applier = Callable[[Conn, Sequence[Any]], Awaitable[None]]
+
+
+def _appliers(chosen: Sequence[Projection]) -> tuple[Callable[[int, bytes], Any], list[_Applier]]:
+    """How the events are decoded and applied: plain dicts through the bulk appliers when every
+    chosen projection has one, else models through ``Projection.apply``."""
+    bulks: list[BulkProjection | None] = [bulk_for(p) for p in chosen]
+    if all(b is not None for b in bulks):
+        return plain_event, [b.apply_bulk for b in bulks if b is not None]
+    return stream_event, [p.apply for p in chosen]
+
+
 async def _apply(
-    conn: Conn, schema: str, projection: Projection, events: list[StreamEvent]
+    conn: Conn, schema: str, name: str, apply: _Applier, events: Sequence[PlainEvent | StreamEvent]
 ) -> None:
     """Apply one batch to the shadow tables with the shadow checkpoint (inside a transaction)."""
     await conn.execute(f"SET LOCAL search_path TO {ident(schema)}")
-    bulk = bulk_for(projection)
-    if bulk is not None:
-        await bulk.apply_bulk(conn, events)
-    else:
-        await projection.apply(conn, events)
+    await apply(conn, events)
     await conn.execute(
         "UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() WHERE projection = $1",
-        projection.name,
+        name,
         events[-1].seq,
     )
     await conn.execute("SET LOCAL search_path TO public")
@@ -214,11 +222,15 @@ async def rebuild(
     started = time.perf_counter()
     label = "+".join(p.name for p in chosen)
 
-    async def apply_all(conn: Conn, events: list[StreamEvent], floor: dict[str, int]) -> None:
-        for p in chosen:
+    make, appliers = _appliers(chosen)
+
+    async def apply_all(
+        conn: Conn, events: list[PlainEvent | StreamEvent], floor: dict[str, int]
+    ) -> None:
+        for p, apply in zip(chosen, appliers, strict=True):
             todo = [e for e in events if e.seq > floor[p.name]]
             if todo:
-                await _apply(conn, shadow_schema(p), p, todo)
+                await _apply(conn, shadow_schema(p), p.name, apply, todo)
                 floor[p.name] = todo[-1].seq
 
     async with pool.acquire() as conn:
@@ -229,7 +241,7 @@ async def rebuild(
         bar.start(head, reached)
         # Replay into the shadows until close enough to the head to swap quickly.
         while head - reached > swap_within:
-            source = read_stream(nc, spec, reached + 1, until_seq=head, batch=batch)
+            source = read_events(nc, spec, reached + 1, until_seq=head, batch=batch, make=make)
             async with contextlib.aclosing(prefetched(source)) as batches:
                 async for events in batches:
                     async with conn.transaction():
@@ -252,7 +264,8 @@ async def rebuild(
                     p.name,
                 )
             head = await stream_head(nc, spec)
-            async for events in read_stream(nc, spec, reached + 1, until_seq=head, batch=batch):
+            tail = read_events(nc, spec, reached + 1, until_seq=head, batch=batch, make=make)
+            async for events in tail:
                 await apply_all(conn, events, floor)
                 reached = events[-1].seq
                 bar.advance(len(events), head)
