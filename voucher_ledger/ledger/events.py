@@ -373,6 +373,7 @@ for _model in EVENT_TYPES:
         k: v for k, v in _defaults(_model).items() if k not in ("type", "version")
     }
 _ENVELOPE_DEFAULTS = _defaults(EventEnvelope)
+_ENVELOPE_FIELDS = len(EventEnvelope.model_fields)
 _PLAIN_ENVELOPE = TypeAdapter(
     _TYPED_DICT(
         "EventEnvelopePlain",
@@ -403,7 +404,7 @@ def decode_plain(raw: bytes) -> dict[str, Any]:
         doc: dict[str, Any] = _PLAIN_ENVELOPE.validate_json(raw)
     except ValidationError:
         return decode_envelope(raw).model_dump()
-    if len(doc) != len(EventEnvelope.model_fields):
+    if len(doc) != _ENVELOPE_FIELDS:
         doc = {**_ENVELOPE_DEFAULTS, **doc}
     event = doc["event"]
     defaults = _PLAIN_DEFAULTS[event["type"]]
