@@ -308,6 +308,8 @@ class Runner:
         for name, title in runs:
             log(f"profiling a {title} hot-code storm ({clients} clients)")
             targets = {"service": service.process.pid, "client": os.getpid()}
+            for pid in service.process.child_pids()[:1]:
+                targets["processors"] = pid
             raw = {who: out_dir / f"profile-{name}-{who}.folded" for who in targets}
 
             def wrap(targets: dict[str, int] = targets, raw: dict[str, Path] = raw) -> Any:
@@ -321,7 +323,10 @@ class Runner:
                 smaller = Workload("hot", clients, attempts, attempts // 2)
                 stats = await run_http(service, smaller, tag, secret, wrap)
             for who, path in raw.items():
-                process = "the serve process" if who == "service" else "the benchmark's clients"
+                process = {
+                    "service": "the serve process (HTTP, projector)",
+                    "processors": "serve's processor process",
+                }.get(who, "the benchmark's clients")
                 heading = (
                     f"{process} during a {title} storm: one hot code, {stats.attempts:,} "
                     f"attempts, {clients} clients ({stats.per_second:,.0f}/s under the profiler)"

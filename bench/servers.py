@@ -221,30 +221,37 @@ class ServiceProcess:
                 await asyncio.to_thread(proc.wait)
         return proc.returncode
 
+    def child_pids(self) -> list[int]:
+        """The serve process's children (its processor process)."""
+        with contextlib.suppress(psutil.Error):
+            return [c.pid for c in psutil.Process(self.pid).children(recursive=True)]
+        return []
+
     def memory_mb(self) -> tuple[float, float]:
-        """(current RSS, RSS high-water mark) in MiB, from /proc (Linux)."""
-        fields: dict[str, float] = {}
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                key, _, value = line.partition(":")
-                if key in {"VmRSS", "VmHWM"}:
-                    fields[key] = int(value.split()[0]) / 1024
-        except (OSError, ValueError):
-            return 0.0, 0.0
-        return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
+        """(current RSS, RSS high-water mark) in MiB of the serve process and its processor
+        process together, from /proc (Linux)."""
+        fields: dict[str, float] = {"VmRSS": 0.0, "VmHWM": 0.0}
+        for pid in [self.pid, *self.child_pids()]:
+            with contextlib.suppress(OSError, ValueError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    key, _, value = line.partition(":")
+                    if key in fields:
+                        fields[key] += int(value.split()[0]) / 1024
+        return fields["VmRSS"], fields["VmHWM"]
 
 
 class CpuMeter:
     """CPU seconds each named process spent between enter and exit. PostgreSQL counts with its
-    children (a backend per connection); the others alone (this process's children are the
-    servers it started, measured under their own names).
+    children (a backend per connection), the service with its processor process; the others
+    alone (this process's children are the servers it started, measured under their own
+    names).
 
     A process with children is measured as itself + the children it has reaped (the kernel adds
     their CPU to its ``children_*`` times when they exit) + the children alive at that moment,
     enumerated anew each time: backends that start or exit during a storm are counted once."""
 
     def __init__(
-        self, pids: dict[str, int], with_children: tuple[str, ...] = ("postgres",)
+        self, pids: dict[str, int], with_children: tuple[str, ...] = ("postgres", "service")
     ) -> None:
         self._roots: dict[str, psutil.Process] = {}
         for name, pid in pids.items():

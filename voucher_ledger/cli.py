@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from voucher_ledger import audit_cli, replay_cli, streams
 from voucher_ledger.embedded import EmbeddedNats
 from voucher_ledger.runtime import Stack, StartupError, connect_nats, load_spec
 from voucher_ledger.settings import Settings
+from voucher_ledger.worker import PARENT_ENV, answer_reports, die_with_parent
 
 log = logging.getLogger("voucher_ledger")
 
@@ -29,10 +31,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)  # type: ignore[arg-type]
 
 
-def _logging(level: str) -> None:
+def _logging(level: str, role: str = "") -> None:
     logging.basicConfig(
         level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {role}%(name)s: %(message)s",
         stream=sys.stderr,
     )
     logging.getLogger("nats").setLevel(logging.WARNING)
@@ -85,7 +87,7 @@ async def _serve(settings: Settings) -> int:
     from voucher_ledger.http.app import create_app
     from voucher_ledger.http.server import AppRunner
 
-    stack = Stack(settings)
+    stack = Stack(settings, processors_in_child=settings.processor_process)
     await stack.start()
     runner = AppRunner(create_app(stack), access_log=None)
     try:
@@ -112,8 +114,13 @@ async def _processors(settings: Settings) -> int:
     settings = settings.model_copy(
         update={"run_processors": True, "run_projectors": False, "serve_http": False}
     )
+    die_with_parent()  # started by `serve` (voucher_ledger/worker.py): go when it goes
     stack = Stack(settings)
     await stack.start()
+    assert stack.host is not None
+    assert stack.spec is not None
+    assert stack.nc is not None
+    await answer_reports(stack.nc, stack.spec.layout.prefix, stack.host)
     tune_gc()
     try:
         await _wait_for_signal()
@@ -211,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - pydantic's error text is what the operator needs
         print(f"voucher-ledger: invalid settings: {exc}", file=sys.stderr)
         return 2
-    _logging(settings.log_level)
+    # serve's processor process logs to the same terminal: its lines say so.
+    started_by_serve = args.command == "processors" and PARENT_ENV in os.environ
+    _logging(settings.log_level, "[processors] " if started_by_serve else "")
     if args.command == "token":
         if args.ttl <= 0 or args.ttl > 31 * 24 * 3600:
             print("voucher-ledger: --ttl must be between 1 and 2678400 seconds", file=sys.stderr)

@@ -33,6 +33,7 @@ from voucher_ledger.projections.migrate import MigrationError, migrate
 from voucher_ledger.projections.projector import ProjectionStatus
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.settings import Settings, nats_servers, redact_url
+from voucher_ledger.worker import ProcessorReport, ProcessorWorker, child_env
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,9 @@ class Stack:
     _nats: EmbeddedNats | None = None
     _pg: EmbeddedPostgres | None = None
     _closing: list[str] = field(default_factory=list)
+    # `serve` (not the tests' in-process stacks) runs the processors in a child process.
+    processors_in_child: bool = False
+    worker: ProcessorWorker | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -202,7 +206,21 @@ class Stack:
             )
             await self.projectors.start()
 
-        if s.run_processors:
+        if s.run_processors and self.processors_in_child:
+            self.worker = ProcessorWorker(
+                self.nc,
+                self.spec.layout.prefix,
+                child_env(self.nats_url, self.database_url),
+                str(s.data_dir),
+                instance_id=s.processor_instance_id,
+            )
+            await self.worker.start(timeout=s.nats_connect_timeout + 60)
+            log.info(
+                "processor process %s (pid %s) runs the command processors",
+                self.worker.instance_id,
+                self.worker.pid,
+            )
+        elif s.run_processors:
             self.host = ProcessorHost(
                 self.nc,
                 self.spec,
@@ -269,6 +287,15 @@ class Stack:
                 log.warning("checkout recovery: %r", exc)
             await asyncio.sleep(self.settings.checkout_recovery_interval)
 
+    async def processor_report(self) -> ProcessorReport | None:
+        """This instance's processors: their partitions and counters (None: it runs none, or
+        its processor process does not answer)."""
+        if self.host is not None:
+            return ProcessorReport.of(self.host)
+        if self.worker is not None:
+            return await self.worker.report()
+        return None
+
     async def wait_for_projections(self, seq: int) -> bool:
         if self.status is None:
             return False
@@ -314,6 +341,9 @@ class Stack:
         if self.host is not None:
             await self.host.stop(release=True)
             self.host = None
+        if self.worker is not None:
+            await self.worker.stop()
+            self.worker = None
         if self.pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.pool.close(), 5)

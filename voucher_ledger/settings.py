@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     run_projectors: bool = Field(default=True, alias="RUN_PROJECTORS")
     serve_http: bool = Field(default=True, alias="SERVE_HTTP")
     processor_instance_id: str | None = Field(default=None, alias="PROCESSOR_INSTANCE_ID")
+    # `serve` runs its command processors in a child process (a core of their own: see
+    # voucher_ledger/worker.py); false keeps them in the serve process.
+    processor_process: bool = Field(default=True, alias="PROCESSOR_PROCESS")
     command_timeout: float = Field(default=10.0, alias="COMMAND_TIMEOUT", gt=0)
     max_credit_baisa: int = Field(default=10_000_000, alias="MAX_CREDIT_BAISA", gt=0)
 

@@ -56,9 +56,18 @@ class StreamsSpec:
     lease_ttl: float
     projectors: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> consumer cfg
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    projector_template: dict[str, Any] = field(default_factory=dict)  # "{PROJECTION}" unset
 
     def projector_consumer(self, name: str) -> dict[str, Any]:
-        return dict(self.projectors[name])
+        """The consumer of projector ``name``: a declared one, or the same template (a
+        projector over one read model, as tests and tools run)."""
+        if name in self.projectors:
+            return dict(self.projectors[name])
+        return _projector_cfg(self.projector_template, name)
+
+    @property
+    def projector_prefix(self) -> str:
+        return f"{self.layout.upper}_PROJ_"
 
     @property
     def event_stream(self) -> str:
@@ -134,13 +143,9 @@ def load_spec(
             consumers.setdefault(stream_key, []).append(_to_api(render(cfg, partition)))
     projectors: dict[str, dict[str, Any]] = {}
     section = raw.get("projectors") or {}
+    template = render(section.get("consumer") or {})
     for name in section.get("names", []):
-        cfg = render(section["consumer"])
-        cfg = {
-            k: (v.replace("{PROJECTION}", name.upper()) if isinstance(v, str) else v)
-            for k, v in cfg.items()
-        }
-        projectors[name] = _to_api(cfg)
+        projectors[name] = _projector_cfg(template, name)
     return StreamsSpec(
         layout=layout,
         streams=streams,
@@ -148,6 +153,16 @@ def load_spec(
         lease_ttl=ttl,
         projectors=projectors,
         raw=raw,
+        projector_template=template,
+    )
+
+
+def _projector_cfg(template: dict[str, Any], name: str) -> dict[str, Any]:
+    return _to_api(
+        {
+            k: (v.replace("{PROJECTION}", name.upper()) if isinstance(v, str) else v)
+            for k, v in template.items()
+        }
     )
 
 
@@ -254,9 +269,15 @@ async def diff(nc: Client, spec: StreamsSpec) -> list[Drift]:
         if await _stream_info(nc, stream) is not None:
             names = await _api(nc, f"$JS.API.CONSUMER.NAMES.{stream}", {"offset": 0})
             for name in names.get("consumers") or []:
-                if name.startswith(f"{spec.layout.upper}_PROC_") and name not in declared_names:
+                if _owned(spec, name) and name not in declared_names:
                     drifts.append(Drift("consumer", name, "+", None, None))
     return drifts
+
+
+def _owned(spec: StreamsSpec, consumer: str) -> bool:
+    """A durable this declaration manages (processors and projectors; not an audit
+    subscriber's or a replay's)."""
+    return consumer.startswith((f"{spec.layout.upper}_PROC_", spec.projector_prefix))
 
 
 async def apply(nc: Client, spec: StreamsSpec) -> list[str]:
@@ -285,6 +306,17 @@ async def apply(nc: Client, spec: StreamsSpec) -> list[str]:
             result = await _api(nc, f"$JS.API.CONSUMER.CREATE.{stream}.{durable}", body)
             _check(result, f"{'updating' if info else 'creating'} consumer {durable}")
             changes.append(f"{'updated' if info else 'created'} consumer {durable}")
+    # Projector consumers no longer declared (the per-read-model ones of earlier versions):
+    # nothing reads them any more, and the server would keep their state forever.
+    events = spec.event_stream
+    declared = {cfg["durable_name"] for cfg in spec.projectors.values()}
+    if await _stream_info(nc, events) is not None:
+        names = await _api(nc, f"$JS.API.CONSUMER.NAMES.{events}", {"offset": 0})
+        for name in names.get("consumers") or []:
+            if name.startswith(spec.projector_prefix) and name not in declared:
+                result = await _api(nc, f"$JS.API.CONSUMER.DELETE.{events}.{name}")
+                _check(result, f"deleting consumer {name}")
+                changes.append(f"deleted consumer {name} (no longer declared)")
     return changes
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 from pathlib import Path
 
 import aiohttp
+import psutil
 import pytest
 
 from tests.conftest import connect
@@ -145,3 +147,70 @@ async def test_an_unreachable_nats_is_a_clear_error_not_an_endless_retry(
     )
     assert f"cannot connect to NATS at {dead}: no answer in 2 s" in out
     assert "Traceback" not in out
+
+
+def _processor_children(service: ServiceProcess) -> list[psutil.Process]:
+    assert service.proc is not None
+    return [
+        child
+        for child in psutil.Process(service.proc.pid).children()
+        if "processors" in child.cmdline()
+    ]
+
+
+async def _partitions(port: int) -> list[int]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/healthz") as resp,
+    ):
+        body = await resp.json()
+    return list(body["processor_partitions"])
+
+
+async def test_serve_runs_its_processors_in_a_child_it_restarts_and_takes_along(
+    tmp_path: Path,
+) -> None:
+    """The processors run in a child process of serve: a child that dies is started again and
+    the ledger keeps deciding; a serve that is SIGKILLed takes the child with it."""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    service = ServiceProcess(
+        ["serve", "--port", str(port), "--data-dir", str(data_dir)],
+        clean_env(),
+        tmp_path / "serve.log",
+    )
+    service.start()
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/healthz", service)
+        [child] = _processor_children(service)
+        assert str(data_dir) in " ".join(child.cmdline())
+        assert await _partitions(port) == list(range(8))
+        bus, nc = await bus_for(data_dir)
+        issued = await bus.send(
+            IssueVoucher(code="CHILD-1", credit_baisa=1_000, max_redemptions=2), actor=ADMIN
+        )
+        assert isinstance(issued, Accepted)
+
+        child.kill()
+        child.wait(10)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while not (_processor_children(service) and await _partitions(port) == list(range(8))):
+            assert loop.time() < deadline, service.output()
+            await asyncio.sleep(0.2)
+        [again] = _processor_children(service)
+        assert again.pid != child.pid
+        assert "exited with -9; restarting it" in service.output()
+        redeemed = await bus.send(RedeemVoucher(code="CHILD-1", customer_id="c1"), actor=ADMIN)
+        assert isinstance(redeemed, Accepted)
+        assert redeemed.voucher.times_redeemed == 1
+        await bus.close()
+        await nc.close()  # type: ignore[attr-defined]
+
+        service.kill()  # SIGKILL: no shutdown code runs in serve
+        again.wait(10)  # raises psutil.TimeoutExpired if the child outlived its parent
+        assert not again.is_running()
+    finally:
+        service.kill()
+        for proc in processes_using(data_dir):
+            proc.kill()

@@ -266,3 +266,46 @@ async def test_a_projector_that_keeps_failing_is_reported_until_a_batch_applies(
         healthy.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_one_projector_applies_every_read_model_each_from_its_own_checkpoint(
+    make_host: HostFactory, bus: CommandBus, nc: Client, applied: StreamsSpec, pool: asyncpg.Pool
+) -> None:
+    """The deployed layout: one consumer, one transaction per batch for all read models. The
+    read models may stand at different checkpoints (one was rebuilt alone, or a single-model
+    projector ran ahead); each gets exactly the events above its own checkpoint."""
+    await make_host()
+    await make_history(bus)
+    events = await stream_events(nc, applied)
+    status = ProjectionStatus(pool, ["vouchers", "audit"])
+    ahead = Projector(nc, pool, applied, AuditProjection(), status)
+    await ahead.checkpoint()
+    assert await ahead.apply(events[:120]) == events[119].seq
+
+    both = Projector(nc, pool, applied, [VoucherProjection(), AuditProjection()], status)
+    assert both.name == "read_models"
+    assert await both.checkpoint() == 0  # the lowest of the two: where its consumer starts
+    # A batch that reaches past the audit checkpoint: vouchers from 1, audit from 121 only.
+    assert await both.apply(events[:200]) == events[199].seq
+    assert status.applied == {"vouchers": events[199].seq, "audit": events[199].seq}
+    # A crash mid-batch rolls back every read model and every checkpoint together.
+    crashing = Projector(
+        nc,
+        pool,
+        applied,
+        [_Crashing(VoucherProjection(), 30), AuditProjection()],  # type: ignore[list-item]
+        status,
+    )
+    with pytest.raises(ConnectionResetError):
+        await crashing.apply(events[200:])
+    assert await both.checkpoint() == events[199].seq
+    assert await pool.fetchval("SELECT max(seq) FROM audit_log") == events[199].seq
+    # The live loop resumes from the checkpoints and catches up with the stream.
+    task = asyncio.create_task(both.run())
+    try:
+        await wait_until(lambda: status.low_water >= events[-1].seq, what="caught up")
+    finally:
+        both.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    await assert_rows_equal_fold(pool, events)

@@ -107,3 +107,27 @@ async def test_cli_streams_diff_exit_codes_and_apply(
     assert "no drift" in clean.stdout
     for cfg in streams.load_spec(prefix).streams.values():
         await nc.request(f"$JS.API.STREAM.DELETE.{cfg['name']}", b"")
+
+
+async def test_apply_deletes_projector_consumers_no_longer_declared(
+    nc: Client, prefix: str
+) -> None:
+    """Earlier versions ran one consumer per read model; nothing reads those any more."""
+    spec = streams.load_spec(prefix)
+    await streams.apply(nc, spec)
+    legacy = spec.projector_consumer("vouchers")
+    assert legacy["durable_name"] == f"{prefix.upper()}_PROJ_VOUCHERS"
+    answer = await nc.request(
+        f"$JS.API.CONSUMER.CREATE.{spec.event_stream}.{legacy['durable_name']}",
+        json.dumps({"stream_name": spec.event_stream, "config": legacy}).encode(),
+    )
+    assert "error" not in json.loads(answer.data)
+    assert [(d.name, d.field) for d in await streams.diff(nc, spec)] == [
+        (legacy["durable_name"], "+")
+    ]
+    assert await streams.apply(nc, spec) == [
+        f"deleted consumer {legacy['durable_name']} (no longer declared)"
+    ]
+    assert await streams.diff(nc, spec) == []
+    for cfg in spec.streams.values():
+        await nc.request(f"$JS.API.STREAM.DELETE.{cfg['name']}", b"")

@@ -449,11 +449,12 @@ async def voucher_redemptions(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     stack = request.app[STACK]
     nats_ok = stack.nc is not None and stack.nc.is_connected
+    report = await stack.processor_report() if nats_ok else None
     return ok(
         HealthOut(
             status="ok" if nats_ok else "degraded",
             nats="connected" if nats_ok else "disconnected",
-            processor_partitions=sorted(stack.host.partitions) if stack.host else [],
+            processor_partitions=report.partitions if report is not None else [],
         )
     )
 
@@ -491,8 +492,9 @@ async def metrics(request: web.Request) -> web.Response:
             ((("projection", name),), float(value)) for name, value in sorted(lag.items())
         ]
     counters: dict[str, list[tuple[tuple[tuple[str, str], ...], float]]] = {}
-    if stack.host is not None:
-        stats = stack.host.stats
+    report = await stack.processor_report()
+    if report is not None:
+        stats = report.stats
         counters["voucher_ledger_processor_commands_total"] = [
             ((("type", t), ("outcome", o)), float(n))
             for (t, o), n in sorted(stats.commands.items())
@@ -501,9 +503,7 @@ async def metrics(request: web.Request) -> web.Response:
         counters["voucher_ledger_processor_events_appended_total"] = [
             ((), float(stats.events_appended))
         ]
-        gauges["voucher_ledger_processor_partitions_held"] = [
-            ((), float(len(stack.host.partitions)))
-        ]
+        gauges["voucher_ledger_processor_partitions_held"] = [((), float(len(report.partitions)))]
     text = request.app[METRICS].render(gauges, counters)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 

@@ -1,4 +1,6 @@
-"""Runs the projectors this instance holds a lease for (one active projector per name)."""
+"""Runs the projector of the read models while this instance holds its lease (one active
+projector in the deployment). One projector applies every read model: one delivery of each
+event, one transaction per batch, a checkpoint per read model."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from nats.aio.client import Client
 
 from voucher_ledger.leases import LeaseHost, stop_worker
 from voucher_ledger.projections.projector import (
-    DecodedEvents,
+    READ_MODELS,
     Projection,
     ProjectionStatus,
     Projector,
@@ -52,50 +54,52 @@ class ProjectorHost(LeaseHost):
         self._spec = spec
         self._status = status
         self._projections = projections
-        self._held: dict[str, _Held] = {}
-        self._decoded = DecodedEvents()  # shared by this instance's projectors
+        self._held: _Held | None = None
 
     @property
     def running(self) -> set[str]:
-        return set(self._held)
+        """The projections this instance is applying."""
+        return {p.name for p in self._projections} if self._held is not None else set()
 
-    def projector(self, name: str) -> Projector | None:
-        held = self._held.get(name)
-        return held.projector if held else None
+    @property
+    def projector(self) -> Projector | None:
+        return self._held.projector if self._held is not None else None
 
     async def tick(self) -> None:
-        for projection in self._projections:
-            key = f"projector.{projection.name}"
-            held = self._held.get(projection.name)
-            if held is not None:
-                if held.task.done():
-                    await self._drop(projection.name, release=True)
-                    continue
-                revision = await self.renew(key, held.revision)
-                if revision is None:
-                    log.warning("projection %s: lease lost", projection.name)
-                    await self._drop(projection.name, release=False)
-                else:
-                    held.revision = revision
-                continue
-            revision = await self.acquire(key)
+        key = f"projector.{READ_MODELS}"
+        held = self._held
+        if held is not None:
+            if held.task.done():
+                await self._drop(release=True)
+                return
+            revision = await self.renew(key, held.revision)
             if revision is None:
-                continue
-            projector = Projector(
-                self._nc, self._pool, self._spec, projection, self._status, decoded=self._decoded
-            )
-            task = asyncio.create_task(projector.run(), name=f"projector-{projection.name}")
-            self._held[projection.name] = _Held(revision, projector, task)
-            log.info("instance %s: running projection %s", self.instance_id, projection.name)
+                log.warning("projector %s: lease lost", READ_MODELS)
+                await self._drop(release=False)
+            else:
+                held.revision = revision
+            return
+        revision = await self.acquire(key)
+        if revision is None:
+            return
+        projector = Projector(
+            self._nc, self._pool, self._spec, self._projections, self._status, name=READ_MODELS
+        )
+        task = asyncio.create_task(projector.run(), name=f"projector-{READ_MODELS}")
+        self._held = _Held(revision, projector, task)
+        log.info(
+            "instance %s: running the projections %s",
+            self.instance_id,
+            ", ".join(p.name for p in self._projections),
+        )
 
     async def drop_all(self, *, release: bool) -> None:
-        for name in list(self._held):
-            await self._drop(name, release=release)
+        await self._drop(release=release)
 
-    async def _drop(self, name: str, *, release: bool) -> None:
-        held = self._held.pop(name, None)
+    async def _drop(self, *, release: bool) -> None:
+        held, self._held = self._held, None
         if held is None:
             return
         await stop_worker(held.task, held.projector.stop)
         if release:
-            await self.release(f"projector.{name}", held.revision)
+            await self.release(f"projector.{READ_MODELS}", held.revision)

@@ -51,28 +51,10 @@ class StreamEvent:
     raw: str  # the message body exactly as stored
 
 
-class DecodedEvents:
-    """Events decoded once for all the projectors of one process: they read the same stream,
-    so the first to get a sequence decodes it and the others reuse it (each used to decode
-    every event itself: a quarter of the serve process in a redemption storm). Bounded; a
-    stream sequence always names the same bytes, so an entry never goes stale."""
-
-    def __init__(self, capacity: int = 20_000) -> None:
-        self._items: dict[int, StreamEvent] = {}
-        self._capacity = capacity
-
-    def event(self, msg: Msg) -> StreamEvent:
-        seq = stream_sequence(msg)
-        found = self._items.get(seq)
-        if found is not None:
-            return found
-        data = msg.data
-        event = StreamEvent(seq=seq, envelope=decode_envelope(data), raw=data.decode())
-        items = self._items
-        items[seq] = event
-        if len(items) > self._capacity:
-            del items[next(iter(items))]  # insertion order: the oldest
-        return event
+def stream_event(msg: Msg) -> StreamEvent:
+    """A delivered event, decoded (its sequence comes from the ack subject)."""
+    data = msg.data
+    return StreamEvent(seq=stream_sequence(msg), envelope=decode_envelope(data), raw=data.decode())
 
 
 class Projection(Protocol):
@@ -274,11 +256,13 @@ class ProjectionStatus:
         self._tickets = itertools.count()
         self._last_refresh = 0.0
 
-    def failed(self, name: str, exc: BaseException) -> float:
-        """Record a failed attempt (an outage or a poison event) and return how long to pause
-        before the next one: 0.5 s doubling to 5 s. The first failure is logged, then one line
-        a minute while it lasts, so an outage does not flood the log."""
-        self.failing[name] = type(exc).__name__
+    def failed(self, name: str, exc: BaseException, members: Sequence[str] | None = None) -> float:
+        """Record a failed attempt of projector ``name`` (an outage or a poison event), which
+        stops its projections ``members`` (default: the one of that name), and return how long
+        to pause before the next one: 0.5 s doubling to 5 s. The first failure is logged, then
+        one line a minute while it lasts, so an outage does not flood the log."""
+        for member in members or (name,):
+            self.failing[member] = type(exc).__name__
         now = time.monotonic()
         began, logged, count = self._outages.get(name, (now, 0.0, 0))
         if count == 0:
@@ -290,8 +274,9 @@ class ProjectionStatus:
         self._outages[name] = (began, logged, count + 1)
         return float(min(RETRY_MAX, RETRY_MIN * 2**count))
 
-    def succeeded(self, name: str) -> None:
-        self.failing.pop(name, None)
+    def succeeded(self, name: str, members: Sequence[str] | None = None) -> None:
+        for member in members or (name,):
+            self.failing.pop(member, None)
         outage = self._outages.pop(name, None)
         if outage is not None:
             log.info("projection %s resumed after %.1f s", name, time.monotonic() - outage[0])
@@ -372,27 +357,53 @@ class _Waiter:
             self.fut = None
 
 
+_LOCK_AND_ADVANCE = """
+WITH cur AS (
+    SELECT projection, last_seq FROM projection_checkpoints
+    WHERE projection = ANY($1::text[]) ORDER BY projection FOR UPDATE
+), moved AS (
+    UPDATE projection_checkpoints AS p SET last_seq = $2, updated_at = now()
+    FROM cur WHERE p.projection = cur.projection AND cur.last_seq = $3
+    RETURNING p.projection
+)
+SELECT projection, last_seq FROM cur
+"""
+
+READ_MODELS = "read_models"
+
+
 class Projector:
+    """One durable consumer feeding one or several projections: each batch is applied to all
+    of them in ONE transaction, each with its own checkpoint (its own position in the stream,
+    so one can be rebuilt alone). The checkpoint rows are locked in name order, as a rebuild's
+    swap locks them, so the two never deadlock."""
+
     def __init__(
         self,
         nc: Client,
         pool: asyncpg.Pool,
         spec: StreamsSpec,
-        projection: Projection,
+        projection: Projection | Sequence[Projection],
         status: ProjectionStatus,
         *,
+        name: str | None = None,
         batch: int = 500,
-        decoded: DecodedEvents | None = None,
     ) -> None:
+        self.projections: tuple[Projection, ...] = (
+            tuple(projection) if isinstance(projection, Sequence) else (projection,)
+        )
+        if not self.projections:
+            raise ValueError("a projector needs at least one projection")
+        self.name = name or (
+            self.projections[0].name if len(self.projections) == 1 else READ_MODELS
+        )
+        self._names = [p.name for p in self.projections]
         self._nc = nc
-        self._decoded = decoded or DecodedEvents()
-        self._js = nc.jetstream()
         self._pool = pool
         self._spec = spec
-        self.projection = projection
         self._status = status
         self._batch = batch
-        self.durable = f"{spec.layout.upper}_PROJ_{projection.name.upper()}"
+        self.durable = f"{spec.layout.upper}_PROJ_{self.name.upper()}"
         self.batches = 0
         self._stopped = False
 
@@ -400,21 +411,27 @@ class Projector:
         self._stopped = True
 
     async def checkpoint(self) -> int:
+        """The lowest checkpoint of this projector's projections (where its consumer starts);
+        creates the missing checkpoint rows."""
         await self._pool.execute(
-            "INSERT INTO projection_checkpoints (projection) VALUES ($1) ON CONFLICT DO NOTHING",
-            self.projection.name,
+            "INSERT INTO projection_checkpoints (projection) SELECT unnest($1::text[]) "
+            "ON CONFLICT DO NOTHING",
+            self._names,
         )
-        value = await self._pool.fetchval(
-            "SELECT last_seq FROM projection_checkpoints WHERE projection = $1",
-            self.projection.name,
+        rows = await self._pool.fetch(
+            "SELECT projection, last_seq FROM projection_checkpoints "
+            "WHERE projection = ANY($1::text[])",
+            self._names,
         )
-        return int(value)
+        for row in rows:
+            self._status.advance(row["projection"], int(row["last_seq"]))
+        return min(int(row["last_seq"]) for row in rows)
 
     async def _recreate_consumer(self, start_seq: int) -> None:
         stream = self._spec.event_stream
         await self._nc.request(f"$JS.API.CONSUMER.DELETE.{stream}.{self.durable}", b"", timeout=5)
         config = {
-            **self._spec.projector_consumer(self.projection.name),
+            **self._spec.projector_consumer(self.name),
             "deliver_policy": "by_start_sequence",
             "opt_start_seq": start_seq,
         }
@@ -432,17 +449,14 @@ class Projector:
             try:
                 await self._run_once()
             except GapError as exc:
-                log.warning(
-                    "projection %s: %s; restarting from checkpoint", self.projection.name, exc
-                )
+                log.warning("projection %s: %s; restarting from checkpoint", self.name, exc)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Postgres or NATS outage: retry
-                await asyncio.sleep(self._status.failed(self.projection.name, exc))
+                await asyncio.sleep(self._status.failed(self.name, exc, self._names))
 
     async def _run_once(self) -> None:
         last = await self.checkpoint()
-        self._status.advance(self.projection.name, last)
         await self._recreate_consumer(last + 1)
         pulls = PullLoop(
             self._nc, self._spec.event_stream, self.durable, batch=self._batch, expires=0.5
@@ -461,38 +475,39 @@ class Projector:
                 await pulls.stop()
 
     async def apply_messages(self, msgs: Sequence[Msg]) -> int:
-        event = self._decoded.event
-        reached = await self.apply([event(m) for m in msgs])
+        reached = await self.apply([stream_event(m) for m in msgs])
         await msgs[-1].ack()  # AckAll: acknowledges the whole batch
         return reached
 
     async def apply(self, events: Sequence[StreamEvent]) -> int:
-        """Apply one batch with the checkpoint, in one transaction. Returns the checkpoint."""
+        """Apply one batch to every projection with its checkpoint, in one transaction.
+        Returns the lowest checkpoint after it."""
+        first, last = events[0].seq, events[-1].seq
         async with self._pool.acquire() as conn, conn.transaction():
-            # The usual case, in one round trip: the batch follows the checkpoint, which moves
-            # to the batch's end (and is locked until the commit).
-            moved = await conn.fetchval(
-                _ADVANCE, self.projection.name, events[-1].seq, events[0].seq - 1
-            )
-            if moved is not None:
-                todo = events
-            else:
-                last = int(
-                    await conn.fetchval(
-                        "SELECT last_seq FROM projection_checkpoints WHERE projection = $1 "
-                        "FOR UPDATE",
-                        self.projection.name,
-                    )
-                )
-                todo = [e for e in events if e.seq > last]
-                if not todo:
-                    return last
-                if todo[0].seq != last + 1:
-                    raise GapError(f"expected seq {last + 1}, got {todo[0].seq}")
-                await conn.execute(_ADVANCE, self.projection.name, todo[-1].seq, last)
-            await self.projection.apply(conn, todo)
-            reached = todo[-1].seq
+            # The usual case, in one round trip: every checkpoint is right before the batch and
+            # moves to its end (locked until the commit).
+            rows = await conn.fetch(_LOCK_AND_ADVANCE, self._names, last, first - 1)
+            found = {row["projection"]: int(row["last_seq"]) for row in rows}
+            reached: dict[str, int] = {}
+            for projection in self.projections:
+                at = found.get(projection.name)
+                if at is None:
+                    raise GapError(f"no checkpoint row for projection {projection.name}")
+                if at == first - 1:
+                    await projection.apply(conn, events)
+                    reached[projection.name] = last
+                    continue
+                # Behind or ahead of the batch (a redelivery, or one projection rebuilt alone).
+                todo = [e for e in events if e.seq > at]
+                if todo and todo[0].seq != at + 1:
+                    raise GapError(f"{projection.name}: expected seq {at + 1}, got {todo[0].seq}")
+                if todo:
+                    await conn.execute(_ADVANCE, projection.name, last, at)
+                    await projection.apply(conn, todo)
+                reached[projection.name] = max(at, last) if todo else at
         self.batches += 1
-        self._status.succeeded(self.projection.name)
-        self._status.advance(self.projection.name, reached)
-        return reached
+        status = self._status
+        status.succeeded(self.name, self._names)
+        for name, seq in reached.items():
+            status.advance(name, seq)
+        return min(reached.values())

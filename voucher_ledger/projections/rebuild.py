@@ -251,18 +251,20 @@ async def rebuild(
             head = await stream_head(nc, spec)
         for p in chosen:
             await _restore_indexes(conn, shadow_schema(p), p.tables)
-        # The swap: the live projectors block on their checkpoint rows until this commits.
+        # The swap: the live projector blocks on the checkpoint rows until this commits. They
+        # are locked in name order, as the projector locks them, so the two cannot deadlock.
+        names = sorted(p.name for p in chosen)
         async with conn.transaction():
-            for p in chosen:
-                await conn.execute(
-                    "INSERT INTO projection_checkpoints (projection) VALUES ($1) "
-                    "ON CONFLICT DO NOTHING",
-                    p.name,
-                )
-                await conn.fetchval(
-                    "SELECT last_seq FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
-                    p.name,
-                )
+            await conn.execute(
+                "INSERT INTO projection_checkpoints (projection) SELECT unnest($1::text[]) "
+                "ON CONFLICT DO NOTHING",
+                names,
+            )
+            await conn.execute(
+                "SELECT last_seq FROM projection_checkpoints WHERE projection = ANY($1::text[]) "
+                "ORDER BY projection FOR UPDATE",
+                names,
+            )
             head = await stream_head(nc, spec)
             tail = read_events(nc, spec, reached + 1, until_seq=head, batch=batch, make=make)
             async for events in tail:
