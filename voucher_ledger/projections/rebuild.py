@@ -166,17 +166,16 @@ async def _prepare_shadow(conn: Conn, schema: str, projection: Projection) -> in
     return int(await conn.fetchval(sql, name))
 
 
-async def _restore_indexes(conn: Conn, schema: str, tables: Sequence[str]) -> None:
-    """Build the shadow's deferred secondary indexes (one pass over the loaded rows each) and
-    refresh the planner statistics of its tables, before they are swapped in."""
+async def _restore_indexes(conn: Conn, schema: str) -> None:
+    """Build the shadow's deferred secondary indexes (one pass over the loaded rows each)
+    before its tables are swapped in. (No ANALYZE here: on the audit trail's jsonb it took
+    longer than the index builds; autovacuum analyzes the new tables soon after the swap.)"""
     async with conn.transaction():
         table = f"{ident(schema)}.{ident(_DEFERRED)}"
         deferred = await conn.fetch(f"SELECT name, definition FROM {table} ORDER BY name")  # noqa: S608
         for row in deferred:
             await conn.execute(row["definition"])
         await conn.execute(f"DELETE FROM {table}")  # noqa: S608
-    if deferred:
-        await conn.execute("ANALYZE " + ", ".join(f"{ident(schema)}.{ident(t)}" for t in tables))
 
 
 _Applier = Callable[[Conn, Sequence[Any]], Awaitable[None]]
@@ -250,7 +249,7 @@ async def rebuild(
                     bar.advance(len(events), head)
             head = await stream_head(nc, spec)
         for p in chosen:
-            await _restore_indexes(conn, shadow_schema(p), p.tables)
+            await _restore_indexes(conn, shadow_schema(p))
         # The swap: the live projector blocks on the checkpoint rows until this commits. They
         # are locked in name order, as the projector locks them, so the two cannot deadlock.
         names = sorted(p.name for p in chosen)
