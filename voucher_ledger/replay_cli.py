@@ -84,7 +84,8 @@ async def _servers(settings: Settings) -> AsyncIterator[tuple[Client, asyncpg.Po
             pg = EmbeddedPostgres(settings.data_dir)
             url = await asyncio.to_thread(pg.start)
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+            # rebuild: one connection for the swap, one per read model for the replay
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=len(ALL_PROJECTIONS) + 1)
         except Exception as exc:  # any connection failure is the same story for the user
             raise UserError(f"cannot connect to PostgreSQL at {redact_url(url)}: {exc}") from exc
         try:

@@ -214,8 +214,10 @@ async def rebuild(
     batch: int = 10_000,
     swap_within: int = 2000,
 ) -> RebuildSummary:
-    """Rebuild one projection, or several in ONE pass over the stream (each batch is applied
-    to every shadow in the same transaction, and they are swapped in together)."""
+    """Rebuild one projection, or several in ONE pass over the stream, swapped in together.
+    Each shadow has its own checkpoint: when the pool has a connection for each besides this
+    one, a batch is applied to the shadows concurrently, each in its own transaction (so
+    PostgreSQL works on them side by side), else to all in one transaction."""
     chosen = [projection] if not isinstance(projection, Sequence) else list(projection)
     bar = progress or Progress()
     started = time.perf_counter()
@@ -232,7 +234,31 @@ async def rebuild(
                 await _apply(conn, shadow_schema(p), p.name, apply, todo)
                 floor[p.name] = todo[-1].seq
 
-    async with pool.acquire() as conn:
+    async def apply_one(
+        conn: Conn, p: Projection, apply: _Applier, events: list[PlainEvent | StreamEvent]
+    ) -> None:
+        todo = [e for e in events if e.seq > floor[p.name]]
+        if todo:
+            async with conn.transaction():
+                await _apply(conn, shadow_schema(p), p.name, apply, todo)
+            floor[p.name] = todo[-1].seq
+
+    async def apply_side_by_side(workers: list[Conn], events: list[Any]) -> None:
+        results = await asyncio.gather(
+            *(
+                apply_one(w, p, a, events)
+                for w, p, a in zip(workers, chosen, appliers, strict=True)
+            ),
+            return_exceptions=True,  # every transaction over before any error is raised
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async with pool.acquire() as conn, contextlib.AsyncExitStack() as stack:
+        workers: list[Conn] = []
+        if len(chosen) > 1 and pool.get_max_size() > len(chosen):
+            workers = [await stack.enter_async_context(pool.acquire()) for _ in chosen]
         floor = {p.name: await _prepare_shadow(conn, shadow_schema(p), p) for p in chosen}
         reached = min(floor.values())
         resumed_from = reached
@@ -243,11 +269,15 @@ async def rebuild(
             source = read_events(nc, spec, reached + 1, until_seq=head, batch=batch, make=make)
             async with contextlib.aclosing(prefetched(source)) as batches:
                 async for events in batches:
-                    async with conn.transaction():
-                        await apply_all(conn, events, floor)
+                    if workers:
+                        await apply_side_by_side(workers, events)
+                    else:
+                        async with conn.transaction():
+                            await apply_all(conn, events, floor)
                     reached = events[-1].seq
                     bar.advance(len(events), head)
             head = await stream_head(nc, spec)
+        await stack.aclose()  # the workers go back to the pool
         for p in chosen:
             await _restore_indexes(conn, shadow_schema(p))
         # The swap: the live projector blocks on the checkpoint rows until this commits. They
