@@ -204,6 +204,8 @@ async def write_mixed_history(
             w.voucher(own, IssueVoucher(code=own, credit_baisa=1700, max_redemptions=5))
         if n % 6 == 0:
             w.voucher(own, ReverseRedemption(code=own, customer_id=f"o{n}"))
+            if n % 12 == 0:  # the same customer redeems the code again
+                assert w.voucher(own, RedeemVoucher(code=own, customer_id=f"o{n}"))
         if n % 5 == 0:
             w.voucher(own, RevokeVoucher(code=own))
             if n % 10 == 0:

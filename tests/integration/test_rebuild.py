@@ -296,6 +296,8 @@ async def test_a_rebuild_of_every_event_type_in_many_batches_equals_the_live_row
     statuses = {r["status"] for r in before["orders"]}
     assert statuses == {"completed", "awaiting_payment", "abandoned", "failed", "refund_due"}
     assert any(r["reversed_at"] for r in before["redemptions"])
+    pairs = [(r["code"], r["customer_id"]) for r in before["redemptions"]]
+    assert len(set(pairs)) < len(pairs)  # redeemed again after a reversal
     assert any(r["revoked"] for r in before["vouchers"])
     indexes = [dict(r) for r in await pool.fetch(INDEXES)]
 
