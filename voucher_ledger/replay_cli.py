@@ -84,7 +84,8 @@ async def _servers(settings: Settings) -> AsyncIterator[tuple[Client, asyncpg.Po
             pg = EmbeddedPostgres(settings.data_dir)
             url = await asyncio.to_thread(pg.start)
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+            # rebuild: one connection for the swap, one per read model for the replay
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=len(ALL_PROJECTIONS) + 1)
         except Exception as exc:  # any connection failure is the same story for the user
             raise UserError(f"cannot connect to PostgreSQL at {redact_url(url)}: {exc}") from exc
         try:
@@ -108,6 +109,11 @@ def _summary(s: RebuildSummary) -> str:
 
 
 async def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from voucher_ledger.cli import tune_gc
+
+    # A replay allocates a batch's events, rows and records at a time, all short-lived: with
+    # the default thresholds the cyclic GC walked them (and every module) over and over.
+    tune_gc()
     spec = _spec(settings)
     chosen = [p for p in ALL_PROJECTIONS if not args.projection or p.name in args.projection]
     async with _servers(settings) as (nc, pool):

@@ -10,6 +10,7 @@ run; CI uses a smaller default).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 from nats.aio.client import Client
 
 from tests.conftest import HostFactory
+from tests.integration.histories import write_mixed_history
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.ledger.commands import (
@@ -34,20 +36,23 @@ from voucher_ledger.ledger.commands import (
     SettleOrder,
 )
 from voucher_ledger.ledger.events import (
+    CURRENT_VERSIONS,
     Actor,
     EventEnvelope,
     OrderLine,
     RecordedEvent,
     VoucherIssued,
     VoucherRedeemed,
+    encode_envelope,
 )
 from voucher_ledger.ledger.voucher import Decided
 from voucher_ledger.ledger.wallet import evolve as wallet_evolve
 from voucher_ledger.ledger.wallet import handle as wallet_handle
 from voucher_ledger.ledger.wallet import initial_state as wallet_initial
+from voucher_ledger.projections import replay
 from voucher_ledger.projections.host import ProjectorHost
 from voucher_ledger.projections.migrate import migrate
-from voucher_ledger.projections.projector import ProjectionStatus
+from voucher_ledger.projections.projector import ProjectionStatus, StreamEvent
 from voucher_ledger.projections.rebuild import Progress, rebuild
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.projections.verify import verify
@@ -232,6 +237,79 @@ async def test_rebuild_equals_the_live_projection_row_for_row_and_verify_is_clea
     report = await verify(pool, nc, applied)
     assert report.clean, report.differences[:20]
     assert report.checked["redemptions"] == len(before["redemptions"])
+
+
+async def test_the_replay_reader_takes_deliveries_off_the_parser_and_misses_none(
+    nc: Client,
+    applied: StreamsSpec,
+    store: JetStreamEventStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The replay's deliveries (batch headers and all) skip nats.py's message path; every
+    event arrives once, in order, byte for byte, and the client is left as it was."""
+    loops: list[Any] = []
+
+    class Recorded(replay._ReplayPulls):
+        async def start(self) -> None:
+            loops.append(self)
+            await super().start()
+
+    monkeypatch.setattr(replay, "_ReplayPulls", Recorded)
+    await write_history(store, applied, 2500)
+    head = await store.last_sequence()
+    seen: list[StreamEvent] = []
+    async for events in replay.read_stream(nc, applied, 7, until_seq=head - 3, batch=400):
+        assert len(events) <= 400
+        seen.extend(events)
+    assert [e.seq for e in seen] == list(range(7, head - 2))
+    for event in seen:
+        assert encode_envelope(event.envelope).decode() == event.raw
+    assert len(loops) == 1
+    assert loops[0].direct >= len(seen)
+    assert "_process_msg" not in vars(nc)
+    # the client still delivers to ordinary subscriptions
+    reply = await nc.request(f"$JS.API.STREAM.INFO.{applied.event_stream}", b"", timeout=5)
+    assert json.loads(reply.data)["state"]["last_seq"] == head
+
+
+INDEXES = """
+SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'
+ORDER BY tablename, indexname
+"""
+
+
+async def test_a_rebuild_of_every_event_type_in_many_batches_equals_the_live_rows(
+    nc: Client,
+    applied: StreamsSpec,
+    store: JetStreamEventStore,
+    pool: asyncpg.Pool,
+    live: ProjectionStatus,
+) -> None:
+    """Every event type, interleaved across vouchers and wallets, replayed in batches that cut
+    through aggregates (rows created in one batch and changed in later ones): the bulk path
+    leaves the live projection's rows, and the tables keep every index."""
+    await write_mixed_history(store, applied, 6000, flush_every=300)
+    head = await caught_up(nc, applied, live)
+    before = await rows(pool)
+    types = {r["type"] for r in before["audit_log"]}
+    assert types == set(CURRENT_VERSIONS), set(CURRENT_VERSIONS) - types
+    statuses = {r["status"] for r in before["orders"]}
+    assert statuses == {"completed", "awaiting_payment", "abandoned", "failed", "refund_due"}
+    assert any(r["reversed_at"] for r in before["redemptions"])
+    pairs = [(r["code"], r["customer_id"]) for r in before["redemptions"]]
+    assert len(set(pairs)) < len(pairs)  # redeemed again after a reversal
+    assert any(r["revoked"] for r in before["vouchers"])
+    indexes = [dict(r) for r in await pool.fetch(INDEXES)]
+
+    summary = await rebuild(pool, nc, applied, ALL_PROJECTIONS, batch=97, swap_within=400)
+
+    assert (summary.reached, summary.events) == (head, head)
+    after = await rows(pool)
+    for table in TABLES:
+        assert after[table] == before[table], table
+    assert [dict(r) for r in await pool.fetch(INDEXES)] == indexes
+    report = await verify(pool, nc, applied)
+    assert report.clean, report.differences[:20]
 
 
 async def test_rebuild_while_writes_continue_then_the_live_projector_carries_on(

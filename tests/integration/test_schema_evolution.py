@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client
+from pydantic import ValidationError
 
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.ledger import events
@@ -170,3 +171,51 @@ def test_a_newer_version_than_this_build_is_refused() -> None:
     raw["event"]["version"] = 2
     with pytest.raises(events.UnknownEventVersion, match="newer than this build"):
         decode_envelope(json.dumps(raw).encode())
+
+
+def test_the_rebuilds_plain_decoding_reads_old_bytes_and_upcasts_as_the_models_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``decode_plain`` (rebuild's bulk path) gives the models' fields as plain dicts for v1
+    bytes in another key order, with the defaults of fields they lack, and goes through the
+    upcasters for older versions; what the models refuse, it refuses."""
+    for raw in (V1_ISSUED, V1_REDEEMED):
+        assert events.decode_plain(raw) == decode_envelope(raw).model_dump()
+    assert events.decode_plain(V1_ISSUED)["command_fingerprint"] == ""
+
+    completed = json.loads(V1_REDEEMED)
+    completed["aggregate"] = "wallet"
+    completed["event"] = {
+        "type": "order.completed",
+        "version": 1,
+        "customer_id": "u-1",
+        "order_id": "o-1",
+        "paid_by_credit": True,
+        "credit_applied_baisa": 1000,
+        "amount_paid_baisa": 0,
+    }
+    raw = json.dumps(completed).encode()
+    plain = events.decode_plain(raw)
+    assert plain == decode_envelope(raw).model_dump()
+    assert plain["event"]["stripe_session_id"] is None
+
+    old = json.dumps(V0_ISSUED).encode()
+    with pytest.raises(events.UnknownEventVersion, match=r"no upcaster for voucher\.issued v0"):
+        events.decode_plain(old)
+    calls: list[int] = []
+    monkeypatch.setitem(events.UPCASTERS, ("voucher.issued", 0), v0_to_v1(calls))
+    plain = events.decode_plain(old)
+    assert plain == decode_envelope(old).model_dump()
+    assert (plain["event"]["version"], plain["event"]["credit_baisa"]) == (1, 12000)
+    assert calls
+
+    extra = json.loads(V1_ISSUED)
+    extra["event"]["surprise"] = 1
+    with pytest.raises(ValidationError):
+        decode_envelope(json.dumps(extra).encode())
+    with pytest.raises(ValidationError):
+        events.decode_plain(json.dumps(extra).encode())
+    wrong = json.loads(V1_ISSUED)
+    wrong["event"]["credit_baisa"] = "a lot"
+    with pytest.raises(ValidationError):
+        events.decode_plain(json.dumps(wrong).encode())

@@ -2,8 +2,12 @@
 
 1. A shadow schema ``rebuild_<name>`` gets fresh tables from the same migrations (same names,
    constraints and indexes), with its own checkpoint row.
+   Its secondary indexes (not unique, not backing a constraint) are dropped, their definitions
+   kept in the shadow schema, and built again in one pass once the replay is near the head.
 2. The stream is replayed into it in big batches, each in one transaction with the shadow
-   checkpoint, so an interrupted rebuild resumes where it stopped.
+   checkpoint, so an interrupted rebuild resumes where it stopped. Each batch goes in through
+   the projection's bulk applier (``bulk.py``: rows folded in memory, written once per batch,
+   ``COPY`` for new rows) when it has one, else through its ``apply``.
 3. Near the head, one transaction locks the live checkpoint (the live projector waits on it),
    applies the last events, moves the live tables out and the shadow tables in, and sets the
    live checkpoint to the shadow's. Readers see the old rows until the commit, the new after.
@@ -11,19 +15,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from nats.aio.client import Client
 
+from voucher_ledger.projections.bulk import BulkProjection, PlainEvent, bulk_for, plain_event
 from voucher_ledger.projections.migrate import discover
 from voucher_ledger.projections.projector import Conn, Projection, StreamEvent
-from voucher_ledger.projections.replay import read_stream, stream_head
+from voucher_ledger.projections.replay import read_events, stream_event, stream_head
 from voucher_ledger.streams import StreamsSpec
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,50 @@ class RebuildSummary:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    exc: BaseException
+
+
+async def prefetched(source: AsyncIterator[_T], depth: int = 1) -> AsyncGenerator[_T, None]:
+    """``source``'s items, read (received and decoded) by a task of their own up to ``depth``
+    items ahead: the next batch is decoded while PostgreSQL works on the previous one, instead
+    of each side waiting for the other. Errors of the source surface here, in order; closing
+    this iterator stops the reader."""
+    queue: asyncio.Queue[_T | _Failed | None] = asyncio.Queue()  # bounded by ``slots``
+    slots = asyncio.Semaphore(depth)
+
+    async def produce() -> None:
+        try:
+            async for item in source:
+                queue.put_nowait(item)
+                await slots.acquire()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            queue.put_nowait(_Failed(exc))
+        else:
+            queue.put_nowait(None)
+
+    task = asyncio.create_task(produce())
+    try:
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            slots.release()
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -68,8 +119,24 @@ def shadow_schema(projection: Projection) -> str:
     return f"rebuild_{projection.name}"
 
 
-async def _prepare_shadow(conn: Conn, schema: str, name: str) -> int:
-    """Create the shadow schema and tables if missing; return its checkpoint."""
+_DEFERRED = "rebuild_deferred_indexes"
+# The secondary indexes of some tables: neither unique nor backing a constraint.
+_SECONDARY_INDEXES = """
+SELECT i.relname AS name, pg_get_indexdef(i.oid) AS definition
+FROM pg_index x
+JOIN pg_class i ON i.oid = x.indexrelid
+JOIN pg_class t ON t.oid = x.indrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname = $1 AND t.relname = ANY($2::text[]) AND NOT x.indisunique
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)
+ORDER BY i.relname
+"""
+
+
+async def _prepare_shadow(conn: Conn, schema: str, projection: Projection) -> int:
+    """Create the shadow schema and tables if missing (their secondary indexes deferred);
+    return its checkpoint."""
+    name = projection.name
     exists = await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema)
     if not exists:
         async with conn.transaction():
@@ -77,6 +144,18 @@ async def _prepare_shadow(conn: Conn, schema: str, name: str) -> int:
             await conn.execute(f"SET LOCAL search_path TO {ident(schema)}")
             for migration in discover():
                 await conn.execute(migration.sql)
+            await conn.execute(
+                f"CREATE TABLE {ident(_DEFERRED)} (name text PRIMARY KEY, definition text NOT NULL)"
+            )
+            deferred = await conn.fetch(_SECONDARY_INDEXES, schema, list(projection.tables))
+            for row in deferred:
+                await conn.execute(
+                    f"INSERT INTO {ident(_DEFERRED)} (name, definition) VALUES ($1, $2)",  # noqa: S608
+                    row["name"],
+                    row["definition"],
+                )
+                await conn.execute(f"DROP INDEX {ident(row['name'])}")
+            await conn.execute("SET LOCAL search_path TO public")
         log.info("rebuild %s: shadow schema %s created", name, schema)
     table = f"{ident(schema)}.projection_checkpoints"
     await conn.execute(
@@ -87,15 +166,39 @@ async def _prepare_shadow(conn: Conn, schema: str, name: str) -> int:
     return int(await conn.fetchval(sql, name))
 
 
+async def _restore_indexes(conn: Conn, schema: str) -> None:
+    """Build the shadow's deferred secondary indexes (one pass over the loaded rows each)
+    before its tables are swapped in. (No ANALYZE here: on the audit trail's jsonb it took
+    longer than the index builds; autovacuum analyzes the new tables soon after the swap.)"""
+    async with conn.transaction():
+        table = f"{ident(schema)}.{ident(_DEFERRED)}"
+        deferred = await conn.fetch(f"SELECT name, definition FROM {table} ORDER BY name")  # noqa: S608
+        for row in deferred:
+            await conn.execute(row["definition"])
+        await conn.execute(f"DELETE FROM {table}")  # noqa: S608
+
+
+_Applier = Callable[[Conn, Sequence[Any]], Awaitable[None]]
+
+
+def _appliers(chosen: Sequence[Projection]) -> tuple[Callable[[int, bytes], Any], list[_Applier]]:
+    """How the events are decoded and applied: plain dicts through the bulk appliers when every
+    chosen projection has one, else models through ``Projection.apply``."""
+    bulks: list[BulkProjection | None] = [bulk_for(p) for p in chosen]
+    if all(b is not None for b in bulks):
+        return plain_event, [b.apply_bulk for b in bulks if b is not None]
+    return stream_event, [p.apply for p in chosen]
+
+
 async def _apply(
-    conn: Conn, schema: str, projection: Projection, events: list[StreamEvent]
+    conn: Conn, schema: str, name: str, apply: _Applier, events: Sequence[PlainEvent | StreamEvent]
 ) -> None:
     """Apply one batch to the shadow tables with the shadow checkpoint (inside a transaction)."""
     await conn.execute(f"SET LOCAL search_path TO {ident(schema)}")
-    await projection.apply(conn, events)
+    await apply(conn, events)
     await conn.execute(
         "UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() WHERE projection = $1",
-        projection.name,
+        name,
         events[-1].seq,
     )
     await conn.execute("SET LOCAL search_path TO public")
@@ -108,37 +211,75 @@ async def rebuild(
     projection: Projection | Sequence[Projection],
     *,
     progress: Progress | None = None,
-    batch: int = 1000,
+    batch: int = 10_000,
     swap_within: int = 2000,
 ) -> RebuildSummary:
-    """Rebuild one projection, or several in ONE pass over the stream (each batch is applied
-    to every shadow in the same transaction, and they are swapped in together)."""
+    """Rebuild one projection, or several in ONE pass over the stream, swapped in together.
+    Each shadow has its own checkpoint: when the pool has a connection for each besides this
+    one, a batch is applied to the shadows concurrently, each in its own transaction (so
+    PostgreSQL works on them side by side), else to all in one transaction."""
     chosen = [projection] if not isinstance(projection, Sequence) else list(projection)
     bar = progress or Progress()
     started = time.perf_counter()
     label = "+".join(p.name for p in chosen)
 
-    async def apply_all(conn: Conn, events: list[StreamEvent], floor: dict[str, int]) -> None:
-        for p in chosen:
+    make, appliers = _appliers(chosen)
+
+    async def apply_all(
+        conn: Conn, events: list[PlainEvent | StreamEvent], floor: dict[str, int]
+    ) -> None:
+        for p, apply in zip(chosen, appliers, strict=True):
             todo = [e for e in events if e.seq > floor[p.name]]
             if todo:
-                await _apply(conn, shadow_schema(p), p, todo)
+                await _apply(conn, shadow_schema(p), p.name, apply, todo)
                 floor[p.name] = todo[-1].seq
 
-    async with pool.acquire() as conn:
-        floor = {p.name: await _prepare_shadow(conn, shadow_schema(p), p.name) for p in chosen}
+    async def apply_one(
+        conn: Conn, p: Projection, apply: _Applier, events: list[PlainEvent | StreamEvent]
+    ) -> None:
+        todo = [e for e in events if e.seq > floor[p.name]]
+        if todo:
+            async with conn.transaction():
+                await _apply(conn, shadow_schema(p), p.name, apply, todo)
+            floor[p.name] = todo[-1].seq
+
+    async def apply_side_by_side(workers: list[Conn], events: list[Any]) -> None:
+        results = await asyncio.gather(
+            *(
+                apply_one(w, p, a, events)
+                for w, p, a in zip(workers, chosen, appliers, strict=True)
+            ),
+            return_exceptions=True,  # every transaction over before any error is raised
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async with pool.acquire() as conn, contextlib.AsyncExitStack() as stack:
+        workers: list[Conn] = []
+        if len(chosen) > 1 and pool.get_max_size() > len(chosen):
+            workers = [await stack.enter_async_context(pool.acquire()) for _ in chosen]
+        floor = {p.name: await _prepare_shadow(conn, shadow_schema(p), p) for p in chosen}
         reached = min(floor.values())
         resumed_from = reached
         head = await stream_head(nc, spec)
         bar.start(head, reached)
         # Replay into the shadows until close enough to the head to swap quickly.
         while head - reached > swap_within:
-            async for events in read_stream(nc, spec, reached + 1, until_seq=head, batch=batch):
-                async with conn.transaction():
-                    await apply_all(conn, events, floor)
-                reached = events[-1].seq
-                bar.advance(len(events), head)
+            source = read_events(nc, spec, reached + 1, until_seq=head, batch=batch, make=make)
+            async with contextlib.aclosing(prefetched(source)) as batches:
+                async for events in batches:
+                    if workers:
+                        await apply_side_by_side(workers, events)
+                    else:
+                        async with conn.transaction():
+                            await apply_all(conn, events, floor)
+                    reached = events[-1].seq
+                    bar.advance(len(events), head)
             head = await stream_head(nc, spec)
+        await stack.aclose()  # the workers go back to the pool
+        for p in chosen:
+            await _restore_indexes(conn, shadow_schema(p))
         # The swap: the live projector blocks on the checkpoint rows until this commits. They
         # are locked in name order, as the projector locks them, so the two cannot deadlock.
         names = sorted(p.name for p in chosen)
@@ -154,7 +295,8 @@ async def rebuild(
                 names,
             )
             head = await stream_head(nc, spec)
-            async for events in read_stream(nc, spec, reached + 1, until_seq=head, batch=batch):
+            tail = read_events(nc, spec, reached + 1, until_seq=head, batch=batch, make=make)
+            async for events in tail:
                 await apply_all(conn, events, floor)
                 reached = events[-1].seq
                 bar.advance(len(events), head)

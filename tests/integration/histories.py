@@ -1,0 +1,218 @@
+"""Event histories written straight to the event stream, decided by the real deciders.
+
+:func:`write_mixed_history` produces every event type the projections know (issues, updates,
+revocations and restorations, redemptions and reversals; credit-covered, card-paid, abandoned,
+failed and refund-due orders with grants, reservations, captures, releases and revoked grants),
+interleaved across aggregates, in the proportions of a busy service: hot codes with many
+redemptions, many codes with one, and checkouts on wallets. Also what the rebuild benchmark
+harness replays (``VL_REBUILD_EVENTS`` events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from voucher_ledger.commands.eventstore import JetStreamEventStore
+from voucher_ledger.ledger import voucher, wallet
+from voucher_ledger.ledger.commands import (
+    AbandonOrder,
+    AttachSession,
+    ConfirmPayment,
+    FailOrder,
+    Grant,
+    IssueVoucher,
+    OpenOrder,
+    RedeemVoucher,
+    ReverseRedemption,
+    RevokeVoucher,
+    SettleOrder,
+)
+from voucher_ledger.ledger.events import Actor, EventEnvelope, OrderLine, RecordedEvent
+from voucher_ledger.ledger.voucher import Decided, Policy
+from voucher_ledger.streams import StreamsSpec
+
+ADMIN = Actor(sub="admin", role="superadmin")
+EPOCH = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+class _Writer:
+    """Decides commands against in-memory states and buffers each aggregate's events; flushes
+    them as atomic batches (each with the subject's expected last sequence) every ``every``
+    events, so the stream interleaves aggregates."""
+
+    def __init__(self, store: JetStreamEventStore, spec: StreamsSpec) -> None:
+        self.store = store
+        self.spec = spec
+        self.vouchers: dict[str, voucher.VoucherState] = {}
+        self.wallets: dict[str, wallet.WalletState] = {}
+        self.pending: dict[str, list[EventEnvelope]] = {}
+        self.last_seq: dict[str, int] = {}
+        self.local: dict[str, int] = {}
+        self.written = 0
+        self.buffered = 0
+        self.clock = 0
+
+    def _envelope(self, aggregate: str, key: str, event: Any, command_id: str) -> EventEnvelope:
+        self.clock += 1
+        return EventEnvelope(
+            event_id=str(uuid.uuid4()),
+            aggregate=aggregate,  # type: ignore[arg-type]
+            aggregate_id=key,
+            occurred_at=EPOCH + timedelta(milliseconds=self.clock),
+            actor=ADMIN,
+            command_id=command_id,
+            event=event,
+        )
+
+    def _record(self, subject: str, env: EventEnvelope) -> RecordedEvent:
+        self.pending.setdefault(subject, []).append(env)
+        self.buffered += 1
+        self.local[subject] = self.local.get(subject, 0) + 1
+        return RecordedEvent(seq=self.local[subject], envelope=env)
+
+    def voucher(self, code: str, command: Any) -> bool:
+        state = self.vouchers.get(code) or voucher.initial_state(code)
+        command_id = f"cmd-{uuid.uuid4().hex}"
+        outcome = voucher.handle(state, command, command_id, Policy())
+        if not isinstance(outcome, Decided):
+            return False
+        subject = self.spec.layout.voucher_subject(code)
+        for event in outcome.events:
+            env = self._envelope("voucher", code, event, command_id)
+            state = voucher.evolve(state, self._record(subject, env), command.fingerprint())
+        self.vouchers[code] = state
+        return True
+
+    def wallet(self, customer: str, command: Any) -> None:
+        state = self.wallets.get(customer) or wallet.initial_state(customer)
+        command_id = f"cmd-{uuid.uuid4().hex}"
+        outcome = wallet.handle(state, command, command_id)
+        assert isinstance(outcome, Decided), (command, outcome)
+        subject = self.spec.layout.wallet_subject(customer)
+        for event in outcome.events:
+            env = self._envelope("wallet", customer, event, command_id)
+            state = wallet.evolve(state, self._record(subject, env), command.fingerprint())
+        self.wallets[customer] = state
+
+    async def _append(self, subject: str, envs: list[EventEnvelope]) -> None:
+        for start in range(0, len(envs), 1000):
+            chunk = envs[start : start + 1000]
+            recorded = await self.store.append(subject, self.last_seq.get(subject, 0), chunk)
+            self.last_seq[subject] = recorded[-1].seq
+            self.written += len(chunk)
+
+    async def flush(self) -> None:
+        pending = list(self.pending.items())
+        self.pending.clear()
+        self.buffered = 0
+        for start in range(0, len(pending), 16):  # subjects are independent: 16 at a time
+            await asyncio.gather(*(self._append(s, e) for s, e in pending[start : start + 16]))
+
+
+def _order(customer: str, order_id: str, total: int, promo: str | None) -> OpenOrder:
+    return OpenOrder(
+        customer_id=customer,
+        order_id=order_id,
+        tenant_id=f"tenant-{order_id}",
+        plan_id="pro",
+        apps=["crm", "pos"],
+        addons=["sms"],
+        promo_code=promo,
+        lines=[
+            OrderLine(kind="plan", id="pro", name="Pro", amount_baisa=total - 500),
+            OrderLine(kind="addon", id="sms", name="SMS", amount_baisa=500),
+        ],
+        total_baisa=total,
+    )
+
+
+async def _checkouts(w: _Writer, n: int, code: str) -> None:
+    """One customer's orders through every flow, on the wallet (and the voucher ``code``)."""
+    c = f"cust-{n}-{uuid.uuid4().hex[:6]}"
+    flow = n % 5
+    oid = f"{c}-o1"
+    w.voucher(code, RedeemVoucher(code=code, customer_id=c))
+    rid = w.vouchers[code].redemptions[c].redemption_id
+    grant = Grant(redemption_id=rid, code=code, amount_baisa=2000)
+    if flow == 0:  # covered by the credit: granted, reserved, captured, completed
+        w.wallet(c, _order(c, oid, 2000, code))
+        w.wallet(c, SettleOrder(customer_id=c, order_id=oid, grant=grant, payment_available=True))
+    else:  # credit does not cover it: payment requested, a Stripe session
+        w.wallet(c, _order(c, oid, 5000, code))
+        w.wallet(c, SettleOrder(customer_id=c, order_id=oid, grant=grant, payment_available=True))
+        w.wallet(
+            c,
+            AttachSession(
+                customer_id=c,
+                order_id=oid,
+                session_id=f"cs_{oid}",
+                session_url=f"https://pay.example/{oid}",
+            ),
+        )
+        if flow == 1:  # paid by card: captured, completed
+            w.wallet(
+                c,
+                ConfirmPayment(
+                    customer_id=c, order_id=oid, session_id=f"cs_{oid}", amount_paid_baisa=3000
+                ),
+            )
+        elif flow == 2:  # abandoned (released); every other one paid anyway: refund due
+            w.wallet(c, AbandonOrder(customer_id=c, order_id=oid, reason="expired"))
+            if n % 2 == 0:
+                w.wallet(
+                    c,
+                    ConfirmPayment(
+                        customer_id=c, order_id=oid, session_id=f"cs_{oid}", amount_paid_baisa=3000
+                    ),
+                )
+        else:  # failed: released, grant revoked, the redemption reversed
+            w.wallet(
+                c,
+                FailOrder(customer_id=c, order_id=oid, reason="card_declined", message="declined"),
+            )
+            w.voucher(code, ReverseRedemption(code=code, customer_id=c, reason="checkout"))
+    # a second, cheap order paid from what is left (or by card)
+    oid2 = f"{c}-o2"
+    w.wallet(c, _order(c, oid2, 1000, None))
+    w.wallet(c, SettleOrder(customer_id=c, order_id=oid2, payment_available=True))
+
+
+async def write_mixed_history(
+    store: JetStreamEventStore, spec: StreamsSpec, events: int, *, flush_every: int = 2000
+) -> int:
+    """At least ``events`` events of every type; returns how many were written."""
+    w = _Writer(store, spec)
+    tag = uuid.uuid4().hex[:6].upper()
+    hot = [f"HOT-{tag}-{i}" for i in range(3)]
+    for code in hot:
+        w.voucher(code, IssueVoucher(code=code, credit_baisa=2000, max_redemptions=0))
+    n = 0
+    while w.written + w.buffered < events:
+        n += 1
+        # a hot code's redemptions (half the stream)
+        code = hot[n % len(hot)]
+        for i in range(8):
+            w.voucher(code, RedeemVoucher(code=code, customer_id=f"h{n}-{i}"))
+        # a code of its own: issued, redeemed once; some updated, revoked, restored
+        own = f"ONE-{tag}-{n}"
+        w.voucher(own, IssueVoucher(code=own, credit_baisa=1500, description=f"#{n}"))
+        w.voucher(own, RedeemVoucher(code=own, customer_id=f"o{n}"))
+        if n % 4 == 0:
+            w.voucher(own, IssueVoucher(code=own, credit_baisa=1700, max_redemptions=5))
+        if n % 6 == 0:
+            w.voucher(own, ReverseRedemption(code=own, customer_id=f"o{n}"))
+            if n % 12 == 0:  # the same customer redeems the code again
+                assert w.voucher(own, RedeemVoucher(code=own, customer_id=f"o{n}"))
+        if n % 5 == 0:
+            w.voucher(own, RevokeVoucher(code=own))
+            if n % 10 == 0:
+                w.voucher(own, IssueVoucher(code=own, credit_baisa=1800))
+        # a checkout (a third of the stream)
+        await _checkouts(w, n, hot[(n + 1) % len(hot)])
+        if w.buffered >= flush_every:
+            await w.flush()
+    await w.flush()
+    return w.written
