@@ -41,6 +41,7 @@ from voucher_ledger.commands.processor import ProcessorStats
 log = logging.getLogger(__name__)
 
 RESTART_MIN, RESTART_MAX = 0.5, 30.0
+_POLL = 0.25  # seconds between looks at the child's exit status
 _PR_SET_PDEATHSIG = 1
 
 
@@ -168,7 +169,9 @@ class ProcessorWorker:
         while not self._stopping:
             proc = self._proc
             assert proc is not None
-            code = await asyncio.to_thread(proc.wait)
+            # Polled: a thread blocked in waitpid() would show in every profile as busy.
+            while (code := proc.poll()) is None:  # noqa: ASYNC110 - no event for a child's exit
+                await asyncio.sleep(_POLL)
             if self._stopping:
                 return
             log.error(
