@@ -35,11 +35,16 @@ from voucher_ledger.ledger.events import (
 
 MAX_BATCH = 1000  # server limit for one atomic batch
 _CONFLICT_CODES = {10071, 10164}  # wrong last sequence (per subject / constant)
-_TRANSIENT_CODES = {10163, 10158, 10167}  # not ready after leader change, in process, too many
+# Refusals that stored nothing and may pass on a retry: not ready after a leader change, in
+# process, too many; an incomplete atomic batch (e.g. the leader changed mid-batch), too many
+# atomic batches in flight.
+_TRANSIENT_CODES = {10163, 10158, 10167, 10176, 10210}
 _NO_MESSAGE = 10037  # stream msg get: no message found
 
 
 _PendingGet = tuple[list[Msg], "asyncio.Future[dict[str, str]]"]
+# One subject's part of an atomic append: (subject, expected last subject sequence, events).
+Append = tuple[str, int, Sequence[EventEnvelope]]
 
 
 class EventStoreError(Exception):
@@ -74,59 +79,75 @@ class JetStreamEventStore:
     async def append(
         self, subject: str, expected_last_seq: int, envelopes: Sequence[EventEnvelope]
     ) -> list[RecordedEvent]:
-        if not envelopes:
-            return []
-        if len(envelopes) > MAX_BATCH:
+        """``envelopes`` on ``subject``, all or none, if the subject's last sequence is still
+        ``expected_last_seq``."""
+        return (await self.append_many([(subject, expected_last_seq, envelopes)]))[0]
+
+    async def append_many(self, appends: Sequence[Append]) -> list[list[RecordedEvent]]:
+        """Several subjects' events as ONE atomic batch (one PubAck, one fsync on the server):
+        each subject's first message carries its own ``Nats-Expected-Last-Subject-Sequence``;
+        if any of them is wrong nothing is stored and :class:`ConcurrencyConflict` is raised
+        (the server's error does not say which subject: ``wrong last sequence: <the subject's
+        actual last sequence>``). Subjects must be distinct; at most :data:`MAX_BATCH`
+        messages in all. Returns the recorded events per entry of ``appends``."""
+        messages: list[tuple[str, bytes, str | None]] = []  # subject, payload, expectation
+        seen: set[str] = set()
+        for subject, expected_last_seq, envelopes in appends:
+            if subject in seen:
+                raise ValueError(f"{subject} twice in one atomic batch")
+            seen.add(subject)
+            for i, env in enumerate(envelopes):
+                expectation = str(expected_last_seq) if i == 0 else None
+                messages.append((subject, encode_envelope(env), expectation))
+        if not messages:
+            return [[] for _ in appends]
+        if len(messages) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} events per append")
-        payloads = [encode_envelope(env) for env in envelopes]
+        where = messages[0][0] if len(seen) == 1 else f"{len(seen)} subjects"
         try:
-            if len(payloads) == 1:
-                ack = await self._request(
-                    subject,
-                    payloads[0],
-                    {"Nats-Expected-Last-Subject-Sequence": str(expected_last_seq)},
-                )
+            if len(messages) == 1:
+                subject, payload, expectation = messages[0]
+                headers = {"Nats-Expected-Last-Subject-Sequence": expectation or "0"}
+                ack = await self._request(subject, payload, headers)
             else:
-                ack = await self._append_batch(subject, expected_last_seq, payloads)
+                ack = await self._append_batch(messages, where)
         except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-            raise EventStoreUnavailable(f"append to {subject} timed out") from exc
+            raise EventStoreUnavailable(f"append to {where} timed out") from exc
         except nats.errors.ConnectionClosedError as exc:
             raise EventStoreUnavailable("NATS connection closed") from exc
-        last = int(ack["seq"])
-        first = last - len(envelopes) + 1
-        return [
-            RecordedEvent.model_construct(seq=first + i, envelope=env)
-            for i, env in enumerate(envelopes)
-        ]
+        seq = int(ack["seq"]) - len(messages) + 1  # a batch is stored contiguously, in order
+        out: list[list[RecordedEvent]] = []
+        for _, _, envelopes in appends:
+            recorded = []
+            for env in envelopes:
+                recorded.append(RecordedEvent.model_construct(seq=seq, envelope=env))
+                seq += 1
+            out.append(recorded)
+        return out
 
     async def _append_batch(
-        self, subject: str, expected_last_seq: int, payloads: list[bytes]
+        self, messages: list[tuple[str, bytes, str | None]], where: str
     ) -> dict[str, Any]:
+        """One atomic batch (ADR-50). Only the commit is a request: the server answers it with
+        the PubAck or with the batch's error (a missing or out-of-order message, atomic publish
+        disabled, a wrong expectation), so an early request on the first message would only
+        cost a round trip."""
         batch_id = uuid.uuid4().hex
-        last_index = len(payloads)
-        for index, payload in enumerate(payloads, start=1):
+        last_index = len(messages)
+        for index, (subject, payload, expectation) in enumerate(messages, start=1):
             headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(index)}
-            if index == 1:
-                headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_seq)
-                # The first message is a request: the server answers with an error (e.g. batches
-                # not enabled) or an empty ack before the rest is sent.
-                msg = await self._nc.request(
-                    subject, payload, timeout=self._timeout, headers=headers
-                )
-                if msg.data:
-                    self._raise_for(json.loads(msg.data), subject)
-            elif index < last_index:
+            if expectation is not None:
+                headers["Nats-Expected-Last-Subject-Sequence"] = expectation
+            if index < last_index:
                 await self._nc.publish(subject, payload, headers=headers)
-            else:
-                headers["Nats-Batch-Commit"] = "1"
-                msg = await self._nc.request(
-                    subject, payload, timeout=self._timeout, headers=headers
-                )
-                ack: dict[str, Any] = json.loads(msg.data)
-                self._raise_for(ack, subject)
-                if int(ack.get("count", last_index)) != last_index:
-                    raise EventStoreError(f"batch stored {ack.get('count')} of {last_index}")
-                return ack
+                continue
+            headers["Nats-Batch-Commit"] = "1"
+            msg = await self._nc.request(subject, payload, timeout=self._timeout, headers=headers)
+            ack: dict[str, Any] = json.loads(msg.data)
+            self._raise_for(ack, where)
+            if int(ack.get("count", last_index)) != last_index:
+                raise EventStoreError(f"batch stored {ack.get('count')} of {last_index}")
+            return ack
         raise AssertionError("unreachable")
 
     async def _request(

@@ -166,6 +166,29 @@ class _Item:
     envelope: CommandEnvelope
 
 
+@dataclass
+class _Plan:
+    """One aggregate's share of an atomic batch: the commands decided, their new events, and
+    the state they were decided against (whose last sequence the append expects)."""
+
+    key: AggregateKey
+    kind: _VoucherKind | _WalletKind
+    subject: str
+    state: Any
+    items: list[_Item]
+    new: list[tuple[EventEnvelope, str]]  # (event, the causing command's fingerprint)
+    outcomes: list[Rejected | tuple[str, bool]]
+
+
+def _consume(groups: dict[AggregateKey, list[_Item]], plan: _Plan) -> None:
+    """Drop the commands ``plan`` dealt with from the pending ``groups``."""
+    rest = groups[plan.key][len(plan.items) :]
+    if rest:
+        groups[plan.key] = rest
+    else:
+        del groups[plan.key]
+
+
 class PartitionProcessor:
     def __init__(
         self,
@@ -239,14 +262,161 @@ class PartitionProcessor:
                 await self._refuse_malformed(msg, exc)
                 continue
             groups.setdefault(envelope.command.aggregate, []).append(_Item(msg, envelope))
+        while groups:
+            try:
+                await self._process_round(groups)
+            except Exception as exc:  # noqa: BLE001 - logged; the commands come back
+                # Not acked: the commands come back after ack_wait and are decided again.
+                log.error(
+                    "partition %d: %d aggregates failed: %r", self.partition, len(groups), exc
+                )
+                return
+
+    async def _process_round(self, groups: dict[AggregateKey, list[_Item]]) -> None:
+        """Decide the pending commands of every aggregate (as many as fit in one atomic batch)
+        and append all their events as ONE atomic batch, each aggregate's first message with
+        its own expected subject sequence; reply and ack. What was done leaves ``groups``.
+
+        A conflict refuses the whole batch without saying which subject: one aggregate alone is
+        reloaded and decided again; several are then appended one by one (each with its own
+        expectation, the stale one reloaded), which finds the stale one without reloading the
+        others and cannot livelock against another writer of a few codes."""
+        await self._ensure_loaded(groups)
+        attempt = 0
+        while True:
+            plans: list[_Plan] = []
+            budget = MAX_BATCH
+            for key, items in groups.items():
+                if budget <= 0:
+                    break
+                plan = self._decide(key, items, budget)
+                budget -= len(plan.new)
+                plans.append(plan)
+            writing = [p for p in plans if p.new]
+            try:
+                recorded = await self._store.append_many(
+                    [(p.subject, p.state.last_seq, [env for env, _ in p.new]) for p in writing]
+                )
+            except ConcurrencyConflict:
+                self._stats.conflicts += 1
+                if len(writing) > 1:
+                    await self._one_by_one(groups, plans)
+                    return
+                self.cache.drop(writing[0].key)
+                attempt += 1
+                if attempt > MAX_CONFLICT_RETRIES:
+                    raise
+                await self._store.sleep_backoff(attempt)
+                await self._ensure_loaded(groups)
+                continue
+            except EventStoreUnavailable:
+                for plan in writing:  # the append may or may not have landed
+                    self.cache.drop(plan.key)
+                raise
+            if writing:
+                self._stats.appends += 1
+                self._stats.events_appended += sum(len(p.new) for p in writing)
+            finals: dict[AggregateKey, Any] = {}
+            for plan, events in zip(writing, recorded, strict=True):
+                final = plan.state
+                for rec, (_, fingerprint) in zip(events, plan.new, strict=True):
+                    final = plan.kind.evolve(final, rec, fingerprint)
+                self.cache.put(plan.key, final)
+                finals[plan.key] = final
+            for plan in plans:
+                final = finals.get(plan.key, plan.state)
+                await self._finish(plan.kind, plan.items, plan.outcomes, final)
+                _consume(groups, plan)
+            return
+
+    async def _ensure_loaded(self, groups: dict[AggregateKey, list[_Item]]) -> None:
+        """Load (concurrently) the aggregates not in the cache. One that cannot be loaded is
+        left out of this batch (its commands are not acked and come back) without holding up
+        the others."""
+        missing = [key for key in groups if self.cache.get(key) is None]
+        if not missing:
+            return
+        states = await asyncio.gather(*(self._load(key) for key in missing), return_exceptions=True)
+        for key, state in zip(missing, states, strict=True):
+            if isinstance(state, BaseException):
+                if not isinstance(state, Exception):
+                    raise state
+                log.error("partition %d: loading %s %s failed: %r", self.partition, *key, state)
+                del groups[key]
+            else:
+                self.cache.put(key, state)
+
+    async def _one_by_one(
+        self, groups: dict[AggregateKey, list[_Item]], plans: list[_Plan]
+    ) -> None:
+        """After a conflict of a multi-aggregate batch: the commands of that batch, aggregate by
+        aggregate (concurrently), each append with its own expectation."""
         results = await asyncio.gather(
-            *(self._process_aggregate(key, items) for key, items in groups.items()),
+            *(self._process_chunk(plan.key, plan.items) for plan in plans),
             return_exceptions=True,
         )
-        for key, result in zip(groups, results, strict=True):
+        for plan, result in zip(plans, results, strict=True):
             if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result
                 # Not acked: the commands come back after ack_wait and are decided again.
-                log.error("partition %d: %s %s failed: %r", self.partition, *key, result)
+                log.error("partition %d: %s %s failed: %r", self.partition, *plan.key, result)
+            _consume(groups, plan)
+
+    def _decide(self, key: AggregateKey, items: list[_Item], budget: int) -> _Plan:
+        """Decide ``items`` in order against the cached state, up to ``budget`` new events
+        (at least one command)."""
+        kind = self._kinds[key[0]]
+        state = self.cache.get(key)
+        working = state
+        new: list[tuple[EventEnvelope, str]] = []
+        # a rejection, or the command id to look up (with whether it was a replay)
+        outcomes: list[Rejected | tuple[str, bool]] = []
+        now = datetime.now(UTC)
+        for item in items:
+            env = item.envelope
+            outcome = kind.handle(working, env.command, env.command_id)
+            if isinstance(outcome, Decided):
+                if env.expires_at is not None and env.expires_at < now:
+                    # Already-applied commands still replay; a new one is not applied late.
+                    outcome = Refused(CommandExpired(env.command_id))
+                elif len(new) + len(outcome.events) > budget and (outcomes or budget < MAX_BATCH):
+                    break  # the rest in the next batch (a batch takes at least one command)
+            match outcome:
+                case Refused(error=error):
+                    outcomes.append(rejected_from(env.command_id, error))
+                case Replayed():
+                    outcomes.append((env.command_id, True))
+                case Decided(events=events):
+                    fingerprint = env.command.fingerprint()
+                    for event in events:
+                        # Every value comes from a validated command or the decider.
+                        envelope = EventEnvelope.model_construct(
+                            event_id=new_event_id(),
+                            aggregate=kind.aggregate,
+                            aggregate_id=key[1],
+                            occurred_at=now,
+                            actor=env.actor,
+                            command_id=env.command_id,
+                            command_fingerprint=fingerprint,
+                            event=event,
+                        )
+                        working = kind.evolve(
+                            working,
+                            RecordedEvent.model_construct(seq=0, envelope=envelope),
+                            fingerprint,
+                        )
+                        new.append((envelope, fingerprint))
+                    outcomes.append((env.command_id, False))
+        return _Plan(
+            key=key,
+            kind=kind,
+            subject=self._layout.event_subject(*key),
+            state=state,
+            items=items[: len(outcomes)],
+            new=new,
+            outcomes=outcomes,
+        )
 
     async def _refuse_malformed(self, msg: Msg, exc: Exception) -> None:
         log.warning("partition %d: malformed command dropped: %s", self.partition, exc)
@@ -264,63 +434,17 @@ class PartitionProcessor:
         history = await self._store.load(self._layout.event_subject(*key), consistent=True)
         return self._kinds[key[0]].fold(key[1], history)
 
-    async def _process_aggregate(self, key: AggregateKey, items: list[_Item]) -> None:
-        for start in range(0, len(items), MAX_BATCH):
-            await self._process_chunk(key, items[start : start + MAX_BATCH])
-
     async def _process_chunk(self, key: AggregateKey, items: list[_Item]) -> None:
-        kind = self._kinds[key[0]]
-        subject = self._layout.event_subject(*key)
+        """One aggregate's commands alone, in appends of their own (after a conflict of a
+        multi-aggregate batch): reloaded and decided again on each conflict."""
         attempt = 0
-        while True:
-            state = self.cache.get(key)
-            if state is None:
-                state = await self._load(key)
-                self.cache.put(key, state)
-            working = state
-            new: list[tuple[EventEnvelope, str]] = []
-            # a rejection, or the command id to look up (with whether it was a replay)
-            outcomes: list[Rejected | tuple[str, bool]] = []
-            now = datetime.now(UTC)
-            for item in items:
-                env = item.envelope
-                outcome = kind.handle(working, env.command, env.command_id)
-                if (
-                    isinstance(outcome, Decided)
-                    and env.expires_at is not None
-                    and env.expires_at < now
-                ):
-                    # Already-applied commands still replay; a new one is not applied late.
-                    outcome = Refused(CommandExpired(env.command_id))
-                match outcome:
-                    case Refused(error=error):
-                        outcomes.append(rejected_from(env.command_id, error))
-                    case Replayed():
-                        outcomes.append((env.command_id, True))
-                    case Decided(events=events):
-                        fingerprint = env.command.fingerprint()
-                        for event in events:
-                            # Every value comes from a validated command or the decider.
-                            envelope = EventEnvelope.model_construct(
-                                event_id=new_event_id(),
-                                aggregate=kind.aggregate,
-                                aggregate_id=key[1],
-                                occurred_at=now,
-                                actor=env.actor,
-                                command_id=env.command_id,
-                                command_fingerprint=fingerprint,
-                                event=event,
-                            )
-                            working = kind.evolve(
-                                working,
-                                RecordedEvent.model_construct(seq=0, envelope=envelope),
-                                fingerprint,
-                            )
-                            new.append((envelope, fingerprint))
-                        outcomes.append((env.command_id, False))
+        while items:
+            if self.cache.get(key) is None:
+                self.cache.put(key, await self._load(key))
+            plan = self._decide(key, items, MAX_BATCH)
             try:
                 recorded = await self._store.append(
-                    subject, state.last_seq, [envelope for envelope, _ in new]
+                    plan.subject, plan.state.last_seq, [env for env, _ in plan.new]
                 )
             except ConcurrencyConflict:
                 self._stats.conflicts += 1
@@ -333,15 +457,16 @@ class PartitionProcessor:
             except EventStoreUnavailable:
                 self.cache.drop(key)  # the append may or may not have landed
                 raise
-            final = state
-            for rec, (_, fingerprint) in zip(recorded, new, strict=True):
-                final = kind.evolve(final, rec, fingerprint)
-            if new:
+            final = plan.state
+            for rec, (_, fingerprint) in zip(recorded, plan.new, strict=True):
+                final = plan.kind.evolve(final, rec, fingerprint)
+            if plan.new:
                 self._stats.appends += 1
-                self._stats.events_appended += len(new)
+                self._stats.events_appended += len(plan.new)
             self.cache.put(key, final)
-            await self._finish(kind, items, outcomes, final)
-            return
+            await self._finish(plan.kind, plan.items, plan.outcomes, final)
+            items = items[len(plan.items) :]
+            attempt = 0
 
     async def _finish(
         self,
