@@ -34,6 +34,11 @@ from voucher_ledger.ledger.events import (
 )
 
 MAX_BATCH = 1000  # server limit for one atomic batch
+# Below this many messages, a group of appends goes as separate publishes, not as one atomic
+# batch: on an R1 file stream nats-server 2.15 stages every atomic batch in a temporary file
+# store of its own (~3 ms of server CPU and ~6 ms of wall time per batch, measured, against
+# ~0.3 ms per plain publish with sync_interval: always).
+ATOMIC_MIN = 10
 _CONFLICT_CODES = {10071, 10164}  # wrong last sequence (per subject / constant)
 # Refusals that stored nothing and may pass on a retry: not ready after a leader change, in
 # process, too many; an incomplete atomic batch (e.g. the leader changed mid-batch), too many
@@ -63,11 +68,18 @@ class CorruptEvent(EventStoreError):
     pass
 
 
+# What one subject's append came to: its recorded events, or the conflict that refused it.
+PartResult = list[RecordedEvent] | ConcurrencyConflict
+_Queued = tuple[Append, "asyncio.Future[PartResult]"]
+
+
 class JetStreamEventStore:
     def __init__(self, nc: Client, stream: str, *, timeout: float = 5.0) -> None:
         self._nc = nc
         self._stream = stream
         self._timeout = timeout
+        self._queue: list[_Queued] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._load_prefix: str | None = None
         self._load_tokens = itertools.count(1)
         self._load_waiting: dict[str, _PendingGet] = {}
@@ -82,6 +94,77 @@ class JetStreamEventStore:
         """``envelopes`` on ``subject``, all or none, if the subject's last sequence is still
         ``expected_last_seq``."""
         return (await self.append_many([(subject, expected_last_seq, envelopes)]))[0]
+
+    async def append_parts(self, parts: Sequence[Append]) -> list[PartResult]:
+        """Each part (one subject's events, with its expected last subject sequence) stored
+        all or none, independently of the other parts: its recorded events, or the
+        :class:`ConcurrencyConflict` that refused it. Other errors are raised.
+
+        Group commit: the parts of every caller (the partitions' processors) that arrive while
+        an append is in flight go together as ONE atomic batch (one fsync, one PubAck), each
+        subject's first message with its own expectation; a group of fewer than
+        :data:`ATOMIC_MIN` messages goes as plain publishes. If a combined batch is refused
+        (the server does not say which subject), its parts are sent again one by one, so each
+        learns its own outcome."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[PartResult] | None] = []
+        for part in parts:
+            if not part[2]:
+                futures.append(None)
+                continue
+            fut: asyncio.Future[PartResult] = loop.create_future()
+            self._queue.append((part, fut))
+            futures.append(fut)
+        if self._queue and self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        pending = [fut for fut in futures if fut is not None]
+        if pending:
+            await asyncio.wait(pending)
+        for fut in pending:
+            error = fut.exception()  # retrieved for all of them, raised for the first
+            if error is not None:
+                for other in pending:
+                    other.exception()
+                raise error
+        return [[] if fut is None else fut.result() for fut in futures]
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                group, self._queue = self._queue, []
+                chunks: list[list[_Queued]] = [[]]
+                size = 0
+                for queued in group:
+                    n = len(queued[0][2])
+                    if size + n > MAX_BATCH and chunks[-1]:
+                        chunks.append([])
+                        size = 0
+                    chunks[-1].append(queued)
+                    size += n
+                await asyncio.gather(*(self._send_group(chunk, False) for chunk in chunks))
+        finally:
+            self._flusher = None
+
+    async def _send_group(self, group: list[_Queued], alone: bool) -> None:
+        """One atomic batch for ``group`` (or, if small or ``alone``, one per part)."""
+        if len(group) > 1 and (alone or sum(len(q[0][2]) for q in group) < ATOMIC_MIN):
+            await asyncio.gather(*(self._send_group([queued], True) for queued in group))
+            return
+        try:
+            results = await self.append_many([part for part, _ in group])
+        except ConcurrencyConflict as exc:
+            if len(group) > 1:  # which part? each alone says
+                await self._send_group(group, True)
+                return
+            _settle(group[0][1], exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - handed to every caller of the group
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, fut), result in zip(group, results, strict=True):
+            _settle(fut, result)
 
     async def append_many(self, appends: Sequence[Append]) -> list[list[RecordedEvent]]:
         """Several subjects' events as ONE atomic batch (one PubAck, one fsync on the server):
@@ -307,3 +390,8 @@ class JetStreamEventStore:
 
     async def sleep_backoff(self, attempt: int) -> None:
         await asyncio.sleep(min(0.5, 0.005 * (2**attempt)))
+
+
+def _settle(fut: asyncio.Future[PartResult], result: PartResult) -> None:
+    if not fut.done():
+        fut.set_result(result)

@@ -1,11 +1,12 @@
 """The sequential command processor of one partition.
 
 For each fetched batch of commands: group by aggregate (a voucher code or a customer's wallet;
-arrival order kept within one), and for each aggregate decide the commands one by one against
-the in-memory state, append all of its new events as ONE atomic batch carrying
-``Nats-Expected-Last-Subject-Sequence``, then reply and ack. On a conflict the aggregate is
-reloaded from the stream and the commands are decided again. Aggregates of one batch are
-appended concurrently (different subjects never conflict).
+arrival order kept within one), decide each aggregate's commands one by one against its
+in-memory state, and append the new events of ALL the aggregates together (the event store's
+group commit: one atomic batch, shared with the other partitions' processors, in which each
+aggregate's first message carries its own ``Nats-Expected-Last-Subject-Sequence``), then reply
+and ack. An aggregate whose expectation was wrong is reloaded from the stream and its commands
+are decided again; the others' appends stand.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from pydantic import ValidationError
 from voucher_ledger.commands.eventstore import (
     MAX_BATCH,
     ConcurrencyConflict,
-    EventStoreUnavailable,
     JetStreamEventStore,
 )
 from voucher_ledger.commands.layout import Layout
@@ -262,72 +262,66 @@ class PartitionProcessor:
                 await self._refuse_malformed(msg, exc)
                 continue
             groups.setdefault(envelope.command.aggregate, []).append(_Item(msg, envelope))
+        attempt = 0
         while groups:
             try:
-                await self._process_round(groups)
+                conflicts = await self._process_round(groups)
             except Exception as exc:  # noqa: BLE001 - logged; the commands come back
                 # Not acked: the commands come back after ack_wait and are decided again.
                 log.error(
                     "partition %d: %d aggregates failed: %r", self.partition, len(groups), exc
                 )
                 return
-
-    async def _process_round(self, groups: dict[AggregateKey, list[_Item]]) -> None:
-        """Decide the pending commands of every aggregate (as many as fit in one atomic batch)
-        and append all their events as ONE atomic batch, each aggregate's first message with
-        its own expected subject sequence; reply and ack. What was done leaves ``groups``.
-
-        A conflict refuses the whole batch without saying which subject: one aggregate alone is
-        reloaded and decided again; several are then appended one by one (each with its own
-        expectation, the stale one reloaded), which finds the stale one without reloading the
-        others and cannot livelock against another writer of a few codes."""
-        await self._ensure_loaded(groups)
-        attempt = 0
-        while True:
-            plans: list[_Plan] = []
-            budget = MAX_BATCH
-            for key, items in groups.items():
-                if budget <= 0:
-                    break
-                plan = self._decide(key, items, budget)
-                budget -= len(plan.new)
-                plans.append(plan)
-            writing = [p for p in plans if p.new]
-            try:
-                recorded = await self._store.append_many(
-                    [(p.subject, p.state.last_seq, [env for env, _ in p.new]) for p in writing]
-                )
-            except ConcurrencyConflict:
-                self._stats.conflicts += 1
-                if len(writing) > 1:
-                    await self._one_by_one(groups, plans)
-                    return
-                self.cache.drop(writing[0].key)
+            if conflicts:
                 attempt += 1
                 if attempt > MAX_CONFLICT_RETRIES:
-                    raise
+                    log.error("partition %d: conflicts persist: %s", self.partition, list(groups))
+                    return
                 await self._store.sleep_backoff(attempt)
-                await self._ensure_loaded(groups)
-                continue
-            except EventStoreUnavailable:
-                for plan in writing:  # the append may or may not have landed
-                    self.cache.drop(plan.key)
-                raise
-            if writing:
-                self._stats.appends += 1
-                self._stats.events_appended += sum(len(p.new) for p in writing)
-            finals: dict[AggregateKey, Any] = {}
-            for plan, events in zip(writing, recorded, strict=True):
-                final = plan.state
-                for rec, (_, fingerprint) in zip(events, plan.new, strict=True):
-                    final = plan.kind.evolve(final, rec, fingerprint)
-                self.cache.put(plan.key, final)
-                finals[plan.key] = final
+
+    async def _process_round(self, groups: dict[AggregateKey, list[_Item]]) -> int:
+        """Decide the pending commands of every aggregate (up to one atomic batch's worth) and
+        append all their events together (the event store's group commit: one atomic batch,
+        each aggregate's first message with its own expected subject sequence); reply and ack.
+        What was done leaves ``groups``; an aggregate whose append conflicted is dropped from
+        the cache and stays in ``groups``, to be reloaded and decided again. Returns the number
+        of conflicts."""
+        await self._ensure_loaded(groups)
+        plans: list[_Plan] = []
+        budget = MAX_BATCH
+        for key, items in groups.items():
+            if budget <= 0:
+                break
+            plan = self._decide(key, items, budget)
+            budget -= len(plan.new)
+            plans.append(plan)
+        try:
+            results = await self._store.append_parts(
+                [(p.subject, p.state.last_seq, [env for env, _ in p.new]) for p in plans]
+            )
+        except Exception:
             for plan in plans:
-                final = finals.get(plan.key, plan.state)
-                await self._finish(plan.kind, plan.items, plan.outcomes, final)
-                _consume(groups, plan)
-            return
+                if plan.new:  # the append may or may not have landed: reload next time
+                    self.cache.drop(plan.key)
+            raise
+        conflicts = 0
+        for plan, result in zip(plans, results, strict=True):
+            if isinstance(result, ConcurrencyConflict):
+                conflicts += 1
+                self.cache.drop(plan.key)
+                continue
+            final = plan.state
+            for rec, (_, fingerprint) in zip(result, plan.new, strict=True):
+                final = plan.kind.evolve(final, rec, fingerprint)
+            if plan.new:
+                self._stats.events_appended += len(plan.new)
+                self.cache.put(plan.key, final)
+            await self._finish(plan.kind, plan.items, plan.outcomes, final)
+            _consume(groups, plan)
+        if any(p.new for p in plans):
+            self._stats.appends += 1
+        self._stats.conflicts += conflicts
+        return conflicts
 
     async def _ensure_loaded(self, groups: dict[AggregateKey, list[_Item]]) -> None:
         """Load (concurrently) the aggregates not in the cache. One that cannot be loaded is
@@ -345,23 +339,6 @@ class PartitionProcessor:
                 del groups[key]
             else:
                 self.cache.put(key, state)
-
-    async def _one_by_one(
-        self, groups: dict[AggregateKey, list[_Item]], plans: list[_Plan]
-    ) -> None:
-        """After a conflict of a multi-aggregate batch: the commands of that batch, aggregate by
-        aggregate (concurrently), each append with its own expectation."""
-        results = await asyncio.gather(
-            *(self._process_chunk(plan.key, plan.items) for plan in plans),
-            return_exceptions=True,
-        )
-        for plan, result in zip(plans, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
-                    raise result
-                # Not acked: the commands come back after ack_wait and are decided again.
-                log.error("partition %d: %s %s failed: %r", self.partition, *plan.key, result)
-            _consume(groups, plan)
 
     def _decide(self, key: AggregateKey, items: list[_Item], budget: int) -> _Plan:
         """Decide ``items`` in order against the cached state, up to ``budget`` new events
@@ -433,40 +410,6 @@ class PartitionProcessor:
         # redemption_not_found) that no append expectation would catch.
         history = await self._store.load(self._layout.event_subject(*key), consistent=True)
         return self._kinds[key[0]].fold(key[1], history)
-
-    async def _process_chunk(self, key: AggregateKey, items: list[_Item]) -> None:
-        """One aggregate's commands alone, in appends of their own (after a conflict of a
-        multi-aggregate batch): reloaded and decided again on each conflict."""
-        attempt = 0
-        while items:
-            if self.cache.get(key) is None:
-                self.cache.put(key, await self._load(key))
-            plan = self._decide(key, items, MAX_BATCH)
-            try:
-                recorded = await self._store.append(
-                    plan.subject, plan.state.last_seq, [env for env, _ in plan.new]
-                )
-            except ConcurrencyConflict:
-                self._stats.conflicts += 1
-                self.cache.drop(key)
-                attempt += 1
-                if attempt > MAX_CONFLICT_RETRIES:
-                    raise
-                await self._store.sleep_backoff(attempt)
-                continue
-            except EventStoreUnavailable:
-                self.cache.drop(key)  # the append may or may not have landed
-                raise
-            final = plan.state
-            for rec, (_, fingerprint) in zip(recorded, plan.new, strict=True):
-                final = plan.kind.evolve(final, rec, fingerprint)
-            if plan.new:
-                self._stats.appends += 1
-                self._stats.events_appended += len(plan.new)
-            self.cache.put(key, final)
-            await self._finish(plan.kind, plan.items, plan.outcomes, final)
-            items = items[len(plan.items) :]
-            attempt = 0
 
     async def _finish(
         self,
