@@ -129,7 +129,8 @@ async def test_a_batch_of_several_codes_is_one_append_and_a_stale_code_is_decide
     )
 
     late, *others = replies
-    assert isinstance(late, Rejected) and late.reason == "cap_reached", late
+    assert isinstance(late, Rejected), late
+    assert late.reason == "cap_reached"
     assert all(isinstance(r, Accepted) for r in others), others
     assert stats.conflicts == 1
     # The three codes went as one atomic batch, which stored nothing; then each alone.
