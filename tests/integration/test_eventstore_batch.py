@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from nats.aio.client import Client
 
@@ -11,9 +12,11 @@ from tests.integration.test_eventstore import issued, redeemed
 from voucher_ledger.commands.eventstore import (
     ATOMIC_MIN,
     MAX_BATCH,
+    Append,
     ConcurrencyConflict,
     JetStreamEventStore,
 )
+from voucher_ledger.ledger.events import RecordedEvent
 from voucher_ledger.streams import StreamsSpec
 
 
@@ -64,24 +67,42 @@ async def test_a_wrong_expectation_on_one_subject_refuses_the_whole_batch(
 async def test_group_commit_gives_each_part_its_own_outcome(
     store: JetStreamEventStore, applied: StreamsSpec, nc: Client
 ) -> None:
-    """Two callers' parts go out together; the one stale part is refused alone (the batch it
-    was in stored nothing, then each part was sent by itself), the others land once."""
-    fresh = [applied.layout.voucher_subject(f"GRP{i}") for i in range(ATOMIC_MIN)]
+    """While one append is in flight, two more callers' parts queue up and go out together as
+    one atomic batch; the one stale part refuses that batch (nothing of it is stored), then each
+    part is sent by itself: the stale one is refused alone, the others land once."""
+    fresh = [applied.layout.voucher_subject(f"GRP{i}") for i in range(ATOMIC_MIN + 1)]
     stale = applied.layout.voucher_subject("GSTALE")
     await store.append(stale, 0, [issued("GSTALE")])
+    calls: list[tuple[int, str]] = []  # (subjects in one atomic append, what became of it)
+    append_many = store.append_many
 
-    first, second = await asyncio.gather(
-        store.append_parts([(s, 0, [issued(f"GRP{i}")]) for i, s in enumerate(fresh[:3])]),
+    async def spy(appends: Sequence[Append]) -> list[list[RecordedEvent]]:
+        try:
+            recorded = await append_many(appends)
+        except ConcurrencyConflict:
+            calls.append((len(appends), "refused"))
+            raise
+        calls.append((len(appends), "stored"))
+        return recorded
+
+    store.append_many = spy  # type: ignore[method-assign]
+
+    in_flight, first, second = await asyncio.gather(
+        store.append_parts([(fresh[0], 0, [issued("GRP0")])]),
+        store.append_parts([(s, 0, [issued(f"GRP{i + 1}")]) for i, s in enumerate(fresh[1:4])]),
         store.append_parts(
             [(stale, 0, [redeemed("GSTALE", "late")])]  # stale: the subject is at 1
-            + [(s, 0, [issued(f"GRP{i + 3}")]) for i, s in enumerate(fresh[3:])]
+            + [(s, 0, [issued(f"GRP{i + 4}")]) for i, s in enumerate(fresh[4:])]
         ),
     )
 
     assert isinstance(second[0], ConcurrencyConflict)
-    landed = [*first, *second[1:]]
-    assert all(isinstance(part, list) and len(part) == 1 for part in landed)
+    assert calls[:2] == [(1, "stored"), (len(fresh), "refused")], calls
+    assert sorted(calls[2:]) == [(1, "refused")] + [(1, "stored")] * (len(fresh) - 1), calls
+    landed = [*in_flight, *first, *second[1:]]
     for subject, part in zip(fresh, landed, strict=True):
+        assert isinstance(part, list)
+        assert len(part) == 1
         assert await store.load(subject) == part
     assert [r.seq for r in await store.load(stale)] == [1]
     state = await stream_state(nc, applied.event_stream)

@@ -80,6 +80,7 @@ class JetStreamEventStore:
         self._timeout = timeout
         self._queue: list[_Queued] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._busy = False  # an append is in flight (its caller's or the flusher's)
         self._load_prefix: str | None = None
         self._load_tokens = itertools.count(1)
         self._load_waiting: dict[str, _PendingGet] = {}
@@ -115,10 +116,25 @@ class JetStreamEventStore:
             fut: asyncio.Future[PartResult] = loop.create_future()
             self._queue.append((part, fut))
             futures.append(fut)
-        if self._queue and self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
+        if self._queue and not self._busy:
+            # Nothing in flight: this caller sends what is queued itself (no task hop); what
+            # arrives meanwhile is sent by a flusher task once this flight is over.
+            self._busy = True
+            group, self._queue = self._queue, []
+            try:
+                await self._send_chunks(group)
+            except BaseException:  # cancelled: the other callers of the group must not hang
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(EventStoreUnavailable("the append was interrupted"))
+                raise
+            finally:
+                if self._queue:
+                    self._flusher = asyncio.create_task(self._flush())
+                else:
+                    self._busy = False
         pending = [fut for fut in futures if fut is not None]
-        if pending:
+        if not all(fut.done() for fut in pending):
             await asyncio.wait(pending)
         for fut in pending:
             error = fut.exception()  # retrieved for all of them, raised for the first
@@ -132,18 +148,26 @@ class JetStreamEventStore:
         try:
             while self._queue:
                 group, self._queue = self._queue, []
-                chunks: list[list[_Queued]] = [[]]
-                size = 0
-                for queued in group:
-                    n = len(queued[0][2])
-                    if size + n > MAX_BATCH and chunks[-1]:
-                        chunks.append([])
-                        size = 0
-                    chunks[-1].append(queued)
-                    size += n
-                await asyncio.gather(*(self._send_group(chunk, False) for chunk in chunks))
+                await self._send_chunks(group)
         finally:
+            self._busy = False
             self._flusher = None
+
+    async def _send_chunks(self, group: list[_Queued]) -> None:
+        """``group`` in atomic batches of at most :data:`MAX_BATCH` messages."""
+        chunks: list[list[_Queued]] = [[]]
+        size = 0
+        for queued in group:
+            n = len(queued[0][2])
+            if size + n > MAX_BATCH and chunks[-1]:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(queued)
+            size += n
+        if len(chunks) == 1:
+            await self._send_group(chunks[0], False)
+        else:
+            await asyncio.gather(*(self._send_group(chunk, False) for chunk in chunks))
 
     async def _send_group(self, group: list[_Queued], alone: bool) -> None:
         """One atomic batch for ``group`` (or, if small or ``alone``, one per part)."""
