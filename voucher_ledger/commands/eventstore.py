@@ -145,10 +145,17 @@ class JetStreamEventStore:
         return [[] if fut is None else fut.result() for fut in futures]
 
     async def _flush(self) -> None:
+        group: list[_Queued] = []
         try:
             while self._queue:
                 group, self._queue = self._queue, []
                 await self._send_chunks(group)
+        except BaseException:  # cancelled (shutting down): no caller is left waiting forever
+            for _, fut in group + self._queue:
+                if not fut.done():
+                    fut.set_exception(EventStoreUnavailable("the append was interrupted"))
+            self._queue = []
+            raise
         finally:
             self._busy = False
             self._flusher = None
