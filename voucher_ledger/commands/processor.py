@@ -1,11 +1,12 @@
 """The sequential command processor of one partition.
 
 For each fetched batch of commands: group by aggregate (a voucher code or a customer's wallet;
-arrival order kept within one), and for each aggregate decide the commands one by one against
-the in-memory state, append all of its new events as ONE atomic batch carrying
-``Nats-Expected-Last-Subject-Sequence``, then reply and ack. On a conflict the aggregate is
-reloaded from the stream and the commands are decided again. Aggregates of one batch are
-appended concurrently (different subjects never conflict).
+arrival order kept within one), decide each aggregate's commands one by one against its
+in-memory state, and append the new events of ALL the aggregates together (the event store's
+group commit: one atomic batch, shared with the other partitions' processors, in which each
+aggregate's first message carries its own ``Nats-Expected-Last-Subject-Sequence``), then reply
+and ack. An aggregate whose expectation was wrong is reloaded from the stream and its commands
+are decided again; the others' appends stand.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from pydantic import ValidationError
 from voucher_ledger.commands.eventstore import (
     MAX_BATCH,
     ConcurrencyConflict,
-    EventStoreUnavailable,
     JetStreamEventStore,
 )
 from voucher_ledger.commands.layout import Layout
@@ -166,6 +166,29 @@ class _Item:
     envelope: CommandEnvelope
 
 
+@dataclass
+class _Plan:
+    """One aggregate's share of an atomic batch: the commands decided, their new events, and
+    the state they were decided against (whose last sequence the append expects)."""
+
+    key: AggregateKey
+    kind: _VoucherKind | _WalletKind
+    subject: str
+    state: Any
+    items: list[_Item]
+    new: list[tuple[EventEnvelope, str]]  # (event, the causing command's fingerprint)
+    outcomes: list[Rejected | tuple[str, bool]]
+
+
+def _consume(groups: dict[AggregateKey, list[_Item]], plan: _Plan) -> None:
+    """Drop the commands ``plan`` dealt with from the pending ``groups``."""
+    rest = groups[plan.key][len(plan.items) :]
+    if rest:
+        groups[plan.key] = rest
+    else:
+        del groups[plan.key]
+
+
 class PartitionProcessor:
     def __init__(
         self,
@@ -239,14 +262,138 @@ class PartitionProcessor:
                 await self._refuse_malformed(msg, exc)
                 continue
             groups.setdefault(envelope.command.aggregate, []).append(_Item(msg, envelope))
-        results = await asyncio.gather(
-            *(self._process_aggregate(key, items) for key, items in groups.items()),
-            return_exceptions=True,
-        )
-        for key, result in zip(groups, results, strict=True):
-            if isinstance(result, BaseException):
+        attempt = 0
+        while groups:
+            try:
+                conflicts = await self._process_round(groups)
+            except Exception as exc:  # noqa: BLE001 - logged; the commands come back
                 # Not acked: the commands come back after ack_wait and are decided again.
-                log.error("partition %d: %s %s failed: %r", self.partition, *key, result)
+                log.error(
+                    "partition %d: %d aggregates failed: %r", self.partition, len(groups), exc
+                )
+                return
+            if conflicts:
+                attempt += 1
+                if attempt > MAX_CONFLICT_RETRIES:
+                    log.error("partition %d: conflicts persist: %s", self.partition, list(groups))
+                    return
+                await self._store.sleep_backoff(attempt)
+
+    async def _process_round(self, groups: dict[AggregateKey, list[_Item]]) -> int:
+        """Decide the pending commands of every aggregate (up to one atomic batch's worth) and
+        append all their events together (the event store's group commit: one atomic batch,
+        each aggregate's first message with its own expected subject sequence); reply and ack.
+        What was done leaves ``groups``; an aggregate whose append conflicted is dropped from
+        the cache and stays in ``groups``, to be reloaded and decided again. Returns the number
+        of conflicts."""
+        await self._ensure_loaded(groups)
+        plans: list[_Plan] = []
+        budget = MAX_BATCH
+        for key, items in groups.items():
+            if budget <= 0:
+                break
+            plan = self._decide(key, items, budget)
+            budget -= len(plan.new)
+            plans.append(plan)
+        try:
+            results = await self._store.append_parts(
+                [(p.subject, p.state.last_seq, [env for env, _ in p.new]) for p in plans]
+            )
+        except Exception:
+            for plan in plans:
+                if plan.new:  # the append may or may not have landed: reload next time
+                    self.cache.drop(plan.key)
+            raise
+        conflicts = 0
+        for plan, result in zip(plans, results, strict=True):
+            if isinstance(result, ConcurrencyConflict):
+                conflicts += 1
+                self.cache.drop(plan.key)
+                continue
+            final = plan.state
+            for rec, (_, fingerprint) in zip(result, plan.new, strict=True):
+                final = plan.kind.evolve(final, rec, fingerprint)
+            if plan.new:
+                self._stats.events_appended += len(plan.new)
+                self.cache.put(plan.key, final)
+            await self._finish(plan.kind, plan.items, plan.outcomes, final)
+            _consume(groups, plan)
+        if any(p.new for p in plans):
+            self._stats.appends += 1
+        self._stats.conflicts += conflicts
+        return conflicts
+
+    async def _ensure_loaded(self, groups: dict[AggregateKey, list[_Item]]) -> None:
+        """Load (concurrently) the aggregates not in the cache. One that cannot be loaded is
+        left out of this batch (its commands are not acked and come back) without holding up
+        the others."""
+        missing = [key for key in groups if self.cache.get(key) is None]
+        if not missing:
+            return
+        states = await asyncio.gather(*(self._load(key) for key in missing), return_exceptions=True)
+        for key, state in zip(missing, states, strict=True):
+            if isinstance(state, BaseException):
+                if not isinstance(state, Exception):
+                    raise state
+                log.error("partition %d: loading %s %s failed: %r", self.partition, *key, state)
+                del groups[key]
+            else:
+                self.cache.put(key, state)
+
+    def _decide(self, key: AggregateKey, items: list[_Item], budget: int) -> _Plan:
+        """Decide ``items`` in order against the cached state, up to ``budget`` new events
+        (at least one command)."""
+        kind = self._kinds[key[0]]
+        state = self.cache.get(key)
+        working = state
+        new: list[tuple[EventEnvelope, str]] = []
+        # a rejection, or the command id to look up (with whether it was a replay)
+        outcomes: list[Rejected | tuple[str, bool]] = []
+        now = datetime.now(UTC)
+        for item in items:
+            env = item.envelope
+            outcome = kind.handle(working, env.command, env.command_id)
+            if isinstance(outcome, Decided):
+                if env.expires_at is not None and env.expires_at < now:
+                    # Already-applied commands still replay; a new one is not applied late.
+                    outcome = Refused(CommandExpired(env.command_id))
+                elif len(new) + len(outcome.events) > budget and (outcomes or budget < MAX_BATCH):
+                    break  # the rest in the next batch (a batch takes at least one command)
+            match outcome:
+                case Refused(error=error):
+                    outcomes.append(rejected_from(env.command_id, error))
+                case Replayed():
+                    outcomes.append((env.command_id, True))
+                case Decided(events=events):
+                    fingerprint = env.command.fingerprint()
+                    for event in events:
+                        # Every value comes from a validated command or the decider.
+                        envelope = EventEnvelope.model_construct(
+                            event_id=new_event_id(),
+                            aggregate=kind.aggregate,
+                            aggregate_id=key[1],
+                            occurred_at=now,
+                            actor=env.actor,
+                            command_id=env.command_id,
+                            command_fingerprint=fingerprint,
+                            event=event,
+                        )
+                        working = kind.evolve(
+                            working,
+                            RecordedEvent.model_construct(seq=0, envelope=envelope),
+                            fingerprint,
+                        )
+                        new.append((envelope, fingerprint))
+                    outcomes.append((env.command_id, False))
+        return _Plan(
+            key=key,
+            kind=kind,
+            subject=self._layout.event_subject(*key),
+            state=state,
+            items=items[: len(outcomes)],
+            new=new,
+            outcomes=outcomes,
+        )
 
     async def _refuse_malformed(self, msg: Msg, exc: Exception) -> None:
         log.warning("partition %d: malformed command dropped: %s", self.partition, exc)
@@ -263,85 +410,6 @@ class PartitionProcessor:
         # redemption_not_found) that no append expectation would catch.
         history = await self._store.load(self._layout.event_subject(*key), consistent=True)
         return self._kinds[key[0]].fold(key[1], history)
-
-    async def _process_aggregate(self, key: AggregateKey, items: list[_Item]) -> None:
-        for start in range(0, len(items), MAX_BATCH):
-            await self._process_chunk(key, items[start : start + MAX_BATCH])
-
-    async def _process_chunk(self, key: AggregateKey, items: list[_Item]) -> None:
-        kind = self._kinds[key[0]]
-        subject = self._layout.event_subject(*key)
-        attempt = 0
-        while True:
-            state = self.cache.get(key)
-            if state is None:
-                state = await self._load(key)
-                self.cache.put(key, state)
-            working = state
-            new: list[tuple[EventEnvelope, str]] = []
-            # a rejection, or the command id to look up (with whether it was a replay)
-            outcomes: list[Rejected | tuple[str, bool]] = []
-            now = datetime.now(UTC)
-            for item in items:
-                env = item.envelope
-                outcome = kind.handle(working, env.command, env.command_id)
-                if (
-                    isinstance(outcome, Decided)
-                    and env.expires_at is not None
-                    and env.expires_at < now
-                ):
-                    # Already-applied commands still replay; a new one is not applied late.
-                    outcome = Refused(CommandExpired(env.command_id))
-                match outcome:
-                    case Refused(error=error):
-                        outcomes.append(rejected_from(env.command_id, error))
-                    case Replayed():
-                        outcomes.append((env.command_id, True))
-                    case Decided(events=events):
-                        fingerprint = env.command.fingerprint()
-                        for event in events:
-                            # Every value comes from a validated command or the decider.
-                            envelope = EventEnvelope.model_construct(
-                                event_id=new_event_id(),
-                                aggregate=kind.aggregate,
-                                aggregate_id=key[1],
-                                occurred_at=now,
-                                actor=env.actor,
-                                command_id=env.command_id,
-                                command_fingerprint=fingerprint,
-                                event=event,
-                            )
-                            working = kind.evolve(
-                                working,
-                                RecordedEvent.model_construct(seq=0, envelope=envelope),
-                                fingerprint,
-                            )
-                            new.append((envelope, fingerprint))
-                        outcomes.append((env.command_id, False))
-            try:
-                recorded = await self._store.append(
-                    subject, state.last_seq, [envelope for envelope, _ in new]
-                )
-            except ConcurrencyConflict:
-                self._stats.conflicts += 1
-                self.cache.drop(key)
-                attempt += 1
-                if attempt > MAX_CONFLICT_RETRIES:
-                    raise
-                await self._store.sleep_backoff(attempt)
-                continue
-            except EventStoreUnavailable:
-                self.cache.drop(key)  # the append may or may not have landed
-                raise
-            final = state
-            for rec, (_, fingerprint) in zip(recorded, new, strict=True):
-                final = kind.evolve(final, rec, fingerprint)
-            if new:
-                self._stats.appends += 1
-                self._stats.events_appended += len(new)
-            self.cache.put(key, final)
-            await self._finish(kind, items, outcomes, final)
-            return
 
     async def _finish(
         self,
