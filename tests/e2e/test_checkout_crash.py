@@ -5,6 +5,7 @@ the half-way checkout: no cap slot leaked, no credit lost or doubled."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -27,6 +28,38 @@ async def crash_during_checkout(s: Shop, sub: str, **checkout: object) -> None:
     assert code == EXIT_CODE, s.server.process.output()[-3000:]
 
 
+async def crash_at(
+    failpoint: str,
+    tmp_path: Path,
+    nats_url: str,
+    db: str,
+    prefix: str,
+    *,
+    code: str,
+    credit_omr: int,
+    sub: str,
+    plan_id: str,
+) -> None:
+    """Issue a one-slot code, then check out with it on a service that dies at ``failpoint``."""
+    async with shop_on(
+        tmp_path, nats_url, db, prefix, None, VL_FAILPOINTS=failpoint, **RECOVERY
+    ) as first:
+        await first.issue(code, credit_omr, max_redemptions=1)
+        await crash_during_checkout(first, sub, plan_id=plan_id, promo_code=code)
+
+
+def order_failed_and_slot_free(shop: Shop, sub: str, code: str) -> Callable[[], Awaitable[bool]]:
+    """True once ``sub``'s one order is failed and the code's slot is given back."""
+
+    async def check() -> bool:
+        orders = [o for o in await shop.orders() if o["customer_id"] == sub]
+        voucher = await shop.voucher(code)
+        failed = len(orders) == 1 and orders[0]["status"] == "failed"
+        return failed and voucher["times_redeemed"] == 0
+
+    return check
+
+
 async def test_crash_between_redemption_and_settlement_gives_the_slot_back(
     tmp_path: Path, nats_url: str, pg_url: str
 ) -> None:
@@ -35,30 +68,24 @@ async def test_crash_between_redemption_and_settlement_gives_the_slot_back(
     sub = new_customer()
     async with fresh_database(pg_url) as db:
         try:
-            async with shop_on(
+            await crash_at(
+                "checkout.after_redeem",
                 tmp_path,
                 nats_url,
                 db,
                 prefix,
-                None,
-                VL_FAILPOINTS="checkout.after_redeem",
-                **RECOVERY,
-            ) as first:
-                await first.issue(code, 20, max_redemptions=1)
-                await crash_during_checkout(first, sub, plan_id="starter", promo_code=code)
-
+                code=code,
+                credit_omr=20,
+                sub=sub,
+                plan_id="starter",
+            )
             async with shop_on(tmp_path, nats_url, db, prefix, 0, **RECOVERY) as second:
                 # The redemption landed before the crash: the slot is taken, for now.
-                async def compensated() -> bool:
-                    orders = [o for o in await second.orders() if o["customer_id"] == sub]
-                    voucher = await second.voucher(code)
-                    return (
-                        len(orders) == 1
-                        and orders[0]["status"] == "failed"
-                        and voucher["times_redeemed"] == 0
-                    )
-
-                await wait_until(compensated, timeout=40, what="recovery compensates the order")
+                await wait_until(
+                    order_failed_and_slot_free(second, sub, code),
+                    timeout=40,
+                    what="recovery compensates the order",
+                )
                 [order] = [o for o in await second.orders() if o["customer_id"] == sub]
                 assert order["failure_reason"] == "interrupted"
                 balance = await second.balance(sub)
@@ -154,30 +181,23 @@ async def test_crash_between_grant_and_settlement_takes_the_credit_back_and_free
     sub = new_customer()
     async with fresh_database(pg_url) as db:
         try:
-            async with shop_on(
+            await crash_at(
+                "checkout.after_grant",
                 tmp_path,
                 nats_url,
                 db,
                 prefix,
-                None,
-                VL_FAILPOINTS="checkout.after_grant",
-                **RECOVERY,
-            ) as first:
-                await first.issue(code, 7, max_redemptions=1)
-                await crash_during_checkout(first, sub, plan_id="free", promo_code=code)
-
+                code=code,
+                credit_omr=7,
+                sub=sub,
+                plan_id="free",
+            )
             async with shop_on(tmp_path, nats_url, db, prefix, 0, **RECOVERY) as second:
-
-                async def compensated() -> bool:
-                    orders = [o for o in await second.orders() if o["customer_id"] == sub]
-                    voucher = await second.voucher(code)
-                    return (
-                        len(orders) == 1
-                        and orders[0]["status"] == "failed"
-                        and voucher["times_redeemed"] == 0
-                    )
-
-                await wait_until(compensated, timeout=40, what="recovery compensates the order")
+                await wait_until(
+                    order_failed_and_slot_free(second, sub, code),
+                    timeout=40,
+                    what="recovery compensates the order",
+                )
                 [order] = [o for o in await second.orders() if o["customer_id"] == sub]
                 assert order["failure_reason"] == "interrupted"
                 balance = await second.balance(sub)

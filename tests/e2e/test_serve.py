@@ -31,7 +31,8 @@ async def bus_for(data_dir: Path) -> tuple[CommandBus, object]:
     return bus, nc
 
 
-async def test_serve_embedded_default_survives_restart_and_stops_cleanly(tmp_path: Path) -> None:
+def embedded_serve(tmp_path: Path) -> tuple[ServiceProcess, int, Path]:
+    """``voucher-ledger serve`` on its embedded default, started: (process, port, data dir)."""
     data_dir = tmp_path / "data"
     port = free_port()
     service = ServiceProcess(
@@ -40,6 +41,11 @@ async def test_serve_embedded_default_survives_restart_and_stops_cleanly(tmp_pat
         tmp_path / "serve.log",
     )
     service.start()
+    return service, port, data_dir
+
+
+async def test_serve_embedded_default_survives_restart_and_stops_cleanly(tmp_path: Path) -> None:
+    service, port, data_dir = embedded_serve(tmp_path)
     try:
         resp = await wait_http(f"http://127.0.0.1:{port}/healthz", service)
         assert resp.status == 200
@@ -172,14 +178,7 @@ async def test_serve_runs_its_processors_in_a_child_it_restarts_and_takes_along(
 ) -> None:
     """The processors run in a child process of serve: a child that dies is started again and
     the ledger keeps deciding; a serve that is SIGKILLed takes the child with it."""
-    data_dir = tmp_path / "data"
-    port = free_port()
-    service = ServiceProcess(
-        ["serve", "--port", str(port), "--data-dir", str(data_dir)],
-        clean_env(),
-        tmp_path / "serve.log",
-    )
-    service.start()
+    service, port, data_dir = embedded_serve(tmp_path)
     try:
         await wait_http(f"http://127.0.0.1:{port}/healthz", service)
         [child] = _processor_children(service)

@@ -20,6 +20,24 @@ from voucher_ledger.ledger.events import RecordedEvent
 from voucher_ledger.streams import StreamsSpec
 
 
+def spy_on_atomic_appends(store: JetStreamEventStore) -> list[tuple[int, str]]:
+    """Record each atomic append ``store`` makes: (subjects in it, "stored" or "refused")."""
+    calls: list[tuple[int, str]] = []
+    append_many = store.append_many
+
+    async def spy(appends: Sequence[Append]) -> list[list[RecordedEvent]]:
+        try:
+            recorded = await append_many(appends)
+        except ConcurrencyConflict:
+            calls.append((len(appends), "refused"))
+            raise
+        calls.append((len(appends), "stored"))
+        return recorded
+
+    store.append_many = spy  # type: ignore[method-assign]
+    return calls
+
+
 async def test_one_atomic_batch_spans_subjects_each_with_its_own_expectation(
     store: JetStreamEventStore, applied: StreamsSpec
 ) -> None:
@@ -73,19 +91,7 @@ async def test_group_commit_gives_each_part_its_own_outcome(
     fresh = [applied.layout.voucher_subject(f"GRP{i}") for i in range(ATOMIC_MIN + 1)]
     stale = applied.layout.voucher_subject("GSTALE")
     await store.append(stale, 0, [issued("GSTALE")])
-    calls: list[tuple[int, str]] = []  # (subjects in one atomic append, what became of it)
-    append_many = store.append_many
-
-    async def spy(appends: Sequence[Append]) -> list[list[RecordedEvent]]:
-        try:
-            recorded = await append_many(appends)
-        except ConcurrencyConflict:
-            calls.append((len(appends), "refused"))
-            raise
-        calls.append((len(appends), "stored"))
-        return recorded
-
-    store.append_many = spy  # type: ignore[method-assign]
+    calls = spy_on_atomic_appends(store)
 
     in_flight, first, second = await asyncio.gather(
         store.append_parts([(fresh[0], 0, [issued("GRP0")])]),

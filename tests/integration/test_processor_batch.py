@@ -5,22 +5,21 @@ after a reload, while the others' commands land once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 
 from nats.aio.client import Client
 
 from tests.conftest import stream_state
 from tests.integration.test_eventstore import redeemed
+from tests.integration.test_eventstore_batch import spy_on_atomic_appends
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import (
     ATOMIC_MIN,
-    Append,
-    ConcurrencyConflict,
     JetStreamEventStore,
 )
 from voucher_ledger.commands.processor import PartitionProcessor, ProcessorStats
 from voucher_ledger.commands.wire import Accepted, Rejected
-from voucher_ledger.ledger.events import Actor, RecordedEvent, VoucherRedeemed
+from voucher_ledger.ledger.events import Actor, VoucherRedeemed
 from voucher_ledger.ledger.voucher import IssueVoucher, Policy, RedeemVoucher
 from voucher_ledger.pulls import PullLoop
 from voucher_ledger.streams import StreamsSpec
@@ -106,19 +105,7 @@ async def test_a_batch_of_several_codes_is_one_append_and_a_stale_code_is_decide
     # One batch: the stale code's redemption, and enough for the others to make the group an
     # atomic batch (ATOMIC_MIN messages or more).
     busy = [f"busy-{i}" for i in range(ATOMIC_MIN)]
-    calls: list[tuple[int, str]] = []  # (subjects in one atomic append, what became of it)
-    append_many = store.append_many
-
-    async def spy(appends: Sequence[Append]) -> list[list[RecordedEvent]]:
-        try:
-            recorded = await append_many(appends)
-        except ConcurrencyConflict:
-            calls.append((len(appends), "refused"))
-            raise
-        calls.append((len(appends), "stored"))
-        return recorded
-
-    store.append_many = spy  # type: ignore[method-assign]
+    calls = spy_on_atomic_appends(store)
     replies = await process_all(
         nc,
         applied,

@@ -27,6 +27,7 @@ import asyncpg
 
 from voucher_ledger.ledger.events import decode_plain
 from voucher_ledger.projections.projector import (
+    AUDIT_COLUMNS,
     AuditProjection,
     Conn,
     Projection,
@@ -601,21 +602,6 @@ class WalletBulk:
 # --------------------------------------------------------------------------------------- audit
 
 
-_AUDIT_COLUMNS = (
-    "seq",
-    "event_id",
-    "type",
-    "version",
-    "aggregate",
-    "aggregate_id",
-    "actor_sub",
-    "actor_role",
-    "command_id",
-    "occurred_at",
-    "event",
-)
-
-
 class AuditBulk:
     """``audit_log``: every event verbatim, with one COPY per batch as ``AuditProjection``."""
 
@@ -640,7 +626,7 @@ class AuditBulk:
                     e.raw,
                 )
             )
-        await conn.copy_records_to_table("audit_log", columns=_AUDIT_COLUMNS, records=records)
+        await conn.copy_records_to_table("audit_log", columns=AUDIT_COLUMNS, records=records)
 
 
 _BULK: dict[type, BulkProjection] = {

@@ -194,7 +194,7 @@ class AuditProjection:
         # lands in. The table name is unqualified on purpose: a rebuild sets search_path.
         await conn.copy_records_to_table(
             "audit_log",
-            columns=_AUDIT_COLUMNS,
+            columns=AUDIT_COLUMNS,
             records=[
                 (
                     e.seq,
@@ -214,7 +214,7 @@ class AuditProjection:
         )
 
 
-_AUDIT_COLUMNS = (
+AUDIT_COLUMNS = (
     "seq",
     "event_id",
     "type",
