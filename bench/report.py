@@ -233,7 +233,8 @@ def to_markdown(results: Results) -> str:
         "client): `BEGIN; SELECT … FOR UPDATE; checks; SELECT count(*); INSERT redemption; "
         "UPDATE times_redeemed; INSERT credit; COMMIT`.",
         "- **bus**: `CommandBus.send(RedeemVoucher)` from this process to a running `voucher-ledger"
-        " serve` (processors + projectors), reply awaited.",
+        " serve` (the processors in its processor process, the projector in serve), reply "
+        "awaited.",
         "- **HTTP**: `POST /billing/checkout` (free plan, the promo code) with a customer's "
         "bearer token, against the same kind of serve process.",
         "",
@@ -276,8 +277,8 @@ def to_markdown(results: Results) -> str:
         "Projection lag: the event stream's head against the lowest projection checkpoint, "
         "sampled every 50 ms during the storm, in events and as the age of the oldest event not "
         "yet in the read models. Drain: time for the projections to reach the head after the "
-        "storm's last reply. RSS: the serve process's peak resident memory sampled during the "
-        "storm.",
+        "storm's last reply. RSS: the peak resident memory of the serve process and its "
+        "processor process together, sampled during the storm.",
         "",
     ]
     lines += service_table(results)
@@ -286,7 +287,7 @@ def to_markdown(results: Results) -> str:
         lines += [""]
         for mode, mem in memory.items():
             lines.append(
-                f"- `{mode}` serve process: peak RSS (VmHWM) over the whole run "
+                f"- `{mode}` serve + processor process: peak RSS (VmHWM) over the whole run "
                 f"**{mem['hwm_mb']:,.1f} MiB**, {mem['rss_mb']:,.1f} MiB at the end."
             )
     lines += [
