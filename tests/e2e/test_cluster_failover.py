@@ -44,6 +44,39 @@ from voucher_ledger.ledger.voucher import RedeemVoucher
 REPLICAS = {"EVENT_REPLICAS": "3", "COMMAND_REPLICAS": "3"}
 
 
+class PausableLimit:
+    """An in-flight limit for a storm's clients that the test can hold: while paused, clients
+    that got a slot wait before sending (what is already sent completes)."""
+
+    def __init__(self, slots: int) -> None:
+        self._slots = asyncio.Semaphore(slots)
+        self._open = asyncio.Event()
+        self._open.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._open.is_set()
+
+    def pause(self) -> None:
+        self._open.clear()
+
+    async def resume(self) -> None:
+        self._open.set()
+        for _ in range(3):  # let the held clients send before the caller's next step
+            await asyncio.sleep(0)
+
+    async def __aenter__(self) -> None:
+        await self._slots.acquire()
+        try:
+            await self._open.wait()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._slots.release()
+
+
 @pytest.mark.storm
 async def test_event_stream_leader_and_a_processor_killed_mid_storm(
     tmp_path: Path, nats_cluster: EmbeddedNatsCluster, pg_url: str
@@ -93,9 +126,17 @@ async def test_event_stream_leader_and_a_processor_killed_mid_storm(
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + 240
                 done: list[Accepted | Rejected] = []
-                in_flight = asyncio.Semaphore(40)  # a steady storm, so the faults land mid-way
+                # At most 40 clients in flight. The faults are timed by acceptances (the first
+                # `cap` decisions are all acceptances): the client whose reply makes the count
+                # reach a fault's mark holds the storm at once, so the fault lands before the
+                # cap however fast the processors drain it (a poll of the count could see the
+                # cap already reached); the storm runs again just before each kill.
+                in_flight = PausableLimit(40)
+                marks = {cap // 5, cap // 2}
+                accepted_count = 0
 
                 async def client(i: int) -> Accepted | Rejected:
+                    nonlocal accepted_count
                     reply = await send_until_answered(
                         bus,
                         RedeemVoucher(code=code, customer_id=f"c{i}"),
@@ -104,26 +145,24 @@ async def test_event_stream_leader_and_a_processor_killed_mid_storm(
                         in_flight,
                     )
                     done.append(reply)
+                    if isinstance(reply, Accepted):
+                        accepted_count += 1
+                        if accepted_count in marks:
+                            in_flight.pause()
                     return reply
 
                 tasks = [asyncio.create_task(client(i)) for i in range(attempts)]
 
                 # Fault 1: SIGKILL the node leading the event stream.
-                def accepted_so_far() -> int:
-                    return sum(1 for r in done if isinstance(r, Accepted))
-
-                # (Timed by acceptances, not replies: the first `cap` decisions are all
-                # acceptances, so a fault timed by replies could land after the cap.)
-                await wait_until(lambda: accepted_so_far() >= cap // 5, timeout=120, what="storm")
+                await wait_until(lambda: in_flight.paused, timeout=120, what="storm")
                 leader = await stream_leader(nc, spec.event_stream)
                 killed_node = nats_cluster.index_of(leader)
+                await in_flight.resume()
                 nats_cluster.kill(killed_node)
                 node_killed_at = len(done)
 
-                # Fault 2: SIGKILL the processor process holding the voucher's partition. (Nothing
-                # may block between the faults: once a new leader is elected, the queued storm
-                # drains in a burst.)
-                await wait_until(lambda: accepted_so_far() >= cap // 2, timeout=120, what="storm")
+                # Fault 2: SIGKILL the processor process holding the voucher's partition.
+                await wait_until(lambda: in_flight.paused, timeout=120, what="storm")
                 holders: list[str | None] = []
 
                 async def held() -> bool:  # a lease can be between holders after the election
@@ -133,6 +172,7 @@ async def test_event_stream_leader_and_a_processor_killed_mid_storm(
                 await wait_until(held, timeout=30, what="a holder of the voucher's partition")
                 active = holders[-1]
                 assert active in procs, active
+                await in_flight.resume()
                 procs[active].signal(signal.SIGKILL)
                 proc_killed_at = len(done)
                 new_leader = await stream_leader(nc, spec.event_stream, other_than=leader)

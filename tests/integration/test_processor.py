@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
@@ -175,7 +176,7 @@ async def send_until_answered(
     command: RedeemVoucher,
     command_id: str,
     deadline: float,
-    in_flight: asyncio.Semaphore | None = None,
+    in_flight: contextlib.AbstractAsyncContextManager[Any] | None = None,
 ) -> Accepted | Rejected:
     """What a well-behaved client does: retry with the same command id until it gets a reply.
     ``in_flight`` bounds concurrent clients, so a storm lasts long enough to crash mid-way."""
