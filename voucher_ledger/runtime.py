@@ -214,7 +214,10 @@ class Stack:
                 str(s.data_dir),
                 instance_id=s.processor_instance_id,
             )
-            await self.worker.start(timeout=s.nats_connect_timeout + 60)
+            try:
+                await self.worker.start(timeout=s.nats_connect_timeout + 60)
+            except RuntimeError as exc:  # the child's own error is in the log above
+                raise StartupError(str(exc)) from exc
             log.info(
                 "processor process %s (pid %s) runs the command processors",
                 self.worker.instance_id,
