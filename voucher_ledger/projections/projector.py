@@ -51,10 +51,9 @@ class StreamEvent:
     raw: str  # the message body exactly as stored
 
 
-def stream_event(msg: Msg) -> StreamEvent:
-    """A delivered event, decoded (its sequence comes from the ack subject)."""
-    data = msg.data
-    return StreamEvent(seq=stream_sequence(msg), envelope=decode_envelope(data), raw=data.decode())
+def stream_event(seq: int, data: bytes) -> StreamEvent:
+    """The event stored at ``seq`` with body ``data``, decoded."""
+    return StreamEvent(seq=seq, envelope=decode_envelope(data), raw=data.decode())
 
 
 class Projection(Protocol):
@@ -475,7 +474,7 @@ class Projector:
                 await pulls.stop()
 
     async def apply_messages(self, msgs: Sequence[Msg]) -> int:
-        reached = await self.apply([stream_event(m) for m in msgs])
+        reached = await self.apply([stream_event(stream_sequence(m), m.data) for m in msgs])
         await msgs[-1].ack()  # AckAll: acknowledges the whole batch
         return reached
 

@@ -29,8 +29,8 @@ from nats.aio.client import Client
 
 from voucher_ledger.projections.bulk import BulkProjection, PlainEvent, bulk_for, plain_event
 from voucher_ledger.projections.migrate import discover
-from voucher_ledger.projections.projector import Conn, Projection, StreamEvent
-from voucher_ledger.projections.replay import read_events, stream_event, stream_head
+from voucher_ledger.projections.projector import Conn, Projection, StreamEvent, stream_event
+from voucher_ledger.projections.replay import read_events, stream_head
 from voucher_ledger.streams import StreamsSpec
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,7 @@ from typing import Any, TypeVar
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from voucher_ledger.ledger.events import decode_envelope
-from voucher_ledger.projections.projector import StreamEvent
+from voucher_ledger.projections.projector import StreamEvent, stream_event
 from voucher_ledger.pulls import PullLoop, stream_sequence
 from voucher_ledger.streams import StreamsSpec
 
@@ -107,10 +106,6 @@ class _ReplayPulls(PullLoop):
 
 
 _T = TypeVar("_T")
-
-
-def stream_event(seq: int, data: bytes) -> StreamEvent:
-    return StreamEvent(seq=seq, envelope=decode_envelope(data), raw=data.decode())
 
 
 def read_stream(
