@@ -7,6 +7,12 @@ deliveries into a list, pull requests (``$JS.API.CONSUMER.MSG.NEXT``, ``batch`` 
 are published directly and kept topped up, and :meth:`PullLoop.next` hands over everything that
 arrived, waiting (one timer) only when nothing did.
 
+The deliveries are taken straight from nats.py's parser (:mod:`voucher_ledger.direct`): a
+delivery becomes a bare ``Msg`` (reply subject, payload, and only the headers the loop was asked
+to keep) without nats.py's header parsing, queue and callback task; status messages (end of a
+request, heartbeats) are read from their status line. If the hook is not in use, nats.py's
+callback path brings the same deliveries.
+
 Delivery semantics are the consumer's, unchanged: whatever is handed over and not acked comes
 back after the consumer's ``ack_wait``.
 """
@@ -20,6 +26,8 @@ import logging
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
+from voucher_ledger.direct import DirectDispatch, header_value, status_of
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +52,19 @@ class PullLoop:
     """Deliveries of one durable pull consumer, in batches."""
 
     def __init__(
-        self, nc: Client, stream: str, durable: str, *, batch: int, expires: float = 1.0
+        self,
+        nc: Client,
+        stream: str,
+        durable: str,
+        *,
+        batch: int,
+        expires: float = 1.0,
+        keep_headers: tuple[str, ...] = (),
     ) -> None:
+        """``keep_headers``: the headers of a delivery the caller reads (``msg.headers`` holds
+        only these, or is None)."""
         self._nc = nc
+        self._keep = tuple((name, name.encode()) for name in keep_headers)
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._inbox = nc.new_inbox()
         self._batch = max(1, batch)
@@ -60,27 +78,54 @@ class PullLoop:
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
+        DirectDispatch.of(self._nc).add(self._sub, self._on_direct)
 
     async def stop(self) -> None:
         sub, self._sub = self._sub, None
         if sub is not None:
+            DirectDispatch.of(self._nc).remove(sub)
             await sub.unsubscribe()
 
+    def _on_direct(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+        status = status_of(headers)
+        if status is not None:
+            self._on_status(status.decode(), headers)
+            return True
+        kept: dict[str, str] | None = None
+        for name, raw_name in self._keep:
+            value = header_value(headers, raw_name)
+            if value is not None:
+                kept = kept or {}
+                kept[name] = value
+        self._delivered(Msg(_client=self._nc, reply=reply.decode(), data=data, headers=kept))
+        return True
+
     async def _on_msg(self, msg: Msg) -> None:
+        """nats.py's path (if the direct one is not in use)."""
         headers = msg.headers
         status = headers.get("Status") if headers else None
-        if status and headers:
-            if status == "100":  # idle heartbeat / flow control
-                return
-            # 404 no messages, 408 request expired, 409 conflict (too many waiting requests,
-            # consumer deleted, leadership change): that request is over.
-            if status == "409":
-                log.debug("pull %s: 409 %s", self._next_subject, headers.get("Description"))
-                self._quiet_until = asyncio.get_running_loop().time() + _RETRY_AFTER_CONFLICT
-            self._open = 0
+        if status:
+            self._on_status(status, (headers or {}).get("Description"))
         else:
-            self._buffer.append(msg)
-            self._open -= 1
+            self._delivered(msg)
+
+    def _on_status(self, status: str, detail: object) -> None:
+        if status == "100":  # idle heartbeat / flow control
+            return
+        # 404 no messages, 408 request expired, 409 conflict (too many waiting requests,
+        # consumer deleted, leadership change): that request is over.
+        if status == "409":
+            log.debug("pull %s: 409 %r", self._next_subject, detail)
+            self._quiet_until = asyncio.get_running_loop().time() + _RETRY_AFTER_CONFLICT
+        self._open = 0
+        self._wake()
+
+    def _delivered(self, msg: Msg) -> None:
+        self._buffer.append(msg)
+        self._open -= 1
+        self._wake()
+
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -21,7 +21,6 @@ from voucher_ledger.commands.processor import PartitionProcessor, ProcessorStats
 from voucher_ledger.commands.wire import Accepted, Rejected
 from voucher_ledger.ledger.events import Actor, VoucherRedeemed
 from voucher_ledger.ledger.voucher import IssueVoucher, Policy, RedeemVoucher
-from voucher_ledger.pulls import PullLoop
 from voucher_ledger.streams import StreamsSpec
 
 ADMIN = Actor(sub="admin-1", role="superadmin")
@@ -44,9 +43,7 @@ async def process_all(
 ) -> list[object]:
     """Send the commands, fetch them as ONE batch, process it, and return the replies."""
     tasks = [asyncio.ensure_future(send) for send in sends]
-    pulls = PullLoop(
-        nc, spec.command_stream, spec.layout.processor_durable(proc.partition), batch=512
-    )
+    pulls = proc.pull_loop()
     await pulls.start()
     try:
         msgs: list[object] = []

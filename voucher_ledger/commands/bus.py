@@ -15,7 +15,6 @@ import json
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
 
 import nats.errors
 from nats.aio.client import Client
@@ -27,15 +26,14 @@ from voucher_ledger.commands.wire import (
     REPLY_ADAPTER,
     REPLY_HEADER,
     Accepted,
-    CommandEnvelope,
     Rejected,
+    encode_command,
 )
+from voucher_ledger.direct import DirectDispatch, status_of
 from voucher_ledger.ledger.codes import validate_command_id
 from voucher_ledger.ledger.commands import WalletCommandT
 from voucher_ledger.ledger.events import Actor
 from voucher_ledger.ledger.voucher import VoucherCommandT
-
-_T = TypeVar("_T")
 
 # Clock skew allowance between the sender and the processors for a command's deadline.
 EXPIRY_GRACE = 5.0
@@ -62,58 +60,95 @@ class _ConnectionLost(Exception):
     """Set on every pending wait when the NATS connection drops."""
 
 
+class _Pending:
+    """One command waiting: for the command stream's PubAck (``acked``), then the reply."""
+
+    __slots__ = ("acked", "future", "timer")
+
+    def __init__(self, future: asyncio.Future[Accepted | Rejected]) -> None:
+        self.future = future
+        self.acked = False
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class CommandBus:
     """One subscription (``<inbox>.*``) carries both the command stream's PubAcks (token
-    ``a<n>``) and the processors' replies (``r<n>``): no per-command request inbox, and one
-    timer per wait instead of ``wait_for(shield(...))`` (the bus was 43 % of a client's CPU in
-    a storm, bench/README.md)."""
+    ``a<n>``) and the processors' replies (``r<n>``), taken straight from nats.py's parser
+    (:mod:`voucher_ledger.direct`); a command waits on one future with one timer (the bus was
+    43 % of a client's CPU in a storm, bench/README.md)."""
 
     def __init__(self, nc: Client, layout: Layout, command_stream: str) -> None:
         self._nc = nc
         self._layout = layout
         self._stream = command_stream
         self._inbox = f"_INBOX.vlbus.{uuid.uuid4().hex}"
-        self._waiting: dict[str, asyncio.Future[Any]] = {}
+        self._waiting: dict[int, _Pending] = {}
         self._counter = itertools.count(1)
         self._sub: Subscription | None = None
+        self._stream_ack = f'"stream":{json.dumps(command_stream)}'.encode()
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+        DirectDispatch.of(self._nc).add(self._sub, self._on_direct)
 
     async def close(self) -> None:
         if self._sub is not None:
+            DirectDispatch.of(self._nc).remove(self._sub)
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
-        for fut in self._waiting.values():
-            fut.cancel()
+        for pending in self._waiting.values():
+            pending.future.cancel()
         self._waiting.clear()
 
     def connection_lost(self) -> None:
         """NATS went away: a reply to a pending command may never come (a reply sent while
         disconnected is dropped; a memory command stream loses what was not yet decided), so
         every caller learns it now instead of waiting out its timeout."""
-        for fut in list(self._waiting.values()):
-            if not fut.done():
-                fut.set_exception(_ConnectionLost())
+        for pending in list(self._waiting.values()):
+            if not pending.future.done():
+                pending.future.set_exception(_ConnectionLost())
 
     async def _on_reply(self, msg: Msg) -> None:
-        token = msg.subject.rsplit(".", 1)[-1]
-        fut = self._waiting.pop(token, None)
-        if fut is None or fut.done():
+        """nats.py's path (if the direct one is not in use)."""
+        status = msg.headers.get("Status") if msg.headers else None
+        self._deliver(msg.subject.rsplit(".", 1)[-1], msg.data, status)
+
+    def _on_direct(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+        status = status_of(headers)
+        token = subject[subject.rfind(b".") + 1 :].decode()
+        self._deliver(token, data, status.decode() if status else None)
+        return True
+
+    def _deliver(self, token: str, data: bytes, status: str | None) -> None:
+        try:
+            pending = self._waiting.get(int(token[1:]))
+        except ValueError:
             return
+        if pending is None or pending.future.done():
+            return
+        fut = pending.future
         if token[0] == "a":  # the command stream's PubAck (or a no-responders status)
-            status = msg.headers.get("Status") if msg.headers else None
             if status:
                 fut.set_exception(BusUnavailable(f"the command stream answered {status}"))
-                return
-            try:
-                fut.set_result(json.loads(msg.data))
-            except ValueError as exc:
-                fut.set_exception(BusUnavailable(f"malformed acknowledgement: {exc}"))
+            elif self._stream_ack in data and b'"error"' not in data:
+                pending.acked = True  # the usual PubAck: no need to parse it
+            else:
+                try:
+                    ack = json.loads(data)
+                except ValueError as exc:
+                    fut.set_exception(BusUnavailable(f"malformed acknowledgement: {exc}"))
+                    return
+                if not isinstance(ack, dict) or "error" in ack or ack.get("stream") != self._stream:
+                    error = ack.get("error") if isinstance(ack, dict) else ack
+                    fut.set_exception(
+                        BusUnavailable(f"command stream refused the command: {error}")
+                    )
+                else:
+                    pending.acked = True
             return
         try:
-            fut.set_result(REPLY_ADAPTER.validate_json(msg.data))
+            fut.set_result(REPLY_ADAPTER.validate_json(data))
         except ValueError as exc:
             fut.set_exception(BusError(f"malformed reply: {exc}"))
 
@@ -134,70 +169,63 @@ class CommandBus:
             raise BusUnavailable("not connected to NATS")
         command_id = validate_command_id(command_id) if command_id else os.urandom(16).hex()
         now = datetime.now(UTC)
-        envelope = CommandEnvelope(
-            command_id=command_id,
-            actor=actor,
-            sent_at=now,
-            expires_at=min(
-                now + timedelta(seconds=timeout + EXPIRY_GRACE),
-                expires_at or datetime.max.replace(tzinfo=UTC),
-            ),
-            command=command,
-        )
+        expires = now + timedelta(seconds=timeout + EXPIRY_GRACE)
+        if expires_at is not None and expires_at < expires:
+            expires = expires_at
+        # Every part is validated already (the command is a model, the actor too).
+        payload = encode_command(command_id, actor, now, expires, command)
         subject = self._layout.command_subject(*command.aggregate)
         n = next(self._counter)
         loop = asyncio.get_running_loop()
-        acked: asyncio.Future[dict[str, Any]] = loop.create_future()
-        replied: asyncio.Future[Accepted | Rejected] = loop.create_future()
-        self._waiting[f"a{n}"] = acked
-        self._waiting[f"r{n}"] = replied
+        pending = _Pending(loop.create_future())
+        self._waiting[n] = pending
         deadline = loop.time() + timeout
+        # One timer: first the acknowledgement's (at most 5 s), then the reply's.
+        pending.timer = loop.call_later(min(timeout, 5.0), self._expire, pending, deadline)
         try:
             try:
                 await self._nc.publish(
                     subject,
-                    envelope.model_dump_json().encode(),
+                    payload,
                     reply=f"{self._inbox}.a{n}",
                     headers={REPLY_HEADER: f"{self._inbox}.r{n}"},
                 )
-                ack = await _within(acked, min(timeout, 5.0))
-            except TimeoutError as exc:
-                if replied.done():  # the reply overtook its acknowledgement
-                    return replied.result()
+                return await pending.future
+            except _Unacknowledged as exc:
                 raise BusUnavailable("the command stream did not acknowledge") from exc
-            except (
-                nats.errors.ConnectionClosedError,
-                nats.errors.OutboundBufferLimitError,
-                _ConnectionLost,
-            ) as exc:
-                raise BusUnavailable("not connected to NATS") from exc
-            if "error" in ack or ack.get("stream") != self._stream:
-                raise BusUnavailable(f"command stream refused the command: {ack.get('error')}")
-            try:
-                return await _within(replied, max(0.0, deadline - loop.time()))
             except TimeoutError as exc:
                 raise CommandTimeout(command_id) from exc
             except _ConnectionLost as exc:
-                raise CommandTimeout(command_id, "before the NATS connection was lost") from exc
+                if pending.acked:
+                    raise CommandTimeout(command_id, "before the NATS connection was lost") from exc
+                raise BusUnavailable("not connected to NATS") from exc
+            except (
+                nats.errors.ConnectionClosedError,
+                nats.errors.OutboundBufferLimitError,
+            ) as exc:
+                raise BusUnavailable("not connected to NATS") from exc
         finally:
-            self._waiting.pop(f"a{n}", None)
-            self._waiting.pop(f"r{n}", None)
-            for fut in (acked, replied):  # an outcome nobody awaited is not an asyncio warning
-                if fut.done() and not fut.cancelled():
-                    fut.exception()
+            if pending.timer is not None:
+                pending.timer.cancel()
+            self._waiting.pop(n, None)
+            fut = pending.future
+            if fut.done() and not fut.cancelled():  # not awaited: no asyncio warning
+                fut.exception()
 
-
-async def _within(fut: asyncio.Future[_T], seconds: float) -> _T:
-    """``fut``'s result, or TimeoutError after ``seconds`` (one timer, no extra task)."""
-    if not fut.done():
-        timer = asyncio.get_running_loop().call_later(seconds, _expire, fut)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
-    return fut.result()
-
-
-def _expire(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
+    @staticmethod
+    def _expire(pending: _Pending, deadline: float) -> None:
+        fut = pending.future
+        if fut.done():
+            return
+        if not pending.acked:
+            fut.set_exception(_Unacknowledged())
+            return
+        loop = fut.get_loop()
+        if loop.time() < deadline:
+            pending.timer = loop.call_at(deadline, CommandBus._expire, pending, deadline)
+            return
         fut.set_exception(TimeoutError())
+
+
+class _Unacknowledged(Exception):
+    """The command stream did not acknowledge in time."""

@@ -229,11 +229,24 @@ class PartitionProcessor:
         task = asyncio.current_task()
         return self._stopped or (task is not None and task.cancelling() > 0)
 
+    def pull_loop(self) -> PullLoop:
+        """The partition's deliveries, with the one header a command carries (its reply inbox)."""
+        return PullLoop(
+            self._nc,
+            self._command_stream,
+            self._layout.processor_durable(self.partition),
+            batch=self._fetch_batch,
+            keep_headers=(REPLY_HEADER,),
+        )
+
     async def run(self) -> None:
-        durable = self._layout.processor_durable(self.partition)
-        pulls = PullLoop(self._nc, self._command_stream, durable, batch=self._fetch_batch)
+        pulls = self.pull_loop()
         await pulls.start()
-        log.info("partition %d: processing (%s)", self.partition, durable)
+        log.info(
+            "partition %d: processing (%s)",
+            self.partition,
+            self._layout.processor_durable(self.partition),
+        )
         try:
             while not self._should_stop():
                 try:

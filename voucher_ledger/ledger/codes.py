@@ -49,6 +49,7 @@ def normalise_search(raw: str) -> str:
 
 
 SEARCH_PATTERN = re.compile(r"^[A-Z0-9_-]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def validate_command_id(raw: object) -> str:
@@ -65,6 +66,6 @@ def validate_customer_id(raw: object) -> str:
         raise InvalidInput("customer_id", "customer_id is required")
     if len(raw) > CUSTOMER_ID_MAX:
         raise InvalidInput("customer_id", f"customer_id is longer than {CUSTOMER_ID_MAX}")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in raw):
+    if _CONTROL.search(raw):
         raise InvalidInput("customer_id", "customer_id contains control characters")
     return raw
