@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 from datetime import UTC, datetime, timedelta
@@ -333,6 +334,26 @@ def test_redeem_at_cap_is_refused_with_the_cap_in_context() -> None:
     assert err.context == {"code": CODE, "cap": 2}
     assert ledger.state.times_redeemed == 2
     assert ledger.state.view().accepting_redemptions is False
+
+
+def test_refusals_make_no_reference_cycles() -> None:
+    """A refusal carries its error without the traceback: the frames a traceback holds (the
+    caller's too, through ``f_back``, and the caller keeps the refusal) made every refused
+    command a cycle for the cyclic GC, 15 % of a processor's CPU in a hot code's storm."""
+    ledger = Ledger()
+    ledger.apply(issue(max_redemptions=1))
+    ledger.apply(redeem("a"))
+    gc.collect()
+    gc.disable()
+    try:
+        kept = [ledger.apply(redeem(f"late-{i}")) for i in range(50)]
+        kept += [ledger.apply(redeem("a")) for _ in range(50)]  # already redeemed
+        assert all(isinstance(outcome, Refused) for outcome in kept)
+        assert all(refusal(outcome).__traceback__ is None for outcome in kept)
+        del kept
+        assert gc.collect() == 0  # nothing was left for the cyclic collector
+    finally:
+        gc.enable()
 
 
 def test_zero_max_redemptions_means_unlimited() -> None:

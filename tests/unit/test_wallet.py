@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
 from datetime import UTC, datetime
 
@@ -151,6 +152,20 @@ def test_grant_credit_is_idempotent_and_only_for_an_opened_order() -> None:
     assert isinstance(unknown, Refused)
     assert unknown.error.reason == "order_not_found"
     assert w.state.balance_baisa == 5 * OMR
+
+
+def test_wallet_refusals_make_no_reference_cycles() -> None:
+    """As for vouchers (test_decider): a refusal keeps no traceback, so no frames, no cycle."""
+    w = Wallet()
+    gc.collect()
+    gc.disable()
+    try:
+        kept = [w.apply(grant_credit(f"nope-{i}", 7)) for i in range(50)]
+        assert all(isinstance(outcome, Refused) for outcome in kept)
+        del kept
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_an_order_failed_between_grant_and_settle_takes_the_grant_back() -> None:

@@ -306,7 +306,10 @@ def handle(
     try:
         return Decided(decide(state, command, command_id, policy))
     except DomainError as err:
-        return Refused(err)
+        # Without its traceback: the frames it holds (the processor's, through f_back) would
+        # make every refusal a reference cycle for the cyclic GC (~15 % of a processor's CPU
+        # in a hot code's storm, half of whose attempts are refused at the cap).
+        return Refused(err.with_traceback(None))
 
 
 # ---------------------------------------------------------------------------------------- evolve
