@@ -90,10 +90,17 @@ class LeaseHost(abc.ABC):
 
     async def acquire(self, key: str) -> int | None:
         """The new lease's revision, or None when someone else holds the key."""
-        try:
-            return int(await self.kv.create(key, self.owner))
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return None
+        for _ in range(2):
+            try:
+                return int(await self.kv.create(key, self.owner))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return None
+            except nats.js.errors.KeyNotFoundError:
+                # nats.py's create found the key taken, then looked for a delete marker and
+                # found nothing: the old holder's entry expired in between (its TTL). The key
+                # is free now: ask again (seen when a restarted process took back its leases).
+                continue
+        return None
 
     async def renew(self, key: str, revision: int) -> int | None:
         """The renewed revision, or None when the lease was lost to another instance."""
