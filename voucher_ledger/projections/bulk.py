@@ -51,6 +51,11 @@ def plain_event(seq: int, data: bytes) -> PlainEvent:
 
 
 class BulkProjection(Protocol):
+    # The tables whose primary key the applier's statements look rows up by: a rebuild keeps
+    # those keys while loading and builds every other key, unique index and foreign key of
+    # the projection's tables after the load (bench/README.md, "Rebuild").
+    keyed: frozenset[str]
+
     async def apply_bulk(self, conn: Conn, events: Sequence[PlainEvent]) -> None: ...
 
 
@@ -123,6 +128,8 @@ _VOUCHER_EVENTS = frozenset((_ISSUED, _REVOKED, _REDEEMED, _REVERSED))
 
 class VoucherBulk:
     """``vouchers`` and ``redemptions``, as ``VoucherProjection.apply`` leaves them."""
+
+    keyed = frozenset(("vouchers", "redemptions"))
 
     async def apply_bulk(self, conn: Conn, events: Sequence[PlainEvent]) -> None:
         codes: set[str] = set()
@@ -364,6 +371,8 @@ class WalletBulk:
     """``wallets``, ``credit_entries`` and ``orders``, as ``WalletProjection.apply`` leaves
     them."""
 
+    keyed = frozenset(("wallets", "orders"))
+
     async def apply_bulk(self, conn: Conn, events: Sequence[PlainEvent]) -> None:
         customers: set[str] = set()
         order_ids: set[str] = set()
@@ -604,6 +613,8 @@ class WalletBulk:
 
 class AuditBulk:
     """``audit_log``: every event verbatim, with one COPY per batch as ``AuditProjection``."""
+
+    keyed: frozenset[str] = frozenset()
 
     async def apply_bulk(self, conn: Conn, events: Sequence[PlainEvent]) -> None:
         records = []
