@@ -267,6 +267,7 @@ async def test_the_replay_reader_takes_deliveries_off_the_parser_and_misses_none
     assert len(loops) == 1
     assert loops[0].direct >= len(seen)
     assert "_process_msg" not in vars(nc)
+    assert "parse" not in vars(nc._ps)
     # the client still delivers to ordinary subscriptions
     reply = await nc.request(f"$JS.API.STREAM.INFO.{applied.event_stream}", b"", timeout=5)
     assert json.loads(reply.data)["state"]["last_seq"] == head
