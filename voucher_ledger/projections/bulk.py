@@ -17,12 +17,12 @@ The live projectors do not use this module: ``Projection.apply`` is unchanged.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 import asyncpg
+from pydantic_core import to_json
 
 from voucher_ledger.ledger.events import decode_plain
 from voucher_ledger.projections.projector import (
@@ -366,6 +366,12 @@ _ORDER_EVENTS = frozenset(
 )
 
 
+def _jsonb(value: Any) -> str:
+    """JSON text for a jsonb column (pydantic-core's encoder: a tenth of ``json.dumps``'s time;
+    PostgreSQL stores the same jsonb value from either text)."""
+    return to_json(value).decode()
+
+
 class WalletBulk:
     """``wallets``, ``credit_entries`` and ``orders``, as ``WalletProjection.apply`` leaves
     them."""
@@ -553,9 +559,9 @@ class WalletBulk:
                 item.doc["aggregate_id"],
                 event["tenant_id"],
                 event["plan_id"],
-                json.dumps(event["apps"]),
-                json.dumps(event["addons"]),
-                json.dumps(event["lines"]),
+                _jsonb(event["apps"]),
+                _jsonb(event["addons"]),
+                _jsonb(event["lines"]),
                 event["promo_code"],
                 event["total_baisa"],
                 0,

@@ -282,7 +282,11 @@ async def rebuild(
     async def apply_one(
         conn: Conn, p: Projection, apply: _Applier, events: list[PlainEvent | StreamEvent]
     ) -> None:
-        todo = [e for e in events if e.seq > floor[p.name]]
+        todo = (
+            events
+            if events[0].seq > floor[p.name]
+            else [e for e in events if e.seq > floor[p.name]]
+        )
         if todo:
             async with conn.transaction():
                 await _apply(conn, shadow_schema(p), p.name, apply, todo)
