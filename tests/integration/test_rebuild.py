@@ -266,6 +266,7 @@ async def test_the_replay_reader_takes_deliveries_off_the_parser_and_misses_none
         assert encode_envelope(event.envelope).decode() == event.raw
     assert len(loops) == 1
     assert loops[0].direct >= len(seen)
+    assert loops[0].parsed > len(seen) // 2  # most of them straight off the parser's buffer
     assert "_process_msg" not in vars(nc)
     assert "parse" not in vars(nc._ps)
     # the client still delivers to ordinary subscriptions

@@ -108,7 +108,9 @@ class _ReplayPulls(PullLoop):
         self._parse_hook = self._parse
         self._parse_passthrough: Any = None
         self._parse_owned = False
+        self._wanted = 0  # bytes the buffer needs before the next delivery can be taken
         self.direct = 0  # deliveries taken by the hooks
+        self.parsed = 0  # of which by the parser's
 
     async def start(self) -> None:
         await super().start()
@@ -160,16 +162,19 @@ class _ReplayPulls(PullLoop):
             return
         buf: bytearray = parser.buf
         buf.extend(data)
+        if len(buf) < self._wanted:
+            return  # the delivery at the head of the buffer is still incomplete
+        self._wanted = 0
         if parser.state == _AWAITING_CONTROL_LINE and buf.startswith(_HMSG):
             view = bytes(buf)  # one copy of the chunk; the bodies are sliced out of it
             pos = 0
-            size = len(buf)
+            size = len(view)
             taken = self.direct
-            partial = False  # the buffer ends in the middle of a delivery to this loop
+            wanted = 0  # the buffer ends in the middle of a delivery: its size, or more
             while view.startswith(_HMSG, pos):
                 end = view.find(_CRLF, pos)
                 if end < 0:
-                    partial = True
+                    wanted = size - pos + 1
                     break
                 # subject, sid, reply, header length, total length
                 args = view[pos + 5 : end].split()
@@ -178,7 +183,7 @@ class _ReplayPulls(PullLoop):
                 start = end + 2
                 stop = start + int(args[4])
                 if stop + 2 > size:
-                    partial = True
+                    wanted = stop + 2 - pos
                     break
                 if not view.startswith(_HEADERS, start):
                     break
@@ -190,9 +195,11 @@ class _ReplayPulls(PullLoop):
             if pos:
                 del buf[:pos]
                 if self.direct > taken:
+                    self.parsed += self.direct - taken
                     self._wake()
-            if partial:
-                return  # the rest of it comes with the next read
+            if wanted:
+                self._wanted = wanted
+                return  # the rest of it comes with the next reads
         await self._parse_passthrough(b"")
 
     async def _intercept(
