@@ -266,7 +266,9 @@ async def test_the_replay_reader_takes_deliveries_off_the_parser_and_misses_none
         assert encode_envelope(event.envelope).decode() == event.raw
     assert len(loops) == 1
     assert loops[0].direct >= len(seen)
+    assert loops[0].parsed > len(seen) // 2  # most of them straight off the parser's buffer
     assert "_process_msg" not in vars(nc)
+    assert "parse" not in vars(nc._ps)
     # the client still delivers to ordinary subscriptions
     reply = await nc.request(f"$JS.API.STREAM.INFO.{applied.event_stream}", b"", timeout=5)
     assert json.loads(reply.data)["state"]["last_seq"] == head
@@ -275,6 +277,13 @@ async def test_the_replay_reader_takes_deliveries_off_the_parser_and_misses_none
 INDEXES = """
 SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'
 ORDER BY tablename, indexname
+"""
+CONSTRAINTS = """
+SELECT t.relname AS table, c.conname AS name, pg_get_constraintdef(c.oid) AS definition
+FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname = 'public'
+ORDER BY t.relname, c.conname
 """
 
 
@@ -287,7 +296,8 @@ async def test_a_rebuild_of_every_event_type_in_many_batches_equals_the_live_row
 ) -> None:
     """Every event type, interleaved across vouchers and wallets, replayed in batches that cut
     through aggregates (rows created in one batch and changed in later ones): the bulk path
-    leaves the live projection's rows, and the tables keep every index."""
+    leaves the live projection's rows, and the tables keep every index and constraint (the
+    rebuild builds most of them after the load)."""
     await write_mixed_history(store, applied, 6000, flush_every=300)
     head = await caught_up(nc, applied, live)
     before = await rows(pool)
@@ -300,6 +310,8 @@ async def test_a_rebuild_of_every_event_type_in_many_batches_equals_the_live_row
     assert len(set(pairs)) < len(pairs)  # redeemed again after a reversal
     assert any(r["revoked"] for r in before["vouchers"])
     indexes = [dict(r) for r in await pool.fetch(INDEXES)]
+    constraints = [dict(r) for r in await pool.fetch(CONSTRAINTS)]
+    assert any("FOREIGN KEY" in c["definition"] for c in constraints)
 
     summary = await rebuild(pool, nc, applied, ALL_PROJECTIONS, batch=97, swap_within=400)
 
@@ -308,8 +320,40 @@ async def test_a_rebuild_of_every_event_type_in_many_batches_equals_the_live_row
     for table in TABLES:
         assert after[table] == before[table], table
     assert [dict(r) for r in await pool.fetch(INDEXES)] == indexes
+    assert [dict(r) for r in await pool.fetch(CONSTRAINTS)] == constraints
     report = await verify(pool, nc, applied)
     assert report.clean, report.differences[:20]
+
+
+async def test_a_duplicate_the_deferred_keys_catch_fails_the_rebuild_before_the_swap(
+    applied: StreamsSpec, store: JetStreamEventStore, nc: Client, pool: asyncpg.Pool
+) -> None:
+    """The rebuild builds the audit trail's keys after the load: an event id recorded twice,
+    in different batches, still fails the rebuild (as the live insert fails on it), and the
+    live tables stay as they were."""
+    await write_history(store, applied, 400)
+    first = (await store.load(applied.layout.wallet_subject("customer-0")))[0].envelope
+    code = "DUP-CODE"
+    again = envelope(
+        "voucher",
+        code,
+        VoucherIssued(
+            code=code,
+            credit_baisa=100,
+            description="",
+            active=True,
+            max_redemptions=0,
+            change="created",
+        ),
+        "issue-dup",
+    ).model_copy(update={"event_id": first.event_id})
+    await store.append(applied.layout.voucher_subject(code), 0, [again])
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await rebuild(pool, nc, applied, ALL_PROJECTIONS, batch=97, swap_within=10)
+    assert await pool.fetchval("SELECT count(*) FROM audit_log") == 0
+    assert await pool.fetchval("SELECT count(*) FROM vouchers") == 0
+    checkpoints = await pool.fetch("SELECT last_seq FROM projection_checkpoints")
+    assert all(r["last_seq"] == 0 for r in checkpoints)
 
 
 async def test_rebuild_while_writes_continue_then_the_live_projector_carries_on(

@@ -120,22 +120,39 @@ def shadow_schema(projection: Projection) -> str:
 
 
 _DEFERRED = "rebuild_deferred_indexes"
-# The secondary indexes of some tables: neither unique nor backing a constraint.
-_SECONDARY_INDEXES = """
+# The indexes of some tables that back no constraint: the secondary ones (not unique), and with
+# ``$3`` the unique ones too.
+_DEFERRABLE_INDEXES = """
 SELECT i.relname AS name, pg_get_indexdef(i.oid) AS definition
 FROM pg_index x
 JOIN pg_class i ON i.oid = x.indexrelid
 JOIN pg_class t ON t.oid = x.indrelid
 JOIN pg_namespace n ON n.oid = t.relnamespace
-WHERE n.nspname = $1 AND t.relname = ANY($2::text[]) AND NOT x.indisunique
+WHERE n.nspname = $1 AND t.relname = ANY($2::text[]) AND (NOT x.indisunique OR $3)
   AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)
 ORDER BY i.relname
 """
+# The foreign keys, unique constraints and primary keys of some tables, except the primary keys
+# of the tables in ``$3``; foreign keys first (they are dropped first: they may rest on a key).
+_DEFERRABLE_CONSTRAINTS = """
+SELECT c.conname AS name, t.relname AS table, pg_get_constraintdef(c.oid) AS definition
+FROM pg_constraint c
+JOIN pg_class t ON t.oid = c.conrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname = $1 AND t.relname = ANY($2::text[]) AND c.contype IN ('f', 'u', 'p')
+  AND NOT (c.contype = 'p' AND t.relname = ANY($3::text[]))
+ORDER BY c.contype <> 'f', c.conname
+"""
 
 
-async def _prepare_shadow(conn: Conn, schema: str, projection: Projection) -> int:
-    """Create the shadow schema and tables if missing (their secondary indexes deferred);
-    return its checkpoint."""
+async def _prepare_shadow(
+    conn: Conn, schema: str, projection: Projection, keyed: frozenset[str] | None
+) -> int:
+    """Create the shadow schema and tables if missing, with their secondary indexes deferred;
+    return its checkpoint. With a bulk applier (``keyed``: the tables whose primary key its
+    statements look rows up by) every other key, unique index and foreign key is deferred too:
+    built after the load in one pass each, where a duplicate or a dangling reference fails the
+    rebuild before the swap (as the live statement would have failed on that event)."""
     name = projection.name
     exists = await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema)
     if not exists:
@@ -147,14 +164,29 @@ async def _prepare_shadow(conn: Conn, schema: str, projection: Projection) -> in
             await conn.execute(
                 f"CREATE TABLE {ident(_DEFERRED)} (name text PRIMARY KEY, definition text NOT NULL)"
             )
-            deferred = await conn.fetch(_SECONDARY_INDEXES, schema, list(projection.tables))
-            for row in deferred:
+            tables = list(projection.tables)
+            deferred: list[tuple[str, str, str]] = []  # name, how to build it, how to drop it
+            if keyed is not None:
+                for row in await conn.fetch(_DEFERRABLE_CONSTRAINTS, schema, tables, list(keyed)):
+                    table, constraint = ident(row["table"]), ident(row["name"])
+                    deferred.append(
+                        (
+                            row["name"],
+                            f"ALTER TABLE {table} ADD CONSTRAINT {constraint} {row['definition']}",
+                            f"ALTER TABLE {table} DROP CONSTRAINT {constraint}",
+                        )
+                    )
+            for row in await conn.fetch(_DEFERRABLE_INDEXES, schema, tables, keyed is not None):
+                deferred.append(
+                    (row["name"], row["definition"], f"DROP INDEX {ident(row['name'])}")
+                )
+            for index, build, drop in deferred:
                 await conn.execute(
                     f"INSERT INTO {ident(_DEFERRED)} (name, definition) VALUES ($1, $2)",  # noqa: S608
-                    row["name"],
-                    row["definition"],
+                    index,
+                    build,
                 )
-                await conn.execute(f"DROP INDEX {ident(row['name'])}")
+                await conn.execute(drop)
             await conn.execute("SET LOCAL search_path TO public")
         log.info("rebuild %s: shadow schema %s created", name, schema)
     table = f"{ident(schema)}.projection_checkpoints"
@@ -167,15 +199,19 @@ async def _prepare_shadow(conn: Conn, schema: str, projection: Projection) -> in
 
 
 async def _restore_indexes(conn: Conn, schema: str) -> None:
-    """Build the shadow's deferred secondary indexes (one pass over the loaded rows each)
-    before its tables are swapped in. (No ANALYZE here: on the audit trail's jsonb it took
-    longer than the index builds; autovacuum analyzes the new tables soon after the swap.)"""
+    """Build the shadow's deferred indexes and constraints (one pass over the loaded rows
+    each), foreign keys last, before its tables are swapped in. The shadow is the search path
+    (the definitions name its tables unqualified). (No ANALYZE here: on the audit trail's
+    jsonb it took longer than the index builds; autovacuum analyzes the new tables soon after
+    the swap.)"""
     async with conn.transaction():
-        table = f"{ident(schema)}.{ident(_DEFERRED)}"
-        deferred = await conn.fetch(f"SELECT name, definition FROM {table} ORDER BY name")  # noqa: S608
-        for row in deferred:
-            await conn.execute(row["definition"])
-        await conn.execute(f"DELETE FROM {table}")  # noqa: S608
+        await conn.execute(f"SET LOCAL search_path TO {ident(schema)}")
+        deferred = await conn.fetch(f"SELECT name, definition FROM {ident(_DEFERRED)}")  # noqa: S608
+        definitions = [str(r["definition"]) for r in deferred]
+        for definition in sorted(definitions, key=lambda d: (" FOREIGN KEY " in d, d)):
+            await conn.execute(definition)
+        await conn.execute(f"DELETE FROM {ident(_DEFERRED)}")  # noqa: S608
+        await conn.execute("SET LOCAL search_path TO public")
 
 
 _Applier = Callable[[Conn, Sequence[Any]], Awaitable[None]]
@@ -188,6 +224,15 @@ def _appliers(chosen: Sequence[Projection]) -> tuple[Callable[[int, bytes], Any]
     if all(b is not None for b in bulks):
         return plain_event, [b.apply_bulk for b in bulks if b is not None]
     return stream_event, [p.apply for p in chosen]
+
+
+def _keyed(chosen: Sequence[Projection]) -> dict[str, frozenset[str] | None]:
+    """Per projection, the tables whose primary key its bulk applier needs while loading, or
+    None when the rebuild applies through ``Projection.apply`` (see :func:`_appliers`)."""
+    bulks = [bulk_for(p) for p in chosen]
+    if not all(b is not None for b in bulks):
+        return {p.name: None for p in chosen}
+    return {p.name: b.keyed for p, b in zip(chosen, bulks, strict=True) if b is not None}
 
 
 async def _apply(
@@ -237,7 +282,11 @@ async def rebuild(
     async def apply_one(
         conn: Conn, p: Projection, apply: _Applier, events: list[PlainEvent | StreamEvent]
     ) -> None:
-        todo = [e for e in events if e.seq > floor[p.name]]
+        todo = (
+            events
+            if events[0].seq > floor[p.name]
+            else [e for e in events if e.seq > floor[p.name]]
+        )
         if todo:
             async with conn.transaction():
                 await _apply(conn, shadow_schema(p), p.name, apply, todo)
@@ -259,7 +308,10 @@ async def rebuild(
         workers: list[Conn] = []
         if len(chosen) > 1 and pool.get_max_size() > len(chosen):
             workers = [await stack.enter_async_context(pool.acquire()) for _ in chosen]
-        floor = {p.name: await _prepare_shadow(conn, shadow_schema(p), p) for p in chosen}
+        keyed = _keyed(chosen)
+        floor = {
+            p.name: await _prepare_shadow(conn, shadow_schema(p), p, keyed[p.name]) for p in chosen
+        }
         reached = min(floor.values())
         resumed_from = reached
         head = await stream_head(nc, spec)

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.protocol.parser import AWAITING_CONTROL_LINE as _AWAITING_CONTROL_LINE
 
 from voucher_ledger.projections.projector import StreamEvent, stream_event
 from voucher_ledger.pulls import PullLoop, stream_sequence
@@ -54,22 +55,62 @@ async def _create_reader(nc: Client, spec: StreamsSpec, start_seq: int) -> str:
     return name
 
 
+_V1_TOKENS = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+_V2_MIN_TOKENS = 11  # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>...
+_HMSG = b"HMSG "
+_HEADERS = b"NATS/1.0\r\n"  # a delivery's header block; a status line has a code after 1.0
+_CRLF = b"\r\n"
+
+
+def _ack_sequence(reply: bytes) -> int | None:
+    """The stream sequence in a JetStream ack subject (as ``pulls.stream_sequence``), or
+    None for a subject of another shape."""
+    tokens = reply.split(b".")
+    if len(tokens) == _V1_TOKENS:
+        return int(tokens[5])
+    if len(tokens) >= _V2_MIN_TOKENS:
+        return int(tokens[7])
+    return None
+
+
+class _Delivery(Msg):
+    """A replay delivery: its stream sequence and body, nothing else of a message (built by
+    the replay's own parsing, read only by :func:`read_events`)."""
+
+    def __init__(self, seq: int, data: bytes) -> None:  # only these two, no dataclass fields
+        self.seq = seq
+        self.data = data
+
+
 class _ReplayPulls(PullLoop):
     """The replay's pull loop, with its deliveries taken straight from nats.py's protocol
-    parser: nats.py would parse every delivery's headers (a stored event carries its batch
-    headers) into a dict, build a message, queue it and call the subscription's callback for
-    it, half of a rebuild's receiving cost. A delivery to this loop's inbox without a status
-    line becomes a bare message (reply subject and body) in the buffer; everything else (other
-    subscriptions, status messages) takes nats.py's own path. Should nats.py stop calling the
-    hook, the deliveries simply keep arriving through the callback."""
+    parser: nats.py would match every delivery's control line with its regular expressions,
+    parse its headers (a stored event carries its batch headers) into a dict, build a message,
+    queue it and call the subscription's callback for it, most of a rebuild's receiving cost.
+
+    Two hooks on this client, both removed when the loop stops. The parser's ``parse`` first
+    takes every complete delivery to this loop's inbox at the head of the buffer (a control
+    line split once, the body sliced out, the sequence read from the ack subject), leaves a
+    partial one in the buffer for the next read, and lets nats.py's parser carry on from
+    anything else (another subscription's message, a status message, a ping). The client's
+    ``_process_msg`` takes the deliveries that nats.py's parser does hand over. Everything
+    else takes nats.py's own path. Should nats.py stop calling either hook, the deliveries
+    simply keep arriving through the other or the callback."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sid: int | None = None
+        self._sid_token = b""
         self._hook = self._intercept
         self._passthrough: Any = None
         self._owned = False  # the client had no instance-level hook before ours
-        self.direct = 0  # deliveries taken by the hook
+        self._parser: Any = None
+        self._parse_hook = self._parse
+        self._parse_passthrough: Any = None
+        self._parse_owned = False
+        self._wanted = 0  # bytes the buffer needs before the next delivery can be taken
+        self.direct = 0  # deliveries taken by the hooks
+        self.parsed = 0  # of which by the parser's
 
     async def start(self) -> None:
         await super().start()
@@ -77,31 +118,99 @@ class _ReplayPulls(PullLoop):
         self._sid = getattr(self._sub, "_id", None)
         if self._sid is None:
             return
+        self._sid_token = str(self._sid).encode()
         self._owned = "_process_msg" not in vars(nc)
         self._passthrough = nc._process_msg
         setattr(nc, "_process_msg", self._hook)  # noqa: B010 - an instance-level hook
+        parser: Any = getattr(nc, "_ps", None)
+        if isinstance(getattr(parser, "buf", None), bytearray) and hasattr(parser, "state"):
+            self._parser = parser
+            self._parse_owned = "parse" not in vars(parser)
+            self._parse_passthrough = parser.parse
+            parser.parse = self._parse_hook
 
     async def stop(self) -> None:
-        self._sid = None  # from now on the hook (if still called) passes everything on
+        self._sid = None  # from now on the hooks (if still called) pass everything on
         nc = self._nc
         if vars(nc).get("_process_msg") is self._hook:
             if self._owned:
                 del vars(nc)["_process_msg"]
             else:
                 setattr(nc, "_process_msg", self._passthrough)  # noqa: B010
+        parser, self._parser = self._parser, None
+        if parser is not None and vars(parser).get("parse") is self._parse_hook:
+            if self._parse_owned:
+                del vars(parser)["parse"]
+            else:
+                parser.parse = self._parse_passthrough
         await super().stop()
+
+    def _take(self, seq: int, data: bytes) -> None:
+        self._buffer.append(_Delivery(seq, data))
+        self._open -= 1
+        self.direct += 1
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _parse(self, data: bytes = b"") -> None:
+        parser = self._parser
+        if parser is None or self._sid is None:
+            await self._parse_passthrough(data)
+            return
+        buf: bytearray = parser.buf
+        buf.extend(data)
+        if len(buf) < self._wanted:
+            return  # the delivery at the head of the buffer is still incomplete
+        self._wanted = 0
+        if parser.state == _AWAITING_CONTROL_LINE and buf.startswith(_HMSG):
+            view = bytes(buf)  # one copy of the chunk; the bodies are sliced out of it
+            pos = 0
+            size = len(view)
+            taken = self.direct
+            wanted = 0  # the buffer ends in the middle of a delivery: its size, or more
+            while view.startswith(_HMSG, pos):
+                end = view.find(_CRLF, pos)
+                if end < 0:
+                    wanted = size - pos + 1
+                    break
+                # subject, sid, reply, header length, total length
+                args = view[pos + 5 : end].split()
+                if len(args) != 5 or args[1] != self._sid_token:
+                    break
+                start = end + 2
+                stop = start + int(args[4])
+                if stop + 2 > size:
+                    wanted = stop + 2 - pos
+                    break
+                if not view.startswith(_HEADERS, start):
+                    break
+                seq = _ack_sequence(args[2])
+                if seq is None:
+                    break
+                self._take(seq, view[start + int(args[3]) : stop])
+                pos = stop + 2
+            if pos:
+                del buf[:pos]
+                if self.direct > taken:
+                    self.parsed += self.direct - taken
+                    self._wake()
+            if wanted:
+                self._wanted = wanted
+                return  # the rest of it comes with the next reads
+        await self._parse_passthrough(b"")
 
     async def _intercept(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
     ) -> None:
-        if sid == self._sid and (headers is None or headers.startswith(b"NATS/1.0\r\n")):
-            self._buffer.append(Msg(_client=self._nc, reply=reply.decode(), data=data))
-            self._open -= 1
-            self.direct += 1
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-            return
+        if sid == self._sid and (headers is None or headers.startswith(_HEADERS)):
+            seq = _ack_sequence(reply)
+            if seq is not None:
+                self._take(seq, data)
+                self._wake()
+                return
         await self._passthrough(sid, subject, reply, data, headers)
 
 
@@ -143,7 +252,7 @@ async def read_events(
             if not msgs:
                 raise RuntimeError(f"the event stream has nothing after seq {position - 1}")
             for msg in msgs:
-                seq = stream_sequence(msg)
+                seq = msg.seq if isinstance(msg, _Delivery) else stream_sequence(msg)
                 if seq > until_seq:
                     position = seq
                     break
