@@ -88,22 +88,20 @@ class _ReplayPulls(PullLoop):
     parse its headers (a stored event carries its batch headers) into a dict, build a message,
     queue it and call the subscription's callback for it, most of a rebuild's receiving cost.
 
-    Two hooks on this client, both removed when the loop stops. The parser's ``parse`` first
-    takes every complete delivery to this loop's inbox at the head of the buffer (a control
-    line split once, the body sliced out, the sequence read from the ack subject), leaves a
-    partial one in the buffer for the next read, and lets nats.py's parser carry on from
-    anything else (another subscription's message, a status message, a ping). The client's
-    ``_process_msg`` takes the deliveries that nats.py's parser does hand over. Everything
-    else takes nats.py's own path. Should nats.py stop calling either hook, the deliveries
-    simply keep arriving through the other or the callback."""
+    A hook on the parser's ``parse`` (removed when the loop stops) first takes every complete
+    delivery to this loop's inbox at the head of the buffer (a control line split once, the
+    body sliced out, the sequence read from the ack subject), leaves a partial one in the
+    buffer for the next read, and lets nats.py's parser carry on from anything else (another
+    subscription's message, a status message, a ping). The deliveries that nats.py's parser
+    does hand over come through the pull loop's direct handler (:mod:`voucher_ledger.direct`),
+    here taking their sequence from the ack subject. Everything else takes nats.py's own
+    path. Should nats.py stop calling either hook, the deliveries simply keep arriving
+    through the other or the callback."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sid: int | None = None
         self._sid_token = b""
-        self._hook = self._intercept
-        self._passthrough: Any = None
-        self._owned = False  # the client had no instance-level hook before ours
         self._parser: Any = None
         self._parse_hook = self._parse
         self._parse_passthrough: Any = None
@@ -119,9 +117,6 @@ class _ReplayPulls(PullLoop):
         if self._sid is None:
             return
         self._sid_token = str(self._sid).encode()
-        self._owned = "_process_msg" not in vars(nc)
-        self._passthrough = nc._process_msg
-        setattr(nc, "_process_msg", self._hook)  # noqa: B010 - an instance-level hook
         parser: Any = getattr(nc, "_ps", None)
         if isinstance(getattr(parser, "buf", None), bytearray) and hasattr(parser, "state"):
             self._parser = parser
@@ -130,13 +125,7 @@ class _ReplayPulls(PullLoop):
             parser.parse = self._parse_hook
 
     async def stop(self) -> None:
-        self._sid = None  # from now on the hooks (if still called) pass everything on
-        nc = self._nc
-        if vars(nc).get("_process_msg") is self._hook:
-            if self._owned:
-                del vars(nc)["_process_msg"]
-            else:
-                setattr(nc, "_process_msg", self._passthrough)  # noqa: B010
+        self._sid = None  # from now on the hook (if still called) passes everything on
         parser, self._parser = self._parser, None
         if parser is not None and vars(parser).get("parse") is self._parse_hook:
             if self._parse_owned:
@@ -149,11 +138,6 @@ class _ReplayPulls(PullLoop):
         self._buffer.append(_Delivery(seq, data))
         self._open -= 1
         self.direct += 1
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     async def _parse(self, data: bytes = b"") -> None:
         parser = self._parser
@@ -202,16 +186,14 @@ class _ReplayPulls(PullLoop):
                 return  # the rest of it comes with the next reads
         await self._parse_passthrough(b"")
 
-    async def _intercept(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
-    ) -> None:
-        if sid == self._sid and (headers is None or headers.startswith(_HEADERS)):
+    def _on_direct(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+        if headers is None or headers.startswith(_HEADERS):
             seq = _ack_sequence(reply)
             if seq is not None:
                 self._take(seq, data)
                 self._wake()
-                return
-        await self._passthrough(sid, subject, reply, data, headers)
+                return True
+        return super()._on_direct(subject, reply, data, headers)
 
 
 _T = TypeVar("_T")
