@@ -5,6 +5,10 @@ last stream sequence applied). The checkpoint row is locked (``FOR UPDATE``) fir
 below it are skipped (re-delivery is harmless), and a gap (the next event is not checkpoint+1)
 aborts the batch and restarts the consumer from the checkpoint: the position lives in Postgres,
 never in the broker. Only the holder of the projector's lease runs it (one per name).
+
+The service's read models take the rebuild's path (``bulk.py``: events decoded into plain dicts,
+each table written with a few statements per batch, whatever its size); ``Projection.apply`` (a
+statement per event, on models) serves any other projection.
 """
 
 from __future__ import annotations
@@ -371,12 +375,14 @@ WITH cur AS (
 SELECT projection, last_seq FROM cur
 """
 
-# The usual case: every checkpoint right before the batch moves to its end ($2), locked in name
-# order until the commit; the status ``UPDATE <n>`` says how many moved.
+# The usual case, sent with BEGIN by the simple protocol (no parameters: {names} are the
+# projector's constant projection names, {last} and {before} integers): every checkpoint that
+# stands right before the batch moves to its end; all are locked in name order until the commit;
+# the status ``UPDATE <n>`` says how many moved.
 _MOVE_ALL = """
 WITH cur AS (
     SELECT projection, last_seq FROM projection_checkpoints
-    WHERE projection IN ($1) ORDER BY projection FOR UPDATE
+    WHERE projection IN ({names}) ORDER BY projection FOR UPDATE
 )
 UPDATE projection_checkpoints AS p SET last_seq = {last}, updated_at = now()
 FROM cur WHERE p.projection = cur.projection AND cur.last_seq = {before}
@@ -438,10 +444,9 @@ class Projector:
         self._stopped = False
         self.decode, self._appliers = _appliers(self.projections)
         self._conn: Conn | None = None  # held by the running loop
-        # BEGIN and the usual checkpoint move in one simple-protocol round trip (constant
-        # projection names, integers): the status says whether every checkpoint moved.
+        # BEGIN and the usual checkpoint move in one round trip (see _MOVE_ALL).
         self._begin_sql = (
-            "BEGIN; " + _MOVE_ALL.replace("$1", ", ".join(f"'{n}'" for n in self._names))
+            "BEGIN; " + _MOVE_ALL.replace("{names}", ", ".join(f"'{n}'" for n in self._names))
             if all(_SAFE_NAME.match(n) for n in self._names)
             else None
         )
