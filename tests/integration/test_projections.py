@@ -4,14 +4,17 @@ read models equal to an independent fold of the stream."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import asyncpg
 import pytest
 from nats.aio.client import Client
 
 from tests.conftest import HostFactory, wait_until
+from tests.integration.histories import write_mixed_history
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.ledger.commands import (
@@ -20,8 +23,9 @@ from voucher_ledger.ledger.commands import (
     ReverseRedemption,
     RevokeVoucher,
 )
-from voucher_ledger.ledger.events import Actor, decode_envelope
+from voucher_ledger.ledger.events import CURRENT_VERSIONS, Actor, decode_envelope
 from voucher_ledger.ledger.voucher import VoucherState, fold
+from voucher_ledger.projections.bulk import plain_event
 from voucher_ledger.projections.migrate import migrate
 from voucher_ledger.projections.projector import (
     AuditProjection,
@@ -30,7 +34,9 @@ from voucher_ledger.projections.projector import (
     Projector,
     StreamEvent,
     VoucherProjection,
+    stream_event,
 )
+from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.streams import StreamsSpec
 
 ADMIN = Actor(sub="admin", role="superadmin")
@@ -84,6 +90,11 @@ async def stream_events(nc: Client, spec: StreamsSpec) -> list[StreamEvent]:
         )
     await sub.unsubscribe()
     return out
+
+
+def batch(projector: Projector, events: Sequence[StreamEvent]) -> list[Any]:
+    """``events`` as ``projector`` decodes them off the stream (plain dicts on the bulk path)."""
+    return [projector.decode(e.seq, e.raw.encode()) for e in events]
 
 
 def independent_fold(events: Sequence[StreamEvent]) -> dict[str, VoucherState]:
@@ -160,13 +171,13 @@ async def test_redelivered_batch_adds_no_rows(
     for projector in projectors:
         await projector.checkpoint()
         half = len(events) // 2
-        assert await projector.apply(events[:half]) == events[half - 1].seq
-        assert await projector.apply(events) == events[-1].seq
+        assert await projector.apply(batch(projector, events[:half])) == events[half - 1].seq
+        assert await projector.apply(batch(projector, events)) == events[-1].seq
     before = await counts(pool)
     for projector in projectors:
         # The same batch again, and an overlapping one: both fully at or below the checkpoint.
-        assert await projector.apply(events) == events[-1].seq
-        assert await projector.apply(events[10:20]) == events[-1].seq
+        assert await projector.apply(batch(projector, events)) == events[-1].seq
+        assert await projector.apply(batch(projector, events[10:20])) == events[-1].seq
     assert await counts(pool) == before
     await assert_rows_equal_fold(pool, events)
 
@@ -194,11 +205,11 @@ async def test_projector_killed_mid_batch_resumes_and_equals_a_fresh_fold(
     status = ProjectionStatus(pool, ["vouchers"])
     first = Projector(nc, pool, applied, VoucherProjection(), status, batch=64)
     await first.checkpoint()
-    assert await first.apply(events[:100]) == events[99].seq
+    assert await first.apply(batch(first, events[:100])) == events[99].seq
 
     crashing = Projector(nc, pool, applied, _Crashing(VoucherProjection(), 30), status)  # type: ignore[arg-type]
     with pytest.raises(ConnectionResetError):
-        await crashing.apply(events[100:])
+        await crashing.apply(batch(crashing, events[100:]))
     # Nothing of the failed batch is visible: the checkpoint and the rows moved together.
     assert await first.checkpoint() == events[99].seq
     assert await pool.fetchval("SELECT max(seq) FROM redemptions") <= events[99].seq
@@ -217,7 +228,7 @@ async def test_projector_killed_mid_batch_resumes_and_equals_a_fresh_fold(
     # Audit is not part of this projector; project it to compare everything at once.
     audit = Projector(nc, pool, applied, AuditProjection(), status)
     await audit.checkpoint()
-    await audit.apply(events)
+    await audit.apply(batch(audit, events))
     await assert_rows_equal_fold(pool, events)
 
 
@@ -280,13 +291,13 @@ async def test_one_projector_applies_every_read_model_each_from_its_own_checkpoi
     status = ProjectionStatus(pool, ["vouchers", "audit"])
     ahead = Projector(nc, pool, applied, AuditProjection(), status)
     await ahead.checkpoint()
-    assert await ahead.apply(events[:120]) == events[119].seq
+    assert await ahead.apply(batch(ahead, events[:120])) == events[119].seq
 
     both = Projector(nc, pool, applied, [VoucherProjection(), AuditProjection()], status)
     assert both.name == "read_models"
     assert await both.checkpoint() == 0  # the lowest of the two: where its consumer starts
     # A batch that reaches past the audit checkpoint: vouchers from 1, audit from 121 only.
-    assert await both.apply(events[:200]) == events[199].seq
+    assert await both.apply(batch(both, events[:200])) == events[199].seq
     assert status.applied == {"vouchers": events[199].seq, "audit": events[199].seq}
     # A crash mid-batch rolls back every read model and every checkpoint together.
     crashing = Projector(
@@ -297,7 +308,7 @@ async def test_one_projector_applies_every_read_model_each_from_its_own_checkpoi
         status,
     )
     with pytest.raises(ConnectionResetError):
-        await crashing.apply(events[200:])
+        await crashing.apply(batch(crashing, events[200:]))
     assert await both.checkpoint() == events[199].seq
     assert await pool.fetchval("SELECT max(seq) FROM audit_log") == events[199].seq
     # The live loop resumes from the checkpoints and catches up with the stream.
@@ -309,3 +320,73 @@ async def test_one_projector_applies_every_read_model_each_from_its_own_checkpoi
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     await assert_rows_equal_fold(pool, events)
+
+
+class _Statements:
+    """A read model through its own statements (``Projection.apply``): a projector of these
+    decodes models and runs the statements, not the bulk appliers."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.tables = inner.tables
+
+    async def apply(self, conn: Conn, events: Sequence[StreamEvent]) -> None:
+        await self.inner.apply(conn, events)
+
+
+ROW_KEYS = {
+    "vouchers": "code",
+    "redemptions": "redemption_id",
+    "wallets": "customer_id",
+    "credit_entries": "seq",
+    "orders": "order_id",
+    "audit_log": "seq",
+}
+
+
+async def every_row(pool: asyncpg.Pool) -> dict[str, list[dict[str, Any]]]:
+    return {
+        table: [
+            dict(r)
+            for r in await pool.fetch(f"SELECT * FROM {table} ORDER BY {key}")  # noqa: S608
+        ]
+        for table, key in ROW_KEYS.items()
+    }
+
+
+async def test_the_live_bulk_path_leaves_the_rows_of_the_projections_statements(
+    store: JetStreamEventStore, nc: Client, applied: StreamsSpec, pool: asyncpg.Pool
+) -> None:
+    """The deployed projector decodes plain dicts and applies the rebuild's bulk appliers;
+    batches of any size, cutting through aggregates, and re-deliveries leave exactly the rows
+    that each projection's own statements leave, for every event type."""
+    await write_mixed_history(store, applied, 3000, flush_every=300)
+    events = await stream_events(nc, applied)
+    status = ProjectionStatus(pool, [p.name for p in ALL_PROJECTIONS])
+    statements = Projector(
+        nc,
+        pool,
+        applied,
+        [_Statements(p) for p in ALL_PROJECTIONS],
+        status,  # type: ignore[misc]
+    )
+    assert statements.decode is stream_event
+    await statements.checkpoint()
+    for start in range(0, len(events), 37):
+        await statements.apply(batch(statements, events[start : start + 37]))
+    expected = await every_row(pool)
+    assert {r["type"] for r in expected["audit_log"]} == set(CURRENT_VERSIONS)
+
+    await pool.execute(f"TRUNCATE {', '.join(ROW_KEYS)}")
+    await pool.execute("UPDATE projection_checkpoints SET last_seq = 0")
+    live = Projector(nc, pool, applied, ALL_PROJECTIONS, status)
+    assert live.decode is plain_event
+    start, sizes = 0, itertools.cycle((1, 7, 64, 500, 3, 200))
+    while start < len(events):
+        end = start + next(sizes)
+        assert await live.apply(batch(live, events[start:end])) == events[:end][-1].seq
+        # a re-delivery of an overlapping batch adds nothing
+        await live.apply(batch(live, events[max(0, start - 5) : end]))
+        start = end
+    assert await every_row(pool) == expected

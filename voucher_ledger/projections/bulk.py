@@ -12,7 +12,8 @@ A stream the live statements would refuse (a redemption of a code never issued, 
 twice, a credit movement that would make a wallet negative) is refused here too, with the same
 kind of error; the CHECK and UNIQUE constraints of the tables still guard every row written.
 
-The live projectors do not use this module: ``Projection.apply`` is unchanged.
+The live projector applies its batches with these too (``projector.Projector``, when every
+projection it runs has a bulk applier); ``Projection.apply`` is unchanged.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ last stream sequence applied). The checkpoint row is locked (``FOR UPDATE``) fir
 below it are skipped (re-delivery is harmless), and a gap (the next event is not checkpoint+1)
 aborts the batch and restarts the consumer from the checkpoint: the position lives in Postgres,
 never in the broker. Only the holder of the projector's lease runs it (one per name).
+
+The service's read models take the rebuild's path (``bulk.py``: events decoded into plain dicts,
+each table written with a few statements per batch, whatever its size); ``Projection.apply`` (a
+statement per event, on models) serves any other projection.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import heapq
 import itertools
 import json
 import logging
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeAlias
@@ -85,6 +90,8 @@ class Ops:
             else:
                 await conn.executemany(sql, rows)
 
+
+_SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 # Retry pauses of a failing projector, and how often a lasting failure is logged (seconds).
 RETRY_MIN, RETRY_MAX, OUTAGE_LOG_EVERY = 0.5, 5.0, 60.0
@@ -368,7 +375,37 @@ WITH cur AS (
 SELECT projection, last_seq FROM cur
 """
 
+# The usual case, sent with BEGIN by the simple protocol (no parameters: {names} are the
+# projector's constant projection names, {last} and {before} integers): every checkpoint that
+# stands right before the batch moves to its end; all are locked in name order until the commit;
+# the status ``UPDATE <n>`` says how many moved.
+_MOVE_ALL = """
+WITH cur AS (
+    SELECT projection, last_seq FROM projection_checkpoints
+    WHERE projection IN ({names}) ORDER BY projection FOR UPDATE
+)
+UPDATE projection_checkpoints AS p SET last_seq = {last}, updated_at = now()
+FROM cur WHERE p.projection = cur.projection AND cur.last_seq = {before}
+"""
+
 READ_MODELS = "read_models"
+
+Applier: TypeAlias = Callable[[Conn, Sequence[Any]], Awaitable[None]]
+
+
+def _appliers(
+    projections: Sequence[Projection],
+) -> tuple[Callable[[int, bytes], Any], list[Applier]]:
+    """How a projector decodes and applies a batch: as the rebuild does when every projection
+    has a bulk applier (plain dicts from ``decode_plain``, each table written with a few
+    statements per batch), else models through each ``Projection.apply``."""
+    # bulk.py builds on this module: imported when a projector is made.
+    from voucher_ledger.projections.bulk import bulk_for, plain_event
+
+    bulks = [bulk_for(p) for p in projections]
+    if all(b is not None for b in bulks):
+        return plain_event, [b.apply_bulk for b in bulks if b is not None]
+    return stream_event, [p.apply for p in projections]
 
 
 class Projector:
@@ -405,6 +442,15 @@ class Projector:
         self.durable = f"{spec.layout.upper}_PROJ_{self.name.upper()}"
         self.batches = 0
         self._stopped = False
+        self.decode, self._appliers = _appliers(self.projections)
+        self._conn: Conn | None = None  # held by the running loop
+        # BEGIN and the usual checkpoint move in one round trip (see _MOVE_ALL).
+        self._begin_sql = (
+            "BEGIN; " + _MOVE_ALL.replace("{names}", ", ".join(f"'{n}'" for n in self._names))
+            if all(_SAFE_NAME.match(n) for n in self._names)
+            else None
+        )
+        self._moved_all = f"UPDATE {len(self._names)}"
 
     def stop(self) -> None:
         self._stopped = True
@@ -462,51 +508,101 @@ class Projector:
         )
         await pulls.start()
         try:
-            while not self._stopped:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError
-                msgs = await pulls.next(timeout=0.5)
-                if msgs:
-                    await self.apply_messages(msgs)
+            # One connection for the loop's batches: a pool release costs a round trip (its
+            # reset query) per batch. A failure ends the loop, and the pool replaces a broken
+            # connection at the next start.
+            async with self._pool.acquire() as conn:
+                self._conn = conn
+                while not self._stopped:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise asyncio.CancelledError
+                    msgs = await pulls.next(timeout=0.5)
+                    if msgs:
+                        await self.apply_messages(msgs)
         finally:
+            self._conn = None
             with contextlib.suppress(Exception):
                 await pulls.stop()
 
     async def apply_messages(self, msgs: Sequence[Msg]) -> int:
-        reached = await self.apply([stream_event(stream_sequence(m), m.data) for m in msgs])
+        decode = self.decode
+        reached = await self.apply([decode(stream_sequence(m), m.data) for m in msgs])
         await msgs[-1].ack()  # AckAll: acknowledges the whole batch
         return reached
 
-    async def apply(self, events: Sequence[StreamEvent]) -> int:
-        """Apply one batch to every projection with its checkpoint, in one transaction.
-        Returns the lowest checkpoint after it."""
+    async def apply(self, events: Sequence[Any]) -> int:
+        """Apply one batch (of events made by ``self.decode``) to every projection with its
+        checkpoint, in one transaction. Returns the lowest checkpoint after it."""
         first, last = events[0].seq, events[-1].seq
-        async with self._pool.acquire() as conn, conn.transaction():
-            # The usual case, in one round trip: every checkpoint is right before the batch and
-            # moves to its end (locked until the commit).
-            rows = await conn.fetch(_LOCK_AND_ADVANCE, self._names, last, first - 1)
-            found = {row["projection"]: int(row["last_seq"]) for row in rows}
-            reached: dict[str, int] = {}
-            for projection in self.projections:
-                at = found.get(projection.name)
-                if at is None:
-                    raise GapError(f"no checkpoint row for projection {projection.name}")
-                if at == first - 1:
-                    await projection.apply(conn, events)
-                    reached[projection.name] = last
-                    continue
-                # Behind or ahead of the batch (a redelivery, or one projection rebuilt alone).
-                todo = [e for e in events if e.seq > at]
-                if todo and todo[0].seq != at + 1:
-                    raise GapError(f"{projection.name}: expected seq {at + 1}, got {todo[0].seq}")
-                if todo:
-                    await conn.execute(_ADVANCE, projection.name, last, at)
-                    await projection.apply(conn, todo)
-                reached[projection.name] = max(at, last) if todo else at
+        if self._conn is not None:
+            reached = await self._apply_on(self._conn, events, first, last)
+        else:
+            async with self._pool.acquire() as conn:
+                reached = await self._apply_on(conn, events, first, last)
         self.batches += 1
         status = self._status
         status.succeeded(self.name, self._names)
         for name, seq in reached.items():
             status.advance(name, seq)
         return min(reached.values())
+
+    async def _apply_on(
+        self, conn: Conn, events: Sequence[Any], first: int, last: int
+    ) -> dict[str, int]:
+        reached = await self._apply_usual(conn, events, first, last)
+        if reached is None:
+            async with conn.transaction():
+                reached = await self._apply_locked(conn, events, first, last)
+        return reached
+
+    async def _apply_usual(
+        self, conn: Conn, events: Sequence[Any], first: int, last: int
+    ) -> dict[str, int] | None:
+        """The usual batch (every checkpoint right before it) in its own transaction, whose
+        BEGIN travels with the checkpoint move; None (nothing done) for any other batch."""
+        begin = self._begin_sql
+        if begin is None:
+            return None
+        try:
+            moved = await conn.execute(begin.format(last=int(last), before=int(first) - 1))
+            if moved != self._moved_all:
+                await conn.execute("ROLLBACK")
+                return None
+            for apply in self._appliers:
+                await apply(conn, events)
+            await conn.execute("COMMIT")
+        except BaseException:
+            if conn.is_in_transaction():
+                with contextlib.suppress(Exception):
+                    await conn.execute("ROLLBACK")
+            raise
+        return dict.fromkeys(self._names, last)
+
+    async def _apply_locked(
+        self, conn: Conn, events: Sequence[Any], first: int, last: int
+    ) -> dict[str, int]:
+        """Any batch, inside the caller's transaction: each projection gets the events above
+        its own checkpoint."""
+        # Every checkpoint right before the batch moves to its end in this round trip (locked
+        # until the commit); the others are moved below.
+        rows = await conn.fetch(_LOCK_AND_ADVANCE, self._names, last, first - 1)
+        found = {row["projection"]: int(row["last_seq"]) for row in rows}
+        reached: dict[str, int] = {}
+        for projection, apply in zip(self.projections, self._appliers, strict=True):
+            at = found.get(projection.name)
+            if at is None:
+                raise GapError(f"no checkpoint row for projection {projection.name}")
+            if at == first - 1:
+                await apply(conn, events)
+                reached[projection.name] = last
+                continue
+            # Behind or ahead of the batch (a redelivery, or one projection rebuilt alone).
+            todo = [e for e in events if e.seq > at]
+            if todo and todo[0].seq != at + 1:
+                raise GapError(f"{projection.name}: expected seq {at + 1}, got {todo[0].seq}")
+            if todo:
+                await conn.execute(_ADVANCE, projection.name, last, at)
+                await apply(conn, todo)
+            reached[projection.name] = max(at, last) if todo else at
+        return reached
