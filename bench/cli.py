@@ -67,6 +67,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--no-rebuild", action="store_true", help="skip the rebuild figure")
     parser.add_argument(
+        "--rebuild-runs",
+        type=int,
+        default=3,
+        help="whole rebuilds of the stream; the median is the figure (default 3)",
+    )
+    parser.add_argument(
         "--catchup",
         action="store_true",
         help="also time the live projectors catching up from sequence 1 (always done when "
@@ -346,12 +352,23 @@ class Runner:
         log(f"rebuild: the {mode.name} service's stream")
         command: dict[str, Any] | None = None
         if await asyncio.to_thread(rebuild_command_exists):
+            # Several whole rebuilds of the same stream (each replays from sequence 1 and swaps
+            # in): a single one moves ~15 % with whatever else the 2 cores do. The median run
+            # is the figure; every run is reported.
+            runs: list[dict[str, Any]] = []
             try:
-                command = await rebuild_with_command(
-                    nats.url, prefix, database, secret, self.work / "rebuild.log"
-                )
+                for i in range(self.args.rebuild_runs):
+                    runs.append(
+                        await rebuild_with_command(
+                            nats.url, prefix, database, secret, self.work / f"rebuild-{i}.log"
+                        )
+                    )
             except RuntimeError as exc:
                 self.notes.append(f"`voucher-ledger rebuild` failed: {exc}")
+            if runs:
+                ranked = sorted(runs, key=lambda run: float(run["events_per_second"]))
+                command = dict(ranked[(len(ranked) - 1) // 2])
+                command["runs"] = [run["events_per_second"] for run in runs]
         catchup: dict[str, Any] | None = None
         if command is None or self.args.catchup:
             fresh = await pg.create_database("catchup")

@@ -262,6 +262,13 @@ def to_markdown(results: Results) -> str:
             )
         if "wall_seconds" in rebuild:
             lines.append(f"- the whole command, start-up included: {rebuild['wall_seconds']:.1f} s")
+        runs = rebuild.get("runs") or []
+        if len(runs) > 1:
+            shown = ", ".join(f"{float(r):,.0f}" for r in runs)
+            lines.append(
+                f"- {len(runs)} whole rebuilds of the same stream, in order: {shown} events/s; "
+                "the figure above is the median run"
+            )
         catchup = rebuild.get("catchup")
         if catchup:
             lines.append(

@@ -52,6 +52,9 @@ def test_quick_benchmark_writes_every_row_with_positive_figures(
             assert (row["http"]["ok"], row["http"]["other"]) == (row["http_expected_ok"], 0), key
     assert results["rebuild"]["events"] > 0
     assert results["rebuild"]["events_per_second"] > 0
+    runs = results["rebuild"]["runs"]  # three whole rebuilds, the median one is the figure
+    assert len(runs) == 3
+    assert results["rebuild"]["events_per_second"] == sorted(runs)[1]
 
     markdown = (out / "results.md").read_text()
     assert results["command"] in markdown
