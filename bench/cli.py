@@ -358,6 +358,9 @@ class Runner:
             runs: list[dict[str, Any]] = []
             try:
                 for i in range(self.args.rebuild_runs):
+                    # The storms' dirty pages written out first: a rebuild's figure is its
+                    # own work, not the checkpoint the storms left pending.
+                    await pg.checkpoint()
                     runs.append(
                         await rebuild_with_command(
                             nats.url, prefix, database, secret, self.work / f"rebuild-{i}.log"

@@ -116,6 +116,13 @@ class Postgres:
             await admin.close()
         return urlunsplit(urlsplit(self.url)._replace(path=f"/{name}"))
 
+    async def checkpoint(self) -> None:
+        admin = await asyncpg.connect(self.url)
+        try:
+            await admin.execute("CHECKPOINT")
+        finally:
+            await admin.close()
+
     async def drop_database(self, url: str) -> None:
         name = urlsplit(url).path.lstrip("/")
         admin = await asyncpg.connect(self.url)
