@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -476,3 +477,37 @@ async def test_verify_names_a_corrupted_row_and_the_cli_exits_1(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "match" in result.stdout
+
+
+async def test_a_rebuild_by_a_role_that_may_not_hurry_autovacuum_still_swaps(
+    applied: StreamsSpec, store: JetStreamEventStore, nc: Client, database: str
+) -> None:
+    """The swap asks for a short ``deadlock_timeout`` (so an autovacuum worker on a table it
+    moves is cancelled sooner); a role that may not set it (not a superuser, as on a managed
+    PostgreSQL) gets a refusal inside the swap's transaction, which must stay usable."""
+    role = f"vl_plain_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(database)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER")
+        parts = urlsplit(database)
+        await admin.execute(f'GRANT CREATE ON DATABASE "{parts.path.lstrip("/")}" TO {role}')
+        await admin.execute(f"GRANT ALL ON SCHEMA public TO {role}")
+        host = parts.netloc.rsplit("@", 1)[-1]  # host:port, or empty for a unix socket
+        plain_url = urlunsplit(parts._replace(netloc=f"{role}@{host}"))
+        pool = await asyncpg.create_pool(plain_url, min_size=1, max_size=6)
+        try:
+            assert await pool.fetchval("SELECT current_setting('is_superuser')") == "off"
+            async with pool.acquire() as conn:
+                await migrate(conn)
+            await write_history(store, applied, 600)
+            head = await store.last_sequence()
+            summary = await rebuild(pool, nc, applied, ALL_PROJECTIONS, batch=200)
+            assert (summary.reached, summary.events) == (head, head)
+            report = await verify(pool, nc, applied)
+            assert report.clean, report.differences[:20]
+        finally:
+            await pool.close()
+    finally:
+        await admin.execute(f"DROP OWNED BY {role}")
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()

@@ -214,6 +214,18 @@ async def _restore_indexes(conn: Conn, schema: str) -> None:
         await conn.execute("SET LOCAL search_path TO public")
 
 
+async def _hurry_autovacuum(conn: Conn) -> None:
+    """For the swap's transaction: an autovacuum worker on a table the swap moves (the tables
+    the previous swap or the live projector filled) holds the ALTER back until PostgreSQL's
+    deadlock check cancels it, after ``deadlock_timeout`` (1 s) per table: 2.7 s of a 5.3 s
+    rebuild, measured. Where this role may set it, the check comes after 50 ms instead."""
+    try:
+        async with conn.transaction():  # a savepoint: a refusal leaves the swap usable
+            await conn.execute("SET LOCAL deadlock_timeout = '50ms'")
+    except asyncpg.InsufficientPrivilegeError:
+        log.debug("rebuild: deadlock_timeout not settable; the swap may wait for autovacuum")
+
+
 _Applier = Callable[[Conn, Sequence[Any]], Awaitable[None]]
 
 
@@ -336,6 +348,7 @@ async def rebuild(
         # are locked in name order, as the projector locks them, so the two cannot deadlock.
         names = sorted(p.name for p in chosen)
         async with conn.transaction():
+            await _hurry_autovacuum(conn)
             await conn.execute(
                 "INSERT INTO projection_checkpoints (projection) SELECT unnest($1::text[]) "
                 "ON CONFLICT DO NOTHING",
