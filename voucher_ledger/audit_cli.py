@@ -238,6 +238,7 @@ async def _show(args: argparse.Namespace, settings: Settings) -> int:
     from voucher_ledger.commands.eventstore import EventStoreError, JetStreamEventStore
     from voucher_ledger.ledger.codes import normalise_code
     from voucher_ledger.ledger.errors import InvalidInput
+    from voucher_ledger.ledger.events import isoformat_z
     from voucher_ledger.timetravel import voucher_as_of
 
     try:
@@ -259,7 +260,7 @@ async def _show(args: argparse.Namespace, settings: Settings) -> int:
             ) from exc
     when = ""
     if args.at is not None:
-        when = f" at {_iso(args.at)}"
+        when = f" at {isoformat_z(args.at)}"
     elif args.seq is not None:
         when = f" at stream sequence {args.seq}"
     if state is None:
@@ -277,11 +278,11 @@ async def _show(args: argparse.Namespace, settings: Settings) -> int:
         f"  description  {_safe(v.description)}",
         f"  active       {_yes(v.active)}",
         f"  revoked      {_yes(v.revoked)}"
-        + (f" (at {_iso(state.revoked_at)})" if state.revoked_at else ""),
+        + (f" (at {isoformat_z(state.revoked_at)})" if state.revoked_at else ""),
         f"  redemptions  {v.times_redeemed} of {cap}",
         f"  accepting    {_yes(v.accepting_redemptions)}",
-        f"  created      {_iso(v.created_at)}",
-        f"  updated      {_iso(v.updated_at)}",
+        f"  created      {isoformat_z(v.created_at)}",
+        f"  updated      {isoformat_z(v.updated_at)}",
     ]
     print("\n".join(lines))
     return 0
@@ -289,10 +290,6 @@ async def _show(args: argparse.Namespace, settings: Settings) -> int:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
-
-
-def _iso(at: datetime) -> str:
-    return at.isoformat().replace("+00:00", "Z")
 
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,200}$")
@@ -315,6 +312,8 @@ def _safe(value: Any) -> str:
 
 def format_line(record: Any) -> str:
     """``seq  time  type  aggregate-id  key=value ...  by sub/role`` for one AuditRecord."""
+    from voucher_ledger.ledger.events import isoformat_z
+
     env = record.envelope
     fields = env.event.model_dump(mode="json")
     fields.pop("type", None)
@@ -325,7 +324,7 @@ def format_line(record: Any) -> str:
     keyed = " ".join(f"{k}={_safe(v)}" for k, v in fields.items())
     version = f" v{env.event.version}" if env.event.version != 1 else ""
     return (
-        f"{record.seq:>8}  {_iso(env.occurred_at)}  {env.event.type}{version:<4} "
+        f"{record.seq:>8}  {isoformat_z(env.occurred_at)}  {env.event.type}{version:<4} "
         f"{env.aggregate}:{_safe(env.aggregate_id)}  {keyed}  "
         f"by {_safe(env.actor.sub)}/{_safe(env.actor.role)}"
     ).rstrip()

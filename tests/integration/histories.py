@@ -112,6 +112,17 @@ class _Writer:
             await asyncio.gather(*(self._append(s, e) for s, e in pending[start : start + 16]))
 
 
+# Every read-model table and the column that orders its rows (for row-for-row comparisons).
+ROW_KEYS = {
+    "vouchers": "code",
+    "redemptions": "redemption_id",
+    "wallets": "customer_id",
+    "credit_entries": "seq",
+    "orders": "order_id",
+    "audit_log": "seq",
+}
+
+
 def _order(customer: str, order_id: str, total: int, promo: str | None) -> OpenOrder:
     return OpenOrder(
         customer_id=customer,

@@ -14,7 +14,7 @@ import pytest
 from nats.aio.client import Client
 
 from tests.conftest import HostFactory, wait_until
-from tests.integration.histories import write_mixed_history
+from tests.integration.histories import ROW_KEYS, write_mixed_history
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.ledger.commands import (
@@ -333,16 +333,6 @@ class _Statements:
 
     async def apply(self, conn: Conn, events: Sequence[StreamEvent]) -> None:
         await self.inner.apply(conn, events)
-
-
-ROW_KEYS = {
-    "vouchers": "code",
-    "redemptions": "redemption_id",
-    "wallets": "customer_id",
-    "credit_entries": "seq",
-    "orders": "order_id",
-    "audit_log": "seq",
-}
 
 
 async def every_row(pool: asyncpg.Pool) -> dict[str, list[dict[str, Any]]]:

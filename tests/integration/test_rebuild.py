@@ -25,7 +25,7 @@ import pytest
 from nats.aio.client import Client
 
 from tests.conftest import HostFactory
-from tests.integration.histories import write_mixed_history
+from tests.integration.histories import ROW_KEYS, write_mixed_history
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.ledger.commands import (
@@ -62,15 +62,6 @@ from voucher_ledger.streams import StreamsSpec
 EVENTS = int(os.environ.get("VL_REBUILD_EVENTS", "12000"))
 ADMIN = Actor(sub="admin", role="superadmin")
 PER_CODE = 1000  # one atomic batch per code: the issue and 999 redemptions
-
-TABLES = {
-    "vouchers": "code",
-    "redemptions": "redemption_id",
-    "wallets": "customer_id",
-    "credit_entries": "seq",
-    "orders": "order_id",
-    "audit_log": "seq",
-}
 
 
 def envelope(aggregate: str, key: str, event: Any, command_id: str) -> EventEnvelope:
@@ -164,7 +155,7 @@ async def write_history(store: JetStreamEventStore, spec: StreamsSpec, events: i
 async def rows(pool: asyncpg.Pool) -> dict[str, list[dict[str, Any]]]:
     out = {}
     async with pool.acquire() as conn:
-        for table, key in TABLES.items():
+        for table, key in ROW_KEYS.items():
             sql = f"SELECT * FROM {table} ORDER BY {key}"  # noqa: S608 - constant names
             out[table] = [dict(r) for r in await conn.fetch(sql)]
     return out
@@ -233,7 +224,7 @@ async def test_rebuild_equals_the_live_projection_row_for_row_and_verify_is_clea
     print(f"rebuild {summary.projection}: {summary.events_per_second:,.0f} events/s")
     assert summary.rows["redemptions"] == len(before["redemptions"])
     after = await rows(pool)
-    for table in TABLES:
+    for table in ROW_KEYS:
         assert after[table] == before[table], table
     report = await verify(pool, nc, applied)
     assert report.clean, report.differences[:20]
@@ -318,7 +309,7 @@ async def test_a_rebuild_of_every_event_type_in_many_batches_equals_the_live_row
 
     assert (summary.reached, summary.events) == (head, head)
     after = await rows(pool)
-    for table in TABLES:
+    for table in ROW_KEYS:
         assert after[table] == before[table], table
     assert [dict(r) for r in await pool.fetch(INDEXES)] == indexes
     assert [dict(r) for r in await pool.fetch(CONSTRAINTS)] == constraints

@@ -10,7 +10,7 @@ from pydantic import Field, TypeAdapter, field_validator
 
 from voucher_ledger.ledger.codes import validate_command_id
 from voucher_ledger.ledger.commands import AnyCommand
-from voucher_ledger.ledger.events import Actor, Frozen
+from voucher_ledger.ledger.events import Actor, Frozen, isoformat_z
 from voucher_ledger.ledger.voucher import RedemptionView, VoucherView
 from voucher_ledger.ledger.wallet import OrderView, WalletView
 
@@ -45,14 +45,9 @@ def encode_command(
     ``CommandEnvelope(...).model_dump_json()``)."""
     return (
         f'{{"command_id":{json.dumps(command_id)},"actor":{actor.model_dump_json()},'
-        f'"sent_at":"{_iso(sent_at)}","expires_at":"{_iso(expires_at)}",'
+        f'"sent_at":"{isoformat_z(sent_at)}","expires_at":"{isoformat_z(expires_at)}",'
         f'"command":{command.model_dump_json()}}}'
     ).encode()
-
-
-def _iso(at: datetime) -> str:
-    text = at.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 class Accepted(Frozen):

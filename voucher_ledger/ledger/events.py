@@ -326,6 +326,12 @@ def decode_envelope(raw: bytes) -> EventEnvelope:
     return _ENVELOPE.validate_python(doc)
 
 
+def isoformat_z(at: datetime) -> str:
+    """ISO 8601 as pydantic writes a datetime: UTC as ``Z``, any other offset as it is."""
+    text = at.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
 def encode_envelope(envelope: EventEnvelope) -> bytes:
     return envelope.model_dump_json().encode()
 

@@ -393,7 +393,7 @@ READ_MODELS = "read_models"
 Applier: TypeAlias = Callable[[Conn, Sequence[Any]], Awaitable[None]]
 
 
-def _appliers(
+def appliers_for(
     projections: Sequence[Projection],
 ) -> tuple[Callable[[int, bytes], Any], list[Applier]]:
     """How a projector decodes and applies a batch: as the rebuild does when every projection
@@ -442,7 +442,7 @@ class Projector:
         self.durable = f"{spec.layout.upper}_PROJ_{self.name.upper()}"
         self.batches = 0
         self._stopped = False
-        self.decode, self._appliers = _appliers(self.projections)
+        self.decode, self._appliers = appliers_for(self.projections)
         self._conn: Conn | None = None  # held by the running loop
         # BEGIN and the usual checkpoint move in one round trip (see _MOVE_ALL).
         self._begin_sql = (

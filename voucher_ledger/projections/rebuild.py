@@ -20,16 +20,22 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
 from nats.aio.client import Client
 
-from voucher_ledger.projections.bulk import BulkProjection, PlainEvent, bulk_for, plain_event
+from voucher_ledger.projections.bulk import PlainEvent, bulk_for
 from voucher_ledger.projections.migrate import discover
-from voucher_ledger.projections.projector import Conn, Projection, StreamEvent, stream_event
+from voucher_ledger.projections.projector import (
+    Applier,
+    Conn,
+    Projection,
+    StreamEvent,
+    appliers_for,
+)
 from voucher_ledger.projections.replay import read_events, stream_head
 from voucher_ledger.streams import StreamsSpec
 
@@ -226,21 +232,9 @@ async def _hurry_autovacuum(conn: Conn) -> None:
         log.debug("rebuild: deadlock_timeout not settable; the swap may wait for autovacuum")
 
 
-_Applier = Callable[[Conn, Sequence[Any]], Awaitable[None]]
-
-
-def _appliers(chosen: Sequence[Projection]) -> tuple[Callable[[int, bytes], Any], list[_Applier]]:
-    """How the events are decoded and applied: plain dicts through the bulk appliers when every
-    chosen projection has one, else models through ``Projection.apply``."""
-    bulks: list[BulkProjection | None] = [bulk_for(p) for p in chosen]
-    if all(b is not None for b in bulks):
-        return plain_event, [b.apply_bulk for b in bulks if b is not None]
-    return stream_event, [p.apply for p in chosen]
-
-
 def _keyed(chosen: Sequence[Projection]) -> dict[str, frozenset[str] | None]:
     """Per projection, the tables whose primary key its bulk applier needs while loading, or
-    None when the rebuild applies through ``Projection.apply`` (see :func:`_appliers`)."""
+    None when the rebuild applies through ``Projection.apply`` (see ``appliers_for``)."""
     bulks = [bulk_for(p) for p in chosen]
     if not all(b is not None for b in bulks):
         return {p.name: None for p in chosen}
@@ -248,7 +242,7 @@ def _keyed(chosen: Sequence[Projection]) -> dict[str, frozenset[str] | None]:
 
 
 async def _apply(
-    conn: Conn, schema: str, name: str, apply: _Applier, events: Sequence[PlainEvent | StreamEvent]
+    conn: Conn, schema: str, name: str, apply: Applier, events: Sequence[PlainEvent | StreamEvent]
 ) -> None:
     """Apply one batch to the shadow tables with the shadow checkpoint (inside a transaction)."""
     await conn.execute(f"SET LOCAL search_path TO {ident(schema)}")
@@ -280,7 +274,7 @@ async def rebuild(
     started = time.perf_counter()
     label = "+".join(p.name for p in chosen)
 
-    make, appliers = _appliers(chosen)
+    make, appliers = appliers_for(chosen)
 
     async def apply_all(
         conn: Conn, events: list[PlainEvent | StreamEvent], floor: dict[str, int]
@@ -292,7 +286,7 @@ async def rebuild(
                 floor[p.name] = todo[-1].seq
 
     async def apply_one(
-        conn: Conn, p: Projection, apply: _Applier, events: list[PlainEvent | StreamEvent]
+        conn: Conn, p: Projection, apply: Applier, events: list[PlainEvent | StreamEvent]
     ) -> None:
         todo = (
             events
