@@ -104,6 +104,17 @@ def test_credit_covers_the_total_reserve_capture_complete() -> None:
     )
 
 
+def interrupted(order_id: str) -> FailOrder:
+    """What recovery sends for a checkout cut off while its order was still opened."""
+    return FailOrder(
+        customer_id=CUSTOMER,
+        order_id=order_id,
+        reason="interrupted",
+        message="m",
+        expected_status="opened",
+    )
+
+
 def grant_credit(order_id: str, grant_omr: int) -> GrantCredit:
     return GrantCredit(
         customer_id=CUSTOMER,
@@ -174,13 +185,7 @@ def test_an_order_failed_between_grant_and_settle_takes_the_grant_back() -> None
     w.apply(open_order("o1", 0))
     w.apply(grant_credit("o1", 5), "grant-o1")
     w.apply(
-        FailOrder(
-            customer_id=CUSTOMER,
-            order_id="o1",
-            reason="interrupted",
-            message="m",
-            expected_status="opened",
-        ),
+        interrupted("o1"),
         "fail-o1",
     )
     assert w.types()[-2:] == ["wallet.grant_revoked", "order.failed"]
@@ -262,15 +267,7 @@ def test_recovery_fails_only_the_status_it_saw() -> None:
     w = Wallet()
     w.apply(open_order("o1", 0))
     w.apply(settle("o1"))
-    outcome = w.apply(
-        FailOrder(
-            customer_id=CUSTOMER,
-            order_id="o1",
-            reason="interrupted",
-            message="m",
-            expected_status="opened",
-        )
-    )
+    outcome = w.apply(interrupted("o1"))
     assert isinstance(outcome, Refused)
     assert outcome.error.reason == "order_closed"
     assert w.state.orders["o1"].status == "completed"

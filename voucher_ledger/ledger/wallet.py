@@ -28,6 +28,7 @@ from voucher_ledger.ledger.commands import (
     AttachSession,
     ConfirmPayment,
     FailOrder,
+    Grant,
     GrantCredit,
     OpenOrder,
     QueryOrder,
@@ -152,6 +153,16 @@ def initial_state(customer_id: str) -> WalletState:
 # ---------------------------------------------------------------------------------------- decide
 
 
+def _granted(customer_id: str, order_id: str, grant: Grant) -> CreditGranted:
+    return CreditGranted(
+        customer_id=customer_id,
+        redemption_id=grant.redemption_id,
+        code=grant.code,
+        order_id=order_id,
+        amount_baisa=grant.amount_baisa,
+    )
+
+
 def decide(state: WalletState, command: WalletCommandT) -> list[WalletEventT]:
     who = state.customer_id
     match command:
@@ -182,15 +193,7 @@ def decide(state: WalletState, command: WalletCommandT) -> list[WalletEventT]:
             grant = command.grant
             if grant is not None and grant.redemption_id not in state.grants:
                 granted = grant.amount_baisa
-                events.append(
-                    CreditGranted(
-                        customer_id=who,
-                        redemption_id=grant.redemption_id,
-                        code=grant.code,
-                        order_id=order.order_id,
-                        amount_baisa=granted,
-                    )
-                )
+                events.append(_granted(who, order.order_id, grant))
             applied = min(state.available_baisa + granted, order.total_baisa)
             due = order.total_baisa - applied
             if due > 0 and not command.payment_available:
@@ -232,15 +235,7 @@ def decide(state: WalletState, command: WalletCommandT) -> list[WalletEventT]:
                 return []
             if order.status != "opened":
                 raise OrderClosed(order.order_id, order.status)
-            return [
-                CreditGranted(
-                    customer_id=who,
-                    redemption_id=grant.redemption_id,
-                    code=grant.code,
-                    order_id=order.order_id,
-                    amount_baisa=grant.amount_baisa,
-                )
-            ]
+            return [_granted(who, order.order_id, grant)]
         case AttachSession():
             order = state.order(command.order_id)
             if order.session_id == command.session_id:
