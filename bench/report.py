@@ -90,13 +90,20 @@ def service_table(results: Results) -> list[str]:
     lines = [
         "| durability | workload | clients | redeemed: baseline / bus / HTTP (expected) "
         "| projection lag p99, bus storm | projection lag p99, HTTP storm "
-        "| drain after bus storm s | service RSS peak MiB (bus / HTTP storm) |",
-        "|---|---|---:|---|---:|---:|---:|---:|",
+        "| drain after bus storm s | events per append, ms per append (bus / HTTP storm) "
+        "| service RSS peak MiB (bus / HTTP storm) |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for row in results["rows"]:
         bus, http = row.get("bus"), row.get("http")
         rss = " / ".join(
             _num(r["rss_peak_mb"], 1) if r and "rss_peak_mb" in r else "–" for r in (bus, http)
+        )
+        per_append = " / ".join(
+            f"{_num(r['events_per_append'], 1)}, {_num(r.get('append_ms') or 0, 1)} ms"
+            if r and r.get("events_per_append")
+            else "–"
+            for r in (bus, http)
         )
         lines.append(
             "| "
@@ -109,6 +116,7 @@ def service_table(results: Results) -> list[str]:
                     _lag(bus),
                     _lag(http),
                     f"{bus['drain_s']:.2f}" if bus and "drain_s" in bus else "–",
+                    per_append,
                     rss,
                 ]
             )

@@ -12,11 +12,13 @@ import asyncio
 import bisect
 import contextlib
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import aiohttp
 import asyncpg
 from nats.aio.client import Client
 
@@ -39,6 +41,10 @@ Wrap = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
 ADMIN = Actor(sub="bench-admin", role="superadmin")
 CREDIT_BAISA = 5_000
 SEND_TIMEOUT = 60.0
+APPEND_COUNTERS = re.compile(
+    r"^voucher_ledger_processor_(appends|events_appended|append_seconds)_total (\S+)$",
+    re.MULTILINE,
+)
 
 
 class ServiceError(RuntimeError):
@@ -188,6 +194,27 @@ class Service:
             await asyncio.sleep(0.02)
         return time.perf_counter() - started
 
+    async def appends(self) -> tuple[int, int, float] | None:
+        """The processors' appends, events appended and seconds appending so far (serve's
+        ``/metrics``), or None if the service does not say."""
+        url = f"http://127.0.0.1:{self.process.port}/metrics"
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as reply,
+            ):
+                text = await reply.text()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        found = dict(APPEND_COUNTERS.findall(text))
+        if len(found) < 3:
+            return None
+        return (
+            int(float(found["appends"])),
+            int(float(found["events_appended"])),
+            float(found["append_seconds"]),
+        )
+
     async def issue(self, codes: Sequence[str], cap: int, clients: int = 64) -> None:
         unique = list(dict.fromkeys(codes))
 
@@ -242,6 +269,7 @@ class Service:
     ) -> RunStats:
         """Drive a storm with the lag sampler and the CPU meter on (and ``wrap``, e.g. a
         profiler, around exactly the storm); then let the projections drain."""
+        appends_before = await self.appends()
         async with contextlib.AsyncExitStack() as stack:
             if wrap is not None:
                 await stack.enter_async_context(wrap())
@@ -249,6 +277,14 @@ class Service:
                 async with LagSampler(self) as sampler:
                     stats = await drive(workload.clients, items, attempt)
         drain = await self.wait_projections()
+        appends_after = await self.appends()
+        if appends_before is not None and appends_after is not None:
+            appends = appends_after[0] - appends_before[0]
+            events = appends_after[1] - appends_before[1]
+            stats.extra["appends"] = appends
+            seconds = appends_after[2] - appends_before[2]
+            stats.extra["events_per_append"] = round(events / appends, 1) if appends else None
+            stats.extra["append_ms"] = round(1000 * seconds / appends, 2) if appends else None
         stats.extra.update(sampler.summary())
         stats.extra["drain_s"] = round(drain, 3)
         stats.extra["cpu_s"] = cpu.seconds

@@ -98,6 +98,25 @@ class DirectDispatch:
         await self._passthrough(sid, subject, reply, data, headers)
 
 
+def write_now(nc: Client) -> None:
+    """Hand what the client has buffered to its socket now, as nats.py's flusher task would
+    once the event loop gets to it. A processor that has just sent an append and goes on to
+    reply to the round before does not make the append wait behind that work. Does nothing
+    if the client is not connected or nats.py's internals are not as expected (the flusher
+    still writes everything)."""
+    pending = getattr(nc, "_pending", None)
+    transport = getattr(nc, "_transport", None)
+    if not pending or transport is None or not nc.is_connected:
+        return
+    if not isinstance(pending, list) or not isinstance(
+        getattr(nc, "_pending_data_size", None), int
+    ):
+        return
+    transport.writelines(pending[:])
+    nc._pending = []
+    nc._pending_data_size = 0
+
+
 def status_of(headers: bytes | None) -> bytes | None:
     """The inline status of a message (``NATS/1.0 503\\r\\n...`` -> ``b"503"``), or None."""
     if headers and headers[8:9] == b" ":
@@ -119,4 +138,4 @@ def header_value(headers: bytes | None, name: bytes) -> str | None:
     return headers[start : end if end >= 0 else len(headers)].strip().decode()
 
 
-__all__ = ["DirectDispatch", "DirectHandler", "header_value", "status_of"]
+__all__ = ["DirectDispatch", "DirectHandler", "header_value", "status_of", "write_now"]

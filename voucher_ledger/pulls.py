@@ -20,8 +20,10 @@ back after the consumer's ``ack_wait``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -141,9 +143,9 @@ class PullLoop:
         self._open += self._batch
         self._open_until = now + self._expires + _EXPIRY_MARGIN
 
-    async def next(self, timeout: float) -> list[Msg]:
+    async def next(self, timeout: float, *, until: asyncio.Future[Any] | None = None) -> list[Msg]:
         """The deliveries that arrived (at least one, at most a batch), or ``[]`` after
-        ``timeout``."""
+        ``timeout`` or, with nothing arrived, as soon as ``until`` is done."""
         if self._sub is None:
             raise RuntimeError("pull loop not started")
         loop = asyncio.get_running_loop()
@@ -158,20 +160,29 @@ class PullLoop:
                 return out
             await self._top_up(now)
             remaining = deadline - now
-            if remaining <= 0:
+            if remaining <= 0 or (until is not None and until.done()):
                 return []
             if self._open <= 0:  # waiting out a 409: wake up when a request may be sent again
                 remaining = min(remaining, max(0.001, self._quiet_until - now))
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiter = waiter
             timer = loop.call_later(remaining, _wake, waiter)
+            wake_on_done = functools.partial(_wake_on, waiter)
+            if until is not None:
+                until.add_done_callback(wake_on_done)
             try:
                 await waiter
             finally:
                 timer.cancel()
+                if until is not None:
+                    until.remove_done_callback(wake_on_done)
                 self._waiter = None
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _wake_on(waiter: asyncio.Future[None], _done: asyncio.Future[Any]) -> None:
+    _wake(waiter)

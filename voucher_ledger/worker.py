@@ -67,6 +67,8 @@ class ProcessorReport:
                 "commands": [[t, o, n] for (t, o), n in self.stats.commands.items()],
                 "conflicts": self.stats.conflicts,
                 "events_appended": self.stats.events_appended,
+                "appends": self.stats.appends,
+                "append_seconds": self.stats.append_seconds,
             }
         ).encode()
 
@@ -77,6 +79,8 @@ class ProcessorReport:
             commands=Counter({(str(t), str(o)): int(n) for t, o, n in raw["commands"]}),
             conflicts=int(raw["conflicts"]),
             events_appended=int(raw["events_appended"]),
+            appends=int(raw.get("appends", 0)),
+            append_seconds=float(raw.get("append_seconds", 0.0)),
         )
         return cls([int(p) for p in raw["partitions"]], stats)
 

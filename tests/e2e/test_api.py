@@ -962,6 +962,11 @@ async def test_metrics_expose_command_counter_and_request_latency(api: Api) -> N
     ), text[:2000]
     assert 'route="unmatched",status="404"' in text
     assert "voucher_ledger_projection_lag_events" in text
+    appends = re.search(r"^voucher_ledger_processor_appends_total (\S+)$", text, re.M)
+    events = re.search(r"^voucher_ledger_processor_events_appended_total (\S+)$", text, re.M)
+    assert appends is not None, text[:2000]
+    assert events is not None, text[:2000]
+    assert 1 <= float(appends.group(1)) <= float(events.group(1))
 
 
 async def test_openapi_documents_exactly_the_routes_the_app_serves(api: Api) -> None:

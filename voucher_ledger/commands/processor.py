@@ -1,19 +1,29 @@
 """The sequential command processor of one partition.
 
-For each fetched batch of commands: group by aggregate (a voucher code or a customer's wallet;
-arrival order kept within one), decide each aggregate's commands one by one against its
-in-memory state, and append the new events of ALL the aggregates together (the event store's
-group commit: one atomic batch, shared with the other partitions' processors, in which each
-aggregate's first message carries its own ``Nats-Expected-Last-Subject-Sequence``), then reply
-and ack. An aggregate whose expectation was wrong is reloaded from the stream and its commands
-are decided again; the others' appends stand.
+Commands are grouped by aggregate (a voucher code or a customer's wallet; arrival order kept
+within one) and decided one by one against the aggregate's in-memory state; the new events of
+ALL the aggregates decided together go out as one append (the event store's group commit: one
+atomic batch, shared with the other partitions' processors, in which each aggregate's first
+message carries its own ``Nats-Expected-Last-Subject-Sequence``), then the commands are
+answered and acked. An aggregate whose expectation was wrong is reloaded from the stream and
+its commands are decided again; the others' appends stand.
+
+Pipelined: while one append is in flight, the commands that arrive are decided against the
+outcome it will have (its aggregates' states as decided, sequences not yet known) and go out
+as the next append the moment it is acknowledged, each aggregate expecting the last sequence
+that append got; the answers to the first are worked out after the next one is on the wire.
+The expectation keeps this exact: if the append in flight conflicts or fails, nothing decided
+after it for the same aggregate is sent; those commands are decided again from the stream.
+Only one append per partition is in flight at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,9 +40,11 @@ from voucher_ledger.commands.eventstore import (
     MAX_BATCH,
     ConcurrencyConflict,
     JetStreamEventStore,
+    PartResult,
 )
 from voucher_ledger.commands.layout import Layout
 from voucher_ledger.commands.wire import REPLY_HEADER, Accepted, CommandEnvelope, Rejected
+from voucher_ledger.direct import write_now
 from voucher_ledger.ledger import voucher, wallet
 from voucher_ledger.ledger.errors import CommandExpired, DomainError
 from voucher_ledger.ledger.events import EventEnvelope, RecordedEvent
@@ -53,6 +65,7 @@ class ProcessorStats:
     conflicts: int = 0
     loads: int = 0
     appends: int = 0
+    append_seconds: float = 0.0  # wall time of the appends counted in ``appends``
     events_appended: int = 0
     batches: int = 0
 
@@ -168,8 +181,13 @@ class _Item:
 
 @dataclass
 class _Plan:
-    """One aggregate's share of an atomic batch: the commands decided, their new events, and
-    the state they were decided against (whose last sequence the append expects)."""
+    """One aggregate's share of an append: the commands decided (in arrival order), their new
+    events, and the state they were decided against, whose last sequence the append expects.
+
+    A plan decided while the append before it is in flight (``after``) starts from that
+    append's outcome as decided (``working`` of its plan there): the events are the same
+    whatever sequences they get, but the expectation is known, and the plan kept, only once
+    that append is acknowledged (:meth:`PartitionProcessor._settle`)."""
 
     key: AggregateKey
     kind: _VoucherKind | _WalletKind
@@ -178,18 +196,32 @@ class _Plan:
     items: list[_Item]
     new: list[tuple[EventEnvelope, str]]  # (event, the causing command's fingerprint)
     outcomes: list[Rejected | tuple[str, bool]]
+    working: Any  # the state after ``new`` (their stream sequences not known yet)
+    expect: int  # the subject's last sequence the append expects
+    after: _Round | None = None
 
 
-def _consume(groups: dict[AggregateKey, list[_Item]], plan: _Plan) -> None:
-    """Drop the commands ``plan`` dealt with from the pending ``groups``."""
-    rest = groups[plan.key][len(plan.items) :]
-    if rest:
-        groups[plan.key] = rest
-    else:
-        del groups[plan.key]
+@dataclass
+class _Round:
+    """An append in flight: the plans whose events it carries, and its task."""
+
+    plans: dict[AggregateKey, _Plan]
+    task: asyncio.Task[list[PartResult]] = field(init=False)
+    started: float = field(default_factory=time.perf_counter)
+    ended: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.ended - self.started
 
 
 class PartitionProcessor:
+    """The loop of one partition, pipelined: while one append is in flight, the commands that
+    arrive are decided against the outcome it will have, and go out as the next append as soon
+    as it is acknowledged; the replies and acks of the first follow that next append instead
+    of holding it back. A hot code's commands are therefore decided while the server stores
+    the round before (bench/README.md, session 6)."""
+
     def __init__(
         self,
         nc: Client,
@@ -219,6 +251,17 @@ class PartitionProcessor:
             "voucher": _VoucherKind(policy),
             "wallet": _WalletKind(),
         }
+        # Commands not decided yet, per aggregate in arrival order; the plans of the next
+        # append (decided); the append in flight; consecutive rounds with a conflict.
+        self._groups: dict[AggregateKey, list[_Item]] = {}
+        self._next: dict[AggregateKey, _Plan] = {}
+        self._inflight: _Round | None = None
+        self._attempt = 0
+
+    @property
+    def decided_ahead(self) -> int:
+        """Commands decided for the next append and not sent yet (tests, diagnostics)."""
+        return sum(len(plan.items) for plan in self._next.values())
 
     def stop(self) -> None:
         """Ask the loop to end after the current batch (cancellation alone can be swallowed
@@ -249,98 +292,219 @@ class PartitionProcessor:
         )
         try:
             while not self._should_stop():
+                flight = self._inflight
+                # No waiting while decided or undecided commands could go out now; with an
+                # append in flight, wake up for new commands or for its end.
+                ready = flight is None and (self._groups or self._next)
                 try:
-                    msgs = await pulls.next(timeout=1.0)
+                    msgs = await pulls.next(
+                        timeout=0.0 if ready else 1.0,
+                        until=None if flight is None else flight.task,
+                    )
                 except nats.errors.ConnectionClosedError:
                     return
                 except (nats.errors.Error, OSError) as exc:
                     log.warning("partition %d: pull failed: %r", self.partition, exc)
                     await asyncio.sleep(0.5)
                     continue
-                if msgs and not self._should_stop():
-                    await self.process(msgs)
+                if self._should_stop():
+                    break
+                await self._turn(msgs)
+            # Stopping: what was taken is finished (decided, appended, answered).
+            await self.drain()
         finally:
+            flight, self._inflight = self._inflight, None
+            if flight is not None and not flight.task.done():
+                flight.task.cancel()  # cancelled mid-append: its commands come back
+                with contextlib.suppress(BaseException):
+                    await flight.task
             try:
                 await pulls.stop()
             except Exception:  # noqa: BLE001 - best effort while shutting down
                 log.debug("partition %d: unsubscribe failed", self.partition)
 
     async def process(self, msgs: Sequence[Msg]) -> None:
+        """Decide, append and answer ``msgs`` (and whatever is pending) to the end."""
+        await self._turn(msgs)
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Take every pending command to its end: decided, appended, answered and acked (or
+        left unacked to come back, after a failure)."""
+        while self._groups or self._next or self._inflight is not None:
+            flight = self._inflight
+            if flight is not None and not flight.task.done():
+                await asyncio.wait({flight.task})
+            await self._turn(())
+
+    async def _turn(self, msgs: Sequence[Msg]) -> None:
+        """One step: an append that is over is settled first (and the next one sent at once),
+        then the new commands are decided into the next append, which goes out now if none is
+        in flight."""
+        flight = self._inflight
+        if flight is not None and flight.task.done():
+            await self._settle(flight)
+        if msgs:
+            await self._take(msgs)
+        if self._groups:
+            await self._decide_pending()
+        if self._inflight is None and self._next:
+            await self._launch()
+
+    async def _take(self, msgs: Sequence[Msg]) -> None:
         self._stats.batches += 1
-        groups: dict[AggregateKey, list[_Item]] = {}
         for msg in msgs:
             try:
                 envelope = CommandEnvelope.model_validate_json(msg.data)
             except (ValidationError, DomainError, ValueError) as exc:
                 await self._refuse_malformed(msg, exc)
                 continue
-            groups.setdefault(envelope.command.aggregate, []).append(_Item(msg, envelope))
-        attempt = 0
-        while groups:
-            try:
-                conflicts = await self._process_round(groups)
-            except Exception as exc:  # noqa: BLE001 - logged; the commands come back
-                # Not acked: the commands come back after ack_wait and are decided again.
-                log.error(
-                    "partition %d: %d aggregates failed: %r", self.partition, len(groups), exc
-                )
-                return
-            if conflicts:
-                attempt += 1
-                if attempt > MAX_CONFLICT_RETRIES:
-                    log.error("partition %d: conflicts persist: %s", self.partition, list(groups))
-                    return
-                await self._store.sleep_backoff(attempt)
+            self._groups.setdefault(envelope.command.aggregate, []).append(_Item(msg, envelope))
 
-    async def _process_round(self, groups: dict[AggregateKey, list[_Item]]) -> int:
-        """Decide the pending commands of every aggregate (up to one atomic batch's worth) and
-        append all their events together (the event store's group commit: one atomic batch,
-        each aggregate's first message with its own expected subject sequence); reply and ack.
-        What was done leaves ``groups``; an aggregate whose append conflicted is dropped from
-        the cache and stays in ``groups``, to be reloaded and decided again. Returns the number
-        of conflicts."""
-        await self._ensure_loaded(groups)
-        plans: list[_Plan] = []
-        budget = MAX_BATCH
-        for key, items in groups.items():
-            if budget <= 0:
-                break
-            plan = self._decide(key, items, budget)
-            budget -= len(plan.new)
-            plans.append(plan)
+    async def _launch(self) -> None:
+        """Send the decided plans as the next append (in a task of its own); its batch is
+        written out before the caller goes on."""
+        flight = _Round(self._next)
+        flight.task = asyncio.create_task(self._append(flight))
+        self._next = {}
+        self._inflight = flight
+        await asyncio.sleep(0)  # the task publishes its batch ...
+        write_now(self._nc)  # ... and it goes to the socket now, not after the caller's work
+
+    async def _append(self, flight: _Round) -> list[PartResult]:
         try:
-            results = await self._store.append_parts(
-                [(p.subject, p.state.last_seq, [env for env, _ in p.new]) for p in plans]
+            return await self._store.append_parts(
+                [(p.subject, p.expect, [env for env, _ in p.new]) for p in flight.plans.values()]
             )
-        except Exception:
-            for plan in plans:
-                if plan.new:  # the append may or may not have landed: reload next time
+        finally:
+            flight.ended = time.perf_counter()
+
+    async def _settle(self, flight: _Round) -> None:
+        """An append is over: send the next one (its expectations now known), then work out
+        the final states of the aggregates it stored (cached), answer and ack their commands.
+        An aggregate whose expectation was wrong is dropped from the cache and its commands,
+        with those decided after them, go back to be decided again (after a backoff)."""
+        self._inflight = None
+        try:
+            results: list[PartResult] | None = flight.task.result()
+        except Exception as exc:  # noqa: BLE001 - the append's failure, handled here
+            # It may or may not have landed: reload next time. Not acked, its commands come
+            # back after ack_wait and are decided again.
+            log.error(
+                "partition %d: %d aggregates failed: %r", self.partition, len(flight.plans), exc
+            )
+            results = None
+        stored: list[tuple[_Plan, list[RecordedEvent]]] = []
+        failed: dict[AggregateKey, list[_Item]] = {}
+        if results is None:
+            for plan in flight.plans.values():
+                if plan.new:
                     self.cache.drop(plan.key)
-            raise
-        conflicts = 0
-        for plan, result in zip(plans, results, strict=True):
-            if isinstance(result, ConcurrencyConflict):
-                conflicts += 1
-                self.cache.drop(plan.key)
-                continue
+                    failed[plan.key] = []
+        else:
+            for plan, result in zip(flight.plans.values(), results, strict=True):
+                if isinstance(result, ConcurrencyConflict):
+                    self.cache.drop(plan.key)
+                    failed[plan.key] = plan.items
+                else:
+                    stored.append((plan, result))
+        for key, items in failed.items():
+            later = self._next.pop(key, None)
+            if later is not None:
+                items = items + later.items
+            if items:
+                self._groups[key] = items + self._groups.pop(key, [])
+        waiting = {key: plan for key, plan in self._next.items() if plan.after is flight}
+        for plan, result in stored:
+            if plan.key in waiting and result:
+                waiting[plan.key].expect = result[-1].seq
+        if self._next:
+            await self._launch()
+        for plan, result in stored:
             final = plan.state
             for rec, (_, fingerprint) in zip(result, plan.new, strict=True):
                 final = plan.kind.evolve(final, rec, fingerprint)
             if plan.new:
                 self._stats.events_appended += len(plan.new)
                 self.cache.put(plan.key, final)
+                later = waiting.get(plan.key)
+                if later is not None:
+                    later.state = final
+                    later.after = None
             await self._finish(plan.kind, plan.items, plan.outcomes, final)
-            _consume(groups, plan)
-        if any(p.new for p in plans):
+        if stored:
+            write_now(self._nc)
+        if any(plan.new for plan, _ in stored):
             self._stats.appends += 1
+            self._stats.append_seconds += flight.seconds
+        conflicts = sum(1 for items in failed.values() if items) if results is not None else 0
         self._stats.conflicts += conflicts
-        return conflicts
+        if results is None:
+            return
+        if not conflicts:
+            self._attempt = 0
+            return
+        self._attempt += 1
+        if self._attempt > MAX_CONFLICT_RETRIES:
+            # Not acked: they come back after ack_wait.
+            log.error("partition %d: conflicts persist: %s", self.partition, list(self._groups))
+            self._groups.clear()
+            self._attempt = 0
+            return
+        await self._store.sleep_backoff(self._attempt)
 
-    async def _ensure_loaded(self, groups: dict[AggregateKey, list[_Item]]) -> None:
+    async def _decide_pending(self) -> None:
+        """Decide the undecided commands into the next append (up to one atomic batch's worth
+        of events), against the state each aggregate will have when it goes out."""
+        await self._ensure_loaded()
+        budget = MAX_BATCH - sum(len(p.new) for p in self._next.values())
+        for key in list(self._groups):
+            if budget <= 0:
+                break
+            items = self._groups[key]
+            plan = self._next.get(key)
+            if plan is None:
+                state, after = self._base(key)
+                plan = _Plan(
+                    key=key,
+                    kind=self._kinds[key[0]],
+                    subject=self._layout.event_subject(*key),
+                    state=state,
+                    items=[],
+                    new=[],
+                    outcomes=[],
+                    working=state,
+                    expect=0 if after is not None else state.last_seq,
+                    after=after,
+                )
+            before = len(plan.new)
+            taken = self._decide(plan, items, budget, first=not self._next)
+            if not taken:
+                break
+            budget -= len(plan.new) - before
+            self._next[key] = plan
+            rest = items[taken:]
+            if rest:
+                self._groups[key] = rest
+            else:
+                del self._groups[key]
+
+    def _base(self, key: AggregateKey) -> tuple[Any, _Round | None]:
+        """The state a command for ``key`` is decided against: the outcome of the append in
+        flight if it carries events of ``key``, otherwise the cached state."""
+        flight = self._inflight
+        if flight is not None:
+            plan = flight.plans.get(key)
+            if plan is not None and plan.new:
+                return plan.working, flight
+        return self.cache.get(key), None
+
+    async def _ensure_loaded(self) -> None:
         """Load (concurrently) the aggregates not in the cache. One that cannot be loaded is
-        left out of this batch (its commands are not acked and come back) without holding up
-        the others."""
-        missing = [key for key in groups if self.cache.get(key) is None]
+        left out (its commands are not acked and come back) without holding up the others."""
+        missing = [
+            key for key in self._groups if key not in self._next and self._base(key)[0] is None
+        ]
         if not missing:
             return
         states = await asyncio.gather(*(self._load(key) for key in missing), return_exceptions=True)
@@ -349,20 +513,20 @@ class PartitionProcessor:
                 if not isinstance(state, Exception):
                     raise state
                 log.error("partition %d: loading %s %s failed: %r", self.partition, *key, state)
-                del groups[key]
-            else:
+                self._groups.pop(key, None)
+            elif self._base(key)[0] is None:
                 self.cache.put(key, state)
 
-    def _decide(self, key: AggregateKey, items: list[_Item], budget: int) -> _Plan:
-        """Decide ``items`` in order against the cached state, up to ``budget`` new events
-        (at least one command)."""
-        kind = self._kinds[key[0]]
-        state = self.cache.get(key)
-        working = state
-        new: list[tuple[EventEnvelope, str]] = []
-        # a rejection, or the command id to look up (with whether it was a replay)
-        outcomes: list[Rejected | tuple[str, bool]] = []
+    def _decide(self, plan: _Plan, items: list[_Item], budget: int, *, first: bool) -> int:
+        """Decide ``items`` in order onto ``plan`` (from its ``working`` state), up to
+        ``budget`` new events (the first command of an empty append whatever its size).
+        Returns how many of ``items`` were decided."""
+        kind = plan.kind
+        key = plan.key
+        working = plan.working
         now = datetime.now(UTC)
+        taken = 0
+        added = 0
         for item in items:
             env = item.envelope
             outcome = kind.handle(working, env.command, env.command_id)
@@ -370,13 +534,13 @@ class PartitionProcessor:
                 if env.expires_at is not None and env.expires_at < now:
                     # Already-applied commands still replay; a new one is not applied late.
                     outcome = Refused(CommandExpired(env.command_id))
-                elif len(new) + len(outcome.events) > budget and (outcomes or budget < MAX_BATCH):
-                    break  # the rest in the next batch (a batch takes at least one command)
+                elif added + len(outcome.events) > budget and (taken or plan.items or not first):
+                    break  # the rest in a later append (an append takes at least one command)
             match outcome:
                 case Refused(error=error):
-                    outcomes.append(rejected_from(env.command_id, error))
+                    plan.outcomes.append(rejected_from(env.command_id, error))
                 case Replayed():
-                    outcomes.append((env.command_id, True))
+                    plan.outcomes.append((env.command_id, True))
                 case Decided(events=events):
                     fingerprint = env.command.fingerprint()
                     for event in events:
@@ -396,17 +560,13 @@ class PartitionProcessor:
                             RecordedEvent.model_construct(seq=0, envelope=envelope),
                             fingerprint,
                         )
-                        new.append((envelope, fingerprint))
-                    outcomes.append((env.command_id, False))
-        return _Plan(
-            key=key,
-            kind=kind,
-            subject=self._layout.event_subject(*key),
-            state=state,
-            items=items[: len(outcomes)],
-            new=new,
-            outcomes=outcomes,
-        )
+                        plan.new.append((envelope, fingerprint))
+                    added += len(events)
+                    plan.outcomes.append((env.command_id, False))
+            plan.items.append(item)
+            taken += 1
+        plan.working = working
+        return taken
 
     async def _refuse_malformed(self, msg: Msg, exc: Exception) -> None:
         log.warning("partition %d: malformed command dropped: %s", self.partition, exc)

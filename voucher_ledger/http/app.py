@@ -503,6 +503,11 @@ async def metrics(request: web.Request) -> web.Response:
         counters["voucher_ledger_processor_events_appended_total"] = [
             ((), float(stats.events_appended))
         ]
+        # Appends that stored events: events_appended / appends is the mean events per append.
+        counters["voucher_ledger_processor_appends_total"] = [((), float(stats.appends))]
+        counters["voucher_ledger_processor_append_seconds_total"] = [
+            ((), round(stats.append_seconds, 6))
+        ]
         gauges["voucher_ledger_processor_partitions_held"] = [((), float(len(report.partitions)))]
     text = request.app[METRICS].render(gauges, counters)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
