@@ -50,6 +50,7 @@ from voucher_ledger.ledger.voucher import Decided
 from voucher_ledger.ledger.wallet import evolve as wallet_evolve
 from voucher_ledger.ledger.wallet import handle as wallet_handle
 from voucher_ledger.ledger.wallet import initial_state as wallet_initial
+from voucher_ledger.projections import rebuild as rebuild_module
 from voucher_ledger.projections import replay
 from voucher_ledger.projections.host import ProjectorHost
 from voucher_ledger.projections.migrate import migrate
@@ -401,6 +402,42 @@ async def test_the_summary_says_where_the_time_went(
     assert list(summary.steps) == ["prepare", "replay", "keys", "swap", "drop", "count"]
     assert all(seconds >= 0 for seconds in summary.steps.values())
     assert sum(summary.steps.values()) == pytest.approx(summary.seconds, abs=0.01)
+
+
+async def test_only_the_shadow_batches_commit_without_waiting_for_the_disk(
+    applied: StreamsSpec,
+    store: JetStreamEventStore,
+    nc: Client,
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch applied to the shadows in transactions of their own commits asynchronously (a
+    crash loses it together with its shadow checkpoint); the events applied inside the swap,
+    which readers see, commit synchronously."""
+    seen: list[str] = []
+    real = rebuild_module.appliers_for
+
+    def spying(projections: Any) -> Any:
+        make, appliers = real(projections)
+
+        def spy(apply: Any) -> Any:
+            async def wrapped(conn: Any, events: Any) -> None:
+                seen.append(await conn.fetchval("SHOW synchronous_commit"))
+                await apply(conn, events)
+
+            return wrapped
+
+        return make, [spy(a) for a in appliers]
+
+    monkeypatch.setattr(rebuild_module, "appliers_for", spying)
+    await write_history(store, applied, 300)
+    await rebuild(pool, nc, applied, ALL_PROJECTIONS, batch=97, swap_within=10)
+    assert set(seen) == {"off"}
+    seen.clear()
+    # every event within swap_within of the head: all of them are applied inside the swap
+    await rebuild(pool, nc, applied, ALL_PROJECTIONS, batch=97, swap_within=10**9)
+    assert set(seen) == {"on"}
+    assert await pool.fetchval("SHOW synchronous_commit") == "on"
 
 
 async def test_rebuild_while_writes_continue_then_the_live_projector_carries_on(

@@ -139,6 +139,12 @@ def shadow_schema(projection: Projection) -> str:
 
 
 _DEFERRED = "rebuild_deferred_indexes"
+# A transaction that writes only the shadow (its tables, keys and checkpoint) commits without
+# waiting for its WAL to reach the disk: a crash can lose the last such commits, each whole
+# (a batch's rows with the checkpoint that counts them, a key with its deferred entry's
+# removal), and the resumed rebuild does that work again. The swap, which changes what
+# readers see, commits as usual, and its flush covers every commit before it.
+_SHADOW_ONLY = "; SET LOCAL synchronous_commit TO off"
 # The indexes of some tables that back no constraint: the secondary ones (not unique), and with
 # ``$3`` the unique ones too.
 _DEFERRABLE_INDEXES = """
@@ -177,7 +183,7 @@ async def _prepare_shadow(
     if not exists:
         async with conn.transaction():
             await conn.execute(f"CREATE SCHEMA {ident(schema)}")
-            await conn.execute(f"SET LOCAL search_path TO {ident(schema)}")
+            await conn.execute(f"SET LOCAL search_path TO {ident(schema)}{_SHADOW_ONLY}")
             for migration in discover():
                 await conn.execute(migration.sql)
             await conn.execute(
@@ -224,7 +230,7 @@ async def _restore_indexes(conn: Conn, schema: str) -> None:
     jsonb it took longer than the index builds; autovacuum analyzes the new tables soon after
     the swap.)"""
     async with conn.transaction():
-        await conn.execute(f"SET LOCAL search_path TO {ident(schema)}")
+        await conn.execute(f"SET LOCAL search_path TO {ident(schema)}{_SHADOW_ONLY}")
         deferred = await conn.fetch(f"SELECT name, definition FROM {ident(_DEFERRED)}")  # noqa: S608
         definitions = [str(r["definition"]) for r in deferred]
         for definition in sorted(definitions, key=lambda d: (" FOREIGN KEY " in d, d)):
@@ -255,10 +261,17 @@ def _keyed(chosen: Sequence[Projection]) -> dict[str, frozenset[str] | None]:
 
 
 async def _apply(
-    conn: Conn, schema: str, name: str, apply: Applier, events: Sequence[PlainEvent | StreamEvent]
+    conn: Conn,
+    schema: str,
+    name: str,
+    apply: Applier,
+    events: Sequence[PlainEvent | StreamEvent],
+    *,
+    shadow_only: bool,
 ) -> None:
-    """Apply one batch to the shadow tables with the shadow checkpoint (inside a transaction)."""
-    await conn.execute(f"SET LOCAL search_path TO {ident(schema)}")
+    """Apply one batch to the shadow tables with the shadow checkpoint (inside a transaction;
+    ``shadow_only``: one that writes nothing else)."""
+    await conn.execute(f"SET LOCAL search_path TO {ident(schema)}{_SHADOW_ONLY * shadow_only}")
     await apply(conn, events)
     await conn.execute(
         "UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() WHERE projection = $1",
@@ -298,12 +311,16 @@ async def rebuild(
     make, appliers = appliers_for(chosen)
 
     async def apply_all(
-        conn: Conn, events: list[PlainEvent | StreamEvent], floor: dict[str, int]
+        conn: Conn,
+        events: list[PlainEvent | StreamEvent],
+        floor: dict[str, int],
+        *,
+        shadow_only: bool,
     ) -> None:
         for p, apply in zip(chosen, appliers, strict=True):
             todo = [e for e in events if e.seq > floor[p.name]]
             if todo:
-                await _apply(conn, shadow_schema(p), p.name, apply, todo)
+                await _apply(conn, shadow_schema(p), p.name, apply, todo, shadow_only=shadow_only)
                 floor[p.name] = todo[-1].seq
 
     async def apply_one(
@@ -316,7 +333,7 @@ async def rebuild(
         )
         if todo:
             async with conn.transaction():
-                await _apply(conn, shadow_schema(p), p.name, apply, todo)
+                await _apply(conn, shadow_schema(p), p.name, apply, todo, shadow_only=True)
             floor[p.name] = todo[-1].seq
 
     async def apply_side_by_side(workers: list[Conn], events: list[Any]) -> None:
@@ -354,7 +371,7 @@ async def rebuild(
                         await apply_side_by_side(workers, events)
                     else:
                         async with conn.transaction():
-                            await apply_all(conn, events, floor)
+                            await apply_all(conn, events, floor, shadow_only=True)
                     reached = events[-1].seq
                     bar.advance(len(events), head)
             head = await stream_head(nc, spec)
@@ -388,7 +405,7 @@ async def rebuild(
             head = await stream_head(nc, spec)
             tail = read_events(nc, spec, reached + 1, until_seq=head, batch=batch, make=make)
             async for events in tail:
-                await apply_all(conn, events, floor)
+                await apply_all(conn, events, floor, shadow_only=False)
                 reached = events[-1].seq
                 bar.advance(len(events), head)
             for p in chosen:
