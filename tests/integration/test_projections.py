@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -380,3 +381,58 @@ async def test_the_live_bulk_path_leaves_the_rows_of_the_projections_statements(
         await live.apply(batch(live, events[max(0, start - 5) : end]))
         start = end
     assert await every_row(pool) == expected
+
+
+CODE_RULE = re.compile(r"[A-Z0-9][A-Z0-9_-]{2,63}")  # ledger/codes.py, the old CHECK's regex
+CODE_CANDIDATES = [
+    "AB",
+    "ABC",
+    "A" * 64,
+    "A" * 65,
+    "A" + "-" * 63,
+    "A" + "_" * 64,
+    "0__",
+    "abc",
+    "aBC",
+    "-AB",
+    "_AB",
+    "A-B_C",
+    "ABC\n",
+    "ABC ",
+    " ABC",
+    "A.B",
+    "ÀBC",
+    "AB" + "É" * 10,
+    "Z9-_Z9",
+]
+
+
+async def test_the_voucher_code_check_takes_exactly_the_codes_the_rule_allows(
+    pool: asyncpg.Pool,
+) -> None:
+    """The vouchers table's CHECK (migration 0003, without the regex engine's costly bounded
+    repetition) accepts a code exactly when ``^[A-Z0-9][A-Z0-9_-]{2,63}$`` matches it, as the
+    CHECK of migration 0001 did."""
+    old = "^[A-Z0-9][A-Z0-9_-]{2,63}$"
+    async with pool.acquire() as conn:
+        for code in CODE_CANDIDATES:
+            try:
+                async with conn.transaction():
+                    await conn.execute(
+                        "INSERT INTO vouchers (code, credit_baisa, description, active, "
+                        "max_redemptions, created_at, updated_at, last_seq) "
+                        "VALUES ($1, 1, '', true, 0, now(), now(), 1)",
+                        code,
+                    )
+                    raise _RolledBack
+            except asyncpg.CheckViolationError:
+                accepted = False
+            except _RolledBack:
+                accepted = True
+            expected = CODE_RULE.fullmatch(code) is not None
+            assert accepted == expected, code
+            assert await conn.fetchval("SELECT $1::text ~ $2", code, old) == expected, code
+
+
+class _RolledBack(Exception):
+    pass

@@ -50,6 +50,7 @@ from voucher_ledger.ledger.voucher import Decided
 from voucher_ledger.ledger.wallet import evolve as wallet_evolve
 from voucher_ledger.ledger.wallet import handle as wallet_handle
 from voucher_ledger.ledger.wallet import initial_state as wallet_initial
+from voucher_ledger.projections import rebuild as rebuild_module
 from voucher_ledger.projections import replay
 from voucher_ledger.projections.host import ProjectorHost
 from voucher_ledger.projections.migrate import migrate
@@ -346,6 +347,97 @@ async def test_a_duplicate_the_deferred_keys_catch_fails_the_rebuild_before_the_
     assert await pool.fetchval("SELECT count(*) FROM vouchers") == 0
     checkpoints = await pool.fetch("SELECT last_seq FROM projection_checkpoints")
     assert all(r["last_seq"] == 0 for r in checkpoints)
+
+
+async def test_the_shadows_are_keyed_side_by_side_and_one_failing_keeps_the_others(
+    applied: StreamsSpec, store: JetStreamEventStore, nc: Client, pool: asyncpg.Pool
+) -> None:
+    """The three shadows' deferred keys are built side by side, each in its own transaction:
+    a customer's second active redemption of a code (in another batch: only the deferred
+    unique index sees it) fails the vouchers shadow's keys and the rebuild, before the swap,
+    while the audit trail's keys are built and kept (a rerun builds only what is missing)."""
+    code = "TWICE-CODE"
+    issued = VoucherIssued(
+        code=code,
+        credit_baisa=100,
+        description="",
+        active=True,
+        max_redemptions=0,
+        change="created",
+    )
+
+    def redeemed(n: int) -> EventEnvelope:
+        event = VoucherRedeemed(
+            code=code, customer_id="c-twice", redemption_id=f"{code}-r{n}", credit_baisa=100
+        )
+        return envelope("voucher", code, event, f"redeem-twice-{n}")
+
+    subject = applied.layout.voucher_subject(code)
+    await store.append(subject, 0, [envelope("voucher", code, issued, "issue-twice"), redeemed(1)])
+    await write_history(store, applied, 400)
+    await store.append(subject, 2, [redeemed(2)])
+
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await rebuild(pool, nc, applied, ALL_PROJECTIONS, batch=97, swap_within=10)
+
+    deferred = "SELECT count(*) FROM {}.rebuild_deferred_indexes"
+    assert await pool.fetchval(deferred.format("rebuild_vouchers")) > 0  # rolled back
+    assert await pool.fetchval(deferred.format("rebuild_audit")) == 0  # built, kept
+    keys = await pool.fetchval(
+        "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
+        "WHERE n.nspname = 'rebuild_audit' AND c.conname IN ('audit_log_pkey', "
+        "'audit_log_event_id_key')"
+    )
+    assert keys == 2
+    assert await pool.fetchval("SELECT count(*) FROM vouchers") == 0
+    checkpoints = await pool.fetch("SELECT last_seq FROM projection_checkpoints")
+    assert all(r["last_seq"] == 0 for r in checkpoints)
+
+
+async def test_the_summary_says_where_the_time_went(
+    applied: StreamsSpec, store: JetStreamEventStore, nc: Client, pool: asyncpg.Pool
+) -> None:
+    await write_history(store, applied, 300)
+    summary = await rebuild(pool, nc, applied, ALL_PROJECTIONS, batch=97, swap_within=10)
+    assert list(summary.steps) == ["prepare", "replay", "keys", "swap", "drop", "count"]
+    assert all(seconds >= 0 for seconds in summary.steps.values())
+    assert sum(summary.steps.values()) == pytest.approx(summary.seconds, abs=0.01)
+
+
+async def test_only_the_shadow_batches_commit_without_waiting_for_the_disk(
+    applied: StreamsSpec,
+    store: JetStreamEventStore,
+    nc: Client,
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch applied to the shadows in transactions of their own commits asynchronously (a
+    crash loses it together with its shadow checkpoint); the events applied inside the swap,
+    which readers see, commit synchronously."""
+    seen: list[str] = []
+    real = rebuild_module.appliers_for
+
+    def spying(projections: Any) -> Any:
+        make, appliers = real(projections)
+
+        def spy(apply: Any) -> Any:
+            async def wrapped(conn: Any, events: Any) -> None:
+                seen.append(await conn.fetchval("SHOW synchronous_commit"))
+                await apply(conn, events)
+
+            return wrapped
+
+        return make, [spy(a) for a in appliers]
+
+    monkeypatch.setattr(rebuild_module, "appliers_for", spying)
+    await write_history(store, applied, 300)
+    await rebuild(pool, nc, applied, ALL_PROJECTIONS, batch=97, swap_within=10)
+    assert set(seen) == {"off"}
+    seen.clear()
+    # every event within swap_within of the head: all of them are applied inside the swap
+    await rebuild(pool, nc, applied, ALL_PROJECTIONS, batch=97, swap_within=10**9)
+    assert set(seen) == {"on"}
+    assert await pool.fetchval("SHOW synchronous_commit") == "on"
 
 
 async def test_rebuild_while_writes_continue_then_the_live_projector_carries_on(

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -60,6 +60,9 @@ class RebuildSummary:
     events: int
     seconds: float
     rows: dict[str, int] = field(default_factory=dict)
+    # Where the time went, in seconds: ``prepare`` (the shadows), ``replay``, ``keys`` (the
+    # deferred indexes and constraints), ``swap``, ``drop`` (the old tables), ``count``.
+    steps: dict[str, float] = field(default_factory=dict)
 
     @property
     def events_per_second(self) -> float:
@@ -110,6 +113,16 @@ async def prefetched(source: AsyncIterator[_T], depth: int = 1) -> AsyncGenerato
             await task
 
 
+async def _side_by_side(jobs: Iterable[Awaitable[_T]]) -> list[_T]:
+    """The results of ``jobs`` run concurrently (each on its own connection); when some fail,
+    the first error is raised once every job is over (no transaction is left half done)."""
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
+
+
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -126,6 +139,12 @@ def shadow_schema(projection: Projection) -> str:
 
 
 _DEFERRED = "rebuild_deferred_indexes"
+# A transaction that writes only the shadow (its tables, keys and checkpoint) commits without
+# waiting for its WAL to reach the disk: a crash can lose the last such commits, each whole
+# (a batch's rows with the checkpoint that counts them, a key with its deferred entry's
+# removal), and the resumed rebuild does that work again. The swap, which changes what
+# readers see, commits as usual, and its flush covers every commit before it.
+_SHADOW_ONLY = "; SET LOCAL synchronous_commit TO off"
 # The indexes of some tables that back no constraint: the secondary ones (not unique), and with
 # ``$3`` the unique ones too.
 _DEFERRABLE_INDEXES = """
@@ -164,7 +183,7 @@ async def _prepare_shadow(
     if not exists:
         async with conn.transaction():
             await conn.execute(f"CREATE SCHEMA {ident(schema)}")
-            await conn.execute(f"SET LOCAL search_path TO {ident(schema)}")
+            await conn.execute(f"SET LOCAL search_path TO {ident(schema)}{_SHADOW_ONLY}")
             for migration in discover():
                 await conn.execute(migration.sql)
             await conn.execute(
@@ -211,7 +230,7 @@ async def _restore_indexes(conn: Conn, schema: str) -> None:
     jsonb it took longer than the index builds; autovacuum analyzes the new tables soon after
     the swap.)"""
     async with conn.transaction():
-        await conn.execute(f"SET LOCAL search_path TO {ident(schema)}")
+        await conn.execute(f"SET LOCAL search_path TO {ident(schema)}{_SHADOW_ONLY}")
         deferred = await conn.fetch(f"SELECT name, definition FROM {ident(_DEFERRED)}")  # noqa: S608
         definitions = [str(r["definition"]) for r in deferred]
         for definition in sorted(definitions, key=lambda d: (" FOREIGN KEY " in d, d)):
@@ -242,10 +261,17 @@ def _keyed(chosen: Sequence[Projection]) -> dict[str, frozenset[str] | None]:
 
 
 async def _apply(
-    conn: Conn, schema: str, name: str, apply: Applier, events: Sequence[PlainEvent | StreamEvent]
+    conn: Conn,
+    schema: str,
+    name: str,
+    apply: Applier,
+    events: Sequence[PlainEvent | StreamEvent],
+    *,
+    shadow_only: bool,
 ) -> None:
-    """Apply one batch to the shadow tables with the shadow checkpoint (inside a transaction)."""
-    await conn.execute(f"SET LOCAL search_path TO {ident(schema)}")
+    """Apply one batch to the shadow tables with the shadow checkpoint (inside a transaction;
+    ``shadow_only``: one that writes nothing else)."""
+    await conn.execute(f"SET LOCAL search_path TO {ident(schema)}{_SHADOW_ONLY * shadow_only}")
     await apply(conn, events)
     await conn.execute(
         "UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() WHERE projection = $1",
@@ -273,16 +299,28 @@ async def rebuild(
     bar = progress or Progress()
     started = time.perf_counter()
     label = "+".join(p.name for p in chosen)
+    steps: dict[str, float] = {}
+    lap = started
+
+    def step(name: str) -> None:
+        nonlocal lap
+        now = time.perf_counter()
+        steps[name] = now - lap
+        lap = now
 
     make, appliers = appliers_for(chosen)
 
     async def apply_all(
-        conn: Conn, events: list[PlainEvent | StreamEvent], floor: dict[str, int]
+        conn: Conn,
+        events: list[PlainEvent | StreamEvent],
+        floor: dict[str, int],
+        *,
+        shadow_only: bool,
     ) -> None:
         for p, apply in zip(chosen, appliers, strict=True):
             todo = [e for e in events if e.seq > floor[p.name]]
             if todo:
-                await _apply(conn, shadow_schema(p), p.name, apply, todo)
+                await _apply(conn, shadow_schema(p), p.name, apply, todo, shadow_only=shadow_only)
                 floor[p.name] = todo[-1].seq
 
     async def apply_one(
@@ -295,32 +333,34 @@ async def rebuild(
         )
         if todo:
             async with conn.transaction():
-                await _apply(conn, shadow_schema(p), p.name, apply, todo)
+                await _apply(conn, shadow_schema(p), p.name, apply, todo, shadow_only=True)
             floor[p.name] = todo[-1].seq
 
     async def apply_side_by_side(workers: list[Conn], events: list[Any]) -> None:
-        results = await asyncio.gather(
-            *(
-                apply_one(w, p, a, events)
-                for w, p, a in zip(workers, chosen, appliers, strict=True)
-            ),
-            return_exceptions=True,  # every transaction over before any error is raised
+        await _side_by_side(
+            apply_one(w, p, a, events) for w, p, a in zip(workers, chosen, appliers, strict=True)
         )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
 
     async with pool.acquire() as conn, contextlib.AsyncExitStack() as stack:
         workers: list[Conn] = []
         if len(chosen) > 1 and pool.get_max_size() > len(chosen):
             workers = [await stack.enter_async_context(pool.acquire()) for _ in chosen]
         keyed = _keyed(chosen)
-        floor = {
-            p.name: await _prepare_shadow(conn, shadow_schema(p), p, keyed[p.name]) for p in chosen
-        }
+        # The shadows are made (and at the end keyed) on the workers side by side, when there
+        # are workers: PostgreSQL builds one shadow's indexes while it builds another's.
+        makers = workers or [conn] * len(chosen)
+        if workers:
+            made = await _side_by_side(
+                _prepare_shadow(w, shadow_schema(p), p, keyed[p.name])
+                for w, p in zip(makers, chosen, strict=True)
+            )
+        else:
+            made = [await _prepare_shadow(conn, shadow_schema(p), p, keyed[p.name]) for p in chosen]
+        floor = {p.name: last for p, last in zip(chosen, made, strict=True)}
         reached = min(floor.values())
         resumed_from = reached
         head = await stream_head(nc, spec)
+        step("prepare")
         bar.start(head, reached)
         # Replay into the shadows until close enough to the head to swap quickly.
         while head - reached > swap_within:
@@ -331,13 +371,22 @@ async def rebuild(
                         await apply_side_by_side(workers, events)
                     else:
                         async with conn.transaction():
-                            await apply_all(conn, events, floor)
+                            await apply_all(conn, events, floor, shadow_only=True)
                     reached = events[-1].seq
                     bar.advance(len(events), head)
             head = await stream_head(nc, spec)
+        step("replay")
+        # Each shadow's keys in its own transaction: when one fails (a duplicate, a dangling
+        # reference) the others are kept, and the failed one is built again on the next run.
+        if workers:
+            await _side_by_side(
+                _restore_indexes(w, shadow_schema(p)) for w, p in zip(makers, chosen, strict=True)
+            )
+        else:
+            for p in chosen:
+                await _restore_indexes(conn, shadow_schema(p))
         await stack.aclose()  # the workers go back to the pool
-        for p in chosen:
-            await _restore_indexes(conn, shadow_schema(p))
+        step("keys")
         # The swap: the live projector blocks on the checkpoint rows until this commits. They
         # are locked in name order, as the projector locks them, so the two cannot deadlock.
         names = sorted(p.name for p in chosen)
@@ -356,7 +405,7 @@ async def rebuild(
             head = await stream_head(nc, spec)
             tail = read_events(nc, spec, reached + 1, until_seq=head, batch=batch, make=make)
             async for events in tail:
-                await apply_all(conn, events, floor)
+                await apply_all(conn, events, floor, shadow_only=False)
                 reached = events[-1].seq
                 bar.advance(len(events), head)
             for p in chosen:
@@ -375,16 +424,23 @@ async def rebuild(
                     p.name,
                     reached,
                 )
-        rows: dict[str, Any] = {}
+        step("swap")
         for p in chosen:
             schema = shadow_schema(p)
             await conn.execute(f"DROP SCHEMA {ident(schema + '_old')} CASCADE")
             await conn.execute(f"DROP SCHEMA {ident(schema)} CASCADE")
+        step("drop")
+        rows: dict[str, Any] = {}
+        for p in chosen:
             for table in p.tables:
                 sql = f"SELECT count(*) FROM public.{ident(table)}"  # noqa: S608
                 rows[table] = int(await conn.fetchval(sql))
+    step("count")
     bar.close()
     seconds = time.perf_counter() - started
+    log.info(
+        "rebuild %s: %s", label, ", ".join(f"{name} {secs:.3f}s" for name, secs in steps.items())
+    )
     return RebuildSummary(
         projection=label,
         resumed_from=resumed_from,
@@ -392,4 +448,5 @@ async def rebuild(
         events=reached - resumed_from,
         seconds=seconds,
         rows=rows,
+        steps=steps,
     )
