@@ -38,6 +38,25 @@ def codes_in_one_partition(spec: StreamsSpec, n: int) -> list[str]:
     raise AssertionError("no partition with enough codes")
 
 
+def processor_for(
+    nc: Client,
+    spec: StreamsSpec,
+    store: JetStreamEventStore,
+    partition: int,
+    stats: ProcessorStats | None = None,
+) -> PartitionProcessor:
+    return PartitionProcessor(
+        nc,
+        nc.jetstream(),
+        spec.layout,
+        store,
+        spec.command_stream,
+        partition,
+        policy=Policy(),
+        stats=stats or ProcessorStats(),
+    )
+
+
 async def process_all(
     nc: Client, spec: StreamsSpec, proc: PartitionProcessor, sends: list[Awaitable[object]]
 ) -> list[object]:
@@ -69,16 +88,7 @@ async def test_a_batch_of_several_codes_is_one_append_and_a_stale_code_is_decide
     stale_code, busy_code, other_code = codes_in_one_partition(applied, 3)
     partition = applied.layout.partition_of(stale_code)
     stats = ProcessorStats()
-    proc = PartitionProcessor(
-        nc,
-        nc.jetstream(),
-        applied.layout,
-        store,
-        applied.command_stream,
-        partition,
-        policy=Policy(),
-        stats=stats,
-    )
+    proc = processor_for(nc, applied, store, partition, stats)
     caps = {stale_code: 1, busy_code: 100, other_code: 100}
     issued = await process_all(
         nc,

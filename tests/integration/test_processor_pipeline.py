@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import pytest
 from nats.aio.client import Client
 
 from tests.integration.test_eventstore import redeemed
-from tests.integration.test_processor_batch import ADMIN, CUSTOMER, on_stream
+from tests.integration.test_processor_batch import ADMIN, CUSTOMER, on_stream, processor_for
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import (
     Append,
@@ -20,9 +22,9 @@ from voucher_ledger.commands.eventstore import (
     JetStreamEventStore,
     PartResult,
 )
-from voucher_ledger.commands.processor import PartitionProcessor, ProcessorStats
+from voucher_ledger.commands.processor import PartitionProcessor
 from voucher_ledger.commands.wire import Accepted, Rejected
-from voucher_ledger.ledger.voucher import IssueVoucher, Policy, RedeemVoucher
+from voucher_ledger.ledger.voucher import IssueVoucher, RedeemVoucher
 from voucher_ledger.streams import StreamsSpec
 
 Parts = list[tuple[str, int, int]]  # (subject, expected last subject sequence, events)
@@ -70,26 +72,43 @@ async def until(condition: Callable[[], bool]) -> None:
     raise AssertionError("the condition never held")
 
 
+@dataclass
+class Held:
+    """A running processor of one code's partition, the code issued, and the append of its
+    first redemption (customer c1) held at the gate."""
+
+    gate: Gate
+    proc: PartitionProcessor
+    subject: str
+    issued: Accepted
+    first: asyncio.Future[object]
+
+
+class HoldFirst(Protocol):
+    async def __call__(self, code: str, cap: int, *, fail: bool = False) -> Held: ...
+
+
 @pytest.fixture
-async def running(
-    nc: Client, applied: StreamsSpec, store: JetStreamEventStore
-) -> AsyncIterator[Callable[[str], PartitionProcessor]]:
-    """Start the processor of a code's partition (at most one per test)."""
+async def hold_first(
+    nc: Client, bus: CommandBus, applied: StreamsSpec, store: JetStreamEventStore
+) -> AsyncIterator[HoldFirst]:
+    """Start the processor of a code's partition (one per test), issue the code with ``cap``,
+    and hold c1's append at the gate (``fail``: it fails when let through)."""
     tasks: list[asyncio.Task[None]] = []
 
-    def start(code: str) -> PartitionProcessor:
-        proc = PartitionProcessor(
-            nc,
-            nc.jetstream(),
-            applied.layout,
-            store,
-            applied.command_stream,
-            applied.layout.partition_of(code),
-            policy=Policy(),
-            stats=ProcessorStats(),
-        )
+    async def start(code: str, cap: int, *, fail: bool = False) -> Held:
+        gate = Gate(store)
+        proc = processor_for(nc, applied, store, applied.layout.partition_of(code))
         tasks.append(asyncio.create_task(proc.run()))
-        return proc
+        issued = await bus.send(
+            IssueVoucher(code=code, credit_baisa=100, max_redemptions=cap), actor=ADMIN
+        )
+        assert isinstance(issued, Accepted)
+        gate.close()
+        gate.fail_next = fail
+        first = redeem(bus, code, "c1")
+        await gate.held()
+        return Held(gate, proc, applied.layout.voucher_subject(code), issued, first)
 
     yield start
     for task in tasks:
@@ -104,23 +123,11 @@ def redeem(bus: CommandBus, code: str, customer: str) -> asyncio.Future[object]:
 
 
 async def test_commands_arriving_during_an_append_are_decided_ahead_and_sent_next(
-    bus: CommandBus,
-    store: JetStreamEventStore,
-    applied: StreamsSpec,
-    running: Callable[[str], PartitionProcessor],
+    bus: CommandBus, store: JetStreamEventStore, applied: StreamsSpec, hold_first: HoldFirst
 ) -> None:
     code = "PIPE-AHEAD"
-    subject = applied.layout.voucher_subject(code)
-    gate = Gate(store)
-    proc = running(code)
-    issued = await bus.send(
-        IssueVoucher(code=code, credit_baisa=100, max_redemptions=5), actor=ADMIN
-    )
-    assert isinstance(issued, Accepted)
-
-    gate.close()
-    first = redeem(bus, code, "c1")
-    await gate.held()
+    held = await hold_first(code, cap=5)
+    gate, proc, subject, first = held.gate, held.proc, held.subject, held.first
     later = [redeem(bus, code, f"c{i}") for i in range(2, 8)]
     # Decided while the first append is held: c1 counts against the cap already.
     await until(lambda: proc.decided_ahead == 6)
@@ -145,23 +152,11 @@ async def test_commands_arriving_during_an_append_are_decided_ahead_and_sent_nex
 
 
 async def test_a_conflict_in_flight_sends_the_commands_decided_after_it_back_to_be_decided(
-    bus: CommandBus,
-    store: JetStreamEventStore,
-    applied: StreamsSpec,
-    running: Callable[[str], PartitionProcessor],
+    bus: CommandBus, store: JetStreamEventStore, applied: StreamsSpec, hold_first: HoldFirst
 ) -> None:
     code = "PIPE-STALE"
-    subject = applied.layout.voucher_subject(code)
-    gate = Gate(store)
-    proc = running(code)
-    issued = await bus.send(
-        IssueVoucher(code=code, credit_baisa=100, max_redemptions=3), actor=ADMIN
-    )
-    assert isinstance(issued, Accepted)
-
-    gate.close()
-    first = redeem(bus, code, "c1")
-    await gate.held()
+    held = await hold_first(code, cap=3)
+    gate, proc, subject, issued, first = held.gate, held.proc, held.subject, held.issued, held.first
     # Behind the processor's back, another writer takes a slot: c1's append will conflict.
     await store.append(subject, issued.seq, [redeemed(code, "sneaky")])
     later = [redeem(bus, code, f"c{i}") for i in range(2, 5)]
@@ -179,24 +174,12 @@ async def test_a_conflict_in_flight_sends_the_commands_decided_after_it_back_to_
 
 
 async def test_a_failed_append_in_flight_sends_the_commands_decided_after_it_back(
-    bus: CommandBus,
-    store: JetStreamEventStore,
-    applied: StreamsSpec,
-    running: Callable[[str], PartitionProcessor],
+    bus: CommandBus, store: JetStreamEventStore, applied: StreamsSpec, hold_first: HoldFirst
 ) -> None:
     code = "PIPE-FAIL"
-    subject = applied.layout.voucher_subject(code)
-    gate = Gate(store)
-    proc = running(code)
-    issued = await bus.send(
-        IssueVoucher(code=code, credit_baisa=100, max_redemptions=2), actor=ADMIN
-    )
-    assert isinstance(issued, Accepted)
-
-    gate.close()
-    gate.fail_next = True
-    first = redeem(bus, code, "c1")  # its append fails: not acked, it comes back later
-    await gate.held()
+    # c1's append fails: not acked, c1 comes back later
+    held = await hold_first(code, cap=2, fail=True)
+    gate, proc, subject, issued, first = held.gate, held.proc, held.subject, held.issued, held.first
     later = [redeem(bus, code, f"c{i}") for i in range(2, 5)]
     await until(lambda: proc.decided_ahead == 3)
 

@@ -318,6 +318,25 @@ async def test_a_rebuild_of_every_event_type_in_many_batches_equals_the_live_row
     assert report.clean, report.differences[:20]
 
 
+def created(code: str) -> VoucherIssued:
+    """A new code's issue event: 100 baisa, no cap."""
+    return VoucherIssued(
+        code=code,
+        credit_baisa=100,
+        description="",
+        active=True,
+        max_redemptions=0,
+        change="created",
+    )
+
+
+async def assert_nothing_swapped_in(pool: asyncpg.Pool) -> None:
+    """The live read models are as they were before a failed rebuild: empty, checkpoints 0."""
+    assert await pool.fetchval("SELECT count(*) FROM vouchers") == 0
+    checkpoints = await pool.fetch("SELECT last_seq FROM projection_checkpoints")
+    assert all(r["last_seq"] == 0 for r in checkpoints)
+
+
 async def test_a_duplicate_the_deferred_keys_catch_fails_the_rebuild_before_the_swap(
     applied: StreamsSpec, store: JetStreamEventStore, nc: Client, pool: asyncpg.Pool
 ) -> None:
@@ -327,26 +346,14 @@ async def test_a_duplicate_the_deferred_keys_catch_fails_the_rebuild_before_the_
     await write_history(store, applied, 400)
     first = (await store.load(applied.layout.wallet_subject("customer-0")))[0].envelope
     code = "DUP-CODE"
-    again = envelope(
-        "voucher",
-        code,
-        VoucherIssued(
-            code=code,
-            credit_baisa=100,
-            description="",
-            active=True,
-            max_redemptions=0,
-            change="created",
-        ),
-        "issue-dup",
-    ).model_copy(update={"event_id": first.event_id})
+    again = envelope("voucher", code, created(code), "issue-dup").model_copy(
+        update={"event_id": first.event_id}
+    )
     await store.append(applied.layout.voucher_subject(code), 0, [again])
     with pytest.raises(asyncpg.UniqueViolationError):
         await rebuild(pool, nc, applied, ALL_PROJECTIONS, batch=97, swap_within=10)
     assert await pool.fetchval("SELECT count(*) FROM audit_log") == 0
-    assert await pool.fetchval("SELECT count(*) FROM vouchers") == 0
-    checkpoints = await pool.fetch("SELECT last_seq FROM projection_checkpoints")
-    assert all(r["last_seq"] == 0 for r in checkpoints)
+    await assert_nothing_swapped_in(pool)
 
 
 async def test_the_shadows_are_keyed_side_by_side_and_one_failing_keeps_the_others(
@@ -357,14 +364,7 @@ async def test_the_shadows_are_keyed_side_by_side_and_one_failing_keeps_the_othe
     unique index sees it) fails the vouchers shadow's keys and the rebuild, before the swap,
     while the audit trail's keys are built and kept (a rerun builds only what is missing)."""
     code = "TWICE-CODE"
-    issued = VoucherIssued(
-        code=code,
-        credit_baisa=100,
-        description="",
-        active=True,
-        max_redemptions=0,
-        change="created",
-    )
+    issued = created(code)
 
     def redeemed(n: int) -> EventEnvelope:
         event = VoucherRedeemed(
@@ -389,9 +389,7 @@ async def test_the_shadows_are_keyed_side_by_side_and_one_failing_keeps_the_othe
         "'audit_log_event_id_key')"
     )
     assert keys == 2
-    assert await pool.fetchval("SELECT count(*) FROM vouchers") == 0
-    checkpoints = await pool.fetch("SELECT last_seq FROM projection_checkpoints")
-    assert all(r["last_seq"] == 0 for r in checkpoints)
+    await assert_nothing_swapped_in(pool)
 
 
 async def test_the_summary_says_where_the_time_went(
