@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
-from tests.conftest import stream_state
+from tests.conftest import connect, stream_state
+from voucher_ledger.direct import write_now
 from voucher_ledger.projections.migrate import migrate
 from voucher_ledger.projections.projector import ProjectionStatus
 from voucher_ledger.pulls import PullLoop, stream_sequence
@@ -89,6 +91,66 @@ async def test_pull_loop_picks_up_messages_published_while_it_waits(
         await msgs[0].ack()
     finally:
         await pulls.stop()
+
+
+async def test_pull_loop_stops_waiting_when_the_other_thing_it_waits_for_is_done(
+    nc: Client, pull_stream: tuple[str, str, str]
+) -> None:
+    """``until``: a processor with an append in flight waits for new commands or for the
+    append's end, whichever comes first."""
+    stream, durable, subject = pull_stream
+    pulls = PullLoop(nc, stream, durable, batch=10, expires=5.0)
+    await pulls.start()
+    try:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        loop.call_later(0.2, done.set_result, None)
+        # A minute's timeout: only ``until`` can end this wait within the 30 s allowed.
+        assert await asyncio.wait_for(pulls.next(timeout=60.0, until=done), 30) == []
+        assert done.done()
+
+        pending: asyncio.Future[None] = loop.create_future()
+        await nc.jetstream().publish(f"{subject}.one", b"one")
+        msgs = await asyncio.wait_for(pulls.next(timeout=60.0, until=pending), 30)
+        assert [m.data for m in msgs] == [b"one"]  # a delivery ends the wait as well
+        assert not pending.done()
+        await msgs[0].ack()
+    finally:
+        await pulls.stop()
+
+
+async def test_write_now_sends_what_is_buffered_once_in_order(nc: Client, nats_url: str) -> None:
+    """The processor hands nats.py's buffer to the socket itself (``write_now``) before the
+    flusher task gets to it: nothing is lost, repeated or reordered, and a closed client is
+    left alone."""
+    other = await connect(nats_url)
+    got: list[bytes] = []
+    try:
+
+        async def received(msg: Msg) -> None:
+            got.append(msg.data)
+
+        sub = await other.subscribe("write-now.test", cb=received)
+        await other.flush()
+        for i in range(50):
+            await nc.publish("write-now.test", str(i).encode())
+            if i % 7 == 0:
+                write_now(nc)
+                assert nc._pending == []
+        write_now(nc)
+        await nc.flush()
+        for _ in range(500):
+            if len(got) >= 50:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # anything sent twice would arrive by now
+        assert got == [str(i).encode() for i in range(50)]
+        await sub.unsubscribe()
+    finally:
+        await other.close()
+    closed = await connect(nats_url)
+    await closed.close()
+    write_now(closed)  # nothing to do, no error
 
 
 @pytest.fixture
