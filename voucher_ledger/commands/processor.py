@@ -396,6 +396,7 @@ class PartitionProcessor:
             results = None
         stored: list[tuple[_Plan, list[RecordedEvent]]] = []
         failed: dict[AggregateKey, list[_Item]] = {}
+        conflicts = 0
         if results is None:
             for plan in flight.plans.values():
                 if plan.new:
@@ -404,6 +405,7 @@ class PartitionProcessor:
         else:
             for plan, result in zip(flight.plans.values(), results, strict=True):
                 if isinstance(result, ConcurrencyConflict):
+                    conflicts += 1
                     self.cache.drop(plan.key)
                     failed[plan.key] = plan.items
                 else:
@@ -437,7 +439,6 @@ class PartitionProcessor:
         if any(plan.new for plan, _ in stored):
             self._stats.appends += 1
             self._stats.append_seconds += flight.seconds
-        conflicts = sum(1 for items in failed.values() if items) if results is not None else 0
         self._stats.conflicts += conflicts
         if results is None:
             return
