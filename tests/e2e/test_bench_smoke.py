@@ -50,6 +50,21 @@ def test_quick_benchmark_writes_every_row_with_positive_figures(
         else:
             assert row["http"]["per_second"] > 0, key
             assert (row["http"]["ok"], row["http"]["other"]) == (row["http_expected_ok"], 0), key
+    # The target rows (the hot code at the most clients) are measured in three trials; each
+    # path's figures are its median trial, the other rows are measured once.
+    for key, row in rows.items():
+        if key[1:] != ("hot", max(CLIENTS)):
+            assert "trials" not in row, key
+            continue
+        trials = row["trials"]
+        assert len(trials) == 3, key
+        for path in ("baseline", "bus", "http"):
+            if row[path] is None:
+                continue
+            ranked = sorted(trials, key=lambda t, path=path: t[path]["per_second"])
+            assert row[path] == ranked[1][path], (key, path)
+            for trial in trials:
+                assert trial[path]["ok"] == row[path]["ok"], (key, path)
     assert results["rebuild"]["events"] > 0
     assert results["rebuild"]["events_per_second"] > 0
     runs = results["rebuild"]["runs"]  # three whole rebuilds, the median one is the figure
@@ -61,6 +76,8 @@ def test_quick_benchmark_writes_every_row_with_positive_figures(
     for mode, workload, clients in rows:
         assert f"| {mode} | {workload} | {clients} |" in markdown
     assert "## Targets (issue #6)" in markdown
+    assert "## Trials of the target rows" in markdown
+    assert "(median of 3 trials; each trial: " in markdown
     assert (out / "chart.png").read_bytes().startswith(b"\x89PNG")
     # The table is printed at the end, too.
     assert "| durability | workload | clients |" in proc.stdout
