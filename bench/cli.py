@@ -282,12 +282,17 @@ class Runner:
                 row["http"] = None
                 row["http_note"] = http_note
         target = workload.kind == "hot" and workload.clients == max(self.sizes.clients)
+        count = max(1, self.args.trials) if target else 1
         trials = []
-        for n in range(1, (max(1, self.args.trials) if target else 1) + 1):
+        for n in range(1, count + 1):
             suffix = "" if n == 1 else f"T{n}"
-            trials.append(
-                await self.trial(mode, workload, pg, service, secret, http_ok, f"{tag}{suffix}")
-            )
+            trial = await self.trial(mode, workload, pg, service, secret, http_ok, tag + suffix)
+            trials.append(trial)
+            if count > 1:
+                log(
+                    f"{mode.name} {workload.kind} x{workload.clients} trial {n}: "
+                    + ", ".join(f"{p} {r['per_second']:,.0f}/s" for p, r in trial.items())
+                )
         row.update(median_trial(trials))
         if len(trials) > 1:
             row["trials"] = trials
@@ -333,11 +338,6 @@ class Runner:
         if "http" in self.paths and http_ok:
             smaller = self.sizes.for_http(workload)
             out["http"] = (await run_http(service, smaller, f"{tag}-H", secret)).to_json()
-        if len(out) > 1:
-            log(
-                f"{mode.name} {workload.kind} x{workload.clients} {tag}: "
-                + ", ".join(f"{p} {r['per_second']:,.0f}/s" for p, r in out.items())
-            )
         return out
 
     async def profile(self, service: Service, secret: str, http_ok: bool) -> None:
