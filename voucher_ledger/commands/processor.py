@@ -433,9 +433,14 @@ class PartitionProcessor:
                 if later is not None:
                     later.state = final
                     later.after = None
-            await self._finish(plan.kind, plan.items, plan.outcomes, final)
+            await self._answer(plan.kind, plan.items, plan.outcomes, final)
         if stored:
+            # The answers go out now (their callers' next commands come back sooner); the
+            # acks, which nobody waits for, follow.
             write_now(self._nc)
+            for plan, _ in stored:
+                for item in plan.items:
+                    await item.msg.ack()
         if any(plan.new for plan, _ in stored):
             self._stats.appends += 1
             self._stats.append_seconds += flight.seconds
@@ -585,7 +590,7 @@ class PartitionProcessor:
         history = await self._store.load(self._layout.event_subject(*key), consistent=True)
         return self._kinds[key[0]].fold(key[1], history)
 
-    async def _finish(
+    async def _answer(
         self,
         kind: _VoucherKind | _WalletKind,
         items: list[_Item],
@@ -605,4 +610,3 @@ class PartitionProcessor:
             reply_to = (item.msg.headers or {}).get(REPLY_HEADER, "")
             if reply_to.startswith(REPLY_PREFIX):
                 await self._nc.publish(reply_to, reply.model_dump_json().encode())
-            await item.msg.ack()
