@@ -135,6 +135,18 @@ def machine_info(nats_version: str, pg: dict[str, str], code: str) -> dict[str, 
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class Storms:
+    """Where a mode's storms run: its servers, its serve process and whether HTTP is there."""
+
+    mode: Mode
+    pg: Postgres
+    service: Service
+    secret: str
+    http_ok: bool
+    http_note: str
+
+
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -238,8 +250,9 @@ class Runner:
                 note = f"HTTP rows {http_note}"
                 if not http_ok and note not in self.notes:
                     self.notes.append(note)
+            where = Storms(mode, pg, service, secret, http_ok, http_note)
             for workload in self.workloads:
-                await self.run_row(mode, workload, pg, service, secret, http_ok, http_note)
+                await self.run_row(where, workload)
             if self.args.profile and mode.name == "matched":
                 await self.profile(service, secret, http_ok)
             rss, hwm = process.memory_mb()
@@ -253,16 +266,8 @@ class Runner:
             self.rebuild = await self.measure_rebuild(mode, pg, nats, prefix, database, secret)
         await pg.drop_database(database)
 
-    async def run_row(
-        self,
-        mode: Mode,
-        workload: Workload,
-        pg: Postgres,
-        service: Service,
-        secret: str,
-        http_ok: bool,
-        http_note: str,
-    ) -> None:
+    async def run_row(self, where: Storms, workload: Workload) -> None:
+        mode = where.mode
         tag = f"{mode.name[0]}{workload.kind[0]}{workload.clients}".upper()
         row: dict[str, Any] = {
             "mode": mode.name,
@@ -274,19 +279,19 @@ class Runner:
             "reduced": workload.reduced,
         }
         if "http" in self.paths:
-            if http_ok:
+            if where.http_ok:
                 smaller = self.sizes.for_http(workload)
                 row["http_attempts"] = smaller.attempts
                 row["http_expected_ok"] = smaller.expected_ok
             else:
                 row["http"] = None
-                row["http_note"] = http_note
+                row["http_note"] = where.http_note
         target = workload.kind == "hot" and workload.clients == max(self.sizes.clients)
         count = max(1, self.args.trials) if target else 1
         trials = []
         for n in range(1, count + 1):
             suffix = "" if n == 1 else f"T{n}"
-            trial = await self.trial(mode, workload, pg, service, secret, http_ok, tag + suffix)
+            trial = await self.trial(where, workload, tag + suffix)
             trials.append(trial)
             if count > 1:
                 log(
@@ -313,17 +318,9 @@ class Runner:
         )
         log(f"{mode.name} {workload.kind} x{workload.clients}: {summary}")
 
-    async def trial(
-        self,
-        mode: Mode,
-        workload: Workload,
-        pg: Postgres,
-        service: Service,
-        secret: str,
-        http_ok: bool,
-        tag: str,
-    ) -> dict[str, Any]:
+    async def trial(self, where: Storms, workload: Workload, tag: str) -> dict[str, Any]:
         """One storm of each path on ``workload``, one after another (fresh codes each)."""
+        mode, pg, service = where.mode, where.pg, where.service
         out: dict[str, Any] = {}
         if "baseline" in self.paths:
             url = await pg.create_database("seed")
@@ -335,9 +332,9 @@ class Runner:
             out["baseline"] = result.to_json()
         if "bus" in self.paths:
             out["bus"] = (await service.run_bus(workload, f"{tag}-B")).to_json()
-        if "http" in self.paths and http_ok:
+        if "http" in self.paths and where.http_ok:
             smaller = self.sizes.for_http(workload)
-            out["http"] = (await run_http(service, smaller, f"{tag}-H", secret)).to_json()
+            out["http"] = (await run_http(service, smaller, f"{tag}-H", where.secret)).to_json()
         return out
 
     async def profile(self, service: Service, secret: str, http_ok: bool) -> None:
