@@ -424,8 +424,17 @@ class Runner:
 
 
 def median_trial(trials: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each path's figures from its median trial by throughput (the lower middle one of an even
-    number): a storm of a few seconds moves ~10 % from one to the next on a shared machine."""
+    """The figures of the median trial (the lower middle one of an even number): by the bus's
+    ratio to the baseline when every trial has both, so that the row's ratios pair storms taken
+    seconds apart (the machine drifts between trials: both sides slow down together); otherwise
+    each path's median trial by throughput."""
+
+    def bus_ratio(trial: dict[str, Any]) -> float:
+        return float(trial["bus"]["per_second"]) / float(trial["baseline"]["per_second"])
+
+    middle = (len(trials) - 1) // 2
+    if all(t.get("bus") and t.get("baseline") for t in trials):
+        return dict(sorted(trials, key=bus_ratio)[middle])
     out: dict[str, Any] = {}
     for path in PATHS:
         runs = [trial[path] for trial in trials if trial.get(path)]

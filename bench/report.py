@@ -163,12 +163,15 @@ def _per_trial(row: dict[str, Any], path: str) -> list[float]:
     return [r for r in ratios if r is not None]
 
 
-def _reached(ratio: float, row: dict[str, Any], path: str) -> str:
+def _reached(ratio: float, row: dict[str, Any], path: str) -> tuple[float, str]:
+    """The ratio a target is judged on, and how it reads: with trials, the median of the
+    trials' own ratios (each a pair of storms seconds apart), every one listed."""
     each = _per_trial(row, path)
     if len(each) < 2:
-        return f"{ratio:.2f}×"
+        return ratio, f"{ratio:.2f}×"
+    median = sorted(each)[(len(each) - 1) // 2]
     shown = ", ".join(f"{r:.2f}×" for r in each)
-    return f"{ratio:.2f}× (median of {len(each)} trials; each trial: {shown})"
+    return median, f"{median:.2f}× (median of {len(each)} trials; each trial: {shown})"
 
 
 def trials_table(results: Results) -> list[str]:
@@ -207,11 +210,12 @@ def targets(results: Results) -> list[dict[str, Any]]:
         bus = row.get("bus")
         ratio = _ratio(bus, base)
         if bus is not None and ratio is not None:
+            ratio, reached = _reached(ratio, row, "bus")
             out.append(
                 {
                     "target": "hot code, 64 clients, matched durability: command bus ≥ 5× "
                     "the row-lock baseline",
-                    "reached": _reached(ratio, row, "bus"),
+                    "reached": reached,
                     "met": ratio >= TARGETS["bus_ratio"],
                 }
             )
@@ -224,12 +228,13 @@ def targets(results: Results) -> list[dict[str, Any]]:
             )
         http = row.get("http")
         ratio = _ratio(http, base)
+        reached = row.get("http_note", "n/a")
+        if ratio is not None:
+            ratio, reached = _reached(ratio, row, "http")
         out.append(
             {
                 "target": "hot code, 64 clients, matched durability: end to end over HTTP ≥ 2×",
-                "reached": _reached(ratio, row, "http")
-                if ratio is not None
-                else row.get("http_note", "n/a"),
+                "reached": reached,
                 "met": ratio is not None and ratio >= TARGETS["http_ratio"],
             }
         )
@@ -296,8 +301,10 @@ def to_markdown(results: Results) -> str:
             "",
             "The hot code at the most clients is measured several times (`--trials`), each trial "
             "its baseline, bus and HTTP storms one after another on fresh codes. The table above "
-            "shows each path's median trial, and its ratios are between those medians; here is "
-            "every trial.",
+            "shows the trial with the median ratio of the bus to the baseline (the machine "
+            "drifts between trials, and both sides with it: a trial's ratio pairs storms taken "
+            "seconds apart); the targets are judged on the median of the trials' ratios. Here "
+            "is every trial.",
             "",
         ]
         lines += repeated
