@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 
+import pytest
 from nats.aio.client import Client
 
 from tests.conftest import stream_state
 from tests.integration.test_eventstore import redeemed
 from tests.integration.test_eventstore_batch import spy_on_atomic_appends
+from voucher_ledger.commands import processor as processor_module
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import (
     ATOMIC_MIN,
@@ -157,3 +159,49 @@ async def test_a_batch_of_several_codes_is_one_append_and_a_stale_code_is_decide
     assert again[1].voucher is not None
     assert again[1].voucher.times_redeemed == len(busy) + 1
     assert stats.conflicts == 1
+
+
+async def test_a_settled_appends_answers_reach_the_socket_before_its_acks(
+    nc: Client,
+    bus: CommandBus,
+    store: JetStreamEventStore,
+    applied: StreamsSpec,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The callers wait for their answers, nobody for the acks: every answer of an append is
+    published and written out before the first of its commands' acks is published."""
+    (code,) = codes_in_one_partition(applied, 1)
+    proc = processor_for(nc, applied, store, applied.layout.partition_of(code))
+    issue = IssueVoucher(code=code, credit_baisa=100, max_redemptions=100)
+    await process_all(nc, applied, proc, [bus.send(issue, actor=ADMIN)])
+
+    seen: list[str] = []
+    publish, write_now = nc.publish, processor_module.write_now
+
+    async def spy_publish(subject: str, *args: object, **kwargs: object) -> None:
+        if subject.startswith(processor_module.REPLY_PREFIX):
+            seen.append("answer")
+        elif subject.startswith("$JS.ACK."):
+            seen.append("ack")
+        await publish(subject, *args, **kwargs)  # type: ignore[arg-type]
+
+    def spy_write_now(client: Client) -> None:
+        seen.append("write")
+        write_now(client)
+
+    monkeypatch.setattr(nc, "publish", spy_publish)
+    monkeypatch.setattr(processor_module, "write_now", spy_write_now)
+    customers = [f"first-{i}" for i in range(8)]
+    replies = await process_all(
+        nc,
+        applied,
+        proc,
+        [bus.send(RedeemVoucher(code=code, customer_id=c), actor=CUSTOMER) for c in customers],
+    )
+
+    assert all(isinstance(r, Accepted) for r in replies), replies
+    assert seen.count("answer") == seen.count("ack") == len(customers), seen
+    last_answer = max(i for i, what in enumerate(seen) if what == "answer")
+    first_ack = seen.index("ack")
+    assert last_answer < first_ack, seen
+    assert "write" in seen[last_answer:first_ack], seen
