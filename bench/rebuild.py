@@ -20,12 +20,12 @@ from typing import Any
 
 import asyncpg
 
-from bench.compat import ALL_PROJECTIONS
-from voucher_ledger import streams
 from voucher_ledger.commands.eventstore import JetStreamEventStore
+from voucher_ledger.jetstream import streams
+from voucher_ledger.jetstream.connection import connect_nats
 from voucher_ledger.projections.migrate import migrate
 from voucher_ledger.projections.projector import ProjectionStatus, Projector
-from voucher_ledger.runtime import connect_nats
+from voucher_ledger.projections.registry import ALL_PROJECTIONS
 
 
 def rebuild_command_exists() -> bool:

@@ -20,7 +20,7 @@ import aiohttp
 import asyncpg
 import psutil  # type: ignore[import-untyped]
 
-from voucher_ledger.embedded import EmbeddedPostgres, find_nats_server, free_port
+from voucher_ledger.service.embedded import EmbeddedPostgres, find_nats_server, free_port
 
 
 class ServerError(RuntimeError):

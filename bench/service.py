@@ -22,17 +22,17 @@ import aiohttp
 import asyncpg
 from nats.aio.client import Client
 
-from bench.compat import ALL_PROJECTIONS
 from bench.config import Workload
 from bench.servers import CpuMeter, ServiceProcess
 from bench.stats import Outcome, RunStats, Unexpected, drive, percentile
-from voucher_ledger import streams
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.wire import Accepted
+from voucher_ledger.jetstream import streams
+from voucher_ledger.jetstream.connection import connect_nats
 from voucher_ledger.ledger.commands import IssueVoucher, RedeemVoucher
 from voucher_ledger.ledger.events import Actor
-from voucher_ledger.runtime import connect_nats
+from voucher_ledger.projections.registry import ALL_PROJECTIONS
 
 T = TypeVar("T")
 # Something to hold around exactly a storm (a profiler).

@@ -25,14 +25,14 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from voucher_ledger import streams
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.host import ProcessorHost
-from voucher_ledger.embedded import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres
+from voucher_ledger.config.settings import nats_servers
+from voucher_ledger.jetstream import streams
+from voucher_ledger.jetstream.connection import check_nats_version
 from voucher_ledger.ledger.voucher import Policy
-from voucher_ledger.runtime import check_nats_version
-from voucher_ledger.settings import nats_servers
+from voucher_ledger.service.embedded import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres
 
 # Short timings so failover tests take seconds, not minutes.
 FAST = {"leases": {"ttl": 1.5}, "consumers": {"processor": {"ack_wait": 2}}}

@@ -135,7 +135,7 @@ async def serve_on(
 async def _delete_streams(nats_url: str, prefix: str) -> None:
     """Drop the test server's JetStream streams so the shared NATS does not accumulate them."""
     from tests.conftest import connect
-    from voucher_ledger import streams
+    from voucher_ledger.jetstream import streams
 
     with contextlib.suppress(Exception):
         nc = await connect(nats_url)

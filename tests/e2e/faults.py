@@ -19,8 +19,8 @@ import yaml
 from nats.aio.client import Client
 
 from tests.conftest import wait_until
-from voucher_ledger import streams
 from voucher_ledger.commands.wire import Accepted
+from voucher_ledger.jetstream import streams
 from voucher_ledger.ledger.events import RecordedEvent
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from voucher_ledger.embedded import free_port
+from voucher_ledger.service.embedded import free_port
 
 
 def clean_env(**extra: str) -> dict[str, str]:

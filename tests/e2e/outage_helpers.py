@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from voucher_ledger.embedded import EmbeddedNats, EmbeddedPostgres
+from voucher_ledger.service.embedded import EmbeddedNats, EmbeddedPostgres
 
 
 class StoppablePostgres:

@@ -29,12 +29,12 @@ from tests.e2e.api_helpers import (
     running_server,
     sync_call,
 )
-from voucher_ledger import streams
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.wire import Accepted
 from voucher_ledger.http.auth import mint_token
 from voucher_ledger.http.billing import CHECKOUT_PATHS
 from voucher_ledger.http.pages import PAGE_ROUTES
+from voucher_ledger.jetstream import streams
 from voucher_ledger.ledger.commands import RedeemVoucher
 from voucher_ledger.ledger.events import Actor
 
@@ -1133,9 +1133,9 @@ async def test_preview_is_rate_limited_per_client_with_retry_after(
 
 def test_openapi_paths_match_the_application_router() -> None:
     """The routes registered on the aiohttp app are exactly the ones the tests exercise."""
+    from voucher_ledger.config.settings import Settings
     from voucher_ledger.http.app import create_app
-    from voucher_ledger.runtime import Stack
-    from voucher_ledger.settings import Settings
+    from voucher_ledger.service.stack import Stack
 
     app = create_app(Stack(Settings(JWT_SECRET="r" * 40)))  # type: ignore[call-arg]
     served = {

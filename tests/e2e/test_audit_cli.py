@@ -20,10 +20,10 @@ from tests.e2e.helpers import clean_env
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.wire import Accepted
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.commands import IssueVoucher, RedeemVoucher, RevokeVoucher
 from voucher_ledger.ledger.events import Actor, EventEnvelope
 from voucher_ledger.ledger.voucher import VoucherCommandT
-from voucher_ledger.streams import StreamsSpec
 
 ADMIN = Actor(sub="admin", role="superadmin")
 

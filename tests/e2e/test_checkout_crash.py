@@ -15,7 +15,7 @@ from tests.conftest import fresh_database, wait_until
 from tests.e2e.api_helpers import _delete_streams
 from tests.e2e.checkout_helpers import Shop, new_code, new_customer, shop_on, stripe_env
 from tests.fakes.stripe_server import FakeStripe
-from voucher_ledger.failpoints import EXIT_CODE
+from voucher_ledger.billing.failpoints import EXIT_CODE
 
 OMR = 1000
 RECOVERY = {"CHECKOUT_RECOVERY_AFTER": "3", "CHECKOUT_RECOVERY_INTERVAL": "0.3"}

@@ -33,13 +33,13 @@ from tests.e2e.faults import (
 )
 from tests.e2e.helpers import ServiceProcess, clean_env, stop_processes
 from tests.integration.test_processor import issue, send_until_answered
-from voucher_ledger import streams
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.wire import Accepted, Rejected
-from voucher_ledger.embedded import EmbeddedNatsCluster
+from voucher_ledger.jetstream import streams
 from voucher_ledger.ledger.events import VoucherRedeemed
 from voucher_ledger.ledger.voucher import RedeemVoucher
+from voucher_ledger.service.embedded import EmbeddedNatsCluster
 
 REPLICAS = {"EVENT_REPLICAS": "3", "COMMAND_REPLICAS": "3"}
 

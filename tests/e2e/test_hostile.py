@@ -46,9 +46,9 @@ from tests.e2e.checkout_helpers import (
 )
 from tests.fakes.stripe_server import FakeStripe, encode_event, sign
 from tests.integration.test_jwks import Jwks, Key, b64, hs256_with
-from voucher_ledger.embedded import free_port
 from voucher_ledger.http.auth import mint_token
 from voucher_ledger.http.server import MALFORMED
+from voucher_ledger.service.embedded import free_port
 
 ISSUE = "/billing/vouchers/issue"
 LEGACY = "/billing/admin/promos"

@@ -30,7 +30,7 @@ from tests.e2e.api_helpers import Reply, serve_on
 from tests.e2e.checkout_helpers import Shop, new_code, new_customer
 from tests.e2e.faults import fault_scale
 from tests.e2e.outage_helpers import own_nats, own_postgres
-from voucher_ledger import streams
+from voucher_ledger.jetstream import streams
 from voucher_ledger.projections.verify import verify
 
 pytestmark = pytest.mark.storm

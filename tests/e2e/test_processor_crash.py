@@ -14,10 +14,10 @@ from tests.conftest import FAST, wait_until
 from tests.e2e.faults import write_streams_file
 from tests.e2e.helpers import ServiceProcess, clean_env, stop_processes
 from tests.integration.test_processor import redemption_events, send_until_answered
-from voucher_ledger import streams
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.wire import Accepted, Rejected
+from voucher_ledger.jetstream import streams
 from voucher_ledger.ledger.events import Actor
 from voucher_ledger.ledger.voucher import IssueVoucher, RedeemVoucher
 

@@ -13,9 +13,9 @@ import pytest
 
 from tests.conftest import connect
 from tests.e2e.helpers import ServiceProcess, clean_env, free_port, processes_using, wait_http
-from voucher_ledger import streams
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.wire import Accepted
+from voucher_ledger.jetstream import streams
 from voucher_ledger.ledger.events import Actor
 from voucher_ledger.ledger.voucher import IssueVoucher, RedeemVoucher
 

@@ -31,8 +31,8 @@ from tests.e2e.faults import (
     wait_read_models,
 )
 from tests.e2e.helpers import clean_env
-from voucher_ledger import streams
 from voucher_ledger.commands.eventstore import JetStreamEventStore
+from voucher_ledger.jetstream import streams
 from voucher_ledger.ledger.events import RedemptionReversed, VoucherRedeemed
 
 # Long enough that a checkout slowed down by the loaded machine is not rolled back as

@@ -14,9 +14,9 @@ import pytest
 
 from tests.conftest import connect, wait_until
 from tests.e2e.api_helpers import ApiServer, Reply, assert_json_error, call, running_server
-from voucher_ledger import streams
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.wire import Accepted
+from voucher_ledger.jetstream import streams
 from voucher_ledger.ledger.commands import RedeemVoucher
 from voucher_ledger.ledger.events import Actor
 

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from voucher_ledger.embedded import free_port
+from voucher_ledger.service.embedded import free_port
 
 _KEY_PART = re.compile(r"[^\[\]]+")
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from voucher_ledger.commands.eventstore import JetStreamEventStore
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger import voucher, wallet
 from voucher_ledger.ledger.commands import (
     AbandonOrder,
@@ -32,7 +33,6 @@ from voucher_ledger.ledger.commands import (
 )
 from voucher_ledger.ledger.events import Actor, EventEnvelope, OrderLine, RecordedEvent
 from voucher_ledger.ledger.voucher import Decided, Policy
-from voucher_ledger.streams import StreamsSpec
 
 ADMIN = Actor(sub="admin", role="superadmin")
 EPOCH = datetime(2026, 11, 1, tzinfo=UTC)

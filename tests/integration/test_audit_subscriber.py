@@ -11,7 +11,8 @@ from nats.aio.client import Client
 
 from tests.conftest import wait_until
 from voucher_ledger.commands.eventstore import JetStreamEventStore
-from voucher_ledger.commands.layout import Layout
+from voucher_ledger.jetstream.layout import Layout
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.events import (
     Actor,
     EventEnvelope,
@@ -20,8 +21,7 @@ from voucher_ledger.ledger.events import (
     VoucherRedeemed,
     VoucherRevoked,
 )
-from voucher_ledger.streams import StreamsSpec
-from voucher_ledger.subscribe import (
+from voucher_ledger.published.subscriber import (
     AuditRecord,
     AuditSubscriber,
     AuditSubscriberError,

@@ -1,6 +1,7 @@
 """The command bus over real NATS: replies and acknowledgements taken straight from nats.py's
-parser (voucher_ledger.direct), and the same outcomes on nats.py's own path; every way a send
-can end (stored and answered, not stored, stored but unanswered, a refused acknowledgement)."""
+parser (voucher_ledger.jetstream.direct), and the same outcomes on nats.py's own path; every
+way a send can end (stored and answered, not stored, stored but unanswered, a refused
+acknowledgement)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from nats.aio.client import Client
 from tests.conftest import HostFactory
 from voucher_ledger.commands.bus import BusUnavailable, CommandBus, CommandTimeout
 from voucher_ledger.commands.wire import REPLY_HEADER, Accepted, Rejected
-from voucher_ledger.direct import DirectDispatch, header_value, status_of
+from voucher_ledger.jetstream.direct import DirectDispatch, header_value, status_of
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.events import Actor
 from voucher_ledger.ledger.voucher import IssueVoucher, RedeemVoucher
-from voucher_ledger.streams import StreamsSpec
 
 ADMIN = Actor(sub="admin-1", role="superadmin")
 CUSTOMER = Actor(sub="checkout", role="service")

@@ -17,9 +17,10 @@ from voucher_ledger.billing.catalog import (
     HttpCatalog,
     sample_catalog_path,
 )
-from voucher_ledger.embedded import free_port
-from voucher_ledger.runtime import StartupError, make_catalog
-from voucher_ledger.settings import Settings
+from voucher_ledger.config.errors import StartupError
+from voucher_ledger.config.settings import Settings
+from voucher_ledger.service.embedded import free_port
+from voucher_ledger.service.stack import make_catalog
 
 PLANS = [
     {"id": "starter", "stripe_price_id": "price_1", "price_omr": 9},

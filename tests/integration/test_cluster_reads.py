@@ -18,14 +18,14 @@ from nats.aio.client import Client
 from tests.conftest import FAST, connect, wait_until
 from tests.e2e.faults import stream_leader
 from tests.integration.test_rebuild import envelope
-from voucher_ledger import streams
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.host import ProcessorHost
 from voucher_ledger.commands.wire import Accepted
-from voucher_ledger.embedded import EmbeddedNatsCluster
+from voucher_ledger.jetstream import streams
 from voucher_ledger.ledger.events import Actor, VoucherIssued
 from voucher_ledger.ledger.voucher import Policy, RedeemVoucher
+from voucher_ledger.service.embedded import EmbeddedNatsCluster
 
 CUSTOMER = Actor(sub="c-1", role="member")
 

@@ -9,8 +9,8 @@ import pytest
 from nats.aio.client import Client
 
 from voucher_ledger.commands.eventstore import ConcurrencyConflict, JetStreamEventStore
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.events import Actor, EventEnvelope, VoucherIssued, VoucherRedeemed
-from voucher_ledger.streams import StreamsSpec
 
 ACTOR = Actor(sub="tester", role="superadmin")
 

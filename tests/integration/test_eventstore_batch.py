@@ -16,8 +16,8 @@ from voucher_ledger.commands.eventstore import (
     ConcurrencyConflict,
     JetStreamEventStore,
 )
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.events import RecordedEvent
-from voucher_ledger.streams import StreamsSpec
 
 
 def spy_on_atomic_appends(store: JetStreamEventStore) -> list[tuple[int, str]]:

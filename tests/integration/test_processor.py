@@ -16,10 +16,10 @@ from voucher_ledger.commands.bus import BusError, CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.host import ProcessorHost
 from voucher_ledger.commands.wire import Accepted, Rejected
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import Actor, VoucherRedeemed
 from voucher_ledger.ledger.voucher import IssueVoucher, RedeemVoucher, fold
-from voucher_ledger.streams import StreamsSpec
 
 ADMIN = Actor(sub="admin-1", role="superadmin")
 CUSTOMER = Actor(sub="checkout", role="service")

@@ -21,9 +21,9 @@ from voucher_ledger.commands.eventstore import (
 )
 from voucher_ledger.commands.processor import PartitionProcessor, ProcessorStats
 from voucher_ledger.commands.wire import Accepted, Rejected
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.events import Actor, VoucherRedeemed
 from voucher_ledger.ledger.voucher import IssueVoucher, Policy, RedeemVoucher
-from voucher_ledger.streams import StreamsSpec
 
 ADMIN = Actor(sub="admin-1", role="superadmin")
 CUSTOMER = Actor(sub="checkout", role="service")

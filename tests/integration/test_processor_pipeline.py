@@ -24,8 +24,8 @@ from voucher_ledger.commands.eventstore import (
 )
 from voucher_ledger.commands.processor import PartitionProcessor
 from voucher_ledger.commands.wire import Accepted, Rejected
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.voucher import IssueVoucher, RedeemVoucher
-from voucher_ledger.streams import StreamsSpec
 
 Parts = list[tuple[str, int, int]]  # (subject, expected last subject sequence, events)
 

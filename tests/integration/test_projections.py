@@ -18,6 +18,7 @@ from tests.conftest import HostFactory, wait_until
 from tests.integration.histories import ROW_KEYS, write_mixed_history
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.commands import (
     IssueVoucher,
     RedeemVoucher,
@@ -38,7 +39,6 @@ from voucher_ledger.projections.projector import (
     stream_event,
 )
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
-from voucher_ledger.streams import StreamsSpec
 
 ADMIN = Actor(sub="admin", role="superadmin")
 

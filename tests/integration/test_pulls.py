@@ -12,10 +12,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from tests.conftest import connect, stream_state
-from voucher_ledger.direct import write_now
+from voucher_ledger.jetstream.direct import write_now
+from voucher_ledger.jetstream.pulls import PullLoop, stream_sequence
 from voucher_ledger.projections.migrate import migrate
 from voucher_ledger.projections.projector import ProjectionStatus
-from voucher_ledger.pulls import PullLoop, stream_sequence
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from tests.conftest import HostFactory
 from tests.integration.histories import ROW_KEYS, write_mixed_history
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.commands import (
     Grant,
     IssueVoucher,
@@ -58,7 +59,6 @@ from voucher_ledger.projections.projector import ProjectionStatus, StreamEvent
 from voucher_ledger.projections.rebuild import Progress, rebuild
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.projections.verify import verify
-from voucher_ledger.streams import StreamsSpec
 
 EVENTS = int(os.environ.get("VL_REBUILD_EVENTS", "12000"))
 ADMIN = Actor(sub="admin", role="superadmin")

@@ -13,6 +13,7 @@ from nats.aio.client import Client
 from pydantic import ValidationError
 
 from voucher_ledger.commands.eventstore import JetStreamEventStore
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger import events
 from voucher_ledger.ledger.events import (
     Actor,
@@ -22,9 +23,8 @@ from voucher_ledger.ledger.events import (
     decode_envelope,
 )
 from voucher_ledger.ledger.voucher import fold
-from voucher_ledger.streams import StreamsSpec
-from voucher_ledger.subscribe import AuditSubscriber, UndecodableEvent
-from voucher_ledger.timetravel import voucher_as_of
+from voucher_ledger.projections.timetravel import voucher_as_of
+from voucher_ledger.published.subscriber import AuditSubscriber, UndecodableEvent
 
 # Exactly the bytes a v1 producer wrote (before envelopes carried a command fingerprint), in its
 # own key order and spacing: never produced by today's models.

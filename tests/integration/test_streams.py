@@ -9,8 +9,8 @@ import sys
 
 from nats.aio.client import Client
 
-from voucher_ledger import streams
-from voucher_ledger.streams import StreamsSpec
+from voucher_ledger.jetstream import streams
+from voucher_ledger.jetstream.streams import StreamsSpec
 
 
 async def test_apply_is_idempotent_and_diff_is_clean(nc: Client, prefix: str) -> None:

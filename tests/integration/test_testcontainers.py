@@ -42,8 +42,8 @@ async def test_event_store_round_trip_on_a_nats_container() -> None:
 
     from tests.conftest import connect
     from tests.integration.test_eventstore import issued
-    from voucher_ledger import streams
     from voucher_ledger.commands.eventstore import JetStreamEventStore
+    from voucher_ledger.jetstream import streams
 
     with DockerContainer("nats:2.12-alpine").with_command("-js").with_exposed_ports(4222) as box:
         wait_for_logs(box, "Server is ready")

@@ -11,6 +11,7 @@ from tests.conftest import HostFactory
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.wire import Accepted
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.commands import (
     IssueVoucher,
     RedeemVoucher,
@@ -19,8 +20,7 @@ from voucher_ledger.ledger.commands import (
 )
 from voucher_ledger.ledger.events import Actor
 from voucher_ledger.ledger.voucher import VoucherCommandT, VoucherView
-from voucher_ledger.streams import StreamsSpec
-from voucher_ledger.timetravel import BadTimestamp, parse_timestamp, voucher_as_of
+from voucher_ledger.projections.timetravel import BadTimestamp, parse_timestamp, voucher_as_of
 
 ADMIN = Actor(sub="admin", role="superadmin")
 

@@ -14,6 +14,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from voucher_ledger.config.settings import Settings
 from voucher_ledger.http.auth import (
     ISSUER_ROLES,
     MIN_SECRET_BYTES,
@@ -25,7 +26,6 @@ from voucher_ledger.http.auth import (
     mint_token,
     resolve_secret,
 )
-from voucher_ledger.settings import Settings
 
 SECRET = b"s" * 16 + b"e" * 16 + b"cret-for-tests"
 HEADER_MESSAGE = "missing or invalid authorization header"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voucher_ledger.commands.layout import Layout
+from voucher_ledger.jetstream.layout import Layout
 from voucher_ledger.ledger.codes import (
     CUSTOMER_ID_MAX,
     normalise_code,

@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from voucher_ledger import eventdocs
 from voucher_ledger.cli import main
 from voucher_ledger.ledger.events import EVENT_TYPES, Actor, EventEnvelope, encode_envelope
+from voucher_ledger.published import eventdocs
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import nats.js.errors
 
-from voucher_ledger.leases import LeaseHost
+from voucher_ledger.jetstream.leases import LeaseHost
 
 
 class _Host(LeaseHost):

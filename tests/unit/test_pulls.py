@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nats.aio.msg import Msg
 
-from voucher_ledger.pulls import stream_sequence
+from voucher_ledger.jetstream.pulls import stream_sequence
 
 
 def delivery(reply: str) -> Msg:

@@ -12,11 +12,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import ValidationError
 
+from voucher_ledger.config.settings import Settings
 from voucher_ledger.http.app import create_app
 from voucher_ledger.http.openapi import build_openapi
 from voucher_ledger.http.pages import ASSET_TYPES, CSP, PAGE_ROUTES, Pages, build_id
-from voucher_ledger.runtime import Stack
-from voucher_ledger.settings import Settings
+from voucher_ledger.service.stack import Stack
 
 WEB = resources.files("voucher_ledger") / "web"
 SOURCES = {

@@ -20,8 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from voucher_ledger.ledger.events import OrderLine
+from voucher_ledger.ledger.money import BAISA
 
-BAISA = 1000
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
 
 
@@ -104,7 +104,7 @@ class CatalogSource(Protocol):
 
 
 def sample_catalog_path() -> Path:
-    return Path(str(resources.files("voucher_ledger") / "catalog.yaml"))
+    return Path(str(resources.files("voucher_ledger.billing") / "catalog.yaml"))
 
 
 class FileCatalog:

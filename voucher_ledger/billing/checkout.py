@@ -37,10 +37,10 @@ from typing import Any
 import asyncpg
 
 from voucher_ledger.billing.catalog import CatalogError, CatalogSource, CatalogUnavailable
+from voucher_ledger.billing.failpoints import crash_if
 from voucher_ledger.billing.stripe_gateway import PaymentError, StripeGateway
 from voucher_ledger.commands.bus import EXPIRY_GRACE, BusError, CommandBus, CommandTimeout
 from voucher_ledger.commands.wire import Accepted, Rejected
-from voucher_ledger.failpoints import crash_if
 from voucher_ledger.ledger.commands import (
     AbandonOrder,
     AttachSession,

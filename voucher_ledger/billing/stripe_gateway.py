@@ -18,11 +18,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import stripe
 
 from voucher_ledger.ledger.events import OrderLine
+from voucher_ledger.ledger.money import BAISA
 
 log = logging.getLogger(__name__)
 
 STRIPE_API_VERSION = "2026-10-28.endive"
-BAISA = 1000
 
 
 class PaymentError(Exception):

@@ -1,1 +1,2 @@
-"""Command transport: partitioning, the JetStream event store, sequential processors, the bus."""
+"""The write side: the command envelope (wire), the event store and its JetStream implementation,
+the sequential processors and their host, the command bus."""

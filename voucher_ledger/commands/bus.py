@@ -21,7 +21,6 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from voucher_ledger.commands.layout import Layout
 from voucher_ledger.commands.wire import (
     REPLY_ADAPTER,
     REPLY_HEADER,
@@ -29,7 +28,8 @@ from voucher_ledger.commands.wire import (
     Rejected,
     encode_command,
 )
-from voucher_ledger.direct import DirectDispatch, status_of
+from voucher_ledger.jetstream.direct import DirectDispatch, status_of
+from voucher_ledger.jetstream.layout import Layout
 from voucher_ledger.ledger.codes import validate_command_id
 from voucher_ledger.ledger.commands import WalletCommandT
 from voucher_ledger.ledger.events import Actor
@@ -74,8 +74,8 @@ class _Pending:
 class CommandBus:
     """One subscription (``<inbox>.*``) carries both the command stream's PubAcks (token
     ``a<n>``) and the processors' replies (``r<n>``), taken straight from nats.py's parser
-    (:mod:`voucher_ledger.direct`); a command waits on one future with one timer (the bus was
-    43 % of a client's CPU in a storm, bench/README.md)."""
+    (:mod:`voucher_ledger.jetstream.direct`); a command waits on one future with one timer (the
+    bus was 43 % of a client's CPU in a storm, bench/README.md)."""
 
     def __init__(self, nc: Client, layout: Layout, command_stream: str) -> None:
         self._nc = nc

@@ -23,9 +23,9 @@ from nats.aio.client import Client
 
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.processor import PartitionProcessor, ProcessorStats, StateCache
-from voucher_ledger.leases import LeaseHost, stop_worker
+from voucher_ledger.jetstream.leases import LeaseHost, stop_worker
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.voucher import Policy
-from voucher_ledger.streams import StreamsSpec
 
 log = logging.getLogger(__name__)
 

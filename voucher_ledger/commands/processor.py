@@ -42,14 +42,14 @@ from voucher_ledger.commands.eventstore import (
     JetStreamEventStore,
     PartResult,
 )
-from voucher_ledger.commands.layout import Layout
 from voucher_ledger.commands.wire import REPLY_HEADER, Accepted, CommandEnvelope, Rejected
-from voucher_ledger.direct import write_now
+from voucher_ledger.jetstream.direct import write_now
+from voucher_ledger.jetstream.layout import Layout
+from voucher_ledger.jetstream.pulls import PullLoop
 from voucher_ledger.ledger import voucher, wallet
 from voucher_ledger.ledger.errors import CommandExpired, DomainError
 from voucher_ledger.ledger.events import EventEnvelope, RecordedEvent
 from voucher_ledger.ledger.voucher import Decided, Policy, Receipt, Refused, Replayed
-from voucher_ledger.pulls import PullLoop
 
 log = logging.getLogger(__name__)
 

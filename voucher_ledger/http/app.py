@@ -36,6 +36,7 @@ from voucher_ledger.http import billing, pages
 from voucher_ledger.http.asof import parse_at, voucher_detail_at
 from voucher_ledger.http.auth import ISSUER_ROLES, AuthError, Principal
 from voucher_ledger.http.errors import ApiError, int_query, parse_body
+from voucher_ledger.http.keys import LIMITER, METRICS, STACK
 from voucher_ledger.http.metrics import Metrics
 from voucher_ledger.http.models import (
     HealthOut,
@@ -62,18 +63,15 @@ from voucher_ledger.ledger.codes import normalise_code, normalise_search, valida
 from voucher_ledger.ledger.commands import IssueVoucher, RevokeVoucher
 from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import Actor
+from voucher_ledger.ledger.money import BAISA
 from voucher_ledger.ledger.voucher import VoucherCommandT
 from voucher_ledger.projections import queries
-from voucher_ledger.runtime import Stack
+from voucher_ledger.service.stack import Stack
 
 log = logging.getLogger(__name__)
 
-STACK = web.AppKey("stack", Stack)
-METRICS = web.AppKey("metrics", Metrics)
-LIMITER = web.AppKey("preview_limiter", RateLimiter)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-BAISA = 1000
 ISSUER_FORBIDDEN = "superadmin or sovereign-admin role required"
 LIST_STATUSES = ("live", "revoked")
 

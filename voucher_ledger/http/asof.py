@@ -9,8 +9,8 @@ from __future__ import annotations
 from voucher_ledger.commands.eventstore import EventStoreUnavailable, JetStreamEventStore
 from voucher_ledger.http.errors import ApiError
 from voucher_ledger.http.models import VoucherDetail
-from voucher_ledger.runtime import Stack
-from voucher_ledger.timetravel import BadTimestamp, parse_timestamp, voucher_as_of
+from voucher_ledger.projections.timetravel import BadTimestamp, parse_timestamp, voucher_as_of
+from voucher_ledger.service.stack import Stack
 
 
 def parse_at(values: list[str]) -> str:

@@ -24,7 +24,7 @@ import aiohttp
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from voucher_ledger.settings import Settings, redact_url
+from voucher_ledger.config.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 

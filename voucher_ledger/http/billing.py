@@ -20,6 +20,7 @@ from voucher_ledger.billing.checkout import CheckoutError, CheckoutOutcome, Chec
 from voucher_ledger.billing.stripe_gateway import WebhookSignatureError
 from voucher_ledger.http.auth import ISSUER_ROLES, AuthError, Principal
 from voucher_ledger.http.errors import ApiError, int_query, parse_body
+from voucher_ledger.http.keys import STACK
 from voucher_ledger.http.models import (
     BalanceOut,
     CheckoutBody,
@@ -36,12 +37,12 @@ from voucher_ledger.ledger.codes import (
 )
 from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import Actor
+from voucher_ledger.ledger.money import whole_omr
 from voucher_ledger.projections import queries
-from voucher_ledger.runtime import Stack
+from voucher_ledger.service.stack import Stack
 
 log = logging.getLogger(__name__)
 
-BAISA = 1000
 CHECKOUT_PATHS = (
     "/billing/checkout",
     "/billing/purchase",
@@ -53,12 +54,10 @@ _EVENT_ID = re.compile(r"^[A-Za-z0-9_]{1,120}$")
 
 def omr(baisa: int) -> int:
     """Whole OMR, truncated toward zero (a debit of 9.5 OMR shows as -9, never -10)."""
-    return -(-baisa // BAISA) if baisa < 0 else baisa // BAISA
+    return whole_omr(baisa)
 
 
 def _stack(request: web.Request) -> Stack:
-    from voucher_ledger.http.app import STACK
-
     return request.app[STACK]
 
 

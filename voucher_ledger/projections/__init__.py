@@ -1,1 +1,2 @@
-"""Postgres read models fed by durable consumers of the event stream (next issue)."""
+"""The read side: Postgres read models (one module each), the projector that applies them, rebuild,
+verify, time travel, the queries the API serves, and the migrations."""

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import asyncpg
 from nats.aio.client import Client
 
-from voucher_ledger.leases import LeaseHost, stop_worker
+from voucher_ledger.jetstream.leases import LeaseHost, stop_worker
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.projections.projector import (
     READ_MODELS,
     Projection,
@@ -20,7 +21,6 @@ from voucher_ledger.projections.projector import (
     Projector,
 )
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
-from voucher_ledger.streams import StreamsSpec
 
 log = logging.getLogger(__name__)
 

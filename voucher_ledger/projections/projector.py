@@ -31,6 +31,8 @@ import asyncpg.pool
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from voucher_ledger.jetstream.pulls import PullLoop, stream_sequence
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.events import (
     EventEnvelope,
     RedemptionReversed,
@@ -39,8 +41,6 @@ from voucher_ledger.ledger.events import (
     VoucherRevoked,
     decode_envelope,
 )
-from voucher_ledger.pulls import PullLoop, stream_sequence
-from voucher_ledger.streams import StreamsSpec
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import asyncpg
 from nats.aio.client import Client
 
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.projections.bulk import PlainEvent, bulk_for
 from voucher_ledger.projections.migrate import discover
 from voucher_ledger.projections.projector import (
@@ -37,7 +38,6 @@ from voucher_ledger.projections.projector import (
     appliers_for,
 )
 from voucher_ledger.projections.replay import read_events, stream_head
-from voucher_ledger.streams import StreamsSpec
 
 log = logging.getLogger(__name__)
 

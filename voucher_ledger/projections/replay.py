@@ -14,9 +14,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.protocol.parser import AWAITING_CONTROL_LINE as _AWAITING_CONTROL_LINE
 
+from voucher_ledger.jetstream.pulls import PullLoop, stream_sequence
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.projections.projector import StreamEvent, stream_event
-from voucher_ledger.pulls import PullLoop, stream_sequence
-from voucher_ledger.streams import StreamsSpec
 
 
 async def stream_head(nc: Client, spec: StreamsSpec) -> int:
@@ -93,10 +93,10 @@ class _ReplayPulls(PullLoop):
     body sliced out, the sequence read from the ack subject), leaves a partial one in the
     buffer for the next read, and lets nats.py's parser carry on from anything else (another
     subscription's message, a status message, a ping). The deliveries that nats.py's parser
-    does hand over come through the pull loop's direct handler (:mod:`voucher_ledger.direct`),
-    here taking their sequence from the ack subject. Everything else takes nats.py's own
-    path. Should nats.py stop calling either hook, the deliveries simply keep arriving
-    through the other or the callback."""
+    does hand over come through the pull loop's direct handler
+    (:mod:`voucher_ledger.jetstream.direct`), here taking their sequence from the ack subject.
+    Everything else takes nats.py's own path. Should nats.py stop calling either hook, the
+    deliveries simply keep arriving through the other or the callback."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

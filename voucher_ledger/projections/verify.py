@@ -16,10 +16,10 @@ from typing import Any
 import asyncpg
 from nats.aio.client import Client
 
+from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger import voucher, wallet
 from voucher_ledger.ledger.events import RecordedEvent, RedemptionReversed, VoucherRedeemed
 from voucher_ledger.projections.replay import read_stream, stream_head
-from voucher_ledger.streams import StreamsSpec
 
 
 @dataclass

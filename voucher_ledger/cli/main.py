@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
-from voucher_ledger import audit_cli, replay_cli, streams
-from voucher_ledger.embedded import EmbeddedNats
-from voucher_ledger.runtime import Stack, StartupError, connect_nats, load_spec
-from voucher_ledger.settings import Settings
-from voucher_ledger.worker import PARENT_ENV, answer_reports, die_with_parent
+from voucher_ledger.cli import audit as audit_cli
+from voucher_ledger.cli import replay as replay_cli
+from voucher_ledger.cli.common import tune_gc, wait_for_signal
+from voucher_ledger.config.errors import StartupError
+from voucher_ledger.config.settings import Settings
+from voucher_ledger.jetstream import streams
+from voucher_ledger.jetstream.connection import connect_nats
+from voucher_ledger.service.embedded import EmbeddedNats
+from voucher_ledger.service.stack import Stack, load_spec
+from voucher_ledger.service.worker import PARENT_ENV, answer_reports, die_with_parent
 
 log = logging.getLogger("voucher_ledger")
 
@@ -65,24 +68,6 @@ class _OutageLine(logging.Filter):
         return True
 
 
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
-def tune_gc() -> None:
-    """After start-up: move everything alive now (modules, models, the stack) out of the cyclic
-    GC's reach and collect the young generation less often. The cached aggregate states are
-    long-lived and mostly acyclic; the collector walking them was ~9 % of a storm's CPU and
-    the source of one-off latency spikes (bench/README.md)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-
-
 async def _serve(settings: Settings) -> int:
     from voucher_ledger.http.app import create_app
     from voucher_ledger.http.server import AppRunner
@@ -102,7 +87,7 @@ async def _serve(settings: Settings) -> int:
             settings.port,
         )
         tune_gc()
-        await _wait_for_signal()
+        await wait_for_signal()
         log.info("shutting down")
     finally:
         await runner.cleanup()
@@ -123,7 +108,7 @@ async def _processors(settings: Settings) -> int:
     await answer_reports(stack.nc, stack.spec.layout.prefix, stack.host)
     tune_gc()
     try:
-        await _wait_for_signal()
+        await wait_for_signal()
     finally:
         await stack.stop()
     return 0
@@ -244,7 +229,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,7 +7,7 @@ deliveries into a list, pull requests (``$JS.API.CONSUMER.MSG.NEXT``, ``batch`` 
 are published directly and kept topped up, and :meth:`PullLoop.next` hands over everything that
 arrived, waiting (one timer) only when nothing did.
 
-The deliveries are taken straight from nats.py's parser (:mod:`voucher_ledger.direct`): a
+The deliveries are taken straight from nats.py's parser (:mod:`voucher_ledger.jetstream.direct`): a
 delivery becomes a bare ``Msg`` (reply subject, payload, and only the headers the loop was asked
 to keep) without nats.py's header parsing, queue and callback task; status messages (end of a
 request, heartbeats) are read from their status line. If the hook is not in use, nats.py's
@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from voucher_ledger.direct import DirectDispatch, header_value, status_of
+from voucher_ledger.jetstream.direct import DirectDispatch, header_value, status_of
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from nats.aio.client import Client
 
-from voucher_ledger.commands.layout import Layout
+from voucher_ledger.jetstream.layout import Layout
 
 DEFAULT_FILE = Path(__file__).with_name("streams.yaml")
 _DURATIONS = {"max_age", "duplicate_window", "ack_wait"}

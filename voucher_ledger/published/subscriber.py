@@ -42,7 +42,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
-from voucher_ledger.commands.layout import PREFIX_PATTERN, account_token
+from voucher_ledger.jetstream.layout import PREFIX_PATTERN, account_token
 from voucher_ledger.ledger.codes import CODE_PATTERN
 from voucher_ledger.ledger.events import CURRENT_VERSIONS, EventEnvelope, RecordedEvent
 from voucher_ledger.ledger.events import decode_envelope as _decode_envelope

@@ -8,36 +8,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import nats.errors
-from nats.aio.client import Client
 
-from voucher_ledger.settings import Settings
+from voucher_ledger.cli.common import PROG, UserError, connected, load_streams
+from voucher_ledger.config.settings import Settings
+from voucher_ledger.ledger.money import BAISA
 
 log = logging.getLogger(__name__)
 
 COMMANDS = ("audit", "show", "schema")
-PROG = "voucher-ledger"
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit status ``code``."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 # ------------------------------------------------------------------------------------- parsers
 
 
@@ -51,7 +40,7 @@ def _positive(name: str) -> Callable[[str], int]:
 
 
 def _timestamp(raw: str) -> datetime:
-    from voucher_ledger.timetravel import BadTimestamp, parse_timestamp
+    from voucher_ledger.projections.timetravel import BadTimestamp, parse_timestamp
 
     try:
         return parse_timestamp(raw, name="the time")
@@ -156,7 +145,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from voucher_ledger import eventdocs
+    from voucher_ledger.published import eventdocs
 
     root: Path = args.dir
     if args.schema_action == "export":
@@ -178,59 +167,6 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------- connection
-
-
-def nats_url(settings: Settings) -> str:
-    """NATS_URL, or the embedded server a running ``voucher-ledger serve`` wrote down."""
-    if settings.nats_url:
-        return settings.nats_url
-    url_file = settings.data_dir.resolve() / "nats" / "url"
-    try:
-        return url_file.read_text().strip()
-    except OSError:
-        raise UserError(
-            "NATS_URL is not set and no embedded server was found under "
-            f"{settings.data_dir / 'nats'}: set NATS_URL, or start `{PROG} serve` "
-            "(or pass its --data-dir)"
-        ) from None
-
-
-async def connect(url: str) -> Client:
-    """Connect (no tracebacks in the log, a clear error after a few seconds); once connected,
-    reconnect forever like the service does, so a long ``audit tail`` survives a NATS restart."""
-    from voucher_ledger.runtime import StartupError, connect_nats
-
-    async def quiet(exc: Exception) -> None:
-        log.debug("nats: %r", exc)
-
-    try:
-        return await connect_nats(
-            url, name="voucher-ledger-audit", error_cb=quiet, startup_timeout=5.0
-        )
-    except StartupError as exc:
-        raise UserError(str(exc)) from exc
-
-
-@contextlib.asynccontextmanager
-async def _connected(settings: Settings) -> AsyncIterator[Client]:
-    nc = await connect(nats_url(settings))
-    try:
-        yield nc
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(nc.close(), 5)
-
-
-def _spec(settings: Settings) -> Any:
-    from voucher_ledger.runtime import load_spec
-
-    try:
-        return load_spec(settings)
-    except Exception as exc:  # a bad STREAMS_FILE: its error is the message
-        raise UserError(f"cannot load the streams declaration: {exc}") from exc
-
-
 # ---------------------------------------------------------------------------------------- show
 
 
@@ -239,14 +175,14 @@ async def _show(args: argparse.Namespace, settings: Settings) -> int:
     from voucher_ledger.ledger.codes import normalise_code
     from voucher_ledger.ledger.errors import InvalidInput
     from voucher_ledger.ledger.events import isoformat_z
-    from voucher_ledger.timetravel import voucher_as_of
+    from voucher_ledger.projections.timetravel import voucher_as_of
 
     try:
         code = normalise_code(args.code)
     except InvalidInput as exc:
         raise UserError(f"invalid code: {exc.message}", 2) from exc
-    spec = _spec(settings)
-    async with _connected(settings) as nc:
+    spec = load_streams(settings)
+    async with connected(settings) as nc:
         store = JetStreamEventStore(nc, spec.event_stream)
         try:
             await store.last_sequence()  # the stream exists and answers
@@ -274,7 +210,7 @@ async def _show(args: argparse.Namespace, settings: Settings) -> int:
     cap = str(v.max_redemptions) if v.max_redemptions else "unlimited"
     lines = [
         f"{v.code}{when or ' (current)'}, after {state.events} event(s), last seq {v.last_seq}",
-        f"  credit       {v.credit_baisa // 1000} OMR ({v.credit_baisa} baisa)",
+        f"  credit       {v.credit_baisa // BAISA} OMR ({v.credit_baisa} baisa)",
         f"  description  {_safe(v.description)}",
         f"  active       {_yes(v.active)}",
         f"  revoked      {_yes(v.revoked)}"
@@ -344,7 +280,7 @@ def format_json(record: Any) -> str:
 async def _tail(args: argparse.Namespace, settings: Settings) -> int:
     from voucher_ledger.ledger.codes import normalise_code
     from voucher_ledger.ledger.errors import InvalidInput
-    from voucher_ledger.subscribe import (
+    from voucher_ledger.published.subscriber import (
         DURABLE_PATTERN,
         AuditSubscriber,
         AuditSubscriberError,
@@ -373,10 +309,10 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
         )
     if args.durable is not None and not DURABLE_PATTERN.fullmatch(args.durable):
         raise UserError("--durable: 1 to 64 characters from A-Z, a-z, 0-9, _ and -", 2)
-    spec = _spec(settings)
+    spec = load_streams(settings)
     out: TextIO = sys.stdout
     printed = 0
-    async with _connected(settings) as nc:
+    async with connected(settings) as nc:
         subscriber = AuditSubscriber(
             nc,
             prefix,
