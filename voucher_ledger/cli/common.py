@@ -29,18 +29,10 @@ class UserError(Exception):
 
 
 def nats_url(settings: Settings) -> str:
-    """NATS_URL, or the embedded server a running ``voucher-ledger serve`` wrote down."""
-    if settings.nats_url:
-        return settings.nats_url
-    url_file = settings.data_dir.resolve() / "nats" / "url"
-    try:
-        return url_file.read_text().strip()
-    except OSError:
-        raise UserError(
-            "NATS_URL is not set and no embedded server was found under "
-            f"{settings.data_dir / 'nats'}: set NATS_URL, or start `{PROG} serve` "
-            "(or pass its --data-dir)"
-        ) from None
+    """NATS_URL: set, or the running owner's (``service.owner.attach`` filled it in)."""
+    if not settings.nats_url:
+        raise UserError(f"NATS_URL is not set and no voucher-ledger runs on {settings.data_dir}")
+    return settings.nats_url
 
 
 async def connect(url: str) -> Client:

@@ -18,7 +18,7 @@ from voucher_ledger.config.errors import StartupError
 from voucher_ledger.config.settings import Settings
 from voucher_ledger.jetstream import streams
 from voucher_ledger.jetstream.connection import connect_nats
-from voucher_ledger.service.embedded import EmbeddedNats
+from voucher_ledger.service.owner import DataDirLock, attach, check_port_free
 from voucher_ledger.service.stack import Stack, load_spec
 from voucher_ledger.service.worker import PARENT_ENV, answer_reports, die_with_parent
 
@@ -68,12 +68,18 @@ class _OutageLine(logging.Filter):
         return True
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, owner: DataDirLock | None) -> int:
     from voucher_ledger.http.app import create_app
     from voucher_ledger.http.server import AppRunner
 
     stack = Stack(settings, processors_in_child=settings.processor_process)
     await stack.start()
+    if owner is not None:  # operator jobs find the servers through the data dir from now on
+        owner.publish(
+            http=f"http://{settings.host}:{settings.port}",
+            nats_url=stack.nats_url,
+            database_url=stack.database_url,
+        )
     runner = AppRunner(create_app(stack), access_log=None)
     try:
         await runner.setup()
@@ -115,41 +121,33 @@ async def _processors(settings: Settings) -> int:
 
 
 async def _streams(settings: Settings, action: str) -> int:
-    embedded: EmbeddedNats | None = None
-    url = settings.nats_url
-    if not url:
-        embedded = EmbeddedNats(settings.data_dir, binary=settings.nats_server_bin)
-        url = await asyncio.to_thread(embedded.start)
+    assert settings.nats_url is not None  # attach() gave the running owner's when unset
+    nc = await connect_nats(settings.nats_url, startup_timeout=settings.nats_connect_timeout)
     try:
-        nc = await connect_nats(url, startup_timeout=settings.nats_connect_timeout)
-        try:
-            spec = load_spec(settings)
-            if action == "apply":
-                changes = await streams.apply(nc, spec)
-                for line in changes:
-                    print(line)
-                print(f"streams up to date ({len(changes)} change(s))")
-                return 0
-            drifts = await streams.diff(nc, spec)
-            for drift in drifts:
-                print(drift)
-            if drifts:
-                print(f"{len(drifts)} difference(s) between streams.yaml and the server")
-                return 1
-            print("no drift")
+        spec = load_spec(settings)
+        if action == "apply":
+            changes = await streams.apply(nc, spec)
+            for line in changes:
+                print(line)
+            print(f"streams up to date ({len(changes)} change(s))")
             return 0
-        finally:
-            await nc.close()
+        drifts = await streams.diff(nc, spec)
+        for drift in drifts:
+            print(drift)
+        if drifts:
+            print(f"{len(drifts)} difference(s) between streams.yaml and the server")
+            return 1
+        print("no drift")
+        return 0
     finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+        await nc.close()
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
-    from voucher_ledger.http.auth import ConfigError, mint_token, resolve_secret
+    from voucher_ledger.http.auth import ConfigError, mint_token, read_secret
 
-    try:
-        secret = resolve_secret(settings)
+    try:  # never a new secret: a token only the running service accepts is worth printing
+        secret = read_secret(settings)
     except ConfigError as exc:
         print(f"voucher-ledger: {exc}", file=sys.stderr)
         return 1
@@ -196,6 +194,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The servers each operator job needs (``schema`` needs none).
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "streams": ("nats",),
+    "audit": ("nats",),
+    "show": ("nats",),
+    "processors": ("nats", "postgres"),
+    "verify": ("nats", "postgres"),
+    "rebuild": ("nats", "postgres"),
+}
+
+
+def _serve_owning(settings: Settings) -> int:
+    """``serve``: the data dir's lock (when it starts embedded servers) and the HTTP port are
+    taken before anything starts, so a second ``serve`` changes nothing."""
+    check_port_free(settings.host, settings.port)
+    owner = None
+    if settings.embedded_nats or settings.embedded_postgres:
+        owner = DataDirLock(settings.data_dir)
+        owner.acquire()
+    try:
+        return asyncio.run(_serve(settings, owner))
+    finally:
+        if owner is not None:
+            owner.release()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -211,13 +235,17 @@ def main(argv: list[str] | None = None) -> int:
             print("voucher-ledger: --ttl must be between 1 and 2678400 seconds", file=sys.stderr)
             return 2
         return _token(settings, args)
-    if args.command in audit_cli.COMMANDS:
-        return audit_cli.run(args, settings)
-    if args.command in replay_cli.COMMANDS:
-        return replay_cli.run(args, settings)
     try:
+        # Operator jobs on the embedded default use the running owner's servers, never their own.
+        needs = _NEEDS.get(args.command)
+        if needs is not None:
+            settings = attach(settings, nats="nats" in needs, postgres="postgres" in needs)
+        if args.command in audit_cli.COMMANDS:
+            return audit_cli.run(args, settings)
+        if args.command in replay_cli.COMMANDS:
+            return replay_cli.run(args, settings)
         if args.command == "serve":
-            return asyncio.run(_serve(settings))
+            return _serve_owning(settings)
         if args.command == "processors":
             return asyncio.run(_processors(settings))
         return asyncio.run(_streams(settings, args.action))

@@ -87,14 +87,12 @@ class _Bar(Progress):
 @contextlib.asynccontextmanager
 async def _servers(settings: Settings) -> AsyncIterator[tuple[Client, asyncpg.Pool]]:
     nc = await connect(nats_url(settings))
-    pg = None
     try:
         url = settings.database_url
-        if not url:
-            from voucher_ledger.service.embedded import EmbeddedPostgres
-
-            pg = EmbeddedPostgres(settings.data_dir)
-            url = await asyncio.to_thread(pg.start)
+        if not url:  # service.owner.attach gave the running owner's when unset
+            raise UserError(
+                f"DATABASE_URL is not set and no voucher-ledger runs on {settings.data_dir}"
+            )
         try:
             # rebuild: one connection for the swap, one per read model for the replay
             pool = await asyncpg.create_pool(url, min_size=1, max_size=len(ALL_PROJECTIONS) + 1)
@@ -107,8 +105,6 @@ async def _servers(settings: Settings) -> AsyncIterator[tuple[Client, asyncpg.Po
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 5)
-        if pg is not None:
-            await asyncio.to_thread(pg.stop)
 
 
 def _summary(s: RebuildSummary) -> str:

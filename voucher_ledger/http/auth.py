@@ -100,6 +100,24 @@ def resolve_secret(settings: Settings) -> bytes:
     )
 
 
+def read_secret(settings: Settings) -> bytes:
+    """The secret the service verifies tokens with, never a new one: ``JWT_SECRET``, or (embedded
+    default) the ``DATA_DIR/jwt-secret`` that ``serve`` generated. A data dir without one (not
+    started yet, another folder, a typo) is a :class:`ConfigError` naming the path looked at."""
+    if settings.jwt_secret is not None or not (
+        settings.embedded_nats and settings.embedded_postgres
+    ):
+        return resolve_secret(settings)
+    path = settings.data_dir.resolve() / SECRET_FILE
+    try:
+        return _read_secret(path)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no JWT secret at {path}: start `voucher-ledger serve` with this data dir first, "
+            "pass the --data-dir it runs with, or set JWT_SECRET"
+        ) from None
+
+
 def load_or_create_secret(data_dir: Path) -> bytes:
     """``data_dir/jwt-secret``, created (mode 0600, atomically) on first use and reused after."""
     path = data_dir / SECRET_FILE
