@@ -31,7 +31,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 REPO = Path(__file__).resolve().parents[2]
-RESULTS = Path(os.environ.get("VL_BROWSER_RESULTS", REPO / "results" / "browser"))
+# An untracked folder by default, so a test run leaves the checkout clean; the committed set in
+# results/browser/ is refreshed on purpose: VL_BROWSER_RESULTS=results/browser pytest ...
+RESULTS = Path(os.environ.get("VL_BROWSER_RESULTS", REPO / "results" / "browser-latest"))
 # Chromium logs every 4xx/5xx fetch as a console error; those answers are what the tests ask for.
 _EXPECTED_CONSOLE = re.compile(r"^Failed to load resource: the server responded with a status of")
 
@@ -163,7 +165,7 @@ class Recorder:
 
 
 async def snap(page: Any, name: str, *, full_page: bool = True) -> Path:
-    """Save a screenshot as ``results/browser/<name>.png`` after the accessibility checks
+    """Save a screenshot as ``<RESULTS>/<name>.png`` after the accessibility checks
     passed for what is on screen."""
     await assert_accessible(page)
     RESULTS.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a local directory, once

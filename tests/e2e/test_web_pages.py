@@ -6,7 +6,9 @@ timeout, so a write really answers 503; the public preview limited to one per mi
 check really answers 429). Every test gets a fresh browser context; every request it makes is
 checked against the live /openapi.json (same origin; a page, or a documented operation with
 documented query parameters), and no console error (a CSP violation is one) is allowed.
-Screenshots of every page and state go to results/browser/ (after the accessibility checks)."""
+Screenshots of every page and state go to results/browser-latest/ (untracked;
+VL_BROWSER_RESULTS chooses another folder, e.g. results/browser for the committed set), after the
+accessibility checks."""
 
 from __future__ import annotations
 

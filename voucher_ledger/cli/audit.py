@@ -14,7 +14,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -246,10 +246,19 @@ def _safe(value: Any) -> str:
 # ---------------------------------------------------------------------------------------- tail
 
 
-def format_line(record: Any) -> str:
-    """``seq  time  type  aggregate-id  key=value ...  by sub/role`` for one AuditRecord."""
-    from voucher_ledger.ledger.events import isoformat_z
+def _type_width() -> int:
+    from voucher_ledger.ledger.events import EVENT_TYPES
 
+    return max(len(str(m.model_fields["type"].default)) for m in EVENT_TYPES) + 3  # " v2"
+
+
+_TIME_WIDTH = len("2026-01-01T00:00:00.000000Z")
+_AGGREGATE_WIDTH = 28  # "voucher:" and a 20-character code; a longer one pushes the rest right
+
+
+def format_line(record: Any) -> str:
+    """``seq  time  type  aggregate:id  key=value ...  by sub/role`` for one AuditRecord, the
+    first four in columns that line up (times in UTC with microseconds, padded)."""
     env = record.envelope
     fields = env.event.model_dump(mode="json")
     fields.pop("type", None)
@@ -259,11 +268,17 @@ def format_line(record: Any) -> str:
             fields.pop(key)
     keyed = " ".join(f"{k}={_safe(v)}" for k, v in fields.items())
     version = f" v{env.event.version}" if env.event.version != 1 else ""
+    at = env.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    kind = f"{env.event.type}{version}"
+    aggregate = f"{env.aggregate}:{_safe(env.aggregate_id)}"
     return (
-        f"{record.seq:>8}  {isoformat_z(env.occurred_at)}  {env.event.type}{version:<4} "
-        f"{env.aggregate}:{_safe(env.aggregate_id)}  {keyed}  "
+        f"{record.seq:>8}  {at:<{_TIME_WIDTH}}  {kind:<{_TYPE_WIDTH}}  "
+        f"{aggregate:<{_AGGREGATE_WIDTH}}  {keyed}  "
         f"by {_safe(env.actor.sub)}/{_safe(env.actor.role)}"
     ).rstrip()
+
+
+_TYPE_WIDTH = _type_width()
 
 
 def format_json(record: Any) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from voucher_ledger import __version__
 from voucher_ledger.cli import audit as audit_cli
 from voucher_ledger.cli import replay as replay_cli
 from voucher_ledger.cli.common import tune_gc, wait_for_signal
@@ -156,7 +157,12 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="voucher-ledger", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="voucher-ledger",
+        description="An event-sourced voucher and credit ledger: serve the API, run the command "
+        "processors, manage the JetStream streams, read and replay the event stream.",
+    )
+    parser.add_argument("--version", action="version", version=f"voucher-ledger {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -185,9 +191,29 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (3600)")
     common(tok)
 
-    st = sub.add_parser("streams", help="JetStream objects declared in streams.yaml")
-    st.add_argument("action", choices=["apply", "diff"])
-    common(st)
+    st = sub.add_parser(
+        "streams",
+        help="the JetStream streams and consumers declared in streams.yaml",
+        description="Manage the JetStream streams, consumers and buckets that streams.yaml "
+        "declares, on the running service's nats-server (or NATS_URL).",
+    )
+    st_sub = st.add_subparsers(dest="action", required=True, metavar="{apply,diff}")
+    st_apply = st_sub.add_parser(
+        "apply",
+        help="create or update them (idempotent; serve also does it at every start)",
+        description="Create every stream, consumer and bucket of streams.yaml that is missing "
+        "and update those whose configuration differs. Idempotent: serve does the same at "
+        "every start. Prints each change.",
+    )
+    st_diff = st_sub.add_parser(
+        "diff",
+        help="print each difference from the server; exit 1 if there is any",
+        description="Compare streams.yaml with the server and print every difference (a "
+        "missing or extra object, a field that differs); changes nothing. Exit status 1 when "
+        "there is a difference, 0 when there is none.",
+    )
+    common(st_apply)
+    common(st_diff)
 
     audit_cli.add_parsers(sub, common)  # audit tail, show (time travel), schema export/check
     replay_cli.add_parsers(sub, common)  # rebuild, verify

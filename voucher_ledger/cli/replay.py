@@ -61,8 +61,8 @@ class _Bar(Progress):
         self._bar = tqdm(
             total=total,
             initial=done,
-            unit="ev",
-            unit_scale=True,
+            unit=" events",
+            unit_scale=False,
             desc=f"rebuild {self._label}",
             disable=not self._enabled,
             file=sys.stderr,
@@ -139,9 +139,10 @@ async def _verify(settings: Settings) -> int:
     spec = load_streams(settings)
     async with _servers(settings) as (nc, pool):
         report = await verify(pool, nc, spec)
-    lag = {name: report.head - seq for name, seq in sorted(report.checkpoints.items())}
-    checked = ", ".join(f"{t} {n}" for t, n in report.checked.items())
-    print(f"stream head {report.head}; projection lag {lag}; checked {checked}")
+    checked = ", ".join(f"{n} {t}" for t, n in report.checked.items())
+    print(f"stream head: sequence {report.head}")
+    print(f"projections: {lag_words(report.head, report.checkpoints)}")
+    print(f"checked: {checked}")
     for line in report.differences:
         print(f"DIFF {line}")
     if report.clean:
@@ -149,6 +150,18 @@ async def _verify(settings: Settings) -> int:
         return 0
     print(f"verify: {len(report.differences)} difference(s)", file=sys.stderr)
     return 1
+
+
+def lag_words(head: int, checkpoints: dict[str, int]) -> str:
+    """How far each read model is behind the stream head, in words."""
+    behind = {name: head - seq for name, seq in sorted(checkpoints.items()) if head > seq}
+    if not behind:
+        return "every read model has applied the whole stream"
+    parts = [f"{name} {n} event{'s' if n != 1 else ''} behind" for name, n in behind.items()]
+    level = [name for name in sorted(checkpoints) if name not in behind]
+    if level:
+        parts.append(f"{', '.join(level)} up to date")
+    return "; ".join(parts)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

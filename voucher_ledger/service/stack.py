@@ -134,8 +134,7 @@ class Stack:
             ) from exc
         try:
             async with self.pool.acquire() as conn:
-                for name in await migrate(conn):
-                    log.info("migration applied: %s", name)
+                await migrate(conn)  # it logs each migration it applies
         except MigrationError as exc:
             raise StartupError(f"database migration: {exc}") from exc
         self.status = ProjectionStatus(self.pool, [p.name for p in ALL_PROJECTIONS])
