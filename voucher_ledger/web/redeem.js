@@ -66,9 +66,10 @@ async function check(code) {
     show(card("ended", "This campaign has ended",
       h("p", {}, `${v.code} (${omr(v.credit_omr)} credit) no longer accepts redemptions.`)));
   } else if (res.status === 404 || res.status === 400) {
-    // 400: not a well-formed code at all; the service says why.
+    // 400: not a well-formed code at all. A customer needs to know it cannot work, not the
+    // validation rule it breaks.
     show(card("invalid", "This code is not valid",
-      h("p", {}, res.status === 400 ? `${code || "This"}: ${res.error}.` : `There is no voucher ${code}. Check the spelling and try again.`)));
+      h("p", {}, res.status === 400 ? `${code || "This"} is not a valid voucher code. Check the spelling and try again.` : `There is no voucher ${code}. Check the spelling and try again.`)));
   } else if (res.status === 429) {
     const wait = res.retryAfter ?? 60;
     show(card("limited", "Too many attempts",
