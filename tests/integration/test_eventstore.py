@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import pytest
 from nats.aio.client import Client
 
-from voucher_ledger.commands.eventstore import ConcurrencyConflict, JetStreamEventStore
+from voucher_ledger.commands.eventstore import JetStreamEventStore
+from voucher_ledger.commands.store import ConcurrencyConflict, TransientAppendError
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.events import Actor, EventEnvelope, VoucherIssued, VoucherRedeemed
 
@@ -174,8 +175,9 @@ async def test_too_many_atomic_batches_in_flight_is_transient_not_a_failure(
     store: JetStreamEventStore, applied: StreamsSpec, nc: Client
 ) -> None:
     """nats-server refuses a new atomic batch while too many are open on the stream (50 by
-    default); nothing of it is stored, so the append is a conflict to retry after a backoff,
-    not an error (which left the commands unacknowledged until ack_wait brought them back)."""
+    default); nothing of it is stored, so the append is a transient refusal to retry after a
+    backoff (its own class, not a conflict: the subject did not move), not an error (which left
+    the commands unacknowledged until ack_wait brought them back)."""
     import json
 
     subject = applied.layout.voucher_subject("INFLIGHT")
@@ -192,6 +194,7 @@ async def test_too_many_atomic_batches_in_flight_is_transient_not_a_failure(
             break
     assert refused is not None, "the server never refused a new batch"
     assert refused["error"]["err_code"] == 10210, refused
-    with pytest.raises(ConcurrencyConflict):
+    with pytest.raises(TransientAppendError) as refusal:
         await store.append(subject, 0, [issued("INFLIGHT"), redeemed("INFLIGHT", "c1")])
+    assert not isinstance(refusal.value, ConcurrencyConflict)
     assert await store.load(subject) == []
