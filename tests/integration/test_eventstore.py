@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
-from voucher_ledger.commands.eventstore import ConcurrencyConflict, JetStreamEventStore
+from voucher_ledger.commands.eventstore import JetStreamEventStore
+from voucher_ledger.commands.store import ConcurrencyConflict, TransientAppendError
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.events import Actor, EventEnvelope, VoucherIssued, VoucherRedeemed
 
@@ -174,8 +176,9 @@ async def test_too_many_atomic_batches_in_flight_is_transient_not_a_failure(
     store: JetStreamEventStore, applied: StreamsSpec, nc: Client
 ) -> None:
     """nats-server refuses a new atomic batch while too many are open on the stream (50 by
-    default); nothing of it is stored, so the append is a conflict to retry after a backoff,
-    not an error (which left the commands unacknowledged until ack_wait brought them back)."""
+    default); nothing of it is stored, so the append is a transient refusal to retry after a
+    backoff (its own class, not a conflict: the subject did not move), not an error (which left
+    the commands unacknowledged until ack_wait brought them back)."""
     import json
 
     subject = applied.layout.voucher_subject("INFLIGHT")
@@ -192,6 +195,40 @@ async def test_too_many_atomic_batches_in_flight_is_transient_not_a_failure(
             break
     assert refused is not None, "the server never refused a new batch"
     assert refused["error"]["err_code"] == 10210, refused
-    with pytest.raises(ConcurrencyConflict):
+    with pytest.raises(TransientAppendError) as refusal:
         await store.append(subject, 0, [issued("INFLIGHT"), redeemed("INFLIGHT", "c1")])
+    assert not isinstance(refusal.value, ConcurrencyConflict)
     assert await store.load(subject) == []
+
+
+async def test_close_unsubscribes_the_reply_subscription_of_the_loads(
+    store: JetStreamEventStore, applied: StreamsSpec, nc: Client
+) -> None:
+    """A load subscribes once to a wildcard inbox for the direct gets' replies; ``close``
+    unsubscribes it, so a store made per request (the ``?at=`` reads) leaves nothing behind on
+    the server. The server itself says so: a request to that inbox has no responders."""
+    import nats.errors
+
+    subject = applied.layout.voucher_subject("CLOSED1")
+    await store.append(subject, 0, [issued("CLOSED1")])
+    replies: list[str] = []
+
+    async def spy(msg: Msg) -> None:
+        replies.append(msg.reply)
+
+    sub = await nc.subscribe(f"$JS.API.DIRECT.GET.{applied.event_stream}", cb=spy)
+    await nc.flush()
+    assert len(await store.load(subject)) == 1
+    await nc.flush()
+    await sub.unsubscribe()
+    [reply] = replies
+    probe = reply.rsplit(".", 1)[0] + ".probe"  # another token of the same wildcard inbox
+    with pytest.raises(nats.errors.TimeoutError):  # subscribed: received, never answered
+        await nc.request(probe, b"", timeout=0.2)
+
+    await store.close()
+
+    with pytest.raises(nats.errors.NoRespondersError):  # nobody subscribes to it any more
+        await nc.request(probe, b"", timeout=5)
+    assert len(await store.load(subject)) == 1  # a later load subscribes again
+    await store.close()

@@ -49,7 +49,6 @@ def processor_for(
 ) -> PartitionProcessor:
     return PartitionProcessor(
         nc,
-        nc.jetstream(),
         spec.layout,
         store,
         spec.command_stream,

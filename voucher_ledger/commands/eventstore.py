@@ -11,14 +11,20 @@
   answers the direct get, so the leader request is skipped (the replica count is read from
   the stream's info and looked at again every ``REPLICAS_RECHECK`` seconds, so a stream
   scaled up while the service runs gets the leader request again).
-* JetStream's wrong-sequence errors become one :class:`ConcurrencyConflict`; nothing above this
-  module sees ``nats`` error types.
+* JetStream's errors are mapped by their code (:func:`voucher_ledger.jetstream.api.parse_api_answer`
+  reads every answer): the wrong-sequence codes become :class:`ConcurrencyConflict`, the
+  refusals that may pass on a retry :class:`TransientAppendError` (never a conflict), no
+  answer :class:`EventStoreUnavailable`; nothing above this module sees ``nats`` error types.
+
+The port it implements, with the error classes and the ``Append`` / ``PartResult`` types, is
+:mod:`voucher_ledger.commands.store`; they are re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import time
@@ -29,7 +35,20 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
+from voucher_ledger.commands.store import (
+    MAX_BATCH,
+    Append,
+    ConcurrencyConflict,
+    CorruptEvent,
+    EventStoreError,
+    EventStoreUnavailable,
+    PartRefusal,
+    PartResult,
+    TransientAppendError,
+)
+from voucher_ledger.jetstream.api import JetStreamApiError, js_api, parse_api_answer
 from voucher_ledger.ledger.events import (
     EventEnvelope,
     RecordedEvent,
@@ -37,7 +56,20 @@ from voucher_ledger.ledger.events import (
     encode_envelope,
 )
 
-MAX_BATCH = 1000  # server limit for one atomic batch
+__all__ = [
+    "ATOMIC_MIN",
+    "MAX_BATCH",
+    "Append",
+    "ConcurrencyConflict",
+    "CorruptEvent",
+    "EventStoreError",
+    "EventStoreUnavailable",
+    "JetStreamEventStore",
+    "PartRefusal",
+    "PartResult",
+    "TransientAppendError",
+]
+
 # Below this many messages, a group of appends goes as separate publishes, not as one atomic
 # batch: on an R1 file stream nats-server 2.15 stages every atomic batch in a temporary file
 # store of its own (~3 ms of server CPU and ~6 ms of wall time per batch, measured, against
@@ -48,33 +80,12 @@ _CONFLICT_CODES = {10071, 10164}  # wrong last sequence (per subject / constant)
 # process, too many; an incomplete atomic batch (e.g. the leader changed mid-batch), too many
 # atomic batches in flight.
 _TRANSIENT_CODES = {10163, 10158, 10167, 10176, 10210}
+_UNAVAILABLE = 503  # the ``code`` (HTTP-like) of a refusal by a server that is not ready
 _NO_MESSAGE = 10037  # stream msg get: no message found
 REPLICAS_RECHECK = 5.0  # seconds between looks at the event stream's replica count
 
 
 _PendingGet = tuple[list[Msg], "asyncio.Future[dict[str, str]]"]
-# One subject's part of an atomic append: (subject, expected last subject sequence, events).
-Append = tuple[str, int, Sequence[EventEnvelope]]
-
-
-class EventStoreError(Exception):
-    pass
-
-
-class ConcurrencyConflict(EventStoreError):
-    """The subject moved since the state was loaded: reload and decide again."""
-
-
-class EventStoreUnavailable(EventStoreError):
-    """NATS did not answer in time; the outcome of an append is unknown: reload before retrying."""
-
-
-class CorruptEvent(EventStoreError):
-    pass
-
-
-# What one subject's append came to: its recorded events, or the conflict that refused it.
-PartResult = list[RecordedEvent] | ConcurrencyConflict
 _Queued = tuple[Append, "asyncio.Future[PartResult]"]
 
 
@@ -87,6 +98,7 @@ class JetStreamEventStore:
         self._flusher: asyncio.Task[None] | None = None
         self._busy = False  # an append is in flight (its caller's or the flusher's)
         self._load_prefix: str | None = None
+        self._load_sub: Subscription | None = None
         self._load_tokens = itertools.count(1)
         self._load_waiting: dict[str, _PendingGet] = {}
         # (whether the stream has a single replica, monotonic time it was read)
@@ -113,7 +125,8 @@ class JetStreamEventStore:
         subject's first message with its own expectation; a group of fewer than
         :data:`ATOMIC_MIN` messages goes as plain publishes. If a combined batch is refused
         (the server does not say which subject), its parts are sent again one by one, so each
-        learns its own outcome."""
+        learns its own outcome (a :class:`ConcurrencyConflict` or a
+        :class:`TransientAppendError`)."""
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[PartResult] | None] = []
         for part in parts:
@@ -190,7 +203,7 @@ class JetStreamEventStore:
             return
         try:
             results = await self.append_many([part for part, _ in group])
-        except ConcurrencyConflict as exc:
+        except (ConcurrencyConflict, TransientAppendError) as exc:
             if len(group) > 1:  # which part? each alone says
                 await self._send_group(group, True)
                 return
@@ -209,7 +222,8 @@ class JetStreamEventStore:
         each subject's first message carries its own ``Nats-Expected-Last-Subject-Sequence``;
         if any of them is wrong nothing is stored and :class:`ConcurrencyConflict` is raised
         (the server's error does not say which subject: ``wrong last sequence: <the subject's
-        actual last sequence>``). Subjects must be distinct; at most :data:`MAX_BATCH`
+        actual last sequence>``); a refusal that may pass on a retry raises
+        :class:`TransientAppendError`. Subjects must be distinct; at most :data:`MAX_BATCH`
         messages in all. Returns the recorded events per entry of ``appends``."""
         messages: list[tuple[str, bytes, str | None]] = []  # subject, payload, expectation
         seen: set[str] = set()
@@ -264,8 +278,7 @@ class JetStreamEventStore:
                 continue
             headers["Nats-Batch-Commit"] = "1"
             msg = await self._nc.request(subject, payload, timeout=self._timeout, headers=headers)
-            ack: dict[str, Any] = json.loads(msg.data)
-            self._raise_for(ack, where)
+            ack = self._pub_ack(msg.data, where)
             if int(ack.get("count", last_index)) != last_index:
                 raise EventStoreError(f"batch stored {ack.get('count')} of {last_index}")
             return ack
@@ -275,23 +288,17 @@ class JetStreamEventStore:
         self, subject: str, payload: bytes, headers: dict[str, str]
     ) -> dict[str, Any]:
         msg = await self._nc.request(subject, payload, timeout=self._timeout, headers=headers)
-        ack: dict[str, Any] = json.loads(msg.data)
-        self._raise_for(ack, subject)
-        return ack
+        return self._pub_ack(msg.data, subject)
 
-    def _raise_for(self, ack: dict[str, Any], subject: str) -> None:
-        err = ack.get("error")
-        if not err:
-            if ack.get("stream") != self._stream:
-                raise EventStoreError(f"{subject} was stored by stream {ack.get('stream')!r}")
-            return
-        code = int(err.get("err_code", 0))
-        desc = str(err.get("description", ""))
-        if code in _CONFLICT_CODES or "wrong last sequence" in desc:
-            raise ConcurrencyConflict(f"{subject}: {desc}")
-        if code in _TRANSIENT_CODES or int(err.get("code", 0)) == 503:
-            raise ConcurrencyConflict(f"{subject}: transient: {desc}")
-        raise EventStoreError(f"append to {subject} failed: {desc} ({code})")
+    def _pub_ack(self, data: bytes, subject: str) -> dict[str, Any]:
+        """The PubAck in ``data``; a refusal mapped by its code (:func:`append_error`)."""
+        try:
+            ack = parse_api_answer(data)
+        except JetStreamApiError as exc:
+            raise append_error(exc, subject) from exc
+        if ack.get("stream") != self._stream:
+            raise EventStoreError(f"{subject} was stored by stream {ack.get('stream')!r}")
+        return ack
 
     async def load(
         self, subject: str, after_seq: int = 0, page: int = 1000, *, consistent: bool = False
@@ -329,39 +336,31 @@ class JetStreamEventStore:
 
     async def _stream_info(self) -> dict[str, Any]:
         try:
-            msg = await self._nc.request(
-                f"$JS.API.STREAM.INFO.{self._stream}", b"", timeout=self._timeout
-            )
+            return await js_api(self._nc, f"STREAM.INFO.{self._stream}", timeout=self._timeout)
         except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
             raise EventStoreUnavailable(f"stream info of {self._stream}: no answer") from exc
         except nats.errors.ConnectionClosedError as exc:
             raise EventStoreUnavailable("NATS connection closed") from exc
-        info: dict[str, Any] = json.loads(msg.data)
-        if "error" in info:
-            raise EventStoreError(str(info["error"].get("description")))
-        return info
+        except JetStreamApiError as exc:
+            raise EventStoreError(exc.description) from exc
 
     async def _leader_api(self, payload: dict[str, Any]) -> dict[str, Any] | None:
         """``$JS.API.STREAM.MSG.GET``, answered by the stream leader only: the message, or None
         when there is none."""
         try:
-            msg = await self._nc.request(
-                f"$JS.API.STREAM.MSG.GET.{self._stream}",
-                json.dumps(payload).encode(),
-                timeout=self._timeout,
+            answer = await js_api(
+                self._nc, f"STREAM.MSG.GET.{self._stream}", payload, timeout=self._timeout
             )
         except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
             raise EventStoreUnavailable(f"stream leader of {self._stream} did not answer") from exc
         except nats.errors.ConnectionClosedError as exc:
             raise EventStoreUnavailable("NATS connection closed") from exc
-        answer: dict[str, Any] = json.loads(msg.data)
-        err = answer.get("error")
-        if err:
-            if int(err.get("err_code", 0)) == _NO_MESSAGE:
+        except JetStreamApiError as exc:
+            if exc.err_code == _NO_MESSAGE:
                 return None
-            if int(err.get("code", 0)) == 503:
-                raise EventStoreUnavailable(f"{self._stream}: {err.get('description')}")
-            raise EventStoreError(f"message get on {self._stream}: {err.get('description')}")
+            if exc.code == _UNAVAILABLE:
+                raise EventStoreUnavailable(f"{self._stream}: {exc.description}") from exc
+            raise EventStoreError(f"message get on {self._stream}: {exc.description}") from exc
         message: dict[str, Any] = answer["message"]
         return message
 
@@ -409,7 +408,7 @@ class JetStreamEventStore:
         """One batched direct get: the messages, and the end-of-batch headers (None: 404)."""
         if self._load_prefix is None:
             prefix = f"{self._nc.new_inbox()}."
-            await self._nc.subscribe(f"{prefix}*", cb=self._on_direct_reply)
+            self._load_sub = await self._nc.subscribe(f"{prefix}*", cb=self._on_direct_reply)
             self._load_prefix = prefix
         token = str(next(self._load_tokens))
         loop = asyncio.get_running_loop()
@@ -448,16 +447,42 @@ class JetStreamEventStore:
             msgs.append(msg)
 
     async def last_sequence(self) -> int:
-        msg = await self._nc.request(
-            f"$JS.API.STREAM.INFO.{self._stream}", b"", timeout=self._timeout
-        )
-        info = json.loads(msg.data)
-        if "error" in info:
-            raise EventStoreError(str(info["error"].get("description")))
+        # No answer stays nats.py's error here (the audit CLI tells it apart).
+        try:
+            info = await js_api(self._nc, f"STREAM.INFO.{self._stream}", timeout=self._timeout)
+        except JetStreamApiError as exc:
+            raise EventStoreError(exc.description) from exc
         return int(info["state"]["last_seq"])
 
     async def sleep_backoff(self, attempt: int) -> None:
         await asyncio.sleep(min(0.5, 0.005 * (2**attempt)))
+
+    async def close(self) -> None:
+        """Unsubscribe the reply subscription of the direct gets (taken by the first load), if
+        any; a load still waiting for its replies fails with :class:`EventStoreUnavailable`.
+        A load after ``close`` subscribes again."""
+        sub, self._load_sub, self._load_prefix = self._load_sub, None, None
+        for _, done in self._load_waiting.values():
+            if not done.done():
+                done.set_exception(EventStoreUnavailable(f"{self._stream}: the store was closed"))
+        if sub is not None:
+            # Closed with the connection already, or gone with a drain: nothing left to undo.
+            with contextlib.suppress(
+                nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError
+            ):
+                await sub.unsubscribe()
+
+
+def append_error(exc: JetStreamApiError, subject: str) -> EventStoreError:
+    """The event store's error for JetStream's refusal of an append to ``subject``, by code:
+    a wrong last sequence is a :class:`ConcurrencyConflict`; a refusal that stored nothing and
+    may pass on a retry a :class:`TransientAppendError`; anything else an
+    :class:`EventStoreError`."""
+    if exc.err_code in _CONFLICT_CODES:
+        return ConcurrencyConflict(f"{subject}: {exc.description}")
+    if exc.err_code in _TRANSIENT_CODES or exc.code == _UNAVAILABLE:
+        return TransientAppendError(f"{subject}: {exc.description}", code=exc.err_code or exc.code)
+    return EventStoreError(f"append to {subject} failed: {exc.description} ({exc.err_code})")
 
 
 def _settle(fut: asyncio.Future[PartResult], result: PartResult) -> None:

@@ -23,6 +23,7 @@ from nats.aio.client import Client
 
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.processor import PartitionProcessor, ProcessorStats, StateCache
+from voucher_ledger.commands.store import EventStore
 from voucher_ledger.jetstream.leases import LeaseHost, stop_worker
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.voucher import Policy
@@ -55,12 +56,11 @@ class ProcessorHost(LeaseHost):
             instance_id or uuid.uuid4().hex[:12],
             "processors",
         )
-        self._js = nc.jetstream()
         self._spec = spec
         self._layout = spec.layout
         self._policy = policy or Policy()
         self._fetch_batch = fetch_batch
-        self._store = JetStreamEventStore(nc, spec.event_stream)
+        self._store: EventStore = JetStreamEventStore(nc, spec.event_stream)
         self._held: dict[int, _Held] = {}
         self.stats = ProcessorStats()
 
@@ -74,6 +74,7 @@ class ProcessorHost(LeaseHost):
 
     async def stop(self, *, release: bool = True) -> None:
         await super().stop(release=release)
+        await self._store.close()  # its processors are stopped: no load is left
         if release and self._kv is not None:
             with contextlib.suppress(Exception):
                 await self.kv.delete(f"member.{self.instance_id}")
@@ -136,7 +137,6 @@ class ProcessorHost(LeaseHost):
         # A fresh cache: whoever held the partition meanwhile made any older state stale.
         proc = PartitionProcessor(
             self._nc,
-            self._js,
             self._layout,
             self._store,
             self._spec.command_stream,

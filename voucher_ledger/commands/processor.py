@@ -15,6 +15,13 @@ that append got; the answers to the first are worked out after the next one is o
 The expectation keeps this exact: if the append in flight conflicts or fails, nothing decided
 after it for the same aggregate is sent; those commands are decided again from the stream.
 Only one append per partition is in flight at a time.
+
+The deciding and settling core (:meth:`PartitionProcessor.turn`, :meth:`~PartitionProcessor.drain`)
+needs of NATS only what it reads of a delivered command (:class:`Delivery`, which nats.py's
+``Msg`` is) and where replies go (:class:`ReplyPublisher`, the NATS client by default); its
+event store is the port (:class:`voucher_ledger.commands.store.EventStore`). The pull loop in
+:meth:`~PartitionProcessor.run` feeds it from the partition's consumer; tests feed it directly
+(``tests/unit/test_processor_memory.py``, on the in-memory store).
 """
 
 from __future__ import annotations
@@ -28,19 +35,18 @@ from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import nats.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from voucher_ledger.commands.eventstore import (
+from voucher_ledger.commands.store import (
     MAX_BATCH,
     ConcurrencyConflict,
-    JetStreamEventStore,
+    EventStore,
     PartResult,
+    TransientAppendError,
 )
 from voucher_ledger.commands.wire import REPLY_HEADER, Accepted, CommandEnvelope, Rejected
 from voucher_ledger.jetstream.direct import write_now
@@ -63,6 +69,7 @@ class ProcessorStats:
 
     commands: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, outcome)
     conflicts: int = 0
+    transient_refusals: int = 0  # parts the store refused for a passing reason (not conflicts)
     loads: int = 0
     appends: int = 0
     append_seconds: float = 0.0  # wall time of the appends counted in ``appends``
@@ -173,9 +180,29 @@ class StateCache:
         self._items.pop(key, None)
 
 
+class Delivery(Protocol):
+    """What the processor uses of a delivered command (nats.py's ``Msg`` is one)."""
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def headers(self) -> dict[str, str] | None: ...
+
+    async def ack(self) -> None: ...
+
+    async def term(self) -> None: ...
+
+
+class ReplyPublisher(Protocol):
+    """Where the processor's replies go (nats.py's ``Client`` is one)."""
+
+    async def publish(self, subject: str, payload: bytes = b"") -> None: ...
+
+
 @dataclass
 class _Item:
-    msg: Msg
+    msg: Delivery
     envelope: CommandEnvelope
 
 
@@ -225,9 +252,8 @@ class PartitionProcessor:
     def __init__(
         self,
         nc: Client,
-        js: JetStreamContext,
         layout: Layout,
-        store: JetStreamEventStore,
+        store: EventStore,
         command_stream: str,
         partition: int,
         *,
@@ -235,9 +261,11 @@ class PartitionProcessor:
         stats: ProcessorStats,
         fetch_batch: int = 512,
         cache: StateCache | None = None,
+        replies: ReplyPublisher | None = None,
     ) -> None:
+        """``replies``: where the replies go (default: ``nc``)."""
         self._nc = nc
-        self._js = js
+        self._replies: ReplyPublisher = nc if replies is None else replies
         self._layout = layout
         self._store = store
         self._command_stream = command_stream
@@ -309,7 +337,7 @@ class PartitionProcessor:
                     continue
                 if self._should_stop():
                     break
-                await self._turn(msgs)
+                await self.turn(msgs)
             # Stopping: what was taken is finished (decided, appended, answered).
             await self.drain()
         finally:
@@ -323,9 +351,9 @@ class PartitionProcessor:
             except Exception:  # noqa: BLE001 - best effort while shutting down
                 log.debug("partition %d: unsubscribe failed", self.partition)
 
-    async def process(self, msgs: Sequence[Msg]) -> None:
+    async def process(self, msgs: Sequence[Delivery]) -> None:
         """Decide, append and answer ``msgs`` (and whatever is pending) to the end."""
-        await self._turn(msgs)
+        await self.turn(msgs)
         await self.drain()
 
     async def drain(self) -> None:
@@ -335,9 +363,9 @@ class PartitionProcessor:
             flight = self._inflight
             if flight is not None and not flight.task.done():
                 await asyncio.wait({flight.task})
-            await self._turn(())
+            await self.turn(())
 
-    async def _turn(self, msgs: Sequence[Msg]) -> None:
+    async def turn(self, msgs: Sequence[Delivery]) -> None:
         """One step: an append that is over is settled first (and the next one sent at once),
         then the new commands are decided into the next append, which goes out now if none is
         in flight."""
@@ -351,7 +379,7 @@ class PartitionProcessor:
         if self._inflight is None and self._next:
             await self._launch()
 
-    async def _take(self, msgs: Sequence[Msg]) -> None:
+    async def _take(self, msgs: Sequence[Delivery]) -> None:
         self._stats.batches += 1
         for msg in msgs:
             try:
@@ -382,8 +410,12 @@ class PartitionProcessor:
     async def _settle(self, flight: _Round) -> None:
         """An append is over: send the next one (its expectations now known), then work out
         the final states of the aggregates it stored (cached), answer and ack their commands.
-        An aggregate whose expectation was wrong is dropped from the cache and its commands,
-        with those decided after them, go back to be decided again (after a backoff)."""
+        An aggregate whose expectation was wrong (:class:`ConcurrencyConflict`), or whose part
+        the store refused for a passing reason (:class:`TransientAppendError`: nothing stored),
+        is dropped from the cache and its commands, with those decided after them, go back to
+        be decided again after a reload and a backoff. If the whole append failed, nothing of
+        it is acked: its commands come back after ``ack_wait``; those decided after it are
+        decided again from the stream."""
         self._inflight = None
         try:
             results: list[PartResult] | None = flight.task.result()
@@ -397,6 +429,7 @@ class PartitionProcessor:
         stored: list[tuple[_Plan, list[RecordedEvent]]] = []
         failed: dict[AggregateKey, list[_Item]] = {}
         conflicts = 0
+        transient = 0
         if results is None:
             for plan in flight.plans.values():
                 if plan.new:
@@ -404,8 +437,11 @@ class PartitionProcessor:
                     failed[plan.key] = []
         else:
             for plan, result in zip(flight.plans.values(), results, strict=True):
-                if isinstance(result, ConcurrencyConflict):
-                    conflicts += 1
+                if isinstance(result, ConcurrencyConflict | TransientAppendError):
+                    if isinstance(result, ConcurrencyConflict):
+                        conflicts += 1
+                    else:
+                        transient += 1
                     self.cache.drop(plan.key)
                     failed[plan.key] = plan.items
                 else:
@@ -445,9 +481,10 @@ class PartitionProcessor:
             self._stats.appends += 1
             self._stats.append_seconds += flight.seconds
         self._stats.conflicts += conflicts
+        self._stats.transient_refusals += transient
         if results is None:
             return
-        if not conflicts:
+        if not conflicts and not transient:
             self._attempt = 0
             return
         self._attempt += 1
@@ -574,13 +611,13 @@ class PartitionProcessor:
         plan.working = working
         return taken
 
-    async def _refuse_malformed(self, msg: Msg, exc: Exception) -> None:
+    async def _refuse_malformed(self, msg: Delivery, exc: Exception) -> None:
         log.warning("partition %d: malformed command dropped: %s", self.partition, exc)
         self._stats.commands[("unknown", "malformed")] += 1
         reply_to = (msg.headers or {}).get(REPLY_HEADER, "")
         if reply_to.startswith(REPLY_PREFIX):
             reply = Rejected(command_id="", reason="invalid_command", message=str(exc)[:500])
-            await self._nc.publish(reply_to, reply.model_dump_json().encode())
+            await self._replies.publish(reply_to, reply.model_dump_json().encode())
         await msg.term()
 
     async def _load(self, key: AggregateKey) -> Any:
@@ -609,4 +646,4 @@ class PartitionProcessor:
                 self._stats.commands[(ctype, "replayed" if replayed else "accepted")] += 1
             reply_to = (item.msg.headers or {}).get(REPLY_HEADER, "")
             if reply_to.startswith(REPLY_PREFIX):
-                await self._nc.publish(reply_to, reply.model_dump_json().encode())
+                await self._replies.publish(reply_to, reply.model_dump_json().encode())

@@ -8,7 +8,6 @@ existing durable). Durations in the file are seconds; the API wants nanoseconds.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import yaml
 from nats.aio.client import Client
 
+from voucher_ledger.jetstream.api import JetStreamApiError, js_api
 from voucher_ledger.jetstream.layout import Layout
 
 DEFAULT_FILE = Path(__file__).with_name("streams.yaml")
@@ -200,29 +200,31 @@ def _to_api(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def _api(nc: Client, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    payload = json.dumps(body).encode() if body is not None else b""
-    msg = await nc.request(subject, payload, timeout=5.0)
-    result: dict[str, Any] = json.loads(msg.data)
-    return result
+async def _api(nc: Client, what: str, body: dict[str, Any] | None, doing: str) -> dict[str, Any]:
+    """``$JS.API.<what>``; an error answer is a :class:`StreamsError` saying what we were
+    ``doing``."""
+    try:
+        return await js_api(nc, what, body)
+    except JetStreamApiError as exc:
+        raise StreamsError(f"{doing}: {exc.description}") from exc
 
 
 async def _stream_info(nc: Client, name: str) -> dict[str, Any] | None:
-    info = await _api(nc, f"$JS.API.STREAM.INFO.{name}")
-    if "error" in info:
-        if info["error"].get("err_code") == 10059:  # stream not found
+    try:
+        return await js_api(nc, f"STREAM.INFO.{name}")
+    except JetStreamApiError as exc:
+        if exc.err_code == 10059:  # stream not found
             return None
-        raise StreamsError(f"stream {name}: {info['error'].get('description')}")
-    return info
+        raise StreamsError(f"stream {name}: {exc.description}") from exc
 
 
 async def _consumer_info(nc: Client, stream: str, durable: str) -> dict[str, Any] | None:
-    info = await _api(nc, f"$JS.API.CONSUMER.INFO.{stream}.{durable}")
-    if "error" in info:
-        if info["error"].get("err_code") in (10014, 10059):  # consumer or stream not found
+    try:
+        return await js_api(nc, f"CONSUMER.INFO.{stream}.{durable}")
+    except JetStreamApiError as exc:
+        if exc.err_code in (10014, 10059):  # consumer or stream not found
             return None
-        raise StreamsError(f"consumer {durable}: {info['error'].get('description')}")
-    return info
+        raise StreamsError(f"consumer {durable}: {exc.description}") from exc
 
 
 def _field_drift(
@@ -267,7 +269,9 @@ async def diff(nc: Client, spec: StreamsSpec) -> list[Drift]:
                 continue
             drifts.extend(_field_drift("consumer", cfg["durable_name"], cfg, info["config"]))
         if await _stream_info(nc, stream) is not None:
-            names = await _api(nc, f"$JS.API.CONSUMER.NAMES.{stream}", {"offset": 0})
+            names = await _api(
+                nc, f"CONSUMER.NAMES.{stream}", {"offset": 0}, f"consumers of {stream}"
+            )
             for name in names.get("consumers") or []:
                 if _owned(spec, name) and name not in declared_names:
                     drifts.append(Drift("consumer", name, "+", None, None))
@@ -287,13 +291,11 @@ async def apply(nc: Client, spec: StreamsSpec) -> list[str]:
         name = cfg["name"]
         info = await _stream_info(nc, name)
         if info is None:
-            result = await _api(nc, f"$JS.API.STREAM.CREATE.{name}", cfg)
-            _check(result, f"creating stream {name}")
+            await _api(nc, f"STREAM.CREATE.{name}", cfg, f"creating stream {name}")
             changes.append(f"created stream {name}")
         elif _field_drift("stream", name, cfg, info["config"]):
             merged = {**info["config"], **cfg}
-            result = await _api(nc, f"$JS.API.STREAM.UPDATE.{name}", merged)
-            _check(result, f"updating stream {name}")
+            await _api(nc, f"STREAM.UPDATE.{name}", merged, f"updating stream {name}")
             changes.append(f"updated stream {name}")
     for key, consumer_cfgs in _all_consumers(spec).items():
         stream = spec.streams[key]["name"]
@@ -303,23 +305,19 @@ async def apply(nc: Client, spec: StreamsSpec) -> list[str]:
             if info is not None and not _field_drift("consumer", durable, cfg, info["config"]):
                 continue
             body = {"stream_name": stream, "config": cfg}
-            result = await _api(nc, f"$JS.API.CONSUMER.CREATE.{stream}.{durable}", body)
-            _check(result, f"{'updating' if info else 'creating'} consumer {durable}")
+            doing = f"{'updating' if info else 'creating'} consumer {durable}"
+            await _api(nc, f"CONSUMER.CREATE.{stream}.{durable}", body, doing)
             changes.append(f"{'updated' if info else 'created'} consumer {durable}")
     # Projector consumers no longer declared (the per-read-model ones of earlier versions):
     # nothing reads them any more, and the server would keep their state forever.
     events = spec.event_stream
     declared = {cfg["durable_name"] for cfg in spec.projectors.values()}
     if await _stream_info(nc, events) is not None:
-        names = await _api(nc, f"$JS.API.CONSUMER.NAMES.{events}", {"offset": 0})
+        names = await _api(nc, f"CONSUMER.NAMES.{events}", {"offset": 0}, f"consumers of {events}")
         for name in names.get("consumers") or []:
             if name.startswith(spec.projector_prefix) and name not in declared:
-                result = await _api(nc, f"$JS.API.CONSUMER.DELETE.{events}.{name}")
-                _check(result, f"deleting consumer {name}")
+                await _api(
+                    nc, f"CONSUMER.DELETE.{events}.{name}", None, f"deleting consumer {name}"
+                )
                 changes.append(f"deleted consumer {name} (no longer declared)")
     return changes
-
-
-def _check(result: dict[str, Any], what: str) -> None:
-    if "error" in result:
-        raise StreamsError(f"{what}: {result['error'].get('description')}")

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-import json
 import logging
 import re
 import time
@@ -31,6 +30,7 @@ import asyncpg.pool
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from voucher_ledger.jetstream.api import JetStreamApiError, js_api
 from voucher_ledger.jetstream.pulls import PullLoop, stream_sequence
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.events import (
@@ -474,20 +474,15 @@ class Projector:
 
     async def _recreate_consumer(self, start_seq: int) -> None:
         stream = self._spec.event_stream
-        await self._nc.request(f"$JS.API.CONSUMER.DELETE.{stream}.{self.durable}", b"", timeout=5)
+        with contextlib.suppress(JetStreamApiError):  # none to delete: its answer was ignored
+            await js_api(self._nc, f"CONSUMER.DELETE.{stream}.{self.durable}")
         config = {
             **self._spec.projector_consumer(self.name),
             "deliver_policy": "by_start_sequence",
             "opt_start_seq": start_seq,
         }
-        msg = await self._nc.request(
-            f"$JS.API.CONSUMER.CREATE.{stream}.{self.durable}",
-            json.dumps({"stream_name": stream, "config": config}).encode(),
-            timeout=5,
-        )
-        result = json.loads(msg.data)
-        if "error" in result:
-            raise RuntimeError(f"projector consumer {self.durable}: {result['error']}")
+        body = {"stream_name": stream, "config": config}
+        await js_api(self._nc, f"CONSUMER.CREATE.{stream}.{self.durable}", body)
 
     async def run(self) -> None:
         while not self._stopped:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -14,16 +13,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.protocol.parser import AWAITING_CONTROL_LINE as _AWAITING_CONTROL_LINE
 
+from voucher_ledger.jetstream.api import js_api
 from voucher_ledger.jetstream.pulls import PullLoop, stream_sequence
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.projections.projector import StreamEvent, stream_event
 
 
 async def stream_head(nc: Client, spec: StreamsSpec) -> int:
-    msg = await nc.request(f"$JS.API.STREAM.INFO.{spec.event_stream}", b"", timeout=5)
-    info = json.loads(msg.data)
-    if "error" in info:
-        raise RuntimeError(f"event stream {spec.event_stream}: {info['error']}")
+    info = await js_api(nc, f"STREAM.INFO.{spec.event_stream}")
     return int(info["state"]["last_seq"])
 
 
@@ -44,14 +41,8 @@ async def _create_reader(nc: Client, spec: StreamsSpec, start_seq: int) -> str:
         "max_waiting": 8,
     }
     stream = spec.event_stream
-    msg = await nc.request(
-        f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
-        json.dumps({"stream_name": stream, "config": config, "action": "create"}).encode(),
-        timeout=5,
-    )
-    answer = json.loads(msg.data)
-    if "error" in answer:
-        raise RuntimeError(f"replay consumer on {stream}: {answer['error']}")
+    body = {"stream_name": stream, "config": config, "action": "create"}
+    await js_api(nc, f"CONSUMER.CREATE.{stream}.{name}", body)
     return name
 
 
@@ -251,4 +242,4 @@ async def read_events(
         with contextlib.suppress(Exception):
             await pulls.stop()
         with contextlib.suppress(Exception):
-            await nc.request(f"$JS.API.CONSUMER.DELETE.{spec.event_stream}.{name}", b"", timeout=5)
+            await js_api(nc, f"CONSUMER.DELETE.{spec.event_stream}.{name}")

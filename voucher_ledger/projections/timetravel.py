@@ -1,6 +1,6 @@
 """Time travel: a voucher's state as of a past moment, folded from its events on the stream.
 
-The code's events are loaded in stream order (``JetStreamEventStore.load``) and folded with the
+The code's events are loaded in stream order (the event store's ``load``) and folded with the
 decider's own ``fold`` up to the first event after the moment asked for: ``seq`` is a stream
 sequence (inclusive), ``at`` an instant compared with each event's ``occurred_at`` (inclusive).
 Both bounds take a prefix of the history, so the state is one the voucher really had.
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from voucher_ledger.commands.eventstore import JetStreamEventStore
+from voucher_ledger.commands.store import EventStore
 from voucher_ledger.jetstream.layout import Layout
 from voucher_ledger.ledger.events import RecordedEvent, VoucherRevoked
 from voucher_ledger.ledger.money import BAISA
@@ -114,7 +114,7 @@ def state_of(
 
 
 async def voucher_as_of(
-    store: JetStreamEventStore,
+    store: EventStore,
     layout: Layout,
     code: str,
     *,
