@@ -16,6 +16,7 @@ the rebuild and the registry on the read models.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeAlias
@@ -97,6 +98,7 @@ class Table:
         self.columns = columns
         self.names = tuple(c.name for c in columns)
         self.index = {n: i for i, n in enumerate(self.names)}
+        self._pick = operator.itemgetter(*self.names)
         self.key = self.names[0]
         # indexes of the columns the UPDATE writes, in its argument order (after the key)
         self.updated = tuple(i for i, c in enumerate(columns) if c.updated)
@@ -118,10 +120,9 @@ class Table:
 
     def new_row(self, **values: Any) -> list[Any]:
         """A row from a value for every column, by name (a missing or unknown name raises)."""
-        row = [values.pop(n) for n in self.names]  # a missing column: KeyError naming it
-        if values:
-            raise KeyError(f"{self.name} has no columns {sorted(values)}")
-        return row
+        if len(values) != len(self.names):
+            raise KeyError(f"{self.name}: columns {sorted(set(self.names) ^ set(values))}")
+        return list(self._pick(values))  # KeyError naming a missing column
 
     def update_args(self, rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
         """The UPDATE's arguments for ``rows``: one array per column it takes, keys first."""
