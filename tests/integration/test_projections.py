@@ -16,6 +16,7 @@ from nats.aio.client import Client
 
 from tests.conftest import HostFactory, wait_until
 from tests.integration.histories import ROW_KEYS, write_mixed_history
+from tests.integration.statement_oracle import ORACLES
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.jetstream.streams import StreamsSpec
@@ -27,18 +28,12 @@ from voucher_ledger.ledger.commands import (
 )
 from voucher_ledger.ledger.events import CURRENT_VERSIONS, Actor, decode_envelope
 from voucher_ledger.ledger.voucher import VoucherState, fold
-from voucher_ledger.projections.bulk import plain_event
+from voucher_ledger.projections.audit import AuditProjection
 from voucher_ledger.projections.migrate import migrate
-from voucher_ledger.projections.projector import (
-    AuditProjection,
-    Conn,
-    ProjectionStatus,
-    Projector,
-    StreamEvent,
-    VoucherProjection,
-    stream_event,
-)
+from voucher_ledger.projections.model import Conn, PlainEvent, StreamEvent, plain_event
+from voucher_ledger.projections.projector import ProjectionStatus, Projector
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
+from voucher_ledger.projections.vouchers import VoucherProjection
 
 ADMIN = Actor(sub="admin", role="superadmin")
 
@@ -192,7 +187,7 @@ class _Crashing:
         self.name = inner.name
         self.tables = inner.tables
 
-    async def apply(self, conn: Conn, events: Sequence[StreamEvent]) -> None:
+    async def apply(self, conn: Conn, events: Sequence[PlainEvent]) -> None:
         await self.inner.apply(conn, events[: self.after])
         raise ConnectionResetError("killed mid-batch")
 
@@ -323,19 +318,6 @@ async def test_one_projector_applies_every_read_model_each_from_its_own_checkpoi
     await assert_rows_equal_fold(pool, events)
 
 
-class _Statements:
-    """A read model through its own statements (``Projection.apply``): a projector of these
-    decodes models and runs the statements, not the bulk appliers."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.tables = inner.tables
-
-    async def apply(self, conn: Conn, events: Sequence[StreamEvent]) -> None:
-        await self.inner.apply(conn, events)
-
-
 async def every_row(pool: asyncpg.Pool) -> dict[str, list[dict[str, Any]]]:
     return {
         table: [
@@ -349,20 +331,14 @@ async def every_row(pool: asyncpg.Pool) -> dict[str, list[dict[str, Any]]]:
 async def test_the_live_bulk_path_leaves_the_rows_of_the_projections_statements(
     store: JetStreamEventStore, nc: Client, applied: StreamsSpec, pool: asyncpg.Pool
 ) -> None:
-    """The deployed projector decodes plain dicts and applies the rebuild's bulk appliers;
-    batches of any size, cutting through aggregates, and re-deliveries leave exactly the rows
-    that each projection's own statements leave, for every event type."""
+    """The deployed projector decodes plain dicts and applies the read models' appliers (the
+    rebuild's too); batches of any size, cutting through aggregates, and re-deliveries leave
+    exactly the rows that one statement per event leaves (``statement_oracle.py``, on the
+    decoded models), for every event type."""
     await write_mixed_history(store, applied, 3000, flush_every=300)
     events = await stream_events(nc, applied)
     status = ProjectionStatus(pool, [p.name for p in ALL_PROJECTIONS])
-    statements = Projector(
-        nc,
-        pool,
-        applied,
-        [_Statements(p) for p in ALL_PROJECTIONS],
-        status,  # type: ignore[misc]
-    )
-    assert statements.decode is stream_event
+    statements = Projector(nc, pool, applied, ORACLES, status)
     await statements.checkpoint()
     for start in range(0, len(events), 37):
         await statements.apply(batch(statements, events[start : start + 37]))

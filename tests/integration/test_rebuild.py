@@ -51,11 +51,11 @@ from voucher_ledger.ledger.voucher import Decided
 from voucher_ledger.ledger.wallet import evolve as wallet_evolve
 from voucher_ledger.ledger.wallet import handle as wallet_handle
 from voucher_ledger.ledger.wallet import initial_state as wallet_initial
-from voucher_ledger.projections import rebuild as rebuild_module
 from voucher_ledger.projections import replay
 from voucher_ledger.projections.host import ProjectorHost
 from voucher_ledger.projections.migrate import migrate
-from voucher_ledger.projections.projector import ProjectionStatus, StreamEvent
+from voucher_ledger.projections.model import StreamEvent
+from voucher_ledger.projections.projector import ProjectionStatus
 from voucher_ledger.projections.rebuild import Progress, rebuild
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.projections.verify import verify
@@ -403,37 +403,31 @@ async def test_the_summary_says_where_the_time_went(
 
 
 async def test_only_the_shadow_batches_commit_without_waiting_for_the_disk(
-    applied: StreamsSpec,
-    store: JetStreamEventStore,
-    nc: Client,
-    pool: asyncpg.Pool,
-    monkeypatch: pytest.MonkeyPatch,
+    applied: StreamsSpec, store: JetStreamEventStore, nc: Client, pool: asyncpg.Pool
 ) -> None:
     """A batch applied to the shadows in transactions of their own commits asynchronously (a
     crash loses it together with its shadow checkpoint); the events applied inside the swap,
     which readers see, commit synchronously."""
     seen: list[str] = []
-    real = rebuild_module.appliers_for
 
-    def spying(projections: Any) -> Any:
-        make, appliers = real(projections)
+    class Spying:
+        """A read model that records the setting each of its batches is applied under."""
 
-        def spy(apply: Any) -> Any:
-            async def wrapped(conn: Any, events: Any) -> None:
-                seen.append(await conn.fetchval("SHOW synchronous_commit"))
-                await apply(conn, events)
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+            self.name, self.tables, self.keyed = inner.name, inner.tables, inner.keyed
 
-            return wrapped
+        async def apply(self, conn: Any, events: Any) -> None:
+            seen.append(await conn.fetchval("SHOW synchronous_commit"))
+            await self.inner.apply(conn, events)
 
-        return make, [spy(a) for a in appliers]
-
-    monkeypatch.setattr(rebuild_module, "appliers_for", spying)
+    spied = [Spying(p) for p in ALL_PROJECTIONS]
     await write_history(store, applied, 300)
-    await rebuild(pool, nc, applied, ALL_PROJECTIONS, batch=97, swap_within=10)
+    await rebuild(pool, nc, applied, spied, batch=97, swap_within=10)
     assert set(seen) == {"off"}
     seen.clear()
     # every event within swap_within of the head: all of them are applied inside the swap
-    await rebuild(pool, nc, applied, ALL_PROJECTIONS, batch=97, swap_within=10**9)
+    await rebuild(pool, nc, applied, spied, batch=97, swap_within=10**9)
     assert set(seen) == {"on"}
     assert await pool.fetchval("SHOW synchronous_commit") == "on"
 

@@ -14,12 +14,8 @@ from nats.aio.client import Client
 
 from voucher_ledger.jetstream.leases import LeaseHost, stop_worker
 from voucher_ledger.jetstream.streams import StreamsSpec
-from voucher_ledger.projections.projector import (
-    READ_MODELS,
-    Projection,
-    ProjectionStatus,
-    Projector,
-)
+from voucher_ledger.projections.model import Projection
+from voucher_ledger.projections.projector import READ_MODELS, ProjectionStatus, Projector
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from voucher_ledger.projections.projector import Conn
+from voucher_ledger.projections.model import Conn
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ below it are skipped (re-delivery is harmless), and a gap (the next event is not
 aborts the batch and restarts the consumer from the checkpoint: the position lives in Postgres,
 never in the broker. Only the holder of the projector's lease runs it (one per name).
 
-The service's read models take the rebuild's path (``bulk.py``: events decoded into plain dicts,
-each table written with a few statements per batch, whatever its size); ``Projection.apply`` (a
-statement per event, on models) serves any other projection.
+Each batch's events are decoded into plain dicts (``model.plain_event``) and given to each read
+model's one applier (``vouchers.py``, ``wallets.py``, ``audit.py``: the batch folded in memory,
+each table written with a few statements whatever the batch's size), the same a rebuild uses.
 """
 
 from __future__ import annotations
@@ -20,10 +20,7 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol, TypeAlias
+from collections.abc import Callable, Sequence
 
 import asyncpg
 import asyncpg.pool
@@ -33,206 +30,14 @@ from nats.aio.msg import Msg
 from voucher_ledger.jetstream.api import JetStreamApiError, js_api
 from voucher_ledger.jetstream.pulls import PullLoop, stream_sequence
 from voucher_ledger.jetstream.streams import StreamsSpec
-from voucher_ledger.ledger.events import (
-    EventEnvelope,
-    RedemptionReversed,
-    VoucherIssued,
-    VoucherRedeemed,
-    VoucherRevoked,
-    decode_envelope,
-)
+from voucher_ledger.projections.model import Conn, PlainEvent, Projection, plain_event
 
 log = logging.getLogger(__name__)
-
-Conn: TypeAlias = (
-    "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class StreamEvent:
-    seq: int
-    envelope: EventEnvelope
-    raw: str  # the message body exactly as stored
-
-
-def stream_event(seq: int, data: bytes) -> StreamEvent:
-    """The event stored at ``seq`` with body ``data``, decoded."""
-    return StreamEvent(seq=seq, envelope=decode_envelope(data), raw=data.decode())
-
-
-class Projection(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def tables(self) -> tuple[str, ...]: ...
-
-    async def apply(self, conn: Conn, events: Sequence[StreamEvent]) -> None: ...
-
-
-class Ops:
-    """Statements in stream order; consecutive runs of one statement become one executemany."""
-
-    def __init__(self) -> None:
-        self.runs: list[tuple[str, list[tuple[Any, ...]]]] = []
-
-    def add(self, sql: str, args: tuple[Any, ...]) -> None:
-        if self.runs and self.runs[-1][0] == sql:
-            self.runs[-1][1].append(args)
-        else:
-            self.runs.append((sql, [args]))
-
-    async def run(self, conn: Conn) -> None:
-        for sql, rows in self.runs:
-            if len(rows) == 1:
-                await conn.execute(sql, *rows[0])
-            else:
-                await conn.executemany(sql, rows)
-
 
 _SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 # Retry pauses of a failing projector, and how often a lasting failure is logged (seconds).
 RETRY_MIN, RETRY_MAX, OUTAGE_LOG_EVERY = 0.5, 5.0, 60.0
-
-_UPSERT = """
-INSERT INTO vouchers (code, credit_baisa, description, active, revoked, max_redemptions,
-                      times_redeemed, created_at, updated_at, revoked_at, last_seq)
-VALUES ($1, $2, $3, $4, false, $5, 0, $6, $6, NULL, $7)
-ON CONFLICT (code) DO UPDATE SET
-    credit_baisa = EXCLUDED.credit_baisa, description = EXCLUDED.description,
-    active = EXCLUDED.active, max_redemptions = EXCLUDED.max_redemptions,
-    revoked = false, revoked_at = NULL
-"""
-_REVOKE = "UPDATE vouchers SET revoked = true, active = false, revoked_at = $2 WHERE code = $1"
-_REDEEM = """
-INSERT INTO redemptions (redemption_id, code, customer_id, credit_baisa, redeemed_at, seq,
-                         command_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-"""
-_REVERSE = """
-UPDATE redemptions SET reversed_at = $2, reversed_seq = $3, reversal_reason = $4
-WHERE redemption_id = $1 AND reversed_at IS NULL
-"""
-_TOUCH = """
-UPDATE vouchers SET times_redeemed = vouchers.times_redeemed + d.delta,
-                    updated_at = d.at, last_seq = d.seq
-FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::bigint[]) AS d(code, delta, at, seq)
-WHERE vouchers.code = d.code
-"""
-
-
-class VoucherProjection:
-    """``vouchers`` and ``redemptions``."""
-
-    name = "vouchers"
-    tables = ("vouchers", "redemptions")
-
-    async def apply(self, conn: Conn, events: Sequence[StreamEvent]) -> None:
-        ops = Ops()
-        touched: dict[str, list[Any]] = {}  # code -> [delta, at, seq]
-
-        def touch(code: str, delta: int, at: datetime, seq: int) -> None:
-            entry = touched.setdefault(code, [0, at, seq])
-            entry[0] += delta
-            entry[1], entry[2] = at, seq
-
-        for item in events:
-            env = item.envelope
-            event = env.event
-            at = env.occurred_at
-            match event:
-                case VoucherIssued():
-                    ops.add(
-                        _UPSERT,
-                        (
-                            event.code,
-                            event.credit_baisa,
-                            event.description,
-                            event.active,
-                            event.max_redemptions,
-                            at,
-                            item.seq,
-                        ),
-                    )
-                    touch(event.code, 0, at, item.seq)
-                case VoucherRevoked():
-                    ops.add(_REVOKE, (event.code, at))
-                    touch(event.code, 0, at, item.seq)
-                case VoucherRedeemed():
-                    ops.add(
-                        _REDEEM,
-                        (
-                            event.redemption_id,
-                            event.code,
-                            event.customer_id,
-                            event.credit_baisa,
-                            at,
-                            item.seq,
-                            env.command_id,
-                        ),
-                    )
-                    touch(event.code, 1, at, item.seq)
-                case RedemptionReversed():
-                    ops.add(_REVERSE, (event.redemption_id, at, item.seq, event.reason))
-                    touch(event.code, -1, at, item.seq)
-        await ops.run(conn)
-        if touched:
-            codes = list(touched)
-            await conn.execute(
-                _TOUCH,
-                codes,
-                [touched[c][0] for c in codes],
-                [touched[c][1] for c in codes],
-                [touched[c][2] for c in codes],
-            )
-
-
-class AuditProjection:
-    """``audit_log``: every event verbatim with its stream sequence."""
-
-    name = "audit"
-    tables = ("audit_log",)
-
-    async def apply(self, conn: Conn, events: Sequence[StreamEvent]) -> None:
-        # COPY (binary): several times faster than INSERTs for the one table every event
-        # lands in. The table name is unqualified on purpose: a rebuild sets search_path.
-        await conn.copy_records_to_table(
-            "audit_log",
-            columns=AUDIT_COLUMNS,
-            records=[
-                (
-                    e.seq,
-                    e.envelope.event_id,
-                    e.envelope.event.type,
-                    e.envelope.event.version,
-                    e.envelope.aggregate,
-                    e.envelope.aggregate_id,
-                    e.envelope.actor.sub,
-                    e.envelope.actor.role,
-                    e.envelope.command_id,
-                    e.envelope.occurred_at,
-                    e.raw,
-                )
-                for e in events
-            ],
-        )
-
-
-AUDIT_COLUMNS = (
-    "seq",
-    "event_id",
-    "type",
-    "version",
-    "aggregate",
-    "aggregate_id",
-    "actor_sub",
-    "actor_role",
-    "command_id",
-    "occurred_at",
-    "event",
-)
 
 
 _ADVANCE = """
@@ -390,23 +195,6 @@ FROM cur WHERE p.projection = cur.projection AND cur.last_seq = {before}
 
 READ_MODELS = "read_models"
 
-Applier: TypeAlias = Callable[[Conn, Sequence[Any]], Awaitable[None]]
-
-
-def appliers_for(
-    projections: Sequence[Projection],
-) -> tuple[Callable[[int, bytes], Any], list[Applier]]:
-    """How a projector decodes and applies a batch: as the rebuild does when every projection
-    has a bulk applier (plain dicts from ``decode_plain``, each table written with a few
-    statements per batch), else models through each ``Projection.apply``."""
-    # bulk.py builds on this module: imported when a projector is made.
-    from voucher_ledger.projections.bulk import bulk_for, plain_event
-
-    bulks = [bulk_for(p) for p in projections]
-    if all(b is not None for b in bulks):
-        return plain_event, [b.apply_bulk for b in bulks if b is not None]
-    return stream_event, [p.apply for p in projections]
-
 
 class Projector:
     """One durable consumer feeding one or several projections: each batch is applied to all
@@ -442,7 +230,9 @@ class Projector:
         self.durable = f"{spec.layout.upper}_PROJ_{self.name.upper()}"
         self.batches = 0
         self._stopped = False
-        self.decode, self._appliers = appliers_for(self.projections)
+        # how a message body becomes the events the read models' appliers take
+        self.decode: Callable[[int, bytes], PlainEvent] = plain_event
+        self._appliers = [p.apply for p in self.projections]
         self._conn: Conn | None = None  # held by the running loop
         # BEGIN and the usual checkpoint move in one round trip (see _MOVE_ALL).
         self._begin_sql = (
@@ -526,7 +316,7 @@ class Projector:
         await msgs[-1].ack()  # AckAll: acknowledges the whole batch
         return reached
 
-    async def apply(self, events: Sequence[Any]) -> int:
+    async def apply(self, events: Sequence[PlainEvent]) -> int:
         """Apply one batch (of events made by ``self.decode``) to every projection with its
         checkpoint, in one transaction. Returns the lowest checkpoint after it."""
         first, last = events[0].seq, events[-1].seq
@@ -543,7 +333,7 @@ class Projector:
         return min(reached.values())
 
     async def _apply_on(
-        self, conn: Conn, events: Sequence[Any], first: int, last: int
+        self, conn: Conn, events: Sequence[PlainEvent], first: int, last: int
     ) -> dict[str, int]:
         reached = await self._apply_usual(conn, events, first, last)
         if reached is None:
@@ -552,7 +342,7 @@ class Projector:
         return reached
 
     async def _apply_usual(
-        self, conn: Conn, events: Sequence[Any], first: int, last: int
+        self, conn: Conn, events: Sequence[PlainEvent], first: int, last: int
     ) -> dict[str, int] | None:
         """The usual batch (every checkpoint right before it) in its own transaction, whose
         BEGIN travels with the checkpoint move; None (nothing done) for any other batch."""
@@ -575,7 +365,7 @@ class Projector:
         return dict.fromkeys(self._names, last)
 
     async def _apply_locked(
-        self, conn: Conn, events: Sequence[Any], first: int, last: int
+        self, conn: Conn, events: Sequence[PlainEvent], first: int, last: int
     ) -> dict[str, int]:
         """Any batch, inside the caller's transaction: each projection gets the events above
         its own checkpoint."""

@@ -6,8 +6,8 @@
    kept in the shadow schema, and built again in one pass once the replay is near the head.
 2. The stream is replayed into it in big batches, each in one transaction with the shadow
    checkpoint, so an interrupted rebuild resumes where it stopped. Each batch goes in through
-   the projection's bulk applier (``bulk.py``: rows folded in memory, written once per batch,
-   ``COPY`` for new rows) when it has one, else through its ``apply``.
+   the read model's one applier, the live projector's (``vouchers.py``, ``wallets.py``,
+   ``audit.py``: rows folded in memory, written once per batch, ``COPY`` for new rows).
 3. Near the head, one transaction locks the live checkpoint (the live projector waits on it),
    applies the last events, moves the live tables out and the shadow tables in, and sets the
    live checkpoint to the shadow's. Readers see the old rows until the commit, the new after.
@@ -28,15 +28,8 @@ import asyncpg
 from nats.aio.client import Client
 
 from voucher_ledger.jetstream.streams import StreamsSpec
-from voucher_ledger.projections.bulk import PlainEvent, bulk_for
 from voucher_ledger.projections.migrate import discover
-from voucher_ledger.projections.projector import (
-    Applier,
-    Conn,
-    Projection,
-    StreamEvent,
-    appliers_for,
-)
+from voucher_ledger.projections.model import Conn, PlainEvent, Projection, plain_event
 from voucher_ledger.projections.replay import read_events, stream_head
 
 log = logging.getLogger(__name__)
@@ -145,15 +138,14 @@ _DEFERRED = "rebuild_deferred_indexes"
 # removal), and the resumed rebuild does that work again. The swap, which changes what
 # readers see, commits as usual, and its flush covers every commit before it.
 _SHADOW_ONLY = "; SET LOCAL synchronous_commit TO off"
-# The indexes of some tables that back no constraint: the secondary ones (not unique), and with
-# ``$3`` the unique ones too.
+# The indexes of some tables that back no constraint (secondary and unique ones).
 _DEFERRABLE_INDEXES = """
 SELECT i.relname AS name, pg_get_indexdef(i.oid) AS definition
 FROM pg_index x
 JOIN pg_class i ON i.oid = x.indexrelid
 JOIN pg_class t ON t.oid = x.indrelid
 JOIN pg_namespace n ON n.oid = t.relnamespace
-WHERE n.nspname = $1 AND t.relname = ANY($2::text[]) AND (NOT x.indisunique OR $3)
+WHERE n.nspname = $1 AND t.relname = ANY($2::text[])
   AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)
 ORDER BY i.relname
 """
@@ -170,14 +162,12 @@ ORDER BY c.contype <> 'f', c.conname
 """
 
 
-async def _prepare_shadow(
-    conn: Conn, schema: str, projection: Projection, keyed: frozenset[str] | None
-) -> int:
+async def _prepare_shadow(conn: Conn, schema: str, projection: Projection) -> int:
     """Create the shadow schema and tables if missing, with their secondary indexes deferred;
-    return its checkpoint. With a bulk applier (``keyed``: the tables whose primary key its
-    statements look rows up by) every other key, unique index and foreign key is deferred too:
-    built after the load in one pass each, where a duplicate or a dangling reference fails the
-    rebuild before the swap (as the live statement would have failed on that event)."""
+    return its checkpoint. Every key, unique index and foreign key but the primary keys of
+    ``projection.keyed`` (the tables whose primary key its applier looks rows up by) is deferred
+    too: built after the load in one pass each, where a duplicate or a dangling reference fails
+    the rebuild before the swap (as the live projector would have failed on that event)."""
     name = projection.name
     exists = await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema)
     if not exists:
@@ -191,17 +181,17 @@ async def _prepare_shadow(
             )
             tables = list(projection.tables)
             deferred: list[tuple[str, str, str]] = []  # name, how to build it, how to drop it
-            if keyed is not None:
-                for row in await conn.fetch(_DEFERRABLE_CONSTRAINTS, schema, tables, list(keyed)):
-                    table, constraint = ident(row["table"]), ident(row["name"])
-                    deferred.append(
-                        (
-                            row["name"],
-                            f"ALTER TABLE {table} ADD CONSTRAINT {constraint} {row['definition']}",
-                            f"ALTER TABLE {table} DROP CONSTRAINT {constraint}",
-                        )
+            keyed = list(projection.keyed)
+            for row in await conn.fetch(_DEFERRABLE_CONSTRAINTS, schema, tables, keyed):
+                table, constraint = ident(row["table"]), ident(row["name"])
+                deferred.append(
+                    (
+                        row["name"],
+                        f"ALTER TABLE {table} ADD CONSTRAINT {constraint} {row['definition']}",
+                        f"ALTER TABLE {table} DROP CONSTRAINT {constraint}",
                     )
-            for row in await conn.fetch(_DEFERRABLE_INDEXES, schema, tables, keyed is not None):
+                )
+            for row in await conn.fetch(_DEFERRABLE_INDEXES, schema, tables):
                 deferred.append(
                     (row["name"], row["definition"], f"DROP INDEX {ident(row['name'])}")
                 )
@@ -251,31 +241,21 @@ async def _hurry_autovacuum(conn: Conn) -> None:
         log.debug("rebuild: deadlock_timeout not settable; the swap may wait for autovacuum")
 
 
-def _keyed(chosen: Sequence[Projection]) -> dict[str, frozenset[str] | None]:
-    """Per projection, the tables whose primary key its bulk applier needs while loading, or
-    None when the rebuild applies through ``Projection.apply`` (see ``appliers_for``)."""
-    bulks = [bulk_for(p) for p in chosen]
-    if not all(b is not None for b in bulks):
-        return {p.name: None for p in chosen}
-    return {p.name: b.keyed for p, b in zip(chosen, bulks, strict=True) if b is not None}
-
-
 async def _apply(
     conn: Conn,
     schema: str,
-    name: str,
-    apply: Applier,
-    events: Sequence[PlainEvent | StreamEvent],
+    projection: Projection,
+    events: Sequence[PlainEvent],
     *,
     shadow_only: bool,
 ) -> None:
     """Apply one batch to the shadow tables with the shadow checkpoint (inside a transaction;
     ``shadow_only``: one that writes nothing else)."""
     await conn.execute(f"SET LOCAL search_path TO {ident(schema)}{_SHADOW_ONLY * shadow_only}")
-    await apply(conn, events)
+    await projection.apply(conn, events)
     await conn.execute(
         "UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() WHERE projection = $1",
-        name,
+        projection.name,
         events[-1].seq,
     )
     await conn.execute("SET LOCAL search_path TO public")
@@ -308,24 +288,20 @@ async def rebuild(
         steps[name] = now - lap
         lap = now
 
-    make, appliers = appliers_for(chosen)
-
     async def apply_all(
         conn: Conn,
-        events: list[PlainEvent | StreamEvent],
+        events: list[PlainEvent],
         floor: dict[str, int],
         *,
         shadow_only: bool,
     ) -> None:
-        for p, apply in zip(chosen, appliers, strict=True):
+        for p in chosen:
             todo = [e for e in events if e.seq > floor[p.name]]
             if todo:
-                await _apply(conn, shadow_schema(p), p.name, apply, todo, shadow_only=shadow_only)
+                await _apply(conn, shadow_schema(p), p, todo, shadow_only=shadow_only)
                 floor[p.name] = todo[-1].seq
 
-    async def apply_one(
-        conn: Conn, p: Projection, apply: Applier, events: list[PlainEvent | StreamEvent]
-    ) -> None:
+    async def apply_one(conn: Conn, p: Projection, events: list[PlainEvent]) -> None:
         todo = (
             events
             if events[0].seq > floor[p.name]
@@ -333,29 +309,25 @@ async def rebuild(
         )
         if todo:
             async with conn.transaction():
-                await _apply(conn, shadow_schema(p), p.name, apply, todo, shadow_only=True)
+                await _apply(conn, shadow_schema(p), p, todo, shadow_only=True)
             floor[p.name] = todo[-1].seq
 
-    async def apply_side_by_side(workers: list[Conn], events: list[Any]) -> None:
-        await _side_by_side(
-            apply_one(w, p, a, events) for w, p, a in zip(workers, chosen, appliers, strict=True)
-        )
+    async def apply_side_by_side(workers: list[Conn], events: list[PlainEvent]) -> None:
+        await _side_by_side(apply_one(w, p, events) for w, p in zip(workers, chosen, strict=True))
 
     async with pool.acquire() as conn, contextlib.AsyncExitStack() as stack:
         workers: list[Conn] = []
         if len(chosen) > 1 and pool.get_max_size() > len(chosen):
             workers = [await stack.enter_async_context(pool.acquire()) for _ in chosen]
-        keyed = _keyed(chosen)
         # The shadows are made (and at the end keyed) on the workers side by side, when there
         # are workers: PostgreSQL builds one shadow's indexes while it builds another's.
         makers = workers or [conn] * len(chosen)
         if workers:
             made = await _side_by_side(
-                _prepare_shadow(w, shadow_schema(p), p, keyed[p.name])
-                for w, p in zip(makers, chosen, strict=True)
+                _prepare_shadow(w, shadow_schema(p), p) for w, p in zip(makers, chosen, strict=True)
             )
         else:
-            made = [await _prepare_shadow(conn, shadow_schema(p), p, keyed[p.name]) for p in chosen]
+            made = [await _prepare_shadow(conn, shadow_schema(p), p) for p in chosen]
         floor = {p.name: last for p, last in zip(chosen, made, strict=True)}
         reached = min(floor.values())
         resumed_from = reached
@@ -364,7 +336,9 @@ async def rebuild(
         bar.start(head, reached)
         # Replay into the shadows until close enough to the head to swap quickly.
         while head - reached > swap_within:
-            source = read_events(nc, spec, reached + 1, until_seq=head, batch=batch, make=make)
+            source = read_events(
+                nc, spec, reached + 1, until_seq=head, batch=batch, make=plain_event
+            )
             async with contextlib.aclosing(prefetched(source)) as batches:
                 async for events in batches:
                     if workers:
@@ -403,7 +377,7 @@ async def rebuild(
                 names,
             )
             head = await stream_head(nc, spec)
-            tail = read_events(nc, spec, reached + 1, until_seq=head, batch=batch, make=make)
+            tail = read_events(nc, spec, reached + 1, until_seq=head, batch=batch, make=plain_event)
             async for events in tail:
                 await apply_all(conn, events, floor, shadow_only=False)
                 reached = events[-1].seq

@@ -1,8 +1,11 @@
-"""Every projection the service runs (one projector, one lease and one checkpoint each)."""
+"""Every read model the service runs (one projector applies them all, each with its own
+checkpoint)."""
 
 from __future__ import annotations
 
-from voucher_ledger.projections.projector import AuditProjection, Projection, VoucherProjection
+from voucher_ledger.projections.audit import AuditProjection
+from voucher_ledger.projections.model import Projection
+from voucher_ledger.projections.vouchers import VoucherProjection
 from voucher_ledger.projections.wallets import WalletProjection
 
 ALL_PROJECTIONS: tuple[Projection, ...] = (

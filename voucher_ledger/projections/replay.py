@@ -16,7 +16,7 @@ from nats.protocol.parser import AWAITING_CONTROL_LINE as _AWAITING_CONTROL_LINE
 from voucher_ledger.jetstream.api import js_api
 from voucher_ledger.jetstream.pulls import PullLoop, stream_sequence
 from voucher_ledger.jetstream.streams import StreamsSpec
-from voucher_ledger.projections.projector import StreamEvent, stream_event
+from voucher_ledger.projections.model import StreamEvent, stream_event
 
 
 async def stream_head(nc: Client, spec: StreamsSpec) -> int:
