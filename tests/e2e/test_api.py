@@ -1135,9 +1135,8 @@ def test_openapi_paths_match_the_application_router() -> None:
     """The routes registered on the aiohttp app are exactly the ones the tests exercise."""
     from voucher_ledger.config.settings import Settings
     from voucher_ledger.http.app import create_app
-    from voucher_ledger.service.stack import Stack
 
-    app = create_app(Stack(Settings(JWT_SECRET="r" * 40)))  # type: ignore[call-arg]
+    app = create_app(Settings(JWT_SECRET="r" * 40))  # type: ignore[call-arg]
     served = {
         (route.method.lower(), route.resource.canonical)
         for route in app.router.routes()

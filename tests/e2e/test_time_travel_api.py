@@ -6,16 +6,30 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from tests.conftest import connect, wait_until
-from tests.e2e.api_helpers import ApiServer, Reply, assert_json_error, call, running_server
+from tests.e2e.api_helpers import (
+    SECRET,
+    ApiServer,
+    Reply,
+    _delete_streams,
+    assert_json_error,
+    call,
+    running_server,
+)
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.wire import Accepted
+from voucher_ledger.config.settings import Settings
+from voucher_ledger.http.app import create_app
+from voucher_ledger.http.auth import mint_token
+from voucher_ledger.http.keys import NATS
 from voucher_ledger.jetstream import streams
 from voucher_ledger.ledger.commands import RedeemVoucher
 from voucher_ledger.ledger.events import Actor
@@ -154,3 +168,41 @@ async def test_openapi_documents_at(server: ApiServer, http: aiohttp.ClientSessi
     reply = await get(http, server, "/openapi.json", role=None)
     params = reply.json["paths"][DETAIL]["get"]["parameters"]
     assert any(p["name"] == "at" and p["in"] == "query" for p in params)
+
+
+async def test_at_requests_leave_no_subscription_behind(
+    tmp_path: Path, nats_url: str, database: str, prefix: str
+) -> None:
+    """The app over started components on the test NATS and PostgreSQL, in process: 30 ``?at=``
+    reads share the service's one stream reader, so the service's NATS connection holds no more
+    subscriptions after them than after the first (a store per request left one each)."""
+    settings = Settings(  # type: ignore[call-arg]
+        NATS_URL=nats_url,
+        DATABASE_URL=database,
+        SUBJECT_PREFIX=prefix,
+        JWT_SECRET=SECRET,
+        DATA_DIR=str(tmp_path),
+        RUN_RECOVERY="false",
+    )
+    app = create_app(settings, processors_in_child=False)
+    token = mint_token(SECRET.encode(), "admin", "superadmin", ttl=600)
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        async with TestClient(TestServer(app)) as client:
+            code = f"SUB-{uuid.uuid4().hex[:8]}".upper()
+            issued = await client.post(
+                "/billing/vouchers/issue", json={"code": code, "credit_omr": 3}, headers=auth
+            )
+            assert issued.status == 200, await issued.text()
+            at = quote(iso(datetime.now(UTC) + timedelta(seconds=1)))
+            path = DETAIL.format(code=code) + f"?at={at}"
+            first = await client.get(path, headers=auth)
+            assert first.status == 200, await first.text()
+            subs = app[NATS].nc._subs  # the service's own connection
+            before = len(subs)
+            for _ in range(30):
+                reply = await client.get(path, headers=auth)
+                assert reply.status == 200, await reply.text()
+            assert len(subs) == before, (before, len(subs))
+    finally:
+        await _delete_streams(nats_url, prefix)

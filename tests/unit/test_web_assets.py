@@ -14,9 +14,8 @@ from pydantic import ValidationError
 
 from voucher_ledger.config.settings import Settings
 from voucher_ledger.http.app import create_app
-from voucher_ledger.http.openapi import build_openapi
 from voucher_ledger.http.pages import ASSET_TYPES, CSP, PAGE_ROUTES, Pages, build_id
-from voucher_ledger.service.stack import Stack
+from voucher_ledger.http.routes import build_openapi
 
 WEB = resources.files("voucher_ledger") / "web"
 SOURCES = {
@@ -31,9 +30,9 @@ def settings(**env: str) -> Settings:
 
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient[object, object]]:
-    """The real application (nothing connects until a handler needs NATS or Postgres, and the
-    page routes never do)."""
-    app = create_app(Stack(settings(REDEEM_CONTINUE_URL='/plans?from="redeem"&x=<y>')))
+    """The real application's routes and middleware, without its components (NATS, Postgres,
+    the processors): the page routes never need them."""
+    app = create_app(settings(REDEEM_CONTINUE_URL='/plans?from="redeem"&x=<y>'), components=False)
     async with TestClient(TestServer(app)) as c:
         yield c
 

@@ -71,12 +71,14 @@ def load_streams(settings: Settings) -> Any:
         raise UserError(f"cannot load the streams declaration: {exc}") from exc
 
 
-async def wait_for_signal() -> None:
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, from now on (install it before a long start-up, so a
+    signal during it ends the process cleanly once started instead of killing it half-way)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 def tune_gc() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -14,13 +15,19 @@ from aiohttp import web
 from voucher_ledger import __version__
 from voucher_ledger.cli import audit as audit_cli
 from voucher_ledger.cli import replay as replay_cli
-from voucher_ledger.cli.common import tune_gc, wait_for_signal
+from voucher_ledger.cli.common import stop_on_signals, tune_gc
 from voucher_ledger.config.errors import StartupError
 from voucher_ledger.config.settings import Settings
 from voucher_ledger.jetstream import streams
 from voucher_ledger.jetstream.connection import connect_nats
 from voucher_ledger.service.owner import DataDirLock, attach, check_port_free
-from voucher_ledger.service.stack import Stack, load_spec
+from voucher_ledger.service.stack import (
+    InProcessProcessors,
+    NatsLink,
+    ReadModels,
+    Servers,
+    load_spec,
+)
 from voucher_ledger.service.worker import PARENT_ENV, answer_reports, die_with_parent
 
 log = logging.getLogger("voucher_ledger")
@@ -70,22 +77,23 @@ class _OutageLine(logging.Filter):
 
 
 async def _serve(settings: Settings, owner: DataDirLock | None) -> int:
-    from voucher_ledger.http.app import create_app
+    from voucher_ledger.http.app import create_app, servers_of
     from voucher_ledger.http.server import AppRunner
 
-    stack = Stack(settings, processors_in_child=settings.processor_process)
-    await stack.start()
-    if owner is not None:  # operator jobs find the servers through the data dir from now on
-        owner.publish(
-            http=f"http://{settings.host}:{settings.port}",
-            nats_url=stack.nats_url,
-            database_url=stack.database_url,
-        )
-    runner = AppRunner(create_app(stack), access_log=None)
+    stop = stop_on_signals()  # a SIGTERM during start-up stops cleanly once started
+    app = create_app(settings, processors_in_child=settings.processor_process)
+    runner = AppRunner(app, access_log=None)
     try:
-        await runner.setup()
+        await runner.setup()  # starts the components (http/app.py), then the HTTP server
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        if owner is not None:  # operator jobs find the servers through the data dir from now on
+            started = servers_of(app)
+            owner.publish(
+                http=f"http://{settings.host}:{settings.port}",
+                nats_url=started.nats_url,
+                database_url=started.database_url,
+            )
         log.info("voucher-ledger listening on http://%s:%d", settings.host, settings.port)
         log.info(
             "console: http://%s:%d/console/ (sign in with `voucher-ledger token`); public redeem "
@@ -94,11 +102,12 @@ async def _serve(settings: Settings, owner: DataDirLock | None) -> int:
             settings.port,
         )
         tune_gc()
-        await wait_for_signal()
+        await stop.wait()
         log.info("shutting down")
     finally:
+        # The HTTP server first, then the components in reverse: the processors, nats-server,
+        # PostgreSQL.
         await runner.cleanup()
-        await stack.stop()
     return 0
 
 
@@ -106,18 +115,20 @@ async def _processors(settings: Settings) -> int:
     settings = settings.model_copy(
         update={"run_processors": True, "run_projectors": False, "serve_http": False}
     )
-    die_with_parent()  # started by `serve` (voucher_ledger/worker.py): go when it goes
-    stack = Stack(settings)
-    await stack.start()
-    assert stack.host is not None
-    assert stack.spec is not None
-    assert stack.nc is not None
-    await answer_reports(stack.nc, stack.spec.layout.prefix, stack.host)
-    tune_gc()
-    try:
-        await wait_for_signal()
-    finally:
-        await stack.stop()
+    die_with_parent()  # started by `serve` (service/worker.py): go when it goes
+    stop = stop_on_signals()  # a SIGTERM during start-up stops cleanly once started
+    async with contextlib.AsyncExitStack() as stack:
+        servers = await Servers.start(settings)
+        stack.push_async_callback(servers.stop)
+        link = await NatsLink.open(settings, servers.nats_url)
+        stack.push_async_callback(link.close)
+        read = await ReadModels.open(servers.database_url)  # migrated, as `serve` does
+        stack.push_async_callback(read.close)
+        processors = await InProcessProcessors.start(settings, link)
+        stack.push_async_callback(processors.stop)
+        await answer_reports(link.nc, link.spec.layout.prefix, processors.host)
+        tune_gc()
+        await stop.wait()
     return 0
 
 

@@ -6,11 +6,11 @@ Unlike the other reads (Postgres read models), this one reads the code's events 
 
 from __future__ import annotations
 
-from voucher_ledger.commands.eventstore import EventStoreUnavailable, JetStreamEventStore
+from voucher_ledger.commands.eventstore import EventStoreUnavailable
 from voucher_ledger.http.errors import ApiError
 from voucher_ledger.http.models import VoucherDetail
 from voucher_ledger.projections.timetravel import BadTimestamp, parse_timestamp, voucher_as_of
-from voucher_ledger.service.stack import Stack
+from voucher_ledger.service.stack import StreamReader
 
 
 def parse_at(values: list[str]) -> str:
@@ -19,18 +19,17 @@ def parse_at(values: list[str]) -> str:
     return values[0]
 
 
-async def voucher_detail_at(stack: Stack, code: str, raw_at: str) -> VoucherDetail:
+async def voucher_detail_at(reader: StreamReader, code: str, raw_at: str) -> VoucherDetail:
     """The detail body of ``code`` as of ``raw_at``; 400 for a bad time, 404 before the
     voucher existed, 503 when the event stream does not answer."""
     try:
         at = parse_timestamp(raw_at)
     except BadTimestamp as exc:
         raise ApiError(400, str(exc)) from exc
-    if stack.nc is None or stack.spec is None:
-        raise ApiError(503, "the ledger is unavailable; retry later", {"Retry-After": "2"})
-    store = JetStreamEventStore(stack.nc, stack.spec.event_stream)
     try:
-        state = await voucher_as_of(store, stack.spec.layout, code, at=at)
+        # The service's one reader: a store per request would leave its direct-get inbox
+        # subscription behind, one per request.
+        state = await voucher_as_of(reader.store, reader.layout, code, at=at)
     except EventStoreUnavailable as exc:
         raise ApiError(503, "the ledger is unavailable; retry later", {"Retry-After": "2"}) from exc
     if state is None:

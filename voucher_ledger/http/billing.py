@@ -18,9 +18,9 @@ from aiohttp import web
 
 from voucher_ledger.billing.checkout import CheckoutError, CheckoutOutcome, CheckoutService
 from voucher_ledger.billing.stripe_gateway import WebhookSignatureError
-from voucher_ledger.http.auth import ISSUER_ROLES, AuthError, Principal
+from voucher_ledger.http.auth import ISSUER_ROLES, Principal
 from voucher_ledger.http.errors import ApiError, int_query, parse_body
-from voucher_ledger.http.keys import STACK
+from voucher_ledger.http.keys import CHECKOUT, POOL, SETTINGS, STRIPE
 from voucher_ledger.http.models import (
     BalanceOut,
     CheckoutBody,
@@ -30,6 +30,7 @@ from voucher_ledger.http.models import (
     WebhookOut,
 )
 from voucher_ledger.http.openapi import MAX_OFFSET, ORDER_STATUSES
+from voucher_ledger.http.vouchers import authenticate, wait_for_projections
 from voucher_ledger.ledger.codes import (
     normalise_code,
     validate_command_id,
@@ -39,7 +40,6 @@ from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import Actor
 from voucher_ledger.ledger.money import whole_omr
 from voucher_ledger.projections import queries
-from voucher_ledger.service.stack import Stack
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,6 @@ def omr(baisa: int) -> int:
     return whole_omr(baisa)
 
 
-def _stack(request: web.Request) -> Stack:
-    return request.app[STACK]
-
-
 def _ok(model: Any, status: int = 200) -> web.Response:
     return web.Response(
         text=model.model_dump_json(exclude_none=True),
@@ -70,19 +66,11 @@ def _ok(model: Any, status: int = 200) -> web.Response:
 
 
 async def require_user(request: web.Request) -> Principal:
-    stack = _stack(request)
-    assert stack.authenticator is not None
-    try:
-        return await stack.authenticator.authenticate(request.headers.get("Authorization"))
-    except AuthError as exc:
-        raise ApiError(401, exc.message, {"WWW-Authenticate": "Bearer"}) from exc
+    return await authenticate(request)
 
 
 def _service(request: web.Request) -> CheckoutService:
-    service = _stack(request).checkout
-    if service is None:
-        raise ApiError(503, "checkout is not running on this instance")
-    return service
+    return request.app[CHECKOUT]
 
 
 def _answer(outcome: CheckoutOutcome) -> CheckoutOut:
@@ -137,10 +125,10 @@ async def checkout(request: web.Request) -> web.Response:
         )
     except CheckoutError as exc:
         if exc.seq:  # the compensation is visible before the answer, as a success would be
-            await _stack(request).wait_for_projections(exc.seq)
+            await wait_for_projections(request, exc.seq)
         raise ApiError(exc.status, exc.message, exc.headers) from exc
     # Read-your-writes: the balance and the admin order list show this order already.
-    await _stack(request).wait_for_projections(outcome.seq)
+    await wait_for_projections(request, outcome.seq)
     log.info(
         "checkout order=%s status=%s total=%d credit=%d due=%d",
         outcome.order.order_id,
@@ -166,11 +154,10 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
 
 
 async def webhook(request: web.Request) -> web.Response:
-    stack = _stack(request)
-    stripe = stack.stripe
+    stripe = request.app.get(STRIPE)  # absent without STRIPE_SECRET_KEY
     if stripe is None or not stripe.webhooks_enabled:
         raise ApiError(503, "webhook not configured")
-    payload = await _read_limited(request, stack.settings.webhook_body_limit)
+    payload = await _read_limited(request, request.app[SETTINGS].webhook_body_limit)
     try:
         stripe.verify_webhook(payload, request.headers.get("Stripe-Signature"))
     except WebhookSignatureError as exc:
@@ -196,9 +183,7 @@ async def webhook(request: web.Request) -> web.Response:
 
 async def balance(request: web.Request) -> web.Response:
     principal = await require_user(request)
-    pool = _stack(request).pool
-    if pool is None:
-        raise ApiError(503, "read models unavailable")
+    pool = request.app[POOL]
     row = await queries.wallet(pool, principal.sub)
     entries = await queries.credit_entries(pool, principal.sub, limit=20)
     balance_baisa = row["balance_baisa"] if row else 0
@@ -236,9 +221,7 @@ async def admin_orders(request: web.Request) -> web.Response:
     status = request.query.get("status")
     if status is not None and status not in ORDER_STATUSES:
         raise ApiError(400, f"status must be one of {', '.join(sorted(ORDER_STATUSES))}")
-    pool = _stack(request).pool
-    if pool is None:
-        raise ApiError(503, "read models unavailable")
+    pool = request.app[POOL]
     rows = await queries.list_orders(pool, limit=limit, offset=offset, status=status)
     items = [
         OrderOut(
@@ -266,11 +249,3 @@ async def admin_orders(request: web.Request) -> web.Response:
     ]
     body = "[" + ",".join(i.model_dump_json() for i in items) + "]"
     return web.Response(text=body, content_type="application/json")
-
-
-def add_routes(app: web.Application) -> None:
-    for path in CHECKOUT_PATHS:
-        app.router.add_post(path, checkout)
-    app.router.add_post("/billing/webhook", webhook)
-    app.router.add_get("/billing/balance", balance)
-    app.router.add_get("/billing/admin/orders", admin_orders)

@@ -104,3 +104,21 @@ def int_query(request: web.Request, name: str, default: int, low: int, high: int
     if not low <= value <= high:
         raise ApiError(400, f"{name} must be an integer between {low} and {high}")
     return value
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def ok(model: BaseModel | list[BaseModel], status: int = 200) -> web.Response:
+    if isinstance(model, list):
+        body = "[" + ",".join(m.model_dump_json() for m in model) + "]"
+    else:
+        body = model.model_dump_json()
+    return web.Response(text=body, status=status, content_type="application/json")
+
+
+def route_name(request: web.Request) -> str:
+    """The matched route's template (``/billing/vouchers/{code}``): a bounded label."""
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"

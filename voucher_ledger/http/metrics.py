@@ -5,16 +5,22 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The HTTP methods a label may name; any other (a client may send any token) counts as "other",
+# so a scanner cannot grow the histogram without bound.
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
+
+
+def escape(value: str) -> str:
+    """A label value in the text format: backslash, double quote and line feed escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
     if not pairs:
         return ""
-    inner = ",".join(
-        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-        for k, v in pairs
-    )
-    return "{" + inner + "}"
+    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in pairs) + "}"
 
 
 class Metrics:
@@ -26,7 +32,7 @@ class Metrics:
         self._latency_sum: dict[tuple[str, str, str], float] = defaultdict(float)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        key = (method, route, str(status))
+        key = (method if method in METHODS else "other", route, str(status))
         counts = self._latency[key]
         for i, bound in enumerate(BUCKETS):
             if seconds <= bound:

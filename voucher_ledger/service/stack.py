@@ -1,12 +1,27 @@
-"""The running service's resources: servers (embedded or external), NATS, the command bus,
-the processor host and the Postgres pool. ``Stack.start`` brings them up in order."""
+"""The running service's components, one small object per lifecycle, each with an async ``open``
+(or ``start``) and a ``close`` (or ``stop``), and no optional field a caller must check:
+
+* ``Servers``: nats-server and PostgreSQL, embedded (started here) or external (their URLs);
+  stopped nats-server first, then PostgreSQL;
+* ``NatsLink``: the NATS connection and the JetStream objects of streams.yaml, declared again
+  after a reconnect;
+* ``ReadModels``: the Postgres pool (migrated) and the projections' status;
+* ``Projectors``, the processors (``start_processors``: in this process, in a child process, or
+  none), ``Ledger`` (the command bus and the idempotency keys), ``StreamReader`` (one reader of
+  the event stream for the whole service);
+* ``WebClients`` (the authenticator, the catalog, Stripe) and ``Checkout`` (the checkout saga
+  and its recovery loop): the HTTP API's.
+
+``http/app.py`` enters them in that order from ``app.cleanup_ctx``, so they stop in the reverse
+order after the HTTP server; ``voucher-ledger processors`` enters the few it needs."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from typing import Protocol
 
 import asyncpg
 from nats.aio.client import Client
@@ -20,6 +35,7 @@ from voucher_ledger.billing.catalog import (
 from voucher_ledger.billing.checkout import CheckoutService
 from voucher_ledger.billing.stripe_gateway import StripeGateway
 from voucher_ledger.commands.bus import CommandBus
+from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.host import ProcessorHost
 from voucher_ledger.commands.idempotency import IdempotencyKeys
 from voucher_ledger.config.errors import StartupError
@@ -38,174 +54,107 @@ from voucher_ledger.service.worker import ProcessorReport, ProcessorWorker, chil
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Stack:
-    settings: Settings
-    nats_url: str = ""
-    database_url: str = ""
-    nc: Client | None = None
-    spec: streams.StreamsSpec | None = None
-    bus: CommandBus | None = None
-    host: ProcessorHost | None = None
-    pool: asyncpg.Pool | None = None
-    authenticator: Authenticator | None = None
-    idempotency: IdempotencyKeys | None = None
-    status: ProjectionStatus | None = None
-    projectors: ProjectorHost | None = None
-    catalog: CatalogSource | None = None
-    stripe: StripeGateway | None = None
-    checkout: CheckoutService | None = None
-    _recovery: asyncio.Task[None] | None = None
-    _reapply: asyncio.Task[None] | None = None
-    _nats: EmbeddedNats | None = None
-    _pg: EmbeddedPostgres | None = None
-    _closing: list[str] = field(default_factory=list)
-    # `serve` (not the tests' in-process stacks) runs the processors in a child process.
-    processors_in_child: bool = False
-    worker: ProcessorWorker | None = None
+# ------------------------------------------------------------------------------------ servers
 
-    async def start(self) -> None:
-        s = self.settings
+
+class Servers:
+    """nats-server and PostgreSQL: the embedded ones started here, or the configured URLs."""
+
+    def __init__(self, nats: EmbeddedNats | None, pg: EmbeddedPostgres | None) -> None:
+        self._nats = nats
+        self._pg = pg
+        self.nats_url = ""
+        self.database_url = ""
+
+    @classmethod
+    async def start(cls, s: Settings) -> Servers:
+        servers = cls(
+            EmbeddedNats(s.data_dir, binary=s.nats_server_bin) if s.embedded_nats else None,
+            EmbeddedPostgres(s.data_dir) if s.embedded_postgres else None,
+        )
         try:
-            await self._start(s)
-        except BaseException:
-            await self.stop()
-            raise
-
-    async def _start(self, s: Settings) -> None:
-        if s.serve_http:
-            try:
-                secret = resolve_secret(s)
-                self.authenticator = Authenticator(
-                    secret=secret,
-                    jwks_url=s.jwks_url,
-                    issuer=s.jwt_issuer,
-                    audience=s.jwt_audience,
-                )
-            except ConfigError as exc:
-                raise StartupError(str(exc)) from exc
-            self.catalog = make_catalog(s)
-            if s.stripe_secret_key:
-                self.stripe = StripeGateway(
-                    s.stripe_secret_key,
-                    webhook_secret=s.stripe_webhook_secret,
-                    api_base=s.stripe_api_base,
-                    currency=s.stripe_currency,
-                    success_url=s.success_url,
-                    cancel_url=s.cancel_url,
-                    sovereign=s.sovereign_fqdn,
-                    timeout=s.stripe_timeout,
-                )
+            if servers._nats is not None:
+                servers.nats_url = await asyncio.to_thread(servers._nats.start)
             else:
-                log.warning("STRIPE_SECRET_KEY unset: checkouts that need a card payment get 503")
-        if s.embedded_nats:
-            self._nats = EmbeddedNats(s.data_dir, binary=s.nats_server_bin)
-            self.nats_url = await asyncio.to_thread(self._nats.start)
-        else:
-            assert s.nats_url is not None
-            self.nats_url = s.nats_url
-        self.nc = await connect_nats(
-            self.nats_url,
+                assert s.nats_url is not None  # embedded_nats is false only when it is set
+                servers.nats_url = s.nats_url
+            if servers._pg is not None:
+                servers.database_url = await asyncio.to_thread(servers._pg.start)
+            else:
+                assert s.database_url is not None  # likewise
+                servers.database_url = s.database_url
+        except BaseException:
+            await servers.stop()
+            raise
+        return servers
+
+    async def stop(self) -> None:
+        """nats-server first, then PostgreSQL (the README's shutdown order)."""
+        if self._nats is not None:
+            await asyncio.to_thread(self._nats.stop)
+            self._nats = None
+        if self._pg is not None:
+            await asyncio.to_thread(self._pg.stop)
+            self._pg = None
+
+
+# ---------------------------------------------------------------------------------------- NATS
+
+
+class NatsLink:
+    """The NATS connection and the JetStream objects declared in streams.yaml. When the
+    connection drops, ``on_lost`` callbacks run (the bus fails its waiting writes); when it
+    comes back, the streams are declared again (a restarted nats-server lost its memory-stored
+    ones: the command queue, the leases), so writes resume by themselves."""
+
+    nc: Client
+
+    def __init__(self, spec: streams.StreamsSpec) -> None:
+        self.spec = spec
+        self.on_lost: list[Callable[[], None]] = []
+        self._reapply: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, s: Settings, url: str) -> NatsLink:
+        link = cls(load_spec(s))
+        link.nc = await connect_nats(
+            url,
             startup_timeout=s.nats_connect_timeout,
-            disconnected_cb=self._nats_disconnected,
-            reconnected_cb=self._nats_reconnected,
+            disconnected_cb=link._disconnected,
+            reconnected_cb=link._reconnected,
         )
-        log.info(
-            "connected to nats-server %s at %s",
-            self.nc.connected_server_version,
-            redact_url(self.nats_url),
-        )
-        if s.embedded_postgres:
-            self._pg = EmbeddedPostgres(s.data_dir)
-            self.database_url = await asyncio.to_thread(self._pg.start)
-        else:
-            assert s.database_url is not None
-            self.database_url = s.database_url
-        self.spec = load_spec(s)
-        changes = await streams.apply(self.nc, self.spec)
-        for line in changes:
-            log.info("streams: %s", line)
-
         try:
-            self.pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=10)
-        except Exception as exc:
-            raise StartupError(
-                f"cannot connect to PostgreSQL at {redact_url(self.database_url)}: {exc}"
-            ) from exc
-        try:
-            async with self.pool.acquire() as conn:
-                await migrate(conn)  # it logs each migration it applies
-        except MigrationError as exc:
-            raise StartupError(f"database migration: {exc}") from exc
-        self.status = ProjectionStatus(self.pool, [p.name for p in ALL_PROJECTIONS])
-        await self.status.refresh()
-        if s.run_projectors:
-            self.projectors = ProjectorHost(
-                self.nc, self.pool, self.spec, self.status, instance_id=s.processor_instance_id
-            )
-            await self.projectors.start()
-
-        if s.run_processors and self.processors_in_child:
-            self.worker = ProcessorWorker(
-                self.nc,
-                self.spec.layout.prefix,
-                child_env(self.nats_url, self.database_url),
-                str(s.data_dir),
-                instance_id=s.processor_instance_id,
-            )
-            try:
-                await self.worker.start(timeout=s.nats_connect_timeout + 60)
-            except RuntimeError as exc:  # the child's own error is in the log above
-                raise StartupError(str(exc)) from exc
             log.info(
-                "processor process %s (pid %s) runs the command processors",
-                self.worker.instance_id,
-                self.worker.pid,
+                "connected to nats-server %s at %s",
+                link.nc.connected_server_version,
+                redact_url(url),
             )
-        elif s.run_processors:
-            self.host = ProcessorHost(
-                self.nc,
-                self.spec,
-                policy=Policy(max_credit_baisa=s.max_credit_baisa),
-                instance_id=s.processor_instance_id,
-            )
-            await self.host.start()
-            log.info(
-                "processor instance %s holds partitions %s",
-                self.host.instance_id,
-                sorted(self.host.partitions),
-            )
-        self.bus = CommandBus(self.nc, self.spec.layout, self.spec.command_stream)
-        await self.bus.start()
-        self.idempotency = await IdempotencyKeys.bind(self.nc, self.spec.idempotency_bucket)
-        if self.catalog is not None:
-            self.checkout = CheckoutService(
-                self.bus,
-                self.catalog,
-                self.stripe,
-                command_timeout=s.command_timeout,
-                recovery_after=s.recovery_after,
-            )
-            if s.run_recovery:
-                self._recovery = asyncio.create_task(self._recover(self.checkout))
+            for line in await streams.apply(link.nc, link.spec):
+                log.info("streams: %s", line)
+        except BaseException:
+            await link.close()
+            raise
+        return link
 
-    async def _nats_disconnected(self) -> None:
-        if self.nc is not None and self.nc.is_closed:
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    async def _disconnected(self) -> None:
+        if self.nc.is_closed:
             return  # our own shutdown
         log.warning("NATS connection lost; writes answer 503 until it is back")
-        if self.bus is not None:
-            self.bus.connection_lost()
+        for callback in self.on_lost:
+            callback()
 
-    async def _nats_reconnected(self) -> None:
+    async def _reconnected(self) -> None:
         log.info("NATS connection restored")
         if self._reapply is None or self._reapply.done():
             self._reapply = asyncio.create_task(self._ensure_streams())
 
     async def _ensure_streams(self) -> None:
-        """A nats-server that restarted has lost its memory-stored streams (the command queue,
-        the leases): declare them again, so writes resume by themselves."""
         pause = 0.5
-        while self.nc is not None and self.spec is not None and not self.nc.is_closed:
+        while not self.nc.is_closed:
             try:
                 changes = await streams.apply(self.nc, self.spec)
             except Exception as exc:  # noqa: BLE001 - NATS still settling: try again
@@ -217,89 +166,319 @@ class Stack:
                 log.warning("streams: %s (missing after the NATS reconnect)", line)
             return
 
-    async def _recover(self, checkout: CheckoutService) -> None:
-        """Finish or compensate half-way checkouts (after a crash) every few seconds."""
+    async def close(self) -> None:
+        await _cancel(self._reapply)
+        self._reapply = None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.nc.drain(), 5)
+
+
+# ---------------------------------------------------------------------------------- read side
+
+
+class ReadModels:
+    """The Postgres pool (migrations applied at open) and the projections' checkpoints."""
+
+    def __init__(self, pool: asyncpg.Pool, status: ProjectionStatus) -> None:
+        self.pool = pool
+        self.status = status
+
+    @classmethod
+    async def open(cls, url: str) -> ReadModels:
+        try:
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=10)
+        except Exception as exc:
+            raise StartupError(f"cannot connect to PostgreSQL at {redact_url(url)}: {exc}") from exc
+        try:
+            try:
+                async with pool.acquire() as conn:
+                    await migrate(conn)  # it logs each migration it applies
+            except MigrationError as exc:
+                raise StartupError(f"database migration: {exc}") from exc
+            status = ProjectionStatus(pool, [p.name for p in ALL_PROJECTIONS])
+            await status.refresh()
+        except BaseException:
+            await _close_pool(pool)
+            raise
+        return cls(pool, status)
+
+    async def close(self) -> None:
+        await _close_pool(self.pool)
+
+
+class Projectors:
+    def __init__(self, host: ProjectorHost) -> None:
+        self.host = host
+
+    @classmethod
+    async def start(cls, s: Settings, link: NatsLink, read: ReadModels) -> Projectors:
+        host = ProjectorHost(
+            link.nc, read.pool, link.spec, read.status, instance_id=s.processor_instance_id
+        )
+        await host.start()
+        return cls(host)
+
+    async def stop(self) -> None:
+        await self.host.stop(release=True)
+
+
+class StreamReader:
+    """One reader of the event stream for the service: time travel folds from it, readiness
+    asks it for the stream's head. (One per request would leave one direct-get inbox
+    subscription behind per request.)"""
+
+    def __init__(self, link: NatsLink) -> None:
+        self.layout = link.spec.layout
+        self.store = JetStreamEventStore(link.nc, link.spec.event_stream)
+        self._head = JetStreamEventStore(link.nc, link.spec.event_stream, timeout=2)
+
+    async def projection_lag(self, status: ProjectionStatus) -> dict[str, int] | None:
+        """Events each projection still has to apply; None when NATS or Postgres cannot say."""
+        try:
+            head = await self._head.last_sequence()
+            await status.refresh()
+        except Exception:  # noqa: BLE001 - NATS or Postgres down: lag unknown
+            return None
+        return {name: max(0, head - seq) for name, seq in status.applied.items()}
+
+    async def close(self) -> None:
+        for store in (self.store, self._head):
+            close = getattr(store, "close", None)  # the event store's close(), where it has one
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+
+
+# --------------------------------------------------------------------------------- processors
+
+
+class Processors(Protocol):
+    """This instance's command processors, wherever they run."""
+
+    async def report(self) -> ProcessorReport | None:
+        """Their partitions and counters (None: none run here, or the child does not answer)."""
+        ...
+
+    async def stop(self) -> None: ...
+
+
+class NoProcessors:
+    async def report(self) -> ProcessorReport | None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+class InProcessProcessors:
+    def __init__(self, host: ProcessorHost) -> None:
+        self.host = host
+
+    @classmethod
+    async def start(cls, s: Settings, link: NatsLink) -> InProcessProcessors:
+        host = ProcessorHost(
+            link.nc,
+            link.spec,
+            policy=Policy(max_credit_baisa=s.max_credit_baisa),
+            instance_id=s.processor_instance_id,
+        )
+        try:
+            await host.start()
+        except BaseException:
+            await host.stop(release=True)
+            raise
+        log.info(
+            "processor instance %s holds partitions %s", host.instance_id, sorted(host.partitions)
+        )
+        return cls(host)
+
+    async def report(self) -> ProcessorReport | None:
+        return ProcessorReport.of(self.host)
+
+    async def stop(self) -> None:
+        await self.host.stop(release=True)
+
+
+class ChildProcessors:
+    """The processors in a child process (``voucher-ledger processors``), as ``serve`` runs them."""
+
+    def __init__(self, worker: ProcessorWorker) -> None:
+        self.worker = worker
+
+    @classmethod
+    async def start(cls, s: Settings, link: NatsLink, servers: Servers) -> ChildProcessors:
+        worker = ProcessorWorker(
+            link.nc,
+            link.spec.layout.prefix,
+            child_env(servers.nats_url, servers.database_url),
+            str(s.data_dir),
+            instance_id=s.processor_instance_id,
+        )
+        try:
+            await worker.start(timeout=s.nats_connect_timeout + 60)
+        except RuntimeError as exc:  # the child's own error is in the log above
+            await worker.stop()
+            raise StartupError(str(exc)) from exc
+        except BaseException:
+            await worker.stop()
+            raise
+        log.info(
+            "processor process %s (pid %s) runs the command processors",
+            worker.instance_id,
+            worker.pid,
+        )
+        return cls(worker)
+
+    async def report(self) -> ProcessorReport | None:
+        return await self.worker.report()
+
+    async def stop(self) -> None:
+        await self.worker.stop()
+
+
+async def start_processors(
+    s: Settings, link: NatsLink, servers: Servers, *, in_child: bool
+) -> Processors:
+    """RUN_PROCESSORS: in a child process (``serve``'s default) or in this one; else none."""
+    if not s.run_processors:
+        return NoProcessors()
+    if in_child:
+        return await ChildProcessors.start(s, link, servers)
+    return await InProcessProcessors.start(s, link)
+
+
+# -------------------------------------------------------------------------------- write side
+
+
+class Ledger:
+    """The command bus and the idempotency keys: how the API writes."""
+
+    def __init__(self, bus: CommandBus, idempotency: IdempotencyKeys) -> None:
+        self.bus = bus
+        self.idempotency = idempotency
+
+    @classmethod
+    async def open(cls, link: NatsLink) -> Ledger:
+        bus = CommandBus(link.nc, link.spec.layout, link.spec.command_stream)
+        await bus.start()
+        try:
+            idempotency = await IdempotencyKeys.bind(link.nc, link.spec.idempotency_bucket)
+        except BaseException:
+            await bus.close()
+            raise
+        link.on_lost.append(bus.connection_lost)
+        return cls(bus, idempotency)
+
+    async def close(self) -> None:
+        await self.bus.close()
+
+
+# ----------------------------------------------------------------------------------- the web
+
+
+class WebClients:
+    """What the HTTP API calls out to: the token checker (JWKS), the catalog, Stripe (None
+    without STRIPE_SECRET_KEY). Built first: a configuration error stops ``serve`` before any
+    server starts."""
+
+    def __init__(
+        self, authenticator: Authenticator, catalog: CatalogSource, stripe: StripeGateway | None
+    ) -> None:
+        self.authenticator = authenticator
+        self.catalog = catalog
+        self.stripe = stripe
+
+    @classmethod
+    async def open(cls, s: Settings) -> WebClients:
+        try:
+            authenticator = Authenticator(
+                secret=resolve_secret(s),
+                jwks_url=s.jwks_url,
+                issuer=s.jwt_issuer,
+                audience=s.jwt_audience,
+            )
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from exc
+        try:
+            catalog = make_catalog(s)
+        except BaseException:
+            await authenticator.close()
+            raise
+        stripe = None
+        if s.stripe_secret_key:
+            stripe = StripeGateway(
+                s.stripe_secret_key,
+                webhook_secret=s.stripe_webhook_secret,
+                api_base=s.stripe_api_base,
+                currency=s.stripe_currency,
+                success_url=s.success_url,
+                cancel_url=s.cancel_url,
+                sovereign=s.sovereign_fqdn,
+                timeout=s.stripe_timeout,
+            )
+        else:
+            log.warning("STRIPE_SECRET_KEY unset: checkouts that need a card payment get 503")
+        return cls(authenticator, catalog, stripe)
+
+    async def close(self) -> None:
+        if self.stripe is not None:
+            await self.stripe.close()
+        await self.catalog.close()
+        await self.authenticator.close()
+
+
+class Checkout:
+    """The checkout saga, and (RUN_RECOVERY) the loop that finishes or compensates half-way
+    checkouts after a crash every CHECKOUT_RECOVERY_INTERVAL seconds."""
+
+    def __init__(self, service: CheckoutService, pool: asyncpg.Pool, interval: float) -> None:
+        self.service = service
+        self._pool = pool
+        self._interval = interval
+        self._recovery: asyncio.Task[None] | None = None
+
+    @classmethod
+    def start(cls, s: Settings, web: WebClients, ledger: Ledger, read: ReadModels) -> Checkout:
+        service = CheckoutService(
+            ledger.bus,
+            web.catalog,
+            web.stripe,
+            command_timeout=s.command_timeout,
+            recovery_after=s.recovery_after,
+        )
+        checkout = cls(service, read.pool, s.checkout_recovery_interval)
+        if s.run_recovery:
+            checkout._recovery = asyncio.create_task(checkout._recover())
+        return checkout
+
+    async def _recover(self) -> None:
         while True:
             try:
-                if self.pool is not None:
-                    await checkout.recover_once(self.pool)
+                await self.service.recover_once(self._pool)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - an outage: try again next round
                 log.warning("checkout recovery: %r", exc)
-            await asyncio.sleep(self.settings.checkout_recovery_interval)
-
-    async def processor_report(self) -> ProcessorReport | None:
-        """This instance's processors: their partitions and counters (None: it runs none, or
-        its processor process does not answer)."""
-        if self.host is not None:
-            return ProcessorReport.of(self.host)
-        if self.worker is not None:
-            return await self.worker.report()
-        return None
-
-    async def wait_for_projections(self, seq: int) -> bool:
-        if self.status is None:
-            return False
-        return await self.status.wait_for(seq, self.settings.read_your_writes_timeout)
-
-    async def projection_lag(self) -> dict[str, int] | None:
-        """Events each projection still has to apply; None when NATS cannot say."""
-        if self.nc is None or self.spec is None or self.status is None:
-            return None
-        from voucher_ledger.commands.eventstore import JetStreamEventStore
-
-        try:
-            head = await JetStreamEventStore(
-                self.nc, self.spec.event_stream, timeout=2
-            ).last_sequence()
-            await self.status.refresh()
-        except Exception:  # noqa: BLE001 - NATS or Postgres down: lag unknown
-            return None
-        return {name: max(0, head - seq) for name, seq in self.status.applied.items()}
+            await asyncio.sleep(self._interval)
 
     async def stop(self) -> None:
-        for task in (self._recovery, self._reapply):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-        self._recovery = self._reapply = None
-        if self.stripe is not None:
-            await self.stripe.close()
-            self.stripe = None
-        if self.catalog is not None:
-            await self.catalog.close()
-            self.catalog = None
-        if self.projectors is not None:
-            await self.projectors.stop(release=True)
-            self.projectors = None
-        if self.authenticator is not None:
-            await self.authenticator.close()
-            self.authenticator = None
-        if self.bus is not None:
-            await self.bus.close()
-            self.bus = None
-        if self.host is not None:
-            await self.host.stop(release=True)
-            self.host = None
-        if self.worker is not None:
-            await self.worker.stop()
-            self.worker = None
-        if self.pool is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.pool.close(), 5)
-            self.pool = None
-        if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.drain(), 5)
-            self.nc = None
-        if self._nats is not None:
-            await asyncio.to_thread(self._nats.stop)
-            self._nats = None
-        if self._pg is not None:
-            await asyncio.to_thread(self._pg.stop)
-            self._pg = None
+        await _cancel(self._recovery)
+        self._recovery = None
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(pool.close(), 5)
 
 
 def make_catalog(s: Settings) -> CatalogSource:

@@ -1,0 +1,209 @@
+"""The route table: one declaration per API operation, from which both the router
+(``add_routes``) and ``/openapi.json`` (``build_openapi``) are built.
+
+Routes are registered in the table's order (a static path before the ``{code}`` pattern that
+would also match it). The web pages (``http/pages.py``) are not API operations: they are routed
+there and not documented."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from voucher_ledger import __version__
+from voucher_ledger.http import billing, ops, vouchers
+from voucher_ledger.http import models as m
+from voucher_ledger.http.openapi import (
+    AT,
+    CODE,
+    DETAIL_CODE,
+    IDEMPOTENCY_KEY,
+    LIST_QUERY,
+    ORDERS_QUERY,
+    PAGE,
+    STRIPE_SIGNATURE,
+    Route,
+    build_document,
+)
+
+# Operations served at two paths (the seed's legacy aliases): one declaration each.
+
+
+def _issue(path: str) -> Route:
+    return Route(
+        "POST",
+        path,
+        vouchers.issue_voucher,
+        "issuer",
+        "Issue, update or restore a voucher",
+        parameters=(IDEMPOTENCY_KEY,),
+        body=m.IssueVoucherBody,
+        response=m.VoucherOut,
+        errors=(400, 401, 403, 409, 413, 415, 503),
+    )
+
+
+def _list(path: str) -> Route:
+    return Route(
+        "GET",
+        path,
+        vouchers.list_vouchers,
+        "issuer",
+        "Live (or revoked) vouchers, newest first",
+        parameters=LIST_QUERY,
+        response=m.VoucherOut,
+        many=True,
+        errors=(400, 401, 403, 503),
+    )
+
+
+def _revoke(path: str) -> Route:
+    return Route(
+        "DELETE",
+        path,
+        vouchers.revoke_voucher,
+        "issuer",
+        "Revoke (soft delete) a voucher",
+        parameters=(CODE, IDEMPOTENCY_KEY),
+        response=m.OkOut,
+        errors=(400, 401, 403, 404, 409, 503),
+    )
+
+
+def _checkout(path: str) -> Route:
+    return Route(
+        "POST",
+        path,
+        billing.checkout,
+        "customer",
+        "Check out a plan with addons and an optional promo code; credit first",
+        parameters=(IDEMPOTENCY_KEY,),
+        body=m.CheckoutBody,
+        response=m.CheckoutOut,
+        errors=(400, 401, 409, 413, 415, 502, 503),
+    )
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", ops.healthz, "public", "Liveness", response=m.HealthOut),
+    Route(
+        "GET",
+        "/readyz",
+        ops.readyz,
+        "public",
+        "Readiness: NATS, Postgres, projection lag",
+        response=m.ReadyOut,
+        described=((503, "not ready"),),
+    ),
+    Route(
+        "GET", "/metrics", ops.metrics, "public", "Prometheus metrics", ok="text/plain exposition"
+    ),
+    Route("GET", "/openapi.json", ops.openapi, "public", "This document"),
+    _issue("/billing/vouchers/issue"),
+    _list("/billing/vouchers/list"),
+    _revoke("/billing/vouchers/revoke/{code}"),
+    Route(
+        "POST",
+        "/billing/vouchers/redeem-preview",
+        vouchers.redeem_preview,
+        "public",
+        "Public preview of a code (rate-limited per client)",
+        body=m.PreviewBody,
+        response=m.PreviewOut,
+        errors=(400, 404, 413, 415, 429, 503),
+        same_body=((410, "inactive or at its cap"),),
+    ),
+    _list("/billing/admin/promos"),
+    _issue("/billing/admin/promos"),
+    _revoke("/billing/admin/promos/{code}"),
+    Route(
+        "GET",
+        "/billing/vouchers/{code}/history",
+        vouchers.voucher_history,
+        "issuer",
+        "The voucher's audit trail in stream order",
+        parameters=(CODE, *PAGE),
+        response=m.HistoryOut,
+        errors=(400, 401, 403, 404, 503),
+    ),
+    Route(
+        "GET",
+        "/billing/vouchers/{code}/redemptions",
+        vouchers.voucher_redemptions,
+        "issuer",
+        "The voucher's redemptions in stream order",
+        parameters=(CODE, *PAGE),
+        response=m.RedemptionsOut,
+        errors=(400, 401, 403, 404, 503),
+    ),
+    Route(
+        "GET",
+        "/billing/vouchers/{code}",
+        vouchers.get_voucher,
+        "issuer",
+        "A voucher's full state with counters (now, or ?at= a past time)",
+        parameters=(DETAIL_CODE, AT),
+        response=m.VoucherDetail,
+        errors=(400, 401, 403, 404, 405, 503),
+    ),
+    *(_checkout(path) for path in billing.CHECKOUT_PATHS),
+    Route(
+        "POST",
+        "/billing/webhook",
+        billing.webhook,
+        "webhook",
+        "Stripe webhook (authenticated by the Stripe-Signature header)",
+        parameters=(STRIPE_SIGNATURE,),
+        raw_body={"type": "object", "description": "a Stripe event"},
+        response=m.WebhookOut,
+        errors=(400, 413, 503),
+    ),
+    Route(
+        "GET",
+        "/billing/balance",
+        billing.balance,
+        "customer",
+        "The caller's credit: available, reserved, and the 20 newest movements",
+        response=m.BalanceOut,
+        errors=(401, 503),
+    ),
+    Route(
+        "GET",
+        "/billing/admin/orders",
+        billing.admin_orders,
+        "issuer",
+        "Newest orders with their status",
+        parameters=ORDERS_QUERY,
+        response=m.OrderOut,
+        many=True,
+        errors=(400, 401, 403, 503),
+    ),
+)
+
+
+def add_routes(router: web.UrlDispatcher, routes: tuple[Route, ...] = ROUTES) -> None:
+    for route in routes:
+        if route.method == "GET":
+            router.add_get(route.path, route.handler)  # and HEAD, as aiohttp does
+        else:
+            router.add_route(route.method, route.path, route.handler)
+
+
+def build_openapi(max_credit_omr: int | None = None) -> dict[str, Any]:
+    """The OpenAPI document of ``ROUTES``; ``max_credit_omr`` bounds ``credit_omr``."""
+    return build_document(ROUTES, __version__, max_credit_omr)
+
+
+def allowed_methods(routes: tuple[Route, ...] = ROUTES) -> dict[str, str]:
+    """Static path -> the Allow header of the methods served there (GET implies HEAD)."""
+    methods: dict[str, set[str]] = {}
+    for route in routes:
+        if "{" not in route.path:
+            methods.setdefault(route.path, set()).add(route.method)
+    out = {}
+    for path, served in methods.items():
+        if "GET" in served:
+            served.add("HEAD")
+        out[path] = ",".join(sorted(served))
+    return out

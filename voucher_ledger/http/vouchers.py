@@ -1,0 +1,346 @@
+"""The voucher operations: issue, list, revoke, the public preview, a voucher's detail (now or
+``?at=`` a past time), its history and its redemptions; the issuer check and the command send
+they share (``http/billing.py`` uses them too).
+
+Writes go to the command bus and answer once the read models have applied the write's event
+(read-your-writes, bounded by READ_YOUR_WRITES_TIMEOUT).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, NoReturn
+
+import asyncpg
+from aiohttp import web
+
+from voucher_ledger.commands.bus import BusError, BusUnavailable, CommandTimeout
+from voucher_ledger.commands.idempotency import IdempotencyUnavailable, KeyReused
+from voucher_ledger.commands.wire import Accepted, Rejected
+from voucher_ledger.http.asof import parse_at, voucher_detail_at
+from voucher_ledger.http.auth import ISSUER_ROLES, AuthError, Principal
+from voucher_ledger.http.errors import ApiError, int_query, ok, parse_body, route_name
+from voucher_ledger.http.keys import (
+    AUTHENTICATOR,
+    BUS,
+    IDEMPOTENCY,
+    LIMITER,
+    METRICS,
+    POOL,
+    READER,
+    SETTINGS,
+    STATUS,
+)
+from voucher_ledger.http.models import (
+    HistoryEntry,
+    HistoryOut,
+    IssueVoucherBody,
+    OkOut,
+    PreviewBody,
+    PreviewOut,
+    RedemptionOut,
+    RedemptionsOut,
+    VoucherDetail,
+    VoucherOut,
+)
+from voucher_ledger.http.openapi import MAX_AFTER_SEQ, MAX_OFFSET, RESERVED_SEGMENTS
+from voucher_ledger.http.ratelimit import RateLimiter
+from voucher_ledger.ledger.codes import normalise_code, normalise_search, validate_command_id
+from voucher_ledger.ledger.commands import IssueVoucher, RevokeVoucher
+from voucher_ledger.ledger.errors import InvalidInput
+from voucher_ledger.ledger.events import Actor
+from voucher_ledger.ledger.money import BAISA
+from voucher_ledger.ledger.voucher import VoucherCommandT
+from voucher_ledger.projections import queries
+
+ISSUER_FORBIDDEN = "superadmin or sovereign-admin role required"
+LIST_STATUSES = ("live", "revoked")
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+async def authenticate(request: web.Request) -> Principal:
+    """The bearer token's principal; 401 without a valid one."""
+    authenticator = request.app[AUTHENTICATOR]
+    try:
+        return await authenticator.authenticate(request.headers.get("Authorization"))
+    except AuthError as exc:
+        raise ApiError(401, exc.message, {"WWW-Authenticate": "Bearer"}) from exc
+
+
+async def require_issuer(request: web.Request) -> Principal:
+    principal = await authenticate(request)
+    if not principal.has_any(ISSUER_ROLES):
+        raise ApiError(403, ISSUER_FORBIDDEN)
+    return principal
+
+
+def path_code(request: web.Request) -> str:
+    try:
+        return normalise_code(request.match_info.get("code", ""))
+    except InvalidInput as exc:
+        raise ApiError(400, exc.message) from exc
+
+
+async def command_id_from(request: web.Request, command: VoucherCommandT) -> str | None:
+    """The Idempotency-Key as command id, after claiming it for this exact request."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    try:
+        key = validate_command_id(key)
+    except InvalidInput as exc:
+        raise ApiError(400, f"Idempotency-Key: {exc.message}") from exc
+    keys = request.app[IDEMPOTENCY]
+    fingerprint = keys.fingerprint(request.method, route_name(request), command.model_dump_json())
+    try:
+        await keys.claim(key, fingerprint)
+    except KeyReused as exc:
+        raise ApiError(409, "Idempotency-Key was already used for a different request") from exc
+    except IdempotencyUnavailable as exc:
+        raise ApiError(503, "the ledger is unavailable; retry later", {"Retry-After": "2"}) from exc
+    return key
+
+
+async def send(
+    request: web.Request, command: VoucherCommandT, principal: Principal
+) -> Accepted | Rejected:
+    metrics = request.app[METRICS]
+    actor = Actor(sub=principal.sub, role=principal.role)
+    try:
+        reply = await request.app[BUS].send(
+            command,
+            actor=actor,
+            command_id=await command_id_from(request, command) or uuid.uuid4().hex,
+            timeout=request.app[SETTINGS].command_timeout,
+        )
+    except CommandTimeout as exc:
+        metrics.commands[(command.type, "timeout")] += 1
+        raise ApiError(
+            503,
+            "the ledger did not answer in time; retry with the same Idempotency-Key",
+            {"Retry-After": "1"},
+        ) from exc
+    except BusUnavailable as exc:
+        metrics.commands[(command.type, "unavailable")] += 1
+        raise ApiError(503, "the ledger is unavailable; retry later", {"Retry-After": "2"}) from exc
+    except BusError as exc:
+        metrics.commands[(command.type, "error")] += 1
+        raise ApiError(503, "the ledger is unavailable; retry later") from exc
+    outcome = "accepted" if isinstance(reply, Accepted) else reply.reason
+    metrics.commands[(command.type, outcome)] += 1
+    if isinstance(reply, Accepted):
+        await wait_for_projections(request, reply.seq)
+    return reply
+
+
+async def wait_for_projections(request: web.Request, seq: int) -> bool:
+    """Read-your-writes: until every read model has applied ``seq``, at most
+    READ_YOUR_WRITES_TIMEOUT."""
+    timeout = request.app[SETTINGS].read_your_writes_timeout
+    return await request.app[STATUS].wait_for(seq, timeout)
+
+
+def voucher_out(row: dict[str, Any]) -> VoucherOut:
+    return VoucherOut(
+        code=row["code"],
+        credit_omr=row["credit_baisa"] // BAISA,
+        credit_baisa=row["credit_baisa"],
+        description=row["description"],
+        active=row["active"],
+        max_redemptions=row["max_redemptions"],
+        times_redeemed=row["times_redeemed"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def accepting(row: dict[str, Any]) -> bool:
+    cap = row["max_redemptions"]
+    return bool(row["active"] and not row["revoked"] and (cap == 0 or row["times_redeemed"] < cap))
+
+
+def _raise_rejected(reply: Rejected) -> NoReturn:
+    status = {"not_found": 404, "invalid_input": 400, "command_id_reused": 409}.get(
+        reply.reason, 409
+    )
+    raise ApiError(status, reply.message)
+
+
+def _pool(request: web.Request) -> asyncpg.Pool:
+    return request.app[POOL]
+
+
+# ----------------------------------------------------------------------------------- handlers
+
+
+async def issue_voucher(request: web.Request) -> web.Response:
+    principal = await require_issuer(request)
+    body = await parse_body(request, IssueVoucherBody)
+    try:
+        code = normalise_code(body.code)
+    except InvalidInput as exc:
+        raise ApiError(400, exc.message) from exc
+    max_credit_baisa = request.app[SETTINGS].max_credit_baisa
+    credit = body.credit_omr * BAISA
+    if credit > max_credit_baisa:
+        limit = max_credit_baisa // BAISA
+        raise ApiError(400, f"credit_omr must be at most {limit}")
+    command = IssueVoucher(
+        code=code,
+        credit_baisa=credit,
+        description=body.description,
+        active=body.active,
+        max_redemptions=body.max_redemptions,
+    )
+    reply = await send(request, command, principal)
+    if isinstance(reply, Rejected):
+        _raise_rejected(reply)
+    if reply.voucher is None:  # an accepted IssueVoucher always carries the voucher
+        raise RuntimeError("the processor accepted an issue without the voucher")
+    # The voucher as this write left it (its receipt): a replayed Idempotency-Key returns the
+    # original answer even after later updates. The read models have applied it by now.
+    return ok(voucher_out(reply.voucher.model_dump()))
+
+
+async def list_vouchers(request: web.Request) -> web.Response:
+    await require_issuer(request)
+    limit = int_query(request, "limit", 1000, 1, 1000)
+    offset = int_query(request, "offset", 0, 0, MAX_OFFSET)
+    search = request.query.get("q")
+    if search is not None:
+        try:
+            search = normalise_search(search)
+        except InvalidInput as exc:
+            raise ApiError(400, exc.message) from exc
+    status = request.query.get("status", "live")
+    if status not in LIST_STATUSES:
+        raise ApiError(400, "status must be live or revoked")
+    rows = await queries.list_vouchers(
+        _pool(request), limit=limit, offset=offset, search=search, revoked=status == "revoked"
+    )
+    return ok([voucher_out(r) for r in rows])
+
+
+async def revoke_voucher(request: web.Request) -> web.Response:
+    principal = await require_issuer(request)
+    code = path_code(request)
+    reply = await send(request, RevokeVoucher(code=code), principal)
+    if isinstance(reply, Rejected):
+        _raise_rejected(reply)
+    return ok(OkOut())
+
+
+def client_address(request: web.Request) -> str:
+    if request.app[SETTINGS].trust_forwarded_for:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        first = forwarded.split(",")[0].strip()
+        if first:
+            return first[:64]
+    return request.remote or "unknown"
+
+
+async def redeem_preview(request: web.Request) -> web.Response:
+    wait = request.app[LIMITER].check(client_address(request))
+    if wait > 0:
+        retry = RateLimiter.retry_after_header(wait)
+        return web.json_response(
+            {"error": "too many requests", "retry_after": int(retry)},
+            status=429,
+            headers={"Retry-After": retry},
+        )
+    body = await parse_body(request, PreviewBody)
+    try:
+        code = normalise_code(body.code)
+    except InvalidInput as exc:
+        raise ApiError(400, exc.message) from exc
+    row = await queries.get_voucher(_pool(request), code)
+    if row is None or row["revoked"]:
+        raise ApiError(404, "voucher not valid")  # unknown and revoked look the same
+    preview = PreviewOut(
+        code=row["code"],
+        credit_omr=row["credit_baisa"] // BAISA,
+        description=row["description"],
+        active=row["active"],
+        accepting_redemptions=accepting(row),
+    )
+    return ok(preview, status=200 if preview.accepting_redemptions else 410)
+
+
+async def get_voucher(request: web.Request) -> web.Response:
+    if request.match_info.get("code", "") in RESERVED_SEGMENTS:
+        # /billing/vouchers/issue with the wrong method: a route, not a voucher named "issue"
+        # (the code "ISSUE" is still reachable here in upper case, and under every other route).
+        # The middleware names the methods served at this path (the route table's).
+        raise web.HTTPMethodNotAllowed(request.method, [])
+    code = path_code(request)
+    await require_issuer(request)
+    if "at" in request.query:  # time travel: folded from the event stream
+        raw_at = parse_at(request.query.getall("at"))
+        return ok(await voucher_detail_at(request.app[READER], code, raw_at))
+    row = await queries.get_voucher(_pool(request), code)
+    if row is None:
+        raise ApiError(404, "voucher not found")
+    detail = VoucherDetail(
+        **voucher_out(row).model_dump(),
+        revoked=row["revoked"],
+        revoked_at=row["revoked_at"],
+        accepting_redemptions=accepting(row),
+        last_seq=row["last_seq"],
+    )
+    return ok(detail)
+
+
+async def _code_page(request: web.Request) -> tuple[Any, str, int, int]:
+    """Issuer check, the path's code (404 when unknown), and ``after_seq`` / ``limit``."""
+    await require_issuer(request)
+    code = path_code(request)
+    after = int_query(request, "after_seq", 0, 0, MAX_AFTER_SEQ)
+    limit = int_query(request, "limit", 100, 1, 1000)
+    pool = _pool(request)
+    if await queries.get_voucher(pool, code) is None:
+        raise ApiError(404, "voucher not found")
+    return pool, code, after, limit
+
+
+async def voucher_history(request: web.Request) -> web.Response:
+    pool, code, after, limit = await _code_page(request)
+    rows = await queries.history(pool, code, after_seq=after, limit=limit)
+    events = []
+    for r in rows:
+        envelope = json.loads(r["event"])
+        events.append(
+            HistoryEntry(
+                seq=r["seq"],
+                type=r["type"],
+                version=r["version"],
+                occurred_at=r["occurred_at"],
+                actor={"sub": r["actor_sub"], "role": r["actor_role"]},
+                command_id=r["command_id"],
+                event=envelope.get("event", {}),
+            )
+        )
+    next_after = events[-1].seq if len(events) == limit else None
+    return ok(HistoryOut(code=code, events=events, next_after_seq=next_after))
+
+
+async def voucher_redemptions(request: web.Request) -> web.Response:
+    pool, code, after, limit = await _code_page(request)
+    rows = await queries.redemptions(pool, code, after_seq=after, limit=limit)
+    items = [
+        RedemptionOut(
+            redemption_id=r["redemption_id"],
+            customer_id=r["customer_id"],
+            credit_omr=r["credit_baisa"] // BAISA,
+            credit_baisa=r["credit_baisa"],
+            redeemed_at=r["redeemed_at"],
+            seq=r["seq"],
+            reversed_at=r["reversed_at"],
+            reversal_reason=r["reversal_reason"],
+        )
+        for r in rows
+    ]
+    next_after = items[-1].seq if len(items) == limit else None
+    return ok(RedemptionsOut(code=code, redemptions=items, next_after_seq=next_after))
