@@ -71,7 +71,7 @@ class _OutageLine(logging.Filter):
 
 async def _serve(settings: Settings, owner: DataDirLock | None) -> int:
     from voucher_ledger.http.app import create_app
-    from voucher_ledger.http.server import AppRunner
+    from voucher_ledger.http.server import app_runner
 
     stack = Stack(settings, processors_in_child=settings.processor_process)
     await stack.start()
@@ -81,7 +81,7 @@ async def _serve(settings: Settings, owner: DataDirLock | None) -> int:
             nats_url=stack.nats_url,
             database_url=stack.database_url,
         )
-    runner = AppRunner(create_app(stack), access_log=None)
+    runner = app_runner(create_app(stack), access_log=None)
     try:
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)

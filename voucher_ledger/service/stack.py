@@ -25,7 +25,7 @@ from voucher_ledger.commands.idempotency import IdempotencyKeys
 from voucher_ledger.config.errors import StartupError
 from voucher_ledger.config.settings import Settings, redact_url
 from voucher_ledger.http.auth import Authenticator, ConfigError, resolve_secret
-from voucher_ledger.jetstream import streams
+from voucher_ledger.jetstream import fastpaths, streams
 from voucher_ledger.jetstream.connection import connect_nats
 from voucher_ledger.ledger.voucher import Policy
 from voucher_ledger.projections.host import ProjectorHost
@@ -66,6 +66,7 @@ class Stack:
 
     async def start(self) -> None:
         s = self.settings
+        fastpaths.configure(s.fast_paths)
         try:
             await self._start(s)
         except BaseException:
