@@ -184,12 +184,16 @@ async def test_write_now_leaves_the_writing_to_nats_py_and_nothing_is_lost(
 
         sub = await other.subscribe("fenced-write-now.test", cb=received)
         await other.flush()
+        left = 0  # publishes whose buffered bytes write_now left to nats.py's flusher
         for i in range(30):
             await nc.publish("fenced-write-now.test", str(i).encode())
-            write_now(nc)
-            assert nc._pending != []  # left to nats.py's flusher
+            buffered = list(nc._pending)
+            write_now(nc)  # synchronous: nothing else runs in between
+            assert nc._pending == buffered
+            left += bool(buffered)
+        assert left > 0
         await nc.flush()
-        await wait_until(lambda: len(got) >= 30, 10, "every message")
+        await wait_until(lambda: len(got) >= 30, 20, "every message")
         assert got == [str(i).encode() for i in range(30)]
         await sub.unsubscribe()
     finally:
