@@ -29,7 +29,7 @@ from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.host import ProcessorHost
 from voucher_ledger.config.settings import nats_servers
-from voucher_ledger.jetstream import streams
+from voucher_ledger.jetstream import fastpaths, streams
 from voucher_ledger.jetstream.connection import check_nats_version
 from voucher_ledger.ledger.voucher import Policy
 from voucher_ledger.service.embedded import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres
@@ -204,6 +204,14 @@ async def stream_state(nc: Client, stream: str) -> dict[str, Any]:
     msg = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=5)
     info: dict[str, Any] = json.loads(msg.data)
     return dict(info["state"])
+
+
+@pytest.fixture
+def fast_paths_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The switch on, whatever ``FAST_PATHS`` says: for the tests that prove a fast path is
+    taken (CI runs the core suites once more with ``FAST_PATHS=false``, where every other test
+    takes the public path). Use it with ``usefixtures``, so that it comes before the others."""
+    monkeypatch.setattr(fastpaths, "_switch", True)
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,7 @@ async def _issue_and_redeem(bus: CommandBus, code: str) -> tuple[Accepted, Accep
     return first, second
 
 
+@pytest.mark.usefixtures("fast_paths_on")
 async def test_replies_and_acknowledgements_come_straight_from_the_parser(
     nc: Client, bus: CommandBus, make_host: HostFactory
 ) -> None:
@@ -129,6 +130,7 @@ def test_raw_header_helpers() -> None:
     assert status_of(None) is None
 
 
+@pytest.mark.usefixtures("fast_paths_on")
 async def test_a_closed_bus_leaves_the_client_as_it_was(
     nc: Client, applied: StreamsSpec, make_host: HostFactory
 ) -> None:

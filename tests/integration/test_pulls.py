@@ -119,6 +119,7 @@ async def test_pull_loop_stops_waiting_when_the_other_thing_it_waits_for_is_done
         await pulls.stop()
 
 
+@pytest.mark.usefixtures("fast_paths_on")
 async def test_write_now_sends_what_is_buffered_once_in_order(nc: Client, nats_url: str) -> None:
     """The processor hands nats.py's buffer to the socket itself (``write_now``) before the
     flusher task gets to it: nothing is lost, repeated or reordered, and a closed client is

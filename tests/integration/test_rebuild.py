@@ -232,6 +232,7 @@ async def test_rebuild_equals_the_live_projection_row_for_row_and_verify_is_clea
     assert report.checked["redemptions"] == len(before["redemptions"])
 
 
+@pytest.mark.usefixtures("fast_paths_on")
 async def test_the_replay_reader_takes_deliveries_off_the_parser_and_misses_none(
     nc: Client,
     applied: StreamsSpec,

@@ -22,6 +22,7 @@ import nats.errors
 
 from voucher_ledger.cli.common import PROG, UserError, connected, load_streams
 from voucher_ledger.config.settings import Settings
+from voucher_ledger.jetstream import fastpaths
 from voucher_ledger.ledger.money import BAISA
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ def add_parsers(
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    fastpaths.configure(settings.fast_paths)
     try:
         if args.command == "schema":
             return _schema(args)

@@ -78,11 +78,11 @@ class _OutageLine(logging.Filter):
 
 async def _serve(settings: Settings, owner: DataDirLock | None) -> int:
     from voucher_ledger.http.app import create_app, servers_of
-    from voucher_ledger.http.server import AppRunner
+    from voucher_ledger.http.server import app_runner
 
     stop = stop_on_signals()  # a SIGTERM during start-up stops cleanly once started
     app = create_app(settings, processors_in_child=settings.processor_process)
-    runner = AppRunner(app, access_log=None)
+    runner = app_runner(app, access_log=None)
     try:
         await runner.setup()  # starts the components (http/app.py), then the HTTP server
         site = web.TCPSite(runner, settings.host, settings.port)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from voucher_ledger.cli.common import PROG, UserError, connect, load_streams, nats_url, tune_gc
 from voucher_ledger.config.settings import Settings, redact_url
+from voucher_ledger.jetstream import fastpaths
 from voucher_ledger.projections.rebuild import Progress, RebuildSummary, rebuild
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.projections.verify import verify
@@ -165,6 +166,7 @@ def lag_words(head: int, checkpoints: dict[str, int]) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    fastpaths.configure(settings.fast_paths)
     try:
         if args.command == "rebuild":
             return asyncio.run(_rebuild(args, settings))

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
 
     nats_server_bin: str | None = Field(default=None, alias="NATS_SERVER_BIN")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+    # The fast paths into nats.py's and aiohttp's private internals (README "Fast paths");
+    # false: every one of them takes the libraries' public path.
+    fast_paths: bool = Field(default=True, alias="FAST_PATHS")
 
     @field_validator("subject_prefix")
     @classmethod

@@ -10,9 +10,13 @@ raw parts of the messages of registered subscriptions to a plain function, synch
 function may decline a message (a status message, say), which then takes nats.py's own path to
 the subscription's callback, as does every message of other subscriptions.
 
-nats.py has no public hook for this; should it stop calling ``_process_msg``, registered
-subscriptions simply keep receiving through their callbacks (``tests/integration/
-test_direct.py`` fails if the hook is no longer used).
+nats.py has no public hook for this, so the hook is fenced (:mod:`voucher_ledger.jetstream.
+fastpaths`): with the fast paths switched off, or nats.py's ``_process_msg`` or
+``Subscription._id`` not as expected, :meth:`DirectDispatch.add` declines and the subscription
+receives through its callback, nats.py's public path. Should nats.py stop calling
+``_process_msg``, registered subscriptions likewise keep receiving through their callbacks
+(``tests/integration/test_bus.py`` fails if the hook is no longer used). A handler that raises
+hands its message to nats.py's path as well.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+
+from voucher_ledger.jetstream import fastpaths
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +61,13 @@ class DirectDispatch:
 
     def add(self, sub: Subscription, handler: DirectHandler) -> bool:
         """Hand ``sub``'s messages to ``handler`` from now on. False if the subscription has
-        no id to recognise it by (its callback keeps receiving everything)."""
+        no id to recognise it by or the fast path is off (see the module docstring): its
+        callback keeps receiving everything."""
+        if not fastpaths.DIRECT.allowed():
+            return False
         sid = getattr(sub, "_id", None)
         if not isinstance(sid, int):
+            fastpaths.DIRECT.refuse("a subscription has no integer Subscription._id")
             return False
         if self._passthrough is None:
             self._owned = "_process_msg" not in vars(self._nc)
@@ -91,9 +101,8 @@ class DirectDispatch:
                 if handler(subject, reply, data, headers):
                     self.taken += 1
                     return
-            except Exception:  # a handler's bug must not stop the read loop
-                log.exception("direct handler for subscription %d failed", sid)
-                return
+            except Exception:  # a handler's bug must neither stop the read loop nor lose a message
+                log.exception("direct handler for subscription %d failed; nats.py takes it", sid)
         assert self._passthrough is not None
         await self._passthrough(sid, subject, reply, data, headers)
 
@@ -102,8 +111,10 @@ def write_now(nc: Client) -> None:
     """Hand what the client has buffered to its socket now, as nats.py's flusher task would
     once the event loop gets to it. A processor that has just sent an append and goes on to
     reply to the round before does not make the append wait behind that work. Does nothing
-    if the client is not connected or nats.py's internals are not as expected (the flusher
-    still writes everything)."""
+    if the client is not connected, the fast paths are off or nats.py's internals are not as
+    expected (:data:`fastpaths.WRITE_NOW`): nats.py's flusher task still writes everything."""
+    if not fastpaths.WRITE_NOW.allowed():
+        return
     pending = getattr(nc, "_pending", None)
     transport = getattr(nc, "_transport", None)
     if not pending or transport is None or not nc.is_connected:
@@ -111,6 +122,7 @@ def write_now(nc: Client) -> None:
     if not isinstance(pending, list) or not isinstance(
         getattr(nc, "_pending_data_size", None), int
     ):
+        fastpaths.WRITE_NOW.refuse("a connected client's _pending or _pending_data_size")
         return
     transport.writelines(pending[:])
     nc._pending = []

@@ -10,8 +10,10 @@ arrived, waiting (one timer) only when nothing did.
 The deliveries are taken straight from nats.py's parser (:mod:`voucher_ledger.jetstream.direct`): a
 delivery becomes a bare ``Msg`` (reply subject, payload, and only the headers the loop was asked
 to keep) without nats.py's header parsing, queue and callback task; status messages (end of a
-request, heartbeats) are read from their status line. If the hook is not in use, nats.py's
-callback path brings the same deliveries.
+request, heartbeats) are read from their status line. Both the hook and the bare ``Msg`` are
+fenced (:mod:`voucher_ledger.jetstream.fastpaths`): with the fast paths off, or nats.py not as
+expected, or the hook not in use, nats.py's callback path brings the same deliveries as
+ordinary messages.
 
 Delivery semantics are the consumer's, unchanged: whatever is handed over and not acked comes
 back after the consumer's ``ack_wait``.
@@ -29,6 +31,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from voucher_ledger.jetstream import fastpaths
 from voucher_ledger.jetstream.direct import DirectDispatch, header_value, status_of
 
 log = logging.getLogger(__name__)
@@ -80,7 +83,8 @@ class PullLoop:
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
-        DirectDispatch.of(self._nc).add(self._sub, self._on_direct)
+        if fastpaths.RAW_MSG.allowed():  # the direct handler builds bare Msgs
+            DirectDispatch.of(self._nc).add(self._sub, self._on_direct)
 
     async def stop(self) -> None:
         sub, self._sub = self._sub, None

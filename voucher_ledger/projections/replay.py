@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.protocol.parser import AWAITING_CONTROL_LINE as _AWAITING_CONTROL_LINE
+from nats.protocol import parser as nats_parser
 
+from voucher_ledger.jetstream import fastpaths
 from voucher_ledger.jetstream.api import js_api
 from voucher_ledger.jetstream.pulls import PullLoop, stream_sequence
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.projections.model import StreamEvent, stream_event
+
+log = logging.getLogger(__name__)
 
 
 async def stream_head(nc: Client, spec: StreamsSpec) -> int:
@@ -48,6 +52,8 @@ async def _create_reader(nc: Client, spec: StreamsSpec, start_seq: int) -> str:
 
 _V1_TOKENS = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
 _V2_MIN_TOKENS = 11  # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>...
+# Read here, not imported: the fence (fastpaths.REPLAY_PARSER) reports it missing instead.
+_AWAITING_CONTROL_LINE = getattr(nats_parser, "AWAITING_CONTROL_LINE", None)
 _HMSG = b"HMSG "
 _HEADERS = b"NATS/1.0\r\n"  # a delivery's header block; a status line has a code after 1.0
 _CRLF = b"\r\n"
@@ -87,7 +93,12 @@ class _ReplayPulls(PullLoop):
     does hand over come through the pull loop's direct handler
     (:mod:`voucher_ledger.jetstream.direct`), here taking their sequence from the ack subject.
     Everything else takes nats.py's own path. Should nats.py stop calling either hook, the
-    deliveries simply keep arriving through the other or the callback."""
+    deliveries simply keep arriving through the other or the callback.
+
+    Both hooks are fenced (:mod:`voucher_ledger.jetstream.fastpaths`): with the fast paths off
+    or nats.py's parser not as expected, the parser hook is not put on, and the deliveries come
+    through the pull loop (its direct handler, or nats.py's callback with ordinary messages).
+    A failure inside the parser hook leaves what it had not yet taken to nats.py's parser."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -108,6 +119,8 @@ class _ReplayPulls(PullLoop):
         if self._sid is None:
             return
         self._sid_token = str(self._sid).encode()
+        if not fastpaths.REPLAY_PARSER.allowed():
+            return
         parser: Any = getattr(nc, "_ps", None)
         if isinstance(getattr(parser, "buf", None), bytearray) and hasattr(parser, "state"):
             self._parser = parser
@@ -146,27 +159,31 @@ class _ReplayPulls(PullLoop):
             size = len(view)
             taken = self.direct
             wanted = 0  # the buffer ends in the middle of a delivery: its size, or more
-            while view.startswith(_HMSG, pos):
-                end = view.find(_CRLF, pos)
-                if end < 0:
-                    wanted = size - pos + 1
-                    break
-                # subject, sid, reply, header length, total length
-                args = view[pos + 5 : end].split()
-                if len(args) != 5 or args[1] != self._sid_token:
-                    break
-                start = end + 2
-                stop = start + int(args[4])
-                if stop + 2 > size:
-                    wanted = stop + 2 - pos
-                    break
-                if not view.startswith(_HEADERS, start):
-                    break
-                seq = _ack_sequence(args[2])
-                if seq is None:
-                    break
-                self._take(seq, view[start + int(args[3]) : stop])
-                pos = stop + 2
+            try:
+                while view.startswith(_HMSG, pos):
+                    end = view.find(_CRLF, pos)
+                    if end < 0:
+                        wanted = size - pos + 1
+                        break
+                    # subject, sid, reply, header length, total length
+                    args = view[pos + 5 : end].split()
+                    if len(args) != 5 or args[1] != self._sid_token:
+                        break
+                    start = end + 2
+                    stop = start + int(args[4])
+                    if stop + 2 > size:
+                        wanted = stop + 2 - pos
+                        break
+                    if not view.startswith(_HEADERS, start):
+                        break
+                    seq = _ack_sequence(args[2])
+                    if seq is None:
+                        break
+                    self._take(seq, view[start + int(args[3]) : stop])
+                    pos = stop + 2
+            except Exception:  # a bug here must not lose a delivery: nats.py's parser takes over
+                log.exception("the replay's parser hook failed; nats.py's parser takes the rest")
+                wanted = 0
             if pos:
                 del buf[:pos]
                 if self.direct > taken:

@@ -41,7 +41,7 @@ from voucher_ledger.commands.idempotency import IdempotencyKeys
 from voucher_ledger.config.errors import StartupError
 from voucher_ledger.config.settings import Settings, redact_url
 from voucher_ledger.http.auth import Authenticator, ConfigError, resolve_secret
-from voucher_ledger.jetstream import streams
+from voucher_ledger.jetstream import fastpaths, streams
 from voucher_ledger.jetstream.connection import connect_nats
 from voucher_ledger.ledger.voucher import Policy
 from voucher_ledger.projections.host import ProjectorHost
@@ -116,6 +116,7 @@ class NatsLink:
 
     @classmethod
     async def open(cls, s: Settings, url: str) -> NatsLink:
+        fastpaths.configure(s.fast_paths)  # FAST_PATHS, and each fence checked once, up front
         link = cls(load_spec(s))
         link.nc = await connect_nats(
             url,

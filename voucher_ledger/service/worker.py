@@ -37,6 +37,7 @@ from nats.aio.subscription import Subscription
 
 from voucher_ledger.commands.host import ProcessorHost
 from voucher_ledger.commands.processor import ProcessorStats
+from voucher_ledger.jetstream import fastpaths
 
 log = logging.getLogger(__name__)
 
@@ -231,4 +232,5 @@ def child_env(nats_url: str, database_url: str) -> dict[str, str]:
     never starts embedded servers of its own)."""
     env = dict(os.environ)
     env.update({"NATS_URL": nats_url, "DATABASE_URL": database_url})
+    env[fastpaths.ENV] = "true" if fastpaths.enabled() else "false"  # the parent's switch
     return env
