@@ -7,8 +7,8 @@ that answers "may this fast path be used" (:meth:`Fence.allowed`):
 
 * the process-wide switch (:func:`enabled`) must be on: the ``FAST_PATHS`` environment
   variable by default (so tests and the processor child process see it), set from the
-  settings' ``fast_paths`` at start (:func:`configure`, called by ``NatsLink.open`` (service/stack.py) and the CLI's
-  replay commands);
+  settings' ``fast_paths`` at start (:func:`configure`, called by ``NatsLink.open`` in
+  service/stack.py and by the CLI's replay commands);
 * the internals must look as this code expects: the attributes exist, the callables take the
   expected parameters (``inspect.signature``), the parser constants exist. The check runs once
   per process (at :func:`configure`, or at the first question); on a mismatch one warning names
