@@ -947,7 +947,7 @@ async def test_metrics_expose_command_counter_and_request_latency(api: Api) -> N
     text = reply.text
     assert "# TYPE voucher_ledger_commands_total counter" in text
     match = re.search(
-        r'^voucher_ledger_commands_total\{type="issue_voucher",outcome="accepted"\} (\d+)$',
+        r'^voucher_ledger_commands_total\{outcome="accepted",type="issue_voucher"\} (\d+)(?:\.0)?$',
         text,
         re.M,
     )
@@ -956,7 +956,7 @@ async def test_metrics_expose_command_counter_and_request_latency(api: Api) -> N
     assert "# TYPE voucher_ledger_http_request_duration_seconds histogram" in text
     assert re.search(
         r'^voucher_ledger_http_request_duration_seconds_count\{method="POST",'
-        r'route="/billing/vouchers/issue",status="200"\} [1-9]\d*$',
+        r'route="/billing/vouchers/issue",status="200"\} [1-9]\d*(?:\.0)?$',
         text,
         re.M,
     ), text[:2000]

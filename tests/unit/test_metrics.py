@@ -3,7 +3,11 @@ label bounded to the standard methods."""
 
 from __future__ import annotations
 
-from voucher_ledger.http.metrics import Metrics
+from collections import Counter
+
+from voucher_ledger.commands.processor import ProcessorStats
+from voucher_ledger.http.metrics import Metrics, scrape_samples
+from voucher_ledger.service.worker import ProcessorReport
 
 
 def _samples(text: str) -> list[str]:
@@ -31,3 +35,37 @@ def test_an_unknown_http_method_is_counted_as_other() -> None:
     assert methods == ["GET", "POST", "other"]
     assert 'method="other",route="unmatched",status="405"} 3' in text
     assert "FROBNICATE" not in text
+
+
+def test_the_processor_childs_counters_reach_metrics_through_its_report() -> None:
+    """The child's report travels as JSON (service/worker.py); every counter of it, the
+    transient refusals included, shows on /metrics."""
+    stats = ProcessorStats(
+        commands=Counter({("redeem_voucher", "accepted"): 5}),
+        conflicts=2,
+        transient_refusals=3,
+        appends=4,
+        events_appended=6,
+        append_seconds=0.25,
+    )
+    report = ProcessorReport.from_json(ProcessorReport([0, 3], stats).to_json())
+    text = Metrics().render(*scrape_samples({"vouchers": 7}, report))
+    for line in (
+        "# TYPE voucher_ledger_processor_transient_refusals_total counter",
+        "voucher_ledger_processor_transient_refusals_total 3.0",
+        "voucher_ledger_processor_conflicts_total 2.0",
+        'voucher_ledger_processor_commands_total{outcome="accepted",type="redeem_voucher"} 5.0',
+        "voucher_ledger_processor_appends_total 4.0",
+        "voucher_ledger_processor_events_appended_total 6.0",
+        "voucher_ledger_processor_append_seconds_total 0.25",
+        "voucher_ledger_processor_partitions_held 2.0",
+        'voucher_ledger_projection_lag_events{projection="vouchers"} 7.0',
+    ):
+        assert line in text.splitlines(), (line, text)
+
+
+def test_each_app_has_its_own_registry() -> None:
+    first, second = Metrics(), Metrics()
+    first.count_command("issue_voucher", "accepted")
+    assert "issue_voucher" in first.render({})
+    assert "issue_voucher" not in second.render({})

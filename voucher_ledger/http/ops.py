@@ -6,9 +6,11 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from voucher_ledger.http.errors import ok
 from voucher_ledger.http.keys import METRICS, NATS, OPENAPI_JSON, POOL, PROCESSORS, READER, STATUS
+from voucher_ledger.http.metrics import scrape_samples
 from voucher_ledger.http.models import HealthOut, ReadyOut
 
 
@@ -52,32 +54,13 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    gauges: dict[str, list[tuple[tuple[tuple[str, str], ...], float]]] = {}
+    """Read at scrape time: the projections' lag and the processors' counters (the child
+    process's, asked over NATS), then the app's registry renders them with its own."""
     lag = await projection_lag(request)
-    if lag is not None:
-        gauges["voucher_ledger_projection_lag_events"] = [
-            ((("projection", name),), float(value)) for name, value in sorted(lag.items())
-        ]
-    counters: dict[str, list[tuple[tuple[tuple[str, str], ...], float]]] = {}
     report = await request.app[PROCESSORS].report()
-    if report is not None:
-        stats = report.stats
-        counters["voucher_ledger_processor_commands_total"] = [
-            ((("type", t), ("outcome", o)), float(n))
-            for (t, o), n in sorted(stats.commands.items())
-        ]
-        counters["voucher_ledger_processor_conflicts_total"] = [((), float(stats.conflicts))]
-        counters["voucher_ledger_processor_events_appended_total"] = [
-            ((), float(stats.events_appended))
-        ]
-        # Appends that stored events: events_appended / appends is the mean events per append.
-        counters["voucher_ledger_processor_appends_total"] = [((), float(stats.appends))]
-        counters["voucher_ledger_processor_append_seconds_total"] = [
-            ((), round(stats.append_seconds, 6))
-        ]
-        gauges["voucher_ledger_processor_partitions_held"] = [((), float(len(report.partitions)))]
+    gauges, counters = scrape_samples(lag, report)
     text = request.app[METRICS].render(gauges, counters)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def openapi(request: web.Request) -> web.Response:

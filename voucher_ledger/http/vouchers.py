@@ -117,20 +117,20 @@ async def send(
             timeout=request.app[SETTINGS].command_timeout,
         )
     except CommandTimeout as exc:
-        metrics.commands[(command.type, "timeout")] += 1
+        metrics.count_command(command.type, "timeout")
         raise ApiError(
             503,
             "the ledger did not answer in time; retry with the same Idempotency-Key",
             {"Retry-After": "1"},
         ) from exc
     except BusUnavailable as exc:
-        metrics.commands[(command.type, "unavailable")] += 1
+        metrics.count_command(command.type, "unavailable")
         raise ApiError(503, "the ledger is unavailable; retry later", {"Retry-After": "2"}) from exc
     except BusError as exc:
-        metrics.commands[(command.type, "error")] += 1
+        metrics.count_command(command.type, "error")
         raise ApiError(503, "the ledger is unavailable; retry later") from exc
     outcome = "accepted" if isinstance(reply, Accepted) else reply.reason
-    metrics.commands[(command.type, outcome)] += 1
+    metrics.count_command(command.type, outcome)
     if isinstance(reply, Accepted):
         await wait_for_projections(request, reply.seq)
     return reply

@@ -67,6 +67,7 @@ class ProcessorReport:
                 "partitions": self.partitions,
                 "commands": [[t, o, n] for (t, o), n in self.stats.commands.items()],
                 "conflicts": self.stats.conflicts,
+                "transient_refusals": self.stats.transient_refusals,
                 "events_appended": self.stats.events_appended,
                 "appends": self.stats.appends,
                 "append_seconds": self.stats.append_seconds,
@@ -79,6 +80,7 @@ class ProcessorReport:
         stats = ProcessorStats(
             commands=Counter({(str(t), str(o)): int(n) for t, o, n in raw["commands"]}),
             conflicts=int(raw["conflicts"]),
+            transient_refusals=int(raw.get("transient_refusals", 0)),
             events_appended=int(raw["events_appended"]),
             appends=int(raw.get("appends", 0)),
             append_seconds=float(raw.get("append_seconds", 0.0)),
