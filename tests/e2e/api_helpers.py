@@ -103,6 +103,8 @@ async def serve_on(
         "JWT_SECRET": SECRET,
         "PREVIEW_RATE_PER_MINUTE": "100000",
         "PREVIEW_BURST": "100000",
+        "PROMO_REFUSAL_RATE_PER_MINUTE": "100000",
+        "PROMO_REFUSAL_BURST": "100000",
         "LOG_LEVEL": "INFO",
     }
     settings.update(env)

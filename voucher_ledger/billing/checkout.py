@@ -81,13 +81,19 @@ class CheckoutError(Exception):
     reached, so the caller can wait for the read models to show it."""
 
     def __init__(
-        self, status: int, message: str, headers: dict[str, str] | None = None, seq: int = 0
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        seq: int = 0,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
         self.seq = seq
+        self.reason = reason  # a failed order's failure reason (FAILURE_STATUS), when it is one
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +259,7 @@ class CheckoutService:
                 FAILURE_STATUS.get(order.failure_reason or "", 409),
                 order.failure_message or "checkout failed",
                 seq=seq,
+                reason=order.failure_reason,
             )
         if order.status in ("abandoned", "refund_due"):
             raise CheckoutError(409, f"order {order.order_id} is {order.status}", seq=seq)

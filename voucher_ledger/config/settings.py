@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     # The fast paths into nats.py's and aiohttp's private internals (README "Fast paths");
     # false: every one of them takes the libraries' public path.
     fast_paths: bool = Field(default=True, alias="FAST_PATHS")
+    # Refused promo codes at checkout (unknown, revoked, capped, malformed), per client address
+    # and per customer, across every serve instance (like PREVIEW_RATE_PER_MINUTE/PREVIEW_BURST:
+    # a token bucket; past it, a checkout with a promo code answers 429 with Retry-After).
+    promo_refusal_rate_per_minute: int = Field(
+        default=2, alias="PROMO_REFUSAL_RATE_PER_MINUTE", ge=1
+    )
+    promo_refusal_burst: int = Field(default=10, alias="PROMO_REFUSAL_BURST", ge=1)
 
     @field_validator("subject_prefix")
     @classmethod

@@ -33,13 +33,13 @@ from voucher_ledger.http import keys, pages
 from voucher_ledger.http.errors import ApiError, error, route_name
 from voucher_ledger.http.keys import METRICS
 from voucher_ledger.http.metrics import Metrics
-from voucher_ledger.http.ratelimit import RateLimiter
 from voucher_ledger.http.routes import add_routes, allowed_methods, build_openapi
 from voucher_ledger.ledger.money import BAISA
 from voucher_ledger.projections import queries
 from voucher_ledger.service.stack import (
     Checkout,
     Ledger,
+    Limiters,
     NatsLink,
     Projectors,
     ReadModels,
@@ -211,6 +211,13 @@ async def checkout(app: web.Application) -> AsyncIterator[None]:
         await running.stop()
 
 
+async def limiters(app: web.Application) -> AsyncIterator[None]:
+    opened = Limiters.open(app[keys.SETTINGS], app[keys.NATS])
+    app[keys.LIMITER] = opened.preview
+    app[keys.PROMO_LIMITER] = opened.promo_refusals
+    yield
+
+
 # In start order; they stop in the reverse order, after the HTTP server: the processors, then
 # nats-server and PostgreSQL (the README's shutdown order).
 COMPONENTS = (
@@ -222,6 +229,7 @@ COMPONENTS = (
     processors,
     ledger,
     reader,
+    limiters,
     checkout,
 )
 
@@ -236,7 +244,6 @@ def create_app(
     app = web.Application(middlewares=[json_errors], client_max_size=settings.body_limit)
     app[keys.SETTINGS] = settings
     app[METRICS] = Metrics()
-    app[keys.LIMITER] = RateLimiter(settings.preview_rate_per_minute, settings.preview_burst)
     limit = settings.max_credit_baisa // BAISA
     app[keys.OPENAPI_JSON] = json.dumps(build_openapi(max_credit_omr=limit))
     app[_PROCESSORS_IN_CHILD] = processors_in_child

@@ -20,7 +20,7 @@ from voucher_ledger.billing.checkout import CheckoutError, CheckoutOutcome, Chec
 from voucher_ledger.billing.stripe_gateway import WebhookSignatureError
 from voucher_ledger.http.auth import ISSUER_ROLES, Principal
 from voucher_ledger.http.errors import ApiError, int_query, parse_body
-from voucher_ledger.http.keys import CHECKOUT, POOL, SETTINGS, STRIPE
+from voucher_ledger.http.keys import CHECKOUT, POOL, PROMO_LIMITER, SETTINGS, STRIPE
 from voucher_ledger.http.models import (
     BalanceOut,
     CheckoutBody,
@@ -30,7 +30,8 @@ from voucher_ledger.http.models import (
     WebhookOut,
 )
 from voucher_ledger.http.openapi import MAX_OFFSET, ORDER_STATUSES
-from voucher_ledger.http.vouchers import authenticate, wait_for_projections
+from voucher_ledger.http.ratelimit import too_many_requests
+from voucher_ledger.http.vouchers import authenticate, client_address, wait_for_projections
 from voucher_ledger.ledger.codes import (
     normalise_code,
     validate_command_id,
@@ -106,12 +107,25 @@ async def checkout(request: web.Request) -> web.Response:
         except InvalidInput as exc:
             raise ApiError(400, f"Idempotency-Key: {exc.message}") from exc
     promo: str | None = None
+    # A checkout with a promo code holds a token of the refused-code limits (its client
+    # address's and its customer's) while it runs, and keeps it only if the code is refused:
+    # concurrent guesses cannot get past the limit before their refusals are counted.
+    limiter = request.app[PROMO_LIMITER]
+    held: list[str] = []
     if body.promo_code is not None and body.promo_code.strip():
+        held = [
+            limiter.key("addr", client_address(request)),
+            limiter.key("customer", principal.sub),
+        ]
+        wait = await limiter.take_all(held)
+        if wait > 0:
+            return too_many_requests(wait)
         try:
             promo = normalise_code(body.promo_code)
-        except InvalidInput as exc:
+        except InvalidInput as exc:  # a malformed code is a refused one: the tokens stay taken
             raise ApiError(400, f"invalid promo code: {exc.message}") from exc
     service = _service(request)
+    refused = False
     try:
         outcome = await service.checkout(
             customer_id=principal.sub,
@@ -124,9 +138,13 @@ async def checkout(request: web.Request) -> web.Response:
             idempotency_key=key,
         )
     except CheckoutError as exc:
+        refused = exc.reason == "invalid_promo"  # unknown, revoked, capped or inactive
         if exc.seq:  # the compensation is visible before the answer, as a success would be
             await wait_for_projections(request, exc.seq)
         raise ApiError(exc.status, exc.message, exc.headers) from exc
+    finally:
+        if held and not refused:
+            await limiter.give_back_all(held)
     # Read-your-writes: the balance and the admin order list show this order already.
     await wait_for_projections(request, outcome.seq)
     log.info(

@@ -16,14 +16,13 @@ from voucher_ledger.commands.idempotency import IdempotencyKeys
 from voucher_ledger.config.settings import Settings
 from voucher_ledger.http.auth import Authenticator
 from voucher_ledger.http.metrics import Metrics
-from voucher_ledger.http.ratelimit import RateLimiter
+from voucher_ledger.http.ratelimit import SharedLimiter
 from voucher_ledger.projections.projector import ProjectionStatus
 from voucher_ledger.service.stack import NatsLink, Processors, StreamReader
 
 # set by create_app
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
-LIMITER = web.AppKey("preview_limiter", RateLimiter)
 OPENAPI_JSON = web.AppKey("openapi_json", str)
 
 # set once their component has started
@@ -37,3 +36,5 @@ IDEMPOTENCY = web.AppKey("idempotency", IdempotencyKeys)
 READER = web.AppKey("stream_reader", StreamReader)
 CHECKOUT = web.AppKey("checkout", CheckoutService)
 STRIPE = web.AppKey("stripe", StripeGateway)
+LIMITER = web.AppKey("preview_limiter", SharedLimiter)
+PROMO_LIMITER = web.AppKey("promo_refusal_limiter", SharedLimiter)

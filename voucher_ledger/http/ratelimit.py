@@ -1,42 +1,252 @@
-"""Per-client token bucket for the public preview endpoint (anti-enumeration)."""
+"""Guessing limits for the whole deployment: the public preview per client address, and refused
+promo codes at checkout per client address and per customer. Every ``serve`` instance on one
+NATS shares them.
+
+**Algorithm.** A token bucket per key (``burst`` tokens, refilled at ``per_minute``), its state
+``{"tokens", "at"}`` the value of one key of the KV bucket ``<PREFIX>_LIMITS`` (streams.yaml).
+Taking a token reads the key (with its revision) and writes the new state only if the key is
+still at that revision (``Nats-Expected-Last-Subject-Sequence``, the KV ``update``); a concurrent
+writer makes the write fail and the take starts again from the new state. So every token is
+taken exactly once whichever instance takes it: two instances cannot both spend the same burst.
+A refusal writes nothing (the state stays valid: refill is computed from ``at``), so a flood of
+refused requests costs one read each and never contends. Each write carries ``Nats-TTL``: the
+time an empty bucket takes to fill again, after which a missing key and a full bucket are the
+same thing; idle keys go by themselves.
+
+Clocks: ``at`` is the writer's wall clock, and is never moved backwards (``max(at, now)``), so an
+instance whose clock is behind refills nothing until it catches up: clock skew between instances
+can only make the limit stricter, by at most the skew, never looser.
+
+**NATS unreachable** (no answer, no connection): the limiter fails open, with one log line per
+limiter every 30 s while it lasts: the preview's answers are public anyway and the checkout's
+redemption is still decided by the ledger (a cap is exact without the limiter); a broker outage
+must not also turn every customer away. A take that keeps conflicting (many requests on one key
+at the same moment) is refused, never let through.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import json
+import logging
 import math
+import random
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from aiohttp import web
+from nats.aio.client import Client
+
+from voucher_ledger.jetstream.api import JetStreamApiError, js_api, parse_api_answer
+
+log = logging.getLogger(__name__)
+
+_NO_MESSAGE = 10037  # stream msg get: no message found
+_WRONG_LAST_SEQUENCE = (10071, 10164)
+_NO_ANSWER = (
+    TimeoutError,
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.ConnectionReconnectingError,
+)
+MAX_TRIES = 25  # read-modify-write attempts before a take under contention is refused
+_LOG_EVERY = 30.0  # seconds between two "limiter unavailable" log lines
+
+State = tuple[float, float]  # tokens, at (unix seconds)
 
 
-class RateLimiter:
+class LimiterUnavailable(Exception):
+    """NATS did not answer: the limit could not be checked."""
+
+
+@dataclass(frozen=True)
+class Limit:
+    per_minute: float
+    burst: int
+
+    @property
+    def rate(self) -> float:
+        """Tokens per second."""
+        return self.per_minute / 60.0
+
+    @property
+    def ttl(self) -> int:
+        """Seconds an empty bucket takes to fill again (plus one): a key may go after that."""
+        return math.ceil(self.burst / self.rate) + 1
+
+
+def refill(state: State | None, now: float, limit: Limit) -> State:
+    """The bucket as of ``now``: a missing key is a full bucket."""
+    if state is None:
+        return float(limit.burst), now
+    tokens, at = state
+    tokens = min(float(limit.burst), tokens + max(0.0, now - at) * limit.rate)
+    return tokens, max(at, now)
+
+
+def wait_for(tokens: float, limit: Limit) -> float:
+    """Seconds until the bucket holds one token again."""
+    return max(0.0, (1.0 - tokens) / limit.rate)
+
+
+def retry_after_header(wait: float) -> str:
+    return str(max(1, math.ceil(wait)))
+
+
+def too_many_requests(wait: float) -> web.Response:
+    """The 429 answer: ``{"error": "too many requests", "retry_after": n}`` and ``Retry-After``."""
+    retry = retry_after_header(wait)
+    return web.json_response(
+        {"error": "too many requests", "retry_after": int(retry)},
+        status=429,
+        headers={"Retry-After": retry},
+    )
+
+
+def key_for(kind: str, value: str) -> str:
+    """A KV key for a client address or a customer (a digest: any text fits a key)."""
+    return f"{kind}.{hashlib.sha256(value.encode()).hexdigest()[:32]}"
+
+
+class TokenStore:
+    """The bucket states in the KV bucket, read and written with their revision."""
+
+    def __init__(self, nc: Client, bucket: str, *, timeout: float = 2.0) -> None:
+        self._nc = nc
+        self._stream = f"KV_{bucket}"
+        self._prefix = f"$KV.{bucket}."
+        self._timeout = timeout
+
+    async def load(self, key: str) -> tuple[State | None, int]:
+        """The key's state and revision; (None, 0) when it has none (never set, or expired)."""
+        self._check_connected()
+        try:
+            answer = await js_api(
+                self._nc,
+                f"STREAM.MSG.GET.{self._stream}",
+                {"last_by_subj": self._prefix + key},
+                timeout=self._timeout,
+            )
+        except _NO_ANSWER as exc:
+            raise LimiterUnavailable(f"{self._stream}: no answer") from exc
+        except JetStreamApiError as exc:
+            if exc.err_code == _NO_MESSAGE:
+                return None, 0
+            raise LimiterUnavailable(f"{self._stream}: {exc.description}") from exc
+        message: dict[str, Any] = answer["message"]
+        revision = int(message["seq"])
+        try:
+            raw = json.loads(base64.b64decode(message.get("data") or ""))
+            return (float(raw["tokens"]), float(raw["at"])), revision
+        except (ValueError, KeyError, TypeError):
+            return None, revision  # unreadable: start over from a full bucket
+
+    async def save(self, key: str, state: State, revision: int, ttl: int) -> bool:
+        """Write ``state`` if the key is still at ``revision``; False if another write came
+        first."""
+        self._check_connected()
+        payload = json.dumps({"tokens": round(state[0], 6), "at": state[1]}).encode()
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision), "Nats-TTL": str(ttl)}
+        try:
+            msg = await self._nc.request(
+                self._prefix + key, payload, timeout=self._timeout, headers=headers
+            )
+            parse_api_answer(msg.data, what=f"limit {key}")
+        except _NO_ANSWER as exc:
+            raise LimiterUnavailable(f"{self._stream}: no answer") from exc
+        except JetStreamApiError as exc:
+            if exc.err_code in _WRONG_LAST_SEQUENCE:
+                return False
+            raise LimiterUnavailable(f"{self._stream}: {exc.description}") from exc
+        return True
+
+    def _check_connected(self) -> None:
+        if not self._nc.is_connected:  # fail now, not after a buffered request's timeout
+            raise LimiterUnavailable("not connected to NATS")
+
+
+class SharedLimiter:
+    """One limit (its keys: ``<name>.<kind>.<digest>``) over the shared :class:`TokenStore`."""
+
     def __init__(
         self,
-        per_minute: int,
-        burst: int,
+        store: TokenStore,
+        limit: Limit,
+        name: str,
         *,
-        max_clients: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self._rate = per_minute / 60.0
-        self._burst = float(burst)
-        self._max_clients = max_clients
+        self.limit = limit
+        self.name = name
+        self._store = store
         self._clock = clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._logged_at = -math.inf
 
-    def check(self, client: str) -> float:
-        """0 if allowed (and a token is taken), else the seconds until the next token."""
-        now = self._clock()
-        tokens, last = self._buckets.get(client, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - last) * self._rate)
-        if tokens >= 1.0:
-            self._buckets[client] = (tokens - 1.0, now)
-            self._buckets.move_to_end(client)
-            while len(self._buckets) > self._max_clients:
-                self._buckets.popitem(last=False)
+    def key(self, kind: str, value: str) -> str:
+        return f"{self.name}.{key_for(kind, value)}"
+
+    async def take(self, key: str) -> float:
+        """0 when a token was taken, else the seconds until the next one. Fails open (0) when
+        NATS does not answer."""
+        try:
+            return await self._take(key)
+        except LimiterUnavailable as exc:
+            self._unavailable(exc)
             return 0.0
-        self._buckets[client] = (tokens, now)
-        return (1.0 - tokens) / self._rate
 
-    @staticmethod
-    def retry_after_header(wait: float) -> str:
-        return str(max(1, math.ceil(wait)))
+    async def _take(self, key: str) -> float:
+        for attempt in range(MAX_TRIES):
+            state, revision = await self._store.load(key)
+            tokens, at = refill(state, self._clock(), self.limit)
+            if tokens < 1.0:
+                return wait_for(tokens, self.limit)
+            if await self._store.save(key, (tokens - 1.0, at), revision, self.limit.ttl):
+                return 0.0
+            await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        log.warning("limit %s: %d conflicting writes in a row; refused", self.name, MAX_TRIES)
+        return 1.0
+
+    async def give_back(self, key: str) -> None:
+        """Return a token taken by :meth:`take` (the attempt did not count after all)."""
+        try:
+            for attempt in range(MAX_TRIES):
+                state, revision = await self._store.load(key)
+                if state is None:
+                    return  # expired: a full bucket already
+                tokens, at = refill(state, self._clock(), self.limit)
+                tokens = min(float(self.limit.burst), tokens + 1.0)
+                if await self._store.save(key, (tokens, at), revision, self.limit.ttl):
+                    return
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        except LimiterUnavailable as exc:
+            self._unavailable(exc)
+
+    async def take_all(self, keys: Sequence[str]) -> float:
+        """A token from each key, or none: 0 when all were taken, else the longest wait (the
+        tokens already taken are given back)."""
+        taken: list[str] = []
+        for key in keys:
+            wait = await self.take(key)
+            if wait > 0:
+                for done in taken:
+                    await self.give_back(done)
+                return wait
+            taken.append(key)
+        return 0.0
+
+    async def give_back_all(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            await self.give_back(key)
+
+    def _unavailable(self, exc: LimiterUnavailable) -> None:
+        now = time.monotonic()
+        if now - self._logged_at >= _LOG_EVERY:
+            self._logged_at = now
+            log.warning("limit %s not checked (fails open): %s", self.name, exc)

@@ -45,7 +45,7 @@ from voucher_ledger.http.models import (
     VoucherOut,
 )
 from voucher_ledger.http.openapi import MAX_AFTER_SEQ, MAX_OFFSET, RESERVED_SEGMENTS
-from voucher_ledger.http.ratelimit import RateLimiter
+from voucher_ledger.http.ratelimit import too_many_requests
 from voucher_ledger.ledger.codes import normalise_code, normalise_search, validate_command_id
 from voucher_ledger.ledger.commands import IssueVoucher, RevokeVoucher
 from voucher_ledger.ledger.errors import InvalidInput
@@ -243,14 +243,10 @@ def client_address(request: web.Request) -> str:
 
 
 async def redeem_preview(request: web.Request) -> web.Response:
-    wait = request.app[LIMITER].check(client_address(request))
+    limiter = request.app[LIMITER]
+    wait = await limiter.take(limiter.key("addr", client_address(request)))
     if wait > 0:
-        retry = RateLimiter.retry_after_header(wait)
-        return web.json_response(
-            {"error": "too many requests", "retry_after": int(retry)},
-            status=429,
-            headers={"Retry-After": retry},
-        )
+        return too_many_requests(wait)
     body = await parse_body(request, PreviewBody)
     try:
         code = normalise_code(body.code)

@@ -82,6 +82,10 @@ class StreamsSpec:
         return str(self.streams["leases"]["name"]).removeprefix("KV_")
 
     @property
+    def limits_bucket(self) -> str:
+        return str(self.streams["limits"]["name"]).removeprefix("KV_")
+
+    @property
     def idempotency_bucket(self) -> str:
         return str(self.streams["idempotency"]["name"]).removeprefix("KV_")
 
@@ -134,6 +138,19 @@ def load_spec(
             "file",
             streams["events"].get("num_replicas", 1),
         )
+
+    limits = raw.get("limits")
+    if limits:
+        # Per-message TTL (Nats-TTL on each write, nats-server >= 2.11), max_age a backstop.
+        streams["limits"] = {
+            **_kv_stream(
+                render(limits["bucket"]),
+                float(limits["max_age"]),
+                "memory",
+                streams["commands"].get("num_replicas", 1),
+            ),
+            "allow_msg_ttl": True,
+        }
 
     consumers: dict[str, list[dict[str, Any]]] = {}
     for _name, cfg in raw["consumers"].items():

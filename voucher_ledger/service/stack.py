@@ -9,8 +9,9 @@
 * ``Projectors``, the processors (``start_processors``: in this process, in a child process, or
   none), ``Ledger`` (the command bus and the idempotency keys), ``StreamReader`` (one reader of
   the event stream for the whole service);
-* ``WebClients`` (the authenticator, the catalog, Stripe) and ``Checkout`` (the checkout saga
-  and its recovery loop): the HTTP API's.
+* ``Limiters`` (the guessing limits, in a KV bucket all instances share), ``WebClients`` (the
+  authenticator, the catalog, Stripe) and ``Checkout`` (the checkout saga and its recovery
+  loop): the HTTP API's.
 
 ``http/app.py`` enters them in that order from ``app.cleanup_ctx``, so they stop in the reverse
 order after the HTTP server; ``voucher-ledger processors`` enters the few it needs."""
@@ -41,6 +42,7 @@ from voucher_ledger.commands.idempotency import IdempotencyKeys
 from voucher_ledger.config.errors import StartupError
 from voucher_ledger.config.settings import Settings, redact_url
 from voucher_ledger.http.auth import Authenticator, ConfigError, resolve_secret
+from voucher_ledger.http.ratelimit import Limit, SharedLimiter, TokenStore
 from voucher_ledger.jetstream import fastpaths, streams
 from voucher_ledger.jetstream.connection import connect_nats
 from voucher_ledger.ledger.voucher import Policy
@@ -375,6 +377,27 @@ class Ledger:
 
 
 # ----------------------------------------------------------------------------------- the web
+
+
+class Limiters:
+    """The guessing limits (``http/ratelimit.py``), kept in the KV bucket every instance on
+    this NATS shares: the public preview per client address (PREVIEW_RATE_PER_MINUTE,
+    PREVIEW_BURST), refused promo codes at checkout per address and per customer
+    (PROMO_REFUSAL_RATE_PER_MINUTE, PROMO_REFUSAL_BURST). Nothing to close."""
+
+    def __init__(self, preview: SharedLimiter, promo_refusals: SharedLimiter) -> None:
+        self.preview = preview
+        self.promo_refusals = promo_refusals
+
+    @classmethod
+    def open(cls, s: Settings, link: NatsLink) -> Limiters:
+        store = TokenStore(link.nc, link.spec.limits_bucket)
+        preview = Limit(s.preview_rate_per_minute, s.preview_burst)
+        promo = Limit(s.promo_refusal_rate_per_minute, s.promo_refusal_burst)
+        return cls(
+            SharedLimiter(store, preview, "preview"),
+            SharedLimiter(store, promo, "promo"),
+        )
 
 
 class WebClients:
