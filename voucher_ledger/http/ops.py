@@ -6,7 +6,10 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
+
+# The 0.0.4 text format every Prometheus version scrapes (the library's LATEST names 1.0.0, which
+# Prometheus 2.x does not announce); generate_latest writes that format.
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from voucher_ledger.http.errors import ok
 from voucher_ledger.http.keys import METRICS, NATS, OPENAPI_JSON, POOL, PROCESSORS, READER, STATUS
@@ -60,7 +63,7 @@ async def metrics(request: web.Request) -> web.Response:
     report = await request.app[PROCESSORS].report()
     gauges, counters = scrape_samples(lag, report)
     text = request.app[METRICS].render(gauges, counters)
-    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
 
 async def openapi(request: web.Request) -> web.Response:
