@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     # false: every one of them takes the libraries' public path.
     fast_paths: bool = Field(default=True, alias="FAST_PATHS")
 
+    # The ledger's Ed25519 signing key (README "Subjects and events"): the processors sign every
+    # event with SIGNING_KEY_FILE (unset: DATA_DIR/ledger-signing.key, generated at the first
+    # start, mode 0600); the projectors, the HTTP side and the tools check events with
+    # SIGNING_PUBLIC_KEY_FILE (unset: the public half of the signing key).
+    signing_key_file: Path | None = Field(default=None, alias="SIGNING_KEY_FILE")
+    signing_public_key_file: Path | None = Field(default=None, alias="SIGNING_PUBLIC_KEY_FILE")
+
     @field_validator("subject_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:

@@ -41,12 +41,19 @@ async def readyz(request: web.Request) -> web.Response:
     checks["projection_lag"] = lag
     failing = dict(request.app[STATUS].failing)
     checks["projections_failing"] = failing
+    # A projection stopped on an event that fails the ledger's signature check: which event.
+    stopped = {
+        name: {"seq": stop.seq, "check": stop.code, "reason": stop.reason}
+        for name, stop in sorted(request.app[STATUS].stopped.items())
+    }
+    checks["projections_stopped"] = stopped
     ready = (
         checks["nats"]
         and checks["postgres"]
         and lag is not None
         and max(lag.values()) < 10_000
         and not failing
+        and not stopped
     )
     return ok(ReadyOut(ready=bool(ready), checks=checks), status=200 if ready else 503)
 
@@ -58,6 +65,11 @@ async def metrics(request: web.Request) -> web.Response:
         gauges["voucher_ledger_projection_lag_events"] = [
             ((("projection", name),), float(value)) for name, value in sorted(lag.items())
         ]
+    # The stream sequence a projection stopped on (it fails the signature check), by check.
+    gauges["voucher_ledger_projection_stopped_seq"] = [
+        ((("projection", name), ("check", stop.code)), float(stop.seq))
+        for name, stop in sorted(request.app[STATUS].stopped.items())
+    ]
     counters: dict[str, list[tuple[tuple[tuple[str, str], ...], float]]] = {}
     report = await request.app[PROCESSORS].report()
     if report is not None:
