@@ -100,7 +100,8 @@ def main() -> None:
         "encode, signed (what the store does now)", n, lambda: [encode_envelope(e) for e in sealed]
     )
     print(
-        f"{'body size unsigned / signed':<52} {len(encode_envelope(plain[0])):5d} / {len(bodies[0])} bytes"
+        f"{'body size unsigned / signed':<52} "
+        f"{len(encode_envelope(plain[0])):5d} / {len(bodies[0])} bytes"
     )
 
     def check_raw() -> None:

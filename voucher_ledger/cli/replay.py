@@ -161,14 +161,22 @@ async def _verify(settings: Settings) -> int:
     return 1
 
 
-def public_key(settings: Settings) -> Ed25519PublicKey:
-    """The key events are checked with (never a new one: a tool must not invent it)."""
+def public_key(settings: Settings) -> Ed25519PublicKey | None:
+    """The key events are checked with (never a new one: a tool must not invent it). None, with
+    a warning, when none is configured and the data dir has none (the events are then not
+    checked); a configured key that cannot be read is an error."""
+    configured = settings.signing_public_key_file or settings.signing_key_file
     try:
         return load_public_key(settings, create=False)
     except SigningKeyError as exc:
-        raise UserError(
-            f"{exc}; set SIGNING_PUBLIC_KEY_FILE (or pass the --data-dir serve runs with)"
-        ) from None
+        if configured is not None:
+            raise UserError(str(exc)) from None
+        print(
+            f"{PROG}: WARNING: event signatures NOT checked: {exc}; set SIGNING_PUBLIC_KEY_FILE "
+            "(or pass the --data-dir serve runs with)",
+            file=sys.stderr,
+        )
+        return None
 
 
 def lag_words(head: int, checkpoints: dict[str, int]) -> str:
