@@ -43,6 +43,7 @@ _SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 # Retry pauses of a failing projector, and how often a lasting failure is logged (seconds).
 RETRY_MIN, RETRY_MAX, OUTAGE_LOG_EVERY = 0.5, 5.0, 60.0
+CUTOVER_WAIT = 30.0  # seconds a projector waits for the signing cut-over before failing
 
 
 _ADVANCE = """
@@ -333,17 +334,24 @@ class Projector:
         if self._public_key is None or self.checker is not None:
             return
         stream = self._spec.event_stream
-        self.checker = await reader_checker(
-            self._nc,
-            stream,
-            self._spec.layout,
-            self._public_key,
-            start_seq,
-            strict=False,
-            capacity=100_000,
-        )
-        if self.checker is None:
-            raise CutoverNotRecorded(f"{stream}: no signing cut-over recorded yet")
+        # The processors record the cut-over when they first start, maybe just after this
+        # projector: wait for it quietly a while before reporting a failure.
+        deadline = time.monotonic() + CUTOVER_WAIT
+        while True:
+            self.checker = await reader_checker(
+                self._nc,
+                stream,
+                self._spec.layout,
+                self._public_key,
+                start_seq,
+                strict=False,
+                capacity=100_000,
+            )
+            if self.checker is not None:
+                return
+            if self._stopped or time.monotonic() > deadline:
+                raise CutoverNotRecorded(f"{stream}: no signing cut-over recorded yet")
+            await asyncio.sleep(0.2)
 
     async def _run_once(self) -> None:
         last = await self.checkpoint()
