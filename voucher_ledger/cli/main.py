@@ -15,6 +15,7 @@ from aiohttp import web
 from voucher_ledger import __version__
 from voucher_ledger.cli import audit as audit_cli
 from voucher_ledger.cli import replay as replay_cli
+from voucher_ledger.cli import signing as signing_cli
 from voucher_ledger.cli.common import stop_on_signals, tune_gc
 from voucher_ledger.config.errors import StartupError
 from voucher_ledger.config.settings import Settings
@@ -228,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit_cli.add_parsers(sub, common)  # audit tail, show (time travel), schema export/check
     replay_cli.add_parsers(sub, common)  # rebuild, verify
+    signing_cli.add_parsers(sub, common)  # signing-key
     return parser
 
 
@@ -281,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             return audit_cli.run(args, settings)
         if args.command in replay_cli.COMMANDS:
             return replay_cli.run(args, settings)
+        if args.command in signing_cli.COMMANDS:
+            return signing_cli.run(args, settings)
         if args.command == "serve":
             return _serve_owning(settings)
         if args.command == "processors":

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
 from tqdm import tqdm
 
@@ -24,6 +25,8 @@ from voucher_ledger.jetstream import fastpaths
 from voucher_ledger.projections.rebuild import Progress, RebuildSummary, rebuild
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.projections.verify import verify
+from voucher_ledger.signing.keys import SigningKeyError, load_public_key
+from voucher_ledger.signing.proof import IntegrityError
 
 COMMANDS = ("rebuild", "verify")
 
@@ -129,7 +132,12 @@ async def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
         bar = _Bar(label, not args.no_progress and sys.stderr.isatty())
         gc.disable()  # the bar collects every _COLLECT_EVERY events
         try:
-            summary = await rebuild(pool, nc, spec, chosen, progress=bar)
+            summary = await rebuild(
+                pool, nc, spec, chosen, progress=bar, public_key=public_key(settings)
+            )
+        except IntegrityError as exc:
+            print(f"{PROG}: rebuild refused: {exc}", file=sys.stderr)
+            return 1
         finally:
             gc.enable()
         print(_summary(summary))
@@ -139,7 +147,7 @@ async def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
 async def _verify(settings: Settings) -> int:
     spec = load_streams(settings)
     async with _servers(settings) as (nc, pool):
-        report = await verify(pool, nc, spec)
+        report = await verify(pool, nc, spec, public_key=public_key(settings))
     checked = ", ".join(f"{n} {t}" for t, n in report.checked.items())
     print(f"stream head: sequence {report.head}")
     print(f"projections: {lag_words(report.head, report.checkpoints)}")
@@ -151,6 +159,27 @@ async def _verify(settings: Settings) -> int:
         return 0
     print(f"verify: {len(report.differences)} difference(s)", file=sys.stderr)
     return 1
+
+
+def public_key(settings: Settings) -> Ed25519PublicKey | None:
+    """The key events are checked with (never a new one: a tool must not invent it). None, with
+    a warning, when none is configured and the data dir has none (the events are then not
+    checked); a configured key that cannot be read is an error. None, silently, with
+    LEDGER_SIGNING off and no key configured."""
+    configured = settings.signing_public_key_file or settings.signing_key_file
+    if not settings.ledger_signing and configured is None:
+        return None
+    try:
+        return load_public_key(settings, create=False)
+    except SigningKeyError as exc:
+        if configured is not None:
+            raise UserError(str(exc)) from None
+        print(
+            f"{PROG}: WARNING: event signatures NOT checked: {exc}; set SIGNING_PUBLIC_KEY_FILE "
+            "(or pass the --data-dir serve runs with)",
+            file=sys.stderr,
+        )
+        return None
 
 
 def lag_words(head: int, checkpoints: dict[str, int]) -> str:

@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from voucher_ledger.commands.wire import (
+    ON_HOLD,
     REPLY_ADAPTER,
     REPLY_HEADER,
     Accepted,
@@ -45,6 +46,12 @@ class BusError(Exception):
 
 class BusUnavailable(BusError):
     """The command could not be stored on the command stream (NATS down or refusing)."""
+
+
+class LedgerOnHold(BusUnavailable):
+    """The processors refused the command: its aggregate's history fails the ledger's
+    signature check (a forged or replayed event), so nothing is decided for it until an
+    operator has looked (``voucher-ledger verify``). Answered like an unavailable ledger."""
 
 
 class CommandTimeout(BusError):
@@ -190,7 +197,7 @@ class CommandBus:
                     reply=f"{self._inbox}.a{n}",
                     headers={REPLY_HEADER: f"{self._inbox}.r{n}"},
                 )
-                return await pending.future
+                reply = await pending.future
             except _Unacknowledged as exc:
                 raise BusUnavailable("the command stream did not acknowledge") from exc
             except TimeoutError as exc:
@@ -211,6 +218,9 @@ class CommandBus:
             fut = pending.future
             if fut.done() and not fut.cancelled():  # not awaited: no asyncio warning
                 fut.exception()
+        if isinstance(reply, Rejected) and reply.reason == ON_HOLD:
+            raise LedgerOnHold(reply.message)
+        return reply
 
     @staticmethod
     def _expire(pending: _Pending, deadline: float) -> None:

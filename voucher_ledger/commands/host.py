@@ -27,6 +27,8 @@ from voucher_ledger.commands.store import EventStore
 from voucher_ledger.jetstream.leases import LeaseHost, stop_worker
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.voucher import Policy
+from voucher_ledger.signing.cutover import ensure_cutover
+from voucher_ledger.signing.proof import EventChecker, EventSigner
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,10 @@ class ProcessorHost(LeaseHost):
         policy: Policy | None = None,
         instance_id: str | None = None,
         fetch_batch: int = 512,
+        signer: EventSigner | None = None,
     ) -> None:
+        """``signer``: the ledger's signing key; every event is sealed with it and every loaded
+        history checked with its public half (None: unsigned and unchecked, tests only)."""
         super().__init__(
             nc,
             spec.lease_bucket,
@@ -63,6 +68,15 @@ class ProcessorHost(LeaseHost):
         self._store: EventStore = JetStreamEventStore(nc, spec.event_stream)
         self._held: dict[int, _Held] = {}
         self.stats = ProcessorStats()
+        self._signer = signer
+        self._checker: EventChecker | None = None
+
+    async def start(self) -> None:
+        """Record the signing cut-over (the first start with signing), then take partitions."""
+        if self._signer is not None and self._checker is None:
+            cutover = await ensure_cutover(self._nc, self._spec.event_stream, self._signer)
+            self._checker = EventChecker(self._signer.public_key, cutover)
+        await super().start()
 
     @property
     def partitions(self) -> set[int]:
@@ -145,6 +159,8 @@ class ProcessorHost(LeaseHost):
             stats=self.stats,
             fetch_batch=self._fetch_batch,
             cache=StateCache(),
+            signer=self._signer,
+            checker=self._checker,
         )
         task = asyncio.create_task(proc.run(), name=f"partition-{partition}")
         self._held[partition] = _Held(revision, time.monotonic(), proc, task)

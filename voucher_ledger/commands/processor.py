@@ -48,7 +48,13 @@ from voucher_ledger.commands.store import (
     PartResult,
     TransientAppendError,
 )
-from voucher_ledger.commands.wire import REPLY_HEADER, Accepted, CommandEnvelope, Rejected
+from voucher_ledger.commands.wire import (
+    ON_HOLD,
+    REPLY_HEADER,
+    Accepted,
+    CommandEnvelope,
+    Rejected,
+)
 from voucher_ledger.jetstream.direct import write_now
 from voucher_ledger.jetstream.layout import Layout
 from voucher_ledger.jetstream.pulls import PullLoop
@@ -56,6 +62,7 @@ from voucher_ledger.ledger import voucher, wallet
 from voucher_ledger.ledger.errors import CommandExpired, DomainError
 from voucher_ledger.ledger.events import EventEnvelope, RecordedEvent
 from voucher_ledger.ledger.voucher import Decided, Policy, Receipt, Refused, Replayed
+from voucher_ledger.signing.proof import GENESIS, EventChecker, EventSigner, IntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -155,23 +162,30 @@ AggregateKey = tuple[str, str]  # ("voucher", CODE) or ("wallet", customer id)
 
 
 class StateCache:
-    """Per-partition LRU of aggregate states, so hot codes and wallets are not reloaded.
+    """Per-partition LRU of aggregate states, so hot codes and wallets are not reloaded; with
+    each state, the chain head of its signed history (the link its next event signs).
 
     Bounded (10,000 aggregates per partition, 80,000 on the default eight partitions): an
     aggregate that falls out is loaded from the stream again when a command comes for it."""
 
     def __init__(self, capacity: int = 10_000) -> None:
-        self._items: OrderedDict[AggregateKey, Any] = OrderedDict()
+        self._items: OrderedDict[AggregateKey, tuple[Any, str]] = OrderedDict()
         self._capacity = capacity
 
     def get(self, key: AggregateKey) -> Any:
-        state = self._items.get(key)
-        if state is not None:
-            self._items.move_to_end(key)
-        return state
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
 
-    def put(self, key: AggregateKey, state: Any) -> None:
-        self._items[key] = state
+    def head(self, key: AggregateKey) -> str:
+        """The chain head of the cached state (GENESIS when not cached)."""
+        item = self._items.get(key)
+        return GENESIS if item is None else item[1]
+
+    def put(self, key: AggregateKey, state: Any, head: str = GENESIS) -> None:
+        self._items[key] = (state, head)
         self._items.move_to_end(key)
         while len(self._items) > self._capacity:
             self._items.popitem(last=False)
@@ -226,6 +240,7 @@ class _Plan:
     working: Any  # the state after ``new`` (their stream sequences not known yet)
     expect: int  # the subject's last sequence the append expects
     after: _Round | None = None
+    head: str = GENESIS  # the chain head after ``new`` (each new event signs the one before)
 
 
 @dataclass
@@ -262,8 +277,12 @@ class PartitionProcessor:
         fetch_batch: int = 512,
         cache: StateCache | None = None,
         replies: ReplyPublisher | None = None,
+        signer: EventSigner | None = None,
+        checker: EventChecker | None = None,
     ) -> None:
-        """``replies``: where the replies go (default: ``nc``)."""
+        """``replies``: where the replies go (default: ``nc``). ``signer``: every new event is
+        sealed with it (chained to its aggregate's head); ``checker``: every loaded history is
+        checked with it before it is folded (both None: unsigned, unchecked; tests only)."""
         self._nc = nc
         self._replies: ReplyPublisher = nc if replies is None else replies
         self._layout = layout
@@ -274,6 +293,8 @@ class PartitionProcessor:
         self._stats = stats
         self._fetch_batch = min(fetch_batch, MAX_BATCH)
         self.cache = cache or StateCache()
+        self._signer = signer
+        self._checker = checker
         self._stopped = False
         self._kinds: dict[str, _VoucherKind | _WalletKind] = {
             "voucher": _VoucherKind(policy),
@@ -285,6 +306,7 @@ class PartitionProcessor:
         self._next: dict[AggregateKey, _Plan] = {}
         self._inflight: _Round | None = None
         self._attempt = 0
+        self._held: dict[AggregateKey, int] = {}  # on hold: the sequence that failed the check
 
     @property
     def decided_ahead(self) -> int:
@@ -464,7 +486,7 @@ class PartitionProcessor:
                 final = plan.kind.evolve(final, rec, fingerprint)
             if plan.new:
                 self._stats.events_appended += len(plan.new)
-                self.cache.put(plan.key, final)
+                self.cache.put(plan.key, final, plan.head)
                 later = waiting.get(plan.key)
                 if later is not None:
                     later.state = final
@@ -508,6 +530,7 @@ class PartitionProcessor:
             plan = self._next.get(key)
             if plan is None:
                 state, after = self._base(key)
+                head = after.plans[key].head if after is not None else self.cache.head(key)
                 plan = _Plan(
                     key=key,
                     kind=self._kinds[key[0]],
@@ -519,6 +542,7 @@ class PartitionProcessor:
                     working=state,
                     expect=0 if after is not None else state.last_seq,
                     after=after,
+                    head=head,
                 )
             before = len(plan.new)
             taken = self._decide(plan, items, budget, first=not self._next)
@@ -550,15 +574,41 @@ class PartitionProcessor:
         ]
         if not missing:
             return
-        states = await asyncio.gather(*(self._load(key) for key in missing), return_exceptions=True)
-        for key, state in zip(missing, states, strict=True):
-            if isinstance(state, BaseException):
-                if not isinstance(state, Exception):
-                    raise state
-                log.error("partition %d: loading %s %s failed: %r", self.partition, *key, state)
+        loaded = await asyncio.gather(*(self._load(key) for key in missing), return_exceptions=True)
+        for key, outcome in zip(missing, loaded, strict=True):
+            if isinstance(outcome, IntegrityError):
+                await self._hold(key, outcome)
+            elif isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):
+                    raise outcome
+                log.error("partition %d: loading %s %s failed: %r", self.partition, *key, outcome)
                 self._groups.pop(key, None)
             elif self._base(key)[0] is None:
-                self.cache.put(key, state)
+                self.cache.put(key, *outcome)
+
+    async def _hold(self, key: AggregateKey, error: IntegrityError) -> None:
+        """The aggregate's history fails the signature check: nothing of it is folded, its
+        commands are refused (``ON_HOLD``, 503 for the client) and acked; the other
+        aggregates go on. Logged once per aggregate and event."""
+        if self._held.get(key) != error.seq:
+            self._held[key] = error.seq
+            log.error("partition %d: %s %s is on hold: %s", self.partition, *key, error)
+        message = (
+            f"the ledger's history of this {key[0]} fails its signature check at stream "
+            f"sequence {error.seq} ({error.code}); an operator must look at it"
+        )
+        for item in self._groups.pop(key, []):
+            self._stats.commands[(item.envelope.command.type, ON_HOLD)] += 1
+            reply = Rejected(
+                command_id=item.envelope.command_id,
+                reason=ON_HOLD,
+                message=message,
+                details={"seq": error.seq, "check": error.code},
+            )
+            reply_to = (item.msg.headers or {}).get(REPLY_HEADER, "")
+            if reply_to.startswith(REPLY_PREFIX):
+                await self._replies.publish(reply_to, reply.model_dump_json().encode())
+            await item.msg.ack()
 
     def _decide(self, plan: _Plan, items: list[_Item], budget: int, *, first: bool) -> int:
         """Decide ``items`` in order onto ``plan`` (from its ``working`` state), up to
@@ -567,6 +617,8 @@ class PartitionProcessor:
         kind = plan.kind
         key = plan.key
         working = plan.working
+        head = plan.head
+        signer = self._signer
         now = datetime.now(UTC)
         taken = 0
         added = 0
@@ -598,6 +650,8 @@ class PartitionProcessor:
                             command_fingerprint=fingerprint,
                             event=event,
                         )
+                        if signer is not None:
+                            envelope, head = signer.seal(envelope, head)
                         working = kind.evolve(
                             working,
                             RecordedEvent.model_construct(seq=0, envelope=envelope),
@@ -609,6 +663,7 @@ class PartitionProcessor:
             plan.items.append(item)
             taken += 1
         plan.working = working
+        plan.head = head
         return taken
 
     async def _refuse_malformed(self, msg: Delivery, exc: Exception) -> None:
@@ -620,12 +675,29 @@ class PartitionProcessor:
             await self._replies.publish(reply_to, reply.model_dump_json().encode())
         await msg.term()
 
-    async def _load(self, key: AggregateKey) -> Any:
+    async def _load(self, key: AggregateKey) -> tuple[Any, str]:
+        """The aggregate's state and chain head, from its whole history, checked first (an
+        event that fails raises :class:`IntegrityError`: nothing is folded)."""
         self._stats.loads += 1
         # Consistent: a follower's stale history could turn into a wrong rejection (not_found,
         # redemption_not_found) that no append expectation would catch.
-        history = await self._store.load(self._layout.event_subject(*key), consistent=True)
-        return self._kinds[key[0]].fold(key[1], history)
+        subject = self._layout.event_subject(*key)
+        history = await self._store.load(subject, consistent=True)
+        head = GENESIS
+        checker = self._checker
+        if checker is not None:
+            for rec in history:
+                env = rec.envelope
+                if (env.aggregate, env.aggregate_id) != key:
+                    raise IntegrityError(
+                        rec.seq,
+                        "wrong_aggregate",
+                        f"an event of {env.aggregate} {env.aggregate_id} on {subject}",
+                        subject,
+                    )
+                head = checker.check_envelope(rec.seq, env, head, subject)
+        self._held.pop(key, None)
+        return self._kinds[key[0]].fold(key[1], history), head
 
     async def _answer(
         self,

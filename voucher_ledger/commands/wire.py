@@ -15,6 +15,9 @@ from voucher_ledger.ledger.voucher import RedemptionView, VoucherView
 from voucher_ledger.ledger.wallet import OrderView, WalletView
 
 REPLY_HEADER = "Vl-Reply-To"
+# The reason of the refusal a command gets when its aggregate's history fails the ledger's
+# signature check (the bus raises ``LedgerOnHold`` for it: 503 for the HTTP client).
+ON_HOLD = "ledger_on_hold"
 
 
 class CommandEnvelope(Frozen):

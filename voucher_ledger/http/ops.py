@@ -46,12 +46,19 @@ async def readyz(request: web.Request) -> web.Response:
     checks["projection_lag"] = lag
     failing = dict(request.app[STATUS].failing)
     checks["projections_failing"] = failing
+    # A projection stopped on an event that fails the ledger's signature check: which event.
+    stopped = {
+        name: {"seq": stop.seq, "check": stop.code, "reason": stop.reason}
+        for name, stop in sorted(request.app[STATUS].stopped.items())
+    }
+    checks["projections_stopped"] = stopped
     ready = (
         checks["nats"]
         and checks["postgres"]
         and lag is not None
         and max(lag.values()) < 10_000
         and not failing
+        and not stopped
     )
     return ok(ReadyOut(ready=bool(ready), checks=checks), status=200 if ready else 503)
 
@@ -61,7 +68,15 @@ async def metrics(request: web.Request) -> web.Response:
     process's, asked over NATS), then the app's registry renders them with its own."""
     lag = await projection_lag(request)
     report = await request.app[PROCESSORS].report()
-    gauges, counters = scrape_samples(lag, report)
+    scraped, counters = scrape_samples(lag, report)
+    gauges = {
+        **scraped,
+        # The stream sequence a projection stopped on (it fails the signature check), by check.
+        "voucher_ledger_projection_stopped_seq": [
+            ((("projection", name), ("check", stop.code)), float(stop.seq))
+            for name, stop in sorted(request.app[STATUS].stopped.items())
+        ],
+    }
     text = request.app[METRICS].render(gauges, counters)
     return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 

@@ -7,7 +7,11 @@ Wire format (the JSON body of a JetStream message)::
 
     {"event_id": "...", "aggregate": "voucher", "aggregate_id": "CODE",
      "occurred_at": "2026-11-21T12:00:00Z", "actor": {"sub": "...", "role": "..."},
-     "command_id": "...", "event": {"type": "voucher.redeemed", "version": 1, ...}}
+     "command_id": "...", "event": {"type": "voucher.redeemed", "version": 1, ...},
+     "proof": {"key": "...", "prev": "...", "sig": "..."}}
+
+``proof`` (envelope version 2, on every event from the signing cut-over on) is the ledger's
+signature, chained per aggregate: ``voucher_ledger.signing.proof``.
 
 Old versions are upcast on read by :data:`UPCASTERS` before validation.
 """
@@ -261,6 +265,16 @@ EVENT_TYPES: tuple[type[Frozen], ...] = (
 )
 
 
+class EventProof(Frozen):
+    """That the ledger wrote the event (``voucher_ledger.signing.proof``): an Ed25519 signature
+    by the key ``key`` over the envelope without its proof, chained to ``prev``, the link
+    (sha256 of the signature) of the aggregate's previous signed event."""
+
+    key: str = Field(pattern=r"^[0-9a-f]{16}$")
+    prev: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sig: str = Field(pattern=r"^[A-Za-z0-9_-]{86}$")
+
+
 class EventEnvelope(Frozen):
     event_id: str
     aggregate: Literal["voucher", "wallet"] = "voucher"
@@ -271,6 +285,8 @@ class EventEnvelope(Frozen):
     # Digest of the causing command's payload: a retried command id is matched against it.
     command_fingerprint: str = ""
     event: AnyEvent
+    # Last, absent on events stored before signing started (envelope version 2 adds it).
+    proof: EventProof | None = None
 
 
 class RecordedEvent(Frozen):
@@ -333,7 +349,14 @@ def isoformat_z(at: datetime) -> str:
 
 
 def encode_envelope(envelope: EventEnvelope) -> bytes:
+    """The stored body: the proof, when there is one, is its last field (an unsigned envelope
+    is written as before signing existed, without ``"proof": null``)."""
+    if envelope.proof is None:
+        return envelope.model_dump_json(exclude=_NO_PROOF).encode()
     return envelope.model_dump_json().encode()
+
+
+_NO_PROOF = {"proof"}
 
 
 # ------------------------------------------------------------------ plain (dict) decoding

@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass
 
 import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
 
 from voucher_ledger.jetstream.leases import LeaseHost, stop_worker
@@ -38,7 +39,9 @@ class ProjectorHost(LeaseHost):
         *,
         projections: tuple[Projection, ...] = ALL_PROJECTIONS,
         instance_id: str | None = None,
+        public_key: Ed25519PublicKey | None = None,
     ) -> None:
+        """``public_key``: the projector checks every event with it (None: no check, tests)."""
         super().__init__(
             nc,
             spec.lease_bucket,
@@ -51,6 +54,7 @@ class ProjectorHost(LeaseHost):
         self._status = status
         self._projections = projections
         self._held: _Held | None = None
+        self._public_key = public_key
 
     @property
     def running(self) -> set[str]:
@@ -79,7 +83,13 @@ class ProjectorHost(LeaseHost):
         if revision is None:
             return
         projector = Projector(
-            self._nc, self._pool, self._spec, self._projections, self._status, name=READ_MODELS
+            self._nc,
+            self._pool,
+            self._spec,
+            self._projections,
+            self._status,
+            name=READ_MODELS,
+            public_key=self._public_key,
         )
         task = asyncio.create_task(projector.run(), name=f"projector-{READ_MODELS}")
         self._held = _Held(revision, projector, task)

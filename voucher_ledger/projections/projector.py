@@ -21,9 +21,11 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import asyncpg
 import asyncpg.pool
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -31,6 +33,9 @@ from voucher_ledger.jetstream.api import JetStreamApiError, js_api
 from voucher_ledger.jetstream.pulls import PullLoop, stream_sequence
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.projections.model import Conn, PlainEvent, Projection, plain_event
+from voucher_ledger.signing.chain import Checked, StreamChecker
+from voucher_ledger.signing.cutover import reader_checker
+from voucher_ledger.signing.proof import IntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,7 @@ _SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 # Retry pauses of a failing projector, and how often a lasting failure is logged (seconds).
 RETRY_MIN, RETRY_MAX, OUTAGE_LOG_EVERY = 0.5, 5.0, 60.0
+CUTOVER_WAIT = 30.0  # seconds a projector waits for the signing cut-over before failing
 
 
 _ADVANCE = """
@@ -51,6 +57,19 @@ class GapError(RuntimeError):
     pass
 
 
+class CutoverNotRecorded(RuntimeError):
+    """The processors have not recorded the signing cut-over yet: the projector waits."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Where and why a projection stopped: an event that fails the signature check."""
+
+    seq: int
+    code: str
+    reason: str
+
+
 class ProjectionStatus:
     """Where each projection is; ``wait_for(seq)`` is read-your-writes for the HTTP layer."""
 
@@ -59,6 +78,8 @@ class ProjectionStatus:
         self.applied: dict[str, int] = dict.fromkeys(names, 0)
         # name -> last error, while a projector keeps failing (a poison event or an outage)
         self.failing: dict[str, str] = {}
+        # name -> the event it stopped on (it fails the signature check): not retried
+        self.stopped: dict[str, Stop] = {}
         # name -> (when the failures began, when one was last logged, how many in a row)
         self._outages: dict[str, tuple[float, float, int]] = {}
         # (seq, ticket, waiter) of the waiting writers, lowest seq first: a projector's
@@ -84,6 +105,14 @@ class ProjectionStatus:
             logged = now
         self._outages[name] = (began, logged, count + 1)
         return float(min(RETRY_MAX, RETRY_MIN * 2**count))
+
+    def stop(self, name: str, members: Sequence[str], error: IntegrityError) -> None:
+        """Projector ``name`` stopped on an event that fails the signature check: its
+        projections ``members`` apply nothing more (logged once, here)."""
+        stop = Stop(error.seq, error.code, error.reason)
+        for member in members:
+            self.stopped[member] = stop
+        log.error("projection %s STOPPED, nothing more is applied: %s", name, error)
 
     def succeeded(self, name: str, members: Sequence[str] | None = None) -> None:
         for member in members or (name,):
@@ -212,7 +241,10 @@ class Projector:
         *,
         name: str | None = None,
         batch: int = 500,
+        public_key: Ed25519PublicKey | None = None,
     ) -> None:
+        """``public_key``: every event is checked with it (and the stream's signing cut-over)
+        before it is applied; one that fails stops the projector (None: no check, tests)."""
         self.projections: tuple[Projection, ...] = (
             tuple(projection) if isinstance(projection, Sequence) else (projection,)
         )
@@ -230,10 +262,13 @@ class Projector:
         self.durable = f"{spec.layout.upper}_PROJ_{self.name.upper()}"
         self.batches = 0
         self._stopped = False
+        self._halt = asyncio.Event()
         # how a message body becomes the events the read models' appliers take
         self.decode: Callable[[int, bytes], PlainEvent] = plain_event
         self._appliers = [p.apply for p in self.projections]
         self._conn: Conn | None = None  # held by the running loop
+        self._public_key = public_key
+        self.checker: StreamChecker | None = None
         # BEGIN and the usual checkpoint move in one round trip (see _MOVE_ALL).
         self._begin_sql = (
             "BEGIN; " + _MOVE_ALL.replace("{names}", ", ".join(f"'{n}'" for n in self._names))
@@ -244,6 +279,7 @@ class Projector:
 
     def stop(self) -> None:
         self._stopped = True
+        self._halt.set()
 
     async def checkpoint(self) -> int:
         """The lowest checkpoint of this projector's projections (where its consumer starts);
@@ -278,6 +314,10 @@ class Projector:
         while not self._stopped:
             try:
                 await self._run_once()
+            except IntegrityError as exc:
+                self._status.stop(self.name, self._names, exc)
+                await self._stay_stopped()
+                return
             except GapError as exc:
                 log.warning("projection %s: %s; restarting from checkpoint", self.name, exc)
             except asyncio.CancelledError:
@@ -285,8 +325,37 @@ class Projector:
             except Exception as exc:  # noqa: BLE001 - Postgres or NATS outage: retry
                 await asyncio.sleep(self._status.failed(self.name, exc, self._names))
 
+    async def _stay_stopped(self) -> None:
+        """Hold the lease, apply nothing, until told to stop (another instance would only stop
+        on the same event)."""
+        await self._halt.wait()
+
+    async def _start_checker(self, start_seq: int) -> None:
+        if self._public_key is None or self.checker is not None:
+            return
+        stream = self._spec.event_stream
+        # The processors record the cut-over when they first start, maybe just after this
+        # projector: wait for it quietly a while before reporting a failure.
+        deadline = time.monotonic() + CUTOVER_WAIT
+        while True:
+            self.checker = await reader_checker(
+                self._nc,
+                stream,
+                self._spec.layout,
+                self._public_key,
+                start_seq,
+                strict=False,
+                capacity=100_000,
+            )
+            if self.checker is not None:
+                return
+            if self._stopped or time.monotonic() > deadline:
+                raise CutoverNotRecorded(f"{stream}: no signing cut-over recorded yet")
+            await asyncio.sleep(0.2)
+
     async def _run_once(self) -> None:
         last = await self.checkpoint()
+        await self._start_checker(last + 1)
         await self._recreate_consumer(last + 1)
         pulls = PullLoop(
             self._nc, self._spec.event_stream, self.durable, batch=self._batch, expires=0.5
@@ -312,7 +381,23 @@ class Projector:
 
     async def apply_messages(self, msgs: Sequence[Msg]) -> int:
         decode = self.decode
-        reached = await self.apply([decode(stream_sequence(m), m.data) for m in msgs])
+        events = [decode(stream_sequence(m), m.data) for m in msgs]
+        checker = self.checker
+        if checker is not None:
+            try:
+                await checker.check(
+                    [
+                        Checked(e.seq, m.data, e.doc["aggregate"], e.doc["aggregate_id"])
+                        for e, m in zip(events, msgs, strict=True)
+                    ]
+                )
+            except IntegrityError as exc:
+                # The events before it are applied; it and everything after it never are.
+                good = [e for e in events if e.seq < exc.seq]
+                if good:
+                    await self.apply(good)
+                raise
+        reached = await self.apply(events)
         await msgs[-1].ack()  # AckAll: acknowledges the whole batch
         return reached
 

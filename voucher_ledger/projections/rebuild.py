@@ -25,12 +25,15 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
 
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.projections.migrate import discover
 from voucher_ledger.projections.model import Conn, PlainEvent, Projection, plain_event
 from voucher_ledger.projections.replay import read_events, stream_head
+from voucher_ledger.signing.chain import Checked
+from voucher_ledger.signing.cutover import reader_checker
 
 log = logging.getLogger(__name__)
 
@@ -270,11 +273,16 @@ async def rebuild(
     progress: Progress | None = None,
     batch: int = 10_000,
     swap_within: int = 2000,
+    public_key: Ed25519PublicKey | None = None,
 ) -> RebuildSummary:
     """Rebuild one projection, or several in ONE pass over the stream, swapped in together.
     Each shadow has its own checkpoint: when the pool has a connection for each besides this
     one, a batch is applied to the shadows concurrently, each in its own transaction (so
-    PostgreSQL works on them side by side), else to all in one transaction."""
+    PostgreSQL works on them side by side), else to all in one transaction.
+
+    With ``public_key``, every event is checked before it is applied (``voucher_ledger.signing``);
+    the first that fails raises :class:`IntegrityError` (naming its stream sequence) and
+    nothing is swapped in."""
     chosen = [projection] if not isinstance(projection, Sequence) else list(projection)
     bar = progress or Progress()
     started = time.perf_counter()
@@ -332,6 +340,22 @@ async def rebuild(
         reached = min(floor.values())
         resumed_from = reached
         head = await stream_head(nc, spec)
+        checker = None
+        if public_key is not None:
+            checker = await reader_checker(
+                nc, spec.event_stream, spec.layout, public_key, reached + 1
+            )
+
+        async def checked(events: list[PlainEvent]) -> list[PlainEvent]:
+            if checker is not None:
+                await checker.check(
+                    [
+                        Checked(e.seq, e.raw.encode(), e.doc["aggregate"], e.doc["aggregate_id"])
+                        for e in events
+                    ]
+                )
+            return events
+
         step("prepare")
         bar.start(head, reached)
         # Replay into the shadows until close enough to the head to swap quickly.
@@ -341,6 +365,7 @@ async def rebuild(
             )
             async with contextlib.aclosing(prefetched(source)) as batches:
                 async for events in batches:
+                    await checked(events)
                     if workers:
                         await apply_side_by_side(workers, events)
                     else:
@@ -379,7 +404,7 @@ async def rebuild(
             head = await stream_head(nc, spec)
             tail = read_events(nc, spec, reached + 1, until_seq=head, batch=batch, make=plain_event)
             async for events in tail:
-                await apply_all(conn, events, floor, shadow_only=False)
+                await apply_all(conn, await checked(events), floor, shadow_only=False)
                 reached = events[-1].seq
                 bar.advance(len(events), head)
             for p in chosen:

@@ -5,6 +5,10 @@ The expected rows are computed from the stream by the domain folds (``ledger.vou
 involved. The read models are read in one REPEATABLE READ snapshot together with their
 checkpoints, and each is compared with the stream folded up to its own checkpoint, so a
 projector that is merely behind is not reported as drift (its lag is reported separately).
+
+With the ledger's public key, every event up to the stream's head is also checked (its
+signature and its place in its aggregate's chain, ``voucher_ledger.signing``): the first that
+fails is reported by its stream sequence, and nothing from it on is folded.
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
 
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger import voucher, wallet
 from voucher_ledger.ledger.events import RecordedEvent, RedemptionReversed, VoucherRedeemed
 from voucher_ledger.projections.replay import read_stream, stream_head
+from voucher_ledger.signing.chain import Checked, StreamChecker
+from voucher_ledger.signing.cutover import checker_for, read_cutover
+from voucher_ledger.signing.proof import IntegrityError
 
 
 @dataclass
@@ -28,6 +36,8 @@ class VerifyReport:
     checkpoints: dict[str, int]
     differences: list[str] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
+    # the first event that fails the signature check, if any
+    integrity: IntegrityError | None = None
 
     @property
     def clean(self) -> bool:
@@ -55,7 +65,13 @@ def _compare(
                 )
 
 
-async def verify(pool: asyncpg.Pool, nc: Client, spec: StreamsSpec) -> VerifyReport:
+async def verify(
+    pool: asyncpg.Pool,
+    nc: Client,
+    spec: StreamsSpec,
+    *,
+    public_key: Ed25519PublicKey | None = None,
+) -> VerifyReport:
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         checkpoints = {
             r["projection"]: int(r["last_seq"])
@@ -71,7 +87,26 @@ async def verify(pool: asyncpg.Pool, nc: Client, spec: StreamsSpec) -> VerifyRep
     upto = max(checkpoints.values(), default=0)
     by_aggregate: dict[tuple[str, str], list[RecordedEvent]] = defaultdict(list)
     stream_audit: dict[str, dict[str, Any]] = {}
+    checker: StreamChecker | None = None
+    if public_key is not None:
+        cutover = await read_cutover(nc, spec.event_stream, public_key)
+        checker = StreamChecker(checker_for(public_key, cutover))
+        upto = head  # every event is checked, the folds stop at each read model's checkpoint
     async for events in read_stream(nc, spec, 1, until_seq=upto, batch=5000):
+        if checker is not None:
+            try:
+                await checker.check(
+                    [
+                        Checked(
+                            e.seq, e.raw.encode(), e.envelope.aggregate, e.envelope.aggregate_id
+                        )
+                        for e in events
+                    ]
+                )
+            except IntegrityError as exc:
+                report.integrity = exc
+                report.differences.insert(0, str(exc))
+                events = [e for e in events if e.seq < exc.seq]
         for e in events:
             by_aggregate[(e.envelope.aggregate, e.envelope.aggregate_id)].append(
                 RecordedEvent(seq=e.seq, envelope=e.envelope)
@@ -81,6 +116,8 @@ async def verify(pool: asyncpg.Pool, nc: Client, spec: StreamsSpec) -> VerifyRep
                     "event_id": e.envelope.event_id,
                     "type": e.envelope.event.type,
                 }
+        if report.integrity is not None:
+            break
 
     _verify_vouchers(report, by_aggregate, checkpoints.get("vouchers", 0), vouchers, redemptions)
     _verify_wallets(report, by_aggregate, checkpoints.get("wallets", 0), wallets, orders)

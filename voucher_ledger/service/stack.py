@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
 
 from voucher_ledger.billing.catalog import (
@@ -52,6 +53,9 @@ from voucher_ledger.projections.projector import ProjectionStatus
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.service.embedded import EmbeddedNats, EmbeddedPostgres
 from voucher_ledger.service.worker import ProcessorReport, ProcessorWorker, child_env
+from voucher_ledger.signing.cutover import CutoverError
+from voucher_ledger.signing.keys import SigningKeyError, load_public_key, load_signer
+from voucher_ledger.signing.proof import EventSigner
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +220,12 @@ class Projectors:
     @classmethod
     async def start(cls, s: Settings, link: NatsLink, read: ReadModels) -> Projectors:
         host = ProjectorHost(
-            link.nc, read.pool, link.spec, read.status, instance_id=s.processor_instance_id
+            link.nc,
+            read.pool,
+            link.spec,
+            read.status,
+            instance_id=s.processor_instance_id,
+            public_key=signing_public_key(s),
         )
         await host.start()
         return cls(host)
@@ -284,9 +293,13 @@ class InProcessProcessors:
             link.spec,
             policy=Policy(max_credit_baisa=s.max_credit_baisa),
             instance_id=s.processor_instance_id,
+            signer=signing_key(s),
         )
         try:
             await host.start()
+        except CutoverError as exc:
+            await host.stop(release=True)
+            raise StartupError(str(exc)) from exc
         except BaseException:
             await host.stop(release=True)
             raise
@@ -513,6 +526,27 @@ def make_catalog(s: Settings) -> CatalogSource:
     try:
         return FileCatalog(s.catalog_file or sample_catalog_path())
     except ValueError as exc:
+        raise StartupError(str(exc)) from exc
+
+
+def signing_key(s: Settings) -> EventSigner | None:
+    """The processors' signing key (README "Subjects and events"); None with LEDGER_SIGNING
+    off."""
+    if not s.ledger_signing:
+        return None
+    try:
+        return load_signer(s)
+    except SigningKeyError as exc:
+        raise StartupError(str(exc)) from exc
+
+
+def signing_public_key(s: Settings) -> Ed25519PublicKey | None:
+    """The key the projectors check events with; None with LEDGER_SIGNING off."""
+    if not s.ledger_signing:
+        return None
+    try:
+        return load_public_key(s)
+    except SigningKeyError as exc:
         raise StartupError(str(exc)) from exc
 
 
