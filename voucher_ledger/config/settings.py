@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
@@ -91,6 +92,9 @@ class Settings(BaseSettings):
     # The fast paths into nats.py's and aiohttp's private internals (README "Fast paths");
     # false: every one of them takes the libraries' public path.
     fast_paths: bool = Field(default=True, alias="FAST_PATHS")
+    # text: a line a person reads; json: one JSON object per line (time, level, logger, message,
+    # and an access line's fields) for log aggregators. serve and its processor child.
+    log_format: Literal["text", "json"] = Field(default="text", alias="LOG_FORMAT")
 
     @field_validator("subject_prefix")
     @classmethod
