@@ -225,8 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         "diff",
         help="print each difference from the server; exit 1 if there is any",
         description="Compare streams.yaml with the server and print every difference (a "
-        "missing or extra object, a field that differs); changes nothing. Exit status 1 when "
-        "there is a difference, 0 when there is none.",
+        "missing or extra object, a field that differs); changes nothing. The memory-stored "
+        "command stream and lease bucket, which serve declares at every start, are only noted "
+        "when absent. Exit status 1 when there is a difference, 0 when there is none.",
     )
     common(st_apply)
     common(st_diff)
