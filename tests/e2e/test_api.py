@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import re
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -29,6 +30,7 @@ from tests.e2e.api_helpers import (
     running_server,
     sync_call,
 )
+from voucher_ledger.billing.catalog import FileCatalog, sample_catalog_path
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.wire import Accepted
 from voucher_ledger.http.auth import mint_token
@@ -70,6 +72,7 @@ EXERCISED = {
     ("post", "/billing/webhook"),
     ("get", "/billing/balance"),
     ("get", "/billing/admin/orders"),
+    ("get", "/billing/catalog"),
 }
 
 
@@ -186,7 +189,9 @@ async def test_issue_returns_the_persisted_voucher_with_create_defaults(api: Api
     assert {k: detail[k] for k in VOUCHER_KEYS} == body
 
 
-async def test_issue_ignores_unknown_fields_and_an_update_keeps_omitted_fields(api: Api) -> None:
+async def test_issue_ignores_the_read_only_fields_and_an_update_keeps_omitted_fields(
+    api: Api,
+) -> None:
     code = new_code("UPD")
     first = await api.issued(code, 5, description="launch", active=False, max_redemptions=7)
     assert (first["description"], first["active"], first["max_redemptions"]) == (
@@ -195,7 +200,7 @@ async def test_issue_ignores_unknown_fields_and_an_update_keeps_omitted_fields(a
         7,
     )
     second = await api.issued(
-        code, 20, times_redeemed=99, created_at="1999-01-01T00:00:00Z", credit_baisa=1, junk=[1]
+        code, 20, times_redeemed=99, created_at="1999-01-01T00:00:00Z", credit_baisa=1
     )
     assert second["credit_omr"] == 20
     assert second["credit_baisa"] == 20_000
@@ -327,6 +332,189 @@ async def test_list_status_revoked_shows_the_revoked_vouchers_only(api: Api) -> 
     assert await api.listing(f"?q={stem}&status=revoked") == []
     for query in ("?status=all", "?status=", "?status=REVOKED"):
         assert_json_error(await api.request("GET", LIST + query), 400)
+
+
+# ------------------------------------------------------------------- strict bodies (issue 18)
+
+
+@pytest.mark.parametrize("path", [ISSUE, LEGACY])
+async def test_an_unknown_field_in_an_issue_body_is_a_400_naming_it_and_nothing_changes(
+    api: Api, path: str
+) -> None:
+    """A typo costs money: "max_redemption": 3 was an uncapped voucher."""
+    code = new_code("TYPO")
+    reply = await api.issue({"code": code, "credit_omr": 5, "max_redemption": 3}, path=path)
+    message = assert_json_error(reply, 400)
+    assert "max_redemption" in message
+    assert "did you mean max_redemptions?" in message
+    assert set(reply.json["fields"]) == {"max_redemption"}
+    assert (await api.detail(code)).status == 404
+
+
+async def test_every_field_error_of_an_issue_body_comes_in_one_answer(api: Api) -> None:
+    body = {"code": "a.b", "credit_omr": "abc", "max_redemptions": -1, "colour": "red"}
+    reply = await api.issue(body)
+    message = assert_json_error(reply, 400)
+    fields = reply.json["fields"]
+    assert set(fields) == {"code", "credit_omr", "max_redemptions", "colour"}
+    assert fields["credit_omr"] == "must be a whole number"
+    assert fields["max_redemptions"] == "must be 0 or more"
+    assert fields["colour"] == "is not a field of this request"
+    for name, words in fields.items():
+        assert f"{name} {words}" in message  # the one-line message names each field
+    over = await api.issue({"code": new_code("BIG"), "credit_omr": 10**6, "description": 7})
+    assert set(assert_json_error(over, 400) and over.json["fields"]) == {
+        "credit_omr",
+        "description",
+    }
+    assert over.json["fields"]["credit_omr"] == "must be 10000 or less"
+
+
+async def test_the_admin_uis_toggle_posts_the_listed_row_back_and_is_accepted(api: Api) -> None:
+    code = new_code("ROW")
+    await api.issued(code, 7, description="row", max_redemptions=4)
+    [row] = await api.listing(f"?q={code}", path=LEGACY)
+    assert set(row) == VOUCHER_KEYS
+    toggled = await api.issue({**row, "active": False, "times_redeemed": 99}, path=LEGACY)
+    assert toggled.status == 200, toggled
+    after = toggled.json
+    assert after["active"] is False
+    assert (after["credit_omr"], after["max_redemptions"], after["times_redeemed"]) == (7, 4, 0)
+    assert after["created_at"] == row["created_at"]
+    assert (await api.detail(code)).json["active"] is False
+
+
+# ---------------------------------------------------------------------------- list headers
+
+
+@pytest.mark.parametrize("path", [LIST, LEGACY])
+async def test_the_list_says_how_many_match_and_links_the_next_page(api: Api, path: str) -> None:
+    stem = new_code("PG")
+    for n in range(5):
+        await api.issued(f"{stem}-{n}", n + 1, active=n != 0)
+    first = await api.request("GET", f"{path}?q={stem}&limit=2")
+    assert first.status == 200, first
+    assert [v["code"] for v in first.json] == [f"{stem}-4", f"{stem}-3"]  # the body: an array
+    assert first.headers["X-Total-Count"] == "5"
+    assert (first.headers["X-Total-Active"], first.headers["X-Total-Redemptions"]) == ("4", "0")
+    assert first.headers["X-Total-Credit-Baisa"] == "0"
+    link = first.headers["Link"]
+    segment = path.rsplit("/", 1)[-1]
+    assert link == f'<{segment}?q={stem}&limit=2&offset=2>; rel="next"'
+    seen = [v["code"] for v in first.json]
+    url = api.server.url(path)
+    reply = first
+    while "Link" in reply.headers:  # follow rel="next", resolved against the request URL
+        target = re.fullmatch(r'<([^>]+)>; rel="next"', reply.headers["Link"])
+        assert target is not None, reply.headers["Link"]
+        url = urllib.parse.urljoin(url, target.group(1))
+        reply = await call(api.session, "GET", url, headers=api.server.auth())
+        assert reply.status == 200, reply
+        assert reply.headers["X-Total-Count"] == "5"
+        seen += [v["code"] for v in reply.json]
+    assert seen == [f"{stem}-{n}" for n in (4, 3, 2, 1, 0)]
+    assert len(reply.json) == 1  # the last page has no next link
+    whole = await api.request("GET", f"{path}?q={stem}")
+    assert whole.headers["X-Total-Count"] == "5"
+    assert "Link" not in whole.headers
+    none = await api.request("GET", f"{path}?q={stem}-NOPE")
+    assert (none.json, none.headers["X-Total-Count"]) == ([], "0")
+    assert "Link" not in none.headers
+
+
+async def test_the_list_totals_count_redemptions_and_the_credit_they_granted(
+    api: Api, server: ApiServer
+) -> None:
+    code = new_code("TOT")
+    await api.issued(code, 3)
+    for customer in ("c-1", "c-2"):
+        await redeem(server, code, customer)
+
+    async def redeemed_twice() -> bool:
+        listed = await api.request("GET", f"{LIST}?q={code}")
+        return listed.headers["X-Total-Redemptions"] == "2"
+
+    await wait_until(redeemed_twice, what="the redemptions in the read model")
+    listed = await api.request("GET", f"{LIST}?q={code}")
+    assert listed.headers["X-Total-Credit-Baisa"] == "6000"
+
+
+async def test_openapi_documents_the_list_headers_and_the_public_catalog(api: Api) -> None:
+    spec = (await api.request("GET", "/openapi.json", auth=False)).json
+    for path in (LIST, LEGACY, "/billing/admin/orders"):
+        headers = spec["paths"][path]["get"]["responses"]["200"]["headers"]
+        assert {"X-Total-Count", "Link"} <= set(headers), path
+    catalog = spec["paths"]["/billing/catalog"]["get"]
+    assert catalog["security"] == []
+    ref = catalog["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref == "#/components/schemas/CatalogOut"
+    assert set(spec["components"]["schemas"]["CatalogItemOut"]["properties"]) == {
+        "id",
+        "name",
+        "price_omr",
+        "price_baisa",
+    }
+    issue = spec["components"]["schemas"]["IssueVoucherBody"]
+    assert issue["additionalProperties"] is False
+    assert issue["properties"]["times_redeemed"]["readOnly"] is True
+
+
+async def test_the_catalog_is_public_with_prices_in_omr_and_baisa(api: Api) -> None:
+    reply = await api.request("GET", "/billing/catalog", auth=False)
+    assert reply.status == 200, reply
+    body = reply.json
+    sample = await FileCatalog(sample_catalog_path()).get()
+    assert [p["id"] for p in body["plans"]] == list(sample.plans)
+    assert [a["id"] for a in body["addons"]] == list(sample.addons)
+    starter = next(p for p in body["plans"] if p["id"] == "starter")
+    assert starter == {"id": "starter", "name": "Starter", "price_omr": 9, "price_baisa": 9000}
+
+
+# ----------------------------------------------------------------- logs, request id, the root
+
+
+async def test_each_request_is_one_access_line_with_its_request_id_and_no_token(
+    api: Api, server: ApiServer
+) -> None:
+    rid = f"e2e-{uuid.uuid4().hex}"
+    token = server.token(sub="log-reader")
+    secret_code = new_code("LOGSECRET")
+    reply = await call(
+        api.session,
+        "GET",
+        server.url(f"/billing/vouchers/{secret_code}?at=2020-01-01T00:00:00Z"),
+        headers={"Authorization": f"Bearer {token}", "X-Request-ID": rid},
+    )
+    assert reply.status == 404
+    assert reply.headers["X-Request-ID"] == rid
+
+    def logged() -> list[str]:
+        return [line for line in server.process.output().splitlines() if rid in line]
+
+    await wait_until(lambda: bool(logged()), what="the access line")
+    [line] = logged()
+    assert re.search(
+        rf"INFO voucher_ledger\.access: GET /billing/vouchers/{{code}} 404 \d+\.\d ms "
+        rf"request_id={rid}$",
+        line,
+    ), line
+    output = server.process.output()
+    assert token not in output
+    assert secret_code not in output
+    generated = await api.request("GET", "/healthz", auth=False)
+    assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["X-Request-ID"])
+    assert "Traceback" not in output
+
+
+async def test_a_browser_at_the_root_lands_on_the_console(api: Api) -> None:
+    for method in ("GET", "HEAD"):
+        async with api.session.request(method, api.server.url("/"), allow_redirects=False) as resp:
+            assert resp.status == 302
+            assert resp.headers["Location"] == "console/"
+    async with api.session.get(api.server.url("/")) as resp:
+        assert resp.status == 200
+        assert resp.url.path == "/console/"
+        assert resp.content_type == "text/html"
 
 
 # ------------------------------------------------------------------------------------ legacy
@@ -791,7 +979,8 @@ async def test_preview_with_a_malformed_body_is_400(api: Api, case: str) -> None
         ("POST", "/billing/vouchers"),
         ("GET", "/billing/vouchers/ABC/history/more"),
         ("DELETE", "/billing/admin/promos/ABC/extra"),
-        ("GET", "/"),
+        # GET / is no longer one: it redirects to the console (issue 18; see
+        # test_a_browser_at_the_root_lands_on_the_console)
     ],
 )
 async def test_unknown_route_is_404_json(api: Api, method: str, path: str) -> None:

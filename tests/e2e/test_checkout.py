@@ -521,3 +521,83 @@ async def test_orders_and_credit_movements_are_events_in_the_audit_trail(paid: S
         code,
     )
     assert [r["command_id"] for r in voucher_rows] == [f"redeem-{order_id}"]
+
+
+# ------------------------------------------------------------------ strict body, paged orders
+
+
+async def test_a_checkout_body_with_a_field_the_marketplace_never_sends_is_a_400_naming_it(
+    credit_only: Shop,
+) -> None:
+    """The seed's marketplace sends plan_id, tenant_id, apps, addons and promo_code: a typo
+    ("promocode") would otherwise be a checkout without the voucher."""
+    sub = new_customer()
+    code = new_code("STRICT")
+    await credit_only.issue(code, 50)
+    before = await credit_only.stream_seq()
+    for path in CHECKOUT_PATHS:
+        reply = await credit_only.request(
+            "POST",
+            path,
+            sub=sub,
+            role="member",
+            json_body={"plan_id": "starter", "tenant_id": "t", "promocode": code},
+        )
+        assert "promocode" in assert_json_error(reply, 400)
+        assert set(reply.json["fields"]) == {"promocode"}
+    assert await credit_only.stream_seq() == before
+    exact = await credit_only.checkout(sub, "starter", addons=["backup"], promo_code=code)
+    assert exact.status == 200, exact  # all five fields the marketplace sends
+    assert exact.json["paid_by_credit"] is True
+
+
+async def test_the_order_list_says_how_many_match_and_links_the_next_page(
+    credit_only: Shop,
+) -> None:
+    for _ in range(3):
+        reply = await credit_only.checkout(new_customer(), plan_id="free")
+        assert reply.status == 200, reply
+    total = len(await credit_only.orders(status="completed"))
+    assert total >= 3
+    first = await credit_only.request("GET", "/billing/admin/orders?status=completed&limit=2")
+    assert first.status == 200, first
+    assert len(first.json) == 2
+    assert first.headers["X-Total-Count"] == str(total)
+    assert first.headers["Link"] == '<orders?status=completed&limit=2&offset=2>; rel="next"'
+    last = await credit_only.request(
+        "GET", f"/billing/admin/orders?status=completed&limit=2&offset={total - 1}"
+    )
+    assert len(last.json) == 1
+    assert last.headers["X-Total-Count"] == str(total)
+    assert "Link" not in last.headers
+
+
+async def test_the_later_marketplaces_topology_field_is_accepted_when_single_region(
+    credit_only: Shop,
+) -> None:
+    """The seed's later marketplace adds ``topology`` (spec §9.1). Blank and single-region are
+    what this service sells: accepted. Another topology is refused, changing nothing, rather
+    than sold at the single-region price."""
+    code = new_code("TOPO")
+    await credit_only.issue(code, 50)
+    body: dict[str, object] = {"plan_id": "starter", "tenant_id": "t", "promo_code": code}
+    before = await credit_only.stream_seq()
+    refused = await credit_only.request(
+        "POST",
+        CHECKOUT_PATHS[0],
+        sub=new_customer(),
+        role="member",
+        json_body={**body, "topology": "active-hot-standby"},
+    )
+    assert set(assert_json_error(refused, 400) and refused.json["fields"]) == {"topology"}
+    assert await credit_only.stream_seq() == before
+    for topology in ("", "single-region"):
+        reply = await credit_only.request(
+            "POST",
+            CHECKOUT_PATHS[0],
+            sub=new_customer(),
+            role="member",
+            json_body={**body, "topology": topology},
+        )
+        assert reply.status == 200, reply
+        assert reply.json["paid_by_credit"] is True

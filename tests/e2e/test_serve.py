@@ -213,3 +213,52 @@ async def test_serve_runs_its_processors_in_a_child_it_restarts_and_takes_along(
         service.kill()
         for proc in processes_using(data_dir):
             proc.kill()
+
+
+async def test_log_format_json_is_one_object_per_line_from_serve_and_its_processor_child(
+    tmp_path: Path, nats_url: str, pg_url: str
+) -> None:
+    """LOG_FORMAT=json: every line serve and its processor child write is a JSON object (for a
+    log aggregator); the access line carries its fields, never the token."""
+    import json
+    import uuid
+
+    from tests.e2e.api_helpers import call, running_server
+
+    async with running_server(tmp_path, nats_url, pg_url, name="jsonlog", LOG_FORMAT="json") as srv:
+        rid = f"json-{uuid.uuid4().hex}"
+        token = srv.token()
+        async with aiohttp.ClientSession() as http:
+            reply = await call(
+                http,
+                "GET",
+                srv.url("/billing/vouchers/list?q=NOTHING"),
+                headers={"Authorization": f"Bearer {token}", "X-Request-ID": rid},
+            )
+        assert reply.status == 200, reply
+        assert reply.headers["X-Request-ID"] == rid
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while rid not in srv.process.output():
+            assert loop.time() < deadline, srv.process.output()[-2000:]
+            await asyncio.sleep(0.1)
+        output = srv.process.output()
+    lines = [line for line in output.splitlines() if line.strip()]
+    docs = []
+    for line in lines:
+        doc = json.loads(line)  # every line: one JSON object
+        assert isinstance(doc, dict), line
+        assert {"time", "level", "logger", "message"} <= set(doc), line
+        docs.append(doc)
+    [access] = [d for d in docs if d.get("request_id") == rid]
+    assert access["logger"] == "voucher_ledger.access"
+    assert (access["method"], access["route"], access["status"]) == (
+        "GET",
+        "/billing/vouchers/list",
+        200,
+    )
+    assert isinstance(access["duration_ms"], float)
+    assert any(d.get("process") == "processors" for d in docs), "the child's lines are JSON too"
+    assert token not in output
+    assert "NOTHING" not in output  # no query string value
+    assert "Traceback" not in output

@@ -200,12 +200,6 @@ async def list_drawn(page: Any) -> AsyncIterator[None]:
     await page.locator("#counters li").first.wait_for()
 
 
-async def api_error(store: Shop, body: dict[str, Any]) -> str:
-    reply = await store.request("POST", ISSUE, json_body=body)
-    assert reply.status == 400, reply
-    return str(reply.json["error"])
-
-
 async def text(page: Any, selector: str) -> str:
     return " ".join((await page.locator(selector).inner_text()).split())
 
@@ -227,7 +221,7 @@ async def test_sign_in_with_a_cli_token_then_empty_state(
     assert "No vouchers yet." in await text(page, "#list-empty")
     assert await text(page, "#session-who") == "Signed in as console-admin (superadmin)"
     counters = await page.locator("#counters li").all_inner_texts()
-    assert [" ".join(c.split()) for c in counters[:3]] == ["0 Shown", "0 Active", "0 Inactive"]
+    assert [" ".join(c.split()) for c in counters[:3]] == ["0 Vouchers", "0 Active", "0 Inactive"]
     await snap(page, "console-02-empty")
     # the token went only into the Authorization header, never into a URL
     lists = web_degraded.recorder.calls("/billing/vouchers/list")
@@ -357,8 +351,12 @@ async def test_issue_list_update_history_chart_and_revoke(web: Browse, store: Sh
     # gone from the live list, shown under the revoked filter
     async with list_drawn(page):
         await page.click("#nav-list")
-    shown = await page.locator("[data-counter=shown] .counter-value").inner_text()
-    assert int(shown) == await page.locator("#voucher-table tbody tr").count()
+    # the counter cards: totals of the whole ledger (the API's X-Total-* headers), not the page
+    live = await store.request("GET", "/billing/vouchers/list?limit=1")
+    total = await page.locator("[data-counter=vouchers] .counter-value").inner_text()
+    assert int(total.replace(",", "")) == int(live.headers["X-Total-Count"])
+    active = await page.locator("[data-counter=active] .counter-value").inner_text()
+    assert int(active.replace(",", "")) == int(live.headers["X-Total-Active"])
     assert await page.locator(f"#voucher-table tr[data-code='{code}']").count() == 0
     async with list_drawn(page):
         await page.select_option("#status-filter", "revoked")
@@ -394,6 +392,9 @@ async def test_long_lists_and_histories_are_paged(web: Browse, store: Shop) -> N
         await page.goto(web.server.url(f"/console/#/?q={stem}"))
     rows = page.locator("#voucher-table tbody tr")
     assert await rows.count() == 50
+    # the counters count every matching voucher, not the 50 of the page
+    assert await text(page, "[data-counter=vouchers] .counter-value") == "51"
+    assert await text(page, "[data-counter=active] .counter-value") == "51"
     assert await rows.first.get_attribute("data-code") == codes[-1]
     assert await page.locator("#pager-prev").is_hidden()
     async with list_drawn(page):
@@ -435,10 +436,36 @@ BAD_FORMS = [
 ]  # fmt: skip
 
 
-async def test_validation_messages_are_the_apis(web: Browse, store: Shop) -> None:
+async def api_fields(store: Shop, body: dict[str, Any]) -> dict[str, str]:
+    reply = await store.request("POST", ISSUE, json_body=body)
+    assert reply.status == 400, reply
+    fields: dict[str, str] = reply.json["fields"]
+    return fields
+
+
+def sentence(words: str) -> str:
+    return words[:1].upper() + words[1:] + ("" if words.endswith((".", "?", "!")) else ".")
+
+
+FIELD_INPUTS = {
+    "code": "f-code",
+    "credit_omr": "f-credit",
+    "description": "f-description",
+    "max_redemptions": "f-max",
+}
+
+
+async def test_every_field_error_is_shown_at_once_in_plain_words_next_to_its_field(
+    web: Browse, store: Shop
+) -> None:
     page = await signed_in(web)
-    for fields, body, field in BAD_FORMS:
-        expected = await api_error(store, {"description": "", "active": True, **body})
+    all_at_once = (
+        {"#f-code": "a.b", "#f-credit": "abc", "#f-max": "-1"},
+        {"code": "a.b", "credit_omr": "abc", "max_redemptions": -1},
+        "f-code",
+    )
+    for fields, body, first in [*BAD_FORMS, all_at_once]:
+        expected = await api_fields(store, {"description": "", "active": True, **body})
         await page.goto(web.server.url("/console/#/"))  # a fresh form each time
         await page.locator("#view-list").wait_for()
         await page.goto(web.server.url("/console/#/new"))
@@ -446,13 +473,25 @@ async def test_validation_messages_are_the_apis(web: Browse, store: Shop) -> Non
         for selector, value in fields.items():
             await page.fill(selector, value)
         await page.click("#form-submit")
-        await page.locator("#form-error-message").wait_for()
-        assert await page.inner_text("#form-error-message") == expected, fields
-        # the field the message names is marked invalid and has the focus
-        assert await page.get_attribute(f"#{field}", "aria-invalid") == "true", expected
-        assert await page.evaluate("() => document.activeElement.id") == field
-        assert await page.inner_text(f"#{field}-error") == expected
-        if body.get("credit_omr") == "abc":
+        await page.locator("#form-error-list").wait_for()
+        # each field the API named: its words next to it, marked invalid, listed in the summary
+        assert set(expected) <= set(FIELD_INPUTS), expected
+        for name, words in expected.items():
+            input_id = FIELD_INPUTS[name]
+            assert await page.inner_text(f"#{input_id}-error") == sentence(words), name
+            assert await page.get_attribute(f"#{input_id}", "aria-invalid") == "true", name
+            listed = await text(page, f"#form-error-list li[data-field={name}]")
+            assert listed.endswith(f": {words}"), listed
+        for name, input_id in FIELD_INPUTS.items():
+            if name not in expected:
+                assert await page.locator(f"#{input_id}-error").is_hidden(), name
+        # the words are the API's plain ones, not pydantic's ("Input should be ...")
+        summary = await text(page, "#form-error")
+        assert "Input should" not in summary
+        assert "Field required" not in summary
+        # the first invalid field has the focus
+        assert await page.evaluate("() => document.activeElement.id") == first
+        if body.get("credit_omr") == "abc" and len(expected) > 1:
             await snap(page, "console-08-validation-error")
     # nothing was written
     listed = await store.request("GET", "/billing/vouchers/list?q=OK-CODE-1")

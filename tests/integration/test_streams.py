@@ -131,3 +131,40 @@ async def test_apply_deletes_projector_consumers_no_longer_declared(
     assert await streams.diff(nc, spec) == []
     for cfg in spec.streams.values():
         await nc.request(f"$JS.API.STREAM.DELETE.{cfg['name']}", b"")
+
+
+async def test_diff_is_quiet_about_absent_memory_streams_serve_declares_at_start(
+    nats_url: str, prefix: str, nc: Client
+) -> None:
+    """After a nats-server restart the memory-stored objects (the command stream with its
+    processor consumers, the lease and guessing-limit buckets) are gone until serve starts
+    again: not drift."""
+    spec = streams.load_spec(prefix)
+    await streams.apply(nc, spec)
+    memory = [cfg["name"] for cfg in spec.streams.values() if cfg["storage"] == "memory"]
+    assert sorted(memory) == sorted(
+        [spec.command_stream, f"KV_{spec.lease_bucket}", f"KV_{spec.limits_bucket}"]
+    )
+    for name in memory:
+        await nc.request(f"$JS.API.STREAM.DELETE.{name}", b"")
+
+    found = await streams.report(nc, spec)
+    assert found.drifts == []
+    assert sorted(found.absent_in_memory) == sorted(memory)
+    quiet = _cli(["streams", "diff"], nats_url, prefix)
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert "missing on the server" not in quiet.stdout
+    notes = [line for line in quiet.stdout.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1, quiet.stdout
+    assert all(name in notes[0] for name in memory)
+    assert "no drift" in quiet.stdout
+    # the library's diff still lists them, and a missing file-stored stream is still drift
+    assert {d.name for d in await streams.diff(nc, spec) if d.field == "*"} >= set(memory)
+    await nc.request(f"$JS.API.STREAM.DELETE.{spec.event_stream}", b"")
+    loud = _cli(["streams", "diff"], nats_url, prefix)
+    assert loud.returncode == 1
+    assert f"stream {spec.event_stream}: missing on the server" in loud.stdout
+    lines = loud.stdout.splitlines()
+    assert not [line for line in lines if "COMMANDS" in line and not line.startswith("note: ")]
+    for cfg in spec.streams.values():
+        await nc.request(f"$JS.API.STREAM.DELETE.{cfg['name']}", b"")

@@ -121,7 +121,7 @@ def test_the_continue_url_must_be_a_path_or_an_http_url(value: str) -> None:
 def test_page_routes_are_not_api_operations() -> None:
     documented = {(m, p) for p, ops in build_openapi()["paths"].items() for m in ops}
     assert not documented & PAGE_ROUTES
-    assert all(path in {"/console", "/console/", "/redeem"} or path.startswith("/static/")
+    assert all(path in {"/", "/console", "/console/", "/redeem"} or path.startswith("/static/")
                for _, path in PAGE_ROUTES)  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from voucher_ledger.cli import audit as audit_cli
 from voucher_ledger.cli import replay as replay_cli
 from voucher_ledger.cli import signing as signing_cli
 from voucher_ledger.cli.common import stop_on_signals, tune_gc
+from voucher_ledger.cli.logformat import formatter
 from voucher_ledger.config.errors import StartupError
 from voucher_ledger.config.settings import Settings
 from voucher_ledger.jetstream import streams
@@ -43,12 +44,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)  # type: ignore[arg-type]
 
 
-def _logging(level: str, role: str = "") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s %(levelname)s {role}%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _logging(level: str, role: str = "", log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format, role))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     logging.getLogger("nats").setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     logging.getLogger("asyncpg.pool").addFilter(_OutageLine())
@@ -144,9 +143,15 @@ async def _streams(settings: Settings, action: str) -> int:
                 print(line)
             print(f"streams up to date ({len(changes)} change(s))")
             return 0
-        drifts = await streams.diff(nc, spec)
+        found = await streams.report(nc, spec)
+        drifts = found.drifts
         for drift in drifts:
             print(drift)
+        if found.absent_in_memory:
+            print(
+                f"note: {', '.join(found.absent_in_memory)} (memory storage) not on the "
+                "server: serve declares them at start; not counted as drift"
+            )
         if drifts:
             print(f"{len(drifts)} difference(s) between streams.yaml and the server")
             return 1
@@ -221,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
         "diff",
         help="print each difference from the server; exit 1 if there is any",
         description="Compare streams.yaml with the server and print every difference (a "
-        "missing or extra object, a field that differs); changes nothing. Exit status 1 when "
-        "there is a difference, 0 when there is none.",
+        "missing or extra object, a field that differs); changes nothing. The memory-stored "
+        "command stream and the lease and limit buckets, which serve declares at every start, "
+        "are only noted when absent. Exit status 1 when there is a difference, 0 when there is none.",
     )
     common(st_apply)
     common(st_diff)
@@ -268,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # serve's processor process logs to the same terminal: its lines say so.
     started_by_serve = args.command == "processors" and PARENT_ENV in os.environ
-    _logging(settings.log_level, "[processors] " if started_by_serve else "")
+    _logging(settings.log_level, "processors" if started_by_serve else "", settings.log_format)
     if args.command == "token":
         if args.ttl <= 0 or args.ttl > 31 * 24 * 3600:
             print("voucher-ledger: --ttl must be between 1 and 2678400 seconds", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
@@ -110,6 +111,10 @@ class Settings(BaseSettings):
     ledger_signing: bool = Field(default=False, alias="LEDGER_SIGNING")
     signing_key_file: Path | None = Field(default=None, alias="SIGNING_KEY_FILE")
     signing_public_key_file: Path | None = Field(default=None, alias="SIGNING_PUBLIC_KEY_FILE")
+
+    # text: a line a person reads; json: one JSON object per line (time, level, logger, message,
+    # and an access line's fields) for log aggregators. serve and its processor child.
+    log_format: Literal["text", "json"] = Field(default="text", alias="LOG_FORMAT")
 
     @field_validator("subject_prefix")
     @classmethod

@@ -30,6 +30,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from voucher_ledger.config.settings import Settings
 from voucher_ledger.http import keys, pages
+from voucher_ledger.http.access import access_log
 from voucher_ledger.http.errors import ApiError, error, route_name
 from voucher_ledger.http.keys import METRICS
 from voucher_ledger.http.metrics import Metrics
@@ -67,7 +68,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return response
     except ApiError as exc:
         status = exc.status
-        return error(exc.status, exc.message, exc.headers)
+        return error(exc.status, exc.message, exc.headers, exc.fields)
     except queries.ReadModelUnavailable:
         status = 503
         log.warning("read models unavailable on %s %s", request.method, route_name(request))
@@ -128,6 +129,7 @@ async def web_clients(app: web.Application) -> AsyncIterator[None]:
     clients = await WebClients.open(app[keys.SETTINGS])  # a configuration error before servers
     app[_WEB_CLIENTS] = clients
     app[keys.AUTHENTICATOR] = clients.authenticator
+    app[keys.CATALOG] = clients.catalog
     if clients.stripe is not None:
         app[keys.STRIPE] = clients.stripe
     try:
@@ -241,7 +243,9 @@ def create_app(
     runner, or a test server). ``processors_in_child``: the processors run in a child process
     (``serve``'s default, PROCESSOR_PROCESS); ``components=False``: the routes and middleware
     alone, for tests of what needs no server (the pages, the router)."""
-    app = web.Application(middlewares=[json_errors], client_max_size=settings.body_limit)
+    app = web.Application(
+        middlewares=[access_log, json_errors], client_max_size=settings.body_limit
+    )
     app[keys.SETTINGS] = settings
     app[METRICS] = Metrics()
     limit = settings.max_credit_baisa // BAISA

@@ -4,7 +4,8 @@
   and ``/api/v1/sme/billing/purchase`` (any signed-in customer; the JWT ``sub`` is the wallet);
 * ``POST /billing/webhook`` (public; Stripe's signature is the authentication);
 * ``GET /billing/balance`` (any signed-in customer);
-* ``GET /billing/admin/orders`` (``superadmin`` or ``sovereign-admin``).
+* ``GET /billing/admin/orders`` (``superadmin`` or ``sovereign-admin``);
+* ``GET /billing/catalog`` (public: what a marketplace shows before sign-in).
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from typing import Any
 
 from aiohttp import web
 
+from voucher_ledger.billing.catalog import Addon, CatalogUnavailable, Plan
 from voucher_ledger.billing.checkout import CheckoutError, CheckoutOutcome, CheckoutService
 from voucher_ledger.billing.stripe_gateway import WebhookSignatureError
 from voucher_ledger.http.auth import ISSUER_ROLES, Principal
 from voucher_ledger.http.errors import ApiError, int_query, parse_body
-from voucher_ledger.http.keys import CHECKOUT, POOL, PROMO_LIMITER, SETTINGS, STRIPE
+from voucher_ledger.http.keys import CATALOG, CHECKOUT, POOL, PROMO_LIMITER, SETTINGS, STRIPE
 from voucher_ledger.http.models import (
     BalanceOut,
+    CatalogItemOut,
+    CatalogOut,
     CheckoutBody,
     CheckoutOut,
     CreditEntryOut,
@@ -30,6 +34,7 @@ from voucher_ledger.http.models import (
     WebhookOut,
 )
 from voucher_ledger.http.openapi import MAX_OFFSET, ORDER_STATUSES
+from voucher_ledger.http.paging import page_headers
 from voucher_ledger.http.ratelimit import too_many_requests
 from voucher_ledger.http.vouchers import authenticate, client_address, wait_for_projections
 from voucher_ledger.ledger.codes import (
@@ -39,7 +44,7 @@ from voucher_ledger.ledger.codes import (
 )
 from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import Actor
-from voucher_ledger.ledger.money import whole_omr
+from voucher_ledger.ledger.money import BAISA, whole_omr
 from voucher_ledger.projections import queries
 
 log = logging.getLogger(__name__)
@@ -240,7 +245,7 @@ async def admin_orders(request: web.Request) -> web.Response:
     if status is not None and status not in ORDER_STATUSES:
         raise ApiError(400, f"status must be one of {', '.join(sorted(ORDER_STATUSES))}")
     pool = request.app[POOL]
-    rows = await queries.list_orders(pool, limit=limit, offset=offset, status=status)
+    rows, total = await queries.list_orders(pool, limit=limit, offset=offset, status=status)
     items = [
         OrderOut(
             id=r["order_id"],
@@ -266,4 +271,31 @@ async def admin_orders(request: web.Request) -> web.Response:
         for r in rows
     ]
     body = "[" + ",".join(i.model_dump_json() for i in items) + "]"
-    return web.Response(text=body, content_type="application/json")
+    headers = page_headers(request, total=total, offset=offset, shown=len(items))
+    return web.Response(text=body, content_type="application/json", headers=headers)
+
+
+async def catalog(request: web.Request) -> web.Response:
+    """The catalog checkout prices with (the same source: CATALOG_URL, CATALOG_FILE or the
+    sample), plans and addons in its order."""
+    try:
+        current = await request.app[CATALOG].get()
+    except CatalogUnavailable as exc:
+        log.warning("catalog unavailable: %s", exc)
+        unavailable = "the catalog is unavailable; retry later"
+        raise ApiError(503, unavailable, {"Retry-After": "2"}) from exc
+
+    def item(entry: Plan | Addon) -> CatalogItemOut:
+        return CatalogItemOut(
+            id=entry.id,
+            name=entry.name or entry.id,
+            price_omr=entry.price_omr,
+            price_baisa=entry.price_omr * BAISA,
+        )
+
+    return _ok(
+        CatalogOut(
+            plans=[item(p) for p in current.plans.values()],
+            addons=[item(a) for a in current.addons.values()],
+        )
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from typing import Any, TypeVar
@@ -15,19 +16,71 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    """``fields``: a request body's errors, field name -> what is wrong with it in plain words
+    (answered beside ``error`` as ``fields``)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        fields: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.fields = fields
 
 
-def describe_validation(exc: ValidationError) -> str:
-    parts = []
+def _plain(err: Any, known: list[str]) -> str:
+    """One pydantic error in plain words, without the field's name."""
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        name = str(err["loc"][-1]) if err["loc"] else ""
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return f"is not a field of this request{hint}"
+    if kind == "string_too_short" and ctx.get("min_length") == 1:
+        return "must not be empty"
+    words = {
+        "missing": "is required",
+        "int_type": "must be a whole number",
+        "int_parsing": "must be a whole number",
+        "int_from_float": "must be a whole number",
+        "string_type": "must be text",
+        "bool_type": "must be true or false",
+        "bool_parsing": "must be true or false",
+        "list_type": "must be a list",
+        "greater_than": "must be more than {gt}",
+        "greater_than_equal": "must be {ge} or more",
+        "less_than": "must be less than {lt}",
+        "less_than_equal": "must be {le} or less",
+        "string_too_short": "must be at least {min_length} characters",
+        "string_too_long": "must be at most {max_length} characters",
+        "too_long": "must have at most {max_length} items",
+        "string_pattern_mismatch": "contains a character that is not allowed",
+    }
+    if kind in words:
+        return words[kind].format(**ctx)
+    if kind == "value_error" and "error" in ctx:
+        return str(ctx["error"])  # our validators' own words
+    msg = str(err["msg"])
+    return msg[:1].lower() + msg[1:]
+
+
+def describe_validation(
+    exc: ValidationError, model: type[BaseModel] | None = None
+) -> tuple[str, dict[str, str]]:
+    """Every error of a body, each naming its field: the one-line message and field -> words."""
+    known = sorted(model.model_fields) if model is not None else []
+    fields: dict[str, str] = {}
     for err in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts[:5])
+        words = _plain(err, known)
+        fields[where] = f"{fields[where]}; {words}" if where in fields else words
+    return "; ".join(f"{where} {words}" for where, words in fields.items()), fields
 
 
 class _NotStrictJson(ValueError):
@@ -60,8 +113,11 @@ def is_json(content_type: str) -> bool:
     )
 
 
-async def parse_body(request: web.Request, model: type[M]) -> M:
-    """Read a strict JSON object body into ``model`` or raise a 4xx with a clear message."""
+async def parse_body(
+    request: web.Request, model: type[M], context: dict[str, Any] | None = None
+) -> M:
+    """Read a strict JSON object body into ``model`` or raise a 4xx with a clear message (every
+    field error at once, in ``fields`` too); ``context`` goes to the model's validators."""
     if not is_json(request.content_type):
         raise ApiError(415, "Content-Type must be application/json")
     raw = await request.read()  # 413 above the body limit
@@ -86,9 +142,10 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
     if not isinstance(doc, dict):
         raise ApiError(400, "invalid JSON body: expected an object")
     try:
-        return model.model_validate(doc)
+        return model.model_validate(doc, context=context)
     except ValidationError as exc:
-        raise ApiError(400, describe_validation(exc)) from exc
+        message, fields = describe_validation(exc, model)
+        raise ApiError(400, message, fields=fields) from exc
     except DomainError as exc:
         raise ApiError(400, exc.message) from exc
 
@@ -106,16 +163,28 @@ def int_query(request: web.Request, name: str, default: int, low: int, high: int
     return value
 
 
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
+def error(
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    fields: dict[str, str] | None = None,
+) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if fields:
+        body["fields"] = fields
+    return web.json_response(body, status=status, headers=headers)
 
 
-def ok(model: BaseModel | list[BaseModel], status: int = 200) -> web.Response:
+def ok(
+    model: BaseModel | list[BaseModel],
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     if isinstance(model, list):
         body = "[" + ",".join(m.model_dump_json() for m in model) + "]"
     else:
         body = model.model_dump_json()
-    return web.Response(text=body, status=status, content_type="application/json")
+    return web.Response(text=body, status=status, content_type="application/json", headers=headers)
 
 
 def route_name(request: web.Request) -> str:

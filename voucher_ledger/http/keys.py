@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
+from voucher_ledger.billing.catalog import CatalogSource
 from voucher_ledger.billing.checkout import CheckoutService
 from voucher_ledger.billing.stripe_gateway import StripeGateway
 from voucher_ledger.commands.bus import CommandBus
@@ -27,6 +28,7 @@ OPENAPI_JSON = web.AppKey("openapi_json", str)
 
 # set once their component has started
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+CATALOG = web.AppKey("catalog", CatalogSource)
 NATS = web.AppKey("nats", NatsLink)
 POOL = web.AppKey("pool", asyncpg.Pool)
 STATUS = web.AppKey("projection_status", ProjectionStatus)

@@ -4,7 +4,7 @@ from them, so the documentation cannot drift from the code."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -13,20 +13,44 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
+    ValidationInfo,
     field_validator,
 )
 
-from voucher_ledger.ledger.codes import CODE_INPUT_PATTERN, PROMO_INPUT_PATTERN
+from voucher_ledger.ledger.codes import (
+    CODE_INPUT_PATTERN,
+    CODE_RULE,
+    PROMO_INPUT_PATTERN,
+    normalise_code,
+)
+from voucher_ledger.ledger.errors import InvalidInput
 
 
 class _In(BaseModel):
-    # Unknown fields are ignored, as the seed's clients send times_redeemed / created_at back.
+    # Unknown fields are ignored (the public preview: a typo there costs nothing).
     model_config = ConfigDict(extra="ignore")
 
 
-class IssueVoucherBody(_In):
+class _Strict(BaseModel):
+    # Where a typo costs money ("max_redemption": 3 would be an uncapped voucher), an unknown
+    # field is a 400 naming it.
+    model_config = ConfigDict(extra="forbid")
+
+
+def _read_only(what: str) -> Any:
+    return Field(
+        default=None,
+        exclude=True,
+        description=f"{what}; accepted and ignored (the seed's admin UI posts a listed row back)",
+        json_schema_extra={"readOnly": True},
+    )
+
+
+class IssueVoucherBody(_Strict):
     """Create, update or restore a voucher. Omitted optional fields keep their current value
-    on an update and take the default on a create (active true, unlimited, no description)."""
+    on an update and take the default on a create (active true, unlimited, no description).
+    A voucher as listed may be posted back whole: its read-only fields are ignored; any other
+    unknown field is a 400."""
 
     code: StrictStr = Field(
         description="normalised with strip().upper(); [A-Z0-9_-], 3-64",
@@ -38,6 +62,27 @@ class IssueVoucherBody(_In):
     max_redemptions: StrictInt | None = Field(
         default=None, ge=0, le=2**31 - 1, description="0 = unlimited"
     )
+    credit_baisa: Any = _read_only("credit_omr in baisa")
+    times_redeemed: Any = _read_only("the redemption counter")
+    created_at: Any = _read_only("when the voucher was created")
+    updated_at: Any = _read_only("when the voucher last changed")
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, value: str) -> str:
+        try:
+            return normalise_code(value)
+        except InvalidInput as exc:
+            blank = not value.strip()
+            raise ValueError("is required" if blank else f"must be {CODE_RULE}") from exc
+
+    @field_validator("credit_omr")
+    @classmethod
+    def _at_most(cls, value: int, info: ValidationInfo) -> int:
+        limit = (info.context or {}).get("max_credit_omr")
+        if limit is not None and value > limit:
+            raise ValueError(f"must be {limit} or less")
+        return value
 
 
 class PreviewBody(_In):
@@ -79,6 +124,10 @@ class OkOut(BaseModel):
 
 class ErrorOut(BaseModel):
     error: str
+    fields: dict[str, str] | None = Field(
+        default=None,
+        description="a request body's errors (all of them): field -> what is wrong, in words",
+    )
 
 
 class HistoryEntry(BaseModel):
@@ -134,8 +183,9 @@ def _no_control(value: str) -> str:
     return value
 
 
-class CheckoutBody(_In):
-    """The seed's checkout request (E1). ``promo_code`` is normalised like every code."""
+class CheckoutBody(_Strict):
+    """The seed's checkout request (E1): exactly what the seed's marketplace sends; an unknown
+    field is a 400. ``promo_code`` is normalised like every code."""
 
     plan_id: StrictStr = Field(min_length=1, max_length=100)
     tenant_id: StrictStr = Field(min_length=1, max_length=200)
@@ -146,6 +196,12 @@ class CheckoutBody(_In):
         max_length=200,
         description="a voucher code, or blank for none",
         json_schema_extra={"pattern": PROMO_INPUT_PATTERN},
+    )
+    # The seed's later marketplace sends a deployment topology (spec §9.1): blank and
+    # single-region are what this service sells; anything else (active-hot-standby, priced by
+    # the later seed) is refused rather than sold at the wrong price.
+    topology: Literal["", "single-region"] | None = Field(
+        default=None, description="blank or single-region (the only topology offered)"
     )
 
     @field_validator("plan_id", "tenant_id")
@@ -217,6 +273,20 @@ class OrderOut(BaseModel):
     failure_reason: str | None = None
     created_at: datetime
     updated_at: datetime
+
+
+class CatalogItemOut(BaseModel):
+    id: str
+    name: str
+    price_omr: int = Field(description="whole OMR")
+    price_baisa: int
+
+
+class CatalogOut(BaseModel):
+    """What a checkout may name: ``plan_id`` one of ``plans``, ``addons`` some of ``addons``."""
+
+    plans: list[CatalogItemOut]
+    addons: list[CatalogItemOut]
 
 
 class WebhookOut(BaseModel):

@@ -138,7 +138,8 @@ class Route:
     JSON, described by ``ok``); ``errors`` the statuses answered with ``{"error": ...}``;
     ``same_body`` other statuses answered with the 200's body, ``described`` statuses answered
     with a body the document does not model. ``body`` is the request body's model, or
-    ``raw_body`` its schema when the handler does not parse it with a model."""
+    ``raw_body`` its schema when the handler does not parse it with a model. ``headers``: the
+    200 answer's response headers (name -> OpenAPI header object)."""
 
     method: Literal["GET", "POST", "DELETE"]
     path: str
@@ -154,6 +155,7 @@ class Route:
     body: type[BaseModel] | None = None
     raw_body: dict[str, Any] | None = None
     parameters: tuple[dict[str, Any], ...] = ()
+    headers: dict[str, Any] | None = None
 
 
 def build_document(
@@ -182,6 +184,8 @@ def build_document(
             ref = _schema(route.response, defs)
             schema = {"type": "array", "items": ref} if route.many else ref
             responses["200"] = {"description": route.ok, "content": _json(schema)}
+        if route.headers:
+            responses["200"]["headers"] = route.headers
             for status, description in route.same_body:
                 responses[str(status)] = {"description": description, "content": _json(ref)}
         for status in route.errors:

@@ -1,4 +1,5 @@
-"""The web pages: the issuer console (``/console/``) and the public redeem page (``/redeem``).
+"""The web pages: the issuer console (``/console/``, where ``/`` redirects) and the public redeem
+page (``/redeem``).
 
 Static HTML, CSS and vanilla ES modules shipped in ``voucher_ledger/web/`` (no build step, nothing
 fetched from the internet). The pages call only the documented REST API; they are pages, not API
@@ -38,6 +39,7 @@ ASSET_TYPES = {
 }
 # (method, path) of every page route: the router test adds these to the API's documented routes.
 PAGE_ROUTES = {
+    ("get", "/"),
     ("get", "/console"),
     ("get", "/console/"),
     ("get", "/redeem"),
@@ -106,6 +108,12 @@ async def redeem_page(request: web.Request) -> web.Response:
     return _page(request, "redeem")
 
 
+async def root_redirect(request: web.Request) -> web.Response:
+    """A browser at ``/`` lands on the console (whose sign-in view links to the redeem page).
+    302, not 301: what ``/`` shows may change, and a browser caches a 301 for good."""
+    raise web.HTTPFound("console/")  # relative: keeps a proxy's path prefix
+
+
 async def console_redirect(request: web.Request) -> web.Response:
     raise web.HTTPMovedPermanently("console/")  # relative: keeps a proxy's path prefix
 
@@ -125,6 +133,7 @@ async def static_asset(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application, continue_url: str = "") -> None:
     app[PAGES] = Pages(continue_url)
+    app.router.add_get("/", root_redirect)  # and HEAD
     app.router.add_get("/console", console_redirect)
     app.router.add_get("/console/", console_page)
     app.router.add_get("/redeem", redeem_page)

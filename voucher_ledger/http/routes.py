@@ -26,6 +26,7 @@ from voucher_ledger.http.openapi import (
     Route,
     build_document,
 )
+from voucher_ledger.http.paging import LIST_HEADERS
 
 # Operations served at two paths (the seed's legacy aliases): one declaration each.
 
@@ -55,6 +56,7 @@ def _list(path: str) -> Route:
         response=m.VoucherOut,
         many=True,
         errors=(400, 401, 403, 503),
+        headers=vouchers.VOUCHER_LIST_HEADERS,
     )
 
 
@@ -178,6 +180,17 @@ ROUTES: tuple[Route, ...] = (
         response=m.OrderOut,
         many=True,
         errors=(400, 401, 403, 503),
+        headers=LIST_HEADERS,
+    ),
+    Route(
+        "GET",
+        "/billing/catalog",
+        billing.catalog,
+        "public",
+        "The plans and addons a checkout may name, with their prices (what a marketplace "
+        "shows before sign-in)",
+        response=m.CatalogOut,
+        errors=(503,),
     ),
 )
 

@@ -45,6 +45,7 @@ from voucher_ledger.http.models import (
     VoucherOut,
 )
 from voucher_ledger.http.openapi import MAX_AFTER_SEQ, MAX_OFFSET, RESERVED_SEGMENTS
+from voucher_ledger.http.paging import LIST_HEADERS, page_headers
 from voucher_ledger.http.ratelimit import too_many_requests
 from voucher_ledger.ledger.codes import normalise_code, normalise_search, validate_command_id
 from voucher_ledger.ledger.commands import IssueVoucher, RevokeVoucher
@@ -56,6 +57,26 @@ from voucher_ledger.projections import queries
 
 ISSUER_FORBIDDEN = "superadmin or sovereign-admin role required"
 LIST_STATUSES = ("live", "revoked")
+# The voucher list's totals beside X-Total-Count (the console's counter cards read them).
+TOTAL_ACTIVE = "X-Total-Active"
+TOTAL_REDEMPTIONS = "X-Total-Redemptions"
+TOTAL_CREDIT = "X-Total-Credit-Baisa"
+VOUCHER_LIST_HEADERS: dict[str, Any] = {
+    **LIST_HEADERS,
+    TOTAL_ACTIVE: {
+        "description": "how many of the matching vouchers are active",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    TOTAL_REDEMPTIONS: {
+        "description": "the matching vouchers' redemptions (times_redeemed summed)",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    TOTAL_CREDIT: {
+        "description": "the credit those redemptions granted, at each voucher's current "
+        "credit, in baisa",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+}
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -178,19 +199,13 @@ def _pool(request: web.Request) -> asyncpg.Pool:
 
 async def issue_voucher(request: web.Request) -> web.Response:
     principal = await require_issuer(request)
-    body = await parse_body(request, IssueVoucherBody)
-    try:
-        code = normalise_code(body.code)
-    except InvalidInput as exc:
-        raise ApiError(400, exc.message) from exc
-    max_credit_baisa = request.app[SETTINGS].max_credit_baisa
-    credit = body.credit_omr * BAISA
-    if credit > max_credit_baisa:
-        limit = max_credit_baisa // BAISA
-        raise ApiError(400, f"credit_omr must be at most {limit}")
+    # The code is normalised and the credit bounded by MAX_CREDIT_BAISA in the model, so that
+    # every field's error comes in one answer.
+    limit = request.app[SETTINGS].max_credit_baisa // BAISA
+    body = await parse_body(request, IssueVoucherBody, {"max_credit_omr": limit})
     command = IssueVoucher(
-        code=code,
-        credit_baisa=credit,
+        code=body.code,
+        credit_baisa=body.credit_omr * BAISA,
         description=body.description,
         active=body.active,
         max_redemptions=body.max_redemptions,
@@ -218,10 +233,18 @@ async def list_vouchers(request: web.Request) -> web.Response:
     status = request.query.get("status", "live")
     if status not in LIST_STATUSES:
         raise ApiError(400, "status must be live or revoked")
-    rows = await queries.list_vouchers(
+    rows, totals = await queries.list_vouchers(
         _pool(request), limit=limit, offset=offset, search=search, revoked=status == "revoked"
     )
-    return ok([voucher_out(r) for r in rows])
+    headers = page_headers(request, total=totals.count, offset=offset, shown=len(rows))
+    headers.update(
+        {
+            TOTAL_ACTIVE: str(totals.active),
+            TOTAL_REDEMPTIONS: str(totals.redemptions),
+            TOTAL_CREDIT: str(totals.credit_baisa),
+        }
+    )
+    return ok([voucher_out(r) for r in rows], headers=headers)
 
 
 async def revoke_voucher(request: web.Request) -> web.Response:

@@ -267,15 +267,40 @@ def _all_consumers(spec: StreamsSpec) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+@dataclass(frozen=True)
+class DiffReport:
+    """``drifts``, and the memory-stored streams left out of them because they are absent:
+    ``serve`` declares those at every start, and a nats-server restart forgets them."""
+
+    drifts: list[Drift]
+    absent_in_memory: list[str]
+
+
 async def diff(nc: Client, spec: StreamsSpec) -> list[Drift]:
+    """Every difference between ``spec`` and the server, absent memory streams included."""
+    return (await report(nc, spec, memory_absent_ok=False)).drifts
+
+
+async def report(nc: Client, spec: StreamsSpec, *, memory_absent_ok: bool = True) -> DiffReport:
+    """The differences; with ``memory_absent_ok`` a memory-stored stream (the command stream,
+    the lease and limit buckets) that is merely absent, and its consumers, are not drift: the
+    service declares them itself when it starts (``streams diff`` against a stopped one)."""
     drifts: list[Drift] = []
-    for cfg in spec.streams.values():
+    absent: list[str] = []
+    skipped: set[str] = set()  # stream keys
+    for key, cfg in spec.streams.items():
         info = await _stream_info(nc, cfg["name"])
         if info is None:
-            drifts.append(Drift("stream", cfg["name"], "*", None, None))
+            if memory_absent_ok and cfg.get("storage") == "memory":
+                absent.append(cfg["name"])
+                skipped.add(key)
+            else:
+                drifts.append(Drift("stream", cfg["name"], "*", None, None))
             continue
         drifts.extend(_field_drift("stream", cfg["name"], cfg, info["config"]))
     for key, consumer_cfgs in _all_consumers(spec).items():
+        if key in skipped:
+            continue
         stream = spec.streams[key]["name"]
         declared_names = set()
         for cfg in consumer_cfgs:
@@ -292,7 +317,7 @@ async def diff(nc: Client, spec: StreamsSpec) -> list[Drift]:
             for name in names.get("consumers") or []:
                 if _owned(spec, name) and name not in declared_names:
                     drifts.append(Drift("consumer", name, "+", None, None))
-    return drifts
+    return DiffReport(drifts, absent)
 
 
 def _owned(spec: StreamsSpec, consumer: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
@@ -35,6 +36,20 @@ def _dict(row: asyncpg.Record | None) -> dict[str, Any] | None:
     return dict(row) if row is not None else None
 
 
+@dataclass(frozen=True)
+class VoucherTotals:
+    """The vouchers a list query matches, all of them (not the page): how many, how many are
+    active, their redemptions, and the credit those granted (at each voucher's current credit)."""
+
+    count: int
+    active: int
+    redemptions: int
+    credit_baisa: int
+
+
+_VOUCHER_FILTER = "revoked = $1 AND ($2::text IS NULL OR strpos(code, $2) > 0)"
+
+
 @_translated
 async def list_vouchers(
     pool: asyncpg.Pool,
@@ -43,18 +58,31 @@ async def list_vouchers(
     offset: int = 0,
     search: str | None = None,
     revoked: bool = False,
-) -> list[dict[str, Any]]:
-    """Live vouchers (or, with ``revoked``, the revoked ones), newest first."""
-    rows = await pool.fetch(
-        f"""SELECT {_VOUCHER_COLUMNS} FROM vouchers
-            WHERE revoked = $4 AND ($3::text IS NULL OR strpos(code, $3) > 0)
-            ORDER BY created_at DESC, code LIMIT $1 OFFSET $2""",  # noqa: S608 - constant columns
-        limit,
-        offset,
-        search,
-        revoked,
-    )
-    return [dict(r) for r in rows]
+) -> tuple[list[dict[str, Any]], VoucherTotals]:
+    """Live vouchers (or, with ``revoked``, the revoked ones), newest first, and the totals of
+    every voucher the query matches (read in one snapshot with the page)."""
+    async with (
+        pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        rows = await conn.fetch(
+            f"""SELECT {_VOUCHER_COLUMNS} FROM vouchers WHERE {_VOUCHER_FILTER}
+                ORDER BY created_at DESC, code LIMIT $3 OFFSET $4""",  # noqa: S608 - constants
+            revoked,
+            search,
+            limit,
+            offset,
+        )
+        totals = await conn.fetchrow(
+            f"""SELECT count(*), count(*) FILTER (WHERE active),
+                       coalesce(sum(times_redeemed), 0),
+                       coalesce(sum(times_redeemed * credit_baisa), 0)
+                FROM vouchers WHERE {_VOUCHER_FILTER}""",  # noqa: S608 - constants
+            revoked,
+            search,
+        )
+    assert totals is not None  # an aggregate always has its row
+    return [dict(r) for r in rows], VoucherTotals(*(int(v) for v in totals))
 
 
 @_translated
@@ -130,20 +158,28 @@ async def credit_entries(
 @_translated
 async def list_orders(
     pool: asyncpg.Pool, *, limit: int = 50, offset: int = 0, status: str | None = None
-) -> list[dict[str, Any]]:
-    rows = await pool.fetch(
-        """SELECT order_id, customer_id, tenant_id, plan_id, apps, addons, lines, promo_code,
-                  total_baisa, credit_applied_baisa, amount_due_baisa, amount_paid_baisa,
-                  paid_by_credit, status, stripe_session_id, redemption_id, failure_reason,
-                  created_at, updated_at
-            FROM orders
-            WHERE ($3::text IS NULL OR status = $3)
-            ORDER BY created_at DESC, order_id LIMIT $1 OFFSET $2""",
-        limit,
-        offset,
-        status,
-    )
-    return [dict(r) for r in rows]
+) -> tuple[list[dict[str, Any]], int]:
+    """Newest orders first, and how many orders the query matches (read in one snapshot)."""
+    async with (
+        pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        rows = await conn.fetch(
+            """SELECT order_id, customer_id, tenant_id, plan_id, apps, addons, lines, promo_code,
+                      total_baisa, credit_applied_baisa, amount_due_baisa, amount_paid_baisa,
+                      paid_by_credit, status, stripe_session_id, redemption_id, failure_reason,
+                      created_at, updated_at
+                FROM orders
+                WHERE ($3::text IS NULL OR status = $3)
+                ORDER BY created_at DESC, order_id LIMIT $1 OFFSET $2""",
+            limit,
+            offset,
+            status,
+        )
+        total = await conn.fetchval(
+            "SELECT count(*) FROM orders WHERE ($1::text IS NULL OR status = $1)", status
+        )
+    return [dict(r) for r in rows], int(total)
 
 
 @_translated

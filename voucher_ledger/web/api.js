@@ -28,7 +28,8 @@ export function parseRetryAfter(value) {
 
 /**
  * Call one documented endpoint. Never throws: the answer is
- * {status, ok, body, error, retryAfter}; status 0 means the service could not be reached.
+ * {status, ok, body, error, fields, headers, retryAfter}; status 0 means the service could not
+ * be reached. ``fields``: a 400's field -> plain words (every error of the body), or null.
  */
 export async function call(name, { code, query, body, token, headers: extra } = {}) {
   const [method, template] = ENDPOINTS[name];
@@ -47,7 +48,10 @@ export async function call(name, { code, query, body, token, headers: extra } = 
   try {
     response = await fetch(url, init);
   } catch {
-    return { status: 0, ok: false, body: null, error: "the service could not be reached", retryAfter: null };
+    return {
+      status: 0, ok: false, body: null, error: "the service could not be reached", fields: null,
+      headers: new Headers(), retryAfter: null,
+    };
   }
   let data = null;
   try {
@@ -62,6 +66,8 @@ export async function call(name, { code, query, body, token, headers: extra } = 
     ok: response.ok,
     body: data,
     error,
+    fields: data && !response.ok && data.fields && typeof data.fields === "object" ? data.fields : null,
+    headers: response.headers,
     retryAfter: parseRetryAfter(response.headers.get("Retry-After")),
   };
 }

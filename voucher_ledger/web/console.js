@@ -260,7 +260,7 @@ async function renderList(route, id) {
   $("search").removeAttribute("aria-invalid");
   const rows = res.body.slice(0, PAGE_SIZE);
   const older = res.body.length > PAGE_SIZE;
-  renderCounters(rows, route);
+  renderCounters(res.headers, rows, route);
   if (rows.length === 0) {
     $("list-body").append(emptyList(route));
   } else {
@@ -280,15 +280,25 @@ async function renderList(route, id) {
   focusHeading($("list-title"));
 }
 
-function renderCounters(rows, route) {
-  const active = rows.filter((v) => v.active).length;
-  const redeemed = rows.reduce((sum, v) => sum + v.times_redeemed, 0);
-  const credit = rows.reduce((sum, v) => sum + v.times_redeemed * v.credit_omr, 0);
+/** A whole number from a response header, or ``fallback`` when it is absent or not one. */
+function headerNumber(headers, name, fallback) {
+  const raw = headers?.get(name);
+  return raw !== null && raw !== undefined && /^\d+$/.test(raw) ? Number(raw) : fallback;
+}
+
+/** Totals of every voucher the list matches (the API's X-Total-* headers), not of the page. */
+function renderCounters(headers, rows, route) {
+  const total = headerNumber(headers, "X-Total-Count", rows.length);
+  const active = headerNumber(headers, "X-Total-Active", rows.filter((v) => v.active).length);
+  const redeemed = headerNumber(headers, "X-Total-Redemptions",
+    rows.reduce((sum, v) => sum + v.times_redeemed, 0));
+  const creditBaisa = headerNumber(headers, "X-Total-Credit-Baisa",
+    rows.reduce((sum, v) => sum + v.times_redeemed * v.credit_baisa, 0));
   const items =
     route.status === "revoked"
-      ? [["Revoked", rows.length]]
-      : [["Shown", rows.length], ["Active", active], ["Inactive", rows.length - active]];
-  items.push(["Redemptions", redeemed], ["Credit granted", omr(credit)]);
+      ? [["Revoked", total]]
+      : [["Vouchers", total], ["Active", active], ["Inactive", total - active]];
+  items.push(["Redemptions", redeemed], ["Credit granted", omr(Math.floor(creditBaisa / 1000))]);
   replace(
     $("counters"),
     items.map(([label, value]) =>
@@ -450,25 +460,68 @@ function clearFormErrors() {
   }
 }
 
-/** Show the service's message verbatim, and next to every field it names. */
-function showFormError(message) {
+const FIELD_LABEL = {
+  code: "Code",
+  credit_omr: "Credit per redemption",
+  description: "Description",
+  max_redemptions: "Maximum redemptions",
+  active: "Active",
+};
+
+/** "must be a whole number" -> "Must be a whole number." */
+function sentence(words) {
+  const text = String(words).trim();
+  return text.charAt(0).toUpperCase() + text.slice(1) + (/[.?!]$/.test(text) ? "" : ".");
+}
+
+/** Mark a field invalid with its error next to it (``text`` as given). */
+function markField(field, text) {
+  const input = $(FIELD_INPUT[field]);
+  input.setAttribute("aria-invalid", "true");
+  const slot = $(`${FIELD_INPUT[field]}-error`);
+  slot.hidden = false;
+  slot.textContent = text;
+  return input;
+}
+
+/**
+ * A refused save. With the service's field errors (every error of the body at once), each is
+ * shown in plain words next to its input and listed in the summary; otherwise the service's
+ * message is shown as it is, and next to the field it names. The first invalid input gets the
+ * focus.
+ */
+function showFormError(res) {
   $("form-error").hidden = false;
+  let first = null;
+  if (res.fields) {
+    const items = [];
+    for (const [where, words] of Object.entries(res.fields)) {
+      const field = where.split(".")[0];
+      if (FIELD_INPUT[field]) {
+        const input = markField(field, sentence(words));
+        first ??= input;
+        items.push(h("li", { "data-field": field },
+          h("a", { href: `#${FIELD_INPUT[field]}`, onclick: (event) => { event.preventDefault(); input.focus(); } },
+            FIELD_LABEL[field]), `: ${words}`));
+      } else {
+        items.push(h("li", { "data-field": field }, `${field}: ${words}`));
+      }
+    }
+    replace($("form-error"), h("p", { class: "error-title" }, "The voucher was not saved:"),
+      h("ul", { id: "form-error-list" }, items));
+    (first ?? $("form-error")).focus();
+    return;
+  }
+  const message = res.error;
   replace($("form-error"), h("p", { class: "error-title" }, "The voucher was not saved:"),
     h("p", { id: "form-error-message" }, message));
-  let first = null;
   for (const part of message.split("; ")) {
-    // "credit_omr: Input should be ...", "credit_omr must be ...", "invalid code: ..."
+    // "credit_omr must be ...", "invalid code: ..."
     const named = FIELDS.map((name) => [part.search(new RegExp(`(^|\\s)${name}(:|\\s|$)`)), name])
       .filter(([at]) => at >= 0)
       .sort((a, b) => a[0] - b[0]);
     if (named.length === 0) continue;
-    const field = named[0][1];
-    const input = $(FIELD_INPUT[field]);
-    input.setAttribute("aria-invalid", "true");
-    const slot = $(`${FIELD_INPUT[field]}-error`);
-    slot.hidden = false;
-    slot.textContent = part;
-    first ??= input;
+    first ??= markField(named[0][1], part);
   }
   (first ?? $("form-error")).focus();
 }
@@ -493,7 +546,7 @@ $("voucher-form").addEventListener("submit", async (event) => {
     if (res.status !== 0 && res.status < 500) unanswered = null; // decided: a new save, a new key
     if (handled(res, "save the voucher", () => $("voucher-form").requestSubmit())) return;
     if (!res.ok) {
-      showFormError(res.error);
+      showFormError(res);
       return;
     }
     pendingNotice = `Voucher ${res.body.code} ${updating ? "saved" : "issued"}.`;
