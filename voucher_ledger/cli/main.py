@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare streams.yaml with the server and print every difference (a "
         "missing or extra object, a field that differs); changes nothing. The memory-stored "
         "command stream and the lease and limit buckets, which serve declares at every start, "
-        "are only noted when absent. Exit status 1 when there is a difference, 0 when there is none.",
+        "are only noted when absent. Exit status 1 when there is a difference, 0 when there "
+        "is none.",
     )
     common(st_apply)
     common(st_diff)
