@@ -30,7 +30,7 @@ from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.host import ProcessorHost
 from voucher_ledger.config.settings import nats_servers
 from voucher_ledger.jetstream import fastpaths, streams
-from voucher_ledger.jetstream.auth import NatsUser, read_user
+from voucher_ledger.jetstream.auth import NatsUser, Permissions, read_user
 from voucher_ledger.jetstream.connection import NatsCredentials, check_nats_version
 from voucher_ledger.ledger.voucher import Policy
 from voucher_ledger.service.embedded import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres
@@ -67,8 +67,18 @@ def pg_url() -> Iterator[str]:
 def nats_cluster() -> Iterator[EmbeddedNatsCluster]:
     """A 3-node JetStream cluster of the wheel's nats-server, for this test alone (a test may
     kill and restart its nodes). Always embedded, whatever NATS_URL says."""
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def running_cluster(
+    permissions: dict[str, Permissions] | None = None,
+) -> Iterator[EmbeddedNatsCluster]:
+    """The 3-node cluster; with ``permissions``, authorization on (a user per role, its
+    credentials in ``cluster.users``)."""
     with _server_dir("nats-cluster") as where:
-        cluster = EmbeddedNatsCluster(where, size=3)
+        cluster = EmbeddedNatsCluster(where, size=3, permissions=permissions)
         cluster.start()
         try:
             yield cluster

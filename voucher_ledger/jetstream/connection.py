@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from pydantic import SecretStr
 
@@ -183,16 +182,24 @@ def _is_auth_error(exc: Exception) -> bool:
 
 async def _connect_or_refused(refused: list[str], *args: Any, **kwargs: Any) -> Client:
     """nats.connect, except that a server refusing the credentials ends it at once (nats.py
-    alone would keep trying the list until the startup timeout)."""
-    task = asyncio.ensure_future(nats.connect(*args, **kwargs))
-    while not task.done():
-        await asyncio.wait([task], timeout=0.05)
-        if refused and not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            raise _Refused(refused[0])
-    return task.result()
+    alone would keep trying the list until the startup timeout). A connection that does not
+    come up is closed (its socket with it)."""
+    nc = Client()
+    task = asyncio.ensure_future(nc.connect(*args, **kwargs))
+    try:
+        while not task.done():
+            await asyncio.wait([task], timeout=0.05)
+            if refused and not task.done():
+                raise _Refused(refused[0])
+        task.result()
+    except BaseException:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise
+    return nc
 
 
 def check_nats_version(nc: Client, url: str) -> None:
