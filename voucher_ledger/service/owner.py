@@ -9,7 +9,9 @@ HTTP address and the URLs of its nats-server and PostgreSQL.
 A second ``serve`` on the same data dir finds the lock taken and refuses at once, naming the
 owner. An operator job (``streams``, ``processors``, ``audit tail``, ``show``, ``verify``,
 ``rebuild``) on the embedded default never starts a server of its own: :func:`attach` reads the
-owner's URLs and the job uses them; with no owner running it fails in one line.
+owner's URLs and the job uses them, with its NATS identity from ``DATA_DIR/nats/auth`` (the
+embedded nats-server requires one: ``jetstream/auth.py``); with no owner running it fails in one
+line.
 
 The embedded nats-server cannot be started twice on the store by hand either: its configuration
 file names the owner's port, which a second server cannot bind; PostgreSQL refuses a second
