@@ -157,6 +157,20 @@ def role_permissions(spec: StreamsSpec) -> dict[str, Permissions]:
         publish_deny=(*NEVER, layout.events_wildcard, layout.commands_wildcard),
         subscribe_allow=(INBOX,),
     )
+    # A shared guessing-limits bucket, where streams.yaml declares one: the HTTP side's.
+    limits = spec.streams.get("limits")
+    if limits is not None:
+        bucket = str(limits["name"])
+        service = Permissions(
+            publish_allow=(
+                *service.publish_allow,
+                *_info(bucket),
+                *_get(bucket),
+                f"$KV.{bucket.removeprefix('KV_')}.>",
+            ),
+            publish_deny=service.publish_deny,
+            subscribe_allow=service.subscribe_allow,
+        )
     projectors = [cfg["durable_name"] for cfg in spec.projectors.values()]
     subscriber = Permissions(
         publish_allow=("$JS.API.INFO", *_info(events), *_get(events), *_consume(events)),
