@@ -30,7 +30,8 @@ from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.host import ProcessorHost
 from voucher_ledger.config.settings import nats_servers
 from voucher_ledger.jetstream import fastpaths, streams
-from voucher_ledger.jetstream.connection import check_nats_version
+from voucher_ledger.jetstream.auth import NatsUser, Permissions, read_user
+from voucher_ledger.jetstream.connection import NatsCredentials, check_nats_version
 from voucher_ledger.ledger.voucher import Policy
 from voucher_ledger.service.embedded import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres
 
@@ -66,8 +67,18 @@ def pg_url() -> Iterator[str]:
 def nats_cluster() -> Iterator[EmbeddedNatsCluster]:
     """A 3-node JetStream cluster of the wheel's nats-server, for this test alone (a test may
     kill and restart its nodes). Always embedded, whatever NATS_URL says."""
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def running_cluster(
+    permissions: dict[str, Permissions] | None = None,
+) -> Iterator[EmbeddedNatsCluster]:
+    """The 3-node cluster; with ``permissions``, authorization on (a user per role, its
+    credentials in ``cluster.users``)."""
     with _server_dir("nats-cluster") as where:
-        cluster = EmbeddedNatsCluster(where, size=3)
+        cluster = EmbeddedNatsCluster(where, size=3, permissions=permissions)
         cluster.start()
         try:
             yield cluster
@@ -120,11 +131,26 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
 
 
-async def connect(url: str) -> Client:
-    """``url``: one server or a comma-separated cluster list, as NATS_URL."""
-    nc = await nats.connect(nats_servers(url), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+async def connect(url: str, credentials: NatsCredentials | None = None) -> Client:
+    """``url``: one server or a comma-separated cluster list, as NATS_URL; ``credentials``: the
+    identity to connect as, on a server with authorization."""
+    options = credentials.options() if credentials is not None else {}
+    nc = await nats.connect(
+        nats_servers(url), max_reconnect_attempts=-1, reconnect_time_wait=0.2, **options
+    )
     check_nats_version(nc, url)
     return nc
+
+
+def embedded_credentials(data_dir: Path, role: str) -> NatsCredentials:
+    """The identity ``role`` of the embedded nats-server ``serve`` started on ``data_dir``."""
+    user = read_user(data_dir.resolve() / "nats", role)
+    assert user is not None, f"no {role} identity under {data_dir}"
+    return NatsCredentials.user_password(user.user, user.password)
+
+
+def role_credentials(users: dict[str, NatsUser], role: str) -> NatsCredentials:
+    return NatsCredentials.user_password(users[role].user, users[role].password)
 
 
 @pytest.fixture

@@ -13,12 +13,20 @@ import signal
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from tests.conftest import FAST, connect, fresh_database, wait_until
+from tests.conftest import (
+    FAST,
+    connect,
+    fresh_database,
+    role_credentials,
+    running_cluster,
+    wait_until,
+)
 from tests.e2e.api_helpers import serve_on
 from tests.e2e.faults import (
     assert_each_command_once,
@@ -37,6 +45,7 @@ from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.wire import Accepted, Rejected
 from voucher_ledger.jetstream import streams
+from voucher_ledger.jetstream.auth import role_permissions
 from voucher_ledger.ledger.events import VoucherRedeemed
 from voucher_ledger.ledger.voucher import RedeemVoucher
 from voucher_ledger.service.embedded import EmbeddedNatsCluster
@@ -77,33 +86,58 @@ class PausableLimit:
         self._slots.release()
 
 
+@pytest.fixture
+def cluster_prefix() -> str:
+    return f"cl{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def nats_cluster(cluster_prefix: str) -> Iterator[EmbeddedNatsCluster]:
+    """The 3-node cluster with authorization on: every process connects as its role (the
+    processors, serve's service side, verify), with the permissions for this test's streams;
+    the test's own client is the service, and streams are applied as the admin."""
+    spec = streams.load_spec(cluster_prefix, overrides=FAST, event_replicas=3, command_replicas=3)
+    with running_cluster(role_permissions(spec)) as cluster:
+        yield cluster
+
+
 @pytest.mark.storm
 async def test_event_stream_leader_and_a_processor_killed_mid_storm(
-    tmp_path: Path, nats_cluster: EmbeddedNatsCluster, pg_url: str
+    tmp_path: Path, nats_cluster: EmbeddedNatsCluster, pg_url: str, cluster_prefix: str
 ) -> None:
     started = time.monotonic()
     scale = fault_scale()
     code, cap, attempts = "CLUSTER-1", 500 * scale, 1200 * scale
-    prefix = f"cl{uuid.uuid4().hex[:10]}"
+    prefix = cluster_prefix
     url = nats_cluster.url
     streams_file = write_streams_file(tmp_path / "streams.yaml", FAST)
     spec = streams.load_spec(prefix, overrides=FAST, event_replicas=3, command_replicas=3)
-    nc = await connect(url)
+    users = nats_cluster.users
+    nc = await connect(url, role_credentials(users, "service"))
     procs: dict[str, ServiceProcess] = {}
     async with fresh_database(pg_url) as db:
         env = {"SUBJECT_PREFIX": prefix, "STREAMS_FILE": str(streams_file), **REPLICAS}
         try:
-            await streams.apply(nc, spec)
+            admin = await connect(url, role_credentials(users, "admin"))
+            await streams.apply(admin, spec)
+            await admin.close()
             assert (await stream_info(nc, spec.event_stream))["config"]["num_replicas"] == 3
             for name in ("proc-a", "proc-b"):
                 procs[name] = ServiceProcess(
                     ["processors"],
-                    clean_env(NATS_URL=url, DATABASE_URL=db, PROCESSOR_INSTANCE_ID=name, **env),
+                    clean_env(
+                        NATS_URL=url,
+                        DATABASE_URL=db,
+                        PROCESSOR_INSTANCE_ID=name,
+                        **env,
+                        **users["processors"].env(),
+                    ),
                     tmp_path / f"{name}.log",
                 )
                 procs[name].start()
             # The read models: a serve process without processors, on the same server list.
-            async with serve_on(tmp_path, url, db, prefix, RUN_PROCESSORS="false", **env):
+            service_env = {**env, **users["service"].env()}
+            async with serve_on(tmp_path, url, db, prefix, RUN_PROCESSORS="false", **service_env):
                 bus = CommandBus(nc, spec.layout, spec.command_stream)
                 await bus.start()
                 kv = await nc.jetstream().key_value(spec.lease_bucket)
@@ -223,7 +257,12 @@ async def test_event_stream_leader_and_a_processor_killed_mid_storm(
                     await conn.close()
                 assert (row["times_redeemed"], row["n"]) == (cap, cap)
                 out = await verify_cli(
-                    clean_env(NATS_URL=url, DATABASE_URL=db, SUBJECT_PREFIX=prefix)
+                    clean_env(
+                        NATS_URL=url,
+                        DATABASE_URL=db,
+                        SUBJECT_PREFIX=prefix,
+                        **users["service"].env(),
+                    )
                 )
                 await bus.close()
                 print(

@@ -182,6 +182,15 @@ async def jwks_url(rsa_key: Key) -> AsyncIterator[str]:
     await runner.cleanup()
 
 
+# NATS credentials as an external NATS takes them (the session's test server has no
+# authorization and ignores them): none may reach a log line.
+NATS_SECRETS = {
+    "NATS_USER": "hostile-service",
+    "NATS_PASSWORD": "nats-password-" + "p" * 24,
+    "NATS_TOKEN": "nats-token-" + "t" * 24,
+}
+
+
 @pytest.fixture(scope="module")
 async def hostile(
     tmp_path_factory: pytest.TempPathFactory,
@@ -199,6 +208,7 @@ async def hostile(
             LOG_LEVEL="DEBUG",
             JWKS_URL=jwks_url,
             **stripe_env(fake_stripe),
+            **NATS_SECRETS,
         ) as server,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
     ):
@@ -777,6 +787,8 @@ async def test_no_log_line_holds_a_secret_or_a_bearer_token(
         SECRET,
         hostile.stripe.api_key,
         WEBHOOK_SECRET,
+        NATS_SECRETS["NATS_PASSWORD"],
+        NATS_SECRETS["NATS_TOKEN"],
         *hostile.secrets_sent,
         *limited.secrets_sent,
         *hostile.server.tokens.values(),

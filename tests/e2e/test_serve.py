@@ -11,7 +11,7 @@ import aiohttp
 import psutil
 import pytest
 
-from tests.conftest import connect
+from tests.conftest import connect, embedded_credentials
 from tests.e2e.helpers import ServiceProcess, clean_env, free_port, processes_using, wait_http
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.wire import Accepted
@@ -24,7 +24,7 @@ ADMIN = Actor(sub="admin", role="superadmin")
 
 async def bus_for(data_dir: Path) -> tuple[CommandBus, object]:
     url = (data_dir / "nats" / "url").read_text().strip()
-    nc = await connect(url)
+    nc = await connect(url, embedded_credentials(data_dir, "service"))
     spec = streams.load_spec("ledger")
     bus = CommandBus(nc, spec.layout, spec.command_stream)
     await bus.start()

@@ -35,18 +35,25 @@ def nats_url(settings: Settings) -> str:
     return settings.nats_url
 
 
-async def connect(url: str) -> Client:
-    """Connect (no tracebacks in the log, a clear error after a few seconds); once connected,
-    reconnect forever like the service does, so a long ``audit tail`` survives a NATS restart."""
+async def connect(url: str, settings: Settings | None = None) -> Client:
+    """Connect (no tracebacks in the log, a clear error after a few seconds), as the identity
+    ``settings`` give; once connected, reconnect forever like the service does, so a long
+    ``audit tail`` survives a NATS restart."""
     from voucher_ledger.config.errors import StartupError
-    from voucher_ledger.jetstream.connection import connect_nats
+    from voucher_ledger.jetstream.connection import NatsCredentials, connect_nats
+
+    credentials = NatsCredentials.from_settings(settings) if settings is not None else None
 
     async def quiet(exc: Exception) -> None:
         log.debug("nats: %r", exc)
 
     try:
         return await connect_nats(
-            url, name="voucher-ledger-audit", error_cb=quiet, startup_timeout=5.0
+            url,
+            name="voucher-ledger-audit",
+            error_cb=quiet,
+            startup_timeout=5.0,
+            credentials=credentials,
         )
     except StartupError as exc:
         raise UserError(str(exc)) from exc
@@ -54,7 +61,7 @@ async def connect(url: str) -> Client:
 
 @contextlib.asynccontextmanager
 async def connected(settings: Settings) -> AsyncIterator[Client]:
-    nc = await connect(nats_url(settings))
+    nc = await connect(nats_url(settings), settings)
     try:
         yield nc
     finally:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from voucher_ledger import __version__
 from voucher_ledger.cli import audit as audit_cli
+from voucher_ledger.cli import natscreds as nats_cli
 from voucher_ledger.cli import replay as replay_cli
 from voucher_ledger.cli import signing as signing_cli
 from voucher_ledger.cli.common import stop_on_signals, tune_gc
@@ -21,7 +22,7 @@ from voucher_ledger.cli.logformat import formatter
 from voucher_ledger.config.errors import StartupError
 from voucher_ledger.config.settings import Settings
 from voucher_ledger.jetstream import streams
-from voucher_ledger.jetstream.connection import connect_nats
+from voucher_ledger.jetstream.connection import NatsCredentials, connect_nats
 from voucher_ledger.service.owner import DataDirLock, attach, check_port_free
 from voucher_ledger.service.stack import (
     InProcessProcessors,
@@ -120,7 +121,7 @@ async def _processors(settings: Settings) -> int:
     async with contextlib.AsyncExitStack() as stack:
         servers = await Servers.start(settings)
         stack.push_async_callback(servers.stop)
-        link = await NatsLink.open(settings, servers.nats_url)
+        link = await NatsLink.open(settings, servers.nats_url, servers.credentials("processors"))
         stack.push_async_callback(link.close)
         read = await ReadModels.open(servers.database_url)  # migrated, as `serve` does
         stack.push_async_callback(read.close)
@@ -134,7 +135,11 @@ async def _processors(settings: Settings) -> int:
 
 async def _streams(settings: Settings, action: str) -> int:
     assert settings.nats_url is not None  # attach() gave the running owner's when unset
-    nc = await connect_nats(settings.nats_url, startup_timeout=settings.nats_connect_timeout)
+    nc = await connect_nats(
+        settings.nats_url,
+        startup_timeout=settings.nats_connect_timeout,
+        credentials=NatsCredentials.from_settings(settings),
+    )
     try:
         spec = load_spec(settings)
         if action == "apply":
@@ -237,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cli.add_parsers(sub, common)  # audit tail, show (time travel), schema export/check
     replay_cli.add_parsers(sub, common)  # rebuild, verify
     signing_cli.add_parsers(sub, common)  # signing-key
+    nats_cli.add_parsers(sub, common)  # nats creds
     return parser
 
 
@@ -248,6 +254,17 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "processors": ("nats", "postgres"),
     "verify": ("nats", "postgres"),
     "rebuild": ("nats", "postgres"),
+}
+
+
+# The NATS identity each operator job takes on the embedded default (jetstream/auth.py).
+_ROLES: dict[str, str] = {
+    "streams": "admin",
+    "audit": "subscriber",
+    "show": "subscriber",
+    "processors": "processors",
+    "verify": "service",
+    "rebuild": "service",
 }
 
 
@@ -285,13 +302,20 @@ def main(argv: list[str] | None = None) -> int:
         # Operator jobs on the embedded default use the running owner's servers, never their own.
         needs = _NEEDS.get(args.command)
         if needs is not None:
-            settings = attach(settings, nats="nats" in needs, postgres="postgres" in needs)
+            settings = attach(
+                settings,
+                nats="nats" in needs,
+                postgres="postgres" in needs,
+                role=_ROLES[args.command],
+            )
         if args.command in audit_cli.COMMANDS:
             return audit_cli.run(args, settings)
         if args.command in replay_cli.COMMANDS:
             return replay_cli.run(args, settings)
         if args.command in signing_cli.COMMANDS:
             return signing_cli.run(args, settings)
+        if args.command in nats_cli.COMMANDS:
+            return nats_cli.run(args, settings)
         if args.command == "serve":
             return _serve_owning(settings)
         if args.command == "processors":

@@ -90,7 +90,7 @@ class _Bar(Progress):
 
 @contextlib.asynccontextmanager
 async def _servers(settings: Settings) -> AsyncIterator[tuple[Client, asyncpg.Pool]]:
-    nc = await connect(nats_url(settings))
+    nc = await connect(nats_url(settings), settings)
     try:
         url = settings.database_url
         if not url:  # service.owner.attach gave the running owner's when unset

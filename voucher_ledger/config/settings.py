@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A subject token, the same rule as ``jetstream.layout.PREFIX_PATTERN`` (settings depend on nothing
@@ -24,6 +24,18 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
     # How long to keep trying a NATS that does not answer at startup before giving up.
     nats_connect_timeout: float = Field(default=20.0, alias="NATS_CONNECT_TIMEOUT", gt=0)
+    # How this process authenticates to an external NATS (README "Configuration"): a creds file
+    # (user JWT + nkey seed), an nkey seed file, a user and password, or a token; and TLS (the
+    # CA that signed the server's certificate, a client certificate and its key). The embedded
+    # default ignores them: it generates an identity per role under DATA_DIR/nats/auth.
+    nats_creds: Path | None = Field(default=None, alias="NATS_CREDS")
+    nats_nkey_seed: Path | None = Field(default=None, alias="NATS_NKEY_SEED")
+    nats_user: str | None = Field(default=None, alias="NATS_USER")
+    nats_password: SecretStr | None = Field(default=None, alias="NATS_PASSWORD")
+    nats_token: SecretStr | None = Field(default=None, alias="NATS_TOKEN")
+    nats_tls_ca: Path | None = Field(default=None, alias="NATS_TLS_CA")
+    nats_tls_cert: Path | None = Field(default=None, alias="NATS_TLS_CERT")
+    nats_tls_key: Path | None = Field(default=None, alias="NATS_TLS_KEY")
 
     data_dir: Path = Field(default=Path(".voucher-ledger"), alias="DATA_DIR")
     host: str = Field(default="127.0.0.1", alias="HOST")

@@ -147,7 +147,13 @@ async def servers(app: web.Application) -> AsyncIterator[None]:
 
 
 async def nats(app: web.Application) -> AsyncIterator[None]:
-    link = app[keys.NATS] = await NatsLink.open(app[keys.SETTINGS], app[_SERVERS].nats_url)
+    started = app[_SERVERS]
+    link = app[keys.NATS] = await NatsLink.open(
+        app[keys.SETTINGS],
+        started.nats_url,
+        started.credentials("service"),
+        admin=started.credentials("admin"),
+    )
     try:
         yield
     finally:

@@ -7,6 +7,12 @@
 * PostgreSQL from the ``pgserver`` wheel, data under the data dir, on a unix socket.
 * :class:`EmbeddedNatsCluster`: several such nats-servers routed into one JetStream cluster on
   loopback ports, for the fault-injection tests (kill a node, restart it, wait for it to rejoin).
+
+With ``permissions`` (``serve``'s default always passes them), the nats-server requires a user
+and password: one identity per role of ``jetstream/auth.py``, generated at first start under
+``<data>/nats/auth`` (0700, a 0600 file per role) and written with its permissions into the
+server's configuration (0600); a client without them is refused. Without ``permissions`` the
+server is open, for the test fixtures that need a plain one.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from voucher_ledger.jetstream.auth import NatsUser, Permissions, ensure_users
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +72,50 @@ class EmbeddedNats:
         port: int | None = None,
         extra_conf: str = "",
         server_name: str = "voucher_ledger_embedded",
+        permissions: dict[str, Permissions] | None = None,
+        users: dict[str, NatsUser] | None = None,
     ) -> None:
+        """``permissions``: authorization on, a user per role with these permissions (the
+        roles' users are ``users``, or those kept under the data dir, generated at first
+        start); None: an open server."""
         self.dir = data_dir.resolve() / "nats"
         self.binary = find_nats_server(binary)
         self.port = port or free_port()
         self.extra_conf = extra_conf
         self.server_name = server_name
+        self.permissions = permissions
+        self._users = users
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def users(self) -> dict[str, NatsUser]:
+        """Each role's identity (authorization on): generated at the first call."""
+        if self.permissions is None:
+            raise EmbeddedError("this nats-server runs without authorization")
+        if self._users is None:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._users = ensure_users(self.dir)
+        return self._users
+
+    def _authorization(self) -> str:
+        if self.permissions is None:
+            return ""
+        users = self.users
+        entries = [
+            {"user": users[role].user, "password": users[role].password, "permissions": p.to_conf()}
+            for role, p in self.permissions.items()
+        ]
+        return f"authorization {json.dumps({'users': entries}, indent=1)}\n"
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15.0) -> str:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
         conf = self.dir / "nats-server.conf"
-        conf.write_text(
-            f"""# written by voucher-ledger at each start
+        text = f"""# written by voucher-ledger at each start
 server_name: {self.server_name}
 listen: 127.0.0.1:{self.port}
 jetstream {{
@@ -88,8 +123,12 @@ jetstream {{
   sync_interval: always
 }}
 {self.extra_conf}
-"""
-        )
+{self._authorization()}"""
+        # Owner-only from its creation: it holds the roles' passwords.
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        conf.chmod(0o600)
         logfile = open(self.dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [self.binary, "-c", str(conf)],
@@ -153,10 +192,18 @@ class EmbeddedNatsCluster:
         size: int = 3,
         binary: str | None = None,
         name: str = "vl",
+        permissions: dict[str, Permissions] | None = None,
     ) -> None:
+        """``permissions``: authorization on every node, with the same users (kept under
+        ``data_dir/auth``; :attr:`users`)."""
         if size < 1:
             raise ValueError("a cluster needs at least one node")
         self.name = name
+        self.permissions = permissions
+        self._users: dict[str, NatsUser] | None = None
+        if permissions is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self._users = ensure_users(data_dir.resolve())
         route_ports = [free_port() for _ in range(size)]
         self.monitor_ports = [free_port() for _ in range(size)]
         routes = ", ".join(f"nats-route://127.0.0.1:{port}" for port in route_ports)
@@ -175,8 +222,16 @@ cluster {{
                     binary=binary,
                     extra_conf=conf,
                     server_name=f"{name}-{i}",
+                    permissions=permissions,
+                    users=self._users,
                 )
             )
+
+    @property
+    def users(self) -> dict[str, NatsUser]:
+        if self._users is None:
+            raise EmbeddedError("this cluster runs without authorization")
+        return self._users
 
     @property
     def url(self) -> str:

@@ -9,7 +9,9 @@ HTTP address and the URLs of its nats-server and PostgreSQL.
 A second ``serve`` on the same data dir finds the lock taken and refuses at once, naming the
 owner. An operator job (``streams``, ``processors``, ``audit tail``, ``show``, ``verify``,
 ``rebuild``) on the embedded default never starts a server of its own: :func:`attach` reads the
-owner's URLs and the job uses them; with no owner running it fails in one line.
+owner's URLs and the job uses them, with its NATS identity from ``DATA_DIR/nats/auth`` (the
+embedded nats-server requires one: ``jetstream/auth.py``); with no owner running it fails in one
+line.
 
 The embedded nats-server cannot be started twice on the store by hand either: its configuration
 file names the owner's port, which a second server cannot bind; PostgreSQL refuses a second
@@ -29,8 +31,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
+from pydantic import SecretStr
+
 from voucher_ledger.config.errors import StartupError
 from voucher_ledger.config.settings import Settings
+from voucher_ledger.jetstream.auth import read_user
 
 LOCK_FILE = "owner.lock"
 OWNER_FILE = "owner.json"
@@ -172,12 +177,19 @@ def not_running_message(data_dir: Path) -> str:
 
 
 def attach(
-    settings: Settings, *, nats: bool = True, postgres: bool = True, wait: float = 5.0
+    settings: Settings,
+    *,
+    nats: bool = True,
+    postgres: bool = True,
+    wait: float = 5.0,
+    role: str = "service",
 ) -> Settings:
     """The settings an operator job runs with: unchanged when the servers it needs (``nats``,
     ``postgres``) have their URLs set; otherwise the running owner's, found through the data
-    dir. Raises :class:`NotRunning` (one line) when nobody owns it; waits up to ``wait`` seconds
-    for an owner that is still starting to publish its addresses."""
+    dir, and for NATS the identity of ``role`` (``jetstream.auth.ROLES``) that the owner's
+    embedded nats-server was started with (``DATA_DIR/nats/auth``). Raises :class:`NotRunning`
+    (one line) when nobody owns it; waits up to ``wait`` seconds for an owner that is still
+    starting to publish its addresses."""
     if not (nats and settings.embedded_nats) and not (postgres and settings.embedded_postgres):
         return settings
     data_dir = settings.data_dir
@@ -196,6 +208,14 @@ def attach(
     update: dict[str, object] = {}
     if nats and settings.embedded_nats:
         update["nats_url"] = owner.nats_url
+        user = read_user(data_dir.resolve() / "nats", role)
+        update.update(
+            nats_user=user.user if user is not None else None,
+            nats_password=SecretStr(user.password) if user is not None else None,
+            nats_token=None,
+            nats_creds=None,
+            nats_nkey_seed=None,
+        )
     if postgres and settings.embedded_postgres:
         update["database_url"] = owner.database_url
     return settings.model_copy(update=update)

@@ -45,7 +45,8 @@ from voucher_ledger.config.settings import Settings, redact_url
 from voucher_ledger.http.auth import Authenticator, ConfigError, resolve_secret
 from voucher_ledger.http.ratelimit import Limit, SharedLimiter, TokenStore
 from voucher_ledger.jetstream import fastpaths, streams
-from voucher_ledger.jetstream.connection import connect_nats
+from voucher_ledger.jetstream.auth import NatsUser, role_permissions
+from voucher_ledger.jetstream.connection import NatsCredentials, connect_nats
 from voucher_ledger.ledger.voucher import Policy
 from voucher_ledger.projections.host import ProjectorHost
 from voucher_ledger.projections.migrate import MigrationError, migrate
@@ -64,23 +65,38 @@ log = logging.getLogger(__name__)
 
 
 class Servers:
-    """nats-server and PostgreSQL: the embedded ones started here, or the configured URLs."""
+    """nats-server and PostgreSQL: the embedded ones started here, or the configured URLs.
 
-    def __init__(self, nats: EmbeddedNats | None, pg: EmbeddedPostgres | None) -> None:
+    The embedded nats-server always runs with authorization (``jetstream/auth.py``): each
+    component connects as its role (:meth:`credentials`). An external NATS is reached with the
+    one identity the settings give (NATS_CREDS, NATS_NKEY_SEED, NATS_USER/NATS_PASSWORD,
+    NATS_TOKEN, TLS), whatever the role."""
+
+    def __init__(
+        self, nats: EmbeddedNats | None, pg: EmbeddedPostgres | None, external: NatsCredentials
+    ) -> None:
         self._nats = nats
         self._pg = pg
+        self._external = external
+        self._users: dict[str, NatsUser] | None = None
         self.nats_url = ""
         self.database_url = ""
 
     @classmethod
     async def start(cls, s: Settings) -> Servers:
+        nats = None
+        if s.embedded_nats:
+            permissions = role_permissions(load_spec(s))
+            nats = EmbeddedNats(s.data_dir, binary=s.nats_server_bin, permissions=permissions)
         servers = cls(
-            EmbeddedNats(s.data_dir, binary=s.nats_server_bin) if s.embedded_nats else None,
+            nats,
             EmbeddedPostgres(s.data_dir) if s.embedded_postgres else None,
+            NatsCredentials.from_settings(s),
         )
         try:
             if servers._nats is not None:
                 servers.nats_url = await asyncio.to_thread(servers._nats.start)
+                servers._users = servers._nats.users
             else:
                 assert s.nats_url is not None  # embedded_nats is false only when it is set
                 servers.nats_url = s.nats_url
@@ -93,6 +109,13 @@ class Servers:
             await servers.stop()
             raise
         return servers
+
+    def credentials(self, role: str) -> NatsCredentials:
+        """How a component of ``role`` (``jetstream.auth.ROLES``) connects to NATS."""
+        if self._users is None:
+            return self._external
+        user = self._users[role]
+        return NatsCredentials.user_password(user.user, user.password)
 
     async def stop(self) -> None:
         """nats-server first, then PostgreSQL (the README's shutdown order)."""
@@ -115,20 +138,43 @@ class NatsLink:
 
     nc: Client
 
-    def __init__(self, spec: streams.StreamsSpec) -> None:
+    def __init__(
+        self,
+        spec: streams.StreamsSpec,
+        url: str = "",
+        admin: NatsCredentials | None = None,
+        timeout: float = 20.0,
+    ) -> None:
         self.spec = spec
         self.on_lost: list[Callable[[], None]] = []
         self._reapply: asyncio.Task[None] | None = None
+        self._url = url
+        self._admin = admin
+        self._timeout = timeout
 
     @classmethod
-    async def open(cls, s: Settings, url: str) -> NatsLink:
+    async def open(
+        cls,
+        s: Settings,
+        url: str,
+        credentials: NatsCredentials | None = None,
+        *,
+        admin: NatsCredentials | None = None,
+    ) -> NatsLink:
+        """Connect as ``credentials`` and apply streams.yaml (at open and after a reconnect)
+        on a short connection as ``admin`` when that is another identity (the embedded
+        default: the service and the processors may not create streams), else on this one
+        (where nothing differs from the declaration, applying only reads)."""
         fastpaths.configure(s.fast_paths)  # FAST_PATHS, and each fence checked once, up front
-        link = cls(load_spec(s))
+        if admin == credentials:
+            admin = None
+        link = cls(load_spec(s), url, admin, s.nats_connect_timeout)
         link.nc = await connect_nats(
             url,
             startup_timeout=s.nats_connect_timeout,
             disconnected_cb=link._disconnected,
             reconnected_cb=link._reconnected,
+            credentials=credentials,
         )
         try:
             log.info(
@@ -136,12 +182,27 @@ class NatsLink:
                 link.nc.connected_server_version,
                 redact_url(url),
             )
-            for line in await streams.apply(link.nc, link.spec):
+            for line in await link._apply():
                 log.info("streams: %s", line)
         except BaseException:
             await link.close()
             raise
         return link
+
+    async def _apply(self) -> list[str]:
+        if self._admin is None:
+            return await streams.apply(self.nc, self.spec)
+        admin = await connect_nats(
+            self._url,
+            "voucher-ledger-admin",
+            startup_timeout=self._timeout,
+            credentials=self._admin,
+        )
+        try:
+            return await streams.apply(admin, self.spec)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(admin.close(), 5)
 
     @property
     def connected(self) -> bool:
@@ -163,7 +224,7 @@ class NatsLink:
         pause = 0.5
         while not self.nc.is_closed:
             try:
-                changes = await streams.apply(self.nc, self.spec)
+                changes = await self._apply()
             except Exception as exc:  # noqa: BLE001 - NATS still settling: try again
                 log.warning("streams: re-applying after the reconnect failed: %r; retrying", exc)
                 await asyncio.sleep(pause)
@@ -283,11 +344,22 @@ class NoProcessors:
 
 
 class InProcessProcessors:
-    def __init__(self, host: ProcessorHost) -> None:
+    def __init__(self, host: ProcessorHost, own_link: NatsLink | None = None) -> None:
         self.host = host
+        self._own_link = own_link
 
     @classmethod
-    async def start(cls, s: Settings, link: NatsLink) -> InProcessProcessors:
+    async def start(
+        cls, s: Settings, link: NatsLink, servers: Servers | None = None
+    ) -> InProcessProcessors:
+        """On ``link``; or, when ``servers`` give the processors an identity of their own
+        (the embedded default: only they may append events), on a connection of theirs."""
+        own_link = None
+        if servers is not None:
+            mine = servers.credentials("processors")
+            if mine != servers.credentials("service"):
+                admin = servers.credentials("admin")
+                link = own_link = await NatsLink.open(s, servers.nats_url, mine, admin=admin)
         host = ProcessorHost(
             link.nc,
             link.spec,
@@ -302,17 +374,21 @@ class InProcessProcessors:
             raise StartupError(str(exc)) from exc
         except BaseException:
             await host.stop(release=True)
+            if own_link is not None:
+                await own_link.close()
             raise
         log.info(
             "processor instance %s holds partitions %s", host.instance_id, sorted(host.partitions)
         )
-        return cls(host)
+        return cls(host, own_link)
 
     async def report(self) -> ProcessorReport | None:
         return ProcessorReport.of(self.host)
 
     async def stop(self) -> None:
         await self.host.stop(release=True)
+        if self._own_link is not None:
+            await self._own_link.close()
 
 
 class ChildProcessors:
@@ -326,7 +402,7 @@ class ChildProcessors:
         worker = ProcessorWorker(
             link.nc,
             link.spec.layout.prefix,
-            child_env(servers.nats_url, servers.database_url),
+            child_env(servers.nats_url, servers.database_url, servers.credentials("processors")),
             str(s.data_dir),
             instance_id=s.processor_instance_id,
         )
@@ -360,7 +436,7 @@ async def start_processors(
         return NoProcessors()
     if in_child:
         return await ChildProcessors.start(s, link, servers)
-    return await InProcessProcessors.start(s, link)
+    return await InProcessProcessors.start(s, link, servers)
 
 
 # -------------------------------------------------------------------------------- write side

@@ -38,6 +38,7 @@ from nats.aio.subscription import Subscription
 from voucher_ledger.commands.host import ProcessorHost
 from voucher_ledger.commands.processor import ProcessorStats
 from voucher_ledger.jetstream import fastpaths
+from voucher_ledger.jetstream.connection import NatsCredentials
 
 log = logging.getLogger(__name__)
 
@@ -229,10 +230,28 @@ class ProcessorWorker:
             self._supervisor = None
 
 
-def child_env(nats_url: str, database_url: str) -> dict[str, str]:
+# The settings that say how a process authenticates to NATS (config/settings.py).
+NATS_AUTH_ENV = (
+    "NATS_CREDS",
+    "NATS_NKEY_SEED",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "NATS_TLS_CA",
+    "NATS_TLS_CERT",
+    "NATS_TLS_KEY",
+)
+
+
+def child_env(
+    nats_url: str, database_url: str, credentials: NatsCredentials | None = None
+) -> dict[str, str]:
     """The parent's environment, pointed at the servers the parent resolved (so the child
-    never starts embedded servers of its own)."""
-    env = dict(os.environ)
+    never starts embedded servers of its own), with the processors' NATS identity: in the
+    environment (readable by the same user only), never on the command line."""
+    env = {k: v for k, v in os.environ.items() if k.upper() not in NATS_AUTH_ENV}
     env.update({"NATS_URL": nats_url, "DATABASE_URL": database_url})
+    if credentials is not None:
+        env.update(credentials.env())
     env[fastpaths.ENV] = "true" if fastpaths.enabled() else "false"  # the parent's switch
     return env
