@@ -82,3 +82,18 @@ async def test_an_unreachable_nats_fails_open(nats_url: str, applied: streams.St
     await client.close()
     assert await limiter.take(key) == 0  # not checked: let through
     await limiter.give_back(key)  # nothing to give back to: no error either
+
+
+async def test_a_storm_on_one_key_from_one_instance_is_never_refused_for_contention(
+    nc: Client, applied: streams.StreamsSpec
+) -> None:
+    """Every client behind one address (a proxy, a benchmark), 200 takes at once on one key
+    with tokens to spare: each is allowed. The instance's takes of a key go in turn, so none
+    exhausts its write attempts against the others and is refused (they were, 429, in the
+    checkout storms before the takes of a key were serialised)."""
+    plenty = Limit(per_minute=1, burst=1000)
+    limiter = SharedLimiter(TokenStore(nc, applied.limits_bucket), plenty, "preview")
+    key = limiter.key("addr", "198.51.100.9")
+    waits = await asyncio.gather(*(limiter.take(key) for _ in range(200)))
+    assert waits == [0.0] * 200
+    assert not limiter._locks  # the per-key lock goes with the last waiter

@@ -112,25 +112,25 @@ async def checkout(request: web.Request) -> web.Response:
         except InvalidInput as exc:
             raise ApiError(400, f"Idempotency-Key: {exc.message}") from exc
     promo: str | None = None
-    # A checkout with a promo code holds a token of the refused-code limits (its client
-    # address's and its customer's) while it runs, and keeps it only if the code is refused:
-    # concurrent guesses cannot get past the limit before their refusals are counted.
+    # A checkout with a promo code is refused at once when its client address or its customer
+    # has used up the refused-code limit; a refusal of the code takes a token from both
+    # (ratelimit.py, "Refused promo codes").
     limiter = request.app[PROMO_LIMITER]
-    held: list[str] = []
+    counted: list[str] = []
     if body.promo_code is not None and body.promo_code.strip():
-        held = [
+        counted = [
             limiter.key("addr", client_address(request)),
             limiter.key("customer", principal.sub),
         ]
-        wait = await limiter.take_all(held)
+        wait = await limiter.check_all(counted)
         if wait > 0:
             return too_many_requests(wait)
         try:
             promo = normalise_code(body.promo_code)
-        except InvalidInput as exc:  # a malformed code is a refused one: the tokens stay taken
+        except InvalidInput as exc:  # a malformed code is a refused one
+            await limiter.count_all(counted)
             raise ApiError(400, f"invalid promo code: {exc.message}") from exc
     service = _service(request)
-    refused = False
     try:
         outcome = await service.checkout(
             customer_id=principal.sub,
@@ -143,13 +143,11 @@ async def checkout(request: web.Request) -> web.Response:
             idempotency_key=key,
         )
     except CheckoutError as exc:
-        refused = exc.reason == "invalid_promo"  # unknown, revoked, capped or inactive
+        if counted and exc.reason == "invalid_promo":  # unknown, revoked, capped or inactive
+            await limiter.count_all(counted)
         if exc.seq:  # the compensation is visible before the answer, as a success would be
             await wait_for_projections(request, exc.seq)
         raise ApiError(exc.status, exc.message, exc.headers) from exc
-    finally:
-        if held and not refused:
-            await limiter.give_back_all(held)
     # Read-your-writes: the balance and the admin order list show this order already.
     await wait_for_projections(request, outcome.seq)
     log.info(

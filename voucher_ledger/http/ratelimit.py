@@ -22,19 +22,32 @@ limiter every 30 s while it lasts: the preview's answers are public anyway and t
 redemption is still decided by the ledger (a cap is exact without the limiter); a broker outage
 must not also turn every customer away. A take that keeps conflicting (many requests on one key
 at the same moment) is refused, never let through.
+
+**Contention.** Within one process the takes of one key wait for each other (one lock per key,
+dropped when idle), so a key's writes conflict only with another instance's: a storm from one
+address (every client behind one proxy, a benchmark) costs one read and one write per request,
+in turn, instead of every request retrying against all the others until it is refused.
+
+**Refused promo codes** are counted, not reserved: a checkout with a promo code first reads
+its address's and its customer's buckets (refused at once when either is empty) and takes a
+token from each only when the ledger refuses the code. Concurrent guesses from one key can
+therefore pass the check together before their refusals are counted: at most one burst more
+than the limit, once (what a reservation would prevent at the price of four writes on every
+accepted checkout).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,6 +201,8 @@ class SharedLimiter:
         self._store = store
         self._clock = clock
         self._logged_at = -math.inf
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiting: dict[str, int] = {}
 
     def key(self, kind: str, value: str) -> str:
         return f"{self.name}.{key_for(kind, value)}"
@@ -196,10 +211,40 @@ class SharedLimiter:
         """0 when a token was taken, else the seconds until the next one. Fails open (0) when
         NATS does not answer."""
         try:
-            return await self._take(key)
+            async with self._turn(key):
+                return await self._take(key)
         except LimiterUnavailable as exc:
             self._unavailable(exc)
             return 0.0
+
+    async def check(self, key: str) -> float:
+        """0 when the key has a token left (none is taken), else the seconds until the next
+        one. Fails open (0) when NATS does not answer."""
+        try:
+            state, _ = await self._store.load(key)
+        except LimiterUnavailable as exc:
+            self._unavailable(exc)
+            return 0.0
+        tokens, _ = refill(state, self._clock(), self.limit)
+        return 0.0 if tokens >= 1.0 else wait_for(tokens, self.limit)
+
+    async def check_all(self, keys: Sequence[str]) -> float:
+        """0 when every key has a token left, else the longest wait."""
+        return max([await self.check(key) for key in keys], default=0.0)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, key: str) -> AsyncIterator[None]:
+        """This process's takes of ``key`` one after another (see "Contention")."""
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._waiting[key] -= 1
+            if not self._waiting[key]:
+                del self._waiting[key]
+                del self._locks[key]
 
     async def _take(self, key: str) -> float:
         for attempt in range(MAX_TRIES):
@@ -216,17 +261,21 @@ class SharedLimiter:
     async def give_back(self, key: str) -> None:
         """Return a token taken by :meth:`take` (the attempt did not count after all)."""
         try:
-            for attempt in range(MAX_TRIES):
-                state, revision = await self._store.load(key)
-                if state is None:
-                    return  # expired: a full bucket already
-                tokens, at = refill(state, self._clock(), self.limit)
-                tokens = min(float(self.limit.burst), tokens + 1.0)
-                if await self._store.save(key, (tokens, at), revision, self.limit.ttl):
-                    return
-                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+            async with self._turn(key):
+                await self._give_back(key)
         except LimiterUnavailable as exc:
             self._unavailable(exc)
+
+    async def _give_back(self, key: str) -> None:
+        for attempt in range(MAX_TRIES):
+            state, revision = await self._store.load(key)
+            if state is None:
+                return  # expired: a full bucket already
+            tokens, at = refill(state, self._clock(), self.limit)
+            tokens = min(float(self.limit.burst), tokens + 1.0)
+            if await self._store.save(key, (tokens, at), revision, self.limit.ttl):
+                return
+            await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
 
     async def take_all(self, keys: Sequence[str]) -> float:
         """A token from each key, or none: 0 when all were taken, else the longest wait (the
@@ -240,6 +289,11 @@ class SharedLimiter:
                 return wait
             taken.append(key)
         return 0.0
+
+    async def count_all(self, keys: Sequence[str]) -> None:
+        """A token from each key that has one left (a refusal counted against every key)."""
+        for key in keys:
+            await self.take(key)
 
     async def give_back_all(self, keys: Sequence[str]) -> None:
         for key in keys:

@@ -103,6 +103,10 @@ def _not_consumer(stream: str, durable: str) -> list[str]:
     ]
 
 
+def spec_stream_names(spec: StreamsSpec) -> list[str]:
+    return [str(cfg["name"]) for cfg in spec.streams.values()]
+
+
 def role_permissions(spec: StreamsSpec) -> dict[str, Permissions]:
     """The permissions of each role (:data:`ROLES`) for the streams ``spec`` declares."""
     layout = spec.layout
@@ -110,7 +114,11 @@ def role_permissions(spec: StreamsSpec) -> dict[str, Permissions]:
     events, commands = spec.event_stream, spec.command_stream
     leases, keys = spec.lease_bucket, spec.idempotency_bucket
     lease_stream, keys_stream = f"KV_{leases}", f"KV_{keys}"
-    all_streams = (events, commands, lease_stream, keys_stream)
+    # Every stream streams.yaml declares (a bucket added there, like the guessing limits, is
+    # read by every writer's streams.apply at start too).
+    all_streams = tuple(
+        dict.fromkeys((events, commands, lease_stream, keys_stream, *spec_stream_names(spec)))
+    )
     control = f"{prefix}.control.processors.*"
     # What every writer reads at start: streams.apply compares the declaration with the server
     # (and changes nothing when they agree).
