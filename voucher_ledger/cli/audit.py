@@ -18,11 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import nats.errors
-
 from voucher_ledger.cli.common import PROG, UserError, connected, load_streams
 from voucher_ledger.config.settings import Settings
-from voucher_ledger.jetstream import fastpaths
 from voucher_ledger.ledger.money import BAISA
 
 log = logging.getLogger(__name__)
@@ -131,6 +128,8 @@ def add_parsers(
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from voucher_ledger.jetstream import fastpaths  # here: see cli/main.py's serve
+
     fastpaths.configure(settings.fast_paths)
     try:
         if args.command == "schema":
@@ -191,7 +190,7 @@ async def _show(args: argparse.Namespace, settings: Settings) -> int:
             state = await voucher_as_of(store, spec.layout, code, at=args.at, seq=args.seq)
         except EventStoreError as exc:
             raise UserError(f"event stream {spec.event_stream}: {exc}") from exc
-        except (nats.errors.Error, TimeoutError) as exc:
+        except _client_errors() as exc:
             raise UserError(
                 f"event stream {spec.event_stream} did not answer ({type(exc).__name__}); "
                 "is SUBJECT_PREFIX right?"
@@ -369,6 +368,8 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _client_errors() -> tuple[type[BaseException], ...]:
+    import nats.errors  # here: the CLI answers a refusal before it loads the NATS client
+
     return (nats.errors.Error, TimeoutError)
 
 

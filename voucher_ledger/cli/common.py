@@ -9,11 +9,12 @@ import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
-from typing import Any
-
-from nats.aio.client import Client
+from typing import TYPE_CHECKING, Any
 
 from voucher_ledger.config.settings import Settings
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,6 @@ import os
 import sys
 from pathlib import Path
 
-from aiohttp import web
-
 from voucher_ledger import __version__
 from voucher_ledger.cli import audit as audit_cli
 from voucher_ledger.cli import natscreds as nats_cli
@@ -20,18 +18,9 @@ from voucher_ledger.cli import signing as signing_cli
 from voucher_ledger.cli.common import stop_on_signals, tune_gc
 from voucher_ledger.cli.logformat import formatter
 from voucher_ledger.config.errors import StartupError
-from voucher_ledger.config.settings import Settings
-from voucher_ledger.jetstream import streams
-from voucher_ledger.jetstream.connection import NatsCredentials, connect_nats
+from voucher_ledger.config.settings import PARENT_ENV, Settings
+from voucher_ledger.jetstream.errors import StreamsError
 from voucher_ledger.service.owner import DataDirLock, attach, check_port_free
-from voucher_ledger.service.stack import (
-    InProcessProcessors,
-    NatsLink,
-    ReadModels,
-    Servers,
-    load_spec,
-)
-from voucher_ledger.service.worker import PARENT_ENV, answer_reports, die_with_parent
 
 log = logging.getLogger("voucher_ledger")
 
@@ -78,6 +67,10 @@ class _OutageLine(logging.Filter):
 
 
 async def _serve(settings: Settings, owner: DataDirLock | None) -> int:
+    # Imported here, not at the top: a refused start (the port, the data dir's owner) and the
+    # operator jobs answer before the web stack is loaded (tests/e2e/test_ownership.py).
+    from aiohttp import web
+
     from voucher_ledger.http.app import create_app, servers_of
     from voucher_ledger.http.server import app_runner
 
@@ -116,6 +109,9 @@ async def _processors(settings: Settings) -> int:
     settings = settings.model_copy(
         update={"run_processors": True, "run_projectors": False, "serve_http": False}
     )
+    from voucher_ledger.service.stack import InProcessProcessors, NatsLink, ReadModels, Servers
+    from voucher_ledger.service.worker import answer_reports, die_with_parent
+
     die_with_parent()  # started by `serve` (service/worker.py): go when it goes
     stop = stop_on_signals()  # a SIGTERM during start-up stops cleanly once started
     async with contextlib.AsyncExitStack() as stack:
@@ -134,6 +130,10 @@ async def _processors(settings: Settings) -> int:
 
 
 async def _streams(settings: Settings, action: str) -> int:
+    from voucher_ledger.jetstream import streams
+    from voucher_ledger.jetstream.connection import NatsCredentials, connect_nats
+    from voucher_ledger.service.stack import load_spec
+
     assert settings.nats_url is not None  # attach() gave the running owner's when unset
     nc = await connect_nats(
         settings.nats_url,
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"voucher-ledger: {exc}", file=sys.stderr)
         return 1
-    except streams.StreamsError as exc:
+    except StreamsError as exc:
         print(f"voucher-ledger: streams: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

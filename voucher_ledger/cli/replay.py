@@ -21,7 +21,6 @@ from tqdm import tqdm
 
 from voucher_ledger.cli.common import PROG, UserError, connect, load_streams, nats_url, tune_gc
 from voucher_ledger.config.settings import Settings, redact_url
-from voucher_ledger.jetstream import fastpaths
 from voucher_ledger.projections.rebuild import Progress, RebuildSummary, rebuild
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.projections.verify import verify
@@ -195,6 +194,8 @@ def lag_words(head: int, checkpoints: dict[str, int]) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from voucher_ledger.jetstream import fastpaths  # here: see cli/main.py's serve
+
     fastpaths.configure(settings.fast_paths)
     try:
         if args.command == "rebuild":

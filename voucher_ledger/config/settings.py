@@ -14,6 +14,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # else of the package; tests/unit/test_settings.py checks that the two accept the same prefixes).
 PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
+# Set by `serve` in its processor child's environment: the child goes when its parent goes, and
+# its log lines say they are the processors'.
+PARENT_ENV = "VL_WORKER_PARENT"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")

@@ -16,15 +16,12 @@ import yaml
 from nats.aio.client import Client
 
 from voucher_ledger.jetstream.api import JetStreamApiError, js_api
+from voucher_ledger.jetstream.errors import StreamsError
 from voucher_ledger.jetstream.layout import Layout
 
 DEFAULT_FILE = Path(__file__).with_name("streams.yaml")
 _DURATIONS = {"max_age", "duplicate_window", "ack_wait"}
 _NS = 1_000_000_000
-
-
-class StreamsError(Exception):
-    pass
 
 
 @dataclass(frozen=True)

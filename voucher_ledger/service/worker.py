@@ -37,6 +37,7 @@ from nats.aio.subscription import Subscription
 
 from voucher_ledger.commands.host import ProcessorHost
 from voucher_ledger.commands.processor import ProcessorStats
+from voucher_ledger.config.settings import PARENT_ENV
 from voucher_ledger.jetstream import fastpaths
 from voucher_ledger.jetstream.connection import NatsCredentials
 
@@ -96,9 +97,6 @@ async def answer_reports(nc: Client, prefix: str, host: ProcessorHost) -> Subscr
         await msg.respond(ProcessorReport.of(host).to_json())
 
     return await nc.subscribe(control_subject(prefix, host.instance_id), cb=reply)
-
-
-PARENT_ENV = "VL_WORKER_PARENT"
 
 
 def die_with_parent() -> None:
