@@ -49,6 +49,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # The profiled storms (extra, not measured) are shorter than the measured ones.
 PROFILE_ATTEMPTS = 10_000
 PROFILE_HTTP_ATTEMPTS = 2_000
+PROFILE_HTTP_SINGLE_ATTEMPTS = 300
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -430,16 +431,20 @@ class Runner:
         return out
 
     async def profile(self, service: Service, secret: str, http_ok: bool) -> None:
-        """py-spy on the serve process and on this process (the clients) during extra,
-        unmeasured hot-code storms; summaries into profile.md (raw stacks: *.folded)."""
+        """py-spy on the serve process, its processor process and this process (the clients)
+        during extra, unmeasured hot-code storms: the bus at the most clients, the HTTP checkout
+        at one client and at the most; summaries into profile.md (raw stacks: *.folded), with
+        each storm's CPU per attempt of every process (nats-server and PostgreSQL included)."""
         clients = max(self.sizes.clients)
         attempts = min(self.sizes.hot_attempts, PROFILE_ATTEMPTS)
         cap = attempts * self.sizes.hot_cap // self.sizes.hot_attempts
-        workload = Workload("hot", clients, attempts, cap)
         out_dir: Path = self.args.out
         sections = []
-        runs = [("bus", "command bus")] + ([("http", "HTTP checkout")] if http_ok else [])
-        for name, title in runs:
+        most = clients
+        runs = [("bus", "command bus", most)]
+        if http_ok:
+            runs += [("http1", "HTTP checkout", 1), ("http", "HTTP checkout", most)]
+        for name, title, clients in runs:
             log(f"profiling a {title} hot-code storm ({clients} clients)")
             targets = {"service": service.process.pid, "client": os.getpid()}
             for pid in service.process.child_pids()[:1]:
@@ -450,12 +455,24 @@ class Runner:
                 return profiling(targets, raw)
 
             tag = f"PROF-{name.upper()}"
+            workload = Workload("hot", clients, attempts, cap)
             if name == "bus":
                 stats = await service.run_bus(workload, tag, wrap)
             else:
-                attempts = min(self.sizes.for_http(workload).attempts, PROFILE_HTTP_ATTEMPTS)
-                smaller = Workload("hot", clients, attempts, attempts // 2)
+                limit = PROFILE_HTTP_SINGLE_ATTEMPTS if clients == 1 else PROFILE_HTTP_ATTEMPTS
+                count = min(self.sizes.for_http(workload).attempts, limit)
+                smaller = Workload("hot", clients, count, count // 2)
                 stats = await run_http(service, smaller, tag, secret, wrap)
+            cpu = stats.extra.get("cpu_s", {})
+            split = ", ".join(
+                f"{label} {1000 * float(cpu.get(key, 0.0)) / stats.attempts:.2f}"
+                for key, label in (
+                    ("service", "serve + processor process"),
+                    ("nats", "nats-server"),
+                    ("postgres", "PostgreSQL"),
+                    ("client", "the clients"),
+                )
+            )
             for who, path in raw.items():
                 process = {
                     "service": "the serve process (HTTP, projector)",
@@ -463,9 +480,13 @@ class Runner:
                 }.get(who, "the benchmark's clients")
                 heading = (
                     f"{process} during a {title} storm: one hot code, {stats.attempts:,} "
-                    f"attempts, {clients} clients ({stats.per_second:,.0f}/s under the profiler)"
+                    f"attempts, {clients} client{'s' if clients > 1 else ''} "
+                    f"({stats.per_second:,.0f}/s under the profiler)"
                 )
-                sections.append(profile_markdown(summarise(path), heading))
+                section = profile_markdown(summarise(path), heading)
+                cpu_line = f"CPU ms per attempt in this storm, by process: {split}.\n\n"
+                section = section.replace("\n\n", "\n\n" + cpu_line, 1)
+                sections.append(section)
                 self.profiles.append(path.name)
         if sections:
             text = "# py-spy profiles (matched durability)\n\n" + "\n".join(sections)
