@@ -298,8 +298,9 @@ class Runner:
                     self.work / f"seed-{mode.name}.log",
                     synchronous_commit=mode.pg_synchronous_commit,
                 )
-                log(f"{mode.name}: starting the seed server over HTTP")
-                await seed.start()
+                log(f"{mode.name}: the seed server over HTTP (started for each of its storms)")
+                await seed.start()  # migrates its database; fails here rather than mid-run
+                await seed.stop()
             await service.connect()
             http_ok, http_note = False, ""
             if "http" in self.paths:
@@ -424,9 +425,15 @@ class Runner:
                 out["http"] = result.to_json()
             if side == "seed" and where.seed is not None:
                 pids = {"client": os.getpid(), **({"postgres": pg.pid} if pg.pid else {})}
-                result = await seedhttp.run_seed(
-                    where.seed, smaller, f"{tag}-S", where.secret, pids
-                )
+                # Started for its storm only: its pool of 64 idle connections would otherwise
+                # hold PostgreSQL's connection slots through the other paths' storms.
+                await where.seed.start()
+                try:
+                    result = await seedhttp.run_seed(
+                        where.seed, smaller, f"{tag}-S", where.secret, pids
+                    )
+                finally:
+                    await where.seed.stop()
                 out["seed"] = result.to_json()
         return out
 
