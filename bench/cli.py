@@ -1,10 +1,15 @@
 """``python -m bench``: start the servers, run every row, write bench/results/.
 
-For each durability mode: a nats-server with (or without) ``sync_interval: always`` and one
-``voucher-ledger serve`` on it; then for each workload (hot code / distinct codes at each client
-count) the baseline, the command bus and HTTP one after another, so that each row's three
-figures are taken within seconds of each other. One PostgreSQL serves the baseline (a fresh
-database per row) and the service (one database per mode).
+Every tool the chosen options need is looked up first (``bench/tools.py``): a missing one ends
+the run at once, in one line naming what to install. Then, for each durability mode: a
+nats-server with (or without) ``sync_interval: always``, one ``voucher-ledger serve`` on it and
+the seed's design over HTTP (``bench/seed``, built at start); for each workload (hot code /
+distinct codes at each client count) the baseline, the command bus, the seed over HTTP and this
+service over HTTP one after another, so that each row's figures are taken within seconds of each
+other, the two HTTP sides in alternated trials. One PostgreSQL serves the baseline (a fresh
+database per row), the seed (one database per mode) and the service (one database per mode).
+results.json and results.md are rewritten after every row: a run that dies keeps what it
+measured.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
-from bench import baseline, report
+from bench import baseline, report, seedhttp, tools
 from bench.checkout import checkout_available, run_http
 from bench.config import FULL, MODES, PATHS, QUICK, Mode, Sizes, Workload, WorkloadKind
 from bench.profile import profiling, summarise
@@ -44,6 +49,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # The profiled storms (extra, not measured) are shorter than the measured ones.
 PROFILE_ATTEMPTS = 10_000
 PROFILE_HTTP_ATTEMPTS = 2_000
+PROFILE_HTTP_SINGLE_ATTEMPTS = 300
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -55,7 +61,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--modes", default="matched,defaults", help=f"of {','.join(MODES)}")
     parser.add_argument("--workloads", default="hot,distinct", help="hot,distinct")
     parser.add_argument("--clients", default=None, help="client counts (default 1,16,64)")
-    parser.add_argument("--paths", default=",".join(PATHS), help="baseline,bus,http")
+    parser.add_argument("--paths", default=",".join(PATHS), help=",".join(PATHS))
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     parser.add_argument("--work-dir", type=Path, default=None, help="server data (a temp dir)")
     parser.add_argument("--keep-work-dir", action="store_true", help="keep server data/logs")
@@ -79,6 +85,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="times the target row (the hot code at the most clients) is measured, each "
         "trial its baseline, bus and HTTP storms in turn; the median trial of each path is the "
         "figure and every trial is reported (default 3)",
+    )
+    parser.add_argument(
+        "--checkout-trials",
+        type=int,
+        default=3,
+        help="alternated trials of the seed's checkout and this service's over HTTP on every "
+        "row (with --paths seed,http); the targets take the median of the trials' ratios "
+        "(default 3)",
     )
     parser.add_argument(
         "--catchup",
@@ -145,6 +159,7 @@ class Storms:
     secret: str
     http_ok: bool
     http_note: str
+    seed: seedhttp.SeedServer | None = None
 
 
 def log(message: str) -> None:
@@ -178,22 +193,29 @@ class Runner:
         self.memory: dict[str, dict[str, float]] = {}
         self.rebuild: dict[str, Any] | None = None
         self.profiles: list[str] = []
+        self.started = time.perf_counter()
+        self.meta: dict[str, Any] = {}
+        self.seed_binary: Path | None = None
 
     async def run(self) -> report.Results:
-        started = time.perf_counter()
-        load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        code = await asyncio.to_thread(code_version)
-        date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        self.started = time.perf_counter()
+        self.meta["load_at_start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        self.meta["code"] = await asyncio.to_thread(code_version)
+        self.meta["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        if "seed" in self.paths:
+            log("building bench/seed (go build, GOPATH mode)")
+            self.seed_binary = await asyncio.to_thread(
+                seedhttp.build, self.work / "seed-server", self.work / "seed-build.log"
+            )
         pg = Postgres(self.work / "pg")
         await asyncio.to_thread(pg.start)
-        nats_version = "?"
         try:
-            pg_info = await pg.describe()
+            self.meta["pg"] = await pg.describe()
             for mode in self.modes:
                 nats = NatsServer(
                     self.work / f"nats-{mode.name}", sync_always=mode.nats_sync_always
                 )
-                nats_version = nats.version()
+                self.meta["nats_version"] = nats.version()
                 await asyncio.to_thread(nats.start)
                 try:
                     await self.run_mode(mode, pg, nats)
@@ -201,13 +223,26 @@ class Runner:
                     await asyncio.to_thread(nats.stop)
         finally:
             await asyncio.to_thread(pg.stop)
-        machine = machine_info(nats_version, pg_info, code)
-        machine["load average at start"] = load_at_start
+        return self.results()
+
+    def results(self, stopped: str | None = None) -> report.Results:
+        """The run so far: every row measured, and ``stopped`` saying why it ended early."""
+        pg_info = self.meta.get("pg") or {
+            k: "?" for k in ("version", "fsync", "synchronous_commit", "shared_buffers")
+        }
+        machine = machine_info(
+            self.meta.get("nats_version", "?"), pg_info, self.meta.get("code", "?")
+        )
+        machine["load average at start"] = self.meta.get("load_at_start", "?")
         machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        notes = list(self.notes)
+        if stopped is not None:
+            notes.insert(0, stopped)
         return {
             "command": self.command,
-            "date": date,
-            "duration_s": round(time.perf_counter() - started, 1),
+            "date": self.meta.get("date", "?"),
+            "duration_s": round(time.perf_counter() - self.started, 1),
+            "complete": stopped is None,
             "machine": machine,
             "sizes": {
                 "hot_attempts": self.sizes.hot_attempts,
@@ -220,11 +255,20 @@ class Runner:
             },
             "modes": {m.name: m.description for m in self.modes},
             "rows": self.rows,
-            "notes": self.notes,
+            "notes": notes,
             "service_memory": self.memory,
             "rebuild": self.rebuild,
             "profiles": self.profiles,
         }
+
+    def save(self) -> None:
+        """results.json and results.md with the rows measured so far (no chart: it is drawn at
+        the end), marked as a run still under way."""
+        report.write(
+            self.results("the run was still under way: these are the rows measured so far"),
+            self.args.out,
+            chart=False,
+        )
 
     async def run_mode(self, mode: Mode, pg: Postgres, nats: NatsServer) -> None:
         database = await pg.create_database(f"svc_{mode.name}")
@@ -242,7 +286,21 @@ class Runner:
         assert nats.proc is not None
         pids = {"nats": nats.proc.pid, **({"postgres": pg.pid} if pg.pid else {})}
         service = Service(process, nats_url=nats.url, database_url=database, other_pids=pids)
+        seed: seedhttp.SeedServer | None = None
+        seed_database = ""
         try:
+            if self.seed_binary is not None:
+                seed_database = await pg.create_database(f"seed_{mode.name}")
+                seed = seedhttp.SeedServer(
+                    self.seed_binary,
+                    seed_database,
+                    secret,
+                    self.work / f"seed-{mode.name}.log",
+                    synchronous_commit=mode.pg_synchronous_commit,
+                )
+                log(f"{mode.name}: the seed server over HTTP (started for each of its storms)")
+                await seed.start()  # migrates its database; fails here rather than mid-run
+                await seed.stop()
             await service.connect()
             http_ok, http_note = False, ""
             if "http" in self.paths:
@@ -250,7 +308,7 @@ class Runner:
                 note = f"HTTP rows {http_note}"
                 if not http_ok and note not in self.notes:
                     self.notes.append(note)
-            where = Storms(mode, pg, service, secret, http_ok, http_note)
+            where = Storms(mode, pg, service, secret, http_ok, http_note, seed)
             for workload in self.workloads:
                 await self.run_row(where, workload)
             if self.args.profile and mode.name == "matched":
@@ -262,6 +320,10 @@ class Runner:
             code = await process.stop()
             if code not in (0, None):
                 self.notes.append(f"{mode.name}: serve exited with {code} (see its log)")
+            if seed is not None:
+                await seed.stop()
+            if seed_database:
+                await pg.drop_database(seed_database)
         if self.rebuild is None and not self.args.no_rebuild:
             self.rebuild = await self.measure_rebuild(mode, pg, nats, prefix, database, secret)
         await pg.drop_database(database)
@@ -286,24 +348,44 @@ class Runner:
             else:
                 row["http"] = None
                 row["http_note"] = where.http_note
+        row["load_average"] = round(os.getloadavg()[0], 2)
         target = workload.kind == "hot" and workload.clients == max(self.sizes.clients)
         count = max(1, self.args.trials) if target else 1
+        paired = where.seed is not None and where.http_ok and "http" in self.paths
+        total = max(count, self.args.checkout_trials) if paired else count
         trials = []
-        for n in range(1, count + 1):
+        for n in range(1, total + 1):
             suffix = "" if n == 1 else f"T{n}"
-            trial = await self.trial(where, workload, tag + suffix)
+            # The baseline and the bus run in the first `count` trials; the two HTTP sides in
+            # every trial, the seed first in odd trials and second in even ones.
+            trial = await self.trial(where, workload, tag + suffix, full=n <= count, order=n)
             trials.append(trial)
-            if count > 1:
+            if total > 1:
                 log(
                     f"{mode.name} {workload.kind} x{workload.clients} trial {n}: "
                     + ", ".join(f"{p} {r['per_second']:,.0f}/s" for p, r in trial.items())
                 )
-        row.update(median_trial(trials))
-        if len(trials) > 1:
-            row["trials"] = trials
+        row.update(median_trial(trials[:count]))
+        if count > 1:
+            row["trials"] = trials[:count]
+        if paired:
+            checkout = [{p: t[p] for p in ("seed", "http")} for t in trials]
+            row["checkout_trials"] = checkout
+            row["checkout"] = median_checkout(checkout)
+        elif "seed" in self.paths and where.seed is not None:
+            seeds = sorted((t["seed"] for t in trials), key=lambda r: float(r["per_second"]))
+            row["seed"] = seeds[(len(seeds) - 1) // 2]
         self.rows.append(row)
-        for path in PATHS:
-            figures = row.get(path)
+        self.save()
+        checked: list[tuple[str, Any]] = [(path, row.get(path)) for path in PATHS]
+        for n, pair in enumerate(row.get("checkout_trials", []), start=1):
+            checked += [(f"{path} (trial {n})", pair[path]) for path in ("seed", "http")]
+        for path, figures in checked:
+            if figures and figures.get("consistent") is False:
+                self.notes.append(
+                    f"{mode.name} {workload.kind} x{workload.clients} {path}: the database "
+                    f"does not match the answers ({figures.get('stored')})"
+                )
             if figures and figures["other"]:
                 errors = "; ".join(f"{n}× {e}" for e, n in figures["errors"].items())
                 self.notes.append(
@@ -318,11 +400,14 @@ class Runner:
         )
         log(f"{mode.name} {workload.kind} x{workload.clients}: {summary}")
 
-    async def trial(self, where: Storms, workload: Workload, tag: str) -> dict[str, Any]:
-        """One storm of each path on ``workload``, one after another (fresh codes each)."""
+    async def trial(
+        self, where: Storms, workload: Workload, tag: str, *, full: bool = True, order: int = 1
+    ) -> dict[str, Any]:
+        """One storm of each path on ``workload``, one after another (fresh codes each); only
+        the two HTTP sides when not ``full``, the seed first when ``order`` is odd."""
         mode, pg, service = where.mode, where.pg, where.service
         out: dict[str, Any] = {}
-        if "baseline" in self.paths:
+        if full and "baseline" in self.paths:
             url = await pg.create_database("seed")
             pids = {"postgres": pg.pid} if pg.pid else {}
             result = await baseline.run(
@@ -330,24 +415,43 @@ class Runner:
             )
             await pg.drop_database(url)
             out["baseline"] = result.to_json()
-        if "bus" in self.paths:
+        if full and "bus" in self.paths:
             out["bus"] = (await service.run_bus(workload, f"{tag}-B")).to_json()
-        if "http" in self.paths and where.http_ok:
-            smaller = self.sizes.for_http(workload)
-            out["http"] = (await run_http(service, smaller, f"{tag}-H", where.secret)).to_json()
+        smaller = self.sizes.for_http(workload)
+        sides = ["seed", "http"] if order % 2 else ["http", "seed"]
+        for side in sides:
+            if side == "http" and "http" in self.paths and where.http_ok:
+                result = await run_http(service, smaller, f"{tag}-H", where.secret)
+                out["http"] = result.to_json()
+            if side == "seed" and where.seed is not None:
+                pids = {"client": os.getpid(), **({"postgres": pg.pid} if pg.pid else {})}
+                # Started for its storm only: its pool of 64 idle connections would otherwise
+                # hold PostgreSQL's connection slots through the other paths' storms.
+                await where.seed.start()
+                try:
+                    result = await seedhttp.run_seed(
+                        where.seed, smaller, f"{tag}-S", where.secret, pids
+                    )
+                finally:
+                    await where.seed.stop()
+                out["seed"] = result.to_json()
         return out
 
     async def profile(self, service: Service, secret: str, http_ok: bool) -> None:
-        """py-spy on the serve process and on this process (the clients) during extra,
-        unmeasured hot-code storms; summaries into profile.md (raw stacks: *.folded)."""
+        """py-spy on the serve process, its processor process and this process (the clients)
+        during extra, unmeasured hot-code storms: the bus at the most clients, the HTTP checkout
+        at one client and at the most; summaries into profile.md (raw stacks: *.folded), with
+        each storm's CPU per attempt of every process (nats-server and PostgreSQL included)."""
         clients = max(self.sizes.clients)
         attempts = min(self.sizes.hot_attempts, PROFILE_ATTEMPTS)
         cap = attempts * self.sizes.hot_cap // self.sizes.hot_attempts
-        workload = Workload("hot", clients, attempts, cap)
         out_dir: Path = self.args.out
         sections = []
-        runs = [("bus", "command bus")] + ([("http", "HTTP checkout")] if http_ok else [])
-        for name, title in runs:
+        most = clients
+        runs = [("bus", "command bus", most)]
+        if http_ok:
+            runs += [("http1", "HTTP checkout", 1), ("http", "HTTP checkout", most)]
+        for name, title, clients in runs:
             log(f"profiling a {title} hot-code storm ({clients} clients)")
             targets = {"service": service.process.pid, "client": os.getpid()}
             for pid in service.process.child_pids()[:1]:
@@ -358,12 +462,24 @@ class Runner:
                 return profiling(targets, raw)
 
             tag = f"PROF-{name.upper()}"
+            workload = Workload("hot", clients, attempts, cap)
             if name == "bus":
                 stats = await service.run_bus(workload, tag, wrap)
             else:
-                attempts = min(self.sizes.for_http(workload).attempts, PROFILE_HTTP_ATTEMPTS)
-                smaller = Workload("hot", clients, attempts, attempts // 2)
+                limit = PROFILE_HTTP_SINGLE_ATTEMPTS if clients == 1 else PROFILE_HTTP_ATTEMPTS
+                count = min(self.sizes.for_http(workload).attempts, limit)
+                smaller = Workload("hot", clients, count, count // 2)
                 stats = await run_http(service, smaller, tag, secret, wrap)
+            cpu = stats.extra.get("cpu_s", {})
+            split = ", ".join(
+                f"{label} {1000 * float(cpu.get(key, 0.0)) / stats.attempts:.2f}"
+                for key, label in (
+                    ("service", "serve + processor process"),
+                    ("nats", "nats-server"),
+                    ("postgres", "PostgreSQL"),
+                    ("client", "the clients"),
+                )
+            )
             for who, path in raw.items():
                 process = {
                     "service": "the serve process (HTTP, projector)",
@@ -371,9 +487,13 @@ class Runner:
                 }.get(who, "the benchmark's clients")
                 heading = (
                     f"{process} during a {title} storm: one hot code, {stats.attempts:,} "
-                    f"attempts, {clients} clients ({stats.per_second:,.0f}/s under the profiler)"
+                    f"attempts, {clients} client{'s' if clients > 1 else ''} "
+                    f"({stats.per_second:,.0f}/s under the profiler)"
                 )
-                sections.append(profile_markdown(summarise(path), heading))
+                section = profile_markdown(summarise(path), heading)
+                cpu_line = f"CPU ms per attempt in this storm, by process: {split}.\n\n"
+                section = section.replace("\n\n", "\n\n" + cpu_line, 1)
+                sections.append(section)
                 self.profiles.append(path.name)
         if sections:
             text = "# py-spy profiles (matched durability)\n\n" + "\n".join(sections)
@@ -443,6 +563,23 @@ def median_trial(trials: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def median_checkout(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The seed-vs-service trial whose HTTP ratio (service ÷ seed throughput) is the median
+    (the lower middle one of an even number), its ratio, and every trial's ratio in order."""
+
+    def ratio(trial: dict[str, Any]) -> float:
+        seed = float(trial["seed"]["per_second"])
+        return float(trial["http"]["per_second"]) / seed if seed else 0.0
+
+    middle = (len(trials) - 1) // 2
+    chosen = sorted(trials, key=ratio)[middle]
+    return {
+        **chosen,
+        "ratio": round(ratio(chosen), 3),
+        "ratios": [round(ratio(t), 3) for t in trials],
+    }
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -452,11 +589,23 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the servers this run started are stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     args = parse_args(argv)
+    # Every tool this run needs, before anything starts: one line naming what to install.
+    absent = tools.missing(seed="seed" in _csv(args.paths), profile=args.profile)
+    if absent:
+        print("python -m bench: missing " + "; ".join(absent), file=sys.stderr)
+        return 2
     runner = Runner(args, argv)
     args.out.mkdir(parents=True, exist_ok=True)
     log(f"work dir {runner.work}; results to {args.out}")
     try:
         results = asyncio.run(runner.run())
+    except BaseException as exc:
+        # What was measured stays: the rows so far, with why the run stopped.
+        if runner.rows:
+            reason = f"the run stopped early ({type(exc).__name__}: {str(exc)[:200]})"
+            report.write(runner.results(reason), args.out, chart=False)
+            log(f"{reason}; the {len(runner.rows)} row(s) measured are in {args.out}")
+        raise
     finally:
         if not args.keep_work_dir and args.work_dir is None:
             shutil.rmtree(runner.work, ignore_errors=True)

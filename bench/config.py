@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 WorkloadKind = Literal["hot", "distinct"]
-PathName = Literal["baseline", "bus", "http"]
-PATHS: tuple[PathName, ...] = ("baseline", "bus", "http")
+PathName = Literal["baseline", "bus", "http", "seed"]
+# seed: the seed's design over HTTP (bench/seed/main.go), beside the in-process row lock.
+PATHS: tuple[PathName, ...] = ("baseline", "bus", "http", "seed")
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import shutil
 import signal
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench.tools import py_spy_binary
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]*)(?::\d+)?\)$")
 # Leaves that are waiting, not working: the event loop in select, and idle executor threads.
@@ -29,20 +29,13 @@ IDLE_LEAVES = (
 EVENT_LOOP_STEP = "Handle._run (asyncio/events.py)"
 
 
-def py_spy_binary() -> str | None:
-    candidate = Path(sys.executable).parent / "py-spy"
-    if candidate.is_file():
-        return str(candidate)
-    return shutil.which("py-spy")
-
-
 class PySpy:
     """``py-spy record`` attached to ``pid`` until :meth:`stop`."""
 
     def __init__(self, pid: int, output: Path, rate: int = 200) -> None:
         binary = py_spy_binary()
         if binary is None:
-            raise RuntimeError("py-spy is not installed")
+            raise RuntimeError('py-spy is not installed: pip install -e ".[dev]"')
         self.output = output
         args = ["record", "--pid", str(pid), "--format", "raw", "--rate", str(rate)]
         self.proc = subprocess.Popen(

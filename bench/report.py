@@ -15,6 +15,10 @@ TARGETS = {
     "http_ratio": 2.0,
     "rebuild_eps": 20_000.0,
 }
+# The server side of a checkout, per side: the seed's Go server and PostgreSQL against serve
+# (with its processor process), nats-server and PostgreSQL. The client is the same on both.
+SERVER_PROCS = {"seed": ("seed", "postgres"), "http": ("service", "nats", "postgres")}
+MAIN_PATHS = ("baseline", "bus", "http")
 
 
 def _num(value: float, digits: int = 0) -> str:
@@ -68,7 +72,7 @@ def main_table(results: Results) -> list[str]:
 
 def _redeemed(row: dict[str, Any]) -> str:
     parts = []
-    for path in PATHS:
+    for path in MAIN_PATHS:
         result = row.get(path)
         if result is None:
             parts.append("–")
@@ -136,8 +140,9 @@ def cpu_table(results: Results) -> list[str]:
     service_procs = ("service", "nats", "postgres", "client")
     lines = [
         "| durability | workload | clients | baseline: postgres / client "
-        "| bus: service / nats / postgres / client | HTTP: service / nats / postgres / client |",
-        "|---|---|---:|---:|---:|---:|",
+        "| bus: service / nats / postgres / client | HTTP: service / nats / postgres / client "
+        "| seed over HTTP: seed / postgres / client |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in results["rows"]:
         lines.append(
@@ -150,6 +155,7 @@ def cpu_table(results: Results) -> list[str]:
                     _cpu(row.get("baseline"), ("postgres", "client")),
                     _cpu(row.get("bus"), service_procs),
                     _cpu(row.get("http"), service_procs),
+                    _cpu((row.get("checkout") or row).get("seed"), ("seed", "postgres", "client")),
                 ]
             )
             + " |"
@@ -251,6 +257,183 @@ def targets(results: Results) -> list[dict[str, Any]]:
     return out
 
 
+def _median(values: list[float]) -> float:
+    """The lower middle value (the middle one of an odd number), as the trials are chosen."""
+    return sorted(values)[(len(values) - 1) // 2]
+
+
+def server_cpu_ms(result: dict[str, Any], side: str) -> float:
+    """CPU ms per attempt of the side's server processes together (the client left out)."""
+    cpu = result.get("cpu_s", {})
+    seconds = sum(float(cpu.get(name, 0.0)) for name in SERVER_PROCS[side])
+    return 1000 * seconds / float(result["attempts"])
+
+
+def _cpu_split(result: dict[str, Any], side: str) -> str:
+    names = SERVER_PROCS[side]
+    parts = " / ".join(
+        f"{1000 * float(result.get('cpu_s', {}).get(n, 0.0)) / result['attempts']:.2f}"
+        for n in names
+    )
+    return f"{parts} = **{server_cpu_ms(result, side):.2f}**"
+
+
+def _stored(result: dict[str, Any]) -> str:
+    text = f"{result['ok']:,}"
+    if result["other"]:
+        text += f" (+{result['other']:,} failed)"
+    if result.get("consistent") is False:
+        text += " (database differs)"
+    return text
+
+
+def checkout_table(results: Results) -> list[str]:
+    """The seed's design over HTTP against this service over HTTP, each row's median trial."""
+    lines = [
+        "| durability | workload | clients | load | attempts | seed /s | p50 ms | p99 ms "
+        "| voucher-ledger /s | p50 ms | p99 ms | ours ÷ seed (each trial) "
+        "| CPU ms per checkout, seed: seed / postgres = all "
+        "| ours: serve+processors / nats / postgres = all | redeemed seed / ours (expected) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for row in results["rows"]:
+        chosen = row.get("checkout")
+        if not chosen:
+            continue
+        seed, http = chosen["seed"], chosen["http"]
+        each = ", ".join(f"{r:.2f}" for r in chosen["ratios"])
+        cells = [
+            row["mode"],
+            row["workload"],
+            str(row["clients"]),
+            f"{row.get('load_average', 0):.1f}",
+            f"{http['attempts']:,}",
+            _num(seed["per_second"]),
+            _ms(seed["p50_ms"]),
+            _ms(seed["p99_ms"]),
+            _num(http["per_second"]),
+            _ms(http["p50_ms"]),
+            _ms(http["p99_ms"]),
+            f"**{chosen['ratio']:.2f}×** ({each})",
+            _cpu_split(seed, "seed"),
+            _cpu_split(http, "http"),
+            f"{_stored(seed)} / {_stored(http)} ({row.get('http_expected_ok', 0):,})",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines if len(lines) > 2 else []
+
+
+def checkout_trials_table(results: Results) -> list[str]:
+    lines = [
+        "| durability | workload | clients | trial | seed /s | p50 ms | CPU ms | ours /s "
+        "| p50 ms | CPU ms | ours ÷ seed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["rows"]:
+        for n, trial in enumerate(row.get("checkout_trials", []), start=1):
+            seed, http = trial["seed"], trial["http"]
+            ratio = _ratio(http, seed)
+            cells = [row["mode"], row["workload"], str(row["clients"]), str(n)]
+            cells += [_num(seed["per_second"]), _ms(seed["p50_ms"])]
+            cells += [f"{server_cpu_ms(seed, 'seed'):.2f}", _num(http["per_second"])]
+            cells += [_ms(http["p50_ms"]), f"{server_cpu_ms(http, 'http'):.2f}"]
+            cells.append(f"{ratio:.2f}×" if ratio is not None else "–")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines if len(lines) > 2 else []
+
+
+def _find(results: Results, mode: str, kind: str, clients: int) -> dict[str, Any] | None:
+    return next(
+        (
+            r
+            for r in results["rows"]
+            if r["mode"] == mode and r["workload"] == kind and r["clients"] == clients
+        ),
+        None,
+    )
+
+
+def targets_19(results: Results) -> list[dict[str, Any]]:
+    """Issue #19's targets, one row each (per workload): the median of the trials' own
+    ratios, every trial listed; a target whose row was not measured is not met."""
+    modes = [r["mode"] for r in results["rows"]]
+    mode = "matched" if "matched" in modes else (modes[0] if modes else "matched")
+    out: list[dict[str, Any]] = []
+
+    def judged(
+        target: str, row: dict[str, Any] | None, measure: Any, limit: float, at_least: bool
+    ) -> None:
+        trials = (row or {}).get("checkout_trials") or []
+        if not trials:
+            out.append({"target": target, "reached": "not measured", "met": False})
+            return
+        each = [float(measure(t["seed"], t["http"])) for t in trials]
+        value = _median(each)
+        shown = ", ".join(f"{v:.2f}" for v in each)
+        out.append(
+            {
+                "target": target,
+                "reached": f"{value:.2f}× (median of {len(each)} trials: {shown})",
+                "met": value >= limit if at_least else value <= limit,
+            }
+        )
+
+    def throughput(seed: dict[str, Any], http: dict[str, Any]) -> float:
+        return float(http["per_second"]) / float(seed["per_second"])
+
+    def p50(seed: dict[str, Any], http: dict[str, Any]) -> float:
+        return float(http["p50_ms"]) / float(seed["p50_ms"])
+
+    def cpu(seed: dict[str, Any], http: dict[str, Any]) -> float:
+        return server_cpu_ms(http, "http") / server_cpu_ms(seed, "seed")
+
+    names = {"hot": "hot code", "distinct": "distinct codes"}
+    for kind in ("hot", "distinct"):
+        judged(
+            f"HTTP checkout ≥ 2× the seed design's throughput, 64 clients, {names[kind]}",
+            _find(results, mode, kind, 64),
+            throughput,
+            2.0,
+            True,
+        )
+    for kind in ("hot", "distinct"):
+        judged(
+            f"HTTP checkout ≥ 1× the seed design's throughput, 16 clients, {names[kind]}",
+            _find(results, mode, kind, 16),
+            throughput,
+            1.0,
+            True,
+        )
+    for kind in ("hot", "distinct"):
+        judged(
+            f"p50 latency ≤ 2× the seed design's, 1 client, {names[kind]} (ours ÷ seed)",
+            _find(results, mode, kind, 1),
+            p50,
+            2.0,
+            False,
+        )
+    for clients in (16, 64):
+        for kind in ("hot", "distinct"):
+            judged(
+                f"CPU per checkout, all server processes, ≤ the seed design's, {clients} "
+                f"clients, {names[kind]} (ours ÷ seed)",
+                _find(results, mode, kind, clients),
+                cpu,
+                1.0,
+                False,
+            )
+    for kind, limit in (("hot", 5.0), ("distinct", 2.0)):
+        row = _find(results, mode, kind, 64)
+        target = f"command bus ≥ {limit:.0f}× the in-process row lock, 64 clients, {names[kind]}"
+        ratio = _ratio((row or {}).get("bus"), (row or {}).get("baseline"))
+        if row is None or ratio is None:
+            out.append({"target": target, "reached": "not measured", "met": False})
+            continue
+        ratio, reached = _reached(ratio, row, "bus")
+        out.append({"target": target, "reached": reached, "met": ratio >= limit})
+    return out
+
+
 def to_markdown(results: Results) -> str:
     machine = results["machine"]
     sizes = results["sizes"]
@@ -286,10 +469,16 @@ def to_markdown(results: Results) -> str:
         "awaited.",
         "- **HTTP**: `POST /billing/checkout` (free plan, the promo code) with a customer's "
         "bearer token, against the same kind of serve process.",
-        "",
-        "## Throughput and latency",
+        "- **seed over HTTP**: the same requests through the same client against "
+        "`bench/seed/main.go`, the seed's design re-created in Go from seed-billing-spec.md "
+        "(net/http, the HS256 JWT check, get-or-create customer, §4.5 redemption transaction, "
+        "§5.2 credit-only checkout transaction, the spec's schema) on the same PostgreSQL; its "
+        "vouchers issued with its `POST /billing/vouchers/issue`, as the service's with its own.",
         "",
     ]
+    if not results.get("complete", True):
+        lines += [f"**Partial results**: {results['notes'][0]}", ""]
+    lines += ["## Throughput and latency", ""]
     lines += main_table(results)
     for note in results.get("notes", []):
         lines += ["", f"Note: {note}"]
@@ -308,6 +497,25 @@ def to_markdown(results: Results) -> str:
             "",
         ]
         lines += repeated
+    checkout = checkout_table(results)
+    if checkout:
+        lines += [
+            "",
+            "## HTTP checkout: voucher-ledger against the seed's design over HTTP",
+            "",
+            "Alternated trials per row (`--checkout-trials`: the seed first in odd trials, "
+            "second in even ones), each side's storm on fresh codes; the row shows the trial "
+            "whose ratio is the median, with every trial's ratio. CPU per checkout: the "
+            "server processes of each side (the client, the same on both, is left out: it is "
+            "in the CPU table below). Load: the 1-minute load average when the row started.",
+            "",
+        ]
+        lines += checkout
+        lines += ["", "Every trial:", "", *checkout_trials_table(results)]
+    lines += ["", "## Targets (issue #19)", "", "| target | reached | met |", "|---|---|---|"]
+    for target in results.get("targets_19", []):
+        met = "yes" if target["met"] else "**no**"
+        lines.append(f"| {target['target']} | {target['reached']} | {met} |")
     lines += ["", "## Targets (issue #6)", "", "| target | reached | met |", "|---|---|---|"]
     for target in results.get("targets", []):
         met = "yes" if target["met"] else "**no**"
@@ -374,7 +582,7 @@ def to_markdown(results: Results) -> str:
     return "\n".join(lines)
 
 
-def chart(results: Results, path: Path) -> None:
+def draw_chart(results: Results, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -382,9 +590,14 @@ def chart(results: Results, path: Path) -> None:
 
     modes = list(dict.fromkeys(r["mode"] for r in results["rows"]))
     fig, axes = plt.subplots(2, len(modes), figsize=(6.5 * len(modes), 8), squeeze=False)
-    colors = {"baseline": "#888888", "bus": "#1f77b4", "http": "#ff7f0e"}
-    labels = {"baseline": "row-lock baseline", "bus": "command bus", "http": "HTTP checkout"}
-    width = 0.27
+    colors = {"baseline": "#888888", "bus": "#1f77b4", "http": "#ff7f0e", "seed": "#2ca02c"}
+    labels = {
+        "baseline": "row-lock baseline",
+        "bus": "command bus",
+        "http": "HTTP checkout",
+        "seed": "seed design over HTTP",
+    }
+    width = 0.2
     for col, mode in enumerate(modes):
         rows = [r for r in results["rows"] if r["mode"] == mode]
         names = [f"{r['workload']}\n{r['clients']} cl." for r in rows]
@@ -394,8 +607,13 @@ def chart(results: Results, path: Path) -> None:
         ):
             ax = axes[row_index][col]
             for i, path_name in enumerate(PATHS):
-                values = [float((r.get(path_name) or {}).get(metric, 0.0)) for r in rows]
-                xs = [x + (i - 1) * width for x in range(len(rows))]
+                values = [
+                    float(((r.get("checkout") or r).get(path_name) or {}).get(metric, 0.0))
+                    if path_name == "seed"
+                    else float((r.get(path_name) or {}).get(metric, 0.0))
+                    for r in rows
+                ]
+                xs = [x + (i - 1.5) * width for x in range(len(rows))]
                 ax.bar(xs, values, width, label=labels[path_name], color=colors[path_name])
             ax.set_xticks(range(len(rows)))
             ax.set_xticklabels(names, fontsize=8)
@@ -411,11 +629,15 @@ def chart(results: Results, path: Path) -> None:
     plt.close(fig)
 
 
-def write(results: Results, out_dir: Path) -> str:
+def write(results: Results, out_dir: Path, *, chart: bool = True) -> str:
+    """results.json and results.md (and the chart unless ``chart`` is false: a partial write
+    after each row skips it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results["targets"] = targets(results)
+    results["targets_19"] = targets_19(results)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     markdown = to_markdown(results)
     (out_dir / "results.md").write_text(markdown)
-    chart(results, out_dir / "chart.png")
+    if chart:
+        draw_chart(results, out_dir / "chart.png")
     return markdown

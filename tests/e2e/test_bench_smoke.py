@@ -65,6 +65,24 @@ def test_quick_benchmark_writes_every_row_with_positive_figures(
             assert row[path] == ranked[1][path], (key, path)
             for trial in trials:
                 assert trial[path]["ok"] == row[path]["ok"], (key, path)
+    # The seed's design over HTTP (bench/seed, built by the run) beside this service's HTTP row:
+    # alternated trials on every row, the same attempts, exactly the cap on both sides, no
+    # failure, and the seed's tables as its answers said.
+    assert results["complete"] is True
+    for key, row in rows.items():
+        trials = row["checkout_trials"]
+        assert len(trials) == 3, key
+        for trial in trials:
+            for side in ("seed", "http"):
+                figures = trial[side]
+                assert figures["per_second"] > 0, (key, side)
+                assert figures["attempts"] == row["http_attempts"], (key, side)
+                assert (figures["ok"], figures["other"]) == (row["http_expected_ok"], 0), key
+            assert trial["seed"]["consistent"] is True, key
+            assert set(trial["seed"]["cpu_s"]) == {"seed", "postgres", "client"}, key
+        ratios = [t["http"]["per_second"] / t["seed"]["per_second"] for t in trials]
+        assert row["checkout"]["ratio"] == pytest.approx(sorted(ratios)[1], rel=1e-3), key
+    assert len(results["targets_19"]) == 12
     assert results["rebuild"]["events"] > 0
     assert results["rebuild"]["events_per_second"] > 0
     runs = results["rebuild"]["runs"]  # three whole rebuilds, the median one is the figure
@@ -76,6 +94,8 @@ def test_quick_benchmark_writes_every_row_with_positive_figures(
     for mode, workload, clients in rows:
         assert f"| {mode} | {workload} | {clients} |" in markdown
     assert "## Targets (issue #6)" in markdown
+    assert "## Targets (issue #19)" in markdown
+    assert "## HTTP checkout: voucher-ledger against the seed's design over HTTP" in markdown
     assert "## Trials of the target rows" in markdown
     assert "(median of 3 trials; each trial: " in markdown
     assert (out / "chart.png").read_bytes().startswith(b"\x89PNG")
