@@ -81,7 +81,8 @@ def test_quick_benchmark_writes_every_row_with_positive_figures(
             assert trial["seed"]["consistent"] is True, key
             assert set(trial["seed"]["cpu_s"]) == {"seed", "postgres", "client"}, key
         ratios = [t["http"]["per_second"] / t["seed"]["per_second"] for t in trials]
-        assert row["checkout"]["ratio"] == pytest.approx(sorted(ratios)[1], rel=1e-3), key
+        # the median trial's ratio, as results.json rounds it (three decimals)
+        assert row["checkout"]["ratio"] == pytest.approx(sorted(ratios)[1], abs=5e-4), key
     assert len(results["targets_19"]) == 12
     assert results["rebuild"]["events"] > 0
     assert results["rebuild"]["events_per_second"] > 0
