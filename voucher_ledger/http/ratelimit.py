@@ -39,7 +39,6 @@ accepted checkout).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import json
@@ -49,13 +48,12 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import nats.errors
 from aiohttp import web
 from nats.aio.client import Client
 
-from voucher_ledger.jetstream.api import JetStreamApiError, js_api, parse_api_answer
+from voucher_ledger.jetstream.api import JetStreamApiError, parse_api_answer
 
 log = logging.getLogger(__name__)
 
@@ -138,25 +136,34 @@ class TokenStore:
         self._timeout = timeout
 
     async def load(self, key: str) -> tuple[State | None, int]:
-        """The key's state and revision; (None, 0) when it has none (never set, or expired)."""
+        """The key's state and revision; (None, 0) when it has none (never set, or expired).
+
+        A direct get (``$JS.API.DIRECT.GET.<stream>.<subject>``, the bucket allows them),
+        answered by the stream itself rather than through nats-server's JetStream API queue
+        (the leader's ``STREAM.MSG.GET``). On a replicated bucket a follower may answer a
+        revision behind: a take's write then fails its expectation and reads again."""
         self._check_connected()
         try:
-            answer = await js_api(
-                self._nc,
-                f"STREAM.MSG.GET.{self._stream}",
-                {"last_by_subj": self._prefix + key},
+            msg = await self._nc.request(
+                f"$JS.API.DIRECT.GET.{self._stream}.{self._prefix}{key}",
+                b"",
                 timeout=self._timeout,
             )
         except _NO_ANSWER as exc:
             raise LimiterUnavailable(f"{self._stream}: no answer") from exc
-        except JetStreamApiError as exc:
-            if exc.err_code == _NO_MESSAGE:
-                return None, 0
-            raise LimiterUnavailable(f"{self._stream}: {exc.description}") from exc
-        message: dict[str, Any] = answer["message"]
-        revision = int(message["seq"])
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status == "404":
+            return None, 0
+        if status:
+            description = headers.get("Description", "")
+            raise LimiterUnavailable(f"{self._stream}: {status} {description}".rstrip())
         try:
-            raw = json.loads(base64.b64decode(message.get("data") or ""))
+            revision = int(headers["Nats-Sequence"])
+        except (KeyError, ValueError) as exc:
+            raise LimiterUnavailable(f"{self._stream}: a direct get without a sequence") from exc
+        try:
+            raw = json.loads(msg.data)
             return (float(raw["tokens"]), float(raw["at"])), revision
         except (ValueError, KeyError, TypeError):
             return None, revision  # unreadable: start over from a full bucket
