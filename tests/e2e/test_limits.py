@@ -150,11 +150,14 @@ async def test_refused_promo_codes_are_limited_per_customer(
 async def test_refused_promo_codes_are_limited_per_client_address(
     guarded: ApiServer, http: aiohttp.ClientSession
 ) -> None:
-    capped = new_code("CAP")
-    await issue(http, guarded, capped, cap=1)
-    assert (await checkout(http, guarded, new_customer(), "10.2.0.1", capped)).status == 200
-    # unknown, capped, malformed: each a refusal, each by another customer, one address
-    for code, status in ((new_code("NOPE"), 400), (capped, 400), ("not a code!", 400)):
+    revoked = new_code("GONE")
+    await issue(http, guarded, revoked)
+    gone = await call(
+        http, "DELETE", guarded.url(f"/billing/vouchers/revoke/{revoked}"), headers=guarded.auth()
+    )
+    assert gone.status == 200, gone
+    # unknown, revoked, malformed: each a refused guess, each by another customer, one address
+    for code, status in ((new_code("NOPE"), 400), (revoked, 400), ("not a code!", 400)):
         reply = await checkout(http, guarded, new_customer(), "10.2.0.2", code)
         assert "invalid promo code" in assert_json_error(reply, status)
     fresh = new_customer()
@@ -172,3 +175,19 @@ async def test_accepted_promo_codes_do_not_count(
     for _ in range(6):  # twice the burst, one address, valid codes
         reply = await checkout(http, guarded, new_customer(), "10.3.0.1", code)
         assert reply.status == 200, reply
+
+
+async def test_codes_refused_at_their_cap_are_not_guesses(
+    guarded: ApiServer, http: aiohttp.ClientSession
+) -> None:
+    """A code at its cap exists (the preview says 410): customers racing for it from one
+    address are refused by the ledger, never limited as guessers, and the address can still
+    try an unknown code afterwards."""
+    capped = new_code("CAP")
+    await issue(http, guarded, capped, cap=1)
+    assert (await checkout(http, guarded, new_customer(), "10.4.0.1", capped)).status == 200
+    for _ in range(6):  # twice the burst, one address
+        reply = await checkout(http, guarded, new_customer(), "10.4.0.2", capped)
+        assert "invalid promo code" in assert_json_error(reply, 400)
+    reply = await checkout(http, guarded, new_customer(), "10.4.0.2", new_code("NOPE"))
+    assert "invalid promo code" in assert_json_error(reply, 400)

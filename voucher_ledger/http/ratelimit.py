@@ -30,7 +30,8 @@ in turn, instead of every request retrying against all the others until it is re
 
 **Refused promo codes** are counted, not reserved: a checkout with a promo code first reads
 its address's and its customer's buckets (refused at once when either is empty) and takes a
-token from each only when the ledger refuses the code. Concurrent guesses from one key can
+token from each only when the ledger refuses the code as a guess (unknown, revoked, malformed;
+not at its cap or inactive: http/billing.py ``_a_guess``). Concurrent guesses from one key can
 therefore pass the check together before their refusals are counted: at most one burst more
 than the limit, once (what a reservation would prevent at the price of four writes on every
 accepted checkout).
