@@ -64,6 +64,17 @@ async def _listed(session: aiohttp.ClientSession, port: int, token: str) -> set[
         return {row["code"] for row in await resp.json()}
 
 
+async def _stop_owner(service: ServiceProcess, data_dir: Path) -> None:
+    """SIGTERM the owning serve, which must exit 0; whatever is left is killed either way."""
+    service.signal(signal.SIGTERM)
+    try:
+        assert await service.wait(60) == 0
+    finally:
+        service.kill()
+        for proc in processes_using(data_dir):
+            proc.kill()
+
+
 async def test_a_second_serve_refuses_at_once_and_no_acknowledged_write_is_lost(
     tmp_path: Path,
 ) -> None:
@@ -108,13 +119,7 @@ async def test_a_second_serve_refuses_at_once_and_no_acknowledged_write_is_lost(
         assert "match" in verified.stdout
     finally:
         second.kill()
-        service.signal(signal.SIGTERM)
-        try:
-            assert await service.wait(60) == 0
-        finally:
-            service.kill()
-            for proc in processes_using(data_dir):
-                proc.kill()
+        await _stop_owner(service, data_dir)
 
 
 async def test_operator_jobs_attach_to_the_running_owner_and_leave_it_healthy(
@@ -167,13 +172,7 @@ async def test_operator_jobs_attach_to_the_running_owner_and_leave_it_healthy(
         assert (data_dir / "nats" / "nats-server.conf").read_text() == conf
     finally:
         processors.kill()
-        service.signal(signal.SIGTERM)
-        try:
-            assert await service.wait(60) == 0
-        finally:
-            service.kill()
-            for proc in processes_using(data_dir):
-                proc.kill()
+        await _stop_owner(service, data_dir)
 
 
 @pytest.mark.parametrize(
@@ -256,10 +255,4 @@ async def test_a_nats_server_started_by_hand_on_the_owned_store_cannot_start(
         ):
             assert resp.status == 200
     finally:
-        service.signal(signal.SIGTERM)
-        try:
-            assert await service.wait(60) == 0
-        finally:
-            service.kill()
-            for proc in processes_using(data_dir):
-                proc.kill()
+        await _stop_owner(service, data_dir)
