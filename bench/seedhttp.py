@@ -20,7 +20,7 @@ import asyncpg
 from bench import tools
 from bench.checkout import checkout_storm, issue_over_http
 from bench.config import Workload
-from bench.servers import CpuMeter, ServerError, stop_process, wait_ready
+from bench.servers import CpuMeter, HttpProcess, ServerError
 from bench.service import code_names
 from bench.stats import RunStats
 from voucher_ledger.service.embedded import free_port
@@ -50,8 +50,11 @@ def build(out: Path, log: Path) -> Path:
     return out
 
 
-class SeedServer:
+class SeedServer(HttpProcess):
     """The built seed server on one database: migrated at start, ready once /healthz answers."""
+
+    WHAT = "the seed server"
+    POLL = 0.05
 
     def __init__(
         self,
@@ -81,30 +84,11 @@ class SeedServer:
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def _launch(self) -> subprocess.Popen[bytes]:
-        with open(self.log, "ab") as out:
-            return subprocess.Popen(
-                [str(self.binary)], env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
+    def argv(self) -> list[str]:
+        return [str(self.binary)]
 
     async def start(self, timeout: float = 30.0) -> None:
-        self.proc = self._launch()
-        await wait_ready(
-            self.proc, f"{self.base_url}/healthz", "the seed server", self.log, timeout, 0.05
-        )
-
-    async def stop(self) -> int | None:
-        proc, self.proc = self.proc, None
-        return await stop_process(proc, 10)
+        await super().start(timeout)
 
     async def stored(self, tag: str) -> dict[str, int]:
         """What the storm ``tag`` left in the seed's tables (its codes start with the tag)."""

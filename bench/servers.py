@@ -178,9 +178,56 @@ class Postgres:
         return {"version": version, **settings}
 
 
-class ServiceProcess:
+class HttpProcess:
+    """A server process of the bench that answers HTTP on ``port``: launched with ``env``, its
+    output in ``log``, ready once ``READY`` answers 200, stopped with SIGTERM (SIGKILL after
+    ``GRACE`` seconds)."""
+
+    WHAT = "a server"
+    READY = "/healthz"
+    POLL = 0.1
+    GRACE = 10.0
+
+    port: int
+    log: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        with open(self.log, "ab") as out:
+            return subprocess.Popen(self.argv(), env=self.env, stdout=out, stderr=subprocess.STDOUT)
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Start the process; return once ``READY`` answers 200."""
+        self.proc = self._launch()
+        await wait_ready(
+            self.proc, f"{self.base_url}{self.READY}", self.WHAT, self.log, timeout, self.POLL
+        )
+
+    async def stop(self) -> int | None:
+        proc, self.proc = self.proc, None
+        return await stop_process(proc, self.GRACE)
+
+
+class ServiceProcess(HttpProcess):
     """``python -m voucher_ledger.cli serve`` on the run's servers: HTTP, the command processors
     and the projectors in one process, as deployed."""
+
+    WHAT = "voucher-ledger serve"
+    READY = "/readyz"
+    GRACE = 30.0
 
     def __init__(
         self,
@@ -220,34 +267,8 @@ class ServiceProcess:
         self._children: list[int] = []
         self._children_at = -1e9
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def _launch(self) -> subprocess.Popen[bytes]:
-        with open(self.log, "ab") as out:
-            return subprocess.Popen(
-                [sys.executable, "-m", "voucher_ledger.cli", "serve"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    async def start(self, timeout: float = 60.0) -> None:
-        """Start the process; return once ``/readyz`` answers 200."""
-        self.proc = self._launch()
-        await wait_ready(
-            self.proc, f"{self.base_url}/readyz", "voucher-ledger serve", self.log, timeout, 0.1
-        )
-
-    async def stop(self) -> int | None:
-        proc, self.proc = self.proc, None
-        return await stop_process(proc, 30)
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "voucher_ledger.cli", "serve"]
 
     def child_pids(self) -> list[int]:
         """The serve process's children (its processor process). Looked up at most every 2 s:
