@@ -34,8 +34,24 @@ VOUCHER_KEYS = {
     "times_redeemed",
     "created_at",
     "updated_at",
+    # issue #20: the window and the eligibility rules
+    "starts_at",
+    "expires_at",
+    "plans",
+    "min_order_omr",
+    "min_order_baisa",
+    "new_organizations_only",
 }
-PREVIEW_KEYS = {"code", "credit_omr", "description", "active", "accepting_redemptions"}
+PREVIEW_KEYS = {
+    "code",
+    "credit_omr",
+    "description",
+    "active",
+    "accepting_redemptions",
+    "starts_at",
+    "expires_at",
+    "reason",  # only with a 410
+}
 
 
 @dataclass

@@ -198,6 +198,12 @@ async def test_show_past_states(
         "times_redeemed": 1,
         "created_at": body["created_at"],
         "updated_at": body["updated_at"],
+        "starts_at": None,
+        "expires_at": None,
+        "plans": None,
+        "min_order_omr": 0,
+        "min_order_baisa": 0,
+        "new_organizations_only": False,
         "revoked": False,
         "revoked_at": None,
         "accepting_redemptions": True,
@@ -220,6 +226,8 @@ async def test_show_past_states(
     assert "CLI-1 (current)" in now.out
     assert "revoked      yes (at " in now.out
     assert "redemptions  2 of 5" in now.out
+    assert "valid until  no end" in now.out
+    assert "plans        any" in now.out
 
     first = await cli(env, "show", "CLI-1", "--seq", str(issued.seq))
     assert "credit       5 OMR (5000 baisa)" in first.out

@@ -211,16 +211,34 @@ async def write_mixed_history(
         own = f"ONE-{tag}-{n}"
         w.voucher(own, IssueVoucher(code=own, credit_baisa=1500, description=f"#{n}"))
         w.voucher(own, RedeemVoucher(code=own, customer_id=f"o{n}"))
-        if n % 4 == 0:
-            w.voucher(own, IssueVoucher(code=own, credit_baisa=1700, max_redemptions=5))
+        if n % 4 == 0:  # a window that holds now (issue #20: voucher.issued v2)
+            w.voucher(
+                own,
+                IssueVoucher(
+                    code=own,
+                    credit_baisa=1700,
+                    max_redemptions=5,
+                    starts_at=datetime(2020, 1, 1, tzinfo=UTC),
+                    expires_at=datetime(2099, 1, 1, tzinfo=UTC),
+                ),
+            )
         if n % 6 == 0:
             w.voucher(own, ReverseRedemption(code=own, customer_id=f"o{n}"))
             if n % 12 == 0:  # the same customer redeems the code again
                 assert w.voucher(own, RedeemVoucher(code=own, customer_id=f"o{n}"))
         if n % 5 == 0:
             w.voucher(own, RevokeVoucher(code=own))
-            if n % 10 == 0:
-                w.voucher(own, IssueVoucher(code=own, credit_baisa=1800))
+            if n % 10 == 0:  # restored with eligibility rules
+                w.voucher(
+                    own,
+                    IssueVoucher(
+                        code=own,
+                        credit_baisa=1800,
+                        plans=["business"],
+                        min_order_baisa=3000,
+                        new_organizations_only=True,
+                    ),
+                )
         # a checkout (a third of the stream)
         await _checkouts(w, n, hot[(n + 1) % len(hot)])
         if w.buffered >= flush_every:

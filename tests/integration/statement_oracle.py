@@ -67,12 +67,16 @@ class Ops:
 
 _UPSERT = """
 INSERT INTO vouchers (code, credit_baisa, description, active, revoked, max_redemptions,
-                      times_redeemed, created_at, updated_at, revoked_at, last_seq)
-VALUES ($1, $2, $3, $4, false, $5, 0, $6, $6, NULL, $7)
+                      times_redeemed, created_at, updated_at, revoked_at, last_seq,
+                      starts_at, expires_at, plans, min_order_baisa, new_organizations_only)
+VALUES ($1, $2, $3, $4, false, $5, 0, $6, $6, NULL, $7, $8, $9, $10::jsonb, $11, $12)
 ON CONFLICT (code) DO UPDATE SET
     credit_baisa = EXCLUDED.credit_baisa, description = EXCLUDED.description,
     active = EXCLUDED.active, max_redemptions = EXCLUDED.max_redemptions,
-    revoked = false, revoked_at = NULL
+    revoked = false, revoked_at = NULL,
+    starts_at = EXCLUDED.starts_at, expires_at = EXCLUDED.expires_at, plans = EXCLUDED.plans,
+    min_order_baisa = EXCLUDED.min_order_baisa,
+    new_organizations_only = EXCLUDED.new_organizations_only
 """
 _REVOKE = "UPDATE vouchers SET revoked = true, active = false, revoked_at = $2 WHERE code = $1"
 _REDEEM = """
@@ -125,6 +129,11 @@ class VoucherStatements:
                             event.max_redemptions,
                             at,
                             item.seq,
+                            event.starts_at,
+                            event.expires_at,
+                            None if event.plans is None else json.dumps(event.plans),
+                            event.min_order_baisa,
+                            event.new_organizations_only,
                         ),
                     )
                     touch(event.code, 0, at, item.seq)

@@ -89,6 +89,12 @@ async def test_state_at_each_past_sequence_and_time_is_what_it_was(
         "times_redeemed": 2,
         "created_at": first.envelope.occurred_at,
         "updated_at": history[3].envelope.occurred_at,
+        "starts_at": None,
+        "expires_at": None,
+        "plans": None,
+        "min_order_omr": 0,
+        "min_order_baisa": 0,
+        "new_organizations_only": False,
         "revoked": False,
         "revoked_at": None,
         "accepting_redemptions": False,  # at its cap

@@ -249,7 +249,9 @@ class CheckoutService:
                     expected="opened",
                 )
             else:
-                order, wallet, seq, took_no_slot = await self._settle(customer_id, actor, order)
+                order, wallet, seq, took_no_slot = await self._settle(
+                    customer_id, actor, order, wallet
+                )
         if order.status == "awaiting_payment" and order.session_url is None:
             order, wallet, seq = await self._request_payment(customer_id, actor, order, seq)
         if order.status == "failed":
@@ -270,7 +272,7 @@ class CheckoutService:
         return order.opened_at + timedelta(seconds=max(1.0, self.recovery_after - EXPIRY_GRACE))
 
     async def _settle(
-        self, customer_id: str, actor: Actor, order: OrderView
+        self, customer_id: str, actor: Actor, order: OrderView, wallet: WalletView | None
     ) -> tuple[OrderView, WalletView | None, int, bool]:
         """Redeem the order's code and settle it. The flag: the voucher refused this order's
         redemption and this request's own FailOrder then closed the order, so this checkout
@@ -290,7 +292,15 @@ class CheckoutService:
                     expected="opened",
                 ), False
             reply = await self._send(
-                RedeemVoucher(code=order.promo_code, customer_id=customer_id),
+                # What the voucher's eligibility rules look at: the plan, the total before
+                # credit, and whether the account completed an order before this one.
+                RedeemVoucher(
+                    code=order.promo_code,
+                    customer_id=customer_id,
+                    plan_id=order.plan_id,
+                    order_total_baisa=order.total_baisa,
+                    new_organization=wallet.completed_orders == 0 if wallet is not None else None,
+                ),
                 redeem_command_id(order.order_id),
                 actor,
                 expires_at=deadline,

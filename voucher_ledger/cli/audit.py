@@ -217,7 +217,14 @@ async def _show(args: argparse.Namespace, settings: Settings) -> int:
         f"  revoked      {_yes(v.revoked)}"
         + (f" (at {isoformat_z(state.revoked_at)})" if state.revoked_at else ""),
         f"  redemptions  {v.times_redeemed} of {cap}",
-        f"  accepting    {_yes(v.accepting_redemptions)}",
+        f"  valid from   {isoformat_z(v.starts_at) if v.starts_at else 'always'}",
+        f"  valid until  {isoformat_z(v.expires_at) if v.expires_at else 'no end'}",
+        f"  plans        {', '.join(_safe(p) for p in v.plans) if v.plans else 'any'}",
+        f"  min order    {v.min_order_baisa // BAISA} OMR"
+        if v.min_order_baisa
+        else "  min order    none",
+        f"  new orgs     {'only' if v.new_organizations_only else 'not required'}",
+        f"  accepting    {_yes(state.detail()['accepting_redemptions'] is True)}",
         f"  created      {isoformat_z(v.created_at)}",
         f"  updated      {isoformat_z(v.updated_at)}",
     ]

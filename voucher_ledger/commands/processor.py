@@ -106,8 +106,8 @@ class _VoucherKind:
     def fold(self, key: str, history: list[RecordedEvent]) -> Any:
         return voucher.fold(key, history)
 
-    def handle(self, state: Any, command: Any, command_id: str) -> Any:
-        return voucher.handle(state, command, command_id, self.policy)
+    def handle(self, state: Any, command: Any, command_id: str, now: datetime) -> Any:
+        return voucher.handle(state, command, command_id, self.policy, now)
 
     def evolve(self, state: Any, recorded: RecordedEvent, fingerprint: str) -> Any:
         return voucher.evolve(state, recorded, fingerprint)
@@ -125,7 +125,7 @@ class _WalletKind:
     def fold(self, key: str, history: list[RecordedEvent]) -> Any:
         return wallet.fold(key, history)
 
-    def handle(self, state: Any, command: Any, command_id: str) -> Any:
+    def handle(self, state: Any, command: Any, command_id: str, now: datetime) -> Any:
         return wallet.handle(state, command, command_id)
 
     def evolve(self, state: Any, recorded: RecordedEvent, fingerprint: str) -> Any:
@@ -624,7 +624,7 @@ class PartitionProcessor:
         added = 0
         for item in items:
             env = item.envelope
-            outcome = kind.handle(working, env.command, env.command_id)
+            outcome = kind.handle(working, env.command, env.command_id, now)
             if isinstance(outcome, Decided):
                 if env.expires_at is not None and env.expires_at < now:
                     # Already-applied commands still replay; a new one is not applied late.

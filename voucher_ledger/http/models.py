@@ -4,7 +4,7 @@ from them, so the documentation cannot drift from the code."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -15,6 +15,7 @@ from pydantic import (
     StrictStr,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from voucher_ledger.ledger.codes import (
@@ -23,7 +24,11 @@ from voucher_ledger.ledger.codes import (
     PROMO_INPUT_PATTERN,
     normalise_code,
 )
+from voucher_ledger.ledger.commands import PLAN_ID
 from voucher_ledger.ledger.errors import InvalidInput
+from voucher_ledger.projections.timetravel import BadTimestamp, parse_timestamp
+
+TIMESTAMP_RULE = "must be an ISO 8601 timestamp with a time zone, e.g. 2026-11-21T12:00:00Z"
 
 
 class _In(BaseModel):
@@ -62,7 +67,36 @@ class IssueVoucherBody(_Strict):
     max_redemptions: StrictInt | None = Field(
         default=None, ge=0, le=2**31 - 1, description="0 = unlimited"
     )
+    starts_at: datetime | None = Field(
+        default=None,
+        description="first moment the code redeems (ISO 8601 with a zone); null: no start",
+    )
+    expires_at: datetime | None = Field(
+        default=None,
+        description="the code redeems until just before this moment (ISO 8601 with a zone, "
+        "after starts_at); null: no end",
+    )
+    plans: (
+        list[Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=PLAN_ID)]] | None
+    ) = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="only a checkout of one of these plans redeems the code; null: any plan",
+    )
+    min_order_omr: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        le=2**31 - 1,
+        description="only an order of at least this total before credit (whole OMR); 0 or "
+        "null: any",
+    )
+    new_organizations_only: StrictBool | None = Field(
+        default=None,
+        description="only an Organization without a completed order redeems the code",
+    )
     credit_baisa: Any = _read_only("credit_omr in baisa")
+    min_order_baisa: Any = _read_only("min_order_omr in baisa")
     times_redeemed: Any = _read_only("the redemption counter")
     created_at: Any = _read_only("when the voucher was created")
     updated_at: Any = _read_only("when the voucher last changed")
@@ -75,6 +109,53 @@ class IssueVoucherBody(_Strict):
         except InvalidInput as exc:
             blank = not value.strip()
             raise ValueError("is required" if blank else f"must be {CODE_RULE}") from exc
+
+    @field_validator("starts_at", "expires_at", mode="before")
+    @classmethod
+    def _timestamp(cls, value: object, info: ValidationInfo) -> object:
+        if value is None:
+            return None
+        name = str(info.field_name)
+        if not isinstance(value, str):
+            raise ValueError(TIMESTAMP_RULE)
+        try:
+            return parse_timestamp(value, name=name)
+        except BadTimestamp as exc:
+            raise ValueError(str(exc).removeprefix(f"{name} ")) from exc
+
+    @field_validator("plans")
+    @classmethod
+    def _plan_ids(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        for item in value:
+            if not 1 <= len(item) <= 100:
+                raise ValueError("each plan id must be 1-100 characters")
+            _no_control(item)
+        return value
+
+    @model_validator(mode="after")
+    def _window(self) -> IssueVoucherBody:
+        if (
+            self.starts_at is not None
+            and self.expires_at is not None
+            and self.expires_at <= self.starts_at
+        ):
+            raise ValueError("expires_at must be after starts_at")
+        return self
+
+    def cleared(self) -> list[str]:
+        """The rules set to null explicitly (an update sets them back to none); a field left
+        out keeps its value."""
+        given = self.model_fields_set
+        out: list[str] = [
+            name
+            for name in ("starts_at", "expires_at", "plans", "new_organizations_only")
+            if name in given and getattr(self, name) is None
+        ]
+        if "min_order_omr" in given and self.min_order_omr is None:
+            out.append("min_order_baisa")
+        return out
 
     @field_validator("credit_omr")
     @classmethod
@@ -99,6 +180,12 @@ class VoucherOut(BaseModel):
     times_redeemed: int
     created_at: datetime
     updated_at: datetime
+    starts_at: datetime | None = Field(description="redeems from this moment; null: no start")
+    expires_at: datetime | None = Field(description="redeems until before this; null: no end")
+    plans: list[str] | None = Field(description="the plans it redeems for; null: any")
+    min_order_omr: int = Field(description="smallest order total before credit; 0: any")
+    min_order_baisa: int
+    new_organizations_only: bool
 
 
 class VoucherDetail(VoucherOut):
@@ -116,6 +203,13 @@ class PreviewOut(BaseModel):
     description: str
     active: bool
     accepting_redemptions: bool
+    starts_at: datetime | None = Field(description="redeems from this moment; null: no start")
+    expires_at: datetime | None = Field(description="redeems until before this; null: no end")
+    reason: Literal["expired", "not_started", "capped", "inactive"] | None = Field(
+        default=None,
+        description="why it does not redeem now (with the 410): expired (ended on expires_at), "
+        "not_started (starts on starts_at), capped, inactive; absent with a 200",
+    )
 
 
 class OkOut(BaseModel):

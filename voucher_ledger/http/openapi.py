@@ -186,8 +186,8 @@ def build_document(
             responses["200"] = {"description": route.ok, "content": _json(schema)}
         if route.headers:
             responses["200"]["headers"] = route.headers
-            for status, description in route.same_body:
-                responses[str(status)] = {"description": description, "content": _json(ref)}
+        for status, description in route.same_body:
+            responses[str(status)] = {"description": description, "content": _json(ref)}
         for status in route.errors:
             responses[str(status)] = error
         for status, description in route.described:

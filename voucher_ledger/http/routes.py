@@ -114,7 +114,9 @@ ROUTES: tuple[Route, ...] = (
         body=m.PreviewBody,
         response=m.PreviewOut,
         errors=(400, 404, 413, 415, 429, 503),
-        same_body=((410, "inactive or at its cap"),),
+        same_body=(
+            (410, "not redeemable now: inactive, at its cap, or outside its window (reason)"),
+        ),
     ),
     _list("/billing/admin/promos"),
     _issue("/billing/admin/promos"),

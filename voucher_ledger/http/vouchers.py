@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import asyncpg
@@ -52,7 +53,7 @@ from voucher_ledger.ledger.commands import IssueVoucher, RevokeVoucher
 from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import Actor
 from voucher_ledger.ledger.money import BAISA
-from voucher_ledger.ledger.voucher import VoucherCommandT
+from voucher_ledger.ledger.voucher import VoucherCommandT, refusal
 from voucher_ledger.projections import queries
 
 ISSUER_FORBIDDEN = "superadmin or sovereign-admin role required"
@@ -164,6 +165,14 @@ async def wait_for_projections(request: web.Request, seq: int) -> bool:
     return await request.app[STATUS].wait_for(seq, timeout)
 
 
+def _plans(value: object) -> list[str] | None:
+    """The ``plans`` of a read-model row (jsonb text) or of a voucher view (a list)."""
+    if value is None or isinstance(value, list):
+        return value
+    plans = json.loads(str(value))
+    return [str(p) for p in plans]
+
+
 def voucher_out(row: dict[str, Any]) -> VoucherOut:
     return VoucherOut(
         code=row["code"],
@@ -175,12 +184,30 @@ def voucher_out(row: dict[str, Any]) -> VoucherOut:
         times_redeemed=row["times_redeemed"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        starts_at=row["starts_at"],
+        expires_at=row["expires_at"],
+        plans=_plans(row["plans"]),
+        min_order_omr=row["min_order_baisa"] // BAISA,
+        min_order_baisa=row["min_order_baisa"],
+        new_organizations_only=row["new_organizations_only"],
+    )
+
+
+def refusal_now(row: dict[str, Any]) -> str | None:
+    """Why the voucher of ``row`` takes no redemption now (the preview's ``reason``), or None."""
+    return refusal(
+        active=row["active"],
+        revoked=row["revoked"],
+        max_redemptions=row["max_redemptions"],
+        times_redeemed=row["times_redeemed"],
+        starts_at=row["starts_at"],
+        expires_at=row["expires_at"],
+        now=datetime.now(UTC),
     )
 
 
 def accepting(row: dict[str, Any]) -> bool:
-    cap = row["max_redemptions"]
-    return bool(row["active"] and not row["revoked"] and (cap == 0 or row["times_redeemed"] < cap))
+    return refusal_now(row) is None
 
 
 def _raise_rejected(reply: Rejected) -> NoReturn:
@@ -209,6 +236,12 @@ async def issue_voucher(request: web.Request) -> web.Response:
         description=body.description,
         active=body.active,
         max_redemptions=body.max_redemptions,
+        starts_at=body.starts_at,
+        expires_at=body.expires_at,
+        plans=body.plans,
+        min_order_baisa=body.min_order_omr * BAISA if body.min_order_omr is not None else None,
+        new_organizations_only=body.new_organizations_only,
+        clear=body.cleared(),
     )
     reply = await send(request, command, principal)
     if isinstance(reply, Rejected):
@@ -278,14 +311,22 @@ async def redeem_preview(request: web.Request) -> web.Response:
     row = await queries.get_voucher(_pool(request), code)
     if row is None or row["revoked"]:
         raise ApiError(404, "voucher not valid")  # unknown and revoked look the same
+    reason = refusal_now(row)
     preview = PreviewOut(
         code=row["code"],
         credit_omr=row["credit_baisa"] // BAISA,
         description=row["description"],
         active=row["active"],
-        accepting_redemptions=accepting(row),
+        accepting_redemptions=reason is None,
+        starts_at=row["starts_at"],
+        expires_at=row["expires_at"],
+        reason=reason,
     )
-    return ok(preview, status=200 if preview.accepting_redemptions else 410)
+    # 410 says why (the landing page's "ended on ..." / "starts on ..."); a 200 has no reason.
+    text = preview.model_dump_json(exclude={"reason"} if reason is None else None)
+    return web.Response(
+        text=text, status=200 if reason is None else 410, content_type="application/json"
+    )
 
 
 async def get_voucher(request: web.Request) -> web.Response:

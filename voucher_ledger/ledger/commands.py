@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Literal
+from datetime import UTC, datetime
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AwareDatetime, Field, field_validator
 
 from voucher_ledger.ledger.codes import normalise_code, validate_customer_id
 from voucher_ledger.ledger.errors import InvalidInput
@@ -14,6 +15,9 @@ from voucher_ledger.ledger.events import Frozen, OrderLine
 
 class _CodeCommand(Frozen):
     code: str
+    # Fields added after the command's first version: left out of the fingerprint while unset,
+    # so a command without them keeps the digest it had before they existed.
+    _added: ClassVar[frozenset[str]] = frozenset()
 
     @property
     def aggregate(self) -> tuple[Literal["voucher"], str]:
@@ -26,7 +30,13 @@ class _CodeCommand(Frozen):
 
     def fingerprint(self) -> str:
         """A digest of the payload, to detect a command id reused for a different command."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:32]
+        unset = {name for name in self._added if getattr(self, name) in (None, [])}
+        payload = self.model_dump_json(exclude=unset) if unset else self.model_dump_json()
+        return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+PLAN_ID = r"^[^\x00-\x1f\x7f]{1,100}$"
+CLEARABLE = ("starts_at", "expires_at", "plans", "min_order_baisa", "new_organizations_only")
 
 
 class IssueVoucher(_CodeCommand):
@@ -42,6 +52,25 @@ class IssueVoucher(_CodeCommand):
     description: str | None = Field(default=None, max_length=2000)
     active: bool | None = Field(default=None, strict=True)
     max_redemptions: int | None = Field(default=None, ge=0, le=2**31 - 1, strict=True)
+    # When the code redeems, and who may redeem it (None: keep the current value, or none on a
+    # create). ``clear`` names the ones set back to none (an explicit null in the request).
+    starts_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+    plans: list[Annotated[str, Field(pattern=PLAN_ID)]] | None = Field(
+        default=None, min_length=1, max_length=100
+    )
+    min_order_baisa: int | None = Field(default=None, ge=0, le=2**62, strict=True)
+    new_organizations_only: bool | None = Field(default=None, strict=True)
+    clear: list[Literal[CLEARABLE]] = Field(default_factory=list)  # type: ignore[valid-type]
+
+    _added = frozenset(
+        ("starts_at", "expires_at", "plans", "min_order_baisa", "new_organizations_only", "clear")
+    )
+
+    @field_validator("starts_at", "expires_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return value.astimezone(UTC) if value is not None else None
 
     @field_validator("description")
     @classmethod
@@ -58,8 +87,22 @@ class RevokeVoucher(_CodeCommand):
 
 
 class RedeemVoucher(_CodeCommand):
+    """Take one redemption slot for ``customer_id``. The checkout also says what the voucher's
+    eligibility rules look at: its plan, its total before credit, and whether the account has
+    completed an order before. A rule the command cannot answer (a field left out) refuses."""
+
     type: Literal["redeem_voucher"] = "redeem_voucher"
     customer_id: str
+    plan_id: str | None = Field(default=None, pattern=PLAN_ID)
+    order_total_baisa: int | None = Field(default=None, ge=0, strict=True)
+    new_organization: bool | None = Field(default=None, strict=True)
+
+    def fingerprint(self) -> str:
+        # The code and the customer: what the checkout's eligibility facts say may differ on a
+        # retry of the same order (the account completed another order meanwhile), and the
+        # command id is the order's, so a retry must still find its receipt.
+        payload = self.model_dump_json(include={"code", "type", "customer_id"})
+        return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
     @field_validator("customer_id", mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, ClassVar
 
 
@@ -45,6 +46,45 @@ class CapReached(DomainError):
 
     def __init__(self, code: str, cap: int) -> None:
         super().__init__("voucher has reached its redemption limit", code=code, cap=cap)
+
+
+def _when(at: datetime) -> str:
+    text = at.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+class VoucherNotStarted(DomainError):
+    """Before the voucher's ``starts_at``: it does not redeem yet."""
+
+    reason = "not_started"
+
+    def __init__(self, code: str, starts_at: datetime) -> None:
+        super().__init__(
+            f"voucher is valid from {_when(starts_at)}", code=code, starts_at=starts_at
+        )
+
+
+class VoucherExpired(DomainError):
+    """At or after the voucher's ``expires_at``: it no longer redeems. (Not ``expired``, the
+    reason of a command that outlived its deadline.)"""
+
+    reason = "voucher_expired"
+
+    def __init__(self, code: str, expires_at: datetime) -> None:
+        super().__init__(
+            f"voucher expired on {_when(expires_at)}", code=code, expires_at=expires_at
+        )
+
+
+class NotEligible(DomainError):
+    """The checkout does not meet one of the voucher's eligibility rules (``rule``: plans,
+    min_order_omr, new_organizations_only)."""
+
+    reason = "not_eligible"
+
+    def __init__(self, code: str, rule: str, message: str) -> None:
+        super().__init__(message, code=code, rule=rule)
+        self.rule = rule
 
 
 class AlreadyRedeemed(DomainError):

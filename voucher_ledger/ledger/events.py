@@ -43,16 +43,27 @@ SYSTEM_ACTOR = Actor(sub="system", role="system")
 
 
 class VoucherIssued(Frozen):
-    """A voucher was created, updated (full replace) or restored from revocation (upsert)."""
+    """A voucher was created, updated (full replace) or restored from revocation (upsert).
+
+    Version 2 adds when the code redeems (``starts_at`` inclusive, ``expires_at`` exclusive;
+    None: no bound) and who may redeem it (``plans``: the checkout's plan one of these, None:
+    any; ``min_order_baisa``: the order total before credit at least this, 0: any;
+    ``new_organizations_only``: an Organization without a completed order). A v1 event is
+    upcast with these defaults: it redeemed always, for anyone."""
 
     type: Literal["voucher.issued"] = "voucher.issued"
-    version: Literal[1] = 1
+    version: Literal[2] = 2
     code: str
     credit_baisa: int
     description: str
     active: bool
     max_redemptions: int
     change: Literal["created", "updated", "restored"]
+    starts_at: datetime | None = None
+    expires_at: datetime | None = None
+    plans: list[str] | None = None
+    min_order_baisa: int = 0
+    new_organizations_only: bool = False
 
 
 class VoucherRevoked(Frozen):
@@ -298,7 +309,22 @@ class RecordedEvent(Frozen):
 
 # (type, version) -> function turning that version's dict into the next version's dict.
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
-UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def _issued_v1_to_v2(event: dict[str, Any]) -> dict[str, Any]:
+    """A v1 voucher had no window and no eligibility rules: the v2 defaults say so."""
+    return {
+        **event,
+        "version": 2,
+        "starts_at": None,
+        "expires_at": None,
+        "plans": None,
+        "min_order_baisa": 0,
+        "new_organizations_only": False,
+    }
+
+
+UPCASTERS: dict[tuple[str, int], Upcaster] = {("voucher.issued", 1): _issued_v1_to_v2}
 CURRENT_VERSIONS: dict[str, int] = {
     str(model.model_fields["type"].default): int(model.model_fields["version"].default)
     for model in EVENT_TYPES

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 import immutables
@@ -30,9 +30,12 @@ from voucher_ledger.ledger.errors import (
     CommandIdReused,
     DomainError,
     InvalidInput,
+    NotEligible,
     RedemptionNotFound,
+    VoucherExpired,
     VoucherInactive,
     VoucherNotFound,
+    VoucherNotStarted,
 )
 from voucher_ledger.ledger.events import (
     Frozen,
@@ -57,6 +60,40 @@ class Policy:
     max_credit_baisa: int = 10_000_000  # 10,000 OMR
 
 
+def window_refusal(
+    starts_at: datetime | None, expires_at: datetime | None, now: datetime
+) -> str | None:
+    """``not_started`` before ``starts_at``, ``expired`` from ``expires_at`` on, else None."""
+    if starts_at is not None and now < starts_at:
+        return "not_started"
+    if expires_at is not None and now >= expires_at:
+        return "expired"
+    return None
+
+
+def refusal(
+    *,
+    active: bool,
+    revoked: bool,
+    max_redemptions: int,
+    times_redeemed: int,
+    starts_at: datetime | None,
+    expires_at: datetime | None,
+    now: datetime,
+) -> str | None:
+    """Why a live voucher takes no redemption at ``now`` (the preview's 410 ``reason``):
+    ``inactive``, ``not_started``, ``expired`` or ``capped``, in that order; None when it
+    takes them (eligibility rules aside). A revoked voucher is ``inactive``."""
+    if revoked or not active:
+        return "inactive"
+    window = window_refusal(starts_at, expires_at, now)
+    if window is not None:
+        return window
+    if max_redemptions and times_redeemed >= max_redemptions:
+        return "capped"
+    return None
+
+
 class VoucherView(Frozen):
     """The public state of a voucher at one stream position."""
 
@@ -70,14 +107,30 @@ class VoucherView(Frozen):
     created_at: datetime
     updated_at: datetime
     last_seq: int
+    starts_at: datetime | None = None
+    expires_at: datetime | None = None
+    plans: list[str] | None = None
+    min_order_baisa: int = 0
+    new_organizations_only: bool = False
+
+    def refusal_at(self, now: datetime) -> str | None:
+        return refusal(
+            active=self.active,
+            revoked=self.revoked,
+            max_redemptions=self.max_redemptions,
+            times_redeemed=self.times_redeemed,
+            starts_at=self.starts_at,
+            expires_at=self.expires_at,
+            now=now,
+        )
+
+    def accepting_at(self, now: datetime) -> bool:
+        return self.refusal_at(now) is None
 
     @property
     def accepting_redemptions(self) -> bool:
-        return (
-            self.active
-            and not self.revoked
-            and (self.max_redemptions == 0 or self.times_redeemed < self.max_redemptions)
-        )
+        """Now (the wall clock); ``accepting_at`` for another moment."""
+        return self.accepting_at(datetime.now(UTC))
 
 
 class RedemptionView(Frozen):
@@ -100,6 +153,25 @@ class VoucherFacts:
     revoked: bool
     max_redemptions: int
     created_at: datetime
+    rules: Rules
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """When a voucher redeems and for whom (``VoucherIssued`` v2): what only an issue changes."""
+
+    starts_at: datetime | None = None
+    expires_at: datetime | None = None
+    plans: tuple[str, ...] | None = None
+    min_order_baisa: int = 0
+    new_organizations_only: bool = False
+
+    @property
+    def plan_list(self) -> list[str] | None:
+        return list(self.plans) if self.plans is not None else None
+
+
+NO_RULES = Rules()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +205,11 @@ class Receipt:
             created_at=f.created_at,
             updated_at=self.updated_at,
             last_seq=self.seq,
+            starts_at=f.rules.starts_at,
+            expires_at=f.rules.expires_at,
+            plans=f.rules.plan_list,
+            min_order_baisa=f.rules.min_order_baisa,
+            new_organizations_only=f.rules.new_organizations_only,
         )
 
     @property
@@ -173,6 +250,7 @@ class VoucherState:
     redemptions: immutables.Map[str, Redemption] = field(default_factory=immutables.Map)
     receipts: immutables.Map[str, Receipt] = field(default_factory=immutables.Map)
     facts: VoucherFacts | None = None  # set by the first issue, renewed by issue and revoke
+    rules: Rules = NO_RULES
 
     @property
     def live(self) -> bool:
@@ -192,6 +270,11 @@ class VoucherState:
             created_at=self.created_at,
             updated_at=self.updated_at,
             last_seq=self.last_seq,
+            starts_at=self.rules.starts_at,
+            expires_at=self.rules.expires_at,
+            plans=self.rules.plan_list,
+            min_order_baisa=self.rules.min_order_baisa,
+            new_organizations_only=self.rules.new_organizations_only,
         )
 
 
@@ -208,8 +291,14 @@ def redemption_id_for(code: str, customer_id: str, command_id: str) -> str:
 
 
 def decide(
-    state: VoucherState, command: VoucherCommandT, command_id: str, policy: Policy
+    state: VoucherState,
+    command: VoucherCommandT,
+    command_id: str,
+    policy: Policy,
+    now: datetime | None = None,
 ) -> list[VoucherEventT]:
+    """``now``: the moment of the decision (the processor's clock), against which a voucher's
+    window is checked; the wall clock when not given."""
     match command:
         case IssueVoucher():
             if command.credit_baisa > policy.max_credit_baisa:
@@ -218,6 +307,7 @@ def decide(
                 )
             change = "created" if not state.issued else ("restored" if state.revoked else "updated")
             keep = state.issued
+            rules = _rules_after(state.rules if keep else NO_RULES, command)
             return [
                 VoucherIssued(
                     code=state.code,
@@ -227,6 +317,11 @@ def decide(
                     active=_pick(command.active, state.active, change == "updated", True),
                     max_redemptions=_pick(command.max_redemptions, state.max_redemptions, keep, 0),
                     change=change,
+                    starts_at=rules.starts_at,
+                    expires_at=rules.expires_at,
+                    plans=rules.plan_list,
+                    min_order_baisa=rules.min_order_baisa,
+                    new_organizations_only=rules.new_organizations_only,
                 )
             ]
         case RevokeVoucher():
@@ -238,10 +333,17 @@ def decide(
                 raise VoucherNotFound(state.code)
             if not state.active:
                 raise VoucherInactive(state.code)
+            rules = state.rules
+            at = now if now is not None else datetime.now(UTC)
+            if rules.starts_at is not None and at < rules.starts_at:
+                raise VoucherNotStarted(state.code, rules.starts_at)
+            if rules.expires_at is not None and at >= rules.expires_at:
+                raise VoucherExpired(state.code, rules.expires_at)
             if state.max_redemptions and state.times_redeemed >= state.max_redemptions:
                 raise CapReached(state.code, state.max_redemptions)
             if command.customer_id in state.redemptions:
                 raise AlreadyRedeemed(state.code, command.customer_id)
+            _check_eligible(state.code, rules, command)
             return [
                 VoucherRedeemed(
                     code=state.code,
@@ -264,6 +366,70 @@ def decide(
                     reason=command.reason,
                 )
             ]
+
+
+def _rules_after(current: Rules, command: IssueVoucher) -> Rules:
+    """The window and eligibility after an issue: a field given replaces, one named in
+    ``clear`` goes back to none, one left out keeps ``current`` (NO_RULES on a create)."""
+    cleared = set(command.clear)
+
+    def pick(name: str, given: _T | None, now: _T, none: _T) -> _T:
+        if name in cleared:
+            return none
+        return given if given is not None else now
+
+    rules = Rules(
+        starts_at=pick("starts_at", command.starts_at, current.starts_at, None),
+        expires_at=pick("expires_at", command.expires_at, current.expires_at, None),
+        plans=pick(
+            "plans",
+            tuple(dict.fromkeys(command.plans)) if command.plans is not None else None,
+            current.plans,
+            None,
+        ),
+        min_order_baisa=pick(
+            "min_order_baisa", command.min_order_baisa, current.min_order_baisa, 0
+        ),
+        new_organizations_only=pick(
+            "new_organizations_only",
+            command.new_organizations_only,
+            current.new_organizations_only,
+            False,
+        ),
+    )
+    if (
+        rules.starts_at is not None
+        and rules.expires_at is not None
+        and rules.expires_at <= rules.starts_at
+    ):
+        raise InvalidInput("expires_at", "expires_at must be after starts_at")
+    return rules
+
+
+def _check_eligible(code: str, rules: Rules, command: RedeemVoucher) -> None:
+    if rules.plans is not None and command.plan_id not in rules.plans:
+        raise NotEligible(
+            code, "plans", f"this code is only for the plans {', '.join(rules.plans)}"
+        )
+    if rules.min_order_baisa and (
+        command.order_total_baisa is None or command.order_total_baisa < rules.min_order_baisa
+    ):
+        raise NotEligible(
+            code,
+            "min_order_omr",
+            f"this code needs an order of at least {_omr_text(rules.min_order_baisa)} OMR",
+        )
+    if rules.new_organizations_only and command.new_organization is not True:
+        raise NotEligible(
+            code,
+            "new_organizations_only",
+            "this code is only for an Organization's first order",
+        )
+
+
+def _omr_text(baisa: int) -> str:
+    whole, rest = divmod(baisa, 1000)
+    return f"{whole}.{rest:03d}" if rest else str(whole)
 
 
 def _pick(given: _T | None, current: _T, keep_current: bool, default: _T) -> _T:
@@ -295,7 +461,11 @@ Outcome = Replayed[Receipt] | Decided[VoucherEventT] | Refused
 
 
 def handle(
-    state: VoucherState, command: VoucherCommandT, command_id: str, policy: Policy
+    state: VoucherState,
+    command: VoucherCommandT,
+    command_id: str,
+    policy: Policy,
+    now: datetime | None = None,
 ) -> Outcome:
     """Idempotent decide: a known command id replays its receipt; a reused one is refused."""
     known = state.receipts.get(command_id)
@@ -304,7 +474,7 @@ def handle(
             return Refused(CommandIdReused(command_id))
         return Replayed(known)
     try:
-        return Decided(decide(state, command, command_id, policy))
+        return Decided(decide(state, command, command_id, policy, now))
     except DomainError as err:
         # Without its traceback: the frames it holds (the processor's, through f_back) would
         # make every refusal a reference cycle for the cyclic GC (~15 % of a processor's CPU
@@ -364,6 +534,13 @@ def evolve(state: VoucherState, recorded: RecordedEvent, fingerprint: str = "") 
         case VoucherIssued():
             created_at = state.created_at or at
             times_redeemed = state.times_redeemed
+            rules = Rules(
+                starts_at=event.starts_at,
+                expires_at=event.expires_at,
+                plans=tuple(event.plans) if event.plans is not None else None,
+                min_order_baisa=event.min_order_baisa,
+                new_organizations_only=event.new_organizations_only,
+            )
             facts = VoucherFacts(
                 code=state.code,
                 credit_baisa=event.credit_baisa,
@@ -372,6 +549,7 @@ def evolve(state: VoucherState, recorded: RecordedEvent, fingerprint: str = "") 
                 revoked=False,
                 max_redemptions=event.max_redemptions,
                 created_at=created_at,
+                rules=rules if rules != NO_RULES else NO_RULES,  # one shared object when none
             )
             changes = {
                 "issued": True,
@@ -381,6 +559,7 @@ def evolve(state: VoucherState, recorded: RecordedEvent, fingerprint: str = "") 
                 "active": event.active,
                 "max_redemptions": event.max_redemptions,
                 "created_at": created_at,
+                "rules": facts.rules,
             }
         case VoucherRevoked():
             if state.created_at is None:
@@ -394,6 +573,7 @@ def evolve(state: VoucherState, recorded: RecordedEvent, fingerprint: str = "") 
                 revoked=True,
                 max_redemptions=state.max_redemptions,
                 created_at=state.created_at,
+                rules=state.rules,
             )
             changes = {"revoked": True, "active": False}
         case _:
@@ -452,6 +632,11 @@ def fingerprint_of_event(recorded: RecordedEvent) -> str:
                 description=event.description,
                 active=event.active,
                 max_redemptions=event.max_redemptions,
+                starts_at=event.starts_at,
+                expires_at=event.expires_at,
+                plans=event.plans,
+                min_order_baisa=event.min_order_baisa or None,
+                new_organizations_only=event.new_organizations_only or None,
             )
         case VoucherRevoked():
             command = RevokeVoucher(code=event.code)

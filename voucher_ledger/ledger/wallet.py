@@ -96,6 +96,8 @@ class WalletView(Frozen):
     reserved_baisa: int
     available_baisa: int
     last_seq: int
+    # How many of its orders completed: a voucher for new Organizations only asks for none.
+    completed_orders: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,7 @@ class WalletState:
     balance_baisa: int = 0
     reserved_baisa: int = 0
     last_seq: int = 0
+    completed_orders: int = 0
     grants: immutables.Map[str, HeldGrant] = field(default_factory=immutables.Map)
     orders: immutables.Map[str, OrderView] = field(default_factory=immutables.Map)
     receipts: immutables.Map[str, WalletReceipt] = field(default_factory=immutables.Map)
@@ -137,6 +140,7 @@ class WalletState:
             reserved_baisa=self.reserved_baisa,
             available_baisa=self.available_baisa,
             last_seq=self.last_seq,
+            completed_orders=self.completed_orders,
         )
 
     def order(self, order_id: str) -> OrderView:
@@ -464,6 +468,8 @@ def evolve(state: WalletState, recorded: RecordedEvent, fingerprint: str = "") -
         case OrderSessionCreated():
             order_changes = {"session_id": event.session_id, "session_url": event.session_url}
         case OrderCompleted():
+            if order is not None and order.status != "completed":
+                state = replace(state, completed_orders=state.completed_orders + 1)
             if order is not None:
                 order_changes = {
                     "status": "completed",

@@ -29,7 +29,8 @@ def _translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
 
 _VOUCHER_COLUMNS = """code, credit_baisa, description, active, revoked, max_redemptions,
-    times_redeemed, created_at, updated_at, revoked_at, last_seq"""
+    times_redeemed, created_at, updated_at, revoked_at, last_seq, starts_at, expires_at,
+    plans, min_order_baisa, new_organizations_only"""
 
 
 def _dict(row: asyncpg.Record | None) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ Both bounds take a prefix of the history, so the state is one the voucher really
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from voucher_ledger.commands.store import EventStore
@@ -53,6 +53,8 @@ class VoucherAsOf:
     view: VoucherView
     revoked_at: datetime | None
     events: int  # how many of the code's events were folded
+    # the moment asked for (None: a stream position); not part of the state it names
+    at: datetime | None = field(default=None, compare=False)
 
     def detail(self) -> dict[str, object]:
         """The fields of ``GET /billing/vouchers/{code}`` (``VoucherDetail``)."""
@@ -67,9 +69,18 @@ class VoucherAsOf:
             "times_redeemed": v.times_redeemed,
             "created_at": v.created_at,
             "updated_at": v.updated_at,
+            "starts_at": v.starts_at,
+            "expires_at": v.expires_at,
+            "plans": v.plans,
+            "min_order_omr": v.min_order_baisa // BAISA,
+            "min_order_baisa": v.min_order_baisa,
+            "new_organizations_only": v.new_organizations_only,
             "revoked": v.revoked,
             "revoked_at": self.revoked_at,
-            "accepting_redemptions": v.accepting_redemptions,
+            # as of that moment: its window then, not now
+            "accepting_redemptions": v.accepting_at(self.at)
+            if self.at
+            else v.accepting_redemptions,
             "last_seq": v.last_seq,
         }
 
@@ -110,7 +121,7 @@ def state_of(
             if isinstance(recorded.envelope.event, VoucherRevoked):
                 revoked_at = recorded.envelope.occurred_at
                 break
-    return VoucherAsOf(view=state.view(), revoked_at=revoked_at, events=len(prefix))
+    return VoucherAsOf(view=state.view(), revoked_at=revoked_at, events=len(prefix), at=at)
 
 
 async def voucher_as_of(

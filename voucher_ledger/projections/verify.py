@@ -13,6 +13,7 @@ fails is reported by its stream sequence, and nothing from it on is folded.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,6 +157,11 @@ def _verify_vouchers(
             "created_at": state.created_at,
             "updated_at": state.updated_at,
             "last_seq": state.last_seq,
+            "starts_at": state.rules.starts_at,
+            "expires_at": state.rules.expires_at,
+            "plans": state.rules.plan_list,
+            "min_order_baisa": state.rules.min_order_baisa,
+            "new_organizations_only": state.rules.new_organizations_only,
         }
         for r in seen:
             event = r.envelope.event
@@ -173,13 +179,20 @@ def _verify_vouchers(
                 and event.redemption_id in expected_redemptions
             ):
                 expected_redemptions[event.redemption_id]["reversed_seq"] = r.seq
-    _compare(report, "vouchers", expected, {r["code"]: dict(r) for r in vouchers})
+    _compare(report, "vouchers", expected, {r["code"]: _voucher_row(r) for r in vouchers})
     _compare(
         report,
         "redemptions",
         expected_redemptions,
         {r["redemption_id"]: dict(r) for r in redemptions},
     )
+
+
+def _voucher_row(row: asyncpg.Record) -> dict[str, Any]:
+    out = dict(row)
+    if out.get("plans") is not None:  # jsonb, read as its JSON text
+        out["plans"] = json.loads(out["plans"])
+    return out
 
 
 def _verify_wallets(

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+from pydantic_core import to_json
 
 from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table
 
@@ -30,6 +31,11 @@ VOUCHERS = Table(
     Column("updated_at", "timestamptz", updated=True),
     Column("revoked_at", "timestamptz", updated=True),
     Column("last_seq", "bigint", updated=True),
+    Column("starts_at", "timestamptz", updated=True),
+    Column("expires_at", "timestamptz", updated=True),
+    Column("plans", "jsonb", updated=True),
+    Column("min_order_baisa", "bigint", updated=True),
+    Column("new_organizations_only", "boolean", updated=True),
 )
 REDEMPTIONS = Table(
     "redemptions",
@@ -52,10 +58,17 @@ _V = VOUCHERS.index
 _V_CREDIT, _V_DESC, _V_ACTIVE = _V["credit_baisa"], _V["description"], _V["active"]
 _V_REVOKED, _V_MAX, _V_TIMES = _V["revoked"], _V["max_redemptions"], _V["times_redeemed"]
 _V_UPDATED, _V_REVOKED_AT, _V_SEQ = _V["updated_at"], _V["revoked_at"], _V["last_seq"]
+_V_STARTS, _V_EXPIRES, _V_PLANS = _V["starts_at"], _V["expires_at"], _V["plans"]
+_V_MIN_ORDER, _V_NEW_ONLY = _V["min_order_baisa"], _V["new_organizations_only"]
 _R = REDEMPTIONS.index
 _R_ID, _R_CODE, _R_CUSTOMER = _R["redemption_id"], _R["code"], _R["customer_id"]
 _R_REVERSED_AT, _R_REVERSED_SEQ = _R["reversed_at"], _R["reversed_seq"]
 _R_REASON = _R["reversal_reason"]
+
+
+def plans_json(plans: list[str] | None) -> str | None:
+    """The ``plans`` jsonb column: a JSON array of plan ids, NULL for any plan."""
+    return None if plans is None else to_json(plans).decode()
 
 
 def _foreign_key_error(code: str) -> asyncpg.ForeignKeyViolationError:
@@ -154,12 +167,21 @@ class VoucherProjection:
                         updated_at=at,
                         revoked_at=None,
                         last_seq=seq,
+                        starts_at=event["starts_at"],
+                        expires_at=event["expires_at"],
+                        plans=plans_json(event["plans"]),
+                        min_order_baisa=event["min_order_baisa"],
+                        new_organizations_only=event["new_organizations_only"],
                     )
                 else:
                     row[_V_CREDIT] = event["credit_baisa"]
                     row[_V_DESC] = event["description"]
                     row[_V_ACTIVE] = event["active"]
                     row[_V_MAX] = event["max_redemptions"]
+                    row[_V_STARTS], row[_V_EXPIRES] = event["starts_at"], event["expires_at"]
+                    row[_V_PLANS] = plans_json(event["plans"])
+                    row[_V_MIN_ORDER] = event["min_order_baisa"]
+                    row[_V_NEW_ONLY] = event["new_organizations_only"]
                     row[_V_REVOKED], row[_V_REVOKED_AT] = False, None
                     row[_V_UPDATED], row[_V_SEQ] = at, seq
             elif kind == _REVOKED:
