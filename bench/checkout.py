@@ -48,11 +48,12 @@ def is_cap_refusal(status: int, body: Any) -> bool:
     return "limit" in message or "cap" in message
 
 
-def _items(codes: list[str], tag: str, secret: str) -> list[tuple[str, str]]:
-    """Each attempt's code and its customer's token (one customer per attempt)."""
+def _items(codes: list[str], tag: str, secret: str) -> list[tuple[str, str, str]]:
+    """Each attempt's code, its customer's token and its customer's Organization (one
+    customer and one Organization per attempt: a code redeems once per Organization)."""
     key = secret.encode()
     return [
-        (code, mint_token(key, f"{tag}-cust-{i}", "member", ttl=TOKEN_TTL))
+        (code, mint_token(key, f"{tag}-cust-{i}", "member", ttl=TOKEN_TTL), f"{tag}-org-{i}")
         for i, code in enumerate(codes)
     ]
 
@@ -67,14 +68,14 @@ async def _session(clients: int) -> AsyncIterator[aiohttp.ClientSession]:
 
 def _attempt(
     session: aiohttp.ClientSession, url: str
-) -> Callable[[tuple[str, str]], Awaitable[Outcome]]:
+) -> Callable[[tuple[str, str, str]], Awaitable[Outcome]]:
     """One checkout: the same request and the same reading of the answer on both sides."""
 
-    async def attempt(item: tuple[str, str]) -> Outcome:
-        code, token = item
+    async def attempt(item: tuple[str, str, str]) -> Outcome:
+        code, token, tenant = item
         body = {
             "plan_id": "free",
-            "tenant_id": "t1",
+            "tenant_id": tenant,
             "apps": [],
             "addons": [],
             "promo_code": code,

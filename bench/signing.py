@@ -46,6 +46,7 @@ def envelopes(n: int) -> list[EventEnvelope]:
                 customer_id="customer-0001",
                 redemption_id=f"r-{i:08d}",
                 credit_baisa=5000,
+                user_id="customer-0001",
             )
         out.append(
             EventEnvelope.model_construct(

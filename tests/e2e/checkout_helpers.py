@@ -91,11 +91,13 @@ class Shop:
         promo_code: str | None = None,
         key: str | None = None,
         path: str = CHECKOUT,
-        tenant_id: str = "tenant-1",
+        tenant_id: str | None = None,
     ) -> Reply:
+        # Since issue #20 the account is the Organization: by default each customer checks out
+        # for an Organization of its own, named like it (its wallet was its own before).
         body: dict[str, Any] = {
             "plan_id": plan_id,
-            "tenant_id": tenant_id,
+            "tenant_id": tenant_id if tenant_id is not None else sub,
             "apps": ["wordpress"],
             "addons": addons or [],
         }

@@ -592,12 +592,13 @@ async def test_the_later_marketplaces_topology_field_is_accepted_when_single_reg
     assert set(assert_json_error(refused, 400) and refused.json["fields"]) == {"topology"}
     assert await credit_only.stream_seq() == before
     for topology in ("", "single-region"):
+        sub = new_customer()  # each its own Organization: a code redeems once per Organization
         reply = await credit_only.request(
             "POST",
             CHECKOUT_PATHS[0],
-            sub=new_customer(),
+            sub=sub,
             role="member",
-            json_body={**body, "topology": topology},
+            json_body={**body, "tenant_id": sub, "topology": topology},
         )
         assert reply.status == 200, reply
         assert reply.json["paid_by_credit"] is True

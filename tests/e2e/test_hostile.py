@@ -334,11 +334,14 @@ HOSTILE_SUBS = ["a.b", "*", ">", "$JS.API.>", "..", "a b", "ü.ñ", "x" * 256, "
 async def test_hostile_ids_in_valid_tokens_and_keys_become_safe_subject_tokens(
     hostile: Hostile,
 ) -> None:
-    """A signed-in customer's ``sub`` names its wallet, and an Idempotency-Key names a request:
+    """A signed-in customer's ``sub`` and its Organization (``tenant_id``, which names the
+    wallet) and an Idempotency-Key (which names a request) hold anything valid:
     whatever they hold, every subject on the event stream is made of safe tokens."""
     h = hostile
     for sub in HOSTILE_SUBS:
-        reply = await h.send("POST", CHECKOUT, json_body=ORDER, headers=h.member(sub))
+        # since issue #20 the wallet is the Organization's: each names its own, as hostile
+        order = {**ORDER, "tenant_id": sub[:200]}
+        reply = await h.send("POST", CHECKOUT, json_body=order, headers=h.member(sub))
         h.record("ids", reply)
         assert reply.status == 200, (sub, reply)
         assert reply.json["status"] == "completed"

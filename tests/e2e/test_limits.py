@@ -111,7 +111,8 @@ async def checkout(
     address: str,
     promo_code: str | None,
 ) -> Reply:
-    body: dict[str, object] = {"plan_id": "free", "tenant_id": "t", "apps": [], "addons": []}
+    # each customer its own Organization (issue #20: another user's is a 403)
+    body: dict[str, object] = {"plan_id": "free", "tenant_id": sub, "apps": [], "addons": []}
     if promo_code is not None:
         body["promo_code"] = promo_code
     headers = {**server.auth("member", sub), "X-Forwarded-For": address}

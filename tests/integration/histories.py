@@ -185,9 +185,19 @@ async def _checkouts(w: _Writer, n: int, code: str) -> None:
                 FailOrder(customer_id=c, order_id=oid, reason="card_declined", message="declined"),
             )
             w.voucher(code, ReverseRedemption(code=code, customer_id=c, reason="checkout"))
-    # a second, cheap order paid from what is left (or by card)
+    # a second, cheap order paid from what is left (or by card); every third one by another
+    # user whose token names the Organization (issue #20: order.opened v2, user_id and
+    # member_by_claim), who also redeems a code for it (voucher.redeemed v2, user_id)
     oid2 = f"{c}-o2"
-    w.wallet(c, _order(c, oid2, 1000, None))
+    if n % 3 == 0:
+        member = f"member-{c}"
+        opened = _order(c, oid2, 1000, None).model_copy(
+            update={"user_id": member, "member_by_claim": True}
+        )
+        w.wallet(c, opened)
+        w.voucher(code, RedeemVoucher(code=code, customer_id=f"org2-{c}", user_id=member))
+    else:
+        w.wallet(c, _order(c, oid2, 1000, None))
     w.wallet(c, SettleOrder(customer_id=c, order_id=oid2, payment_available=True))
 
 

@@ -81,8 +81,8 @@ ON CONFLICT (code) DO UPDATE SET
 _REVOKE = "UPDATE vouchers SET revoked = true, active = false, revoked_at = $2 WHERE code = $1"
 _REDEEM = """
 INSERT INTO redemptions (redemption_id, code, customer_id, credit_baisa, redeemed_at, seq,
-                         command_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+                         command_id, user_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 """
 _REVERSE = """
 UPDATE redemptions SET reversed_at = $2, reversed_seq = $3, reversal_reason = $4
@@ -151,6 +151,7 @@ class VoucherStatements:
                             at,
                             item.seq,
                             env.command_id,
+                            event.user_id,
                         ),
                     )
                     touch(event.code, 1, at, item.seq)
@@ -222,8 +223,10 @@ SELECT $1, $2, $3, $4, $5, $7, $8, $9, $10, w.balance_baisa, w.reserved_baisa, $
 """
 _OPEN = """
 INSERT INTO orders (order_id, customer_id, tenant_id, plan_id, apps, addons, lines, promo_code,
-                    total_baisa, amount_due_baisa, status, created_at, updated_at, last_seq)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7::jsonb, $8, $9, $9, 'opened', $10, $10, $11)
+                    total_baisa, amount_due_baisa, status, created_at, updated_at, last_seq,
+                    user_id, member_by_claim, owns)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7::jsonb, $8, $9, $9, 'opened', $10, $10, $11,
+        $12, $13, NOT $13)
 """
 _SET_REDEMPTION = (
     "UPDATE orders SET redemption_id = $2, updated_at = $3, last_seq = $4 WHERE order_id = $1"
@@ -246,7 +249,7 @@ WHERE order_id = $1
 """
 _FAIL = """
 UPDATE orders SET status = 'failed', failure_reason = $2, failure_message = $3,
-                  release_slot = $4, updated_at = $5, last_seq = $6
+                  release_slot = $4, updated_at = $5, last_seq = $6, owns = false
 WHERE order_id = $1
 """
 _ABANDON = """
@@ -377,6 +380,8 @@ class WalletStatements:
                             event.total_baisa,
                             at,
                             seq,
+                            event.user_id,
+                            event.member_by_claim,
                         ),
                     )
                 case OrderPaymentRequested():

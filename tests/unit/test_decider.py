@@ -707,8 +707,10 @@ def test_envelope_json_round_trips_every_event_type(event: VoucherEventT) -> Non
     doc = json.loads(raw)
     assert doc["aggregate"] == "voucher"
     assert doc["event"]["type"] == event.type
-    # voucher.issued is at v2 (its window and eligibility rules), the others at v1
-    assert doc["event"]["version"] == (2 if event.type == "voucher.issued" else 1)
+    # voucher.issued (window, rules) and voucher.redeemed (user_id) are at v2 since issue #20
+    assert doc["event"]["version"] == (
+        2 if event.type in ("voucher.issued", "voucher.redeemed") else 1
+    )
     decoded = decode_envelope(raw)
     assert decoded == envelope
     assert type(decoded.event) is type(event)

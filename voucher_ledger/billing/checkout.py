@@ -41,6 +41,7 @@ from voucher_ledger.billing.failpoints import crash_if
 from voucher_ledger.billing.stripe_gateway import PaymentError, StripeGateway
 from voucher_ledger.commands.bus import EXPIRY_GRACE, BusError, CommandBus, CommandTimeout
 from voucher_ledger.commands.wire import Accepted, Rejected
+from voucher_ledger.ledger.codes import validate_customer_id
 from voucher_ledger.ledger.commands import (
     AbandonOrder,
     AttachSession,
@@ -55,6 +56,7 @@ from voucher_ledger.ledger.commands import (
     SettleOrder,
     WalletCommandT,
 )
+from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import Actor, OrderLine
 from voucher_ledger.ledger.voucher import VoucherCommandT, redemption_id_for
 from voucher_ledger.ledger.wallet import OrderView, WalletView
@@ -103,17 +105,26 @@ class CheckoutOutcome:
     seq: int
 
 
-def order_id_for(customer_id: str, idempotency_key: str | None) -> str:
-    """The same key from the same customer is the same order (B23); no key, a new order."""
+def order_id_for(account: str, user_id: str, idempotency_key: str | None) -> str:
+    """The same key from the same user for the same account is the same order (B23); no key,
+    a new order. (The account is in it: an order lives in one account's wallet.)"""
     if idempotency_key is None:
         return str(uuid.uuid4())
-    return str(uuid.uuid5(_ORDER_NS, f"{customer_id}\x00{idempotency_key}"))
+    return str(uuid.uuid5(_ORDER_NS, f"{account}\x00{user_id}\x00{idempotency_key}"))
 
 
 def _order_of(reply: Accepted) -> OrderView:
     if reply.order is None:
         raise CheckoutError(503, "the ledger answered without the order; retry")
     return reply.order
+
+
+def _account_like(value: object) -> bool:
+    try:
+        validate_customer_id(value)
+    except InvalidInput:
+        return False
+    return True
 
 
 def redeem_command_id(order_id: str) -> str:
@@ -189,7 +200,7 @@ class CheckoutService:
     async def checkout(
         self,
         *,
-        customer_id: str,
+        user_id: str,
         actor: Actor,
         plan_id: str,
         tenant_id: str,
@@ -197,13 +208,20 @@ class CheckoutService:
         addons: list[str],
         promo_code: str | None,
         idempotency_key: str | None,
+        member_by_claim: bool = False,
     ) -> CheckoutOutcome:
+        """Check out for the account ``tenant_id`` (the Organization) as ``user_id``;
+        ``member_by_claim``: the user's token names the Organization (else the account must be
+        the user's own: nobody else's order opened it and did not fail)."""
         # Priced before anything is written: a catalog failure cannot burn a promo slot.
         lines = await self.price(plan_id, addons)
-        order_id = order_id_for(customer_id, idempotency_key)
+        customer_id = tenant_id
+        order_id = order_id_for(customer_id, user_id, idempotency_key)
         opened, refused = await self._wallet(
             OpenOrder(
                 customer_id=customer_id,
+                user_id=user_id,
+                member_by_claim=member_by_claim,
                 order_id=order_id,
                 tenant_id=tenant_id,
                 plan_id=plan_id,
@@ -221,6 +239,8 @@ class CheckoutService:
                 raise CheckoutError(
                     409, "Idempotency-Key was already used for a different checkout"
                 )
+            if refused.reason == "not_member":
+                raise CheckoutError(403, refused.message, reason="not_member")
             raise CheckoutError(400, refused.message)
         assert opened is not None
         return await self.advance(customer_id, actor, _order_of(opened), opened.wallet, opened.seq)
@@ -297,6 +317,7 @@ class CheckoutService:
                 RedeemVoucher(
                     code=order.promo_code,
                     customer_id=customer_id,
+                    user_id=order.user_id or customer_id,
                     plan_id=order.plan_id,
                     order_total_baisa=order.total_baisa,
                     new_organization=wallet.completed_orders == 0 if wallet is not None else None,
@@ -374,7 +395,8 @@ class CheckoutService:
             )
         params = self.stripe.session_params(
             order_id=order.order_id,
-            customer_id=customer_id,
+            # the user who checks out; the account is the metadata's tenant_id
+            customer_id=order.user_id or customer_id,
             tenant_id=order.tenant_id,
             lines=order.lines,
             credit_applied_baisa=order.credit_applied_baisa,
@@ -523,11 +545,35 @@ class CheckoutService:
             return f"ignored: {etype}"
         metadata = obj.get("metadata") or {}
         order_id = metadata.get("order_id") if isinstance(metadata, dict) else None
-        customer_id = obj.get("client_reference_id")
+        tenant_id = metadata.get("tenant_id") if isinstance(metadata, dict) else None
+        user_id = obj.get("client_reference_id")
         if not isinstance(order_id, str) or not order_id:
             return "ignored: not one of our sessions (no order_id)"
-        if not isinstance(customer_id, str) or not customer_id:
+        if not isinstance(user_id, str) or not user_id:
             return "ignored: session without client_reference_id"
+        # The order lives in its account's wallet: the Organization (the metadata's tenant_id)
+        # since issue #20; a session created before was the user's own wallet's.
+        accounts = [a for a in (tenant_id, user_id) if isinstance(a, str) and _account_like(a)]
+        if not accounts:
+            return "ignored: no account to settle"
+        outcome = ""
+        for customer_id in dict.fromkeys(accounts):
+            outcome = await self._on_session(etype, action, event_id, obj, order_id, customer_id)
+            if outcome != "order_not_found":
+                break
+        return outcome if outcome != "order_not_found" else f"{action} refused: order_not_found"
+
+    async def _on_session(
+        self,
+        etype: str,
+        action: str,
+        event_id: str,
+        obj: dict[str, Any],
+        order_id: str,
+        customer_id: str,
+    ) -> str:
+        """Confirm or abandon ``order_id`` in the wallet of ``customer_id``; ``order_not_found``
+        when that wallet has no such order."""
         session_id = str(obj.get("id") or "")
         command: WalletCommandT
         if action == "confirm":
@@ -548,6 +594,8 @@ class CheckoutService:
         # as the effects, so a replayed event changes nothing (B13).
         reply = await self._send(command, f"stripe-{event_id}", STRIPE_ACTOR)
         if isinstance(reply, Rejected):
+            if reply.reason == "order_not_found":
+                return "order_not_found"
             return f"{action} refused: {reply.reason}"
         status = reply.order.status if reply.order is not None else "?"
         if status == "refund_due":

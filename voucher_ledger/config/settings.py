@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     jwks_url: str | None = Field(default=None, alias="JWKS_URL")
     jwt_issuer: str | None = Field(default=None, alias="JWT_ISSUER")
     jwt_audience: str | None = Field(default=None, alias="JWT_AUDIENCE")
+    # The token claim listing the caller's Organizations (tenant ids); a Keycloak group mapper
+    # may use another name. Without the claim in a token, an account belongs to its first user.
+    orgs_claim: str = Field(default="orgs", alias="ORGS_CLAIM", min_length=1)
 
     # HTTP
     preview_rate_per_minute: int = Field(default=30, alias="PREVIEW_RATE_PER_MINUTE", ge=1)

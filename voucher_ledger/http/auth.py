@@ -53,6 +53,13 @@ _WHITESPACE = re.compile(r"\s")
 class Principal:
     sub: str
     roles: frozenset[str]
+    # The Organizations (tenant ids) the token says the caller belongs to (the ``orgs`` claim,
+    # ORGS_CLAIM); None when the token does not carry the claim (membership is then ownership).
+    orgs: frozenset[str] | None = None
+
+    def member_by_claim(self, tenant_id: str) -> bool | None:
+        """True / False when the token's claim says; None when it carries no claim."""
+        return None if self.orgs is None else tenant_id in self.orgs
 
     @property
     def role(self) -> str:
@@ -194,6 +201,14 @@ def _roles(claims: dict[str, Any]) -> frozenset[str]:
     return frozenset(found)
 
 
+def _orgs(claims: dict[str, Any], name: str) -> frozenset[str] | None:
+    """The claim's tenant ids: a list of strings (a Keycloak group mapper's ``/name`` paths
+    are read as ``name``); a claim of another shape names no Organization."""
+    if name not in claims:
+        return None
+    return frozenset(item.removeprefix("/") for item in _strings(claims[name]))
+
+
 def _strings(value: object) -> list[str]:
     if not isinstance(value, list):
         return []
@@ -213,6 +228,7 @@ class Authenticator:
         jwks_url: str | None = None,
         issuer: str | None = None,
         audience: str | None = None,
+        orgs_claim: str = "orgs",
         leeway: float = 30.0,
         jwks_cache_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
@@ -225,6 +241,7 @@ class Authenticator:
         self._jwks_url = jwks_url or None
         self._issuer = issuer or None
         self._audience = audience or None
+        self._orgs_claim = orgs_claim
         self._leeway = leeway
         self._jwks_cache_seconds = jwks_cache_seconds
         self._clock = clock
@@ -271,7 +288,7 @@ class Authenticator:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub.strip():
             raise _invalid("empty sub")
-        return Principal(sub=sub, roles=_roles(claims))
+        return Principal(sub=sub, roles=_roles(claims), orgs=_orgs(claims, self._orgs_claim))
 
     async def close(self) -> None:
         if self._session is not None:

@@ -1,9 +1,10 @@
 """Checkout, the Stripe webhook, the customer's balance and the admin order list.
 
 * ``POST /billing/checkout`` and its aliases ``/billing/purchase``, ``/api/v1/billing/purchase``
-  and ``/api/v1/sme/billing/purchase`` (any signed-in customer; the JWT ``sub`` is the wallet);
+  and ``/api/v1/sme/billing/purchase`` (a member of the Organization ``tenant_id`` names, whose
+  account pays and is credited);
 * ``POST /billing/webhook`` (public; Stripe's signature is the authentication);
-* ``GET /billing/balance`` (any signed-in customer);
+* ``GET /billing/balance[?tenant_id=]`` (a member of the Organization; issuers read any);
 * ``GET /billing/admin/orders`` (``superadmin`` or ``sovereign-admin``);
 * ``GET /billing/catalog`` (public: what a marketplace shows before sign-in).
 """
@@ -113,13 +114,33 @@ async def _a_guess(request: web.Request, code: str | None) -> bool:
     return voucher is None or bool(voucher["revoked"])
 
 
+NOT_MEMBER = "you are not a member of this organization"
+TENANT_MAX = 200
+
+
+def _account_id(tenant_id: str) -> str:
+    if len(tenant_id) > TENANT_MAX:  # as the checkout body's tenant_id
+        raise ApiError(400, f"tenant_id must be at most {TENANT_MAX} characters")
+    try:
+        return validate_customer_id(tenant_id)
+    except InvalidInput as exc:
+        raise ApiError(400, f"tenant_id: {exc.message.removeprefix('customer_id ')}") from exc
+
+
 async def checkout(request: web.Request) -> web.Response:
     principal = await require_user(request)
     try:
-        validate_customer_id(principal.sub)  # the wallet's id: a valid token may still not fit
+        validate_customer_id(principal.sub)  # recorded as the order's user
     except InvalidInput as exc:
-        raise ApiError(400, f"the token's subject cannot hold credit: {exc.message}") from exc
+        raise ApiError(400, f"the token's subject cannot check out: {exc.message}") from exc
     body = await parse_body(request, CheckoutBody)
+    # The account is the Organization the body names; membership is verified, never taken
+    # from the body: the token's claim when it carries one (checked here, before anything is
+    # written), else ownership, which the account's wallet decides (403 from the ledger).
+    account = _account_id(body.tenant_id)
+    by_claim = principal.member_by_claim(account)
+    if by_claim is False:
+        raise ApiError(403, NOT_MEMBER)
     key = request.headers.get("Idempotency-Key")
     if key is not None:
         try:
@@ -148,10 +169,11 @@ async def checkout(request: web.Request) -> web.Response:
     service = _service(request)
     try:
         outcome = await service.checkout(
-            customer_id=principal.sub,
+            user_id=principal.sub,
+            member_by_claim=by_claim is True,
             actor=Actor(sub=principal.sub, role=principal.role),
             plan_id=body.plan_id,
-            tenant_id=body.tenant_id,
+            tenant_id=account,
             apps=body.apps,
             addons=body.addons,
             promo_code=promo,
@@ -217,11 +239,49 @@ async def webhook(request: web.Request) -> web.Response:
     return _ok(WebhookOut())
 
 
+async def _balance_account(request: web.Request, principal: Principal) -> str | None:
+    """The account ``GET /billing/balance`` reads (None: an empty balance): ``?tenant_id=``
+    when the caller is a member (an issuer reads any), else the caller's only Organization."""
+    pool = request.app[POOL]
+    named = request.query.getall("tenant_id", [])
+    if len(named) > 1:
+        raise ApiError(400, "tenant_id must be given once")
+    if named:
+        account = named[0]
+        if not 1 <= len(account) <= TENANT_MAX or any(
+            ord(ch) < 32 or ord(ch) == 127 for ch in account
+        ):
+            raise ApiError(
+                400, f"tenant_id must be 1-{TENANT_MAX} characters without control characters"
+            )
+        if principal.has_any(ISSUER_ROLES):
+            return account
+        by_claim = principal.member_by_claim(account)
+        if by_claim is not None:
+            if not by_claim:
+                raise ApiError(403, NOT_MEMBER)
+            return account
+        members = await queries.account_members(pool, account)
+        if not members.known:
+            return None  # nobody's yet: as empty as a new customer's
+        if not members.readable_by(principal.sub):
+            raise ApiError(403, NOT_MEMBER)
+        return account
+    if principal.orgs is not None:
+        mine = sorted(principal.orgs)
+    else:
+        mine = await queries.own_accounts(pool, principal.sub, limit=2)
+    if len(mine) > 1:
+        raise ApiError(400, "you belong to several organizations: name one with ?tenant_id=")
+    return mine[0] if mine else None
+
+
 async def balance(request: web.Request) -> web.Response:
     principal = await require_user(request)
     pool = request.app[POOL]
-    row = await queries.wallet(pool, principal.sub)
-    entries = await queries.credit_entries(pool, principal.sub, limit=20)
+    account = await _balance_account(request, principal)
+    row = await queries.wallet(pool, account) if account is not None else None
+    entries = await queries.credit_entries(pool, account, limit=20) if account is not None else []
     balance_baisa = row["balance_baisa"] if row else 0
     reserved = row["reserved_baisa"] if row else 0
     available = balance_baisa - reserved

@@ -242,7 +242,8 @@ class HistoryOut(BaseModel):
 
 class RedemptionOut(BaseModel):
     redemption_id: str
-    customer_id: str
+    customer_id: str = Field(description="the account: the Organization it was redeemed for")
+    user_id: str = Field(description="the user who redeemed it")
     credit_omr: int
     credit_baisa: int
     redeemed_at: datetime

@@ -66,6 +66,20 @@ AT: dict[str, Any] = {
     "exist yet. ISO 8601 with a time zone; encode '+' as %2B or use Z.",
     "schema": {"type": "string", "format": "date-time"},
 }
+TENANT: dict[str, Any] = {
+    "name": "tenant_id",
+    "in": "query",
+    "required": False,
+    "description": "the Organization whose account to read (a member's, or any for an issuer); "
+    "without it: the caller's only Organization (an empty balance when none, a 400 when "
+    "several)",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 200,
+        "pattern": "^[^\\x00-\\x1f\\x7f]*$",
+    },
+}
 PAGE: tuple[dict[str, Any], ...] = (
     {
         "name": "after_seq",

@@ -23,6 +23,7 @@ from voucher_ledger.http.openapi import (
     ORDERS_QUERY,
     PAGE,
     STRIPE_SIGNATURE,
+    TENANT,
     Route,
     build_document,
 )
@@ -79,11 +80,12 @@ def _checkout(path: str) -> Route:
         path,
         billing.checkout,
         "customer",
-        "Check out a plan with addons and an optional promo code; credit first",
+        "Check out a plan with addons and an optional promo code for an Organization (its "
+        "account pays and is credited); credit first",
         parameters=(IDEMPOTENCY_KEY,),
         body=m.CheckoutBody,
         response=m.CheckoutOut,
-        errors=(400, 401, 409, 413, 415, 502, 503),
+        errors=(400, 401, 403, 409, 413, 415, 502, 503),
     )
 
 
@@ -168,9 +170,10 @@ ROUTES: tuple[Route, ...] = (
         "/billing/balance",
         billing.balance,
         "customer",
-        "The caller's credit: available, reserved, and the 20 newest movements",
+        "An Organization's credit: available, reserved, and the 20 newest movements",
+        parameters=(TENANT,),
         response=m.BalanceOut,
-        errors=(401, 503),
+        errors=(400, 401, 403, 503),
     ),
     Route(
         "GET",

@@ -393,6 +393,7 @@ async def voucher_redemptions(request: web.Request) -> web.Response:
         RedemptionOut(
             redemption_id=r["redemption_id"],
             customer_id=r["customer_id"],
+            user_id=r["user_id"],
             credit_omr=r["credit_baisa"] // BAISA,
             credit_baisa=r["credit_baisa"],
             redeemed_at=r["redeemed_at"],

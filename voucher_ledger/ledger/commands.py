@@ -92,17 +92,30 @@ class RedeemVoucher(_CodeCommand):
     completed an order before. A rule the command cannot answer (a field left out) refuses."""
 
     type: Literal["redeem_voucher"] = "redeem_voucher"
-    customer_id: str
+    customer_id: str  # the account: the Organization (the checkout's tenant_id)
+    # The login redeeming for it (one redemption per user per code too); None: the account's
+    # own user (as before issue #20, when the account was the user).
+    user_id: str | None = None
     plan_id: str | None = Field(default=None, pattern=PLAN_ID)
     order_total_baisa: int | None = Field(default=None, ge=0, strict=True)
     new_organization: bool | None = Field(default=None, strict=True)
 
+    @field_validator("user_id", mode="before")
+    @classmethod
+    def _user(cls, value: object) -> str | None:
+        return None if value is None else validate_customer_id(value)
+
     def fingerprint(self) -> str:
-        # The code and the customer: what the checkout's eligibility facts say may differ on a
-        # retry of the same order (the account completed another order meanwhile), and the
-        # command id is the order's, so a retry must still find its receipt.
-        payload = self.model_dump_json(include={"code", "type", "customer_id"})
+        # The code, the account and the user: what the checkout's eligibility facts say may
+        # differ on a retry of the same order (the account completed another order
+        # meanwhile), and the command id is the order's, so a retry must still find its receipt.
+        fields = {"code", "type", "customer_id"} | ({"user_id"} if self.user_id else set())
+        payload = self.model_dump_json(include=fields)
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+    @property
+    def user(self) -> str:
+        return self.user_id if self.user_id is not None else self.customer_id
 
     @field_validator("customer_id", mode="before")
     @classmethod
@@ -154,6 +167,10 @@ class OpenOrder(_WalletCommand):
     """Record a priced checkout before anything is redeemed, reserved or charged."""
 
     type: Literal["open_order"] = "open_order"
+    # The login opening it (None: the account's own user, as before issue #20), and whether
+    # its token's claim names the Organization (else it must be the account's owner).
+    user_id: str | None = None
+    member_by_claim: bool = False
     tenant_id: str = _ID
     plan_id: str = _ID
     apps: list[str] = Field(default_factory=list, max_length=100)

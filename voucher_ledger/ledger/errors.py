@@ -88,11 +88,33 @@ class NotEligible(DomainError):
 
 
 class AlreadyRedeemed(DomainError):
+    """Once per account (the Organization) and once per user per code."""
+
     reason = "already_redeemed"
 
-    def __init__(self, code: str, customer_id: str) -> None:
+    def __init__(self, code: str, customer_id: str, user_id: str | None = None) -> None:
+        if user_id is None:
+            super().__init__(
+                "voucher already redeemed by this customer", code=code, customer_id=customer_id
+            )
+        else:
+            super().__init__(
+                "voucher already redeemed by this user (for another Organization)",
+                code=code,
+                customer_id=customer_id,
+                user_id=user_id,
+            )
+
+
+class NotMember(DomainError):
+    """The caller is not a member of the Organization it checks out for: its token's claim
+    does not name it, or (without the claim) another user owns the account."""
+
+    reason = "not_member"
+
+    def __init__(self, account: str, user_id: str) -> None:
         super().__init__(
-            "voucher already redeemed by this customer", code=code, customer_id=customer_id
+            "you are not a member of this organization", account=account, user_id=user_id
         )
 
 

@@ -1,7 +1,8 @@
 """Events: frozen pydantic models with a ``type`` tag and a schema ``version``, in an envelope.
 
-Two aggregates write events: vouchers (``<prefix>.events.voucher.<CODE>``) and customer wallets
-(``<prefix>.events.wallet.<ACCOUNT>``, credit movements and the customer's orders).
+Two aggregates write events: vouchers (``<prefix>.events.voucher.<CODE>``) and accounts' wallets
+(``<prefix>.events.wallet.<ACCOUNT>``, credit movements and the account's orders). An account is
+an Organization (the checkout's ``tenant_id``); its events' ``customer_id`` names it.
 
 Wire format (the JSON body of a JetStream message)::
 
@@ -23,13 +24,32 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal, NotRequired, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticUndefined
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _ByOwnUser(Frozen):
+    """An event naming the user beside the account: built without ``user_id`` (a test, an
+    old producer's shape), the account's own user, as before issue #20."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_user(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "user_id" not in data and "customer_id" in data:
+            return {**data, "user_id": data["customer_id"]}
+        return data
 
 
 class Actor(Frozen):
@@ -74,15 +94,19 @@ class VoucherRevoked(Frozen):
     code: str
 
 
-class VoucherRedeemed(Frozen):
-    """A customer took one redemption slot and earned ``credit_baisa`` of credit."""
+class VoucherRedeemed(_ByOwnUser):
+    """An account (``customer_id``: the Organization, the checkout's tenant_id) took one
+    redemption slot and earned ``credit_baisa`` of credit; ``user_id`` is the login that
+    redeemed it (one redemption per account and one per user per code). Version 2 adds
+    ``user_id``; a v1 redemption was a user's own (its ``customer_id``)."""
 
     type: Literal["voucher.redeemed"] = "voucher.redeemed"
-    version: Literal[1] = 1
+    version: Literal[2] = 2
     code: str
     customer_id: str
     redemption_id: str
     credit_baisa: int
+    user_id: str
 
 
 class RedemptionReversed(Frozen):
@@ -97,6 +121,8 @@ class RedemptionReversed(Frozen):
 
 
 class _WalletEvent(Frozen):
+    # The account: the Organization the checkout pays from and credits to (its tenant_id);
+    # on events written before issue #20, a user's JWT sub (per-user wallets).
     customer_id: str
 
 
@@ -158,11 +184,14 @@ class OrderLine(Frozen):
     amount_baisa: int
 
 
-class OrderOpened(_WalletEvent):
-    """A checkout started: the priced order, before any credit or payment."""
+class OrderOpened(_WalletEvent, _ByOwnUser):
+    """A checkout started: the priced order, before any credit or payment. ``user_id``: the
+    login that opened it; ``member_by_claim``: its token named the Organization (else it was
+    let in as the account's owner, the user of its first order that did not fail). Version 2
+    adds both; a v1 order was opened by its wallet's own user."""
 
     type: Literal["order.opened"] = "order.opened"
-    version: Literal[1] = 1
+    version: Literal[2] = 2
     order_id: str
     tenant_id: str
     plan_id: str
@@ -171,6 +200,8 @@ class OrderOpened(_WalletEvent):
     promo_code: str | None
     lines: list[OrderLine]
     total_baisa: int
+    user_id: str
+    member_by_claim: bool = False
 
 
 class OrderPaymentRequested(_WalletEvent):
@@ -324,7 +355,20 @@ def _issued_v1_to_v2(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-UPCASTERS: dict[tuple[str, int], Upcaster] = {("voucher.issued", 1): _issued_v1_to_v2}
+def _by_own_user_v1_to_v2(event: dict[str, Any]) -> dict[str, Any]:
+    """Before issue #20 the account was the user: ``user_id`` is the ``customer_id``."""
+    return {**event, "version": 2, "user_id": event.get("customer_id")}
+
+
+def _opened_v1_to_v2(event: dict[str, Any]) -> dict[str, Any]:
+    return {**_by_own_user_v1_to_v2(event), "member_by_claim": False}
+
+
+UPCASTERS: dict[tuple[str, int], Upcaster] = {
+    ("voucher.issued", 1): _issued_v1_to_v2,
+    ("voucher.redeemed", 1): _by_own_user_v1_to_v2,
+    ("order.opened", 1): _opened_v1_to_v2,
+}
 CURRENT_VERSIONS: dict[str, int] = {
     str(model.model_fields["type"].default): int(model.model_fields["version"].default)
     for model in EVENT_TYPES

@@ -232,6 +232,7 @@ class Redemption:
     credit_baisa: int
     seq: int
     command_id: str
+    user_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +249,8 @@ class VoucherState:
     updated_at: datetime | None = None
     last_seq: int = 0
     redemptions: immutables.Map[str, Redemption] = field(default_factory=immutables.Map)
+    # user -> the account it redeemed for (active redemptions): once per user per code
+    users: immutables.Map[str, str] = field(default_factory=immutables.Map)
     receipts: immutables.Map[str, Receipt] = field(default_factory=immutables.Map)
     facts: VoucherFacts | None = None  # set by the first issue, renewed by issue and revoke
     rules: Rules = NO_RULES
@@ -343,6 +346,9 @@ def decide(
                 raise CapReached(state.code, state.max_redemptions)
             if command.customer_id in state.redemptions:
                 raise AlreadyRedeemed(state.code, command.customer_id)
+            user = command.user
+            if user in state.users:
+                raise AlreadyRedeemed(state.code, command.customer_id, user)
             _check_eligible(state.code, rules, command)
             return [
                 VoucherRedeemed(
@@ -350,6 +356,7 @@ def decide(
                     customer_id=command.customer_id,
                     redemption_id=redemption_id_for(state.code, command.customer_id, command_id),
                     credit_baisa=state.credit_baisa,
+                    user_id=user,
                 )
             ]
         case ReverseRedemption():
@@ -504,6 +511,7 @@ def evolve(state: VoucherState, recorded: RecordedEvent, fingerprint: str = "") 
                 credit_baisa=event.credit_baisa,
                 seq=seq,
                 command_id=env.command_id,
+                user_id=event.user_id,
             )
             facts = state.facts
             if facts is None:  # a redemption before the code was issued: not a valid history
@@ -512,6 +520,7 @@ def evolve(state: VoucherState, recorded: RecordedEvent, fingerprint: str = "") 
             changes: dict[str, object] = {
                 "times_redeemed": times_redeemed,
                 "redemptions": state.redemptions.set(event.customer_id, held),
+                "users": state.users.set(event.user_id, event.customer_id),
             }
         case RedemptionReversed():
             held = Redemption(
@@ -525,11 +534,15 @@ def evolve(state: VoucherState, recorded: RecordedEvent, fingerprint: str = "") 
             if facts is None:
                 raise VoucherNotFound(state.code)
             times_redeemed = max(0, state.times_redeemed - 1)
+            undone = state.redemptions.get(event.customer_id)
             changes = {
                 "times_redeemed": times_redeemed,
                 "redemptions": state.redemptions.delete(event.customer_id)
-                if event.customer_id in state.redemptions
+                if undone is not None
                 else state.redemptions,
+                "users": state.users.delete(undone.user_id)
+                if undone is not None and undone.user_id in state.users
+                else state.users,
             }
         case VoucherIssued():
             created_at = state.created_at or at
@@ -641,7 +654,11 @@ def fingerprint_of_event(recorded: RecordedEvent) -> str:
         case VoucherRevoked():
             command = RevokeVoucher(code=event.code)
         case VoucherRedeemed():
-            command = RedeemVoucher(code=event.code, customer_id=event.customer_id)
+            command = RedeemVoucher(
+                code=event.code,
+                customer_id=event.customer_id,
+                user_id=None if event.user_id == event.customer_id else event.user_id,
+            )
         case RedemptionReversed():
             # The command may or may not have named the redemption id; accept both forms by
             # storing the digest of the form without it and comparing leniently (see handle).

@@ -39,6 +39,7 @@ from voucher_ledger.ledger.errors import (
     CommandIdReused,
     DomainError,
     InvalidInput,
+    NotMember,
     OrderClosed,
     OrderNotFound,
     PaymentUnavailable,
@@ -88,6 +89,8 @@ class OrderView(Frozen):
     release_slot: bool
     opened_at: datetime
     updated_at: datetime
+    user_id: str = ""  # the login that opened it
+    member_by_claim: bool = False
 
 
 class WalletView(Frozen):
@@ -125,6 +128,11 @@ class WalletState:
     reserved_baisa: int = 0
     last_seq: int = 0
     completed_orders: int = 0
+    # The account's owner: the user of its orders opened without a membership claim that did
+    # not fail (they are all one user's: the decider lets nobody else open one), None when
+    # there is none; ``owner_orders`` counts them.
+    owner: str | None = None
+    owner_orders: int = 0
     grants: immutables.Map[str, HeldGrant] = field(default_factory=immutables.Map)
     orders: immutables.Map[str, OrderView] = field(default_factory=immutables.Map)
     receipts: immutables.Map[str, WalletReceipt] = field(default_factory=immutables.Map)
@@ -173,6 +181,9 @@ def decide(state: WalletState, command: WalletCommandT) -> list[WalletEventT]:
         case OpenOrder():
             if command.order_id in state.orders:
                 raise InvalidInput("order_id", "order already exists")
+            user = command.user_id if command.user_id is not None else who
+            if not command.member_by_claim and state.owner not in (None, user):
+                raise NotMember(who, user)
             if sum(line.amount_baisa for line in command.lines) != command.total_baisa:
                 raise InvalidInput("total_baisa", "total does not match the order lines")
             return [
@@ -186,6 +197,8 @@ def decide(state: WalletState, command: WalletCommandT) -> list[WalletEventT]:
                     promo_code=command.promo_code,
                     lines=command.lines,
                     total_baisa=command.total_baisa,
+                    user_id=user,
+                    member_by_claim=command.member_by_claim,
                 )
             ]
         case SettleOrder():
@@ -434,8 +447,12 @@ def evolve(state: WalletState, recorded: RecordedEvent, fingerprint: str = "") -
                 release_slot=False,
                 opened_at=at,
                 updated_at=at,
+                user_id=event.user_id,
+                member_by_claim=event.member_by_claim,
             )
             state = replace(state, orders=state.orders.set(event.order_id, opened))
+            if not event.member_by_claim and state.owner in (None, event.user_id):
+                state = replace(state, owner=event.user_id, owner_orders=state.owner_orders + 1)
         case CreditGranted():
             state = replace(
                 state,
@@ -479,6 +496,14 @@ def evolve(state: WalletState, recorded: RecordedEvent, fingerprint: str = "") -
                     "session_id": event.stripe_session_id or order.session_id,
                 }
         case OrderFailed():
+            if (
+                order is not None
+                and order.status != "failed"
+                and not order.member_by_claim
+                and order.user_id == state.owner
+            ):
+                left = state.owner_orders - 1
+                state = replace(state, owner=state.owner if left else None, owner_orders=left)
             order_changes = {
                 "status": "failed",
                 "failure_reason": event.reason,

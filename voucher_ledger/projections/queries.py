@@ -118,7 +118,7 @@ async def redemptions(
 ) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         """SELECT redemption_id, customer_id, credit_baisa, redeemed_at, seq, command_id,
-                  reversed_at, reversed_seq, reversal_reason
+                  reversed_at, reversed_seq, reversal_reason, user_id
            FROM redemptions WHERE code = $1 AND seq > $2 ORDER BY seq LIMIT $3""",
         code,
         after_seq,
@@ -137,6 +137,54 @@ async def wallet(pool: asyncpg.Pool, customer_id: str) -> dict[str, Any] | None:
         customer_id,
     )
     return _dict(row)
+
+
+@dataclass(frozen=True)
+class AccountMembers:
+    """Who an account (an Organization) belongs to, as far as the read models know: whether it
+    exists at all, its owner (the user of its orders opened without a claim that did not fail;
+    None when it has none), and whether every order in it is one user's (``only_user``)."""
+
+    known: bool
+    owner: str | None
+    only_user: str | None
+
+    def readable_by(self, user_id: str) -> bool:
+        """The owner reads it; so does, while it has no owner, the one user whose orders (all
+        failed) are all it holds: a refused checkout's trail is its user's own."""
+        if self.owner is not None:
+            return self.owner == user_id
+        return self.only_user == user_id
+
+
+@_translated
+async def account_members(pool: asyncpg.Pool, account: str) -> AccountMembers:
+    row = await pool.fetchrow(
+        """SELECT EXISTS (SELECT 1 FROM orders WHERE customer_id = $1)
+                  OR EXISTS (SELECT 1 FROM wallets WHERE customer_id = $1) AS known,
+                  (SELECT user_id FROM orders WHERE customer_id = $1 AND owns LIMIT 1) AS owner,
+                  (SELECT min(user_id) FROM orders WHERE customer_id = $1
+                   HAVING count(DISTINCT user_id) = 1) AS only_user""",
+        account,
+    )
+    assert row is not None  # a SELECT without FROM always has its row
+    return AccountMembers(known=bool(row["known"]), owner=row["owner"], only_user=row["only_user"])
+
+
+@_translated
+async def own_accounts(pool: asyncpg.Pool, user_id: str, *, limit: int = 2) -> list[str]:
+    """The accounts ``user_id`` may read without a claim (at most ``limit``, in name order):
+    those it owns, and those without an owner that hold only its orders."""
+    rows = await pool.fetch(
+        """SELECT DISTINCT o.customer_id FROM orders o
+           WHERE o.user_id = $1
+             AND (o.owns OR NOT EXISTS (
+                  SELECT 1 FROM orders p WHERE p.customer_id = o.customer_id AND p.user_id <> $1))
+           ORDER BY o.customer_id LIMIT $2""",
+        user_id,
+        limit,
+    )
+    return [str(r["customer_id"]) for r in rows]
 
 
 @_translated

@@ -173,6 +173,7 @@ def _verify_vouchers(
                     "seq": r.seq,
                     "command_id": r.envelope.command_id,
                     "reversed_seq": None,
+                    "user_id": event.user_id,
                 }
             elif (
                 isinstance(event, RedemptionReversed)
@@ -227,6 +228,10 @@ def _verify_wallets(
                 "stripe_session_id": order.session_id,
                 "failure_reason": order.failure_reason,
                 "promo_code": order.promo_code,
+                "user_id": order.user_id,
+                "member_by_claim": order.member_by_claim,
+                # counts for the account's ownership: opened without a claim, never failed
+                "owns": not order.member_by_claim and order.failure_message is None,
             }
     _compare(report, "wallets", expected, {r["customer_id"]: dict(r) for r in wallets})
     _compare(report, "orders", expected_orders, {r["order_id"]: dict(r) for r in orders})

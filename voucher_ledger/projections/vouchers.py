@@ -49,6 +49,7 @@ REDEMPTIONS = Table(
     Column("reversed_at", "timestamptz", updated=True),
     Column("reversed_seq", "bigint", updated=True),
     Column("reversal_reason", "text", updated=True),
+    Column("user_id", "text"),
     # a reversal of a redemption already reversed changes nothing
     where="redemptions.reversed_at IS NULL",
 )
@@ -140,6 +141,7 @@ class VoucherProjection:
                     None,
                     None,
                     None,
+                    event["user_id"],
                 ]
                 pair = (code, customer)
                 if redemption_id in by_id or pair in active:

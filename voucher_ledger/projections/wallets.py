@@ -66,6 +66,9 @@ ORDERS = Table(
     Column("created_at", "timestamptz"),
     Column("updated_at", "timestamptz", updated=True),
     Column("last_seq", "bigint", updated=True),
+    Column("user_id", "text"),
+    Column("member_by_claim", "boolean"),
+    Column("owns", "boolean", updated=True),
 )
 
 # Where a field sits in a row (a list in its table's column order), read once.
@@ -79,6 +82,7 @@ _O_SESSION, _O_URL = _O["stripe_session_id"], _O["session_url"]
 _O_REDEMPTION, _O_REASON = _O["redemption_id"], _O["failure_reason"]
 _O_MESSAGE, _O_RELEASE = _O["failure_message"], _O["release_slot"]
 _O_UPDATED, _O_SEQ = _O["updated_at"], _O["last_seq"]
+_O_OWNS = _O["owns"]
 
 _GRANTED = "wallet.credit_granted"
 _MOVES = frozenset(
@@ -307,6 +311,9 @@ def _order(
             created_at=at,
             updated_at=at,
             last_seq=seq,
+            user_id=event["user_id"],
+            member_by_claim=event["member_by_claim"],
+            owns=not event["member_by_claim"],
         )
         return
     order = orders.get(order_id)
@@ -329,6 +336,7 @@ def _order(
             order[_O_SESSION] = event["stripe_session_id"]
     elif kind == "order.failed":
         order[_O_STATUS] = "failed"
+        order[_O_OWNS] = False  # a refused checkout makes nobody the owner
         order[_O_REASON] = event["reason"]
         order[_O_MESSAGE] = event["message"]
         order[_O_RELEASE] = event["release_slot"]

@@ -48,7 +48,8 @@ AGGREGATE_KEYS: dict[str, tuple[str, str, str]] = {
     ),
     "wallet": (
         "account",
-        "The customer id (JWT sub), base64url-encoded (RFC 4648 section 5) without padding.",
+        "The account id: the Organization (the checkout's tenant_id; before issue #20 a "
+        "user's JWT sub), base64url-encoded (RFC 4648 section 5) without padding.",
         "<prefix>.events.wallet.<ACCOUNT>",
     ),
 }
@@ -57,8 +58,8 @@ ENVELOPE_FIELD_DOCS = {
     "event_id": "Unique id of this event (UUID).",
     "aggregate": "The aggregate that wrote the event; also the third subject token.",
     "aggregate_id": (
-        "The aggregate's id: the normalised voucher code, or the customer id of a wallet "
-        "(plain, not base64url-encoded as in the subject)."
+        "The aggregate's id: the normalised voucher code, or the account id of a wallet "
+        "(the Organization; plain, not base64url-encoded as in the subject)."
     ),
     "occurred_at": "When the command was decided (RFC 3339, UTC).",
     "actor": "Who caused the change: the JWT subject and role, or system/system.",

@@ -509,6 +509,7 @@ class WebClients:
                 jwks_url=s.jwks_url,
                 issuer=s.jwt_issuer,
                 audience=s.jwt_audience,
+                orgs_claim=s.orgs_claim,
             )
         except ConfigError as exc:
             raise StartupError(str(exc)) from exc
