@@ -41,6 +41,7 @@ VOUCHER_KEYS = {
     "min_order_omr",
     "min_order_baisa",
     "new_organizations_only",
+    "credit_valid_for",
 }
 PREVIEW_KEYS = {
     "code",

@@ -40,6 +40,20 @@ def _window_backwards(body: Any) -> bool:
     return len(times) == 2 and times[1] <= times[0]
 
 
+def _duration_out_of_range(body: Any) -> bool:
+    """A ``credit_valid_for`` of the right form but zero or over 100 years (issue #20)."""
+    if not isinstance(body, dict) or not isinstance(body.get("credit_valid_for"), str):
+        return False
+    from voucher_ledger.ledger.commands import MAX_VALID_FOR_SECONDS
+    from voucher_ledger.ledger.durations import parse_duration
+
+    try:
+        seconds = parse_duration(body["credit_valid_for"])
+    except ValueError:
+        return False
+    return not 0 < seconds <= MAX_VALID_FOR_SECONDS
+
+
 @schemathesis.hook
 def filter_failure(
     context: schemathesis.HookContext,
@@ -52,7 +66,8 @@ def filter_failure(
     * JSON Schema calls 10.0 an integer; the API refuses it on purpose (money is never written
       as a float: tests/e2e/test_api.py "credit-whole-float"), so a rejected "positive" body
       holding such a number is not a failure;
-    * a voucher window that ends before it starts (``_window_backwards``);
+    * a voucher window that ends before it starts (``_window_backwards``), a credit lifetime
+      of zero or over 100 years (``_duration_out_of_range``);
     * ``/billing/vouchers/list`` (and ``issue``, ``redeem-preview``, ``revoke``) are other
       routes, not the voucher ``{code}`` (the document says so with ``not: {enum: [...]}``): a
       request there was answered by another operation, which has its own cases.
@@ -60,7 +75,11 @@ def filter_failure(
     if (
         isinstance(failure, RejectedPositiveData)
         and response.status_code == 400
-        and (_has_whole_float(case.body) or _window_backwards(case.body))
+        and (
+            _has_whole_float(case.body)
+            or _window_backwards(case.body)
+            or _duration_out_of_range(case.body)
+        )
     ):
         return False
     code = (case.path_parameters or {}).get("code")

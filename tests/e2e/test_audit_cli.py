@@ -204,6 +204,7 @@ async def test_show_past_states(
         "min_order_omr": 0,
         "min_order_baisa": 0,
         "new_organizations_only": False,
+        "credit_valid_for": None,
         "revoked": False,
         "revoked_at": None,
         "accepting_redemptions": True,

@@ -22,6 +22,7 @@ from voucher_ledger.ledger.commands import (
     AbandonOrder,
     AttachSession,
     ConfirmPayment,
+    ExpireCredit,
     FailOrder,
     Grant,
     IssueVoucher,
@@ -119,6 +120,7 @@ ROW_KEYS = {
     "wallets": "customer_id",
     "credit_entries": "seq",
     "orders": "order_id",
+    "credit_lots": "redemption_id",
     "audit_log": "seq",
 }
 
@@ -147,7 +149,9 @@ async def _checkouts(w: _Writer, n: int, code: str) -> None:
     oid = f"{c}-o1"
     w.voucher(code, RedeemVoucher(code=code, customer_id=c))
     rid = w.vouchers[code].redemptions[c].redemption_id
-    grant = Grant(redemption_id=rid, code=code, amount_baisa=2000)
+    # every other grant expires (issue #20), far ahead: spent first, tracked as a lot
+    lasts = datetime(2099, 1, 1, tzinfo=UTC) if n % 2 == 0 else None
+    grant = Grant(redemption_id=rid, code=code, amount_baisa=2000, expires_at=lasts)
     if flow == 0:  # covered by the credit: granted, reserved, captured, completed
         w.wallet(c, _order(c, oid, 2000, code))
         w.wallet(c, SettleOrder(customer_id=c, order_id=oid, grant=grant, payment_available=True))
@@ -198,6 +202,20 @@ async def _checkouts(w: _Writer, n: int, code: str) -> None:
         w.voucher(code, RedeemVoucher(code=code, customer_id=f"org2-{c}", user_id=member))
     else:
         w.wallet(c, _order(c, oid2, 1000, None))
+    if n % 6 == 3:  # a grant already expired when it settles: its credit expires (once)
+        oid3, lapsed = f"{c}-o3", f"lapsed-{c}"
+        w.wallet(c, _order(c, oid3, 1000, None))
+        expired = Grant(
+            redemption_id=lapsed,
+            code=code,
+            amount_baisa=1500,
+            expires_at=datetime(2020, 1, 1, tzinfo=UTC),
+        )
+        w.wallet(
+            c, SettleOrder(customer_id=c, order_id=oid3, grant=expired, payment_available=True)
+        )
+        w.wallet(c, ExpireCredit(customer_id=c, order_id=oid3, redemption_id=lapsed))
+        w.wallet(c, ExpireCredit(customer_id=c, order_id=oid3, redemption_id=lapsed))
     w.wallet(c, SettleOrder(customer_id=c, order_id=oid2, payment_available=True))
 
 

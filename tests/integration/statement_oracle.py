@@ -18,6 +18,7 @@ from typing import Any
 
 from voucher_ledger.ledger.events import (
     CreditCaptured,
+    CreditExpired,
     CreditGranted,
     CreditReleased,
     CreditReserved,
@@ -263,6 +264,16 @@ WHERE order_id = $1
 """
 
 
+_LOT = """
+INSERT INTO credit_lots (redemption_id, customer_id, code, order_id, granted_baisa, left_baisa,
+                         expires_at, last_seq)
+VALUES ($1, $2, $3, $4, $5, $5, $6, $7)
+"""
+_SHIFT = (
+    "UPDATE credit_lots SET left_baisa = left_baisa + $2, last_seq = $3 WHERE redemption_id = $1"
+)
+
+
 class WalletStatements:
     """``wallets``, ``credit_entries`` and ``orders``, a statement per event."""
 
@@ -323,6 +334,32 @@ class WalletStatements:
                         event.redemption_id,
                     )
                     ops.add(_SET_REDEMPTION, (event.order_id, event.redemption_id, at, seq))
+                    if event.expires_at is not None:
+                        ops.add(
+                            _LOT,
+                            (
+                                event.redemption_id,
+                                env.aggregate_id,
+                                event.code,
+                                event.order_id,
+                                event.amount_baisa,
+                                event.expires_at,
+                                seq,
+                            ),
+                        )
+                case CreditExpired():
+                    move(
+                        item,
+                        "expired",
+                        event.amount_baisa,
+                        -event.amount_baisa,
+                        0,
+                        "credit-expired",
+                        event.order_id,
+                        event.code,
+                        event.redemption_id,
+                    )
+                    ops.add(_SHIFT, (event.redemption_id, -event.amount_baisa, seq))
                 case GrantRevoked():
                     move(
                         item,
@@ -335,6 +372,8 @@ class WalletStatements:
                         event.code,
                         event.redemption_id,
                     )
+                    for share in event.lots:
+                        ops.add(_SHIFT, (share.redemption_id, -share.amount_baisa, seq))
                 case CreditReserved():
                     move(
                         item,
@@ -345,6 +384,8 @@ class WalletStatements:
                         "order-reservation",
                         event.order_id,
                     )
+                    for share in event.lots:
+                        ops.add(_SHIFT, (share.redemption_id, -share.amount_baisa, seq))
                 case CreditCaptured():
                     move(
                         item,
@@ -365,6 +406,8 @@ class WalletStatements:
                         f"order-release:{event.reason}",
                         event.order_id,
                     )
+                    for share in event.lots:
+                        ops.add(_SHIFT, (share.redemption_id, share.amount_baisa, seq))
                 case OrderOpened():
                     ops.add(
                         _OPEN,

@@ -95,6 +95,7 @@ async def test_state_at_each_past_sequence_and_time_is_what_it_was(
         "min_order_omr": 0,
         "min_order_baisa": 0,
         "new_organizations_only": False,
+        "credit_valid_for": None,
         "revoked": False,
         "revoked_at": None,
         "accepting_redemptions": False,  # at its cap

@@ -46,6 +46,7 @@ from voucher_ledger.ledger.commands import (
     AbandonOrder,
     AttachSession,
     ConfirmPayment,
+    ExpireCredit,
     FailOrder,
     Grant,
     GrantCredit,
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 _ORDER_NS = uuid.UUID("0b7f7c56-3f0e-4d8e-9a3c-6d2f1f1f6a01")
 RECOVERY_ACTOR = Actor(sub="checkout-recovery", role="system")
 STRIPE_ACTOR = Actor(sub="stripe", role="webhook")
+EXPIRY_ACTOR = Actor(sub="credit-expiry", role="system")
 
 # Failure reason recorded on the order -> the HTTP status a (retried) checkout answers with.
 FAILURE_STATUS = {
@@ -342,6 +344,7 @@ class CheckoutService:
                 redemption_id=reply.redemption.redemption_id,
                 code=order.promo_code,
                 amount_baisa=reply.redemption.credit_baisa,
+                expires_at=reply.redemption.credit_expires_at,
             )
             crash_if("checkout.after_redeem")
             if order.total_baisa == 0:
@@ -522,6 +525,27 @@ class CheckoutService:
                 # failed orders end here once their slot is given back; others retry next time
                 log.info("recovery: order %s: %s", order_id, exc.message)
         return len(todo)
+
+    # ------------------------------------------------------------------------------ expiry
+
+    async def expire_once(self, pool: asyncpg.Pool) -> int:
+        """Send every expired grant with credit left its ExpireCredit; returns how many. The
+        wallet decides each (an already expired grant yields nothing: never twice), and the
+        command id is the grant's, so a resend after a restart is a replay."""
+        due = await queries.lots_due(pool)
+        for lot in due:
+            reply = await self._send(
+                ExpireCredit(
+                    customer_id=lot["customer_id"],
+                    order_id=lot["order_id"],
+                    redemption_id=lot["redemption_id"],
+                ),
+                f"expire-{lot['redemption_id']}",
+                EXPIRY_ACTOR,
+            )
+            if isinstance(reply, Rejected):
+                log.warning("expiry of %s refused: %s", lot["redemption_id"], reply.reason)
+        return len(due)
 
     # ------------------------------------------------------------------------------ webhooks
 

@@ -126,7 +126,7 @@ class _WalletKind:
         return wallet.fold(key, history)
 
     def handle(self, state: Any, command: Any, command_id: str, now: datetime) -> Any:
-        return wallet.handle(state, command, command_id)
+        return wallet.handle(state, command, command_id, now)
 
     def evolve(self, state: Any, recorded: RecordedEvent, fingerprint: str) -> Any:
         return wallet.evolve(state, recorded, fingerprint)

@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     )
     checkout_recovery_interval: float = Field(default=5.0, alias="CHECKOUT_RECOVERY_INTERVAL", gt=0)
     run_recovery: bool = Field(default=True, alias="RUN_RECOVERY")
+    # How often expired credit is looked for (and leaves its account: wallet.credit_expired);
+    # with the projection's lag, within a few seconds of its expiry. Runs with RUN_RECOVERY.
+    credit_expiry_interval: float = Field(default=2.0, alias="CREDIT_EXPIRY_INTERVAL", gt=0)
 
     nats_server_bin: str | None = Field(default=None, alias="NATS_SERVER_BIN")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -31,6 +32,7 @@ from voucher_ledger.http.models import (
     CheckoutBody,
     CheckoutOut,
     CreditEntryOut,
+    ExpiringCreditOut,
     OrderOut,
     WebhookOut,
 )
@@ -282,9 +284,14 @@ async def balance(request: web.Request) -> web.Response:
     account = await _balance_account(request, principal)
     row = await queries.wallet(pool, account) if account is not None else None
     entries = await queries.credit_entries(pool, account, limit=20) if account is not None else []
+    lots = await queries.credit_lots(pool, account) if account is not None else []
     balance_baisa = row["balance_baisa"] if row else 0
     reserved = row["reserved_baisa"] if row else 0
-    available = balance_baisa - reserved
+    # Expired credit is never counted, from the instant it expires (before its credit_expired
+    # event takes it out of the balance).
+    now = datetime.now(UTC)
+    expired = sum(lot["left_baisa"] for lot in lots if lot["expires_at"] <= now)
+    available = max(0, balance_baisa - reserved - expired)
     return _ok(
         BalanceOut(
             credit_omr=omr(available),
@@ -303,6 +310,16 @@ async def balance(request: web.Request) -> web.Response:
                     created_at=e["created_at"],
                 )
                 for e in entries
+            ],
+            expiring=[
+                ExpiringCreditOut(
+                    amount_omr=omr(lot["left_baisa"]),
+                    amount_baisa=lot["left_baisa"],
+                    expires_at=lot["expires_at"],
+                    code=lot["code"],
+                )
+                for lot in lots
+                if lot["expires_at"] > now
             ],
         )
     )

@@ -24,10 +24,21 @@ from voucher_ledger.ledger.codes import (
     PROMO_INPUT_PATTERN,
     normalise_code,
 )
-from voucher_ledger.ledger.commands import PLAN_ID
+from voucher_ledger.ledger.commands import MAX_VALID_FOR_SECONDS, PLAN_ID
+from voucher_ledger.ledger.durations import parse_duration
 from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.projections.timetravel import BadTimestamp, parse_timestamp
 
+_TIME = (
+    r"[0-9]{1,7}[Hh]([0-9]{1,9}[Mm])?([0-9]{1,10}[Ss])?|[0-9]{1,9}[Mm]([0-9]{1,10}[Ss])?"
+    r"|[0-9]{1,10}[Ss]"
+)
+# What parse_duration reads (ledger/durations.py), for the schema: weeks and/or days and/or a
+# time part (hours, minutes, seconds, in that order).
+DURATION_PATTERN = (
+    rf"^[Pp](([0-9]{{1,6}}[Ww]([0-9]{{1,6}}[Dd])?|[0-9]{{1,6}}[Dd])([Tt]({_TIME}))?"
+    rf"|[Tt]({_TIME}))$"
+)
 TIMESTAMP_RULE = "must be an ISO 8601 timestamp with a time zone, e.g. 2026-11-21T12:00:00Z"
 
 
@@ -95,6 +106,13 @@ class IssueVoucherBody(_Strict):
         default=None,
         description="only an Organization without a completed order redeems the code",
     )
+    credit_valid_for: StrictStr | None = Field(
+        default=None,
+        max_length=64,
+        description="the credit a redemption grants expires this long after it: an ISO 8601 "
+        "duration of weeks, days, hours, minutes or seconds (P90D, PT10S); null: never",
+        json_schema_extra={"pattern": DURATION_PATTERN},
+    )
     credit_baisa: Any = _read_only("credit_omr in baisa")
     min_order_baisa: Any = _read_only("min_order_omr in baisa")
     times_redeemed: Any = _read_only("the redemption counter")
@@ -122,6 +140,20 @@ class IssueVoucherBody(_Strict):
             return parse_timestamp(value, name=name)
         except BadTimestamp as exc:
             raise ValueError(str(exc).removeprefix(f"{name} ")) from exc
+
+    @field_validator("credit_valid_for")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        seconds = parse_duration(value)
+        if not 0 < seconds <= MAX_VALID_FOR_SECONDS:
+            raise ValueError("must be longer than 0 seconds and at most 100 years")
+        return value
+
+    @property
+    def credit_valid_for_seconds(self) -> int | None:
+        return parse_duration(self.credit_valid_for) if self.credit_valid_for else None
 
     @field_validator("plans")
     @classmethod
@@ -155,6 +187,8 @@ class IssueVoucherBody(_Strict):
         ]
         if "min_order_omr" in given and self.min_order_omr is None:
             out.append("min_order_baisa")
+        if "credit_valid_for" in given and self.credit_valid_for is None:
+            out.append("credit_valid_for_seconds")
         return out
 
     @field_validator("credit_omr")
@@ -186,6 +220,9 @@ class VoucherOut(BaseModel):
     min_order_omr: int = Field(description="smallest order total before credit; 0: any")
     min_order_baisa: int
     new_organizations_only: bool
+    credit_valid_for: str | None = Field(
+        description="how long a redemption's credit lasts (ISO 8601 duration); null: forever"
+    )
 
 
 class VoucherDetail(VoucherOut):
@@ -331,7 +368,10 @@ class CheckoutOut(BaseModel):
 
 class CreditEntryOut(BaseModel):
     id: str = Field(description="the stream sequence of the movement")
-    kind: str = Field(description="granted, captured (an order payment) or revoked")
+    kind: str = Field(
+        description="granted, captured (an order payment), revoked or expired (reason "
+        "credit-expired)"
+    )
     amount_omr: int
     amount_baisa: int = Field(description="signed effect on the balance")
     reason: str
@@ -340,12 +380,26 @@ class CreditEntryOut(BaseModel):
     created_at: datetime
 
 
+class ExpiringCreditOut(BaseModel):
+    amount_omr: int
+    amount_baisa: int = Field(description="what is left of the grant, spendable until then")
+    expires_at: datetime
+    code: str = Field(description="the voucher that granted it")
+
+
 class BalanceOut(BaseModel):
-    credit_omr: int = Field(description="available credit (balance minus reservations)")
+    credit_omr: int = Field(
+        description="available credit (balance minus reservations, never expired credit)"
+    )
     credit_baisa: int
-    balance_baisa: int
+    balance_baisa: int = Field(description="the account's credit, reservations included")
     reserved_baisa: int = Field(description="held for orders awaiting payment")
     entries: list[CreditEntryOut]
+    expiring: list[ExpiringCreditOut] = Field(
+        default_factory=list,
+        description="credit that expires, soonest first: how much and when (the rest never "
+        "expires)",
+    )
 
 
 class OrderOut(BaseModel):

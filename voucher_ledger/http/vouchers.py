@@ -50,6 +50,7 @@ from voucher_ledger.http.paging import LIST_HEADERS, page_headers
 from voucher_ledger.http.ratelimit import too_many_requests
 from voucher_ledger.ledger.codes import normalise_code, normalise_search, validate_command_id
 from voucher_ledger.ledger.commands import IssueVoucher, RevokeVoucher
+from voucher_ledger.ledger.durations import format_duration
 from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import Actor
 from voucher_ledger.ledger.money import BAISA
@@ -190,6 +191,9 @@ def voucher_out(row: dict[str, Any]) -> VoucherOut:
         min_order_omr=row["min_order_baisa"] // BAISA,
         min_order_baisa=row["min_order_baisa"],
         new_organizations_only=row["new_organizations_only"],
+        credit_valid_for=format_duration(row["credit_valid_for_seconds"])
+        if row["credit_valid_for_seconds"]
+        else None,
     )
 
 
@@ -241,6 +245,7 @@ async def issue_voucher(request: web.Request) -> web.Response:
         plans=body.plans,
         min_order_baisa=body.min_order_omr * BAISA if body.min_order_omr is not None else None,
         new_organizations_only=body.new_organizations_only,
+        credit_valid_for_seconds=body.credit_valid_for_seconds,
         clear=body.cleared(),
     )
     reply = await send(request, command, principal)

@@ -36,7 +36,16 @@ class _CodeCommand(Frozen):
 
 
 PLAN_ID = r"^[^\x00-\x1f\x7f]{1,100}$"
-CLEARABLE = ("starts_at", "expires_at", "plans", "min_order_baisa", "new_organizations_only")
+CLEARABLE = (
+    "starts_at",
+    "expires_at",
+    "plans",
+    "min_order_baisa",
+    "new_organizations_only",
+    "credit_valid_for_seconds",
+)
+# The longest credit_valid_for: 100 years (a timestamp PostgreSQL and Python both hold).
+MAX_VALID_FOR_SECONDS = 100 * 366 * 86400
 
 
 class IssueVoucher(_CodeCommand):
@@ -61,11 +70,12 @@ class IssueVoucher(_CodeCommand):
     )
     min_order_baisa: int | None = Field(default=None, ge=0, le=2**62, strict=True)
     new_organizations_only: bool | None = Field(default=None, strict=True)
+    credit_valid_for_seconds: int | None = Field(
+        default=None, gt=0, le=MAX_VALID_FOR_SECONDS, strict=True
+    )
     clear: list[Literal[CLEARABLE]] = Field(default_factory=list)  # type: ignore[valid-type]
 
-    _added = frozenset(
-        ("starts_at", "expires_at", "plans", "min_order_baisa", "new_organizations_only", "clear")
-    )
+    _added = frozenset((*CLEARABLE, "clear"))
 
     @field_validator("starts_at", "expires_at")
     @classmethod
@@ -186,6 +196,7 @@ class Grant(Frozen):
     redemption_id: str = _ID
     code: str
     amount_baisa: int = Field(gt=0, strict=True)
+    expires_at: AwareDatetime | None = None  # the voucher's credit_valid_for after redemption
 
 
 class SettleOrder(_WalletCommand):
@@ -239,6 +250,14 @@ class FailOrder(_WalletCommand):
     expected_status: str | None = None
 
 
+class ExpireCredit(_WalletCommand):
+    """An expiring grant's remainder leaves the account, if it has expired and any is left
+    (else nothing: a grant never expires twice). ``order_id``: the grant's order."""
+
+    type: Literal["expire_credit"] = "expire_credit"
+    redemption_id: str = _ID
+
+
 class QueryOrder(_WalletCommand):
     """Changes nothing: answers with the order and the wallet as the processor has them now
     (the read models may lag; this cannot)."""
@@ -254,6 +273,7 @@ WalletCommandT = (
     | ConfirmPayment
     | AbandonOrder
     | FailOrder
+    | ExpireCredit
     | QueryOrder
 )
 

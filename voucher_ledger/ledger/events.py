@@ -84,6 +84,8 @@ class VoucherIssued(Frozen):
     plans: list[str] | None = None
     min_order_baisa: int = 0
     new_organizations_only: bool = False
+    # the credit a redemption grants expires this long after it (None: never)
+    credit_valid_for_seconds: int | None = None
 
 
 class VoucherRevoked(Frozen):
@@ -107,6 +109,9 @@ class VoucherRedeemed(_ByOwnUser):
     redemption_id: str
     credit_baisa: int
     user_id: str
+    # when the credit this redemption grants expires (the voucher's credit_valid_for after
+    # the redemption); None: never
+    credit_expires_at: datetime | None = None
 
 
 class RedemptionReversed(Frozen):
@@ -126,36 +131,52 @@ class _WalletEvent(Frozen):
     customer_id: str
 
 
+class LotShare(Frozen):
+    """The part of a movement that came from (or went back to) one expiring grant."""
+
+    redemption_id: str
+    amount_baisa: int
+
+
 class CreditGranted(_WalletEvent):
-    """Credit earned by a voucher redemption. At most once per redemption id."""
+    """Credit earned by a voucher redemption. At most once per redemption id. Version 2 adds
+    ``expires_at``: from that instant its unspent remainder is not spendable and leaves the
+    account (``wallet.credit_expired``); None (and every v1 grant): it never expires."""
 
     type: Literal["wallet.credit_granted"] = "wallet.credit_granted"
-    version: Literal[1] = 1
+    version: Literal[2] = 2
     redemption_id: str
     code: str
     order_id: str
     amount_baisa: int
+    expires_at: datetime | None = None
 
 
 class GrantRevoked(_WalletEvent):
-    """A grant taken back because its checkout failed; the voucher slot is given back too."""
+    """A grant taken back because its checkout failed; the voucher slot is given back too.
+    Version 2 adds ``lots``: the parts taken from expiring grants (the rest from credit that
+    never expires)."""
 
     type: Literal["wallet.grant_revoked"] = "wallet.grant_revoked"
-    version: Literal[1] = 1
+    version: Literal[2] = 2
     redemption_id: str
     code: str
     order_id: str
     amount_baisa: int
     reason: str
+    lots: list[LotShare] = Field(default_factory=list)
 
 
 class CreditReserved(_WalletEvent):
-    """Credit held for an order: no longer available, not spent yet."""
+    """Credit held for an order: no longer available, not spent yet. Version 2 adds ``lots``:
+    the parts taken from expiring grants, soonest-expiring first (the rest from credit that
+    never expires)."""
 
     type: Literal["wallet.credit_reserved"] = "wallet.credit_reserved"
-    version: Literal[1] = 1
+    version: Literal[2] = 2
     order_id: str
     amount_baisa: int
+    lots: list[LotShare] = Field(default_factory=list)
 
 
 class CreditCaptured(_WalletEvent):
@@ -168,13 +189,28 @@ class CreditCaptured(_WalletEvent):
 
 
 class CreditReleased(_WalletEvent):
-    """An order's reservation returned to the available credit (payment abandoned or failed)."""
+    """An order's reservation returned to the available credit (payment abandoned or failed).
+    Version 2 adds ``lots``: the parts going back to the expiring grants they came from."""
 
     type: Literal["wallet.credit_released"] = "wallet.credit_released"
-    version: Literal[1] = 1
+    version: Literal[2] = 2
     order_id: str
     amount_baisa: int
     reason: str
+    lots: list[LotShare] = Field(default_factory=list)
+
+
+class CreditExpired(_WalletEvent):
+    """An expiring grant's unspent remainder left the account at its ``expires_at`` (or when
+    credit reserved from it came back after that). ``order_id``: the grant's order."""
+
+    type: Literal["wallet.credit_expired"] = "wallet.credit_expired"
+    version: Literal[1] = 1
+    redemption_id: str
+    code: str
+    order_id: str
+    amount_baisa: int
+    expires_at: datetime
 
 
 class OrderLine(Frozen):
@@ -275,6 +311,7 @@ WalletEventT = (
     | CreditReserved
     | CreditCaptured
     | CreditReleased
+    | CreditExpired
     | OrderOpened
     | OrderPaymentRequested
     | OrderSessionCreated
@@ -297,6 +334,7 @@ EVENT_TYPES: tuple[type[Frozen], ...] = (
     CreditReserved,
     CreditCaptured,
     CreditReleased,
+    CreditExpired,
     OrderOpened,
     OrderPaymentRequested,
     OrderSessionCreated,
@@ -352,6 +390,7 @@ def _issued_v1_to_v2(event: dict[str, Any]) -> dict[str, Any]:
         "plans": None,
         "min_order_baisa": 0,
         "new_organizations_only": False,
+        "credit_valid_for_seconds": None,
     }
 
 
@@ -360,13 +399,32 @@ def _by_own_user_v1_to_v2(event: dict[str, Any]) -> dict[str, Any]:
     return {**event, "version": 2, "user_id": event.get("customer_id")}
 
 
+def _redeemed_v1_to_v2(event: dict[str, Any]) -> dict[str, Any]:
+    """And its credit never expired."""
+    return {**_by_own_user_v1_to_v2(event), "credit_expires_at": None}
+
+
 def _opened_v1_to_v2(event: dict[str, Any]) -> dict[str, Any]:
     return {**_by_own_user_v1_to_v2(event), "member_by_claim": False}
 
 
+def _granted_v1_to_v2(event: dict[str, Any]) -> dict[str, Any]:
+    """A v1 grant never expired."""
+    return {**event, "version": 2, "expires_at": None}
+
+
+def _lots_v1_to_v2(event: dict[str, Any]) -> dict[str, Any]:
+    """Before v2 no grant expired: nothing came from (or went back to) an expiring one."""
+    return {**event, "version": 2, "lots": []}
+
+
 UPCASTERS: dict[tuple[str, int], Upcaster] = {
+    ("wallet.credit_granted", 1): _granted_v1_to_v2,
+    ("wallet.grant_revoked", 1): _lots_v1_to_v2,
+    ("wallet.credit_reserved", 1): _lots_v1_to_v2,
+    ("wallet.credit_released", 1): _lots_v1_to_v2,
     ("voucher.issued", 1): _issued_v1_to_v2,
-    ("voucher.redeemed", 1): _by_own_user_v1_to_v2,
+    ("voucher.redeemed", 1): _redeemed_v1_to_v2,
     ("order.opened", 1): _opened_v1_to_v2,
 }
 CURRENT_VERSIONS: dict[str, int] = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
 import immutables
@@ -112,6 +112,7 @@ class VoucherView(Frozen):
     plans: list[str] | None = None
     min_order_baisa: int = 0
     new_organizations_only: bool = False
+    credit_valid_for_seconds: int | None = None
 
     def refusal_at(self, now: datetime) -> str | None:
         return refusal(
@@ -138,6 +139,7 @@ class RedemptionView(Frozen):
     redemption_id: str
     credit_baisa: int
     seq: int
+    credit_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +167,7 @@ class Rules:
     plans: tuple[str, ...] | None = None
     min_order_baisa: int = 0
     new_organizations_only: bool = False
+    credit_valid_for_seconds: int | None = None
 
     @property
     def plan_list(self) -> list[str] | None:
@@ -210,6 +213,7 @@ class Receipt:
             plans=f.rules.plan_list,
             min_order_baisa=f.rules.min_order_baisa,
             new_organizations_only=f.rules.new_organizations_only,
+            credit_valid_for_seconds=f.rules.credit_valid_for_seconds,
         )
 
     @property
@@ -222,6 +226,7 @@ class Receipt:
             redemption_id=held.redemption_id,
             credit_baisa=held.credit_baisa,
             seq=held.seq,
+            credit_expires_at=held.credit_expires_at,
         )
 
 
@@ -233,6 +238,7 @@ class Redemption:
     seq: int
     command_id: str
     user_id: str = ""
+    credit_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +284,7 @@ class VoucherState:
             plans=self.rules.plan_list,
             min_order_baisa=self.rules.min_order_baisa,
             new_organizations_only=self.rules.new_organizations_only,
+            credit_valid_for_seconds=self.rules.credit_valid_for_seconds,
         )
 
 
@@ -325,6 +332,7 @@ def decide(
                     plans=rules.plan_list,
                     min_order_baisa=rules.min_order_baisa,
                     new_organizations_only=rules.new_organizations_only,
+                    credit_valid_for_seconds=rules.credit_valid_for_seconds,
                 )
             ]
         case RevokeVoucher():
@@ -350,6 +358,7 @@ def decide(
             if user in state.users:
                 raise AlreadyRedeemed(state.code, command.customer_id, user)
             _check_eligible(state.code, rules, command)
+            valid_for = rules.credit_valid_for_seconds
             return [
                 VoucherRedeemed(
                     code=state.code,
@@ -357,6 +366,7 @@ def decide(
                     redemption_id=redemption_id_for(state.code, command.customer_id, command_id),
                     credit_baisa=state.credit_baisa,
                     user_id=user,
+                    credit_expires_at=at + timedelta(seconds=valid_for) if valid_for else None,
                 )
             ]
         case ReverseRedemption():
@@ -402,6 +412,12 @@ def _rules_after(current: Rules, command: IssueVoucher) -> Rules:
             command.new_organizations_only,
             current.new_organizations_only,
             False,
+        ),
+        credit_valid_for_seconds=pick(
+            "credit_valid_for_seconds",
+            command.credit_valid_for_seconds,
+            current.credit_valid_for_seconds,
+            None,
         ),
     )
     if (
@@ -512,6 +528,7 @@ def evolve(state: VoucherState, recorded: RecordedEvent, fingerprint: str = "") 
                 seq=seq,
                 command_id=env.command_id,
                 user_id=event.user_id,
+                credit_expires_at=event.credit_expires_at,
             )
             facts = state.facts
             if facts is None:  # a redemption before the code was issued: not a valid history
@@ -553,6 +570,7 @@ def evolve(state: VoucherState, recorded: RecordedEvent, fingerprint: str = "") 
                 plans=tuple(event.plans) if event.plans is not None else None,
                 min_order_baisa=event.min_order_baisa,
                 new_organizations_only=event.new_organizations_only,
+                credit_valid_for_seconds=event.credit_valid_for_seconds,
             )
             facts = VoucherFacts(
                 code=state.code,
@@ -650,6 +668,7 @@ def fingerprint_of_event(recorded: RecordedEvent) -> str:
                 plans=event.plans,
                 min_order_baisa=event.min_order_baisa or None,
                 new_organizations_only=event.new_organizations_only or None,
+                credit_valid_for_seconds=event.credit_valid_for_seconds,
             )
         case VoucherRevoked():
             command = RevokeVoucher(code=event.code)

@@ -19,14 +19,16 @@ one atomic append: a checkout is a small state machine
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 import immutables
+from pydantic import Field
 
 from voucher_ledger.ledger.commands import (
     AbandonOrder,
     AttachSession,
     ConfirmPayment,
+    ExpireCredit,
     FailOrder,
     Grant,
     GrantCredit,
@@ -46,11 +48,13 @@ from voucher_ledger.ledger.errors import (
 )
 from voucher_ledger.ledger.events import (
     CreditCaptured,
+    CreditExpired,
     CreditGranted,
     CreditReleased,
     CreditReserved,
     Frozen,
     GrantRevoked,
+    LotShare,
     OrderAbandoned,
     OrderCompleted,
     OrderFailed,
@@ -91,6 +95,8 @@ class OrderView(Frozen):
     updated_at: datetime
     user_id: str = ""  # the login that opened it
     member_by_claim: bool = False
+    # what its reservation took from expiring grants
+    reserved_lots: list[LotShare] = Field(default_factory=list)
 
 
 class WalletView(Frozen):
@@ -122,6 +128,21 @@ class HeldGrant:
 
 
 @dataclass(frozen=True, slots=True)
+class Lot:
+    """An expiring grant: what is left of it (not reserved, not spent) and when it expires.
+    ``n``: its place among the account's grants (ties of expiry are spent oldest first)."""
+
+    left: int
+    expires_at: datetime
+    code: str
+    order_id: str
+    n: int
+
+    def expired(self, now: datetime) -> bool:
+        return now >= self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
 class WalletState:
     customer_id: str
     balance_baisa: int = 0
@@ -134,19 +155,30 @@ class WalletState:
     owner: str | None = None
     owner_orders: int = 0
     grants: immutables.Map[str, HeldGrant] = field(default_factory=immutables.Map)
+    # expiring grants by redemption id (credit that never expires is the balance's rest)
+    lots: immutables.Map[str, Lot] = field(default_factory=immutables.Map)
     orders: immutables.Map[str, OrderView] = field(default_factory=immutables.Map)
     receipts: immutables.Map[str, WalletReceipt] = field(default_factory=immutables.Map)
 
     @property
     def available_baisa(self) -> int:
+        """Unreserved credit, expired or not (the stream's balance minus reservations)."""
         return self.balance_baisa - self.reserved_baisa
 
-    def view(self) -> WalletView:
+    def expired_baisa(self, now: datetime) -> int:
+        """What is left of grants expired by ``now`` and not yet expired by an event."""
+        return sum(lot.left for lot in self.lots.values() if lot.expired(now))
+
+    def available_at(self, now: datetime) -> int:
+        """What a checkout can spend at ``now``: expired credit never is."""
+        return self.available_baisa - self.expired_baisa(now)
+
+    def view(self, now: datetime | None = None) -> WalletView:
         return WalletView(
             customer_id=self.customer_id,
             balance_baisa=self.balance_baisa,
             reserved_baisa=self.reserved_baisa,
-            available_baisa=self.available_baisa,
+            available_baisa=self.available_at(now if now is not None else datetime.now(UTC)),
             last_seq=self.last_seq,
             completed_orders=self.completed_orders,
         )
@@ -172,10 +204,74 @@ def _granted(customer_id: str, order_id: str, grant: Grant) -> CreditGranted:
         code=grant.code,
         order_id=order_id,
         amount_baisa=grant.amount_baisa,
+        expires_at=grant.expires_at,
     )
 
 
-def decide(state: WalletState, command: WalletCommandT) -> list[WalletEventT]:
+def take(lots: immutables.Map[str, Lot], amount: int, now: datetime) -> list[LotShare]:
+    """Where ``amount`` of spendable credit comes from: the expiring grants not expired at
+    ``now``, soonest-expiring first (oldest first on a tie), and the rest (not listed) from
+    credit that never expires. The caller checks that ``amount`` is spendable."""
+    shares: list[LotShare] = []
+    need = amount
+    for rid, lot in sorted(
+        ((rid, lot) for rid, lot in lots.items() if lot.left > 0 and not lot.expired(now)),
+        key=lambda item: (item[1].expires_at, item[1].n),
+    ):
+        if need <= 0:
+            break
+        part = min(lot.left, need)
+        shares.append(LotShare(redemption_id=rid, amount_baisa=part))
+        need -= part
+    return shares
+
+
+def _with_lot(state: WalletState, grant: CreditGranted) -> immutables.Map[str, Lot]:
+    if grant.expires_at is None:
+        return state.lots
+    lot = Lot(grant.amount_baisa, grant.expires_at, grant.code, grant.order_id, len(state.lots))
+    return state.lots.set(grant.redemption_id, lot)
+
+
+def _moved(
+    lots: immutables.Map[str, Lot], shares: list[LotShare], sign: int
+) -> immutables.Map[str, Lot]:
+    for share in shares:
+        lot = lots.get(share.redemption_id)
+        if lot is not None:
+            lots = lots.set(
+                share.redemption_id, replace(lot, left=lot.left + sign * share.amount_baisa)
+            )
+    return lots
+
+
+def _expire_now(
+    who: str, lots: immutables.Map[str, Lot], rids: list[str], now: datetime
+) -> list[WalletEventT]:
+    """The remainders of the grants ``rids`` that have expired by ``now`` leave the account."""
+    events: list[WalletEventT] = []
+    for rid in dict.fromkeys(rids):
+        lot = lots.get(rid)
+        if lot is not None and lot.left > 0 and lot.expired(now):
+            events.append(
+                CreditExpired(
+                    customer_id=who,
+                    redemption_id=rid,
+                    code=lot.code,
+                    order_id=lot.order_id,
+                    amount_baisa=lot.left,
+                    expires_at=lot.expires_at,
+                )
+            )
+    return events
+
+
+def decide(
+    state: WalletState, command: WalletCommandT, now: datetime | None = None
+) -> list[WalletEventT]:
+    """``now``: the moment of the decision (the processor's clock), at which expired credit
+    is not spendable; the wall clock when not given."""
+    now = now if now is not None else datetime.now(UTC)
     who = state.customer_id
     match command:
         case OpenOrder():
@@ -207,17 +303,26 @@ def decide(state: WalletState, command: WalletCommandT) -> list[WalletEventT]:
                 raise OrderClosed(order.order_id, order.status)
             events: list[WalletEventT] = []
             granted = 0
+            lots = state.lots
             grant = command.grant
             if grant is not None and grant.redemption_id not in state.grants:
-                granted = grant.amount_baisa
-                events.append(_granted(who, order.order_id, grant))
-            applied = min(state.available_baisa + granted, order.total_baisa)
+                new = _granted(who, order.order_id, grant)
+                if new.expires_at is None or now < new.expires_at:
+                    granted = grant.amount_baisa
+                events.append(new)
+                lots = _with_lot(state, new)
+            applied = min(state.available_at(now) + granted, order.total_baisa)
             due = order.total_baisa - applied
             if due > 0 and not command.payment_available:
                 raise PaymentUnavailable(order.order_id, due)
             if applied > 0:
                 events.append(
-                    CreditReserved(customer_id=who, order_id=order.order_id, amount_baisa=applied)
+                    CreditReserved(
+                        customer_id=who,
+                        order_id=order.order_id,
+                        amount_baisa=applied,
+                        lots=take(lots, applied, now),
+                    )
                 )
             if due == 0:
                 if applied > 0:
@@ -316,10 +421,16 @@ def decide(state: WalletState, command: WalletCommandT) -> list[WalletEventT]:
                         order_id=order.order_id,
                         amount_baisa=order.reserved_baisa,
                         reason=command.reason,
+                        lots=order.reserved_lots,
                     )
                 )
             events.append(
                 OrderAbandoned(customer_id=who, order_id=order.order_id, reason=command.reason)
+            )
+            # credit that came back after its grant expired leaves the account at once
+            back = _moved(state.lots, order.reserved_lots, 1)
+            events.extend(
+                _expire_now(who, back, [s.redemption_id for s in order.reserved_lots], now)
             )
             return events
         case FailOrder():
@@ -330,16 +441,21 @@ def decide(state: WalletState, command: WalletCommandT) -> list[WalletEventT]:
                 return []
             if order.status == "completed":
                 raise OrderClosed(order.order_id, order.status)
-            return _fail(state, order, command)
+            return _fail(state, order, command, now)
+        case ExpireCredit():
+            return _expire_now(who, state.lots, [command.redemption_id], now)
         case QueryOrder():
             state.order(command.order_id)
             return []
 
 
-def _fail(state: WalletState, order: OrderView, command: FailOrder) -> list[WalletEventT]:
+def _fail(
+    state: WalletState, order: OrderView, command: FailOrder, now: datetime
+) -> list[WalletEventT]:
     who = state.customer_id
     events: list[WalletEventT] = []
     available = state.available_baisa
+    lots = state.lots
     if order.reserved_baisa:
         events.append(
             CreditReleased(
@@ -347,14 +463,28 @@ def _fail(state: WalletState, order: OrderView, command: FailOrder) -> list[Wall
                 order_id=order.order_id,
                 amount_baisa=order.reserved_baisa,
                 reason=command.reason,
+                lots=order.reserved_lots,
             )
         )
         available += order.reserved_baisa
+        lots = _moved(lots, order.reserved_lots, 1)
     release_slot = True
     held = state.grants.get(order.redemption_id) if order.redemption_id else None
     if held is not None and not held.revoked:
         if available >= held.amount_baisa:
             assert order.redemption_id is not None
+            # taken from the grant itself first, then as a checkout would spend
+            own = lots.get(order.redemption_id)
+            shares: list[LotShare] = []
+            rest = held.amount_baisa
+            if own is not None and own.left > 0:
+                part = min(own.left, rest)
+                shares.append(LotShare(redemption_id=order.redemption_id, amount_baisa=part))
+                rest -= part
+            if rest:
+                others = lots.delete(order.redemption_id) if own is not None else lots
+                shares.extend(take(others, rest, now))
+            lots = _moved(lots, shares, -1)
             events.append(
                 GrantRevoked(
                     customer_id=who,
@@ -363,6 +493,7 @@ def _fail(state: WalletState, order: OrderView, command: FailOrder) -> list[Wall
                     order_id=order.order_id,
                     amount_baisa=held.amount_baisa,
                     reason=command.reason,
+                    lots=shares,
                 )
             )
         else:
@@ -378,13 +509,17 @@ def _fail(state: WalletState, order: OrderView, command: FailOrder) -> list[Wall
             release_slot=release_slot,
         )
     )
+    # credit that came back after its grant expired leaves the account at once
+    events.extend(_expire_now(who, lots, [s.redemption_id for s in order.reserved_lots], now))
     return events
 
 
 WalletOutcome = Replayed[WalletReceipt] | Decided[WalletEventT] | Refused
 
 
-def handle(state: WalletState, command: WalletCommandT, command_id: str) -> WalletOutcome:
+def handle(
+    state: WalletState, command: WalletCommandT, command_id: str, now: datetime | None = None
+) -> WalletOutcome:
     """Idempotent decide: a known command id replays; one reused for another payload is refused."""
     known = state.receipts.get(command_id)
     if known is not None:
@@ -392,7 +527,7 @@ def handle(state: WalletState, command: WalletCommandT, command_id: str) -> Wall
             return Refused(CommandIdReused(command_id))
         return Replayed(known)
     try:
-        return Decided(decide(state, command))
+        return Decided(decide(state, command, now))
     except DomainError as err:
         # Without its traceback: the frames it holds (the processor's, through f_back) would
         # make every refusal a reference cycle for the cyclic GC (~15 % of a processor's CPU
@@ -460,22 +595,45 @@ def evolve(state: WalletState, recorded: RecordedEvent, fingerprint: str = "") -
                 grants=state.grants.set(
                     event.redemption_id, HeldGrant(event.amount_baisa, event.code, event.order_id)
                 ),
+                lots=_with_lot(state, event),
             )
             order_changes = {"redemption_id": event.redemption_id}
         case GrantRevoked():
             held = state.grants.get(event.redemption_id)
-            state = replace(state, balance_baisa=state.balance_baisa - event.amount_baisa)
+            state = replace(
+                state,
+                balance_baisa=state.balance_baisa - event.amount_baisa,
+                lots=_moved(state.lots, event.lots, -1),
+            )
             if held is not None:
                 state = replace(
                     state, grants=state.grants.set(event.redemption_id, replace(held, revoked=True))
                 )
         case CreditReserved():
             state = _hold(state, order, event.amount_baisa, at)
+            state = replace(state, lots=_moved(state.lots, event.lots, -1))
+            order_changes = {"reserved_lots": event.lots}
+            order = state.orders.get(event.order_id)
         case CreditCaptured():
             state = _hold(state, order, -event.amount_baisa, at)
             state = replace(state, balance_baisa=state.balance_baisa - event.amount_baisa)
+            order_changes = {"reserved_lots": []}
+            order = state.orders.get(event.order_id)
         case CreditReleased():
             state = _hold(state, order, -event.amount_baisa, at)
+            state = replace(state, lots=_moved(state.lots, event.lots, 1))
+            order_changes = {"reserved_lots": []}
+            order = state.orders.get(event.order_id)
+        case CreditExpired():
+            lot = state.lots.get(event.redemption_id)
+            state = replace(state, balance_baisa=state.balance_baisa - event.amount_baisa)
+            if lot is not None:
+                state = replace(
+                    state,
+                    lots=state.lots.set(
+                        event.redemption_id, replace(lot, left=lot.left - event.amount_baisa)
+                    ),
+                )
         case OrderPaymentRequested():
             order_changes = {
                 "status": "awaiting_payment",

@@ -30,7 +30,7 @@ def _translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
 _VOUCHER_COLUMNS = """code, credit_baisa, description, active, revoked, max_redemptions,
     times_redeemed, created_at, updated_at, revoked_at, last_seq, starts_at, expires_at,
-    plans, min_order_baisa, new_organizations_only"""
+    plans, min_order_baisa, new_organizations_only, credit_valid_for_seconds"""
 
 
 def _dict(row: asyncpg.Record | None) -> dict[str, Any] | None:
@@ -188,6 +188,29 @@ async def own_accounts(pool: asyncpg.Pool, user_id: str, *, limit: int = 2) -> l
 
 
 @_translated
+async def credit_lots(pool: asyncpg.Pool, customer_id: str) -> list[dict[str, Any]]:
+    """The account's expiring grants with something left, soonest first (expired ones too,
+    until their credit_expired event is applied)."""
+    rows = await pool.fetch(
+        """SELECT redemption_id, code, left_baisa, expires_at FROM credit_lots
+           WHERE customer_id = $1 AND left_baisa > 0 ORDER BY expires_at, redemption_id""",
+        customer_id,
+    )
+    return [dict(r) for r in rows]
+
+
+@_translated
+async def lots_due(pool: asyncpg.Pool, *, limit: int = 500) -> list[dict[str, Any]]:
+    """Expiring grants past their expiry with something left: for the expiry sweeper."""
+    rows = await pool.fetch(
+        """SELECT redemption_id, customer_id, order_id FROM credit_lots
+           WHERE left_baisa > 0 AND expires_at <= now() ORDER BY expires_at LIMIT $1""",
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+@_translated
 async def credit_entries(
     pool: asyncpg.Pool, customer_id: str, *, limit: int = 20
 ) -> list[dict[str, Any]]:
@@ -196,7 +219,7 @@ async def credit_entries(
         """SELECT seq, kind, balance_delta_baisa, reason, order_id, code, balance_after_baisa,
                   created_at
            FROM credit_entries
-           WHERE customer_id = $1 AND kind IN ('granted', 'captured', 'revoked')
+           WHERE customer_id = $1 AND kind IN ('granted', 'captured', 'revoked', 'expired')
            ORDER BY seq DESC LIMIT $2""",
         customer_id,
         limit,

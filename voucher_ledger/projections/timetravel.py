@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from voucher_ledger.commands.store import EventStore
 from voucher_ledger.jetstream.layout import Layout
+from voucher_ledger.ledger.durations import format_duration
 from voucher_ledger.ledger.events import RecordedEvent, VoucherRevoked
 from voucher_ledger.ledger.money import BAISA
 from voucher_ledger.ledger.voucher import VoucherView, fold
@@ -75,6 +76,9 @@ class VoucherAsOf:
             "min_order_omr": v.min_order_baisa // BAISA,
             "min_order_baisa": v.min_order_baisa,
             "new_organizations_only": v.new_organizations_only,
+            "credit_valid_for": format_duration(v.credit_valid_for_seconds)
+            if v.credit_valid_for_seconds
+            else None,
             "revoked": v.revoked,
             "revoked_at": self.revoked_at,
             # as of that moment: its window then, not now

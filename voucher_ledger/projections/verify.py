@@ -82,6 +82,7 @@ async def verify(
         redemptions = await conn.fetch("SELECT * FROM redemptions")
         wallets = await conn.fetch("SELECT * FROM wallets")
         orders = await conn.fetch("SELECT * FROM orders")
+        lots = await conn.fetch("SELECT * FROM credit_lots")
         audit = await conn.fetch("SELECT seq, event_id, type FROM audit_log")
     head = await stream_head(nc, spec)
     report = VerifyReport(head=head, checkpoints=checkpoints)
@@ -121,7 +122,7 @@ async def verify(
             break
 
     _verify_vouchers(report, by_aggregate, checkpoints.get("vouchers", 0), vouchers, redemptions)
-    _verify_wallets(report, by_aggregate, checkpoints.get("wallets", 0), wallets, orders)
+    _verify_wallets(report, by_aggregate, checkpoints.get("wallets", 0), wallets, orders, lots)
     _compare(
         report,
         "audit_log",
@@ -162,6 +163,7 @@ def _verify_vouchers(
             "plans": state.rules.plan_list,
             "min_order_baisa": state.rules.min_order_baisa,
             "new_organizations_only": state.rules.new_organizations_only,
+            "credit_valid_for_seconds": state.rules.credit_valid_for_seconds,
         }
         for r in seen:
             event = r.envelope.event
@@ -202,9 +204,11 @@ def _verify_wallets(
     upto: int,
     wallets: list[asyncpg.Record],
     orders: list[asyncpg.Record],
+    lots: list[asyncpg.Record],
 ) -> None:
     expected: dict[str, dict[str, Any]] = {}
     expected_orders: dict[str, dict[str, Any]] = {}
+    expected_lots: dict[str, dict[str, Any]] = {}
     for (aggregate, customer), history in by_aggregate.items():
         if aggregate != "wallet":
             continue
@@ -217,6 +221,14 @@ def _verify_wallets(
             expected[customer] = {
                 "balance_baisa": state.balance_baisa,
                 "reserved_baisa": state.reserved_baisa,
+            }
+        for rid, lot in state.lots.items():
+            expected_lots[rid] = {
+                "customer_id": customer,
+                "code": lot.code,
+                "order_id": lot.order_id,
+                "left_baisa": lot.left,
+                "expires_at": lot.expires_at,
             }
         for order in state.orders.values():
             expected_orders[order.order_id] = {
@@ -235,3 +247,4 @@ def _verify_wallets(
             }
     _compare(report, "wallets", expected, {r["customer_id"]: dict(r) for r in wallets})
     _compare(report, "orders", expected_orders, {r["order_id"]: dict(r) for r in orders})
+    _compare(report, "credit_lots", expected_lots, {r["redemption_id"]: dict(r) for r in lots})

@@ -36,6 +36,7 @@ VOUCHERS = Table(
     Column("plans", "jsonb", updated=True),
     Column("min_order_baisa", "bigint", updated=True),
     Column("new_organizations_only", "boolean", updated=True),
+    Column("credit_valid_for_seconds", "bigint", updated=True),
 )
 REDEMPTIONS = Table(
     "redemptions",
@@ -61,6 +62,7 @@ _V_REVOKED, _V_MAX, _V_TIMES = _V["revoked"], _V["max_redemptions"], _V["times_r
 _V_UPDATED, _V_REVOKED_AT, _V_SEQ = _V["updated_at"], _V["revoked_at"], _V["last_seq"]
 _V_STARTS, _V_EXPIRES, _V_PLANS = _V["starts_at"], _V["expires_at"], _V["plans"]
 _V_MIN_ORDER, _V_NEW_ONLY = _V["min_order_baisa"], _V["new_organizations_only"]
+_V_VALID_FOR = _V["credit_valid_for_seconds"]
 _R = REDEMPTIONS.index
 _R_ID, _R_CODE, _R_CUSTOMER = _R["redemption_id"], _R["code"], _R["customer_id"]
 _R_REVERSED_AT, _R_REVERSED_SEQ = _R["reversed_at"], _R["reversed_seq"]
@@ -174,6 +176,7 @@ class VoucherProjection:
                         plans=plans_json(event["plans"]),
                         min_order_baisa=event["min_order_baisa"],
                         new_organizations_only=event["new_organizations_only"],
+                        credit_valid_for_seconds=event["credit_valid_for_seconds"],
                     )
                 else:
                     row[_V_CREDIT] = event["credit_baisa"]
@@ -184,6 +187,7 @@ class VoucherProjection:
                     row[_V_PLANS] = plans_json(event["plans"])
                     row[_V_MIN_ORDER] = event["min_order_baisa"]
                     row[_V_NEW_ONLY] = event["new_organizations_only"]
+                    row[_V_VALID_FOR] = event["credit_valid_for_seconds"]
                     row[_V_REVOKED], row[_V_REVOKED_AT] = False, None
                     row[_V_UPDATED], row[_V_SEQ] = at, seq
             elif kind == _REVOKED:

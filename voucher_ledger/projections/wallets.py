@@ -71,6 +71,18 @@ ORDERS = Table(
     Column("owns", "boolean", updated=True),
 )
 
+CREDIT_LOTS = Table(
+    "credit_lots",
+    Column("redemption_id", "text"),
+    Column("customer_id", "text"),
+    Column("code", "text"),
+    Column("order_id", "text"),
+    Column("granted_baisa", "bigint"),
+    Column("left_baisa", "bigint", updated=True),
+    Column("expires_at", "timestamptz"),
+    Column("last_seq", "bigint", updated=True),
+)
+
 # Where a field sits in a row (a list in its table's column order), read once.
 _W = WALLETS.index
 _W_BALANCE, _W_RESERVED = _W["balance_baisa"], _W["reserved_baisa"]
@@ -83,6 +95,8 @@ _O_REDEMPTION, _O_REASON = _O["redemption_id"], _O["failure_reason"]
 _O_MESSAGE, _O_RELEASE = _O["failure_message"], _O["release_slot"]
 _O_UPDATED, _O_SEQ = _O["updated_at"], _O["last_seq"]
 _O_OWNS = _O["owns"]
+_L_LEFT, _L_SEQ = CREDIT_LOTS.index["left_baisa"], CREDIT_LOTS.index["last_seq"]
+_EXPIRED = "wallet.credit_expired"
 
 _GRANTED = "wallet.credit_granted"
 _MOVES = frozenset(
@@ -92,6 +106,7 @@ _MOVES = frozenset(
         "wallet.credit_reserved",
         "wallet.credit_captured",
         "wallet.credit_released",
+        _EXPIRED,
     )
 )
 _ORDER_EVENTS = frozenset(
@@ -117,12 +132,13 @@ class WalletProjection:
     """``wallets``, ``credit_entries`` and ``orders``."""
 
     name = "wallets"
-    tables = (WALLETS.name, CREDIT_ENTRIES.name, ORDERS.name)
-    keyed = frozenset((WALLETS.name, ORDERS.name))
+    tables = (WALLETS.name, CREDIT_ENTRIES.name, ORDERS.name, CREDIT_LOTS.name)
+    keyed = frozenset((WALLETS.name, ORDERS.name, CREDIT_LOTS.name))
 
     async def apply(self, conn: Conn, events: Sequence[PlainEvent]) -> None:
         customers: set[str] = set()
         order_ids: set[str] = set()
+        lot_ids: set[str] = set()
         for item in events:
             event = item.doc["event"]
             kind = event["type"]
@@ -130,6 +146,10 @@ class WalletProjection:
                 customers.add(item.doc["aggregate_id"])
                 if kind == _GRANTED:
                     order_ids.add(event["order_id"])
+                elif kind == _EXPIRED:
+                    lot_ids.add(event["redemption_id"])
+                else:
+                    lot_ids.update(share["redemption_id"] for share in event.get("lots") or ())
             elif kind in _ORDER_EVENTS:
                 order_ids.add(event["order_id"])
         if not customers and not order_ids:
@@ -144,8 +164,23 @@ class WalletProjection:
             orders = {
                 r["order_id"]: list(r) for r in await conn.fetch(ORDERS.select, list(order_ids))
             }
+        lots: dict[str, list[Any]] = {}
+        if lot_ids:
+            lots = {
+                r["redemption_id"]: list(r)
+                for r in await conn.fetch(CREDIT_LOTS.select, list(lot_ids))
+            }
+        lots_existed = set(lots)
         wallets_existed = set(wallets)
         orders_existed = set(orders)
+
+        def shift(item: PlainEvent, shares: list[dict[str, Any]], sign: int) -> None:
+            for share in shares:
+                lot = lots.get(share["redemption_id"])
+                if lot is not None:
+                    lot[_L_LEFT] += sign * share["amount_baisa"]
+                    lot[_L_SEQ] = item.seq
+
         entries: list[tuple[Any, ...]] = []
 
         def move(
@@ -221,6 +256,17 @@ class WalletProjection:
                         code,
                         redemption_id,
                     )
+                    if event["expires_at"] is not None:
+                        lots[redemption_id] = CREDIT_LOTS.new_row(
+                            redemption_id=redemption_id,
+                            customer_id=env["aggregate_id"],
+                            code=code,
+                            order_id=order_id,
+                            granted_baisa=amount,
+                            left_baisa=amount,
+                            expires_at=event["expires_at"],
+                            last_seq=item.seq,
+                        )
                     order = orders.get(order_id)
                     if order is not None:
                         order[_O_REDEMPTION] = redemption_id
@@ -238,10 +284,26 @@ class WalletProjection:
                         code,
                         event["redemption_id"],
                     )
+                    shift(item, event["lots"], -1)
                 elif kind == "wallet.credit_reserved":
                     move(item, "reserved", amount, 0, amount, "order-reservation", order_id)
+                    shift(item, event["lots"], -1)
                 elif kind == "wallet.credit_captured":
                     move(item, "captured", amount, -amount, -amount, "order-payment", order_id)
+                elif kind == _EXPIRED:
+                    rid = event["redemption_id"]
+                    move(
+                        item,
+                        "expired",
+                        amount,
+                        -amount,
+                        0,
+                        "credit-expired",
+                        order_id,
+                        event["code"],
+                        rid,
+                    )
+                    shift(item, [{"redemption_id": rid, "amount_baisa": amount}], -1)
                 else:  # wallet.credit_released
                     move(
                         item,
@@ -252,6 +314,7 @@ class WalletProjection:
                         f"order-release:{event['reason']}",
                         order_id,
                     )
+                    shift(item, event["lots"], 1)
             elif kind in _ORDER_EVENTS:
                 _order(orders, item, kind, event)
 
@@ -267,6 +330,14 @@ class WalletProjection:
             await conn.copy_records_to_table(
                 CREDIT_ENTRIES.name, columns=CREDIT_ENTRIES.names, records=entries
             )
+        created_lots = [tuple(r) for k, r in lots.items() if k not in lots_existed]
+        changed_lots = [r for k, r in lots.items() if k in lots_existed]
+        if created_lots:
+            await conn.copy_records_to_table(
+                CREDIT_LOTS.name, columns=CREDIT_LOTS.names, records=created_lots
+            )
+        if changed_lots:
+            await conn.execute(CREDIT_LOTS.update, *CREDIT_LOTS.update_args(changed_lots))
         created_orders = [tuple(r) for o, r in orders.items() if o not in orders_existed]
         changed_orders = [r for o, r in orders.items() if o in orders_existed]
         if created_orders:

@@ -545,11 +545,19 @@ class Checkout:
     """The checkout saga, and (RUN_RECOVERY) the loop that finishes or compensates half-way
     checkouts after a crash every CHECKOUT_RECOVERY_INTERVAL seconds."""
 
-    def __init__(self, service: CheckoutService, pool: asyncpg.Pool, interval: float) -> None:
+    def __init__(
+        self,
+        service: CheckoutService,
+        pool: asyncpg.Pool,
+        interval: float,
+        expiry_interval: float = 2.0,
+    ) -> None:
         self.service = service
         self._pool = pool
         self._interval = interval
+        self._expiry_interval = expiry_interval
         self._recovery: asyncio.Task[None] | None = None
+        self._expiry: asyncio.Task[None] | None = None
 
     @classmethod
     def start(cls, s: Settings, web: WebClients, ledger: Ledger, read: ReadModels) -> Checkout:
@@ -560,10 +568,23 @@ class Checkout:
             command_timeout=s.command_timeout,
             recovery_after=s.recovery_after,
         )
-        checkout = cls(service, read.pool, s.checkout_recovery_interval)
+        checkout = cls(service, read.pool, s.checkout_recovery_interval, s.credit_expiry_interval)
         if s.run_recovery:
             checkout._recovery = asyncio.create_task(checkout._recover())
+            checkout._expiry = asyncio.create_task(checkout._expire())
         return checkout
+
+    async def _expire(self) -> None:
+        """Expired credit leaves its account (CREDIT_EXPIRY_INTERVAL): driven by the read
+        model, so it survives restarts; the wallet expires a grant once."""
+        while True:
+            try:
+                await self.service.expire_once(self._pool)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an outage: try again next round
+                log.warning("credit expiry: %r", exc)
+            await asyncio.sleep(self._expiry_interval)
 
     async def _recover(self) -> None:
         while True:
@@ -577,7 +598,9 @@ class Checkout:
 
     async def stop(self) -> None:
         await _cancel(self._recovery)
+        await _cancel(self._expiry)
         self._recovery = None
+        self._expiry = None
 
 
 # ------------------------------------------------------------------------------------ helpers
