@@ -582,7 +582,9 @@ async def test_keyboard_only_issue_and_revoke(web: Browse, store: Shop) -> None:
     await page.keyboard.press("Tab")
     await page.keyboard.type("2")
     await page.keyboard.press("Tab")
-    assert await page.evaluate("() => document.activeElement.id") == "f-active"
+    # issue #20: the window and the eligibility rules come next, left empty here
+    assert await page.evaluate("() => document.activeElement.id") == "f-starts"
+    await tab_to(page, "#f-active")
     await page.keyboard.press("Space")  # issue it inactive
     await page.keyboard.press("Tab")
     assert await page.evaluate("() => document.activeElement.id") == "form-submit"
@@ -660,6 +662,96 @@ async def test_redeem_an_ended_campaign(web: Browse, store: Shop) -> None:
     assert await page.locator("#use-code").count() == 0
     statuses = [s for _, url, s, _ in web.recorder.responses if url.endswith(PREVIEW)]
     assert statuses == [410, 410]
+
+
+async def test_redeem_says_valid_until_ended_on_and_starts_on(web: Browse, store: Shop) -> None:
+    """Issue #20: the landing page tells a window's edges from the preview's 410 reason."""
+    until, ended, later = new_code("UNTIL"), new_code("PAST"), new_code("SOON")
+    for body in (
+        {"code": until, "credit_omr": 5, "expires_at": "2099-03-01T10:00:00Z"},
+        {"code": ended, "credit_omr": 6, "expires_at": "2021-03-01T10:00:00Z"},
+        {"code": later, "credit_omr": 7, "starts_at": "2098-05-01T10:00:00Z"},
+    ):
+        reply = await store.request("POST", ISSUE, json_body=body)
+        assert reply.status == 200, reply
+    page = await web.page(f"/redeem?code={until}")
+    await page.locator("#outcome[data-outcome=valid]").wait_for()
+    valid = await text(page, "#valid-until")
+    assert valid.startswith("Valid until "), valid
+    assert "2099" in valid, valid
+    assert await page.locator("#use-code").count() == 1
+    await snap(page, "redeem-08-valid-until")
+    await page.goto(web.server.url(f"/redeem?code={ended}"))
+    await page.locator("#outcome[data-outcome=ended]").wait_for()
+    assert await text(page, "#result-title") == "This campaign has ended"
+    ended_on = await text(page, "#ended-on")
+    assert ended_on.startswith(f"{ended} (6 OMR credit) ended on ")
+    assert "2021" in ended_on
+    await snap(page, "redeem-09-ended-on")
+    await page.goto(web.server.url(f"/redeem?code={later}"))
+    await page.locator("#outcome[data-outcome=scheduled]").wait_for()
+    assert await text(page, "#result-title") == "This code is not valid yet"
+    starts = await text(page, "#starts-on")
+    assert starts.startswith(f"{later} (7 OMR credit) starts on ")
+    assert "2098" in starts
+    assert await page.locator("#use-code").count() == 0
+    await snap(page, "redeem-10-starts-on")
+
+
+async def test_the_form_edits_the_window_and_rules_in_the_issuers_time_zone(
+    web: Browse, store: Shop
+) -> None:
+    """Issue #20: the console's form sets, shows and clears a voucher's window (entered in
+    the issuer's time zone), its credit's lifetime and who may redeem it."""
+    code = new_code("RULES")
+    page = await signed_in(web)
+    await issue_in_form(
+        page,
+        {"#f-code": code, "#f-credit": "4", "#f-starts": "2031-01-02T03:04:05",
+         "#f-expires": "2031-02-03T04:05:06", "#f-valid-for": "P30D",
+         "#f-plans": "business, enterprise", "#f-min-order": "12"},
+    )  # fmt: skip
+    await page.click("#f-new-orgs")
+    assert await text(page, "#f-tz")  # the zone the times are read in is named
+    await snap(page, "console-13-issue-form-rules")
+    await page.click("#form-submit")
+    await page.locator("#detail-title", has_text=code).wait_for()
+    # what the browser sent: the local times as instants
+    starts = await page.evaluate("() => new Date('2031-01-02T03:04:05').toISOString()")
+    expires = await page.evaluate("() => new Date('2031-02-03T04:05:06').toISOString()")
+    voucher = await store.voucher(code)
+    assert voucher["starts_at"] == starts.replace(".000Z", "Z")
+    assert voucher["expires_at"] == expires.replace(".000Z", "Z")
+    assert (voucher["plans"], voucher["min_order_omr"], voucher["credit_valid_for"]) == (
+        ["business", "enterprise"],
+        12,
+        "P30D",
+    )
+    assert voucher["new_organizations_only"] is True
+    facts = await text(page, "#facts")
+    for shown in ("Plans business, enterprise", "Minimum order 12 OMR", "Credit lasts P30D"):
+        assert shown in facts, facts
+    assert "2031" in facts
+    await snap(page, "console-14-detail-rules")
+
+    # the form is pre-filled in the same zone; emptied fields clear the rules
+    await page.locator("#detail-edit").click()
+    await page.locator("#form-title", has_text=f"Update voucher {code}").wait_for()
+    assert await page.input_value("#f-starts") == "2031-01-02T03:04:05"
+    assert await page.input_value("#f-plans") == "business, enterprise"
+    for selector in ("#f-expires", "#f-plans", "#f-min-order", "#f-valid-for"):
+        await page.fill(selector, "")
+    await page.click("#f-new-orgs")
+    await page.click("#form-submit")
+    await page.locator("#notice").wait_for()
+    voucher = await store.voucher(code)
+    assert voucher["starts_at"] == starts.replace(".000Z", "Z")
+    assert (voucher["expires_at"], voucher["plans"], voucher["credit_valid_for"]) == (
+        None,
+        None,
+        None,
+    )
+    assert (voucher["min_order_omr"], voucher["new_organizations_only"]) == (0, False)
 
 
 async def test_redeem_an_unknown_revoked_or_malformed_code(web: Browse, store: Shop) -> None:

@@ -9,14 +9,42 @@ const TOKEN_KEY = "voucher-ledger.console.token";
 const PAGE_SIZE = 50;
 const HISTORY_PAGE = 50;
 const REDEMPTION_PAGES = 20; // the chart reads at most 20 pages of 1,000 redemptions
-const FIELDS = ["code", "credit_omr", "description", "max_redemptions", "active"];
+const FIELDS = [
+  "code", "credit_omr", "description", "max_redemptions", "starts_at", "expires_at",
+  "credit_valid_for", "plans", "min_order_omr", "new_organizations_only", "active",
+];
 const FIELD_INPUT = {
   code: "f-code",
   credit_omr: "f-credit",
   description: "f-description",
   max_redemptions: "f-max",
+  starts_at: "f-starts",
+  expires_at: "f-expires",
+  credit_valid_for: "f-valid-for",
+  plans: "f-plans",
+  min_order_omr: "f-min-order",
+  new_organizations_only: "f-new-orgs",
   active: "f-active",
 };
+const TIME_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
+
+/** An ISO instant as a datetime-local value in the browser's (the issuer's) time zone. */
+function localInput(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+/** A datetime-local value (the issuer's time zone) as an ISO instant with its offset; empty:
+ *  null (no bound). Something the browser cannot read is sent as typed, for the service's
+ *  own message. */
+function instantField(raw) {
+  const text = raw.trim();
+  if (text === "") return null;
+  const d = new Date(text);
+  return Number.isNaN(d.getTime()) ? text : d.toISOString();
+}
 
 const $ = (id) => document.getElementById(id);
 const views = ["signin", "list", "form", "detail"];
@@ -332,6 +360,13 @@ function emptyList(route) {
 function statusBadge(v) {
   if (v.revoked) return h("span", { class: "badge badge-revoked" }, "Revoked");
   if (!v.active) return h("span", { class: "badge badge-inactive" }, "Inactive");
+  const now = Date.now();
+  if (v.starts_at && Date.parse(v.starts_at) > now) {
+    return h("span", { class: "badge badge-inactive" }, `Starts ${formatTime(v.starts_at)}`);
+  }
+  if (v.expires_at && Date.parse(v.expires_at) <= now) {
+    return h("span", { class: "badge badge-inactive" }, `Ended ${formatTime(v.expires_at)}`);
+  }
   if (v.max_redemptions > 0 && v.times_redeemed >= v.max_redemptions) {
     return h("span", { class: "badge badge-full" }, "At cap");
   }
@@ -393,6 +428,7 @@ async function renderForm(route, id) {
   clearFormErrors();
   const form = $("voucher-form");
   form.reset();
+  $("f-tz").textContent = TIME_ZONE;
   editing = route.code ?? null;
   const title = $("form-title");
   if (!editing) {
@@ -424,6 +460,12 @@ async function renderForm(route, id) {
   $("f-credit").value = String(v.credit_omr);
   $("f-description").value = v.description;
   $("f-max").value = String(v.max_redemptions);
+  $("f-starts").value = localInput(v.starts_at);
+  $("f-expires").value = localInput(v.expires_at);
+  $("f-valid-for").value = v.credit_valid_for ?? "";
+  $("f-plans").value = (v.plans ?? []).join(", ");
+  $("f-min-order").value = v.min_order_omr ? String(v.min_order_omr) : "";
+  $("f-new-orgs").checked = Boolean(v.new_organizations_only);
   $("f-active").checked = v.active;
   focusHeading(title);
 }
@@ -436,12 +478,24 @@ function numberField(raw) {
   return /^-?\d+$/.test(text) && Number.isSafeInteger(Number(text)) ? Number(text) : text;
 }
 
+function plansField(raw) {
+  const plans = raw.split(",").map((p) => p.trim()).filter(Boolean);
+  return plans.length ? plans : null;
+}
+
 function formBody() {
   const body = {
     code: $("f-code").value,
     credit_omr: numberField($("f-credit").value),
     description: $("f-description").value,
     max_redemptions: numberField($("f-max").value),
+    // Empty means none (null clears a value the voucher had; it is what a new one gets).
+    starts_at: instantField($("f-starts").value),
+    expires_at: instantField($("f-expires").value),
+    credit_valid_for: $("f-valid-for").value.trim() || null,
+    plans: plansField($("f-plans").value),
+    min_order_omr: numberField($("f-min-order").value) ?? null,
+    new_organizations_only: $("f-new-orgs").checked,
     active: $("f-active").checked,
   };
   for (const key of Object.keys(body)) if (body[key] === undefined) delete body[key];
@@ -465,6 +519,12 @@ const FIELD_LABEL = {
   credit_omr: "Credit per redemption",
   description: "Description",
   max_redemptions: "Maximum redemptions",
+  starts_at: "Valid from",
+  expires_at: "Valid until",
+  credit_valid_for: "Credit lasts",
+  plans: "Plans",
+  min_order_omr: "Minimum order",
+  new_organizations_only: "New Organizations only",
   active: "Active",
 };
 
@@ -622,6 +682,12 @@ function facts(v) {
     ["Description", v.description || "—"],
     ["Redeemed", usage(v)],
     ["Accepting redemptions", v.accepting_redemptions ? "Yes" : "No"],
+    ["Valid from", v.starts_at ? time(v.starts_at) : "From its creation"],
+    ["Valid until", v.expires_at ? time(v.expires_at) : "No end"],
+    ["Credit lasts", v.credit_valid_for ?? "Forever"],
+    ["Plans", v.plans ? v.plans.join(", ") : "Any"],
+    ["Minimum order", v.min_order_omr ? omr(v.min_order_omr) : "Any"],
+    ["New Organizations only", v.new_organizations_only ? "Yes" : "No"],
     ["Created", time(v.created_at)],
     ["Last changed", time(v.updated_at)],
   ];

@@ -5,7 +5,7 @@
 // Without a code the page shows a manual entry form, which writes ?code= and validates.
 
 import { call } from "./api.js";
-import { h, omr, replace } from "./ui.js";
+import { formatTime, h, omr, replace } from "./ui.js";
 
 export const PENDING_VOUCHER_KEY = "sme-pending-voucher";
 
@@ -61,10 +61,16 @@ async function check(code) {
     show(card("valid", `${v.code} is valid`,
       h("p", { class: "amount" }, `${omr(v.credit_omr)} credit`),
       v.description ? h("p", { class: "description" }, v.description) : null,
+      v.expires_at ? h("p", { class: "window", id: "valid-until" }, `Valid until ${formatTime(v.expires_at)}.`) : null,
       useButton(v)));
+  } else if (res.status === 410 && v.reason === "not_started") {
+    show(card("scheduled", "This code is not valid yet",
+      h("p", { id: "starts-on" }, `${v.code} (${omr(v.credit_omr)} credit) starts on ${formatTime(v.starts_at)}.`)));
   } else if (res.status === 410) {
-    show(card("ended", "This campaign has ended",
-      h("p", {}, `${v.code} (${omr(v.credit_omr)} credit) no longer accepts redemptions.`)));
+    const ended = v.reason === "expired" && v.expires_at
+      ? h("p", { id: "ended-on" }, `${v.code} (${omr(v.credit_omr)} credit) ended on ${formatTime(v.expires_at)}.`)
+      : h("p", {}, `${v.code} (${omr(v.credit_omr)} credit) no longer accepts redemptions.`);
+    show(card("ended", "This campaign has ended", ended));
   } else if (res.status === 404 || res.status === 400) {
     // 400: not a well-formed code at all. A customer needs to know it cannot work, not the
     // validation rule it breaks.
