@@ -68,7 +68,10 @@ def add_parsers(
         "--code", action="append", default=[], help="only this voucher code (repeatable)"
     )
     tail.add_argument(
-        "--customer", action="append", default=[], help="only this customer's wallet (repeatable)"
+        "--customer",
+        action="append",
+        default=[],
+        help="only this account's wallet (an Organization; repeatable)",
     )
     tail.add_argument(
         "--type",
@@ -224,12 +227,19 @@ async def _show(args: argparse.Namespace, settings: Settings) -> int:
         if v.min_order_baisa
         else "  min order    none",
         f"  new orgs     {'only' if v.new_organizations_only else 'not required'}",
+        f"  credit lasts {_lasts(v.credit_valid_for_seconds)}",
         f"  accepting    {_yes(state.detail()['accepting_redemptions'] is True)}",
         f"  created      {isoformat_z(v.created_at)}",
         f"  updated      {isoformat_z(v.updated_at)}",
     ]
     print("\n".join(lines))
     return 0
+
+
+def _lasts(seconds: int | None) -> str:
+    from voucher_ledger.ledger.durations import format_duration
+
+    return format_duration(seconds) if seconds else "forever"
 
 
 def _yes(flag: bool) -> str:
