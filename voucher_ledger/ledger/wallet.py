@@ -471,10 +471,15 @@ def _fail(
     release_slot = True
     held = state.grants.get(order.redemption_id) if order.redemption_id else None
     if held is not None and not held.revoked:
+        # What can be taken back: the unreserved credit not expired (after the release), and
+        # the grant's own remainder even if it expired (it would leave the account anyway).
+        own = lots.get(order.redemption_id) if order.redemption_id else None
+        available -= sum(lot.left for lot in lots.values() if lot.expired(now))
+        if own is not None and own.expired(now):
+            available += own.left
         if available >= held.amount_baisa:
             assert order.redemption_id is not None
             # taken from the grant itself first, then as a checkout would spend
-            own = lots.get(order.redemption_id)
             shares: list[LotShare] = []
             rest = held.amount_baisa
             if own is not None and own.left > 0:
