@@ -375,3 +375,25 @@ def test_environment_jwt_secret_is_read(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("JWT_SECRET", "z" * 40)
     monkeypatch.setenv("NATS_URL", "nats://n:4222")
     assert resolve_secret(Settings()) == b"z" * 40
+
+
+# ------------------------------------------------------------------- Organizations (issue #20)
+
+
+async def test_the_orgs_claim_names_the_callers_organizations(auth: Authenticator) -> None:
+    """Present: the tenant ids it lists (a Keycloak group path's ``/name`` read as ``name``);
+    absent: None (membership is then ownership); of another shape: no Organization at all."""
+    with_claim = await auth.authenticate(f"Bearer {hs256(claims(orgs=['acme', '/beta', 7]))}")
+    assert with_claim.orgs == frozenset({"acme", "beta"})
+    assert (with_claim.member_by_claim("acme"), with_claim.member_by_claim("gamma")) == (
+        True,
+        False,
+    )
+    without = await auth.authenticate(f"Bearer {hs256(claims())}")
+    assert (without.orgs, without.member_by_claim("acme")) == (None, None)
+    odd = await auth.authenticate(f"Bearer {hs256(claims(orgs='acme'))}")
+    assert (odd.orgs, odd.member_by_claim("acme")) == (frozenset(), False)
+    # ORGS_CLAIM names another claim (a group mapper's)
+    groups = Authenticator(secret=SECRET, orgs_claim="groups")
+    principal = await groups.authenticate(f"Bearer {hs256(claims(groups=['/acme'], orgs=['x']))}")
+    assert principal.orgs == frozenset({"acme"})
