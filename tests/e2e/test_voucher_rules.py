@@ -7,15 +7,18 @@ with the window."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import connect, wait_until
 from tests.e2e.api_helpers import assert_json_error
 from tests.e2e.checkout_helpers import Shop, new_code, new_customer, shop
+from voucher_ledger.jetstream import streams
 
 OMR = 1000
 ISSUE = "/billing/vouchers/issue"
@@ -250,3 +253,53 @@ async def test_new_organizations_only_refuses_an_account_with_a_completed_order(
     assert reply.status == 200, reply
     assert (await s.balance(newcomer))["credit_baisa"] == 6 * OMR
     assert (await s.voucher(code))["times_redeemed"] == 1
+
+
+async def test_a_voucher_issued_before_issue_20_reads_with_no_window_and_no_rules(
+    rules_shop: Shop,
+) -> None:
+    """A v1 voucher.issued, as the old producer wrote it, on the stream: the read models, the
+    detail, ?at=, the history and a checkout read it upcast (no window, no rules)."""
+    s = rules_shop
+    code = new_code("OLDV1")
+    stored = {
+        "event_id": str(uuid.uuid4()),
+        "aggregate": "voucher",
+        "aggregate_id": code,
+        "occurred_at": "2025-01-02T03:04:05Z",
+        "actor": {"sub": "legacy-admin", "role": "superadmin"},
+        "command_id": f"legacy-{code}",
+        "event": {
+            "type": "voucher.issued",
+            "version": 1,
+            "code": code,
+            "credit_baisa": 3000,
+            "description": "from before",
+            "active": True,
+            "max_redemptions": 0,
+            "change": "created",
+        },
+    }
+    nc = await connect(s.server.nats_url)
+    try:
+        spec = streams.load_spec(s.server.prefix)
+        await nc.jetstream().publish(spec.layout.voucher_subject(code), json.dumps(stored).encode())
+    finally:
+        await nc.close()
+
+    async def projected() -> bool:
+        return (await s.request("GET", f"/billing/vouchers/{code}")).status == 200
+
+    await wait_until(projected, what="the v1 event in the read models")
+    detail = await s.voucher(code)
+    assert (detail["starts_at"], detail["expires_at"], detail["plans"]) == (None, None, None)
+    assert (detail["min_order_omr"], detail["credit_valid_for"]) == (0, None)
+    at = await s.request("GET", f"/billing/vouchers/{code}?at=2025-06-01T00:00:00Z")
+    assert (at.status, at.json["new_organizations_only"]) == (200, False)
+    history = await s.request("GET", f"/billing/vouchers/{code}/history")
+    [entry] = history.json["events"]
+    assert (entry["version"], entry["event"]["version"], entry["event"]["plans"]) == (2, 2, None)
+    sub = new_customer()
+    reply = await s.checkout(sub, "free", promo_code=code)
+    assert reply.status == 200, reply
+    assert (await s.balance(sub))["credit_baisa"] == 3 * OMR

@@ -8,6 +8,7 @@ Writes go to the command bus and answer once the read models have applied the wr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from datetime import UTC, datetime
@@ -52,7 +53,7 @@ from voucher_ledger.ledger.codes import normalise_code, normalise_search, valida
 from voucher_ledger.ledger.commands import IssueVoucher, RevokeVoucher
 from voucher_ledger.ledger.durations import format_duration
 from voucher_ledger.ledger.errors import InvalidInput
-from voucher_ledger.ledger.events import Actor
+from voucher_ledger.ledger.events import Actor, UnknownEventVersion, upcast
 from voucher_ledger.ledger.money import BAISA
 from voucher_ledger.ledger.voucher import VoucherCommandT, refusal
 from voucher_ledger.projections import queries
@@ -376,15 +377,20 @@ async def voucher_history(request: web.Request) -> web.Response:
     events = []
     for r in rows:
         envelope = json.loads(r["event"])
+        # As every reader sees them: an event stored at an older version, upcast to the
+        # current one (a voucher.issued v1 shows the v2 fields with their defaults).
+        event = envelope.get("event", {})
+        with contextlib.suppress(UnknownEventVersion):  # else shown as stored
+            event = upcast(event)
         events.append(
             HistoryEntry(
                 seq=r["seq"],
                 type=r["type"],
-                version=r["version"],
+                version=int(event.get("version", r["version"])),
                 occurred_at=r["occurred_at"],
                 actor={"sub": r["actor_sub"], "role": r["actor_role"]},
                 command_id=r["command_id"],
-                event=envelope.get("event", {}),
+                event=event,
             )
         )
     next_after = events[-1].seq if len(events) == limit else None
