@@ -189,3 +189,22 @@ async def test_members_share_the_organizations_credit(orgs_shop: Shop) -> None:
     # the second member of the same Organization cannot redeem the code again
     again = await checkout(s, second, team, orgs=[team], code=code)
     assert "already redeemed" in assert_json_error(again, 400)
+
+
+async def test_users_racing_to_open_a_new_organization_leave_it_one_owner(
+    orgs_shop: Shop,
+) -> None:
+    """Without a claim, ten users check out for the same new Organization at once: the
+    wallet decides them one after another, so one owns it and nine get 403, writing nothing."""
+    s = orgs_shop
+    fresh = org("race")
+    users = [new_customer(f"racer{i}") for i in range(10)]
+    replies = await asyncio.gather(*(checkout(s, u, fresh) for u in users))
+    assert sorted(r.status for r in replies) == [200] + [403] * 9
+    [owner] = [u for u, r in zip(users, replies, strict=True) if r.status == 200]
+    orders = [o for o in await s.orders() if o["tenant_id"] == fresh]
+    assert [o["customer_id"] for o in orders] == [fresh]
+    assert (await balance(s, owner, fresh)).status == 200
+    for user in users:
+        if user != owner:
+            assert (await balance(s, user, fresh)).status == 403

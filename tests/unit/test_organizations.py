@@ -124,3 +124,52 @@ def test_a_code_redeems_once_per_organization_and_once_per_user() -> None:
     )
     assert fold("ORG-ONCE", book.history).users == book.state.users
     assert dict(book.state.users) == {"u1": "beta"}
+
+
+def test_v1_wallet_and_redemption_events_upcast_to_the_accounts_own_user_and_no_expiry() -> None:
+    """Stored before issue #20: the account was the user, nothing expired, no lots."""
+    import json
+
+    from voucher_ledger.ledger.events import decode_envelope, decode_plain
+
+    def stored(aggregate: str, event: dict[str, object]) -> bytes:
+        return json.dumps(
+            {
+                "event_id": "e-1",
+                "aggregate": aggregate,
+                "aggregate_id": "u-1",
+                "occurred_at": "2025-01-01T00:00:00Z",
+                "actor": {"sub": "u-1", "role": "member"},
+                "command_id": "c-1",
+                "event": {"version": 1, "customer_id": "u-1", **event},
+            }
+        ).encode()
+
+    line = {"kind": "plan", "id": "p", "name": "P", "amount_baisa": 1000}
+    cases = [
+        (
+            stored("wallet", {"type": "order.opened", "order_id": "o", "tenant_id": "t",
+                              "plan_id": "p", "apps": [], "addons": [], "promo_code": None,
+                              "lines": [line], "total_baisa": 1000}),
+            {"version": 2, "user_id": "u-1", "member_by_claim": False},
+        ),
+        (
+            stored("voucher", {"type": "voucher.redeemed", "code": "C-1", "redemption_id": "r",
+                               "credit_baisa": 5}),
+            {"version": 2, "user_id": "u-1", "credit_expires_at": None},
+        ),
+        (
+            stored("wallet", {"type": "wallet.credit_granted", "redemption_id": "r",
+                              "code": "C-1", "order_id": "o", "amount_baisa": 5}),
+            {"version": 2, "expires_at": None},
+        ),
+        (
+            stored("wallet", {"type": "wallet.credit_reserved", "order_id": "o",
+                              "amount_baisa": 5}),
+            {"version": 2, "lots": []},
+        ),
+    ]  # fmt: skip
+    for raw, expected in cases:
+        event = decode_envelope(raw).event.model_dump()
+        assert {k: event[k] for k in expected} == expected, event["type"]
+        assert decode_plain(raw)["event"] == event
