@@ -1,9 +1,12 @@
-"""What signing costs per event: ``python -m bench.signing [--events N]``.
+"""What signing costs per event: ``python -m bench.signing [--events N] [--per-append K ...]``.
 
 Times, on envelopes shaped as the processors write them (a voucher redemption and a wallet
-credit grant, alternating): the encoding the store does anyway, the seal (encode + Ed25519
-sign + the envelope copy with its proof), and the checks the readers do (the projector's, from
-the stored bytes; the processors', from a decoded envelope). Prints microseconds per event.
+credit grant, alternating): the encoding the store does anyway, the seal (chaining each event,
+then one Merkle root and one Ed25519 signature per append of K events, and the envelope copies
+with their proofs), and the checks the readers do (the projector's, from the stored bytes; the
+processors', from a decoded envelope; a fresh checker each time, so every append's signature is
+verified once). Prints microseconds per event for each append size K: one signature per append
+makes signing cost about 1/K of a signature per event.
 """
 
 from __future__ import annotations
@@ -73,51 +76,71 @@ def per_event(label: str, n: int, run: Callable[[], object]) -> float:
     return micros
 
 
+def seal(signer: EventSigner, plain: list[EventEnvelope], per_append: int) -> list[EventEnvelope]:
+    """``plain`` chained and sealed as the processors do, ``per_append`` events an append."""
+    sealed: list[EventEnvelope] = []
+    head = GENESIS
+    for start in range(0, len(plain), per_append):
+        chunk = plain[start : start + per_append]
+        links = []
+        for env in chunk:
+            link = signer.chain(env, head)
+            links.append(link)
+            head = link.head
+        proofs = signer.seal(links)
+        pairs = zip(chunk, proofs, strict=True)
+        sealed.extend(env.model_copy(update={"proof": proof}) for env, proof in pairs)
+    return sealed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=5000)
-    n = parser.parse_args().events
+    parser.add_argument("--per-append", type=int, nargs="+", default=[1, 8, 45])
+    args = parser.parse_args()
+    n = args.events
     signer = EventSigner(Ed25519PrivateKey.generate())
-    checker = EventChecker(signer.public_key, cutover=1)
     plain = envelopes(n)
-    sealed: list[EventEnvelope] = []
-
-    def seal_all() -> None:
-        sealed.clear()
-        head = GENESIS
-        for env in plain:
-            env, head = signer.seal(env, head)
-            sealed.append(env)
-
     per_event(
         "encode, unsigned (what the store did before)",
         n,
         lambda: [encode_envelope(e) for e in plain],
     )
-    per_event("seal: encode + Ed25519 sign + copy", n, seal_all)
-    bodies = [encode_envelope(e) for e in sealed]
-    per_event(
-        "encode, signed (what the store does now)", n, lambda: [encode_envelope(e) for e in sealed]
-    )
-    print(
-        f"{'body size unsigned / signed':<52} "
-        f"{len(encode_envelope(plain[0])):5d} / {len(bodies[0])} bytes"
-    )
+    for k in args.per_append:
+        print(f"-- {k} event(s) per append")
+        per_event(
+            "seal: chain + Merkle root + Ed25519 sign + copies",
+            n,
+            lambda k=k: seal(signer, plain, k),  # type: ignore[misc]
+        )
+        sealed = seal(signer, plain, k)
+        bodies = [encode_envelope(e) for e in sealed]
+        per_event(
+            "encode, signed (what the store does now)",
+            n,
+            lambda sealed=sealed: [encode_envelope(e) for e in sealed],  # type: ignore[misc]
+        )
+        print(
+            f"{'body size unsigned / signed':<52} "
+            f"{len(encode_envelope(plain[0])):5d} / {len(bodies[0])} bytes"
+        )
 
-    def check_raw() -> None:
-        head = GENESIS
-        for seq, raw in enumerate(bodies, 1):
-            head = checker.check_raw(seq, raw, head)
+        def check_raw(bodies: list[bytes] = bodies) -> None:
+            checker = EventChecker(signer.public_key, cutover=1)
+            head = GENESIS
+            for seq, raw in enumerate(bodies, 1):
+                head = checker.check_raw(seq, raw, head)
 
-    decoded = [decode_envelope(b) for b in bodies]
+        decoded = [decode_envelope(b) for b in bodies]
 
-    def check_envelopes() -> None:
-        head = GENESIS
-        for seq, env in enumerate(decoded, 1):
-            head = checker.check_envelope(seq, env, head)
+        def check_envelopes(decoded: list[EventEnvelope] = decoded) -> None:
+            checker = EventChecker(signer.public_key, cutover=1)
+            head = GENESIS
+            for seq, env in enumerate(decoded, 1):
+                head = checker.check_envelope(seq, env, head)
 
-    per_event("check from stored bytes (projector, rebuild, verify)", n, check_raw)
-    per_event("check from a decoded envelope (processor load)", n, check_envelopes)
+        per_event("check from stored bytes (projector, rebuild, verify)", n, check_raw)
+        per_event("check from a decoded envelope (processor load)", n, check_envelopes)
 
 
 if __name__ == "__main__":

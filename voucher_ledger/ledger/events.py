@@ -8,10 +8,10 @@ Wire format (the JSON body of a JetStream message)::
     {"event_id": "...", "aggregate": "voucher", "aggregate_id": "CODE",
      "occurred_at": "2026-11-21T12:00:00Z", "actor": {"sub": "...", "role": "..."},
      "command_id": "...", "event": {"type": "voucher.redeemed", "version": 1, ...},
-     "proof": {"key": "...", "prev": "...", "sig": "..."}}
+     "proof": {"key": "...", "prev": "...", "i": 0, "n": 1, "path": "...", "sig": "..."}}
 
-``proof`` (envelope version 2, on every event from the signing cut-over on) is the ledger's
-signature, chained per aggregate: ``voucher_ledger.signing.proof``.
+``proof`` (on every event from the signing cut-over on) is the ledger's proof that it wrote the
+event: chained per aggregate, one signature per append: ``voucher_ledger.signing.proof``.
 
 Old versions are upcast on read by :data:`UPCASTERS` before validation.
 """
@@ -266,12 +266,17 @@ EVENT_TYPES: tuple[type[Frozen], ...] = (
 
 
 class EventProof(Frozen):
-    """That the ledger wrote the event (``voucher_ledger.signing.proof``): an Ed25519 signature
-    by the key ``key`` over the envelope without its proof, chained to ``prev``, the link
-    (sha256 of the signature) of the aggregate's previous signed event."""
+    """That the ledger wrote the event (``voucher_ledger.signing.proof``): ``prev`` is the link
+    of the aggregate's previous signed event (its chain); the event's leaf (a hash of ``prev``
+    and the envelope without its proof) is leaf ``i`` of the ``n`` of its append, ``path`` its
+    Merkle siblings up to the append's root, and ``sig`` the Ed25519 signature of that root by
+    the key ``key``."""
 
     key: str = Field(pattern=r"^[0-9a-f]{16}$")
     prev: str = Field(pattern=r"^[0-9a-f]{64}$")
+    i: int = Field(ge=0)
+    n: int = Field(ge=1)
+    path: str = Field(pattern=r"^[A-Za-z0-9_-]{0,2000}$")
     sig: str = Field(pattern=r"^[A-Za-z0-9_-]{86}$")
 
 
