@@ -78,7 +78,8 @@ async def degraded(
         nats_url,
         pg_url,
         name="webdeg",
-        RUN_PROCESSORS="false",
+        RUN_PROCESSORS="false",  # no processors anywhere for this prefix: nothing is signed
+        LEDGER_SIGNING="false",
         COMMAND_TIMEOUT="1",
         PREVIEW_RATE_PER_MINUTE="1",
         PREVIEW_BURST="1",

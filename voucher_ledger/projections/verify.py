@@ -38,6 +38,8 @@ class VerifyReport:
     checked: dict[str, int] = field(default_factory=dict)
     # the first event that fails the signature check, if any
     integrity: IntegrityError | None = None
+    # with a public key: the key's id, the cut-over, how many events had their proof checked
+    signatures: tuple[str, int, int] | None = None
 
     @property
     def clean(self) -> bool:
@@ -92,6 +94,7 @@ async def verify(
         cutover = await read_cutover(nc, spec.event_stream, public_key)
         checker = StreamChecker(checker_for(public_key, cutover))
         upto = head  # every event is checked, the folds stop at each read model's checkpoint
+        report.signatures = (checker.checker.key_id, checker.checker.cutover, 0)
     async for events in read_stream(nc, spec, 1, until_seq=upto, batch=5000):
         if checker is not None:
             try:
@@ -107,6 +110,8 @@ async def verify(
                 report.integrity = exc
                 report.differences.insert(0, str(exc))
                 events = [e for e in events if e.seq < exc.seq]
+            key, cutover, passed = report.signatures or ("", 0, 0)
+            report.signatures = (key, cutover, passed + len(events))
         for e in events:
             by_aggregate[(e.envelope.aggregate, e.envelope.aggregate_id)].append(
                 RecordedEvent(seq=e.seq, envelope=e.envelope)

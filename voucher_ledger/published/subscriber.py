@@ -43,9 +43,9 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
 from voucher_ledger.jetstream.layout import PREFIX_PATTERN, Layout, account_token

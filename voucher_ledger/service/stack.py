@@ -617,13 +617,22 @@ def signing_key(s: Settings) -> EventSigner | None:
 
 
 def signing_public_key(s: Settings) -> Ed25519PublicKey | None:
-    """The key the projectors check events with; None with LEDGER_SIGNING off."""
+    """The key the projectors check events with; None with LEDGER_SIGNING off. A serve that
+    runs no processors never invents one: a key of its own would refuse every event the real
+    processors signed."""
     if not s.ledger_signing:
         return None
     try:
-        return load_public_key(s)
+        return load_public_key(s, create=s.run_processors)
     except SigningKeyError as exc:
-        raise StartupError(str(exc)) from exc
+        if s.run_processors or s.signing_public_key_file or s.signing_key_file:
+            raise StartupError(str(exc)) from exc
+        raise StartupError(
+            "events are signed (LEDGER_SIGNING) and this serve runs no processors "
+            "(RUN_PROCESSORS=false), so it has no key of its own to check them with: set "
+            "SIGNING_PUBLIC_KEY_FILE to the processors' public key (`voucher-ledger "
+            "signing-key` prints it where they run), or LEDGER_SIGNING=false"
+        ) from exc
 
 
 def load_spec(s: Settings) -> streams.StreamsSpec:

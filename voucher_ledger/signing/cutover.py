@@ -100,7 +100,9 @@ async def ensure_cutover(nc: Client, stream: str, signer: EventSigner) -> int:
         if seq is None:
             raise CutoverError(
                 f"stream {stream}: the signing cut-over record does not verify with the signing "
-                f"key {signer.key_id} (another key, or a forged record); not signing with it"
+                f"key {signer.key_id} (another key, or a forged record); not signing with it. "
+                "Every processor instance must sign with the same key: give each the same "
+                "SIGNING_KEY_FILE"
             )
         return seq
     last = int(info["state"]["last_seq"])
