@@ -62,7 +62,15 @@ from voucher_ledger.ledger import voucher, wallet
 from voucher_ledger.ledger.errors import CommandExpired, DomainError
 from voucher_ledger.ledger.events import EventEnvelope, RecordedEvent
 from voucher_ledger.ledger.voucher import Decided, Policy, Receipt, Refused, Replayed
-from voucher_ledger.signing.proof import GENESIS, EventChecker, EventSigner, IntegrityError, Link
+from voucher_ledger.signing.chain import PartChecker
+from voucher_ledger.signing.proof import (
+    GENESIS,
+    EventChecker,
+    EventSigner,
+    IntegrityError,
+    Link,
+    proof_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -426,16 +434,17 @@ class PartitionProcessor:
         write_now(self._nc)  # ... and it goes to the socket now, not after the caller's work
 
     def _seal(self, plans: Iterable[_Plan]) -> None:
-        """Every new event of ``plans`` with its proof: one Merkle root over all of them,
-        signed once. Each event's proof stands on its own, so an aggregate whose part of the
-        append is refused (a conflict) leaves the others' proofs valid."""
+        """Every new event of ``plans`` with its proof: each aggregate's events are one part,
+        whose last event carries the one signature over all the parts' last links (a Merkle
+        root). Each part stands on its own, so an aggregate whose part of the append is refused
+        (a conflict) leaves the others' proofs valid."""
         assert self._signer is not None
         chosen = [plan for plan in plans if plan.new]
-        proofs = iter(self._signer.seal([link for plan in chosen for link in plan.links]))
-        for plan in chosen:
+        sealed = self._signer.seal([plan.links for plan in chosen])
+        for plan, proofs in zip(chosen, sealed, strict=True):
             plan.new = [
-                (envelope.model_copy(update={"proof": next(proofs)}), fingerprint)
-                for envelope, fingerprint in plan.new
+                (envelope.model_copy(update={"proof": proof}), fingerprint)
+                for (envelope, fingerprint), proof in zip(plan.new, proofs, strict=True)
             ]
 
     async def _append(self, flight: _Round) -> list[PartResult]:
@@ -705,6 +714,7 @@ class PartitionProcessor:
         head = GENESIS
         checker = self._checker
         if checker is not None:
+            parts = PartChecker(checker)
             for rec in history:
                 env = rec.envelope
                 if (env.aggregate, env.aggregate_id) != key:
@@ -714,7 +724,9 @@ class PartitionProcessor:
                         f"an event of {env.aggregate} {env.aggregate_id} on {subject}",
                         subject,
                     )
-                head = checker.check_envelope(rec.seq, env, head, subject)
+                parts.feed(rec.seq, key, proof_of(env), subject)
+            parts.finish()
+            head = parts.head(key)[1]
         self._held.pop(key, None)
         return self._kinds[key[0]].fold(key[1], history), head
 

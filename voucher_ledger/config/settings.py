@@ -117,9 +117,9 @@ class Settings(BaseSettings):
     promo_refusal_burst: int = Field(default=10, alias="PROMO_REFUSAL_BURST", ge=1)
 
     # The ledger's Ed25519 signing key (README "Subjects and events"): the processors sign every
-    # append (one signature per append, a Merkle path and a hash chain per event) with
-    # SIGNING_KEY_FILE (unset: DATA_DIR/ledger-signing.key, generated at the first start, mode
-    # 0600); the projectors, the HTTP side and the tools check events with
+    # append (a hash chain per aggregate, one signature per append on each aggregate's last
+    # event) with SIGNING_KEY_FILE (unset: DATA_DIR/ledger-signing.key, generated at the first
+    # start, mode 0600); the projectors, the HTTP side and the tools check events with
     # SIGNING_PUBLIC_KEY_FILE (unset: the public half of the signing key). On by default; once
     # a stream is signed, keep it on: events written after the cut-over without a proof are
     # refused by every reader that checks.

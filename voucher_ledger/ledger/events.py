@@ -8,10 +8,13 @@ Wire format (the JSON body of a JetStream message)::
     {"event_id": "...", "aggregate": "voucher", "aggregate_id": "CODE",
      "occurred_at": "2026-11-21T12:00:00Z", "actor": {"sub": "...", "role": "..."},
      "command_id": "...", "event": {"type": "voucher.redeemed", "version": 1, ...},
-     "proof": {"key": "...", "prev": "...", "i": 0, "n": 1, "path": "...", "sig": "..."}}
+     "proof": {"prev": "...", "i": 0, "n": 1, "key": "...", "j": 0, "m": 1, "path": "...",
+               "sig": "..."}}
 
 ``proof`` (on every event from the signing cut-over on) is the ledger's proof that it wrote the
-event: chained per aggregate, one signature per append: ``voucher_ledger.signing.proof``.
+event: chained per aggregate, one signature per append, carried by the last event of each
+aggregate in the append (:class:`SignedProof`; the others carry :class:`ChainProof`):
+``voucher_ledger.signing.proof``.
 
 Old versions are upcast on read by :data:`UPCASTERS` before validation.
 """
@@ -265,19 +268,31 @@ EVENT_TYPES: tuple[type[Frozen], ...] = (
 )
 
 
-class EventProof(Frozen):
-    """That the ledger wrote the event (``voucher_ledger.signing.proof``): ``prev`` is the link
-    of the aggregate's previous signed event (its chain); the event's leaf (a hash of ``prev``
-    and the envelope without its proof) is leaf ``i`` of the ``n`` of its append, ``path`` its
-    Merkle siblings up to the append's root, and ``sig`` the Ed25519 signature of that root by
-    the key ``key``."""
+class ChainProof(Frozen):
+    """That the ledger wrote the event (``voucher_ledger.signing.proof``), on an event that is
+    not the last of its aggregate's events in its append: ``prev`` is the link of the
+    aggregate's previous signed event (its hash chain), and the event is the ``i``-th of the
+    ``n`` events of its aggregate in the append. The last of those carries the signature
+    (:class:`SignedProof`), which covers this one through the chain."""
 
-    key: str = Field(pattern=r"^[0-9a-f]{16}$")
     prev: str = Field(pattern=r"^[0-9a-f]{64}$")
     i: int = Field(ge=0)
     n: int = Field(ge=1)
+
+
+class SignedProof(ChainProof):
+    """The proof of the last of an aggregate's events in an append: its link is leaf ``j`` of
+    the ``m`` of the append's Merkle tree (one leaf per aggregate), ``path`` its siblings up to
+    the root, and ``sig`` the Ed25519 signature of that root by the key ``key``."""
+
+    key: str = Field(pattern=r"^[0-9a-f]{16}$")
+    j: int = Field(ge=0)
+    m: int = Field(ge=1)
     path: str = Field(pattern=r"^[A-Za-z0-9_-]{0,2000}$")
     sig: str = Field(pattern=r"^[A-Za-z0-9_-]{86}$")
+
+
+EventProof = SignedProof | ChainProof
 
 
 class EventEnvelope(Frozen):
@@ -291,7 +306,7 @@ class EventEnvelope(Frozen):
     command_fingerprint: str = ""
     event: AnyEvent
     # Last, absent on events stored before signing started (envelope version 2 adds it).
-    proof: EventProof | None = None
+    proof: SignedProof | ChainProof | None = None
 
 
 class RecordedEvent(Frozen):
