@@ -5,6 +5,7 @@ server is too old for atomic batches."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
@@ -151,12 +152,16 @@ def _armored(text: str, label: str) -> str:
 
 
 def _check_user_seed(setting: str, path: Path, seed: str) -> None:
+    """``seed`` decodes, its checksum holds (nkeys does not check it: a typo there would still
+    sign), and it is a user's."""
     try:
+        raw = base64.b32decode(seed + "=" * (-len(seed) % 8))
         nkeys.from_seed(bytearray(seed.encode())).wipe()
-    except Exception:  # noqa: BLE001 - nkeys raises several kinds; all mean "not a seed"
-        raise StartupError(
-            f"{setting} ({path}): no valid nkey seed in it (a user seed: SU...)"
-        ) from None
+        valid = raw[-2:] == nkeys.crc16_checksum(raw[:-2])
+    except Exception:  # noqa: BLE001 - nkeys and base64 raise several kinds: all "not a seed"
+        valid = False
+    if not valid:
+        raise StartupError(f"{setting} ({path}): no valid nkey seed in it (a user seed: SU...)")
     if not seed.startswith("SU"):
         raise StartupError(
             f"{setting} ({path}): the nkey seed is not a user's (SU...); an account's (SA...) "
