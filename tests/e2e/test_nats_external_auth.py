@@ -608,9 +608,17 @@ async def test_a_creds_file_of_another_operator_is_refused(
     )
     assert REFUSED in message
     assert "NATS_CREDS" in message
-    # ... and a user JWT of the trusted account, signed by someone else's key
-    forged_jwt, forged_seed = Operator(operator_mode.operator.key, stranger.account, "", {}).user(
-        "ledger-service"
+    # ... and a user JWT that names the trusted account as its issuer, signed by another key
+    user = keypair(nkeys.PREFIX_BYTE_USER)
+    forged_seed = seed(user)
+    forged_jwt = sign_jwt(
+        {
+            "iss": public(operator_mode.operator.account),
+            "sub": public(user),
+            "name": "ledger-service",
+            "nats": {"type": "user", "version": 2, "pub": {}, "sub": {}},
+        },
+        stranger.account,
     )
     forged = creds_file(tmp_path / "forged.creds", forged_jwt, forged_seed)
     message += await refusal(
