@@ -86,7 +86,11 @@ class IssueVoucherBody(_Strict):
 
 
 class PreviewBody(_In):
-    code: StrictStr = Field(json_schema_extra={"pattern": CODE_INPUT_PATTERN})
+    code: StrictStr = Field(
+        description="a code outside this pattern cannot exist: 404 like an unknown code "
+        "(blank: 400)",
+        json_schema_extra={"pattern": CODE_INPUT_PATTERN},
+    )
 
 
 class VoucherOut(BaseModel):
@@ -221,7 +225,11 @@ class CheckoutBody(_Strict):
 
 class CheckoutOut(BaseModel):
     order_id: str
-    status: str = Field(description="completed, or awaiting_payment with a session_url")
+    status: str = Field(
+        description="the seed's vocabulary: completed, or pending with a session_url (waiting "
+        "for Stripe)"
+    )
+    state: str = Field(description="the ledger's finer state: completed or awaiting_payment")
     paid_by_credit: bool
     session_url: str | None = None
     credit_balance: int = Field(description="credit still available after this order, whole OMR")
@@ -267,7 +275,13 @@ class OrderOut(BaseModel):
     amount_due_baisa: int
     amount_paid_baisa: int
     paid_by_credit: bool
-    status: str
+    status: str = Field(
+        description="the seed's vocabulary: pending while waiting for Stripe, else as state"
+    )
+    state: str = Field(
+        description="the ledger's finer state: opened, awaiting_payment, completed, failed, "
+        "abandoned or refund_due"
+    )
     stripe_session_id: str | None = None
     promo_code: str | None = None
     failure_reason: str | None = None

@@ -30,6 +30,9 @@ def _schema(model: type[BaseModel], defs: dict[str, Any]) -> dict[str, Any]:
 # Path segments under /billing/vouchers/ that name a route, not a voucher (405 with GET).
 RESERVED_SEGMENTS = ("issue", "list", "redeem-preview", "revoke")
 ORDER_STATUSES = ("abandoned", "awaiting_payment", "completed", "failed", "opened", "refund_due")
+# The admin orders list's ?status= filter: the states, and the seed's `pending` (an order waiting
+# for Stripe, the state awaiting_payment), which its Orders page filters by.
+ORDER_STATUS_FILTERS = (*ORDER_STATUSES, "pending")
 MAX_AFTER_SEQ = 2**62
 MAX_OFFSET = 10_000_000
 
@@ -119,7 +122,7 @@ ORDERS_QUERY: tuple[dict[str, Any], ...] = (
     {
         "name": "status",
         "in": "query",
-        "schema": {"type": "string", "enum": list(ORDER_STATUSES)},
+        "schema": {"type": "string", "enum": list(ORDER_STATUS_FILTERS)},
     },
 )
 STRIPE_SIGNATURE: dict[str, Any] = {
