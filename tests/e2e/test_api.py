@@ -73,6 +73,9 @@ EXERCISED = {
     ("get", "/billing/balance"),
     ("get", "/billing/admin/orders"),
     ("get", "/billing/catalog"),
+    # the seed's admin pages: exercised in tests/e2e/test_admin_settings.py
+    ("get", "/billing/admin/settings"),
+    ("put", "/billing/admin/settings"),
 }
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -120,12 +120,17 @@ def redeem_command_id(order_id: str) -> str:
     return f"redeem-{order_id}"
 
 
+# The Stripe client in force (None: no card payments): the keys may change at run time (the
+# admin settings), so the saga asks for it at each step that needs it.
+StripeSource = Callable[[], Awaitable[StripeGateway | None]]
+
+
 class CheckoutService:
     def __init__(
         self,
         bus: CommandBus,
         catalog: CatalogSource,
-        stripe: StripeGateway | None,
+        stripe: StripeSource,
         *,
         command_timeout: float,
         recovery_after: float,
@@ -200,6 +205,7 @@ class CheckoutService:
     ) -> CheckoutOutcome:
         # Priced before anything is written: a catalog failure cannot burn a promo slot.
         lines = await self.price(plan_id, addons)
+        await self.stripe()  # the payment settings answer (cached) before anything is written
         order_id = order_id_for(customer_id, idempotency_key)
         opened, refused = await self._wallet(
             OpenOrder(
@@ -328,7 +334,7 @@ class CheckoutService:
                 customer_id=customer_id,
                 order_id=order.order_id,
                 grant=grant,
-                payment_available=self.stripe is not None,
+                payment_available=await self.stripe() is not None,
             ),
             f"settle-{order.order_id}",
             actor,
@@ -353,7 +359,8 @@ class CheckoutService:
     async def _request_payment(
         self, customer_id: str, actor: Actor, order: OrderView, seq: int
     ) -> tuple[OrderView, WalletView | None, int]:
-        if self.stripe is None:
+        stripe = await self.stripe()
+        if stripe is None:
             return await self._failed(
                 customer_id,
                 actor,
@@ -362,7 +369,7 @@ class CheckoutService:
                 "payment processor is not configured",
                 expected="awaiting_payment",
             )
-        params = self.stripe.session_params(
+        params = stripe.session_params(
             order_id=order.order_id,
             customer_id=customer_id,
             tenant_id=order.tenant_id,
@@ -370,7 +377,7 @@ class CheckoutService:
             credit_applied_baisa=order.credit_applied_baisa,
         )
         try:
-            session = await self.stripe.create_session(params, order_id=order.order_id)
+            session = await stripe.create_session(params, order_id=order.order_id)
         except PaymentError as exc:
             log.warning("order %s: %s", order.order_id, exc.message)
             return await self._failed(

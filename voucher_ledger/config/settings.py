@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     stripe_webhook_secret: str | None = Field(
         default=None, alias="STRIPE_WEBHOOK_SECRET", repr=False
     )
+    stripe_public_key: str | None = Field(default=None, alias="STRIPE_PUBLIC_KEY")
+    # The key the Stripe secrets set from the admin settings are encrypted with (Fernet: 32
+    # url-safe base64 bytes); unset, the embedded default generates DATA_DIR/settings.key, and
+    # with an external DATABASE_URL secrets cannot be stored (the STRIPE_* variables still work).
+    settings_key: SecretStr | None = Field(default=None, alias="SETTINGS_KEY", repr=False)
+    # How long an instance keeps the stored Stripe keys before reading them again (another
+    # instance's PUT /billing/admin/settings reaches it within this time).
+    settings_refresh: float = Field(default=5.0, alias="SETTINGS_REFRESH_SECONDS", gt=0)
     stripe_api_base: str | None = Field(default=None, alias="STRIPE_API_BASE")
     stripe_currency: str = Field(default="omr", alias="STRIPE_CURRENCY", pattern=r"^[a-z]{3}$")
     stripe_timeout: float = Field(default=20.0, alias="STRIPE_TIMEOUT", gt=0)

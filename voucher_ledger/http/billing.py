@@ -22,7 +22,7 @@ from voucher_ledger.billing.checkout import CheckoutError, CheckoutOutcome, Chec
 from voucher_ledger.billing.stripe_gateway import WebhookSignatureError
 from voucher_ledger.http.auth import ISSUER_ROLES, Principal
 from voucher_ledger.http.errors import ApiError, int_query, parse_body
-from voucher_ledger.http.keys import CATALOG, CHECKOUT, POOL, PROMO_LIMITER, SETTINGS, STRIPE
+from voucher_ledger.http.keys import CATALOG, CHECKOUT, PAYMENTS, POOL, PROMO_LIMITER, SETTINGS
 from voucher_ledger.http.models import (
     BalanceOut,
     CatalogItemOut,
@@ -201,7 +201,7 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
 
 
 async def webhook(request: web.Request) -> web.Response:
-    stripe = request.app.get(STRIPE)  # absent without STRIPE_SECRET_KEY
+    stripe = await request.app[PAYMENTS].gateway()  # None without a Stripe secret key
     if stripe is None or not stripe.webhooks_enabled:
         raise ApiError(503, "webhook not configured")
     payload = await _read_limited(request, request.app[SETTINGS].webhook_body_limit)

@@ -305,3 +305,69 @@ class CatalogOut(BaseModel):
 
 class WebhookOut(BaseModel):
     received: bool = True
+
+
+# ------------------------------------------------------------------------------ admin settings
+
+_KEY_PREFIXES = {
+    "stripe_secret_key": ("sk_", "rk_"),
+    "stripe_webhook_secret": ("whsec_",),
+    "stripe_public_key": ("pk_",),
+}
+
+
+class AdminSettingsBody(_Strict):
+    """The Stripe keys (the seed's E8) as a patch: an absent or null field keeps its value,
+    ``""`` clears it (the seed overwrote all three, so saving the publishable key alone erased
+    both secrets, B15)."""
+
+    stripe_secret_key: StrictStr | None = Field(
+        default=None,
+        max_length=500,
+        description='sk_... or rk_...; "" clears',
+        json_schema_extra={"pattern": r"^((sk|rk)_[!-~]*)?$"},
+    )
+    stripe_webhook_secret: StrictStr | None = Field(
+        default=None,
+        max_length=500,
+        description='whsec_...; "" clears',
+        json_schema_extra={"pattern": r"^(whsec_[!-~]*)?$"},
+    )
+    stripe_public_key: StrictStr | None = Field(
+        default=None,
+        max_length=500,
+        description='pk_...; "" clears',
+        json_schema_extra={"pattern": r"^(pk_[!-~]*)?$"},
+    )
+
+    @field_validator("stripe_secret_key", "stripe_webhook_secret", "stripe_public_key")
+    @classmethod
+    def _key(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # The messages never repeat the value: a secret pasted in the wrong field stays out of
+        # the answer and the logs.
+        if value is None or value == "":
+            return value
+        if any(not "!" <= ch <= "~" for ch in value):  # printable ASCII, no space
+            raise ValueError("must be a Stripe key without spaces or control characters")
+        prefixes = _KEY_PREFIXES[info.field_name or ""]
+        if not value.startswith(prefixes):
+            raise ValueError(f"must start with {' or '.join(prefixes)}")
+        return value
+
+
+class AdminSettingsOut(BaseModel):
+    """The seed's E7 shape, and where each key comes from: ``env`` (an environment variable,
+    which wins over a stored key), ``stored`` (set here) or ``unset``."""
+
+    stripe_secret_key_configured: bool
+    stripe_webhook_secret_configured: bool
+    stripe_secret_key_last4: str = Field(description='the last four characters; "" if unset')
+    stripe_webhook_secret_last4: str
+    stripe_public_key: str
+    updated_at: datetime | None = Field(description="when the stored keys last changed")
+    stripe_secret_key_source: Literal["env", "stored", "unset"]
+    stripe_webhook_secret_source: Literal["env", "stored", "unset"]
+    stripe_public_key_source: Literal["env", "stored", "unset"]
+    secrets_storable: bool = Field(
+        description="whether a secret can be stored (encrypted under the settings key)"
+    )

@@ -38,9 +38,10 @@ MAX_OFFSET = 10_000_000
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# public: no token; issuer: a superadmin / sovereign-admin token; customer: any signed-in user
-# (the token's sub is the wallet); webhook: no token, Stripe's signature header instead.
-Auth = Literal["public", "issuer", "customer", "webhook"]
+# public: no token; issuer: a superadmin / sovereign-admin token; superadmin: a superadmin
+# token; customer: any signed-in user (the token's sub is the wallet); webhook: no token,
+# Stripe's signature header instead.
+Auth = Literal["public", "issuer", "superadmin", "customer", "webhook"]
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 CODE_HELP = "a voucher code; surrounding whitespace is stripped and it is upper-cased"
@@ -144,7 +145,7 @@ class Route:
     ``raw_body`` its schema when the handler does not parse it with a model. ``headers``: the
     200 answer's response headers (name -> OpenAPI header object)."""
 
-    method: Literal["GET", "POST", "DELETE"]
+    method: Literal["GET", "POST", "PUT", "DELETE"]
     path: str
     handler: Handler
     auth: Auth
@@ -172,7 +173,7 @@ def build_document(
     for route in routes:
         op: dict[str, Any] = {
             "summary": route.summary,
-            "security": BEARER if route.auth in ("issuer", "customer") else [],
+            "security": BEARER if route.auth in ("issuer", "superadmin", "customer") else [],
         }
         if route.parameters:
             op["parameters"] = list(route.parameters)

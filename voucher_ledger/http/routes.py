@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from voucher_ledger import __version__
-from voucher_ledger.http import billing, ops, vouchers
+from voucher_ledger.http import admin, billing, ops, vouchers
 from voucher_ledger.http import models as m
 from voucher_ledger.http.openapi import (
     AT,
@@ -181,6 +181,25 @@ ROUTES: tuple[Route, ...] = (
         many=True,
         errors=(400, 401, 403, 503),
         headers=LIST_HEADERS,
+    ),
+    Route(
+        "GET",
+        "/billing/admin/settings",
+        admin.get_settings,
+        "superadmin",
+        "The Stripe keys in force, masked (last four characters), and where each comes from",
+        response=m.AdminSettingsOut,
+        errors=(401, 403, 503),
+    ),
+    Route(
+        "PUT",
+        "/billing/admin/settings",
+        admin.put_settings,
+        "superadmin",
+        'Set or clear Stripe keys (absent keeps, "" clears); secrets stored encrypted',
+        body=m.AdminSettingsBody,
+        response=m.OkOut,
+        errors=(400, 401, 403, 413, 415, 503),
     ),
     Route(
         "GET",
