@@ -76,6 +76,13 @@ EXERCISED = {
     # the seed's admin pages: exercised in tests/e2e/test_admin_settings.py
     ("get", "/billing/admin/settings"),
     ("put", "/billing/admin/settings"),
+    # revenue, subscriptions, invoices, portal: exercised in tests/e2e/test_subscriptions.py
+    ("get", "/billing/admin/revenue"),
+    ("get", "/billing/subscription"),
+    ("get", "/billing/subscription/{tenant_id}"),
+    ("get", "/billing/invoices"),
+    ("get", "/billing/invoices/{tenant_id}"),
+    ("post", "/billing/portal/{tenant_id}"),
 }
 
 

@@ -50,6 +50,7 @@ from voucher_ledger.ledger.commands import (
     GrantCredit,
     OpenOrder,
     QueryOrder,
+    RecordInvoice,
     RedeemVoucher,
     ReverseRedemption,
     SettleOrder,
@@ -500,6 +501,43 @@ class CheckoutService:
 
     # ------------------------------------------------------------------------------ webhooks
 
+    async def _on_invoice(self, event_id: str, etype: str, invoice: dict[str, Any]) -> str:
+        """``invoice.paid`` / ``invoice.payment_failed``: recorded on the wallet of the customer
+        whose checkout it bills (the invoice's metadata, which checkout sets: README "Checkout
+        and credit"), once per invoice and outcome; the Stripe event id is the command id."""
+        found = invoice_metadata(invoice)
+        if found is None:
+            return "ignored: not one of our invoices (no tenant_id and customer_id metadata)"
+        tenant_id, customer_id, order_id = found
+        gateway = await self.stripe()
+        currency = str(invoice.get("currency") or "").lower()
+        expected = gateway.currency if gateway is not None else "omr"
+        if currency != expected:
+            return f"ignored: invoice in {currency or 'no currency'}, not {expected}"
+        paid = etype == "invoice.paid"
+        amount = invoice.get("amount_paid" if paid else "amount_due")
+        try:
+            command = RecordInvoice(
+                customer_id=customer_id,
+                order_id=order_id or str(invoice.get("id") or ""),
+                tenant_id=tenant_id,
+                stripe_invoice_id=str(invoice.get("id") or ""),
+                stripe_customer_id=_text(invoice.get("customer")),
+                outcome="paid" if paid else "payment_failed",
+                amount_baisa=amount if isinstance(amount, int) and amount >= 0 else 0,
+                currency=currency,
+                period_start=_stamp(invoice.get("period_start")),
+                period_end=_stamp(invoice.get("period_end")),
+                pdf_url=_text(invoice.get("invoice_pdf")),
+            )
+        except (ValueError, TypeError) as exc:
+            log.warning("invoice event %s not recorded: %s", event_id, exc)
+            return "ignored: malformed invoice"
+        reply = await self._send(command, f"stripe-{event_id}", STRIPE_ACTOR)
+        if isinstance(reply, Rejected):
+            return f"invoice refused: {reply.reason}"
+        return f"invoice {command.stripe_invoice_id} {command.outcome} for {tenant_id!r}"
+
     async def on_stripe_event(self, event: dict[str, Any]) -> str:
         """Apply one verified Stripe event; returns what happened (for the log). Raises
         CheckoutError(503) when the ledger cannot take it now (Stripe retries)."""
@@ -516,6 +554,8 @@ class CheckoutService:
             action = "confirm"
         elif etype in ("checkout.session.expired", "checkout.session.async_payment_failed"):
             action = "abandon"
+        elif etype in ("invoice.paid", "invoice.payment_failed"):
+            return await self._on_invoice(event_id, etype, obj)
         else:
             return f"ignored: {etype}"
         metadata = obj.get("metadata") or {}
@@ -554,3 +594,35 @@ class CheckoutService:
                 session_id,
             )
         return f"{action}: order {order_id} is {status}"
+
+
+def invoice_metadata(invoice: dict[str, Any]) -> tuple[str, str, str | None] | None:
+    """(tenant id, customer id, order id) from an invoice's metadata: its own (a checkout's
+    invoice: ``invoice_creation``), or its subscription's (older and newer API shapes)."""
+    parent = invoice.get("parent")
+    candidates = [
+        invoice.get("metadata"),
+        (invoice.get("subscription_details") or {}).get("metadata"),
+        ((parent or {}).get("subscription_details") or {}).get("metadata")
+        if isinstance(parent, dict)
+        else None,
+    ]
+    for metadata in candidates:
+        if not isinstance(metadata, dict):
+            continue
+        tenant, customer = metadata.get("tenant_id"), metadata.get("customer_id")
+        if isinstance(tenant, str) and tenant and isinstance(customer, str) and customer:
+            order = metadata.get("order_id")
+            return tenant, customer, order if isinstance(order, str) and order else None
+    return None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _stamp(value: object) -> datetime | None:
+    """A Stripe timestamp (seconds); 0 or nothing is no time (the seed made 1970 of it, B22)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**37:
+        return datetime.fromtimestamp(value, UTC)
+    return None

@@ -1,6 +1,7 @@
 """The superadmin's billing administration (the seed's Billing and Revenue pages):
 
-* ``GET``/``PUT /billing/admin/settings``: the Stripe keys (``billing/admin_settings.py``).
+* ``GET``/``PUT /billing/admin/settings``: the Stripe keys (``billing/admin_settings.py``);
+* ``GET /billing/admin/revenue``: MRR, customers and subscriptions, from the read models.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from voucher_ledger.billing.admin_settings import (
     StripeKeys,
     last4,
 )
-from voucher_ledger.http.auth import Principal
+from voucher_ledger.http.auth import ISSUER_ROLES, Principal
 from voucher_ledger.http.errors import ApiError, ok, parse_body
-from voucher_ledger.http.keys import PAYMENTS
-from voucher_ledger.http.models import AdminSettingsBody, AdminSettingsOut, OkOut
-from voucher_ledger.http.vouchers import authenticate
+from voucher_ledger.http.keys import PAYMENTS, POOL
+from voucher_ledger.http.models import AdminSettingsBody, AdminSettingsOut, OkOut, RevenueOut
+from voucher_ledger.http.vouchers import ISSUER_FORBIDDEN, authenticate
+from voucher_ledger.ledger.money import whole_omr
+from voucher_ledger.projections import queries
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +73,20 @@ async def put_settings(request: web.Request) -> web.Response:
     except SettingsUnreadable as exc:
         raise ApiError(503, str(exc)) from exc
     return ok(OkOut())
+
+
+async def revenue(request: web.Request) -> web.Response:
+    """The seed's E16 (its later versions let the sovereign-admin read it too, as the orders)."""
+    principal = await authenticate(request)
+    if not principal.has_any(ISSUER_ROLES):
+        raise ApiError(403, ISSUER_FORBIDDEN)
+    summary = await queries.revenue(request.app[POOL])
+    return ok(
+        RevenueOut(
+            total_mrr=whole_omr(summary.mrr_baisa),
+            total_mrr_baisa=summary.mrr_baisa,
+            total_customers=summary.customers,
+            new_this_month=summary.new_this_month,
+            active_subscriptions=summary.active_subscriptions,
+        )
+    )

@@ -371,3 +371,54 @@ class AdminSettingsOut(BaseModel):
     secrets_storable: bool = Field(
         description="whether a secret can be stored (encrypted under the settings key)"
     )
+
+
+# ------------------------------------------------------------------ subscriptions and invoices
+
+
+class SubscriptionOut(BaseModel):
+    """The seed's Subscription (E4), one per Organization, built from its completed orders."""
+
+    id: str
+    customer_id: str = Field(description="the customer whose order started or last changed it")
+    tenant_id: str
+    plan_id: str
+    status: str = Field(description="active, or past_due after a failed invoice payment")
+    current_period_start: datetime
+    current_period_end: datetime
+    created_at: datetime
+    updated_at: datetime
+    amount_omr: int = Field(description="the price per month (the order's total), whole OMR")
+    amount_baisa: int
+    order_id: str = Field(description="the order that started or last changed it")
+
+
+class InvoiceOut(BaseModel):
+    """The seed's Invoice (E5), from Stripe's invoice.paid / invoice.payment_failed."""
+
+    id: str
+    customer_id: str
+    tenant_id: str
+    stripe_invoice_id: str
+    amount_omr: int = Field(description="whole OMR, truncated (5750 baisa: 5)")
+    amount_baisa: int
+    currency: str
+    status: str = Field(description="paid, or open while its payment has failed")
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    pdf_url: str | None = None
+    created_at: datetime
+
+
+class PortalOut(BaseModel):
+    portal_url: str
+
+
+class RevenueOut(BaseModel):
+    """The seed's revenue summary (E16), each active subscription counted once (B18)."""
+
+    total_mrr: int = Field(description="whole OMR per month, truncated")
+    total_mrr_baisa: int = Field(description="exact (the seed's was total_mrr * 1000)")
+    total_customers: int = Field(description="customers who ever checked out")
+    new_this_month: int = Field(description="whose first checkout was this month (UTC)")
+    active_subscriptions: int

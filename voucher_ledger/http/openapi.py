@@ -126,6 +126,18 @@ ORDERS_QUERY: tuple[dict[str, Any], ...] = (
         "schema": {"type": "string", "enum": list(ORDER_STATUS_FILTERS)},
     },
 )
+TENANT: dict[str, Any] = {
+    "name": "tenant_id",
+    "in": "path",
+    "required": True,
+    "description": "the Organization (the checkout's tenant_id)",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 200,
+        "pattern": "^[^\\x00-\\x1f\\x7f]+$",
+    },
+}
 STRIPE_SIGNATURE: dict[str, Any] = {
     "name": "Stripe-Signature",
     "in": "header",

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from voucher_ledger import __version__
-from voucher_ledger.http import admin, billing, ops, vouchers
+from voucher_ledger.http import admin, billing, ops, subscriptions, vouchers
 from voucher_ledger.http import models as m
 from voucher_ledger.http.openapi import (
     AT,
@@ -23,6 +23,7 @@ from voucher_ledger.http.openapi import (
     ORDERS_QUERY,
     PAGE,
     STRIPE_SIGNATURE,
+    TENANT,
     Route,
     build_document,
 )
@@ -200,6 +201,60 @@ ROUTES: tuple[Route, ...] = (
         body=m.AdminSettingsBody,
         response=m.OkOut,
         errors=(400, 401, 403, 413, 415, 503),
+    ),
+    Route(
+        "GET",
+        "/billing/admin/revenue",
+        admin.revenue,
+        "issuer",
+        "MRR (each active subscription once, at its price per month), customers, new this "
+        "month, active subscriptions",
+        response=m.RevenueOut,
+        errors=(401, 403, 503),
+    ),
+    *(
+        Route(
+            "GET",
+            path,
+            subscriptions.get_subscription,
+            "customer",
+            "The Organization's subscription (without a tenant: the caller's latest one)",
+            parameters=params,
+            response=m.SubscriptionOut,
+            errors=(400, 401, 403, 404, 503),
+        )
+        for path, params in (
+            ("/billing/subscription", ()),
+            ("/billing/subscription/{tenant_id}", (TENANT,)),
+        )
+    ),
+    *(
+        Route(
+            "GET",
+            path,
+            subscriptions.list_invoices,
+            "customer",
+            "The Organization's invoices, newest first (without a tenant: every Organization "
+            "the caller ordered for)",
+            parameters=params,
+            response=m.InvoiceOut,
+            many=True,
+            errors=(400, 401, 403, 503),
+        )
+        for path, params in (
+            ("/billing/invoices", ()),
+            ("/billing/invoices/{tenant_id}", (TENANT,)),
+        )
+    ),
+    Route(
+        "POST",
+        "/billing/portal/{tenant_id}",
+        subscriptions.create_portal,
+        "customer",
+        "A Stripe billing-portal session for the Organization's Stripe customer",
+        parameters=(TENANT,),
+        response=m.PortalOut,
+        errors=(400, 401, 403, 404, 502, 503),
     ),
     Route(
         "GET",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -179,6 +180,23 @@ class FailOrder(_WalletCommand):
     expected_status: str | None = None
 
 
+class RecordInvoice(_WalletCommand):
+    """Record a Stripe invoice of an Organization (``invoice.paid`` / ``invoice.payment_failed``)
+    on the wallet of the customer whose checkout it bills. ``order_id``: that checkout's order
+    (the invoice's metadata), or the invoice id when it names none."""
+
+    type: Literal["record_invoice"] = "record_invoice"
+    tenant_id: str = _ID
+    stripe_invoice_id: str = _ID
+    stripe_customer_id: str | None = Field(default=None, max_length=200)
+    outcome: Literal["paid", "payment_failed"]
+    amount_baisa: int = Field(ge=0, strict=True)
+    currency: str = Field(pattern=r"^[a-z]{3}$")
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    pdf_url: str | None = Field(default=None, max_length=2000)
+
+
 class QueryOrder(_WalletCommand):
     """Changes nothing: answers with the order and the wallet as the processor has them now
     (the read models may lag; this cannot)."""
@@ -194,6 +212,7 @@ WalletCommandT = (
     | ConfirmPayment
     | AbandonOrder
     | FailOrder
+    | RecordInvoice
     | QueryOrder
 )
 

@@ -1,7 +1,8 @@
 """Events: frozen pydantic models with a ``type`` tag and a schema ``version``, in an envelope.
 
 Two aggregates write events: vouchers (``<prefix>.events.voucher.<CODE>``) and customer wallets
-(``<prefix>.events.wallet.<ACCOUNT>``, credit movements and the customer's orders).
+(``<prefix>.events.wallet.<ACCOUNT>``, credit movements, the customer's orders and the Stripe
+invoices of the Organizations it ordered for).
 
 Wire format (the JSON body of a JetStream message)::
 
@@ -226,6 +227,24 @@ class OrderRefundDue(_WalletEvent):
     amount_paid_baisa: int
 
 
+class InvoiceRecorded(_WalletEvent):
+    """Stripe reported an invoice of the customer's Organization paid, or its payment failed
+    (``invoice.paid`` / ``invoice.payment_failed``). Once per invoice and outcome; a failure
+    after the invoice was paid is not recorded."""
+
+    type: Literal["invoice.recorded"] = "invoice.recorded"
+    version: Literal[1] = 1
+    tenant_id: str
+    stripe_invoice_id: str
+    stripe_customer_id: str | None
+    outcome: Literal["paid", "payment_failed"]
+    amount_baisa: int  # paid: what was paid; payment_failed: what is due
+    currency: str
+    period_start: datetime | None
+    period_end: datetime | None
+    pdf_url: str | None
+
+
 VoucherEvent = Annotated[
     VoucherIssued | VoucherRevoked | VoucherRedeemed | RedemptionReversed,
     Field(discriminator="type"),
@@ -243,6 +262,7 @@ WalletEventT = (
     | OrderFailed
     | OrderAbandoned
     | OrderRefundDue
+    | InvoiceRecorded
 )
 AnyEvent = Annotated[
     VoucherIssued | VoucherRevoked | VoucherRedeemed | RedemptionReversed | WalletEventT,
@@ -265,6 +285,7 @@ EVENT_TYPES: tuple[type[Frozen], ...] = (
     OrderFailed,
     OrderAbandoned,
     OrderRefundDue,
+    InvoiceRecorded,
 )
 
 

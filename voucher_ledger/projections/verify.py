@@ -23,7 +23,15 @@ from nats.aio.client import Client
 
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger import voucher, wallet
-from voucher_ledger.ledger.events import RecordedEvent, RedemptionReversed, VoucherRedeemed
+from voucher_ledger.ledger.events import (
+    InvoiceRecorded,
+    OrderCompleted,
+    OrderOpened,
+    RecordedEvent,
+    RedemptionReversed,
+    VoucherRedeemed,
+)
+from voucher_ledger.projections.billing import INVOICE_STATUS, one_month_after
 from voucher_ledger.projections.replay import read_stream, stream_head
 from voucher_ledger.signing.chain import Checked, StreamChecker
 from voucher_ledger.signing.cutover import checker_for, events_between, read_cutover
@@ -83,6 +91,8 @@ async def verify(
         redemptions = await conn.fetch("SELECT * FROM redemptions")
         wallets = await conn.fetch("SELECT * FROM wallets")
         orders = await conn.fetch("SELECT * FROM orders")
+        subscriptions = await conn.fetch("SELECT * FROM subscriptions")
+        invoices = await conn.fetch("SELECT * FROM invoices")
         audit = await conn.fetch("SELECT seq, event_id, type FROM audit_log")
     head = await stream_head(nc, spec)
     report = VerifyReport(head=head, checkpoints=checkpoints)
@@ -131,6 +141,7 @@ async def verify(
 
     _verify_vouchers(report, by_aggregate, checkpoints.get("vouchers", 0), vouchers, redemptions)
     _verify_wallets(report, by_aggregate, checkpoints.get("wallets", 0), wallets, orders)
+    _verify_billing(report, by_aggregate, checkpoints.get("billing", 0), subscriptions, invoices)
     _compare(
         report,
         "audit_log",
@@ -227,3 +238,60 @@ def _verify_wallets(
             }
     _compare(report, "wallets", expected, {r["customer_id"]: dict(r) for r in wallets})
     _compare(report, "orders", expected_orders, {r["order_id"]: dict(r) for r in orders})
+
+
+def _verify_billing(
+    report: VerifyReport,
+    by_aggregate: dict[tuple[str, str], list[RecordedEvent]],
+    upto: int,
+    subscriptions: list[asyncpg.Record],
+    invoices: list[asyncpg.Record],
+) -> None:
+    """Subscriptions and invoices by a plain walk over the wallet events in stream order."""
+    walk = sorted(
+        (
+            r
+            for (aggregate, _), history in by_aggregate.items()
+            if aggregate == "wallet"
+            for r in history
+            if r.seq <= upto
+        ),
+        key=lambda r: r.seq,
+    )
+    opened: dict[str, OrderOpened] = {}
+    expected: dict[str, dict[str, Any]] = {}
+    expected_invoices: dict[str, dict[str, Any]] = {}
+    for r in walk:
+        event, at = r.envelope.event, r.envelope.occurred_at
+        if isinstance(event, OrderOpened):
+            opened[event.order_id] = event
+        elif isinstance(event, OrderCompleted) and event.order_id in opened:
+            order = opened[event.order_id]
+            sub = expected.setdefault(
+                order.tenant_id, {"created_at": at, "stripe_customer_id": None}
+            )
+            sub.update(
+                customer_id=order.customer_id,
+                plan_id=order.plan_id,
+                amount_baisa=order.total_baisa,
+                order_id=order.order_id,
+                status="active",
+                current_period_start=at,
+                current_period_end=one_month_after(at),
+                updated_at=at,
+            )
+        elif isinstance(event, InvoiceRecorded):
+            invoice = expected_invoices.setdefault(
+                event.stripe_invoice_id,
+                {"customer_id": event.customer_id, "tenant_id": event.tenant_id, "created_at": at},
+            )
+            invoice.update(status=INVOICE_STATUS[event.outcome], amount_baisa=event.amount_baisa)
+            if event.tenant_id in expected:
+                sub = expected[event.tenant_id]
+                sub["status"] = "active" if event.outcome == "paid" else "past_due"
+                sub["stripe_customer_id"] = event.stripe_customer_id or sub["stripe_customer_id"]
+                sub["updated_at"] = at
+    _compare(report, "subscriptions", expected, {r["tenant_id"]: dict(r) for r in subscriptions})
+    _compare(
+        report, "invoices", expected_invoices, {r["stripe_invoice_id"]: dict(r) for r in invoices}
+    )
