@@ -70,6 +70,10 @@ TABLES = (
     "wallets",
     "credit_entries",
     "orders",
+    "subscription_orders",
+    "subscriptions",
+    "invoices",
+    "billing_settings",
     "projection_checkpoints",
 )
 JSON = {"Content-Type": "application/json"}
@@ -306,7 +310,10 @@ async def test_codes_aimed_at_subjects_are_refused_on_every_route_and_reach_no_s
             for method, path, body, headers in bodies:
                 reply = await h.send(method, path, json_body=body, headers=headers)
                 h.record("injection", reply)
-                assert_json_error(reply, 400)
+                if path == PREVIEW:  # a code that cannot exist: the unknown code's 404 (#23)
+                    assert (reply.status, reply.json) == (404, {"error": "voucher not valid"})
+                else:
+                    assert_json_error(reply, 400)
             for method, template in PATH_ROUTES:
                 path = template.replace("{code}", _quoted(code))
                 reply = await h.send(method, path, headers=h.issuer())
