@@ -105,11 +105,12 @@ class Seed:
             await conn.execute(SEED_SCHEMA)
             for n, (name, sub) in enumerate(self.users.items()):
                 self.ids[name] = await conn.fetchval(
-                    "INSERT INTO customers (user_id, tenant_id, email, created_at) "
-                    "VALUES ($1, $2, $3, $4) RETURNING id",
+                    "INSERT INTO customers (user_id, tenant_id, email, stripe_customer_id, "
+                    "created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
                     sub,
                     f"org-{name}-{self.tag}",
                     f"{name}@example.com",
+                    f"cus_{name}_{self.tag}" if name == "bob" else None,
                     at(n),
                 )
             welcome, spring = self.code("WELCOME50"), self.code("spring10").lower()
@@ -309,6 +310,11 @@ async def test_an_import_reconciles_exactly_twice_and_the_api_shows_it(
     assert (sub_alice["plan_id"], sub_alice["amount_omr"]) == ("business", 29)
     [invoice] = await as_member(ledger, bob, f"/billing/invoices/org-bob-{seed.tag}")
     assert (invoice["amount_baisa"], invoice["status"]) == (9000, "paid")
+    # bob's Stripe customer came over with his invoice: the portal would open it
+    stripe_customer = await ledger.db(
+        "SELECT stripe_customer_id FROM subscriptions WHERE tenant_id = $1", f"org-bob-{seed.tag}"
+    )
+    assert stripe_customer[0]["stripe_customer_id"] == f"cus_bob_{seed.tag}"
     [legacy] = await as_member(ledger, alice, f"/billing/invoices/org-alice-{seed.tag}")
     assert legacy["amount_baisa"] == 12 * OMR
 

@@ -134,6 +134,8 @@ class Plan:
     # source code -> normalised code; seed customer uuid -> sub
     codes: dict[str, str] = field(default_factory=dict)
     subs: dict[str, str] = field(default_factory=dict)
+    # seed customer uuid -> its Stripe customer (what the billing portal opens)
+    stripe_customers: dict[str, str] = field(default_factory=dict)
     # order id -> the status it is carried as
     order_status: dict[str, str] = field(default_factory=dict)
 
@@ -171,6 +173,8 @@ def plan_import(src: Source, *, max_credit_baisa: int) -> Plan:
     for c in src["customers"]:
         try:
             plan.subs[str(c["id"])] = validate_customer_id(c["user_id"])
+            if c.get("stripe_customer_id"):
+                plan.stripe_customers[str(c["id"])] = str(c["stripe_customer_id"])
         except InvalidInput as exc:
             plan.problems.append(f"customer {c['id']}: user_id cannot be a wallet: {exc.message}")
     _plan_vouchers(src, plan, max_credit_baisa)
@@ -366,7 +370,7 @@ def _wallet_steps(
     for o in sorted(orders, key=lambda o: (o["created_at"], str(o["id"]))):
         steps.extend(_order_steps(plan, sub, o, spent.get(str(o["id"])), tick))
     for inv in sorted(invoices, key=lambda i: (i["created_at"], str(i["id"]))):
-        step = _invoice_step(plan, sub, inv)
+        step = _invoice_step(plan, sub, inv, plan.stripe_customers.get(customer_id))
         if step is not None:
             steps.append((inv["created_at"], next(tick), f"invoice:{inv['id']}", step))
     return steps
@@ -478,7 +482,9 @@ def _order_steps(
     return out
 
 
-def _invoice_step(plan: Plan, sub: str, inv: dict[str, Any]) -> InvoiceRecorded | None:
+def _invoice_step(
+    plan: Plan, sub: str, inv: dict[str, Any], stripe_customer: str | None
+) -> InvoiceRecorded | None:
     outcome = {"paid": "paid", "open": "payment_failed"}.get(inv["status"])
     if outcome is None:
         plan.problems.append(
@@ -496,7 +502,7 @@ def _invoice_step(plan: Plan, sub: str, inv: dict[str, Any]) -> InvoiceRecorded 
         customer_id=sub,
         tenant_id=inv["tenant_id"],
         stripe_invoice_id=inv["stripe_invoice_id"] or f"seed-invoice-{inv['id']}",
-        stripe_customer_id=None,
+        stripe_customer_id=stripe_customer,
         outcome=outcome,
         amount_baisa=amount,
         currency=(inv.get("currency") or "omr").lower(),
