@@ -226,6 +226,7 @@ async def import_seed(s: Shop, source: str, *extra: str) -> subprocess.Completed
         "NATS_URL": s.server.nats_url,
         "SUBJECT_PREFIX": s.server.prefix,
         "LOG_LEVEL": "WARNING",
+        "DATA_DIR": str(s.server.data_dir),  # signs with the processors' key, found there
     }
     for name in ("DATABASE_URL", "JWT_SECRET", "LEDGER_SIGNING"):
         env.pop(name, None)

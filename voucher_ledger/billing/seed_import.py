@@ -70,6 +70,7 @@ from voucher_ledger.ledger.events import (
     WalletEventT,
 )
 from voucher_ledger.ledger.money import BAISA
+from voucher_ledger.signing.proof import GENESIS, EventSigner, proof_of
 
 TABLES = (
     "promo_codes",
@@ -550,7 +551,11 @@ async def write(
     layout: Layout,
     plan: Plan,
     found: dict[tuple[str, str], list[RecordedEvent]],
+    signer: EventSigner | None = None,
 ) -> Written:
+    """The planned events each aggregate does not hold yet. With ``signer`` (the processors'
+    key: LEDGER_SIGNING), each append is sealed as the processors seal theirs: chained to the
+    aggregate's head, one signature on its last event."""
     written = Written()
     for aggregate, key, events in _aggregates(plan):
         have = found[(aggregate, key)]
@@ -559,9 +564,25 @@ async def write(
             written.already += 1
             continue
         last = have[-1].seq if have else 0
+        head = GENESIS
+        if have:
+            proof = proof_of(have[-1].envelope)
+            head = proof.link if proof is not None else GENESIS
         subject = _subject(layout, aggregate, key)
         for start in range(0, len(rest), CHUNK):
-            recorded = await store.append(subject, last, rest[start : start + CHUNK])
+            chunk = rest[start : start + CHUNK]
+            if signer is not None:
+                links = []
+                for env in chunk:
+                    link = signer.chain(env, head)
+                    links.append(link)
+                    head = link.head
+                (proofs,) = signer.seal([links])
+                chunk = [
+                    env.model_copy(update={"proof": proof})
+                    for env, proof in zip(chunk, proofs, strict=True)
+                ]
+            recorded = await store.append(subject, last, chunk)
             last = recorded[-1].seq
         written.events += len(rest)
         written.aggregates += 1

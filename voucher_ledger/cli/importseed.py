@@ -37,9 +37,9 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
 async def _import(args: argparse.Namespace, settings: Settings) -> int:
     from voucher_ledger.billing import seed_import as si
     from voucher_ledger.commands.eventstore import JetStreamEventStore
+    from voucher_ledger.signing.cutover import CutoverError, ensure_cutover
 
-    if settings.ledger_signing:
-        raise UserError("import-seed does not sign events yet: run it with LEDGER_SIGNING off")
+    signer = _signer(settings)
     print(f"reading {redact_url(args.source)}")
     try:
         src = await si.read_source(args.source)
@@ -67,7 +67,12 @@ async def _import(args: argparse.Namespace, settings: Settings) -> int:
             if args.dry_run:
                 print(f"dry run: {plan.events} events for {len(found)} aggregates; nothing written")
                 return 0
-            written = await si.write(store, spec.layout, plan, found)
+            if signer is not None:
+                try:
+                    await ensure_cutover(nc, spec.event_stream, signer)
+                except CutoverError as exc:
+                    raise UserError(str(exc)) from exc
+            written = await si.write(store, spec.layout, plan, found, signer)
             print(
                 f"wrote {written.events} events for {written.aggregates} aggregates "
                 f"({written.already} imported before)"
@@ -85,6 +90,26 @@ async def _import(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     print("reconciled: no difference")
     return 0
+
+
+def _signer(settings: Settings) -> Any:
+    """The processors' signing key (the import writes events as they do), never a new one: a
+    key of its own would make every imported event fail the readers' check. None with
+    LEDGER_SIGNING off."""
+    if not settings.ledger_signing:
+        return None
+    from voucher_ledger.signing.keys import PRIVATE_FILE, SigningKeyError, load_signer
+
+    if settings.signing_key_file is None and not (settings.data_dir / PRIVATE_FILE).exists():
+        raise UserError(
+            "events are signed (LEDGER_SIGNING) and import-seed signs with the processors' key: "
+            "set SIGNING_KEY_FILE to it, or --data-dir to the data dir of the serve that runs "
+            "them (or LEDGER_SIGNING=false where nothing is signed)"
+        )
+    try:
+        return load_signer(settings)
+    except SigningKeyError as exc:
+        raise UserError(str(exc)) from exc
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
