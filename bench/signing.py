@@ -1,9 +1,13 @@
-"""What signing costs per event: ``python -m bench.signing [--events N]``.
+"""What signing costs per event: ``python -m bench.signing [--events N] [--per-append K ...]``.
 
-Times, on envelopes shaped as the processors write them (a voucher redemption and a wallet
-credit grant, alternating): the encoding the store does anyway, the seal (encode + Ed25519
-sign + the envelope copy with its proof), and the checks the readers do (the projector's, from
-the stored bytes; the processors', from a decoded envelope). Prints microseconds per event.
+Times, on envelopes shaped as the processors write them (voucher redemptions), for appends of K
+events in two shapes: a hot code (one aggregate's K events: one part, whose last event carries
+the signature) and distinct codes (K aggregates of one event each: K parts, each signed through
+one Merkle root). Per event: the encoding the store does anyway; the seal (chaining each event,
+one Merkle root and one Ed25519 signature per append, the envelope copies with their proofs);
+the checks the readers do, in stream order (the projector's, rebuild's and verify's from the
+stored bytes; a processor's load from decoded envelopes), with a fresh checker each time, so
+every append's signature is verified once. Prints microseconds per event and the body size.
 """
 
 from __future__ import annotations
@@ -17,47 +21,38 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from voucher_ledger.ledger.events import (
     Actor,
-    CreditGranted,
     EventEnvelope,
     VoucherRedeemed,
     decode_envelope,
     encode_envelope,
 )
-from voucher_ledger.signing.proof import GENESIS, EventChecker, EventSigner
+from voucher_ledger.signing.chain import PartChecker
+from voucher_ledger.signing.proof import GENESIS, EventChecker, EventSigner, proof_of, read_proof
 
 
-def envelopes(n: int) -> list[EventEnvelope]:
+def envelopes(n: int, codes: int = 1) -> list[EventEnvelope]:
+    """``n`` redemptions, of one code (``codes=1``) or spread over ``codes`` codes in turn."""
     now = datetime.now(UTC)
     actor = Actor(sub="customer-0001", role="customer")
     out = []
     for i in range(n):
-        event: VoucherRedeemed | CreditGranted
-        if i % 2:
-            event = CreditGranted(
-                customer_id="customer-0001",
-                redemption_id=f"r-{i:08d}",
-                code="HOTCODE1",
-                order_id="",
-                amount_baisa=5000,
-            )
-        else:
-            event = VoucherRedeemed(
-                code="HOTCODE1",
-                customer_id="customer-0001",
-                redemption_id=f"r-{i:08d}",
-                credit_baisa=5000,
-                user_id="customer-0001",
-            )
+        code = f"CODE{i % codes:06d}"
         out.append(
             EventEnvelope.model_construct(
                 event_id=f"{i:08d}-0000-4000-8000-000000000000",
-                aggregate="voucher" if i % 2 == 0 else "wallet",
-                aggregate_id="HOTCODE1",
+                aggregate="voucher",
+                aggregate_id=code,
                 occurred_at=now,
                 actor=actor,
                 command_id=f"c{i:031d}",
                 command_fingerprint="f" * 64,
-                event=event,
+                event=VoucherRedeemed(
+                    code=code,
+                    customer_id=f"customer-{i:08d}",
+                    redemption_id=f"r-{i:08d}",
+                    credit_baisa=5000,
+                    user_id=f"user-{i:08d}",
+                ),
             )
         )
     return out
@@ -74,51 +69,77 @@ def per_event(label: str, n: int, run: Callable[[], object]) -> float:
     return micros
 
 
+def seal(signer: EventSigner, plain: list[EventEnvelope], per_append: int) -> list[EventEnvelope]:
+    """``plain`` chained and sealed as the processors do, ``per_append`` events an append,
+    each aggregate's events of an append one part."""
+    sealed: list[EventEnvelope] = []
+    heads: dict[str, str] = {}
+    for start in range(0, len(plain), per_append):
+        parts: dict[str, list[EventEnvelope]] = {}
+        for env in plain[start : start + per_append]:
+            parts.setdefault(env.aggregate_id, []).append(env)
+        links = []
+        for code, part in parts.items():
+            chained = []
+            for env in part:
+                link = signer.chain(env, heads.get(code, GENESIS))
+                chained.append(link)
+                heads[code] = link.head
+            links.append(chained)
+        for part, proofs in zip(parts.values(), signer.seal(links), strict=True):
+            pairs = zip(part, proofs, strict=True)
+            sealed.extend(env.model_copy(update={"proof": proof}) for env, proof in pairs)
+    return sealed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=5000)
-    n = parser.parse_args().events
+    parser.add_argument("--events", type=int, default=5040)
+    parser.add_argument("--per-append", type=int, nargs="+", default=[1, 8, 36])
+    args = parser.parse_args()
+    n = args.events
     signer = EventSigner(Ed25519PrivateKey.generate())
-    checker = EventChecker(signer.public_key, cutover=1)
-    plain = envelopes(n)
-    sealed: list[EventEnvelope] = []
-
-    def seal_all() -> None:
-        sealed.clear()
-        head = GENESIS
-        for env in plain:
-            env, head = signer.seal(env, head)
-            sealed.append(env)
-
     per_event(
         "encode, unsigned (what the store did before)",
         n,
-        lambda: [encode_envelope(e) for e in plain],
+        lambda: [encode_envelope(e) for e in envelopes(n)],
     )
-    per_event("seal: encode + Ed25519 sign + copy", n, seal_all)
-    bodies = [encode_envelope(e) for e in sealed]
-    per_event(
-        "encode, signed (what the store does now)", n, lambda: [encode_envelope(e) for e in sealed]
-    )
-    print(
-        f"{'body size unsigned / signed':<52} "
-        f"{len(encode_envelope(plain[0])):5d} / {len(bodies[0])} bytes"
-    )
+    for k in args.per_append:
+        for shape, codes in (("hot code", 1), ("distinct codes", k)):
+            if k == 1 and codes == 1 and shape != "hot code":
+                continue
+            plain = envelopes(n, codes)
+            print(f"-- {k} event(s) per append, {shape}")
+            per_event(
+                "seal: chain + Merkle root + Ed25519 sign + copies",
+                n,
+                lambda plain=plain, k=k: seal(signer, plain, k),  # type: ignore[misc]
+            )
+            sealed = seal(signer, plain, k)
+            bodies = [encode_envelope(e) for e in sealed]
+            sizes = sorted(len(b) for b in bodies)
+            print(
+                f"{'body size unsigned / signed (median, largest)':<52} "
+                f"{len(encode_envelope(plain[0])):5d} / {sizes[len(sizes) // 2]}, {sizes[-1]} bytes"
+            )
+            decoded = [decode_envelope(b) for b in bodies]
 
-    def check_raw() -> None:
-        head = GENESIS
-        for seq, raw in enumerate(bodies, 1):
-            head = checker.check_raw(seq, raw, head)
+            keys: list[tuple[str, str]] = [(e.aggregate, e.aggregate_id) for e in decoded]
 
-    decoded = [decode_envelope(b) for b in bodies]
+            def check_raw(bodies: list[bytes] = bodies, keys: list[tuple[str, str]] = keys) -> None:
+                parts = PartChecker(EventChecker(signer.public_key, cutover=1))
+                for seq, (raw, key) in enumerate(zip(bodies, keys, strict=True), 1):
+                    parts.feed(seq, key, read_proof(raw))
+                parts.finish()
 
-    def check_envelopes() -> None:
-        head = GENESIS
-        for seq, env in enumerate(decoded, 1):
-            head = checker.check_envelope(seq, env, head)
+            def check_envelopes(decoded: list[EventEnvelope] = decoded) -> None:
+                parts = PartChecker(EventChecker(signer.public_key, cutover=1))
+                for seq, env in enumerate(decoded, 1):
+                    parts.feed(seq, (env.aggregate, env.aggregate_id), proof_of(env))
+                parts.finish()
 
-    per_event("check from stored bytes (projector, rebuild, verify)", n, check_raw)
-    per_event("check from a decoded envelope (processor load)", n, check_envelopes)
+            per_event("check from stored bytes (projector, rebuild, verify)", n, check_raw)
+            per_event("check from a decoded envelope (processor load)", n, check_envelopes)
 
 
 if __name__ == "__main__":

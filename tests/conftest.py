@@ -240,6 +240,20 @@ def fast_paths_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fastpaths, "_switch", True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _default_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A process the tests start without a data dir of its own (``--data-dir`` or DATA_DIR)
+    uses a throwaway one, never ``./.voucher-ledger`` of the checkout: that is the developer's
+    own serve's, with its own signing key, which a test must neither depend on nor write to."""
+    before = os.environ.get("DATA_DIR")
+    os.environ["DATA_DIR"] = str(tmp_path_factory.mktemp("default-data-dir"))
+    yield
+    if before is None:
+        os.environ.pop("DATA_DIR", None)
+    else:
+        os.environ["DATA_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent

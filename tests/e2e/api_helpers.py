@@ -66,6 +66,7 @@ class ApiServer:
     database_url: str
     nats_url: str
     tokens: dict[str, str] = field(default_factory=dict, repr=False)
+    data_dir: Path | None = None  # serve's --data-dir (its signing key is there)
 
     @property
     def base(self) -> str:
@@ -142,6 +143,7 @@ async def serve_on(
             process=service,
             database_url=database_url,
             nats_url=nats_url,
+            data_dir=data_dir,
         )
         if expect_exit is not None:
             service.signal(signal.SIGTERM)

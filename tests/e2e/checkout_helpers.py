@@ -192,7 +192,7 @@ async def start_stripe_checkout(
     await s.issue(code, credit_omr)
     reply = await s.checkout(sub, "business", promo_code=code)
     assert reply.status == 200, reply
-    assert reply.json["status"] == "awaiting_payment"
+    assert (reply.json["status"], reply.json["state"]) == ("pending", "awaiting_payment")
     session_id = reply.json["session_url"].rsplit("/", 1)[-1]
     assert session_id in fake.sessions
     return sub, code, reply.json["order_id"], session_id

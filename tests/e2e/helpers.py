@@ -109,3 +109,11 @@ __all__ = [
     "stop_processes",
     "wait_http",
 ]
+
+
+def leaks(log: str, secrets: Iterable[str]) -> list[str]:
+    """Where ``log`` holds one of ``secrets`` (shown by its first 12 characters) or a line with
+    a JWT (``eyJ``: a bearer token, a NATS user JWT)."""
+    found = [s[:12] + "..." for s in secrets if s and s in log]
+    found += [line[:120] for line in log.splitlines() if "eyJ" in line]
+    return found

@@ -236,7 +236,7 @@ async def test_stripe_session_is_for_exactly_the_amount_due_with_addons_and_meta
 
     assert reply.status == 200, reply
     body = reply.json
-    assert body["status"] == "awaiting_payment"
+    assert (body["status"], body["state"]) == ("pending", "awaiting_payment")
     assert body["paid_by_credit"] is False
     assert body["session_url"].startswith("https://checkout.stripe.test/")
     assert (body["total_omr"], body["credit_applied_omr"], body["amount_due_omr"]) == (39, 5, 34)
@@ -273,10 +273,34 @@ async def test_stripe_session_is_for_exactly_the_amount_due_with_addons_and_meta
     balance = await paid.balance(sub)
     assert (balance["credit_baisa"], balance["reserved_baisa"]) == (0, 5 * OMR)
     order = await paid.order(order_id)
-    assert order["status"] == "awaiting_payment"
+    assert (order["status"], order["state"]) == ("pending", "awaiting_payment")
     session_id = body["session_url"].rsplit("/", 1)[-1]
     assert order["stripe_session_id"] == session_id
     assert fake_stripe.sessions[session_id]["amount_total"] == 34 * OMR
+
+
+async def test_an_order_waiting_for_stripe_reads_pending_and_either_name_filters_it(
+    paid: Shop, fake_stripe: FakeStripe
+) -> None:
+    """The seed's Orders page filters unpaid orders with ?status=pending; the ledger's own name
+    for the state (awaiting_payment, documented before) keeps filtering the same orders."""
+    sub, _, order_id, _ = await start_stripe_checkout(paid, fake_stripe, 3)
+    done = await paid.checkout(sub, plan_id="free")
+    assert done.status == 200, done
+    pending = {o["id"]: o for o in await paid.orders(status="pending") if o["customer_id"] == sub}
+    waiting = [o["id"] for o in await paid.orders(status="awaiting_payment")]
+    assert list(pending) == [order_id]
+    assert order_id in waiting
+    assert {o["id"] for o in await paid.orders(status="pending")} == set(waiting)
+    assert (pending[order_id]["status"], pending[order_id]["state"]) == (
+        "pending",
+        "awaiting_payment",
+    )
+    completed = [o for o in await paid.orders(status="completed") if o["customer_id"] == sub]
+    assert [(o["id"], o["status"], o["state"]) for o in completed] == [
+        (done.json["order_id"], "completed", "completed")
+    ]
+    assert_json_error(await paid.request("GET", "/billing/admin/orders?status=unpaid"), 400)
 
 
 async def test_paid_webhook_captures_the_credit_and_a_replay_changes_nothing(
@@ -326,7 +350,8 @@ async def test_unpaid_completion_does_not_complete_the_order(
     )
     assert (await paid.webhook(event)).status == 200
     assert await paid.stream_seq() == seq
-    assert (await paid.order(order_id))["status"] == "awaiting_payment"
+    order = await paid.order(order_id)
+    assert (order["status"], order["state"]) == ("pending", "awaiting_payment")
     later = fake_stripe.event(
         "checkout.session.async_payment_succeeded", session_id, payment_status="paid"
     )
@@ -392,7 +417,8 @@ async def test_webhook_accepts_a_large_event_and_ignores_other_types(
     assert await paid.stream_seq() == seq
     too_big = fake_stripe.event("invoice.paid", session_id, padding="x" * 1_100_000)
     assert_json_error(await paid.webhook(too_big), 413)
-    assert (await paid.order(order_id))["status"] == "awaiting_payment"
+    order = await paid.order(order_id)
+    assert (order["status"], order["state"]) == ("pending", "awaiting_payment")
 
 
 async def test_same_idempotency_key_returns_the_same_order_and_one_session(

@@ -49,6 +49,7 @@ from voucher_ledger.jetstream.auth import role_permissions
 from voucher_ledger.ledger.events import VoucherRedeemed
 from voucher_ledger.ledger.voucher import RedeemVoucher
 from voucher_ledger.service.embedded import EmbeddedNatsCluster
+from voucher_ledger.signing.keys import create_key_pair
 
 REPLICAS = {"EVENT_REPLICAS": "3", "COMMAND_REPLICAS": "3"}
 
@@ -117,6 +118,11 @@ async def test_event_stream_leader_and_a_processor_killed_mid_storm(
     procs: dict[str, ServiceProcess] = {}
     async with fresh_database(pg_url) as db:
         env = {"SUBJECT_PREFIX": prefix, "STREAMS_FILE": str(streams_file), **REPLICAS}
+        # Signed events: both processor instances sign with one key, serve checks with its
+        # public half (as a deployment on several hosts is configured).
+        create_key_pair(tmp_path / "keys")
+        signing = {"SIGNING_KEY_FILE": str(tmp_path / "keys" / "ledger-signing.key")}
+        checking = {"SIGNING_PUBLIC_KEY_FILE": str(tmp_path / "keys" / "ledger-signing.pub")}
         try:
             admin = await connect(url, role_credentials(users, "admin"))
             await streams.apply(admin, spec)
@@ -129,14 +135,16 @@ async def test_event_stream_leader_and_a_processor_killed_mid_storm(
                         NATS_URL=url,
                         DATABASE_URL=db,
                         PROCESSOR_INSTANCE_ID=name,
+                        DATA_DIR=str(tmp_path / name),
                         **env,
+                        **signing,
                         **users["processors"].env(),
                     ),
                     tmp_path / f"{name}.log",
                 )
                 procs[name].start()
             # The read models: a serve process without processors, on the same server list.
-            service_env = {**env, **users["service"].env()}
+            service_env = {**env, **checking, **users["service"].env()}
             async with serve_on(tmp_path, url, db, prefix, RUN_PROCESSORS="false", **service_env):
                 bus = CommandBus(nc, spec.layout, spec.command_stream)
                 await bus.start()
@@ -261,9 +269,11 @@ async def test_event_stream_leader_and_a_processor_killed_mid_storm(
                         NATS_URL=url,
                         DATABASE_URL=db,
                         SUBJECT_PREFIX=prefix,
+                        **checking,  # every event's signature checked too
                         **users["service"].env(),
                     )
                 )
+                assert f"signatures: {head:,} event(s) checked with key" in out
                 await bus.close()
                 print(
                     f"\ncluster storm: {attempts} attempts, cap {cap}; node {leader} killed "

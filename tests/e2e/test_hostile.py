@@ -23,7 +23,7 @@ import time
 import urllib.parse
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ from tests.e2e.checkout_helpers import (
     start_stripe_checkout,
     stripe_env,
 )
+from tests.e2e.helpers import leaks
 from tests.fakes.stripe_server import FakeStripe, encode_event, sign
 from tests.integration.test_jwks import Jwks, Key, b64, hs256_with
 from voucher_ledger.http.auth import mint_token
@@ -69,6 +70,10 @@ TABLES = (
     "wallets",
     "credit_entries",
     "orders",
+    "subscription_orders",
+    "subscriptions",
+    "invoices",
+    "billing_settings",
     "projection_checkpoints",
 )
 JSON = {"Content-Type": "application/json"}
@@ -305,7 +310,10 @@ async def test_codes_aimed_at_subjects_are_refused_on_every_route_and_reach_no_s
             for method, path, body, headers in bodies:
                 reply = await h.send(method, path, json_body=body, headers=headers)
                 h.record("injection", reply)
-                assert_json_error(reply, 400)
+                if path == PREVIEW:  # a code that cannot exist: the unknown code's 404 (#23)
+                    assert (reply.status, reply.json) == (404, {"error": "voucher not valid"})
+                else:
+                    assert_json_error(reply, 400)
             for method, template in PATH_ROUTES:
                 path = template.replace("{code}", _quoted(code))
                 reply = await h.send(method, path, headers=h.issuer())
@@ -775,12 +783,6 @@ async def _projected(server: ApiServer) -> bool:
 # --------------------------------------------------------------------------------------- logs
 
 
-def _leaks(log: str, secrets: Iterable[str]) -> list[str]:
-    found = [s[:12] + "..." for s in secrets if s and s in log]
-    found += [line[:120] for line in log.splitlines() if "eyJ" in line]
-    return found
-
-
 async def test_no_log_line_holds_a_secret_or_a_bearer_token(
     hostile: Hostile, limited: Hostile
 ) -> None:
@@ -800,7 +802,7 @@ async def test_no_log_line_holds_a_secret_or_a_bearer_token(
     for h in (hostile, limited):
         log = h.server.process.output()
         assert " DEBUG " in log, "the attacks ran with DEBUG logging"
-        assert _leaks(log, secrets) == []
+        assert leaks(log, secrets) == []
         assert "unhandled error" not in log
         assert "Traceback" not in log
     print(f"logs: {len(secrets)} secrets and tokens checked against every log line of 2 servers")

@@ -23,6 +23,7 @@ from tests.e2e.api_helpers import (
     serve_on,
 )
 from tests.e2e.checkout_helpers import CHECKOUT, new_code, new_customer
+from voucher_ledger.signing.keys import create_key_pair
 
 PREVIEW = "/billing/vouchers/redeem-preview"
 
@@ -44,6 +45,9 @@ async def test_two_serve_instances_share_one_preview_limit(
     process would allow each instance its own burst: twice it)."""
     burst, per_minute = 10, 6
     limits = {"PREVIEW_BURST": str(burst), "PREVIEW_RATE_PER_MINUTE": str(per_minute)}
+    # One deployment: both instances' processors sign with the same key.
+    create_key_pair(tmp_path / "keys")
+    limits["SIGNING_KEY_FILE"] = str(tmp_path / "keys" / "ledger-signing.key")
     prefix = f"lim{uuid.uuid4().hex[:10]}"
     for name in ("a", "b"):
         (tmp_path / name).mkdir()

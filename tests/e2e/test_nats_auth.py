@@ -13,6 +13,7 @@ body, the settings' repr, the processor child's command line or the event stream
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import signal
 import stat
@@ -28,6 +29,13 @@ import aiohttp
 import nats
 import psutil
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
 from nats.aio.client import Client
 
 from tests.conftest import FAST, _server_dir, connect, embedded_credentials, role_credentials
@@ -358,7 +366,18 @@ async def test_serve_on_its_embedded_default_requires_credentials_and_works_with
     assert child.environ()["NATS_USER"] == "processors"
     events = await _raw_events(url, embedded_credentials(data_dir, "service"))
     assert len(events) >= 3
-    for secret_value in passwords:
+    # The events are signed with a key generated into the data dir, owner-only; neither the
+    # key's PEM nor its raw bytes reach a log, an answer, the command line or the stream.
+    key_file = data_dir / "ledger-signing.key"
+    assert _mode(key_file) == 0o600
+    assert all(b'"proof":' in data for data in events)
+    private = load_pem_private_key(key_file.read_bytes(), password=None)
+    assert isinstance(private, Ed25519PrivateKey)
+    raw_key = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    pem_body = "".join(key_file.read_text().splitlines()[1:-1])
+    signing_secrets = [pem_body, base64.b64encode(raw_key).decode(), raw_key.hex()]
+    signing_secrets.append(base64.urlsafe_b64encode(raw_key).decode().rstrip("="))
+    for secret_value in passwords + signing_secrets:
         assert secret_value not in " ".join(child.cmdline())
         assert secret_value not in service.output()
         assert all(secret_value not in text for text in seen)

@@ -155,6 +155,27 @@ async def test_an_unreachable_nats_is_a_clear_error_not_an_endless_retry(
     assert "Traceback" not in out
 
 
+async def test_a_serve_without_processors_never_invents_a_signing_key(
+    tmp_path: Path, nats_url: str, pg_url: str
+) -> None:
+    """Its own key would refuse every event the real processors signed: it says what to set."""
+    out = await refused_start(
+        ["serve", "--port", str(free_port()), "--data-dir", str(tmp_path)],
+        clean_env(
+            NATS_URL=nats_url,
+            DATABASE_URL=pg_url,
+            JWT_SECRET="s" * 40,
+            SUBJECT_PREFIX="nokey",
+            RUN_PROCESSORS="false",
+        ),
+        tmp_path / "nokey.log",
+    )
+    assert "set SIGNING_PUBLIC_KEY_FILE to the processors' public key" in out
+    assert "Traceback" not in out
+    assert not (tmp_path / "ledger-signing.key").exists()
+    assert not (tmp_path / "ledger-signing.pub").exists()
+
+
 def _processor_children(service: ServiceProcess) -> list[psutil.Process]:
     assert service.proc is not None
     return [

@@ -75,6 +75,7 @@ class FakeStripe:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/checkout/sessions", self._create_session)
+        app.router.add_post("/v1/billing_portal/sessions", self._create_portal_session)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -121,6 +122,12 @@ class FakeStripe:
             "success_url": params.get("success_url"),
             "cancel_url": params.get("cancel_url"),
             "url": f"https://checkout.stripe.test/c/pay/{session_id}",
+            "customer": f"cus_test_{uuid.uuid4().hex[:14]}"
+            if params.get("customer_creation") == "always"
+            else None,
+            "invoice_metadata": (
+                (params.get("invoice_creation") or {}).get("invoice_data") or {}
+            ).get("metadata"),
             "created": int(time.time()),
             "livemode": False,
         }
@@ -128,6 +135,66 @@ class FakeStripe:
         if key is not None:
             self._idempotent[key] = (200, session)
         return web.json_response(session)
+
+    def portal_creates(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path == "/v1/billing_portal/sessions"]
+
+    async def _create_portal_session(self, request: web.Request) -> web.Response:
+        params = decode_form(await request.text())
+        self.requests.append(Recorded(request.method, request.path, dict(request.headers), params))
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return _error(401, "Invalid API Key provided", "authentication_error")
+        if self._failures:
+            status, message = self._failures.pop(0)
+            return _error(
+                status, message, "api_error" if status >= 500 else "invalid_request_error"
+            )
+        if not params.get("customer"):
+            return _error(400, "Missing required param: customer.")
+        portal_id = f"bps_test_{uuid.uuid4().hex}"
+        return web.json_response(
+            {
+                "id": portal_id,
+                "object": "billing_portal.session",
+                "customer": params["customer"],
+                "return_url": params.get("return_url"),
+                "url": f"https://billing.stripe.test/p/session/{portal_id}",
+                "created": int(time.time()),
+                "livemode": False,
+            }
+        )
+
+    def invoice_event(
+        self, etype: str, session_id: str, invoice_id: str | None = None, **changes: Any
+    ) -> dict[str, Any]:
+        """``invoice.paid`` / ``invoice.payment_failed`` for the invoice Stripe makes of one of
+        this fake's sessions (its ``invoice_creation`` metadata, a customer of its own)."""
+        session = self.sessions[session_id]
+        metadata = dict(session.get("invoice_metadata") or {})
+        paid = etype == "invoice.paid"
+        invoice = {
+            "id": invoice_id or f"in_test_{uuid.uuid4().hex[:16]}",
+            "object": "invoice",
+            "customer": session["customer"],
+            "currency": session["currency"],
+            "amount_due": session["amount_total"],
+            "amount_paid": session["amount_total"] if paid else 0,
+            "status": "paid" if paid else "open",
+            "period_start": session["created"],
+            "period_end": session["created"],
+            "invoice_pdf": f"https://files.stripe.test/{session_id}.pdf",
+            "metadata": metadata,
+            **changes,
+        }
+        return {
+            "id": f"evt_{uuid.uuid4().hex}",
+            "object": "event",
+            "api_version": "2026-10-28.endive",
+            "created": int(time.time()),
+            "type": etype,
+            "livemode": False,
+            "data": {"object": invoice},
+        }
 
     def event(self, etype: str, session_id: str, **changes: Any) -> dict[str, Any]:
         """A Stripe event about one of this fake's sessions, as Stripe would send it."""

@@ -27,6 +27,7 @@ from voucher_ledger.ledger.commands import (
     Grant,
     IssueVoucher,
     OpenOrder,
+    RecordInvoice,
     RedeemVoucher,
     ReverseRedemption,
     RevokeVoucher,
@@ -121,15 +122,20 @@ ROW_KEYS = {
     "credit_entries": "seq",
     "orders": "order_id",
     "credit_lots": "redemption_id",
+    "subscription_orders": "order_id",
+    "subscriptions": "tenant_id",
+    "invoices": "stripe_invoice_id",
     "audit_log": "seq",
 }
 
 
-def _order(customer: str, order_id: str, total: int, promo: str | None) -> OpenOrder:
+def _order(
+    customer: str, order_id: str, total: int, promo: str | None, tenant: str | None = None
+) -> OpenOrder:
     return OpenOrder(
         customer_id=customer,
         order_id=order_id,
-        tenant_id=f"tenant-{order_id}",
+        tenant_id=tenant or f"tenant-{order_id}",
         plan_id="pro",
         apps=["crm", "pos"],
         addons=["sms"],
@@ -139,6 +145,22 @@ def _order(customer: str, order_id: str, total: int, promo: str | None) -> OpenO
             OrderLine(kind="addon", id="sms", name="SMS", amount_baisa=500),
         ],
         total_baisa=total,
+    )
+
+
+def _invoice(customer: str, order_id: str, tenant: str, outcome: str) -> RecordInvoice:
+    return RecordInvoice(
+        customer_id=customer,
+        order_id=order_id,
+        tenant_id=tenant,
+        stripe_invoice_id=f"in_{order_id}",
+        stripe_customer_id=f"cus_{customer}" if outcome == "paid" else None,
+        outcome=outcome,  # type: ignore[arg-type]
+        amount_baisa=3000,
+        currency="omr",
+        period_start=EPOCH,
+        period_end=EPOCH + timedelta(days=30),
+        pdf_url=None if outcome == "payment_failed" else f"https://files.example/{order_id}.pdf",
     )
 
 
@@ -167,15 +189,19 @@ async def _checkouts(w: _Writer, n: int, code: str) -> None:
                 session_url=f"https://pay.example/{oid}",
             ),
         )
-        if flow == 1:  # paid by card: captured, completed
+        if flow == 1:  # paid by card: captured, completed; its invoice failed, then was paid
             w.wallet(
                 c,
                 ConfirmPayment(
                     customer_id=c, order_id=oid, session_id=f"cs_{oid}", amount_paid_baisa=3000
                 ),
             )
+            for outcome in ("payment_failed", "paid", "paid", "payment_failed"):  # twice: once
+                w.wallet(c, _invoice(c, oid, f"tenant-{oid}", outcome))
         elif flow == 2:  # abandoned (released); every other one paid anyway: refund due
             w.wallet(c, AbandonOrder(customer_id=c, order_id=oid, reason="expired"))
+            # an invoice of an Organization without a subscription
+            w.wallet(c, _invoice(c, oid, f"tenant-{oid}", "payment_failed"))
             if n % 2 == 0:
                 w.wallet(
                     c,
@@ -189,19 +215,20 @@ async def _checkouts(w: _Writer, n: int, code: str) -> None:
                 FailOrder(customer_id=c, order_id=oid, reason="card_declined", message="declined"),
             )
             w.voucher(code, ReverseRedemption(code=code, customer_id=c, reason="checkout"))
-    # a second, cheap order paid from what is left (or by card); every third one by another
-    # user whose token names the Organization (issue #20: order.opened v2, user_id and
-    # member_by_claim), who also redeems a code for it (voucher.redeemed v2, user_id)
+    # a second, cheap order paid from what is left (or by card), for the same Organization (a
+    # completed one changes its subscription); every third one by another user whose token
+    # names the Organization (issue #20: order.opened v2, user_id and member_by_claim), who
+    # also redeems a code for it (voucher.redeemed v2, user_id)
     oid2 = f"{c}-o2"
     if n % 3 == 0:
         member = f"member-{c}"
-        opened = _order(c, oid2, 1000, None).model_copy(
+        opened = _order(c, oid2, 1000, None, tenant=f"tenant-{oid}").model_copy(
             update={"user_id": member, "member_by_claim": True}
         )
         w.wallet(c, opened)
         w.voucher(code, RedeemVoucher(code=code, customer_id=f"org2-{c}", user_id=member))
     else:
-        w.wallet(c, _order(c, oid2, 1000, None))
+        w.wallet(c, _order(c, oid2, 1000, None, tenant=f"tenant-{oid}"))
     if n % 6 == 3:  # a grant already expired when it settles: its credit expires (once)
         oid3, lapsed = f"{c}-o3", f"lapsed-{c}"
         w.wallet(c, _order(c, oid3, 1000, None))

@@ -23,6 +23,7 @@ from voucher_ledger.ledger.events import (
     CreditReleased,
     CreditReserved,
     GrantRevoked,
+    InvoiceRecorded,
     OrderAbandoned,
     OrderCompleted,
     OrderFailed,
@@ -36,6 +37,13 @@ from voucher_ledger.ledger.events import (
     VoucherRevoked,
 )
 from voucher_ledger.projections.audit import AUDIT_LOG, AuditProjection
+from voucher_ledger.projections.billing import (
+    INVOICE_STATUS,
+    BillingProjection,
+    invoice_id,
+    one_month_after,
+    subscription_id,
+)
 from voucher_ledger.projections.model import Conn, PlainEvent, StreamEvent, stream_event
 from voucher_ledger.projections.vouchers import VoucherProjection
 from voucher_ledger.projections.wallets import WalletProjection
@@ -478,4 +486,122 @@ class WalletStatements:
         await ops.run(conn)
 
 
-ORACLES = (VoucherStatements(), WalletStatements(), AuditStatements())
+_SUB_ORDER = """
+INSERT INTO subscription_orders (order_id, customer_id, tenant_id, plan_id, total_baisa)
+VALUES ($1, $2, $3, $4, $5)
+"""
+_SUBSCRIBE = """
+INSERT INTO subscriptions AS s (tenant_id, id, customer_id, plan_id, status, amount_baisa,
+                                order_id, stripe_customer_id, current_period_start,
+                                current_period_end, created_at, updated_at, last_seq)
+SELECT o.tenant_id, $2, o.customer_id, o.plan_id, 'active', o.total_baisa, o.order_id, NULL,
+       $3, $4, $3, $3, $5
+  FROM subscription_orders o WHERE o.order_id = $1
+ON CONFLICT (tenant_id) DO UPDATE SET
+    customer_id = EXCLUDED.customer_id, plan_id = EXCLUDED.plan_id, status = 'active',
+    amount_baisa = EXCLUDED.amount_baisa, order_id = EXCLUDED.order_id,
+    current_period_start = EXCLUDED.current_period_start,
+    current_period_end = EXCLUDED.current_period_end, updated_at = EXCLUDED.updated_at,
+    last_seq = EXCLUDED.last_seq
+"""
+_INVOICE = """
+INSERT INTO invoices AS i (stripe_invoice_id, id, customer_id, tenant_id, stripe_customer_id,
+                           amount_baisa, currency, status, period_start, period_end, pdf_url,
+                           created_at, updated_at, last_seq)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)
+ON CONFLICT (stripe_invoice_id) DO UPDATE SET
+    stripe_customer_id = COALESCE(EXCLUDED.stripe_customer_id, i.stripe_customer_id),
+    amount_baisa = EXCLUDED.amount_baisa, status = EXCLUDED.status,
+    period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end,
+    pdf_url = EXCLUDED.pdf_url, updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq
+"""
+_SUBSCRIPTION_INVOICED = """
+UPDATE subscriptions SET status = $2, stripe_customer_id = COALESCE($3, stripe_customer_id),
+                         updated_at = $4, last_seq = $5
+WHERE tenant_id = $1
+"""
+
+
+class BillingStatements:
+    """``subscription_orders``, ``subscriptions`` and ``invoices``, a statement per event."""
+
+    name = BillingProjection.name
+    tables = BillingProjection.tables
+    keyed = BillingProjection.keyed
+
+    async def apply(self, conn: Conn, plain: Sequence[PlainEvent]) -> None:
+        ops = Ops()
+        for item in models(plain):
+            env, seq = item.envelope, item.seq
+            event, at = env.event, env.occurred_at
+            match event:
+                case OrderOpened():
+                    ops.add(
+                        _SUB_ORDER,
+                        (
+                            event.order_id,
+                            event.customer_id,
+                            event.tenant_id,
+                            event.plan_id,
+                            event.total_baisa,
+                        ),
+                    )
+                case OrderCompleted():
+                    tenant = await _tenant_of(conn, ops, event.order_id)
+                    if tenant is not None:
+                        ops.add(
+                            _SUBSCRIBE,
+                            (
+                                event.order_id,
+                                subscription_id(tenant),
+                                at,
+                                one_month_after(at),
+                                seq,
+                            ),
+                        )
+                case InvoiceRecorded():
+                    ops.add(
+                        _INVOICE,
+                        (
+                            event.stripe_invoice_id,
+                            invoice_id(event.stripe_invoice_id),
+                            event.customer_id,
+                            event.tenant_id,
+                            event.stripe_customer_id,
+                            event.amount_baisa,
+                            event.currency,
+                            INVOICE_STATUS[event.outcome],
+                            event.period_start,
+                            event.period_end,
+                            event.pdf_url,
+                            at,
+                            seq,
+                        ),
+                    )
+                    ops.add(
+                        _SUBSCRIPTION_INVOICED,
+                        (
+                            event.tenant_id,
+                            "active" if event.outcome == "paid" else "past_due",
+                            event.stripe_customer_id,
+                            at,
+                            seq,
+                        ),
+                    )
+                case _:
+                    pass
+        await ops.run(conn)
+
+
+async def _tenant_of(conn: Conn, ops: Ops, order_id: str) -> str | None:
+    """The completed order's tenant: the statements so far run first (it may be opened in
+    this very batch)."""
+    await ops.run(conn)
+    ops.runs.clear()
+    found = await conn.fetchval(
+        "SELECT tenant_id FROM subscription_orders WHERE order_id = $1", order_id
+    )
+    return str(found) if found is not None else None
+
+
+ORACLES = (VoucherStatements(), WalletStatements(), BillingStatements(), AuditStatements())

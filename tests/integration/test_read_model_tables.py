@@ -9,13 +9,25 @@ import asyncpg
 import pytest
 
 from voucher_ledger.projections.audit import AUDIT_LOG
+from voucher_ledger.projections.billing import INVOICES, SUBSCRIPTION_ORDERS, SUBSCRIPTIONS
 from voucher_ledger.projections.migrate import migrate
 from voucher_ledger.projections.model import Column, Table
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.projections.vouchers import REDEMPTIONS, VOUCHERS
 from voucher_ledger.projections.wallets import CREDIT_ENTRIES, CREDIT_LOTS, ORDERS, WALLETS
 
-DECLARED = (VOUCHERS, REDEMPTIONS, WALLETS, CREDIT_ENTRIES, ORDERS, CREDIT_LOTS, AUDIT_LOG)
+DECLARED = (
+    VOUCHERS,
+    REDEMPTIONS,
+    WALLETS,
+    CREDIT_ENTRIES,
+    ORDERS,
+    CREDIT_LOTS,
+    SUBSCRIPTION_ORDERS,
+    SUBSCRIPTIONS,
+    INVOICES,
+    AUDIT_LOG,
+)
 
 COLUMNS = """
 SELECT column_name, format_type(a.atttypid, a.atttypmod) AS type

@@ -25,6 +25,7 @@ from nats.aio.client import Client
 
 from tests.conftest import HostFactory, wait_until
 from voucher_ledger.commands.bus import CommandBus, LedgerOnHold
+from voucher_ledger.commands.wire import Accepted
 from voucher_ledger.jetstream.api import js_api
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.commands import Grant as GrantSpec
@@ -36,14 +37,17 @@ from voucher_ledger.ledger.events import (
     OrderLine,
     encode_envelope,
 )
+from voucher_ledger.ledger.voucher import IssueVoucher, RedeemVoucher
 from voucher_ledger.projections.migrate import migrate
 from voucher_ledger.projections.projector import ProjectionStatus, Projector
 from voucher_ledger.projections.rebuild import rebuild
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.projections.verify import verify
+from voucher_ledger.published.subscriber import AuditSubscriber, TamperedEvent
 from voucher_ledger.signing.proof import EventSigner, IntegrityError
 
 CUSTOMER = Actor(sub="cust-1", role="member")
+ADMIN = Actor(sub="admin", role="superadmin")
 SIGNER = EventSigner(Ed25519PrivateKey.generate())
 
 
@@ -236,3 +240,89 @@ async def test_unsigned_events_before_the_cut_over_are_accepted_and_after_it_ref
         await assert_refused_everywhere(
             nc, pool, applied, bus, status, old, bad_seq, "unsigned", 8000
         )
+
+
+async def subscribe_all(
+    nc: Client, spec: StreamsSpec, **kwargs: Any
+) -> tuple[AuditSubscriber, list[int], set[int]]:
+    """Read the whole stream (to its head at start) as a subscriber with the public key only."""
+    sub = AuditSubscriber(
+        nc,
+        spec.layout.prefix,
+        stream=spec.event_stream,
+        follow=False,
+        public_key=SIGNER.public_key,
+        batch=500,
+        **kwargs,
+    )
+    seen = []
+    sizes = set()  # how many events the appends of the records read had
+    async with sub:
+        async for record in sub:
+            seen.append(record.seq)
+            if record.envelope.proof is not None:
+                sizes.add(record.envelope.proof.n)
+    return sub, seen, sizes
+
+
+@pytest.mark.storm
+async def test_a_subscriber_checks_every_event_of_a_storm_with_the_public_key_alone(
+    nc: Client,
+    applied: StreamsSpec,
+    bus: CommandBus,
+    make_host: HostFactory,
+) -> None:
+    """A storm on a hot code and on many cold ones, with credit grants, from two processor
+    instances: appends of many events (one signature each) and of one. A subscriber holding
+    only the public key checks every event, from the first sequence and from the middle (where
+    it looks up each aggregate's previous event); then one forged event stops it there."""
+    await make_host(signer=SIGNER)
+    await make_host(signer=SIGNER)
+    hot, cap = "SIGNED-HOT", 150
+    await bus.send(IssueVoucher(code=hot, credit_baisa=1000, max_redemptions=cap), actor=ADMIN)
+    cold = [f"SIGNED-{i:03d}" for i in range(40)]
+    await asyncio.gather(
+        *(bus.send(IssueVoucher(code=c, credit_baisa=500), actor=ADMIN) for c in cold)
+    )
+    replies = await asyncio.gather(
+        *(
+            bus.send(RedeemVoucher(code=hot, customer_id=f"h{i}"), actor=CUSTOMER, timeout=60)
+            for i in range(300)
+        ),
+        *(
+            bus.send(RedeemVoucher(code=c, customer_id=f"c{i}"), actor=CUSTOMER, timeout=60)
+            for i, c in enumerate(cold)
+        ),
+        *(credit(bus, f"w{i}", f"o{i}", 1000) for i in range(20)),
+    )
+    accepted = [r for r in replies[:300] if isinstance(r, Accepted)]
+    assert len(accepted) == cap
+    last = await head(nc, applied)
+
+    sub, seen, sizes = await subscribe_all(nc, applied)
+    assert seen == list(range(1, last + 1))
+    assert sub.checked == last  # every event's proof, not just read
+    # Appends of many events (one signature covers them all) as well as appends of one.
+    assert max(sizes) > 1
+    assert 1 in sizes
+    middle = last // 2
+    sub, seen, _ = await subscribe_all(nc, applied, from_seq=middle)
+    assert seen == list(range(middle, last + 1))
+    assert sub.checked == last - middle + 1
+
+    # A forged grant on a wallet: the subscriber stops at it, naming it; nothing after it.
+    subject = applied.layout.wallet_subject("w3")
+    _, original = await last_on(nc, applied, subject)
+    doc = json.loads(original)
+    doc["event"]["amount_baisa"] = 9_000_000
+    bad_seq = await publish(nc, subject, json.dumps(doc, separators=(",", ":")).encode())
+    for start in (None, middle):
+        with pytest.raises(TamperedEvent) as stopped:
+            await subscribe_all(nc, applied, from_seq=start)
+        assert stopped.value.seq == bad_seq
+        assert stopped.value.code == "bad_signature"
+        assert f"stream sequence {bad_seq}" in str(stopped.value)
+    # A subscriber of that wallet alone (a filter: it looks nothing up) stops there too.
+    with pytest.raises(TamperedEvent) as filtered:
+        await subscribe_all(nc, applied, filter_subject=subject)
+    assert filtered.value.seq == bad_seq

@@ -18,6 +18,7 @@ from voucher_ledger.ledger.commands import (
     GrantCredit,
     OpenOrder,
     QueryOrder,
+    RecordInvoice,
     SettleOrder,
     WalletCommandT,
 )
@@ -338,3 +339,42 @@ def test_no_sequence_of_commands_makes_credit_negative(
         assert w.state.reserved_baisa >= 0
         assert w.state.reserved_baisa == sum(o.reserved_baisa for o in w.state.orders.values())
     assert fold(CUSTOMER, w.history).view() == w.state.view()
+
+
+def _invoice(outcome: str, invoice_id: str = "in_1") -> RecordInvoice:
+    return RecordInvoice(
+        customer_id=CUSTOMER,
+        order_id="o-1",
+        tenant_id="org-1",
+        stripe_invoice_id=invoice_id,
+        stripe_customer_id="cus_1",
+        outcome=outcome,
+        amount_baisa=29 * OMR,
+        currency="omr",
+    )
+
+
+def test_an_invoice_is_recorded_once_per_outcome_and_never_downgraded_after_payment() -> None:
+    w = Wallet()
+    failed = w.apply(_invoice("payment_failed"), "stripe-evt-1")
+    assert isinstance(failed, Decided)
+    assert [e.type for e in failed.events] == ["invoice.recorded"]
+    # Stripe retries the same failure in another event: nothing new
+    again = w.apply(_invoice("payment_failed"), "stripe-evt-2")
+    assert isinstance(again, Decided)
+    assert again.events == []
+    paid = w.apply(_invoice("paid"), "stripe-evt-3")
+    assert isinstance(paid, Decided)
+    assert [(e.type, e.outcome) for e in paid.events] == [("invoice.recorded", "paid")]
+    # the same event replayed: its receipt; a late failure or a second payment: nothing
+    assert isinstance(w.apply(_invoice("paid"), "stripe-evt-3"), Replayed)
+    for late in ("payment_failed", "paid"):
+        outcome = w.apply(_invoice(late), f"stripe-late-{late}")
+        assert isinstance(outcome, Decided)
+        assert outcome.events == []
+    # another invoice is its own; the fold of the history gives the same state
+    other = w.apply(_invoice("paid", "in_2"), "stripe-evt-4")
+    assert isinstance(other, Decided)
+    assert len(other.events) == 1
+    assert dict(fold(CUSTOMER, w.history).invoices) == {"in_1": "paid", "in_2": "paid"}
+    assert (w.state.balance_baisa, w.state.reserved_baisa) == (0, 0)  # no credit moves

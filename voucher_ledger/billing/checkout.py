@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -52,6 +52,7 @@ from voucher_ledger.ledger.commands import (
     GrantCredit,
     OpenOrder,
     QueryOrder,
+    RecordInvoice,
     RedeemVoucher,
     ReverseRedemption,
     SettleOrder,
@@ -133,12 +134,17 @@ def redeem_command_id(order_id: str) -> str:
     return f"redeem-{order_id}"
 
 
+# The Stripe client in force (None: no card payments): the keys may change at run time (the
+# admin settings), so the saga asks for it at each step that needs it.
+StripeSource = Callable[[], Awaitable[StripeGateway | None]]
+
+
 class CheckoutService:
     def __init__(
         self,
         bus: CommandBus,
         catalog: CatalogSource,
-        stripe: StripeGateway | None,
+        stripe: StripeSource,
         *,
         command_timeout: float,
         recovery_after: float,
@@ -217,6 +223,7 @@ class CheckoutService:
         the user's own: nobody else's order opened it and did not fail)."""
         # Priced before anything is written: a catalog failure cannot burn a promo slot.
         lines = await self.price(plan_id, addons)
+        await self.stripe()  # the payment settings answer (cached) before anything is written
         customer_id = tenant_id
         order_id = order_id_for(customer_id, user_id, idempotency_key)
         opened, refused = await self._wallet(
@@ -362,7 +369,7 @@ class CheckoutService:
                 customer_id=customer_id,
                 order_id=order.order_id,
                 grant=grant,
-                payment_available=self.stripe is not None,
+                payment_available=await self.stripe() is not None,
             ),
             f"settle-{order.order_id}",
             actor,
@@ -387,7 +394,8 @@ class CheckoutService:
     async def _request_payment(
         self, customer_id: str, actor: Actor, order: OrderView, seq: int
     ) -> tuple[OrderView, WalletView | None, int]:
-        if self.stripe is None:
+        stripe = await self.stripe()
+        if stripe is None:
             return await self._failed(
                 customer_id,
                 actor,
@@ -396,7 +404,7 @@ class CheckoutService:
                 "payment processor is not configured",
                 expected="awaiting_payment",
             )
-        params = self.stripe.session_params(
+        params = stripe.session_params(
             order_id=order.order_id,
             # the user who checks out; the account is the metadata's tenant_id
             customer_id=order.user_id or customer_id,
@@ -405,7 +413,7 @@ class CheckoutService:
             credit_applied_baisa=order.credit_applied_baisa,
         )
         try:
-            session = await self.stripe.create_session(params, order_id=order.order_id)
+            session = await stripe.create_session(params, order_id=order.order_id)
         except PaymentError as exc:
             log.warning("order %s: %s", order.order_id, exc.message)
             return await self._failed(
@@ -549,6 +557,44 @@ class CheckoutService:
 
     # ------------------------------------------------------------------------------ webhooks
 
+    async def _on_invoice(self, event_id: str, etype: str, invoice: dict[str, Any]) -> str:
+        """``invoice.paid`` / ``invoice.payment_failed``: recorded on the wallet of the
+        Organization whose checkout it bills (the invoice's metadata ``tenant_id``, which
+        checkout sets: README "Checkout and credit"; the account is the Organization), once per
+        invoice and outcome; the Stripe event id is the command id."""
+        found = invoice_metadata(invoice)
+        if found is None:
+            return "ignored: not one of our invoices (no tenant_id and customer_id metadata)"
+        tenant_id, _user_id, order_id = found
+        gateway = await self.stripe()
+        currency = str(invoice.get("currency") or "").lower()
+        expected = gateway.currency if gateway is not None else "omr"
+        if currency != expected:
+            return f"ignored: invoice in {currency or 'no currency'}, not {expected}"
+        paid = etype == "invoice.paid"
+        amount = invoice.get("amount_paid" if paid else "amount_due")
+        try:
+            command = RecordInvoice(
+                customer_id=tenant_id,  # the account: the Organization (issue #20)
+                order_id=order_id or str(invoice.get("id") or ""),
+                tenant_id=tenant_id,
+                stripe_invoice_id=str(invoice.get("id") or ""),
+                stripe_customer_id=_text(invoice.get("customer")),
+                outcome="paid" if paid else "payment_failed",
+                amount_baisa=amount if isinstance(amount, int) and amount >= 0 else 0,
+                currency=currency,
+                period_start=_stamp(invoice.get("period_start")),
+                period_end=_stamp(invoice.get("period_end")),
+                pdf_url=_text(invoice.get("invoice_pdf")),
+            )
+        except (ValueError, TypeError) as exc:
+            log.warning("invoice event %s not recorded: %s", event_id, exc)
+            return "ignored: malformed invoice"
+        reply = await self._send(command, f"stripe-{event_id}", STRIPE_ACTOR)
+        if isinstance(reply, Rejected):
+            return f"invoice refused: {reply.reason}"
+        return f"invoice {command.stripe_invoice_id} {command.outcome} for {tenant_id!r}"
+
     async def on_stripe_event(self, event: dict[str, Any]) -> str:
         """Apply one verified Stripe event; returns what happened (for the log). Raises
         CheckoutError(503) when the ledger cannot take it now (Stripe retries)."""
@@ -565,6 +611,8 @@ class CheckoutService:
             action = "confirm"
         elif etype in ("checkout.session.expired", "checkout.session.async_payment_failed"):
             action = "abandon"
+        elif etype in ("invoice.paid", "invoice.payment_failed"):
+            return await self._on_invoice(event_id, etype, obj)
         else:
             return f"ignored: {etype}"
         metadata = obj.get("metadata") or {}
@@ -629,3 +677,35 @@ class CheckoutService:
                 session_id,
             )
         return f"{action}: order {order_id} is {status}"
+
+
+def invoice_metadata(invoice: dict[str, Any]) -> tuple[str, str, str | None] | None:
+    """(tenant id, customer id, order id) from an invoice's metadata: its own (a checkout's
+    invoice: ``invoice_creation``), or its subscription's (older and newer API shapes)."""
+    parent = invoice.get("parent")
+    candidates = [
+        invoice.get("metadata"),
+        (invoice.get("subscription_details") or {}).get("metadata"),
+        ((parent or {}).get("subscription_details") or {}).get("metadata")
+        if isinstance(parent, dict)
+        else None,
+    ]
+    for metadata in candidates:
+        if not isinstance(metadata, dict):
+            continue
+        tenant, customer = metadata.get("tenant_id"), metadata.get("customer_id")
+        if isinstance(tenant, str) and tenant and isinstance(customer, str) and customer:
+            order = metadata.get("order_id")
+            return tenant, customer, order if isinstance(order, str) and order else None
+    return None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _stamp(value: object) -> datetime | None:
+    """A Stripe timestamp (seconds); 0 or nothing is no time (the seed made 1970 of it, B22)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**37:
+        return datetime.fromtimestamp(value, UTC)
+    return None

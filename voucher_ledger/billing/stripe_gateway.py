@@ -133,6 +133,14 @@ class StripeGateway:
             "metadata": metadata,
             # The charge carries the same metadata (the franchise model's `sovereign` tag).
             "payment_intent_data": {"metadata": metadata},
+            # A Stripe customer for the Organization (what the billing portal opens) and an
+            # invoice whose metadata names the Organization and the customer: its invoice.paid
+            # and invoice.payment_failed events are recorded on the customer's wallet.
+            "customer_creation": "always",
+            "invoice_creation": {
+                "enabled": True,
+                "invoice_data": {"metadata": {**metadata, "customer_id": customer_id}},
+            },
         }
         if len(customer_id) <= 200:
             params["client_reference_id"] = customer_id
@@ -157,6 +165,27 @@ class StripeGateway:
         if not session.id or not session.url:
             raise PaymentError("payment processor returned a session without a URL", retryable=True)
         return CheckoutSession(id=str(session.id), url=str(session.url))
+
+    async def create_portal_session(self, stripe_customer_id: str, *, key: str) -> str:
+        """A Stripe billing-portal session for the customer; returns its URL. ``key``: the
+        Idempotency-Key (a retried request gets the same session)."""
+        try:
+            session = await self._client.v1.billing_portal.sessions.create_async(
+                {"customer": stripe_customer_id, "return_url": self._success_url},
+                options={"idempotency_key": key},
+            )
+        except stripe.StripeError as exc:
+            status = exc.http_status or 0
+            message = exc.user_message or str(exc) or type(exc).__name__
+            raise PaymentError(
+                f"failed to create portal session: {message}",
+                retryable=status >= 500 or status == 0,
+            ) from exc
+        if not session.url:
+            raise PaymentError(
+                "payment processor returned a portal session without a URL", retryable=True
+            )
+        return str(session.url)
 
     def verify_webhook(self, payload: bytes, signature: str | None, tolerance: int = 300) -> None:
         if not self._webhook_secret:

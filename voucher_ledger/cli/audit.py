@@ -59,9 +59,11 @@ def add_parsers(
         description=(
             "Print the event stream, one line per event: stream sequence, time, type, "
             "aggregate id and the event's fields (or JSON lines with --json). Runs until "
-            "Ctrl-C unless --no-follow or --limit is given. NATS_URL and SUBJECT_PREFIX come "
-            "from the environment; without NATS_URL the embedded server of a running "
-            "`voucher-ledger serve` (--data-dir) is used."
+            "Ctrl-C unless --no-follow or --limit is given. Every event's signature is "
+            "checked with the ledger's public key (SIGNING_PUBLIC_KEY_FILE, or the data dir's); "
+            "the first that fails stops the tail with exit 1, naming its stream sequence. "
+            "NATS_URL and SUBJECT_PREFIX come from the environment; without NATS_URL the "
+            "embedded server of a running `voucher-ledger serve` (--data-dir) is used."
         ),
     )
     tail.add_argument(
@@ -342,7 +344,10 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
         )
     if args.durable is not None and not DURABLE_PATTERN.fullmatch(args.durable):
         raise UserError("--durable: 1 to 64 characters from A-Z, a-z, 0-9, _ and -", 2)
+    from voucher_ledger.cli.replay import public_key
+
     spec = load_streams(settings)
+    key = public_key(settings)  # every event is checked with it (a warning when there is none)
     out: TextIO = sys.stdout
     printed = 0
     async with connected(settings) as nc:
@@ -356,6 +361,7 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
             types=args.types or None,
             follow=not args.no_follow,
             stream=spec.event_stream,
+            public_key=key,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

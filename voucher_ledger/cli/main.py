@@ -12,6 +12,7 @@ from pathlib import Path
 
 from voucher_ledger import __version__
 from voucher_ledger.cli import audit as audit_cli
+from voucher_ledger.cli import importseed as import_cli
 from voucher_ledger.cli import natscreds as nats_cli
 from voucher_ledger.cli import replay as replay_cli
 from voucher_ledger.cli import signing as signing_cli
@@ -241,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit_cli.add_parsers(sub, common)  # audit tail, show (time travel), schema export/check
     replay_cli.add_parsers(sub, common)  # rebuild, verify
+    import_cli.add_parsers(sub, common)  # import-seed
     signing_cli.add_parsers(sub, common)  # signing-key
     nats_cli.add_parsers(sub, common)  # nats creds
     return parser
@@ -254,6 +256,7 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "processors": ("nats", "postgres"),
     "verify": ("nats", "postgres"),
     "rebuild": ("nats", "postgres"),
+    "import-seed": ("nats",),
 }
 
 
@@ -265,6 +268,7 @@ _ROLES: dict[str, str] = {
     "processors": "processors",
     "verify": "service",
     "rebuild": "service",
+    "import-seed": "processors",  # it appends events, as the processors do
 }
 
 
@@ -312,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
             return audit_cli.run(args, settings)
         if args.command in replay_cli.COMMANDS:
             return replay_cli.run(args, settings)
+        if args.command in import_cli.COMMANDS:
+            return import_cli.run(args, settings)
         if args.command in signing_cli.COMMANDS:
             return signing_cli.run(args, settings)
         if args.command in nats_cli.COMMANDS:

@@ -151,6 +151,14 @@ async def _verify(settings: Settings) -> int:
     print(f"stream head: sequence {report.head}")
     print(f"projections: {lag_words(report.head, report.checkpoints)}")
     print(f"checked: {checked}")
+    if report.signatures is None:
+        print("signatures: NOT checked (no public key)")
+    else:
+        key, cutover, passed = report.signatures
+        print(
+            f"signatures: {passed:,} event(s) checked with key {key}, every event signed from "
+            f"sequence {cutover}"
+        )
     for line in report.differences:
         print(f"DIFF {line}")
     if report.clean:

@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -62,7 +62,15 @@ from voucher_ledger.ledger import voucher, wallet
 from voucher_ledger.ledger.errors import CommandExpired, DomainError
 from voucher_ledger.ledger.events import EventEnvelope, RecordedEvent
 from voucher_ledger.ledger.voucher import Decided, Policy, Receipt, Refused, Replayed
-from voucher_ledger.signing.proof import GENESIS, EventChecker, EventSigner, IntegrityError
+from voucher_ledger.signing.chain import PartChecker
+from voucher_ledger.signing.proof import (
+    GENESIS,
+    EventChecker,
+    EventSigner,
+    IntegrityError,
+    Link,
+    proof_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +248,8 @@ class _Plan:
     working: Any  # the state after ``new`` (their stream sequences not known yet)
     expect: int  # the subject's last sequence the append expects
     after: _Round | None = None
-    head: str = GENESIS  # the chain head after ``new`` (each new event signs the one before)
+    head: str = GENESIS  # the chain head after ``new`` (each new event chains to the one before)
+    links: list[Link] = field(default_factory=list)  # ``new``'s chain links, to seal (signing)
 
 
 @dataclass
@@ -413,13 +422,30 @@ class PartitionProcessor:
 
     async def _launch(self) -> None:
         """Send the decided plans as the next append (in a task of its own); its batch is
-        written out before the caller goes on."""
+        written out before the caller goes on. With a signer, the append's events are sealed
+        first, with one signature (:meth:`EventSigner.seal`)."""
+        if self._signer is not None:
+            self._seal(self._next.values())
         flight = _Round(self._next)
         flight.task = asyncio.create_task(self._append(flight))
         self._next = {}
         self._inflight = flight
         await asyncio.sleep(0)  # the task publishes its batch ...
         write_now(self._nc)  # ... and it goes to the socket now, not after the caller's work
+
+    def _seal(self, plans: Iterable[_Plan]) -> None:
+        """Every new event of ``plans`` with its proof: each aggregate's events are one part,
+        whose last event carries the one signature over all the parts' last links (a Merkle
+        root). Each part stands on its own, so an aggregate whose part of the append is refused
+        (a conflict) leaves the others' proofs valid."""
+        assert self._signer is not None
+        chosen = [plan for plan in plans if plan.new]
+        sealed = self._signer.seal([plan.links for plan in chosen])
+        for plan, proofs in zip(chosen, sealed, strict=True):
+            plan.new = [
+                (envelope.model_copy(update={"proof": proof}), fingerprint)
+                for (envelope, fingerprint), proof in zip(plan.new, proofs, strict=True)
+            ]
 
     async def _append(self, flight: _Round) -> list[PartResult]:
         try:
@@ -651,7 +677,9 @@ class PartitionProcessor:
                             event=event,
                         )
                         if signer is not None:
-                            envelope, head = signer.seal(envelope, head)
+                            link = signer.chain(envelope, head)
+                            plan.links.append(link)
+                            head = link.head
                         working = kind.evolve(
                             working,
                             RecordedEvent.model_construct(seq=0, envelope=envelope),
@@ -686,6 +714,7 @@ class PartitionProcessor:
         head = GENESIS
         checker = self._checker
         if checker is not None:
+            parts = PartChecker(checker)
             for rec in history:
                 env = rec.envelope
                 if (env.aggregate, env.aggregate_id) != key:
@@ -695,7 +724,9 @@ class PartitionProcessor:
                         f"an event of {env.aggregate} {env.aggregate_id} on {subject}",
                         subject,
                     )
-                head = checker.check_envelope(rec.seq, env, head, subject)
+                parts.feed(rec.seq, key, proof_of(env), subject)
+            parts.finish()
+            head = parts.head(key)[1]
         self._held.pop(key, None)
         return self._kinds[key[0]].fold(key[1], history), head
 

@@ -91,6 +91,14 @@ class Settings(BaseSettings):
     stripe_webhook_secret: str | None = Field(
         default=None, alias="STRIPE_WEBHOOK_SECRET", repr=False
     )
+    stripe_public_key: str | None = Field(default=None, alias="STRIPE_PUBLIC_KEY")
+    # The key the Stripe secrets set from the admin settings are encrypted with (Fernet: 32
+    # url-safe base64 bytes); unset, the embedded default generates DATA_DIR/settings.key, and
+    # with an external DATABASE_URL secrets cannot be stored (the STRIPE_* variables still work).
+    settings_key: SecretStr | None = Field(default=None, alias="SETTINGS_KEY", repr=False)
+    # How long an instance keeps the stored Stripe keys before reading them again (another
+    # instance's PUT /billing/admin/settings reaches it within this time).
+    settings_refresh: float = Field(default=5.0, alias="SETTINGS_REFRESH_SECONDS", gt=0)
     stripe_api_base: str | None = Field(default=None, alias="STRIPE_API_BASE")
     stripe_currency: str = Field(default="omr", alias="STRIPE_CURRENCY", pattern=r"^[a-z]{3}$")
     stripe_timeout: float = Field(default=20.0, alias="STRIPE_TIMEOUT", gt=0)
@@ -114,7 +122,7 @@ class Settings(BaseSettings):
     # The fast paths into nats.py's and aiohttp's private internals (README "Fast paths");
     # false: every one of them takes the libraries' public path.
     fast_paths: bool = Field(default=True, alias="FAST_PATHS")
-    # Refused promo codes at checkout (unknown, revoked, capped, malformed), per client address
+    # Guessed promo codes at checkout (unknown, revoked, malformed), per client address
     # and per customer, across every serve instance (like PREVIEW_RATE_PER_MINUTE/PREVIEW_BURST:
     # a token bucket; past it, a checkout with a promo code answers 429 with Retry-After).
     promo_refusal_rate_per_minute: int = Field(
@@ -123,14 +131,13 @@ class Settings(BaseSettings):
     promo_refusal_burst: int = Field(default=10, alias="PROMO_REFUSAL_BURST", ge=1)
 
     # The ledger's Ed25519 signing key (README "Subjects and events"): the processors sign every
-    # event with SIGNING_KEY_FILE (unset: DATA_DIR/ledger-signing.key, generated at the first
+    # append (a hash chain per aggregate, one signature per append on each aggregate's last
+    # event) with SIGNING_KEY_FILE (unset: DATA_DIR/ledger-signing.key, generated at the first
     # start, mode 0600); the projectors, the HTTP side and the tools check events with
-    # SIGNING_PUBLIC_KEY_FILE (unset: the public half of the signing key).
-    # Off by default until signing is cheap enough for the checkout-speed targets (per-event
-    # Ed25519 costs ~0.1-0.2 ms an event on this machine's cores: bench/README.md "Signing").
-    # Once a stream is signed, keep it on: events written after the cut-over without a proof
-    # are refused by every reader that checks.
-    ledger_signing: bool = Field(default=False, alias="LEDGER_SIGNING")
+    # SIGNING_PUBLIC_KEY_FILE (unset: the public half of the signing key). On by default; once
+    # a stream is signed, keep it on: events written after the cut-over without a proof are
+    # refused by every reader that checks.
+    ledger_signing: bool = Field(default=True, alias="LEDGER_SIGNING")
     signing_key_file: Path | None = Field(default=None, alias="SIGNING_KEY_FILE")
     signing_public_key_file: Path | None = Field(default=None, alias="SIGNING_PUBLIC_KEY_FILE")
 

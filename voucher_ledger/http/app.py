@@ -130,8 +130,6 @@ async def web_clients(app: web.Application) -> AsyncIterator[None]:
     app[_WEB_CLIENTS] = clients
     app[keys.AUTHENTICATOR] = clients.authenticator
     app[keys.CATALOG] = clients.catalog
-    if clients.stripe is not None:
-        app[keys.STRIPE] = clients.stripe
     try:
         yield
     finally:
@@ -213,6 +211,7 @@ async def reader(app: web.Application) -> AsyncIterator[None]:
 async def checkout(app: web.Application) -> AsyncIterator[None]:
     running = Checkout.start(app[keys.SETTINGS], app[_WEB_CLIENTS], app[_LEDGER], app[_READ_MODELS])
     app[keys.CHECKOUT] = running.service
+    app[keys.PAYMENTS] = running.payments
     try:
         yield
     finally:

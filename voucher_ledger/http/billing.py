@@ -24,7 +24,7 @@ from voucher_ledger.billing.checkout import CheckoutError, CheckoutOutcome, Chec
 from voucher_ledger.billing.stripe_gateway import WebhookSignatureError
 from voucher_ledger.http.auth import ISSUER_ROLES, Principal
 from voucher_ledger.http.errors import ApiError, int_query, parse_body
-from voucher_ledger.http.keys import CATALOG, CHECKOUT, POOL, PROMO_LIMITER, SETTINGS, STRIPE
+from voucher_ledger.http.keys import CATALOG, CHECKOUT, PAYMENTS, POOL, PROMO_LIMITER, SETTINGS
 from voucher_ledger.http.models import (
     BalanceOut,
     CatalogItemOut,
@@ -36,7 +36,7 @@ from voucher_ledger.http.models import (
     OrderOut,
     WebhookOut,
 )
-from voucher_ledger.http.openapi import MAX_OFFSET, ORDER_STATUSES
+from voucher_ledger.http.openapi import MAX_OFFSET, ORDER_STATUS_FILTERS
 from voucher_ledger.http.paging import page_headers
 from voucher_ledger.http.ratelimit import too_many_requests
 from voucher_ledger.http.vouchers import authenticate, client_address, wait_for_projections
@@ -59,6 +59,16 @@ CHECKOUT_PATHS = (
     "/api/v1/sme/billing/purchase",
 )
 _EVENT_ID = re.compile(r"^[A-Za-z0-9_]{1,120}$")
+
+
+# The seed's order vocabulary where its clients read it (its Orders page knows pending and
+# completed): an order waiting for Stripe is `pending`; the ledger's finer state is `state`.
+_SEED_STATUS = {"awaiting_payment": "pending"}
+_STATE_OF_FILTER = {"pending": "awaiting_payment"}
+
+
+def seed_status(state: str) -> str:
+    return _SEED_STATUS.get(state, state)
 
 
 def omr(baisa: int) -> int:
@@ -87,7 +97,8 @@ def _answer(outcome: CheckoutOutcome) -> CheckoutOut:
     available = outcome.wallet.available_baisa if outcome.wallet is not None else 0
     return CheckoutOut(
         order_id=order.order_id,
-        status=order.status,
+        status=seed_status(order.status),
+        state=order.status,
         paid_by_credit=order.status == "completed" and order.paid_by_credit,
         session_url=order.session_url if order.status == "awaiting_payment" else None,
         credit_balance=omr(available),
@@ -214,7 +225,7 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
 
 
 async def webhook(request: web.Request) -> web.Response:
-    stripe = request.app.get(STRIPE)  # absent without STRIPE_SECRET_KEY
+    stripe = await request.app[PAYMENTS].gateway()  # None without a Stripe secret key
     if stripe is None or not stripe.webhooks_enabled:
         raise ApiError(503, "webhook not configured")
     payload = await _read_limited(request, request.app[SETTINGS].webhook_body_limit)
@@ -332,8 +343,10 @@ async def admin_orders(request: web.Request) -> web.Response:
     limit = int_query(request, "limit", 50, 1, 500)
     offset = int_query(request, "offset", 0, 0, MAX_OFFSET)
     status = request.query.get("status")
-    if status is not None and status not in ORDER_STATUSES:
-        raise ApiError(400, f"status must be one of {', '.join(sorted(ORDER_STATUSES))}")
+    if status is not None and status not in ORDER_STATUS_FILTERS:
+        raise ApiError(400, f"status must be one of {', '.join(sorted(ORDER_STATUS_FILTERS))}")
+    if status is not None:
+        status = _STATE_OF_FILTER.get(status, status)
     pool = request.app[POOL]
     rows, total = await queries.list_orders(pool, limit=limit, offset=offset, status=status)
     items = [
@@ -351,7 +364,8 @@ async def admin_orders(request: web.Request) -> web.Response:
             amount_due_baisa=r["amount_due_baisa"],
             amount_paid_baisa=r["amount_paid_baisa"],
             paid_by_credit=r["paid_by_credit"],
-            status=r["status"],
+            status=seed_status(r["status"]),
+            state=r["status"],
             stripe_session_id=r["stripe_session_id"],
             promo_code=r["promo_code"],
             failure_reason=r["failure_reason"],

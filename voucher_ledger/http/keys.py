@@ -2,16 +2,16 @@
 
 ``create_app`` sets the first group itself; the second is set by the app's cleanup context once
 the component has started (``service/stack.py``), so a handler finds each started and never
-``None``. ``STRIPE`` alone is absent by configuration (no STRIPE_SECRET_KEY)."""
+``None``."""
 
 from __future__ import annotations
 
 import asyncpg
 from aiohttp import web
 
+from voucher_ledger.billing.admin_settings import PaymentSettings
 from voucher_ledger.billing.catalog import CatalogSource
 from voucher_ledger.billing.checkout import CheckoutService
-from voucher_ledger.billing.stripe_gateway import StripeGateway
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.idempotency import IdempotencyKeys
 from voucher_ledger.config.settings import Settings
@@ -37,6 +37,6 @@ BUS = web.AppKey("bus", CommandBus)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyKeys)
 READER = web.AppKey("stream_reader", StreamReader)
 CHECKOUT = web.AppKey("checkout", CheckoutService)
-STRIPE = web.AppKey("stripe", StripeGateway)
+PAYMENTS = web.AppKey("payments", PaymentSettings)  # the Stripe keys in force, their client
 LIMITER = web.AppKey("preview_limiter", SharedLimiter)
 PROMO_LIMITER = web.AppKey("promo_refusal_limiter", SharedLimiter)

@@ -201,7 +201,11 @@ class IssueVoucherBody(_Strict):
 
 
 class PreviewBody(_In):
-    code: StrictStr = Field(json_schema_extra={"pattern": CODE_INPUT_PATTERN})
+    code: StrictStr = Field(
+        description="a code outside this pattern cannot exist: 404 like an unknown code "
+        "(blank: 400)",
+        json_schema_extra={"pattern": CODE_INPUT_PATTERN},
+    )
 
 
 class VoucherOut(BaseModel):
@@ -353,7 +357,11 @@ class CheckoutBody(_Strict):
 
 class CheckoutOut(BaseModel):
     order_id: str
-    status: str = Field(description="completed, or awaiting_payment with a session_url")
+    status: str = Field(
+        description="the seed's vocabulary: completed, or pending with a session_url (waiting "
+        "for Stripe)"
+    )
+    state: str = Field(description="the ledger's finer state: completed or awaiting_payment")
     paid_by_credit: bool
     session_url: str | None = None
     credit_balance: int = Field(description="credit still available after this order, whole OMR")
@@ -416,7 +424,13 @@ class OrderOut(BaseModel):
     amount_due_baisa: int
     amount_paid_baisa: int
     paid_by_credit: bool
-    status: str
+    status: str = Field(
+        description="the seed's vocabulary: pending while waiting for Stripe, else as state"
+    )
+    state: str = Field(
+        description="the ledger's finer state: opened, awaiting_payment, completed, failed, "
+        "abandoned or refund_due"
+    )
     stripe_session_id: str | None = None
     promo_code: str | None = None
     failure_reason: str | None = None
@@ -440,3 +454,120 @@ class CatalogOut(BaseModel):
 
 class WebhookOut(BaseModel):
     received: bool = True
+
+
+# ------------------------------------------------------------------------------ admin settings
+
+_KEY_PREFIXES = {
+    "stripe_secret_key": ("sk_", "rk_"),
+    "stripe_webhook_secret": ("whsec_",),
+    "stripe_public_key": ("pk_",),
+}
+
+
+class AdminSettingsBody(_Strict):
+    """The Stripe keys (the seed's E8) as a patch: an absent or null field keeps its value,
+    ``""`` clears it (the seed overwrote all three, so saving the publishable key alone erased
+    both secrets, B15)."""
+
+    stripe_secret_key: StrictStr | None = Field(
+        default=None,
+        max_length=500,
+        description='sk_... or rk_...; "" clears',
+        json_schema_extra={"pattern": r"^((sk|rk)_[!-~]*)?$"},
+    )
+    stripe_webhook_secret: StrictStr | None = Field(
+        default=None,
+        max_length=500,
+        description='whsec_...; "" clears',
+        json_schema_extra={"pattern": r"^(whsec_[!-~]*)?$"},
+    )
+    stripe_public_key: StrictStr | None = Field(
+        default=None,
+        max_length=500,
+        description='pk_...; "" clears',
+        json_schema_extra={"pattern": r"^(pk_[!-~]*)?$"},
+    )
+
+    @field_validator("stripe_secret_key", "stripe_webhook_secret", "stripe_public_key")
+    @classmethod
+    def _key(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # The messages never repeat the value: a secret pasted in the wrong field stays out of
+        # the answer and the logs.
+        if value is None or value == "":
+            return value
+        if any(not "!" <= ch <= "~" for ch in value):  # printable ASCII, no space
+            raise ValueError("must be a Stripe key without spaces or control characters")
+        prefixes = _KEY_PREFIXES[info.field_name or ""]
+        if not value.startswith(prefixes):
+            raise ValueError(f"must start with {' or '.join(prefixes)}")
+        return value
+
+
+class AdminSettingsOut(BaseModel):
+    """The seed's E7 shape, and where each key comes from: ``env`` (an environment variable,
+    which wins over a stored key), ``stored`` (set here) or ``unset``."""
+
+    stripe_secret_key_configured: bool
+    stripe_webhook_secret_configured: bool
+    stripe_secret_key_last4: str = Field(description='the last four characters; "" if unset')
+    stripe_webhook_secret_last4: str
+    stripe_public_key: str
+    updated_at: datetime | None = Field(description="when the stored keys last changed")
+    stripe_secret_key_source: Literal["env", "stored", "unset"]
+    stripe_webhook_secret_source: Literal["env", "stored", "unset"]
+    stripe_public_key_source: Literal["env", "stored", "unset"]
+    secrets_storable: bool = Field(
+        description="whether a secret can be stored (encrypted under the settings key)"
+    )
+
+
+# ------------------------------------------------------------------ subscriptions and invoices
+
+
+class SubscriptionOut(BaseModel):
+    """The seed's Subscription (E4), one per Organization, built from its completed orders."""
+
+    id: str
+    customer_id: str = Field(description="the customer whose order started or last changed it")
+    tenant_id: str
+    plan_id: str
+    status: str = Field(description="active, or past_due after a failed invoice payment")
+    current_period_start: datetime
+    current_period_end: datetime
+    created_at: datetime
+    updated_at: datetime
+    amount_omr: int = Field(description="the price per month (the order's total), whole OMR")
+    amount_baisa: int
+    order_id: str = Field(description="the order that started or last changed it")
+
+
+class InvoiceOut(BaseModel):
+    """The seed's Invoice (E5), from Stripe's invoice.paid / invoice.payment_failed."""
+
+    id: str
+    customer_id: str
+    tenant_id: str
+    stripe_invoice_id: str
+    amount_omr: int = Field(description="whole OMR, truncated (5750 baisa: 5)")
+    amount_baisa: int
+    currency: str
+    status: str = Field(description="paid, or open while its payment has failed")
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    pdf_url: str | None = None
+    created_at: datetime
+
+
+class PortalOut(BaseModel):
+    portal_url: str
+
+
+class RevenueOut(BaseModel):
+    """The seed's revenue summary (E16), each active subscription counted once (B18)."""
+
+    total_mrr: int = Field(description="whole OMR per month, truncated")
+    total_mrr_baisa: int = Field(description="exact (the seed's was total_mrr * 1000)")
+    total_customers: int = Field(description="customers who ever checked out")
+    new_this_month: int = Field(description="whose first checkout was this month (UTC)")
+    active_subscriptions: int

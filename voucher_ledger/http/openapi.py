@@ -30,14 +30,18 @@ def _schema(model: type[BaseModel], defs: dict[str, Any]) -> dict[str, Any]:
 # Path segments under /billing/vouchers/ that name a route, not a voucher (405 with GET).
 RESERVED_SEGMENTS = ("issue", "list", "redeem-preview", "revoke")
 ORDER_STATUSES = ("abandoned", "awaiting_payment", "completed", "failed", "opened", "refund_due")
+# The admin orders list's ?status= filter: the states, and the seed's `pending` (an order waiting
+# for Stripe, the state awaiting_payment), which its Orders page filters by.
+ORDER_STATUS_FILTERS = (*ORDER_STATUSES, "pending")
 MAX_AFTER_SEQ = 2**62
 MAX_OFFSET = 10_000_000
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# public: no token; issuer: a superadmin / sovereign-admin token; customer: any signed-in user
-# (the token's sub is the wallet); webhook: no token, Stripe's signature header instead.
-Auth = Literal["public", "issuer", "customer", "webhook"]
+# public: no token; issuer: a superadmin / sovereign-admin token; superadmin: a superadmin
+# token; customer: any signed-in user (the token's sub is the wallet); webhook: no token,
+# Stripe's signature header instead.
+Auth = Literal["public", "issuer", "superadmin", "customer", "webhook"]
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 CODE_HELP = "a voucher code; surrounding whitespace is stripped and it is upper-cased"
@@ -66,7 +70,7 @@ AT: dict[str, Any] = {
     "exist yet. ISO 8601 with a time zone; encode '+' as %2B or use Z.",
     "schema": {"type": "string", "format": "date-time"},
 }
-TENANT: dict[str, Any] = {
+TENANT_QUERY: dict[str, Any] = {
     "name": "tenant_id",
     "in": "query",
     "required": False,
@@ -133,9 +137,21 @@ ORDERS_QUERY: tuple[dict[str, Any], ...] = (
     {
         "name": "status",
         "in": "query",
-        "schema": {"type": "string", "enum": list(ORDER_STATUSES)},
+        "schema": {"type": "string", "enum": list(ORDER_STATUS_FILTERS)},
     },
 )
+TENANT_PATH: dict[str, Any] = {
+    "name": "tenant_id",
+    "in": "path",
+    "required": True,
+    "description": "the Organization (the checkout's tenant_id)",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 200,
+        "pattern": "^[^\\x00-\\x1f\\x7f]+$",
+    },
+}
 STRIPE_SIGNATURE: dict[str, Any] = {
     "name": "Stripe-Signature",
     "in": "header",
@@ -155,7 +171,7 @@ class Route:
     ``raw_body`` its schema when the handler does not parse it with a model. ``headers``: the
     200 answer's response headers (name -> OpenAPI header object)."""
 
-    method: Literal["GET", "POST", "DELETE"]
+    method: Literal["GET", "POST", "PUT", "DELETE"]
     path: str
     handler: Handler
     auth: Auth
@@ -183,7 +199,7 @@ def build_document(
     for route in routes:
         op: dict[str, Any] = {
             "summary": route.summary,
-            "security": BEARER if route.auth in ("issuer", "customer") else [],
+            "security": BEARER if route.auth in ("issuer", "superadmin", "customer") else [],
         }
         if route.parameters:
             op["parameters"] = list(route.parameters)

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from voucher_ledger import __version__
-from voucher_ledger.http import billing, ops, vouchers
+from voucher_ledger.http import admin, billing, ops, subscriptions, vouchers
 from voucher_ledger.http import models as m
 from voucher_ledger.http.openapi import (
     AT,
@@ -23,7 +23,8 @@ from voucher_ledger.http.openapi import (
     ORDERS_QUERY,
     PAGE,
     STRIPE_SIGNATURE,
-    TENANT,
+    TENANT_PATH,
+    TENANT_QUERY,
     Route,
     build_document,
 )
@@ -171,7 +172,7 @@ ROUTES: tuple[Route, ...] = (
         billing.balance,
         "customer",
         "An Organization's credit: available, reserved, and the 20 newest movements",
-        parameters=(TENANT,),
+        parameters=(TENANT_QUERY,),
         response=m.BalanceOut,
         errors=(400, 401, 403, 503),
     ),
@@ -186,6 +187,79 @@ ROUTES: tuple[Route, ...] = (
         many=True,
         errors=(400, 401, 403, 503),
         headers=LIST_HEADERS,
+    ),
+    Route(
+        "GET",
+        "/billing/admin/settings",
+        admin.get_settings,
+        "superadmin",
+        "The Stripe keys in force, masked (last four characters), and where each comes from",
+        response=m.AdminSettingsOut,
+        errors=(401, 403, 503),
+    ),
+    Route(
+        "PUT",
+        "/billing/admin/settings",
+        admin.put_settings,
+        "superadmin",
+        'Set or clear Stripe keys (absent keeps, "" clears); secrets stored encrypted',
+        body=m.AdminSettingsBody,
+        response=m.OkOut,
+        errors=(400, 401, 403, 413, 415, 503),
+    ),
+    Route(
+        "GET",
+        "/billing/admin/revenue",
+        admin.revenue,
+        "issuer",
+        "MRR (each active subscription once, at its price per month), customers, new this "
+        "month, active subscriptions",
+        response=m.RevenueOut,
+        errors=(401, 403, 503),
+    ),
+    *(
+        Route(
+            "GET",
+            path,
+            subscriptions.get_subscription,
+            "customer",
+            "The Organization's subscription (without a tenant: the caller's latest one)",
+            parameters=params,
+            response=m.SubscriptionOut,
+            errors=(400, 401, 403, 404, 503),
+        )
+        for path, params in (
+            ("/billing/subscription", ()),
+            ("/billing/subscription/{tenant_id}", (TENANT_PATH,)),
+        )
+    ),
+    *(
+        Route(
+            "GET",
+            path,
+            subscriptions.list_invoices,
+            "customer",
+            "The Organization's invoices, newest first (without a tenant: every Organization "
+            "the caller ordered for)",
+            parameters=params,
+            response=m.InvoiceOut,
+            many=True,
+            errors=(400, 401, 403, 503),
+        )
+        for path, params in (
+            ("/billing/invoices", ()),
+            ("/billing/invoices/{tenant_id}", (TENANT_PATH,)),
+        )
+    ),
+    Route(
+        "POST",
+        "/billing/portal/{tenant_id}",
+        subscriptions.create_portal,
+        "customer",
+        "A Stripe billing-portal session for the Organization's Stripe customer",
+        parameters=(TENANT_PATH,),
+        response=m.PortalOut,
+        errors=(400, 401, 403, 404, 502, 503),
     ),
     Route(
         "GET",

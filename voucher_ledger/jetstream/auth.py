@@ -1,7 +1,8 @@
 """Who may do what on NATS: the ledger's four identities and their permissions.
 
 * ``processors``: the only identity that may publish to ``<prefix>.events.>`` (the ledger
-  itself); consumes the command stream, holds the partition leases, answers the commands.
+  itself); consumes the command stream, holds the partition leases, answers the commands, and
+  records the signing cut-over in the event stream's configuration (its one stream update).
 * ``service`` (``serve``'s HTTP side and projectors, and ``verify``/``rebuild``): publishes
   commands, reads the event stream (direct gets, its projector's and replays' consumers), the
   idempotency keys and its projector lease; never publishes an event.
@@ -141,6 +142,9 @@ def role_permissions(spec: StreamsSpec) -> dict[str, Permissions]:
             *_consume(lease_stream),  # the key listing of the lease bucket (members)
             f"$KV.{leases}.partition.>",
             f"$KV.{leases}.member.>",
+            # Once, at the first start with signing: the signing cut-over, recorded (signed
+            # with the key only the processors hold) in the event stream's metadata.
+            f"$JS.API.STREAM.UPDATE.{events}",
         ),
         publish_deny=NEVER,
         subscribe_allow=(INBOX, control),

@@ -5,6 +5,7 @@ server is too old for atomic batches."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nkeys
 from nats.aio.client import Client
 from pydantic import SecretStr
 
@@ -75,7 +77,9 @@ class NatsCredentials:
         return out
 
     def options(self) -> dict[str, Any]:
-        """nats.connect's keyword arguments for these credentials."""
+        """nats.connect's keyword arguments for these credentials. The creds and seed files are
+        checked first (:meth:`check_files`)."""
+        self.check_files()
         out: dict[str, Any] = {}
         if self.creds_file is not None:
             out["user_credentials"] = str(self.creds_file)
@@ -90,6 +94,29 @@ class NatsCredentials:
         if self.tls_ca is not None or self.tls_cert is not None:
             out["tls"] = self.tls_context()
         return out
+
+    def check_files(self) -> None:
+        """A StartupError naming the setting and the file, never its content, unless
+        NATS_CREDS is a creds file (a user JWT and a user nkey seed) and NATS_NKEY_SEED a user
+        nkey seed (``SU...``), and at most one of them is set. nats.py would read them at
+        connect time and fail with a bare "invalid seed", or loop forever on a creds file
+        without a JWT."""
+        if self.creds_file is not None and self.nkey_seed_file is not None:
+            raise StartupError(
+                "NATS_CREDS and NATS_NKEY_SEED are two identities for one connection: set one"
+            )
+        if self.creds_file is not None:
+            text = _read_secret_file("NATS_CREDS", self.creds_file)
+            jwt = _armored(text, "NATS USER JWT")
+            if not jwt or jwt.count(".") != 2:
+                raise StartupError(
+                    f"NATS_CREDS ({self.creds_file}): not a creds file (no user JWT between "
+                    "-----BEGIN NATS USER JWT----- and its END line)"
+                )
+            _check_user_seed("NATS_CREDS", self.creds_file, _armored(text, "USER NKEY SEED"))
+        if self.nkey_seed_file is not None:
+            text = _read_secret_file("NATS_NKEY_SEED", self.nkey_seed_file)
+            _check_user_seed("NATS_NKEY_SEED", self.nkey_seed_file, text.strip())
 
     def tls_context(self) -> ssl.SSLContext:
         """Verifies the server against NATS_TLS_CA (the system's CAs when unset) and presents
@@ -107,6 +134,41 @@ class NatsCredentials:
         return context
 
 
+def _read_secret_file(setting: str, path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not ASCII text"
+        raise StartupError(f"{setting} ({path}): cannot read it: {reason}") from None
+
+
+def _armored(text: str, label: str) -> str:
+    """The first line after ``-----BEGIN <label>-----`` (as nats.py reads a creds file)."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if f"BEGIN {label}" in line:
+            return lines[i + 1].strip() if i + 1 < len(lines) else ""
+    return ""
+
+
+def _check_user_seed(setting: str, path: Path, seed: str) -> None:
+    """``seed`` decodes, its checksum holds (nkeys does not check it: a typo there would still
+    sign), and it is a user's."""
+    try:
+        raw = base64.b32decode(seed + "=" * (-len(seed) % 8))
+        nkeys.from_seed(bytearray(seed.encode())).wipe()
+        valid = raw[-2:] == nkeys.crc16_checksum(raw[:-2])
+    except Exception:  # noqa: BLE001 - nkeys and base64 raise several kinds: all "not a seed"
+        valid = False
+    if not valid:
+        raise StartupError(f"{setting} ({path}): no valid nkey seed in it (a user seed: SU...)")
+    if not seed.startswith("SU"):
+        raise StartupError(
+            f"{setting} ({path}): the nkey seed is not a user's (SU...); an account's (SA...) "
+            "or an operator's (SO...) seed signs JWTs, it does not connect"
+        )
+
+
 async def connect_nats(
     url: str,
     name: str = "voucher-ledger",
@@ -122,7 +184,7 @@ async def connect_nats(
     that is not there forever). Once connected, it reconnects forever, to any server of the list
     or one the cluster announced, and the callbacks tell the stack when the connection drops and
     comes back. ``credentials``: this process's identity (none: an anonymous client). A server
-    that refuses them is a StartupError at once, never retried."""
+    that refuses them, or a failed TLS handshake, is a StartupError at once, never retried."""
     options = credentials.options() if credentials is not None else {}
     if any(server.startswith("tls://") for server in nats_servers(url)) and "tls" not in options:
         options["tls"] = ssl.create_default_context()
@@ -130,7 +192,19 @@ async def connect_nats(
 
     async def on_error(exc: Exception) -> None:
         if _is_auth_error(exc):
-            refused.append(str(exc))
+            refused.append(
+                f"the server refused this process's credentials ({exc}); see NATS_CREDS, "
+                "NATS_NKEY_SEED, NATS_USER/NATS_PASSWORD, NATS_TOKEN"
+            )
+        elif isinstance(exc, ssl.SSLError):
+            why = exc.reason or str(exc)
+            if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+                why += f": {exc.verify_message}"
+            refused.append(
+                f"the TLS handshake failed ({why}); see NATS_TLS_CA (the CA of "
+                "the server's certificate), NATS_TLS_CERT/NATS_TLS_KEY (a client certificate "
+                "the server trusts)"
+            )
         if error_cb is not None:
             await error_cb(exc)
 
@@ -152,11 +226,7 @@ async def connect_nats(
             startup_timeout,
         )
     except _Refused as exc:
-        raise StartupError(
-            f"cannot connect to NATS at {redact_url(url)}: the server refused this process's "
-            f"credentials ({exc}); see NATS_CREDS, NATS_NKEY_SEED, NATS_USER/NATS_PASSWORD, "
-            "NATS_TOKEN"
-        ) from None
+        raise StartupError(f"cannot connect to NATS at {redact_url(url)}: {exc}") from None
     except TimeoutError as exc:
         raise StartupError(
             f"cannot connect to NATS at {redact_url(url)}: no answer in {startup_timeout:.0f} s"

@@ -258,6 +258,23 @@ class ExpireCredit(_WalletCommand):
     redemption_id: str = _ID
 
 
+class RecordInvoice(_WalletCommand):
+    """Record a Stripe invoice of an Organization (``invoice.paid`` / ``invoice.payment_failed``)
+    on the wallet of the customer whose checkout it bills. ``order_id``: that checkout's order
+    (the invoice's metadata), or the invoice id when it names none."""
+
+    type: Literal["record_invoice"] = "record_invoice"
+    tenant_id: str = _ID
+    stripe_invoice_id: str = _ID
+    stripe_customer_id: str | None = Field(default=None, max_length=200)
+    outcome: Literal["paid", "payment_failed"]
+    amount_baisa: int = Field(ge=0, strict=True)
+    currency: str = Field(pattern=r"^[a-z]{3}$")
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    pdf_url: str | None = Field(default=None, max_length=2000)
+
+
 class QueryOrder(_WalletCommand):
     """Changes nothing: answers with the order and the wallet as the processor has them now
     (the read models may lag; this cannot)."""
@@ -274,6 +291,7 @@ WalletCommandT = (
     | AbandonOrder
     | FailOrder
     | ExpireCredit
+    | RecordInvoice
     | QueryOrder
 )
 

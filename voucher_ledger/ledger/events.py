@@ -1,18 +1,22 @@
 """Events: frozen pydantic models with a ``type`` tag and a schema ``version``, in an envelope.
 
 Two aggregates write events: vouchers (``<prefix>.events.voucher.<CODE>``) and accounts' wallets
-(``<prefix>.events.wallet.<ACCOUNT>``, credit movements and the account's orders). An account is
-an Organization (the checkout's ``tenant_id``); its events' ``customer_id`` names it.
+(``<prefix>.events.wallet.<ACCOUNT>``, credit movements, the account's orders and its Stripe
+invoices). An account is an Organization (the checkout's ``tenant_id``); its events' ``customer_id``
+names it.
 
 Wire format (the JSON body of a JetStream message)::
 
     {"event_id": "...", "aggregate": "voucher", "aggregate_id": "CODE",
      "occurred_at": "2026-11-21T12:00:00Z", "actor": {"sub": "...", "role": "..."},
      "command_id": "...", "event": {"type": "voucher.redeemed", "version": 1, ...},
-     "proof": {"key": "...", "prev": "...", "sig": "..."}}
+     "proof": {"prev": "...", "i": 0, "n": 1, "key": "...", "j": 0, "m": 1, "path": "...",
+               "sig": "..."}}
 
-``proof`` (envelope version 2, on every event from the signing cut-over on) is the ledger's
-signature, chained per aggregate: ``voucher_ledger.signing.proof``.
+``proof`` (on every event from the signing cut-over on) is the ledger's proof that it wrote the
+event: chained per aggregate, one signature per append, carried by the last event of each
+aggregate in the append (:class:`SignedProof`; the others carry :class:`ChainProof`):
+``voucher_ledger.signing.proof``.
 
 Old versions are upcast on read by :data:`UPCASTERS` before validation.
 """
@@ -301,6 +305,24 @@ class OrderRefundDue(_WalletEvent):
     amount_paid_baisa: int
 
 
+class InvoiceRecorded(_WalletEvent):
+    """Stripe reported an invoice of the customer's Organization paid, or its payment failed
+    (``invoice.paid`` / ``invoice.payment_failed``). Once per invoice and outcome; a failure
+    after the invoice was paid is not recorded."""
+
+    type: Literal["invoice.recorded"] = "invoice.recorded"
+    version: Literal[1] = 1
+    tenant_id: str
+    stripe_invoice_id: str
+    stripe_customer_id: str | None
+    outcome: Literal["paid", "payment_failed"]
+    amount_baisa: int  # paid: what was paid; payment_failed: what is due
+    currency: str
+    period_start: datetime | None
+    period_end: datetime | None
+    pdf_url: str | None
+
+
 VoucherEvent = Annotated[
     VoucherIssued | VoucherRevoked | VoucherRedeemed | RedemptionReversed,
     Field(discriminator="type"),
@@ -319,6 +341,7 @@ WalletEventT = (
     | OrderFailed
     | OrderAbandoned
     | OrderRefundDue
+    | InvoiceRecorded
 )
 AnyEvent = Annotated[
     VoucherIssued | VoucherRevoked | VoucherRedeemed | RedemptionReversed | WalletEventT,
@@ -342,17 +365,35 @@ EVENT_TYPES: tuple[type[Frozen], ...] = (
     OrderFailed,
     OrderAbandoned,
     OrderRefundDue,
+    InvoiceRecorded,
 )
 
 
-class EventProof(Frozen):
-    """That the ledger wrote the event (``voucher_ledger.signing.proof``): an Ed25519 signature
-    by the key ``key`` over the envelope without its proof, chained to ``prev``, the link
-    (sha256 of the signature) of the aggregate's previous signed event."""
+class ChainProof(Frozen):
+    """That the ledger wrote the event (``voucher_ledger.signing.proof``), on an event that is
+    not the last of its aggregate's events in its append: ``prev`` is the link of the
+    aggregate's previous signed event (its hash chain), and the event is the ``i``-th of the
+    ``n`` events of its aggregate in the append. The last of those carries the signature
+    (:class:`SignedProof`), which covers this one through the chain."""
+
+    prev: str = Field(pattern=r"^[0-9a-f]{64}$")
+    i: int = Field(ge=0)
+    n: int = Field(ge=1)
+
+
+class SignedProof(ChainProof):
+    """The proof of the last of an aggregate's events in an append: its link is leaf ``j`` of
+    the ``m`` of the append's Merkle tree (one leaf per aggregate), ``path`` its siblings up to
+    the root, and ``sig`` the Ed25519 signature of that root by the key ``key``."""
 
     key: str = Field(pattern=r"^[0-9a-f]{16}$")
-    prev: str = Field(pattern=r"^[0-9a-f]{64}$")
+    j: int = Field(ge=0)
+    m: int = Field(ge=1)
+    path: str = Field(pattern=r"^[A-Za-z0-9_-]{0,2000}$")
     sig: str = Field(pattern=r"^[A-Za-z0-9_-]{86}$")
+
+
+EventProof = SignedProof | ChainProof
 
 
 class EventEnvelope(Frozen):
@@ -366,7 +407,7 @@ class EventEnvelope(Frozen):
     command_fingerprint: str = ""
     event: AnyEvent
     # Last, absent on events stored before signing started (envelope version 2 adds it).
-    proof: EventProof | None = None
+    proof: SignedProof | ChainProof | None = None
 
 
 class RecordedEvent(Frozen):

@@ -34,6 +34,7 @@ from voucher_ledger.ledger.commands import (
     GrantCredit,
     OpenOrder,
     QueryOrder,
+    RecordInvoice,
     SettleOrder,
     WalletCommandT,
 )
@@ -54,6 +55,7 @@ from voucher_ledger.ledger.events import (
     CreditReserved,
     Frozen,
     GrantRevoked,
+    InvoiceRecorded,
     LotShare,
     OrderAbandoned,
     OrderCompleted,
@@ -159,6 +161,8 @@ class WalletState:
     lots: immutables.Map[str, Lot] = field(default_factory=immutables.Map)
     orders: immutables.Map[str, OrderView] = field(default_factory=immutables.Map)
     receipts: immutables.Map[str, WalletReceipt] = field(default_factory=immutables.Map)
+    # Stripe invoice id -> the outcome recorded last (paid, or payment_failed)
+    invoices: immutables.Map[str, str] = field(default_factory=immutables.Map)
 
     @property
     def available_baisa(self) -> int:
@@ -444,6 +448,24 @@ def decide(
             return _fail(state, order, command, now)
         case ExpireCredit():
             return _expire_now(who, state.lots, [command.redemption_id], now)
+        case RecordInvoice():
+            known = state.invoices.get(command.stripe_invoice_id)
+            if known == command.outcome or known == "paid":
+                return []  # recorded already; a failure reported after the payment changes nothing
+            return [
+                InvoiceRecorded(
+                    customer_id=who,
+                    tenant_id=command.tenant_id,
+                    stripe_invoice_id=command.stripe_invoice_id,
+                    stripe_customer_id=command.stripe_customer_id,
+                    outcome=command.outcome,
+                    amount_baisa=command.amount_baisa,
+                    currency=command.currency,
+                    period_start=command.period_start,
+                    period_end=command.period_end,
+                    pdf_url=command.pdf_url,
+                )
+            ]
         case QueryOrder():
             state.order(command.order_id)
             return []
@@ -677,6 +699,10 @@ def evolve(state: WalletState, recorded: RecordedEvent, fingerprint: str = "") -
             order_changes = {"status": "abandoned", "failure_reason": event.reason}
         case OrderRefundDue():
             order_changes = {"status": "refund_due"}
+        case InvoiceRecorded():
+            state = replace(
+                state, invoices=state.invoices.set(event.stripe_invoice_id, event.outcome)
+            )
         case _:
             raise TypeError(f"{event.type} is not a wallet event")
     if order_changes is not None and order is not None:  # an event of an order we hold

@@ -275,3 +275,116 @@ async def orders_to_recover(
         limit,
     )
     return [(r["order_id"], r["customer_id"]) for r in rows]
+
+
+# ------------------------------------------------------------------ subscriptions and invoices
+
+_SUBSCRIPTION_COLUMNS = """id, customer_id, tenant_id, plan_id, status, amount_baisa, order_id,
+    stripe_customer_id, current_period_start, current_period_end, created_at, updated_at"""
+_INVOICE_COLUMNS = """id, customer_id, tenant_id, stripe_invoice_id, stripe_customer_id,
+    amount_baisa, currency, status, period_start, period_end, pdf_url, created_at"""
+
+
+@_translated
+async def subscription(pool: asyncpg.Pool, tenant_id: str) -> dict[str, Any] | None:
+    return _dict(
+        await pool.fetchrow(
+            f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant_id = $1",  # noqa: S608
+            tenant_id,
+        )
+    )
+
+
+@_translated
+async def latest_subscription_of(
+    pool: asyncpg.Pool, tenant_ids: list[str]
+) -> dict[str, Any] | None:
+    """The most recently changed subscription of these Organizations."""
+    return _dict(
+        await pool.fetchrow(
+            f"""SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions
+                 WHERE tenant_id = ANY($1::text[])
+                 ORDER BY updated_at DESC, tenant_id LIMIT 1""",  # noqa: S608
+            tenant_ids,
+        )
+    )
+
+
+@_translated
+async def invoices_of_tenant(
+    pool: asyncpg.Pool, tenant_id: str, limit: int = 100
+) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        f"""SELECT {_INVOICE_COLUMNS} FROM invoices WHERE tenant_id = $1
+             ORDER BY created_at DESC, stripe_invoice_id LIMIT $2""",  # noqa: S608
+        tenant_id,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+@_translated
+async def invoices_of_tenants(
+    pool: asyncpg.Pool, tenant_ids: list[str], limit: int = 100
+) -> list[dict[str, Any]]:
+    """The invoices of these Organizations, newest first."""
+    rows = await pool.fetch(
+        f"""SELECT {_INVOICE_COLUMNS} FROM invoices
+             WHERE tenant_id = ANY($1::text[])
+             ORDER BY created_at DESC, stripe_invoice_id LIMIT $2""",  # noqa: S608
+        tenant_ids,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+@_translated
+async def stripe_customer_of_tenant(pool: asyncpg.Pool, tenant_id: str) -> str | None:
+    """The Stripe customer of the Organization's subscription, else of its latest invoice."""
+    found = await pool.fetchval(
+        """SELECT COALESCE(
+               (SELECT stripe_customer_id FROM subscriptions WHERE tenant_id = $1),
+               (SELECT stripe_customer_id FROM invoices
+                 WHERE tenant_id = $1 AND stripe_customer_id IS NOT NULL
+                 ORDER BY created_at DESC LIMIT 1))""",
+        tenant_id,
+    )
+    return str(found) if found is not None else None
+
+
+@dataclass(frozen=True)
+class Revenue:
+    mrr_baisa: int
+    customers: int
+    new_this_month: int
+    active_subscriptions: int
+
+
+@_translated
+async def revenue(pool: asyncpg.Pool) -> Revenue:
+    """MRR: each active subscription once, at its price per month (the seed joined orders to
+    subscriptions, counting an Organization's every order, pending ones too, once per active
+    subscription: B18). Customers: everyone who ever checked out; new: whose first checkout
+    was this calendar month (UTC)."""
+    async with (
+        pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        subs = await conn.fetchrow(
+            """SELECT COALESCE(sum(amount_baisa), 0)::bigint AS mrr, count(*) AS active
+                 FROM subscriptions WHERE status = 'active'"""
+        )
+        customers = await conn.fetchrow(
+            """SELECT count(*) AS total,
+                      count(*) FILTER (WHERE first_at >= date_trunc('month', now() AT TIME ZONE
+                          'UTC') AT TIME ZONE 'UTC') AS new
+                 FROM (SELECT min(created_at) AS first_at FROM orders GROUP BY customer_id) c"""
+        )
+    assert subs is not None
+    assert customers is not None
+    return Revenue(
+        mrr_baisa=int(subs["mrr"]),
+        customers=int(customers["total"]),
+        new_this_month=int(customers["new"]),
+        active_subscriptions=int(subs["active"]),
+    )

@@ -4,6 +4,7 @@ checkpoint)."""
 from __future__ import annotations
 
 from voucher_ledger.projections.audit import AuditProjection
+from voucher_ledger.projections.billing import BillingProjection
 from voucher_ledger.projections.model import Projection
 from voucher_ledger.projections.vouchers import VoucherProjection
 from voucher_ledger.projections.wallets import WalletProjection
@@ -11,5 +12,6 @@ from voucher_ledger.projections.wallets import WalletProjection
 ALL_PROJECTIONS: tuple[Projection, ...] = (
     VoucherProjection(),
     WalletProjection(),
+    BillingProjection(),
     AuditProjection(),
 )

@@ -24,10 +24,18 @@ from nats.aio.client import Client
 
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger import voucher, wallet
-from voucher_ledger.ledger.events import RecordedEvent, RedemptionReversed, VoucherRedeemed
+from voucher_ledger.ledger.events import (
+    InvoiceRecorded,
+    OrderCompleted,
+    OrderOpened,
+    RecordedEvent,
+    RedemptionReversed,
+    VoucherRedeemed,
+)
+from voucher_ledger.projections.billing import INVOICE_STATUS, one_month_after
 from voucher_ledger.projections.replay import read_stream, stream_head
 from voucher_ledger.signing.chain import Checked, StreamChecker
-from voucher_ledger.signing.cutover import checker_for, read_cutover
+from voucher_ledger.signing.cutover import checker_for, events_between, read_cutover
 from voucher_ledger.signing.proof import IntegrityError
 
 
@@ -39,6 +47,8 @@ class VerifyReport:
     checked: dict[str, int] = field(default_factory=dict)
     # the first event that fails the signature check, if any
     integrity: IntegrityError | None = None
+    # with a public key: the key's id, the cut-over, how many events had their proof checked
+    signatures: tuple[str, int, int] | None = None
 
     @property
     def clean(self) -> bool:
@@ -83,6 +93,8 @@ async def verify(
         wallets = await conn.fetch("SELECT * FROM wallets")
         orders = await conn.fetch("SELECT * FROM orders")
         lots = await conn.fetch("SELECT * FROM credit_lots")
+        subscriptions = await conn.fetch("SELECT * FROM subscriptions")
+        invoices = await conn.fetch("SELECT * FROM invoices")
         audit = await conn.fetch("SELECT seq, event_id, type FROM audit_log")
     head = await stream_head(nc, spec)
     report = VerifyReport(head=head, checkpoints=checkpoints)
@@ -92,8 +104,14 @@ async def verify(
     checker: StreamChecker | None = None
     if public_key is not None:
         cutover = await read_cutover(nc, spec.event_stream, public_key)
-        checker = StreamChecker(checker_for(public_key, cutover))
+        stream = spec.event_stream
+
+        async def fetch(first: int, last: int) -> list[tuple[int, bytes]]:
+            return await events_between(nc, stream, first, last)
+
+        checker = StreamChecker(checker_for(public_key, cutover), fetch=fetch)
         upto = head  # every event is checked, the folds stop at each read model's checkpoint
+        report.signatures = (checker.checker.key_id, checker.checker.cutover, 0)
     async for events in read_stream(nc, spec, 1, until_seq=upto, batch=5000):
         if checker is not None:
             try:
@@ -109,6 +127,8 @@ async def verify(
                 report.integrity = exc
                 report.differences.insert(0, str(exc))
                 events = [e for e in events if e.seq < exc.seq]
+            key, cutover, passed = report.signatures or ("", 0, 0)
+            report.signatures = (key, cutover, passed + len(events))
         for e in events:
             by_aggregate[(e.envelope.aggregate, e.envelope.aggregate_id)].append(
                 RecordedEvent(seq=e.seq, envelope=e.envelope)
@@ -123,6 +143,7 @@ async def verify(
 
     _verify_vouchers(report, by_aggregate, checkpoints.get("vouchers", 0), vouchers, redemptions)
     _verify_wallets(report, by_aggregate, checkpoints.get("wallets", 0), wallets, orders, lots)
+    _verify_billing(report, by_aggregate, checkpoints.get("billing", 0), subscriptions, invoices)
     _compare(
         report,
         "audit_log",
@@ -248,3 +269,60 @@ def _verify_wallets(
     _compare(report, "wallets", expected, {r["customer_id"]: dict(r) for r in wallets})
     _compare(report, "orders", expected_orders, {r["order_id"]: dict(r) for r in orders})
     _compare(report, "credit_lots", expected_lots, {r["redemption_id"]: dict(r) for r in lots})
+
+
+def _verify_billing(
+    report: VerifyReport,
+    by_aggregate: dict[tuple[str, str], list[RecordedEvent]],
+    upto: int,
+    subscriptions: list[asyncpg.Record],
+    invoices: list[asyncpg.Record],
+) -> None:
+    """Subscriptions and invoices by a plain walk over the wallet events in stream order."""
+    walk = sorted(
+        (
+            r
+            for (aggregate, _), history in by_aggregate.items()
+            if aggregate == "wallet"
+            for r in history
+            if r.seq <= upto
+        ),
+        key=lambda r: r.seq,
+    )
+    opened: dict[str, OrderOpened] = {}
+    expected: dict[str, dict[str, Any]] = {}
+    expected_invoices: dict[str, dict[str, Any]] = {}
+    for r in walk:
+        event, at = r.envelope.event, r.envelope.occurred_at
+        if isinstance(event, OrderOpened):
+            opened[event.order_id] = event
+        elif isinstance(event, OrderCompleted) and event.order_id in opened:
+            order = opened[event.order_id]
+            sub = expected.setdefault(
+                order.tenant_id, {"created_at": at, "stripe_customer_id": None}
+            )
+            sub.update(
+                customer_id=order.customer_id,
+                plan_id=order.plan_id,
+                amount_baisa=order.total_baisa,
+                order_id=order.order_id,
+                status="active",
+                current_period_start=at,
+                current_period_end=one_month_after(at),
+                updated_at=at,
+            )
+        elif isinstance(event, InvoiceRecorded):
+            invoice = expected_invoices.setdefault(
+                event.stripe_invoice_id,
+                {"customer_id": event.customer_id, "tenant_id": event.tenant_id, "created_at": at},
+            )
+            invoice.update(status=INVOICE_STATUS[event.outcome], amount_baisa=event.amount_baisa)
+            if event.tenant_id in expected:
+                sub = expected[event.tenant_id]
+                sub["status"] = "active" if event.outcome == "paid" else "past_due"
+                sub["stripe_customer_id"] = event.stripe_customer_id or sub["stripe_customer_id"]
+                sub["updated_at"] = at
+    _compare(report, "subscriptions", expected, {r["tenant_id"]: dict(r) for r in subscriptions})
+    _compare(
+        report, "invoices", expected_invoices, {r["stripe_invoice_id"]: dict(r) for r in invoices}
+    )

@@ -36,7 +36,7 @@ BEGIN = "<!-- BEGIN GENERATED EVENT REFERENCE: `voucher-ledger schema export doc
 END = "<!-- END GENERATED EVENT REFERENCE -->"
 
 # Event type families whose name is not an aggregate: the aggregate whose subject carries them.
-FAMILY_AGGREGATE = {"order": "wallet"}
+FAMILY_AGGREGATE = {"order": "wallet", "invoice": "wallet"}
 
 # The id token of each aggregate's subject, for the AsyncAPI channel parameters and the docs.
 AGGREGATE_KEYS: dict[str, tuple[str, str, str]] = {

@@ -22,6 +22,11 @@
   first created.
 * Without a durable, the consumer is ephemeral: deleted on close, and by the server after five
   minutes without a client.
+* With ``public_key`` (the ledger's published signing key: ``voucher-ledger signing-key``),
+  every record is checked before it is handed over (``voucher_ledger.signing``): its signature,
+  its place in its aggregate's chain, and the cut-over recorded on the stream. The first that
+  fails raises :class:`TamperedEvent` naming its sequence and is not acknowledged. The key is
+  all it needs: no secret, no write access (the read-only subscriber credentials suffice).
 """
 
 from __future__ import annotations
@@ -38,14 +43,18 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
-from voucher_ledger.jetstream.layout import PREFIX_PATTERN, account_token
+from voucher_ledger.jetstream.layout import PREFIX_PATTERN, Layout, account_token
 from voucher_ledger.ledger.codes import CODE_PATTERN
 from voucher_ledger.ledger.events import CURRENT_VERSIONS, EventEnvelope, RecordedEvent
 from voucher_ledger.ledger.events import decode_envelope as _decode_envelope
+from voucher_ledger.signing.chain import Checked, StreamChecker
+from voucher_ledger.signing.cutover import CutoverError, reader_checker
+from voucher_ledger.signing.proof import IntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +78,17 @@ class UndecodableEvent(AuditSubscriberError):
         self.seq = seq
         self.subject = subject
         self.reason = reason
+
+
+class TamperedEvent(AuditSubscriberError):
+    """A stored event that fails the ledger's signature check (forged, replayed, stripped, or
+    signed by another key). Not acknowledged; ``code`` says which check failed."""
+
+    def __init__(self, error: IntegrityError) -> None:
+        super().__init__(str(error))
+        self.seq = error.seq
+        self.code = error.code
+        self.reason = error.reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +189,7 @@ class AuditSubscriber:
         stream: str | None = None,
         batch: int = 256,
         fetch_timeout: float = 1.0,
+        public_key: Ed25519PublicKey | None = None,
     ) -> None:
         if from_seq is not None and since is not None:
             raise ValueError("give from_seq or since, not both")
@@ -218,6 +239,9 @@ class AuditSubscriber:
         self._started = False
         self._closed = False
         self.use_reset: bool | None = None  # None: decide from the server version
+        self._public_key = public_key
+        self._checker: StreamChecker | None = None
+        self.checked = 0  # records whose proof was checked
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -268,9 +292,32 @@ class AuditSubscriber:
                 )
             self.resumed = True
             await self._rewind(info)
+        if self._public_key is not None:
+            await self._start_checker(info)
         self._psub = await self._js.pull_subscribe_bind(
             consumer=self.consumer_name, stream=self.stream
         )
+
+    async def _start_checker(self, resumed: ConsumerInfo | None) -> None:
+        """The checker, knowing where reading starts: from the first sequence every aggregate
+        starts at its first event; from anywhere else an aggregate's previous event is looked
+        up (direct gets, which the read-only credentials allow)."""
+        assert self._public_key is not None
+        if resumed is not None:
+            floor = resumed.ack_floor.stream_seq if resumed.ack_floor else 0
+            start = floor + 1
+        elif self._from_seq is not None:
+            start = self._from_seq
+        elif self._since is not None:
+            start = 2  # somewhere in the stream: look up what came before
+        else:
+            start = 1
+        try:
+            self._checker = await reader_checker(
+                self._nc, self.stream, Layout(self.prefix, 1), self._public_key, start
+            )
+        except CutoverError as exc:
+            raise AuditSubscriberError(str(exc)) from exc
 
     def _new_config(self) -> ConsumerConfig:
         config = ConsumerConfig(
@@ -404,11 +451,22 @@ class AuditSubscriber:
             if msg is None:
                 raise StopAsyncIteration
             record = self._decode(msg)
+            if self._checker is not None:
+                await self._check(record, msg.data)
             if self._types is not None and record.envelope.event.type not in self._types:
                 await self._ack(msg)
                 continue
             self._held = msg
             return record
+
+    async def _check(self, record: AuditRecord, raw: bytes) -> None:
+        assert self._checker is not None
+        env = record.envelope
+        try:
+            await self._checker.check([Checked(record.seq, raw, env.aggregate, env.aggregate_id)])
+        except IntegrityError as exc:
+            raise TamperedEvent(exc) from exc
+        self.checked += 1
 
     def _decode(self, msg: Msg) -> AuditRecord:
         meta = msg.metadata

@@ -25,9 +25,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 import asyncpg
+from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
 
+from voucher_ledger.billing.admin_settings import PaymentSettings, resolve_cipher
 from voucher_ledger.billing.catalog import (
     CatalogSource,
     FileCatalog,
@@ -35,7 +37,6 @@ from voucher_ledger.billing.catalog import (
     sample_catalog_path,
 )
 from voucher_ledger.billing.checkout import CheckoutService
-from voucher_ledger.billing.stripe_gateway import StripeGateway
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.host import ProcessorHost
@@ -490,16 +491,17 @@ class Limiters:
 
 
 class WebClients:
-    """What the HTTP API calls out to: the token checker (JWKS), the catalog, Stripe (None
-    without STRIPE_SECRET_KEY). Built first: a configuration error stops ``serve`` before any
-    server starts."""
+    """What the HTTP API calls out to: the token checker (JWKS), the catalog, and the key the
+    stored Stripe secrets are encrypted with (None: none can be stored; Stripe's client is built
+    from the keys in force, ``billing/admin_settings.py``). Built first: a configuration error
+    stops ``serve`` before any server starts."""
 
     def __init__(
-        self, authenticator: Authenticator, catalog: CatalogSource, stripe: StripeGateway | None
+        self, authenticator: Authenticator, catalog: CatalogSource, cipher: Fernet | None
     ) -> None:
         self.authenticator = authenticator
         self.catalog = catalog
-        self.stripe = stripe
+        self.cipher = cipher
 
     @classmethod
     async def open(cls, s: Settings) -> WebClients:
@@ -518,25 +520,20 @@ class WebClients:
         except BaseException:
             await authenticator.close()
             raise
-        stripe = None
-        if s.stripe_secret_key:
-            stripe = StripeGateway(
-                s.stripe_secret_key,
-                webhook_secret=s.stripe_webhook_secret,
-                api_base=s.stripe_api_base,
-                currency=s.stripe_currency,
-                success_url=s.success_url,
-                cancel_url=s.cancel_url,
-                sovereign=s.sovereign_fqdn,
-                timeout=s.stripe_timeout,
+        try:
+            cipher = resolve_cipher(s)
+        except BaseException:
+            await catalog.close()
+            await authenticator.close()
+            raise
+        if not s.stripe_secret_key:
+            log.warning(
+                "STRIPE_SECRET_KEY unset: card payments use the key set in the admin settings; "
+                "without one, checkouts that need a card payment get 503"
             )
-        else:
-            log.warning("STRIPE_SECRET_KEY unset: checkouts that need a card payment get 503")
-        return cls(authenticator, catalog, stripe)
+        return cls(authenticator, catalog, cipher)
 
     async def close(self) -> None:
-        if self.stripe is not None:
-            await self.stripe.close()
         await self.catalog.close()
         await self.authenticator.close()
 
@@ -548,11 +545,13 @@ class Checkout:
     def __init__(
         self,
         service: CheckoutService,
+        payments: PaymentSettings,
         pool: asyncpg.Pool,
         interval: float,
         expiry_interval: float = 2.0,
     ) -> None:
         self.service = service
+        self.payments = payments
         self._pool = pool
         self._interval = interval
         self._expiry_interval = expiry_interval
@@ -561,14 +560,17 @@ class Checkout:
 
     @classmethod
     def start(cls, s: Settings, web: WebClients, ledger: Ledger, read: ReadModels) -> Checkout:
+        payments = PaymentSettings(s, read.pool, web.cipher)
         service = CheckoutService(
             ledger.bus,
             web.catalog,
-            web.stripe,
+            payments.gateway,
             command_timeout=s.command_timeout,
             recovery_after=s.recovery_after,
         )
-        checkout = cls(service, read.pool, s.checkout_recovery_interval, s.credit_expiry_interval)
+        checkout = cls(
+            service, payments, read.pool, s.checkout_recovery_interval, s.credit_expiry_interval
+        )
         if s.run_recovery:
             checkout._recovery = asyncio.create_task(checkout._recover())
             checkout._expiry = asyncio.create_task(checkout._expire())
@@ -601,6 +603,7 @@ class Checkout:
         await _cancel(self._expiry)
         self._recovery = None
         self._expiry = None
+        await self.payments.close()
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -641,13 +644,22 @@ def signing_key(s: Settings) -> EventSigner | None:
 
 
 def signing_public_key(s: Settings) -> Ed25519PublicKey | None:
-    """The key the projectors check events with; None with LEDGER_SIGNING off."""
+    """The key the projectors check events with; None with LEDGER_SIGNING off. A serve that
+    runs no processors never invents one: a key of its own would refuse every event the real
+    processors signed."""
     if not s.ledger_signing:
         return None
     try:
-        return load_public_key(s)
+        return load_public_key(s, create=s.run_processors)
     except SigningKeyError as exc:
-        raise StartupError(str(exc)) from exc
+        if s.run_processors or s.signing_public_key_file or s.signing_key_file:
+            raise StartupError(str(exc)) from exc
+        raise StartupError(
+            "events are signed (LEDGER_SIGNING) and this serve runs no processors "
+            "(RUN_PROCESSORS=false), so it has no key of its own to check them with: set "
+            "SIGNING_PUBLIC_KEY_FILE to the processors' public key (`voucher-ledger "
+            "signing-key` prints it where they run), or LEDGER_SIGNING=false"
+        ) from exc
 
 
 def load_spec(s: Settings) -> streams.StreamsSpec:

@@ -10,7 +10,8 @@ record as signed from its first event (nothing unsigned accepted).
 
 ``previous_event`` is the lookup a reader that starts mid-stream uses to find an aggregate's
 chain head: the aggregate's last event below a sequence (a batched direct get, ADR-31's
-``multi_last`` with ``up_to_seq``).
+``multi_last`` with ``up_to_seq``). ``events_between`` reads the rest of a part a reader's batch
+ended in (or, from a start inside one, its beginning).
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ async def ensure_cutover(nc: Client, stream: str, signer: EventSigner) -> int:
         if seq is None:
             raise CutoverError(
                 f"stream {stream}: the signing cut-over record does not verify with the signing "
-                f"key {signer.key_id} (another key, or a forged record); not signing with it"
+                f"key {signer.key_id} (another key, or a forged record); not signing with it. "
+                "Every processor instance must sign with the same key: give each the same "
+                "SIGNING_KEY_FILE"
             )
         return seq
     last = int(info["state"]["last_seq"])
@@ -165,6 +168,35 @@ async def previous_event(
     return int(headers["Nats-Sequence"]), msg.data
 
 
+async def events_between(
+    nc: Client, stream: str, first: int, last: int, *, timeout: float = 5.0
+) -> list[tuple[int, bytes]]:
+    """The stored events ``first`` to ``last`` (their sequences and bodies): one batched direct
+    get (ADR-31), answered by any replica. Fewer when the stream does not reach ``last``."""
+    if last < first:
+        return []
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    out: list[tuple[int, bytes]] = []
+    try:
+        request = {"seq": first, "batch": last - first + 1}
+        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
+        while True:
+            msg = await sub.next_msg(timeout)
+            headers = msg.headers or {}
+            if headers.get("Status"):
+                break  # the end of the batch (204), or nothing there (404)
+            seq = int(headers["Nats-Sequence"])
+            if seq > last:
+                break
+            out.append((seq, msg.data))
+            if seq == last:
+                break
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
 async def reader_checker(
     nc: Client,
     stream: str,
@@ -185,6 +217,13 @@ async def reader_checker(
     async def lookup(aggregate: str, aggregate_id: str, seq: int) -> tuple[int, bytes] | None:
         return await previous_event(nc, stream, layout.event_subject(aggregate, aggregate_id), seq)
 
+    async def fetch(first: int, last: int) -> list[tuple[int, bytes]]:
+        return await events_between(nc, stream, first, last)
+
     return StreamChecker(
-        checker_for(public_key, cutover), lookup=lookup, start_seq=start_seq, capacity=capacity
+        checker_for(public_key, cutover),
+        lookup=lookup,
+        fetch=fetch,
+        start_seq=start_seq,
+        capacity=capacity,
     )

@@ -1,13 +1,14 @@
 // The public redeem page, /redeem?code=X, as the seed's marketplace page behaved: the code is
 // trimmed and upper-cased, previewed without any Authorization header, and one of three outcomes
 // is shown (valid with its credit and description; campaign ended; not valid). A valid code can
-// be kept for checkout in localStorage["sme-pending-voucher"], the key the checkout step reads.
+// be kept for checkout in localStorage under both keys the seed's checkout steps read:
+// "sme-pending-voucher" (the first marketplace) and "org-pending-voucher" (the later one).
 // Without a code the page shows a manual entry form, which writes ?code= and validates.
 
 import { call } from "./api.js";
 import { formatTime, h, omr, replace } from "./ui.js";
 
-export const PENDING_VOUCHER_KEY = "sme-pending-voucher";
+export const PENDING_VOUCHER_KEYS = ["sme-pending-voucher", "org-pending-voucher"];
 
 const $ = (id) => document.getElementById(id);
 const continueUrl = document.querySelector('meta[name="continue-url"]')?.getAttribute("content") ?? "";
@@ -35,7 +36,7 @@ function show(result, focus = true) {
 function useButton(voucher) {
   const button = h("button", { type: "button", class: "primary", id: "use-code" }, "Use this code at checkout");
   button.addEventListener("click", () => {
-    localStorage.setItem(PENDING_VOUCHER_KEY, voucher.code);
+    for (const key of PENDING_VOUCHER_KEYS) localStorage.setItem(key, voucher.code);
     if (continueUrl) {
       window.location.assign(continueUrl);
       return;
