@@ -153,6 +153,7 @@ def _invoice(customer: str, order_id: str, tenant: str, outcome: str) -> RecordI
         customer_id=customer,
         order_id=order_id,
         tenant_id=tenant,
+        user_id=f"user-{customer}" if outcome == "paid" else None,
         stripe_invoice_id=f"in_{order_id}",
         stripe_customer_id=f"cus_{customer}" if outcome == "paid" else None,
         outcome=outcome,  # type: ignore[arg-type]

@@ -540,7 +540,7 @@ class BillingStatements:
                         _SUB_ORDER,
                         (
                             event.order_id,
-                            event.customer_id,
+                            event.user_id,  # the login that ordered (the account is the wallet)
                             event.tenant_id,
                             event.plan_id,
                             event.total_baisa,
@@ -565,7 +565,7 @@ class BillingStatements:
                         (
                             event.stripe_invoice_id,
                             invoice_id(event.stripe_invoice_id),
-                            event.customer_id,
+                            event.user_id or event.customer_id,
                             event.tenant_id,
                             event.stripe_customer_id,
                             event.amount_baisa,

@@ -565,7 +565,7 @@ class CheckoutService:
         found = invoice_metadata(invoice)
         if found is None:
             return "ignored: not one of our invoices (no tenant_id and customer_id metadata)"
-        tenant_id, _user_id, order_id = found
+        tenant_id, user_id, order_id = found
         gateway = await self.stripe()
         currency = str(invoice.get("currency") or "").lower()
         expected = gateway.currency if gateway is not None else "omr"
@@ -576,6 +576,7 @@ class CheckoutService:
         try:
             command = RecordInvoice(
                 customer_id=tenant_id,  # the account: the Organization (issue #20)
+                user_id=user_id or None,
                 order_id=order_id or str(invoice.get("id") or ""),
                 tenant_id=tenant_id,
                 stripe_invoice_id=str(invoice.get("id") or ""),

@@ -49,8 +49,8 @@ async def require_member(request: web.Request, principal: Principal, tenant_id: 
     """Whether the caller may see and manage the Organization's billing, as for its balance:
     a superadmin sees every Organization; otherwise the token's Organizations claim when it
     carries one, else the account's owner (the user whose checkout first opened an order for
-    it; README "Organizations"). 403 otherwise. An Organization nobody has opened yet has
-    nothing to show (the route's 404)."""
+    it; README "Organizations"). 403 otherwise, and for an Organization nobody has opened
+    yet."""
     if principal.has_any(("superadmin",)):
         return
     by_claim = principal.member_by_claim(tenant_id)
@@ -58,9 +58,13 @@ async def require_member(request: web.Request, principal: Principal, tenant_id: 
         if not by_claim:
             raise ApiError(403, NOT_A_MEMBER)
         return
-    members = await queries.account_members(request.app[POOL], tenant_id)
-    if members.known and not members.readable_by(principal.sub):
-        raise ApiError(403, NOT_A_MEMBER)
+    pool = request.app[POOL]
+    members = await queries.account_members(pool, tenant_id)
+    if members.known and members.readable_by(principal.sub):
+        return
+    if not members.known and tenant_id in await _legacy_tenants(pool, principal.sub):
+        return  # ordered for it from the caller's own per-user account (README "Organizations")
+    raise ApiError(403, NOT_A_MEMBER)  # nobody's yet proves nobody a member
 
 
 async def my_organizations(request: web.Request, principal: Principal) -> list[str]:
@@ -68,7 +72,16 @@ async def my_organizations(request: web.Request, principal: Principal) -> list[s
     the caller owns (README "Organizations")."""
     if principal.orgs is not None:
         return sorted(principal.orgs)
-    return await queries.own_accounts(request.app[POOL], principal.sub, limit=1000)
+    pool = request.app[POOL]
+    owned = await queries.own_accounts(pool, principal.sub, limit=1000)
+    return sorted({*owned, *await _legacy_tenants(pool, principal.sub)})
+
+
+async def _legacy_tenants(pool: Any, user_id: str) -> list[str]:
+    """The Organizations a per-user account carried over (README "Organizations": an account
+    named by its user's sub, or imported from the seed) ordered for."""
+    owned = await queries.own_accounts(pool, user_id, limit=1000)
+    return await queries.tenants_ordered_for(pool, user_id, owned) if owned else []
 
 
 def subscription_out(row: dict[str, Any]) -> SubscriptionOut:

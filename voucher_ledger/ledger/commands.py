@@ -265,6 +265,7 @@ class RecordInvoice(_WalletCommand):
 
     type: Literal["record_invoice"] = "record_invoice"
     tenant_id: str = _ID
+    user_id: str | None = Field(default=None, max_length=200)
     stripe_invoice_id: str = _ID
     stripe_customer_id: str | None = Field(default=None, max_length=200)
     outcome: Literal["paid", "payment_failed"]

@@ -306,13 +306,15 @@ class OrderRefundDue(_WalletEvent):
 
 
 class InvoiceRecorded(_WalletEvent):
-    """Stripe reported an invoice of the customer's Organization paid, or its payment failed
-    (``invoice.paid`` / ``invoice.payment_failed``). Once per invoice and outcome; a failure
-    after the invoice was paid is not recorded."""
+    """Stripe reported an invoice of the Organization (the account, ``customer_id``) paid, or
+    its payment failed (``invoice.paid`` / ``invoice.payment_failed``). Once per invoice and
+    outcome; a failure after the invoice was paid is not recorded. ``user_id``: the login
+    whose checkout it bills (the invoice's metadata), when it names one."""
 
     type: Literal["invoice.recorded"] = "invoice.recorded"
     version: Literal[1] = 1
     tenant_id: str
+    user_id: str | None = None
     stripe_invoice_id: str
     stripe_customer_id: str | None
     outcome: Literal["paid", "payment_failed"]

@@ -456,6 +456,7 @@ def decide(
                 InvoiceRecorded(
                     customer_id=who,
                     tenant_id=command.tenant_id,
+                    user_id=command.user_id,
                     stripe_invoice_id=command.stripe_invoice_id,
                     stripe_customer_id=command.stripe_customer_id,
                     outcome=command.outcome,

@@ -123,7 +123,7 @@ class BillingProjection:
                 row = tuple(
                     SUBSCRIPTION_ORDERS.new_row(
                         order_id=event["order_id"],
-                        customer_id=item.doc["aggregate_id"],
+                        customer_id=event["user_id"],  # the login that ordered
                         tenant_id=event["tenant_id"],
                         plan_id=event["plan_id"],
                         total_baisa=event["total_baisa"],
@@ -214,7 +214,7 @@ def _invoice(
         row = invoices[stripe_id] = INVOICES.new_row(
             stripe_invoice_id=stripe_id,
             id=invoice_id(stripe_id),
-            customer_id=item.doc["aggregate_id"],
+            customer_id=event.get("user_id") or item.doc["aggregate_id"],
             tenant_id=event["tenant_id"],
             stripe_customer_id=None,
             amount_baisa=0,

@@ -286,6 +286,19 @@ _INVOICE_COLUMNS = """id, customer_id, tenant_id, stripe_invoice_id, stripe_cust
 
 
 @_translated
+async def tenants_ordered_for(pool: asyncpg.Pool, user_id: str, accounts: list[str]) -> list[str]:
+    """The Organizations named by the orders ``user_id`` placed from these accounts (a
+    per-user account carried over names its Organizations only on its orders)."""
+    rows = await pool.fetch(
+        "SELECT DISTINCT tenant_id FROM orders WHERE user_id = $1 AND customer_id = ANY($2::text[])"
+        " ORDER BY tenant_id",
+        user_id,
+        accounts,
+    )
+    return [str(r["tenant_id"]) for r in rows]
+
+
+@_translated
 async def subscription(pool: asyncpg.Pool, tenant_id: str) -> dict[str, Any] | None:
     return _dict(
         await pool.fetchrow(

@@ -302,7 +302,7 @@ def _verify_billing(
                 order.tenant_id, {"created_at": at, "stripe_customer_id": None}
             )
             sub.update(
-                customer_id=order.customer_id,
+                customer_id=order.user_id,
                 plan_id=order.plan_id,
                 amount_baisa=order.total_baisa,
                 order_id=order.order_id,
@@ -314,7 +314,11 @@ def _verify_billing(
         elif isinstance(event, InvoiceRecorded):
             invoice = expected_invoices.setdefault(
                 event.stripe_invoice_id,
-                {"customer_id": event.customer_id, "tenant_id": event.tenant_id, "created_at": at},
+                {
+                    "customer_id": event.user_id or event.customer_id,
+                    "tenant_id": event.tenant_id,
+                    "created_at": at,
+                },
             )
             invoice.update(status=INVOICE_STATUS[event.outcome], amount_baisa=event.amount_baisa)
             if event.tenant_id in expected:
