@@ -11,14 +11,18 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from tests.conftest import connect, wait_until
 from tests.e2e.api_helpers import assert_json_error
 from tests.e2e.checkout_helpers import Shop, new_code, new_customer, shop
 from voucher_ledger.jetstream import streams
+from voucher_ledger.signing.proof import GENESIS, EventSigner, Link, link_of
 
 OMR = 1000
 ISSUE = "/billing/vouchers/issue"
@@ -280,10 +284,18 @@ async def test_a_voucher_issued_before_issue_20_reads_with_no_window_and_no_rule
             "change": "created",
         },
     }
+    # Signed as the old producer signed it, over its stored (v1) bytes, with the ledger's key
+    # (events are signed from the cut-over on): every reader checks those bytes, not the event
+    # upcast.
+    body = json.dumps(stored, separators=(",", ":")).encode()
+    assert s.server.data_dir is not None
+    signer = EventSigner(_private_key(s.server.data_dir / "ledger-signing.key"))
+    ((proof,),) = signer.seal([[Link(GENESIS, bytes.fromhex(link_of(GENESIS, body)))]])
+    raw = body[:-1] + b',"proof":' + proof.model_dump_json().encode() + b"}"
     nc = await connect(s.server.nats_url)
     try:
         spec = streams.load_spec(s.server.prefix)
-        await nc.jetstream().publish(spec.layout.voucher_subject(code), json.dumps(stored).encode())
+        await nc.jetstream().publish(spec.layout.voucher_subject(code), raw)
     finally:
         await nc.close()
 
@@ -303,3 +315,9 @@ async def test_a_voucher_issued_before_issue_20_reads_with_no_window_and_no_rule
     reply = await s.checkout(sub, "free", promo_code=code)
     assert reply.status == 200, reply
     assert (await s.balance(sub))["credit_baisa"] == 3 * OMR
+
+
+def _private_key(path: Path) -> Ed25519PrivateKey:
+    key = load_pem_private_key(path.read_bytes(), password=None)
+    assert isinstance(key, Ed25519PrivateKey)
+    return key

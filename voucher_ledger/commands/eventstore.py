@@ -373,11 +373,12 @@ class JetStreamEventStore:
         if message is None:
             return None
         seq = int(message["seq"])
+        raw = base64.b64decode(message.get("data") or "")
         try:
-            envelope = decode_envelope(base64.b64decode(message.get("data") or ""))
+            envelope = decode_envelope(raw)
         except Exception as exc:
             raise CorruptEvent(f"{subject} seq {seq}: {exc}") from exc
-        return RecordedEvent(seq=seq, envelope=envelope)
+        return RecordedEvent(seq=seq, envelope=envelope, raw=raw)
 
     async def _direct_load(self, subject: str, after_seq: int, page: int) -> list[RecordedEvent]:
         """Batched direct gets (any replica may answer). Replies come back on one long-lived
@@ -395,7 +396,7 @@ class JetStreamEventStore:
                     envelope = decode_envelope(msg.data)
                 except Exception as exc:
                     raise CorruptEvent(f"{subject} seq {seq}: {exc}") from exc
-                out.append(RecordedEvent.model_construct(seq=seq, envelope=envelope))
+                out.append(RecordedEvent.model_construct(seq=seq, envelope=envelope, raw=msg.data))
                 start = seq + 1
             if end is None:  # 404: nothing (more) on the subject
                 return out

@@ -70,6 +70,7 @@ from voucher_ledger.signing.proof import (
     IntegrityError,
     Link,
     proof_of,
+    read_proof,
 )
 
 log = logging.getLogger(__name__)
@@ -724,7 +725,10 @@ class PartitionProcessor:
                         f"an event of {env.aggregate} {env.aggregate_id} on {subject}",
                         subject,
                     )
-                parts.feed(rec.seq, key, proof_of(env), subject)
+                # The stored bytes when the store has them (an upcast event does not encode
+                # back to what was signed), else the envelope encoded again.
+                proof = read_proof(rec.raw) if rec.raw is not None else proof_of(env)
+                parts.feed(rec.seq, key, proof, subject)
             parts.finish()
             head = parts.head(key)[1]
         self._held.pop(key, None)

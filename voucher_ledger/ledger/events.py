@@ -413,10 +413,22 @@ class EventEnvelope(Frozen):
 
 
 class RecordedEvent(Frozen):
-    """An envelope as stored: with its stream sequence (the global position in the event stream)."""
+    """An envelope as stored: with its stream sequence (the global position in the event stream)
+    and, when read from the stream, its stored bytes (what its proof covers: an event upcast on
+    read no longer encodes to them)."""
 
     seq: int
     envelope: EventEnvelope
+    raw: bytes | None = Field(default=None, exclude=True, repr=False)
+
+    def __eq__(self, other: object) -> bool:
+        """The same event at the same place, whether or not its stored bytes came along."""
+        if not isinstance(other, RecordedEvent):
+            return NotImplemented
+        return self.seq == other.seq and self.envelope == other.envelope
+
+    def __hash__(self) -> int:
+        return hash((self.seq, self.envelope.event_id))
 
 
 # (type, version) -> function turning that version's dict into the next version's dict.
