@@ -99,10 +99,11 @@ def main() -> None:
     args = parser.parse_args()
     n = args.events
     signer = EventSigner(Ed25519PrivateKey.generate())
+    unsigned = envelopes(n)
     per_event(
         "encode, unsigned (what the store did before)",
         n,
-        lambda: [encode_envelope(e) for e in envelopes(n)],
+        lambda: [encode_envelope(e) for e in unsigned],
     )
     for k in args.per_append:
         for shape, codes in (("hot code", 1), ("distinct codes", k)):

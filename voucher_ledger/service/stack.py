@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import asyncpg
@@ -579,24 +579,10 @@ class Checkout:
     async def _expire(self) -> None:
         """Expired credit leaves its account (CREDIT_EXPIRY_INTERVAL): driven by the read
         model, so it survives restarts; the wallet expires a grant once."""
-        while True:
-            try:
-                await self.service.expire_once(self._pool)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - an outage: try again next round
-                log.warning("credit expiry: %r", exc)
-            await asyncio.sleep(self._expiry_interval)
+        await _every(self._expiry_interval, "credit expiry", self.service.expire_once, self._pool)
 
     async def _recover(self) -> None:
-        while True:
-            try:
-                await self.service.recover_once(self._pool)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - an outage: try again next round
-                log.warning("checkout recovery: %r", exc)
-            await asyncio.sleep(self._interval)
+        await _every(self._interval, "checkout recovery", self.service.recover_once, self._pool)
 
     async def stop(self) -> None:
         await _cancel(self._recovery)
@@ -607,6 +593,24 @@ class Checkout:
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+async def _every(
+    seconds: float,
+    what: str,
+    step: Callable[[asyncpg.Pool], Awaitable[object]],
+    pool: asyncpg.Pool,
+) -> None:
+    """``step(pool)`` every ``seconds`` until cancelled; a failure (an outage) is logged and
+    tried again next round."""
+    while True:
+        try:
+            await step(pool)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an outage: try again next round
+            log.warning("%s: %r", what, exc)
+        await asyncio.sleep(seconds)
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
