@@ -62,7 +62,7 @@ async def require_member(request: web.Request, principal: Principal, tenant_id: 
     members = await queries.account_members(pool, tenant_id)
     if members.known and members.readable_by(principal.sub):
         return
-    if not members.known and tenant_id in await _legacy_tenants(pool, principal.sub):
+    if not members.known and tenant_id in (await _owned_and_legacy(pool, principal.sub))[1]:
         return  # ordered for it from the caller's own per-user account (README "Organizations")
     raise ApiError(403, NOT_A_MEMBER)  # nobody's yet proves nobody a member
 
@@ -72,16 +72,26 @@ async def my_organizations(request: web.Request, principal: Principal) -> list[s
     the caller owns (README "Organizations")."""
     if principal.orgs is not None:
         return sorted(principal.orgs)
-    pool = request.app[POOL]
-    owned = await queries.own_accounts(pool, principal.sub, limit=1000)
-    return sorted({*owned, *await _legacy_tenants(pool, principal.sub)})
+    owned, legacy = await _owned_and_legacy(request.app[POOL], principal.sub)
+    return sorted({*owned, *legacy})
 
 
-async def _legacy_tenants(pool: Any, user_id: str) -> list[str]:
-    """The Organizations a per-user account carried over (README "Organizations": an account
-    named by its user's sub, or imported from the seed) ordered for."""
+async def _owned_and_legacy(pool: Any, user_id: str) -> tuple[list[str], list[str]]:
+    """The accounts the user owns, and the Organizations those accounts ordered for (a
+    per-user account carried over, README "Organizations": named by its user's sub, or
+    imported from the seed, names its Organizations only on its orders)."""
     owned = await queries.own_accounts(pool, user_id, limit=1000)
-    return await queries.tenants_ordered_for(pool, user_id, owned) if owned else []
+    return owned, (await queries.tenants_ordered_for(pool, user_id, owned) if owned else [])
+
+
+async def asked_tenants(request: web.Request, principal: Principal) -> list[str]:
+    """The Organizations a request reads: the path's, once the caller is shown a member, else
+    all of the caller's."""
+    if "tenant_id" in request.match_info:
+        tenant = path_tenant(request)
+        await require_member(request, principal, tenant)
+        return [tenant]
+    return await my_organizations(request, principal)
 
 
 def subscription_out(row: dict[str, Any]) -> SubscriptionOut:
@@ -120,13 +130,8 @@ def invoice_out(row: dict[str, Any]) -> InvoiceOut:
 
 async def get_subscription(request: web.Request) -> web.Response:
     principal = await authenticate(request)
-    pool = request.app[POOL]
-    if "tenant_id" in request.match_info:
-        tenant = path_tenant(request)
-        await require_member(request, principal, tenant)
-        row = await queries.subscription(pool, tenant)
-    else:
-        row = await queries.latest_subscription_of(pool, await my_organizations(request, principal))
+    tenants = await asked_tenants(request, principal)
+    row = await queries.latest_subscription_of(request.app[POOL], tenants)
     if row is None:
         raise ApiError(404, "no subscription found")
     return _json(subscription_out(row))
@@ -134,13 +139,8 @@ async def get_subscription(request: web.Request) -> web.Response:
 
 async def list_invoices(request: web.Request) -> web.Response:
     principal = await authenticate(request)
-    pool = request.app[POOL]
-    if "tenant_id" in request.match_info:
-        tenant = path_tenant(request)
-        await require_member(request, principal, tenant)
-        rows = await queries.invoices_of_tenant(pool, tenant)
-    else:
-        rows = await queries.invoices_of_tenants(pool, await my_organizations(request, principal))
+    tenants = await asked_tenants(request, principal)
+    rows = await queries.invoices_of_tenants(request.app[POOL], tenants)
     body = "[" + ",".join(invoice_out(r).model_dump_json(exclude_none=True) for r in rows) + "]"
     return web.Response(text=body, content_type="application/json")
 

@@ -324,19 +324,6 @@ async def latest_subscription_of(
 
 
 @_translated
-async def invoices_of_tenant(
-    pool: asyncpg.Pool, tenant_id: str, limit: int = 100
-) -> list[dict[str, Any]]:
-    rows = await pool.fetch(
-        f"""SELECT {_INVOICE_COLUMNS} FROM invoices WHERE tenant_id = $1
-             ORDER BY created_at DESC, stripe_invoice_id LIMIT $2""",  # noqa: S608
-        tenant_id,
-        limit,
-    )
-    return [dict(r) for r in rows]
-
-
-@_translated
 async def invoices_of_tenants(
     pool: asyncpg.Pool, tenant_ids: list[str], limit: int = 100
 ) -> list[dict[str, Any]]:
