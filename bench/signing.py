@@ -78,17 +78,12 @@ def seal(signer: EventSigner, plain: list[EventEnvelope], per_append: int) -> li
         parts: dict[str, list[EventEnvelope]] = {}
         for env in plain[start : start + per_append]:
             parts.setdefault(env.aggregate_id, []).append(env)
-        links = []
-        for code, part in parts.items():
-            chained = []
-            for env in part:
-                link = signer.chain(env, heads.get(code, GENESIS))
-                chained.append(link)
-                heads[code] = link.head
-            links.append(chained)
-        for part, proofs in zip(parts.values(), signer.seal(links), strict=True):
-            pairs = zip(part, proofs, strict=True)
-            sealed.extend(env.model_copy(update={"proof": proof}) for env, proof in pairs)
+        signed = signer.sign_append(
+            [(heads.get(code, GENESIS), part) for code, part in parts.items()]
+        )
+        for code, (part, head) in zip(parts, signed, strict=True):
+            sealed.extend(part)
+            heads[code] = head
     return sealed
 
 

@@ -574,16 +574,7 @@ async def write(
         for start in range(0, len(rest), CHUNK):
             chunk = rest[start : start + CHUNK]
             if signer is not None:
-                links = []
-                for env in chunk:
-                    link = signer.chain(env, head)
-                    links.append(link)
-                    head = link.head
-                (proofs,) = signer.seal([links])
-                chunk = [
-                    env.model_copy(update={"proof": proof})
-                    for env, proof in zip(chunk, proofs, strict=True)
-                ]
+                ((chunk, head),) = signer.sign_append([(head, chunk)])
             recorded = await store.append(subject, last, chunk)
             last = recorded[-1].seq
         written.events += len(rest)

@@ -35,7 +35,7 @@ from voucher_ledger.ledger.events import (
 from voucher_ledger.projections.billing import INVOICE_STATUS, one_month_after
 from voucher_ledger.projections.replay import read_stream, stream_head
 from voucher_ledger.signing.chain import Checked, StreamChecker
-from voucher_ledger.signing.cutover import checker_for, events_between, read_cutover
+from voucher_ledger.signing.cutover import checker_for, range_reader, read_cutover
 from voucher_ledger.signing.proof import IntegrityError
 
 
@@ -104,11 +104,7 @@ async def verify(
     checker: StreamChecker | None = None
     if public_key is not None:
         cutover = await read_cutover(nc, spec.event_stream, public_key)
-        stream = spec.event_stream
-
-        async def fetch(first: int, last: int) -> list[tuple[int, bytes]]:
-            return await events_between(nc, stream, first, last)
-
+        fetch = range_reader(nc, spec.event_stream)
         checker = StreamChecker(checker_for(public_key, cutover), fetch=fetch)
         upto = head  # every event is checked, the folds stop at each read model's checkpoint
         report.signatures = (checker.checker.key_id, checker.checker.cutover, 0)

@@ -27,7 +27,7 @@ from nats.aio.client import Client
 
 from voucher_ledger.jetstream.api import JetStreamApiError, js_api
 from voucher_ledger.jetstream.layout import Layout
-from voucher_ledger.signing.chain import StreamChecker
+from voucher_ledger.signing.chain import Fetch, StreamChecker
 from voucher_ledger.signing.proof import EventChecker, EventSigner, read_proof
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,15 @@ async def events_between(
     return out
 
 
+def range_reader(nc: Client, stream: str) -> Fetch:
+    """:func:`events_between` on ``stream``: a reader's ``fetch`` (``chain.StreamChecker``)."""
+
+    async def fetch(first: int, last: int) -> list[tuple[int, bytes]]:
+        return await events_between(nc, stream, first, last)
+
+    return fetch
+
+
 async def reader_checker(
     nc: Client,
     stream: str,
@@ -217,13 +226,10 @@ async def reader_checker(
     async def lookup(aggregate: str, aggregate_id: str, seq: int) -> tuple[int, bytes] | None:
         return await previous_event(nc, stream, layout.event_subject(aggregate, aggregate_id), seq)
 
-    async def fetch(first: int, last: int) -> list[tuple[int, bytes]]:
-        return await events_between(nc, stream, first, last)
-
     return StreamChecker(
         checker_for(public_key, cutover),
         lookup=lookup,
-        fetch=fetch,
+        fetch=range_reader(nc, stream),
         start_seq=start_seq,
         capacity=capacity,
     )

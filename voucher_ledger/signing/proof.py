@@ -266,11 +266,30 @@ class EventSigner:
             out.append(proofs)
         return out
 
-    def seal_one(self, envelope: EventEnvelope, prev: str) -> tuple[EventEnvelope, str]:
-        """One envelope alone (an append of one event): sealed, and the aggregate's new head."""
-        link = self.chain(envelope, prev)
-        ((proof,),) = self.seal([[link]])
-        return envelope.model_copy(update={"proof": proof}), link.head
+    def sign_append(
+        self, parts: Sequence[tuple[str, Sequence[EventEnvelope]]]
+    ) -> list[tuple[list[EventEnvelope], str]]:
+        """A whole append at once (a writer that decides nothing in between, unlike the
+        processors): each part given with its aggregate's head, back with its proofs and the
+        aggregate's new head."""
+        chained = []
+        for head, envelopes in parts:
+            links = []
+            for envelope in envelopes:
+                link = self.chain(envelope, head)
+                links.append(link)
+                head = link.head
+            chained.append(links)
+        out = []
+        for (head, envelopes), links, proofs in zip(
+            parts, chained, self.seal(chained), strict=True
+        ):
+            sealed = [
+                envelope.model_copy(update={"proof": proof})
+                for envelope, proof in zip(envelopes, proofs, strict=True)
+            ]
+            out.append((sealed, links[-1].head if links else head))
+        return out
 
     def sign_cutover(self, stream: str, seq: int) -> str:
         return _b64(self._key.sign(cutover_message(stream, seq, self.key_id)))
