@@ -10,6 +10,7 @@ checkout idempotency key).
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -162,9 +163,9 @@ async def test_second_checkout_with_the_same_code_is_refused_and_changes_nothing
 async def test_a_checkout_refused_at_the_cap_gives_back_no_slot_it_never_took(
     credit_only: Shop,
 ) -> None:
-    """The voucher refused the order's redemption and the request's own FailOrder closed the
-    order: no slot was taken, so no reversal is sent (three commands, not four); the order is
-    failed and the cap's count is unchanged."""
+    """The voucher refused the order's redemption: the checkout ends there (issue #19: the
+    redemption comes first, so nothing reached the wallet and there is nothing to undo). One
+    voucher command, no reversal, no order recorded, and the cap's count is unchanged."""
     import json
 
     from tests.conftest import connect
@@ -189,16 +190,16 @@ async def test_a_checkout_refused_at_the_cap_gives_back_no_slot_it_never_took(
     finally:
         await nc.close()
     assert voucher_commands == ["redeem_voucher"]
-    [order] = [o for o in await credit_only.orders() if o["customer_id"] == sub]
-    assert (order["status"], order["failure_reason"]) == ("failed", "invalid_promo")
+    assert [o for o in await credit_only.orders() if o["customer_id"] == sub] == []
+    rows = await credit_only.db("SELECT type FROM audit_log WHERE aggregate_id = $1", sub)
+    assert rows == []  # nothing written for the account
     assert (await credit_only.voucher(code))["times_redeemed"] == 1
     assert (await credit_only.balance(sub))["credit_baisa"] == 0
 
 
-async def test_a_free_order_is_granted_then_settled_one_event_per_step(credit_only: Shop) -> None:
-    """Nothing to pay: the grant is a step of its own (``grant-<order>``) and the settle appends
-    the completion alone, so no step needs an atomic batch; the events are those of a settle
-    that grants, in the same order."""
+async def test_a_free_order_with_a_code_is_two_decisions(credit_only: Shop) -> None:
+    """Issue #19: the redemption (carrying the priced order), then one wallet decision that
+    places the order, grants the credit and completes it, in one append."""
     sub = new_customer()
     code = new_code("FREE")
     await credit_only.issue(code, 4)
@@ -211,10 +212,18 @@ async def test_a_free_order_is_granted_then_settled_one_event_per_step(credit_on
         sub,
     )
     assert [(r["type"], r["command_id"]) for r in rows] == [
-        ("order.opened", f"open-{order_id}"),
-        ("wallet.credit_granted", f"grant-{order_id}"),
-        ("order.completed", f"settle-{order_id}"),
+        ("order.opened", f"place-{order_id}"),
+        ("wallet.credit_granted", f"place-{order_id}"),
+        ("order.completed", f"place-{order_id}"),
     ]
+    [redeemed] = await credit_only.db(
+        "SELECT command_id, event FROM audit_log WHERE aggregate_id = $1 "
+        "AND type = 'voucher.redeemed'",
+        code,
+    )
+    assert redeemed["command_id"] == f"redeem-{order_id}"
+    order = json.loads(redeemed["event"])["event"]["order"]
+    assert (order["order_id"], order["plan_id"], order["total_baisa"]) == (order_id, "free", 0)
     assert reply.json["credit_balance_baisa"] == 4 * OMR
     assert (await credit_only.balance(sub))["credit_baisa"] == 4 * OMR
 
@@ -515,9 +524,10 @@ async def test_fifty_concurrent_checkouts_on_credit_for_ten_exactly_ten_succeed(
     assert len(rows) == 1 + 10 * 2  # the grant, then a reservation and a capture per order
     assert all(r["balance_after_baisa"] - r["reserved_after_baisa"] >= 0 for r in rows)
     assert min(r["balance_after_baisa"] for r in rows) == 0
+    # The 40 refused were refused by the wallet's decision to place them: nothing recorded.
     orders = [o for o in await credit_only.orders() if o["customer_id"] == sub]
     statuses = sorted(o["status"] for o in orders if o["plan_id"] == "starter")
-    assert statuses == ["completed"] * 10 + ["failed"] * 40
+    assert statuses == ["completed"] * 10
 
 
 async def test_orders_and_credit_movements_are_events_in_the_audit_trail(paid: Shop) -> None:
@@ -539,7 +549,7 @@ async def test_orders_and_credit_movements_are_events_in_the_audit_trail(paid: S
         "order.completed",
     ]
     order_id = reply.json["order_id"]
-    assert {r["command_id"] for r in rows} == {f"open-{order_id}", f"settle-{order_id}"}
+    assert {r["command_id"] for r in rows} == {f"place-{order_id}"}
     assert {r["actor_sub"] for r in rows} == {sub}
     voucher_rows = await paid.db(
         "SELECT type, command_id FROM audit_log WHERE aggregate = 'voucher' "

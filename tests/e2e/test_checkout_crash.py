@@ -170,40 +170,49 @@ async def test_crash_after_settlement_completes_the_stripe_checkout_on_restart(
         await fake.stop()
 
 
-async def test_crash_between_grant_and_settlement_takes_the_credit_back_and_frees_the_slot(
+async def test_a_retry_after_recovery_cannot_place_the_order_its_redemption_was_taken_back_for(
     tmp_path: Path, nats_url: str, pg_url: str
 ) -> None:
-    """A free order gets its grant in a step of its own (GrantCredit, then a one-event settle):
-    dying between the two leaves an opened order with granted credit, which recovery fails,
-    revoking the grant and giving the slot back."""
+    """Issue #19: a checkout redeems first and places its order in the wallet next. It dies in
+    between (a free order, whose placement would grant the credit): recovery records the order
+    failed in the wallet, then gives the slot back. The client's retry with the same
+    Idempotency-Key replays the redemption and asks the wallet to place the order: the wallet
+    refuses (the order is failed), so no credit is granted for a slot that was given back."""
     prefix = f"crash{uuid.uuid4().hex[:8]}"
-    code = new_code("GRANTED")
+    code = new_code("LATE")
     sub = new_customer()
+    key = f"retry-{uuid.uuid4().hex}"
     async with fresh_database(pg_url) as db:
         try:
-            await crash_at(
-                "checkout.after_grant",
+            async with shop_on(
                 tmp_path,
                 nats_url,
                 db,
                 prefix,
-                code=code,
-                credit_omr=7,
-                sub=sub,
-                plan_id="free",
-            )
+                None,
+                VL_FAILPOINTS="checkout.after_redeem",
+                **RECOVERY,
+            ) as first:
+                await first.issue(code, 7, max_redemptions=1)
+                with pytest.raises(aiohttp.ClientError):
+                    await first.checkout(sub, plan_id="free", promo_code=code, key=key)
+                assert await first.server.process.wait(30) == EXIT_CODE
             async with shop_on(tmp_path, nats_url, db, prefix, 0, **RECOVERY) as second:
                 await wait_until(
                     order_failed_and_slot_free(second, sub, code),
                     timeout=40,
                     what="recovery compensates the order",
                 )
-                [order] = [o for o in await second.orders() if o["customer_id"] == sub]
-                assert order["failure_reason"] == "interrupted"
+                late = await second.checkout(sub, plan_id="free", promo_code=code, key=key)
+                assert late.status == 409, late
+                assert "interrupted" in late.json["error"]
                 balance = await second.balance(sub)
                 assert (balance["credit_baisa"], balance["balance_baisa"]) == (0, 0)
-                assert sorted(e["kind"] for e in balance["entries"]) == ["granted", "revoked"]
-                # The slot is free again: the same customer (retrying) gets it, and its credit.
+                assert balance["entries"] == []
+                assert (await second.voucher(code))["times_redeemed"] == 0
+                [order] = [o for o in await second.orders() if o["customer_id"] == sub]
+                assert (order["status"], order["failure_reason"]) == ("failed", "interrupted")
+                # A new checkout (a new key) takes the free slot, and its credit.
                 retry = await second.checkout(sub, plan_id="free", promo_code=code)
                 assert retry.status == 200, retry
                 assert retry.json["credit_balance_baisa"] == 7 * OMR

@@ -707,10 +707,10 @@ def test_envelope_json_round_trips_every_event_type(event: VoucherEventT) -> Non
     doc = json.loads(raw)
     assert doc["aggregate"] == "voucher"
     assert doc["event"]["type"] == event.type
-    # voucher.issued (window, rules) and voucher.redeemed (user_id) are at v2 since issue #20
-    assert doc["event"]["version"] == (
-        2 if event.type in ("voucher.issued", "voucher.redeemed") else 1
-    )
+    # voucher.issued (window, rules) is at v2 since issue #20; voucher.redeemed at v2 then
+    # (user_id), at v3 since issue #19 (the checkout's order it carries)
+    versions = {"voucher.issued": 2, "voucher.redeemed": 3}
+    assert doc["event"]["version"] == versions.get(event.type, 1)
     decoded = decode_envelope(raw)
     assert decoded == envelope
     assert type(decoded.event) is type(event)

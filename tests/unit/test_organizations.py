@@ -156,7 +156,7 @@ def test_v1_wallet_and_redemption_events_upcast_to_the_accounts_own_user_and_no_
         (
             stored("voucher", {"type": "voucher.redeemed", "code": "C-1", "redemption_id": "r",
                                "credit_baisa": 5}),
-            {"version": 2, "user_id": "u-1", "credit_expires_at": None},
+            {"version": 3, "user_id": "u-1", "credit_expires_at": None, "order": None},
         ),
         (
             stored("wallet", {"type": "wallet.credit_granted", "redemption_id": "r",

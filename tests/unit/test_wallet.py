@@ -14,9 +14,11 @@ from voucher_ledger.ledger.commands import (
     AttachSession,
     ConfirmPayment,
     FailOrder,
+    Failure,
     Grant,
     GrantCredit,
     OpenOrder,
+    PlaceOrder,
     QueryOrder,
     RecordInvoice,
     SettleOrder,
@@ -378,3 +380,113 @@ def test_an_invoice_is_recorded_once_per_outcome_and_never_downgraded_after_paym
     assert len(other.events) == 1
     assert dict(fold(CUSTOMER, w.history).invoices) == {"in_1": "paid", "in_2": "paid"}
     assert (w.state.balance_baisa, w.state.reserved_baisa) == (0, 0)  # no credit moves
+
+
+# ------------------------------------------------------------------ PlaceOrder (issue #19)
+
+
+def place(
+    order_id: str,
+    total_omr: int,
+    grant_omr: int = 0,
+    *,
+    payment: bool = False,
+    first_order_only: bool = False,
+    user_id: str | None = None,
+    failure: Failure | None = None,
+) -> PlaceOrder:
+    grant = (
+        Grant(redemption_id=f"r-{order_id}", code="PROMO", amount_baisa=grant_omr * OMR)
+        if grant_omr
+        else None
+    )
+    return PlaceOrder(
+        customer_id=CUSTOMER,
+        order_id=order_id,
+        user_id=user_id,
+        tenant_id="t1",
+        plan_id="plan",
+        promo_code="PROMO" if grant_omr else None,
+        lines=[OrderLine(kind="plan", id="plan", name="Plan", amount_baisa=total_omr * OMR)],
+        total_baisa=total_omr * OMR,
+        grant=grant,
+        payment_available=payment,
+        first_order_only=first_order_only,
+        failure=failure,
+    )
+
+
+def test_place_order_opens_grants_and_completes_in_one_decision() -> None:
+    w = Wallet()
+    outcome = w.apply(place("o1", 9, grant_omr=20), "place-o1")
+    assert isinstance(outcome, Decided)
+    assert w.types() == [
+        "order.opened",
+        "wallet.credit_granted",
+        "wallet.credit_reserved",
+        "wallet.credit_captured",
+        "order.completed",
+    ]
+    order = w.state.order("o1")
+    assert (order.status, order.credit_applied_baisa, order.redemption_id) == (
+        "completed",
+        9 * OMR,
+        "r-o1",
+    )
+    assert (w.state.balance_baisa, w.state.reserved_baisa) == (11 * OMR, 0)
+    # the same command id again replays; the same order under another id is refused
+    assert isinstance(w.apply(place("o1", 9, grant_omr=20), "place-o1"), Replayed)
+    again = w.apply(place("o1", 9, grant_omr=20), "other-id")
+    assert isinstance(again, Refused)
+    assert again.error.reason == "order_closed"
+    assert len(w.history) == 5
+
+
+def test_place_order_that_credit_does_not_cover_waits_for_payment_or_writes_nothing() -> None:
+    w = Wallet()
+    refused = w.apply(place("o1", 9, grant_omr=4))
+    assert isinstance(refused, Refused)
+    assert refused.error.reason == "payment_unavailable"
+    assert w.history == []
+    assert isinstance(w.apply(place("o2", 9, grant_omr=4, payment=True)), Decided)
+    order = w.state.order("o2")
+    assert (order.status, order.reserved_baisa, order.amount_due_baisa) == (
+        "awaiting_payment",
+        4 * OMR,
+        5 * OMR,
+    )
+
+
+def test_first_order_only_is_decided_by_the_wallet() -> None:
+    w = Wallet()
+    assert isinstance(w.apply(place("o1", 0, grant_omr=3, first_order_only=True)), Decided)
+    assert w.state.completed_orders == 1
+    refused = w.apply(place("o2", 0, grant_omr=3, first_order_only=True))
+    assert isinstance(refused, Refused)
+    assert refused.error.reason == "not_eligible"
+    assert "o2" not in w.state.orders
+    # without the rule the same order is placed
+    assert isinstance(w.apply(place("o3", 0, grant_omr=3)), Decided)
+
+
+def test_a_lost_order_is_recorded_failed_whoever_its_user_and_then_cannot_be_placed() -> None:
+    w = Wallet()
+    assert isinstance(w.apply(place("o1", 0, user_id="owner")), Decided)
+    lost = Failure(reason="interrupted", message="rolled back")
+    # another user (not a member by claim): recorded all the same, changing no credit
+    assert isinstance(w.apply(place("o2", 0, grant_omr=5, user_id="bob", failure=lost)), Decided)
+    order = w.state.order("o2")
+    assert (order.status, order.failure_reason, order.release_slot) == (
+        "failed",
+        "interrupted",
+        True,
+    )
+    assert (w.state.balance_baisa, w.state.reserved_baisa) == (0, 0)
+    late = w.apply(place("o2", 0, grant_omr=5, user_id="owner"), "place-o2")
+    assert isinstance(late, Refused)
+    assert late.error.reason == "order_closed"
+    assert w.state.balance_baisa == 0
+    # a non-member's own placement is refused
+    refused = w.apply(place("o3", 0, user_id="bob"))
+    assert isinstance(refused, Refused)
+    assert refused.error.reason == "not_member"

@@ -1,28 +1,31 @@
-"""The checkout saga: price, open the order, redeem the promo code, settle credit first, and ask
-Stripe for the rest. Every step is a command with a deterministic id derived from the order id,
-so any step can be retried (by the client with the same Idempotency-Key, or by the recovery
-loop after a crash) and returns its original outcome.
+"""The checkout saga: price, redeem the promo code (the redemption carries the priced order),
+place and settle the order in the wallet in one decision, and ask Stripe for the rest. Every
+step is a command with a deterministic id derived from the order id, so any step can be retried
+(by the client with the same Idempotency-Key, or by the recovery loop after a crash) and
+returns its original outcome.
 
-    open-<order>     wallet   OpenOrder        the priced order (nothing redeemed or reserved)
-    redeem-<order>   voucher  RedeemVoucher    takes the cap slot (deadline-bounded)
-    grant-<order>    wallet   GrantCredit      only when there is nothing to pay: the grant alone
-    settle-<order>   wallet   SettleOrder      grant the credit, apply it; complete or reserve
+    redeem-<order>   voucher  RedeemVoucher    takes the cap slot; its event carries the order
+    place-<order>    wallet   PlaceOrder       the order, the grant, credit applied first: one
+                                               append; completed, or awaiting the rest
     (Stripe)                  session create   idempotency key = order id
     session-<order>  wallet   AttachSession
     fail-<order>     wallet   FailOrder        release the reservation, revoke the grant
     reverse-<order>  voucher  ReverseRedemption  gives the cap slot back (never burns it, B2)
+    lost-<order>     wallet   PlaceOrder(failure)  recovery: a redemption whose order never
+                                               reached the wallet is recorded failed first
 
-An order with nothing to pay (the free plan) would settle as two events (credit granted, order
-completed), appended as one atomic batch; a one-replica file stream stages every atomic batch in
-a temporary file store (a directory, metadata written and fsynced, removed on commit), which
-costs nats-server several milliseconds of CPU and holds up the stream. So such an order gets its
-grant in a step of its own and settles with one event: two plain appends. Between the two the
-order is still ``opened`` with its credit granted; recovery fails it (revoking the grant) and
-gives the slot back as after any other interrupted step.
+So a checkout paid by credit is two decisions with a code and one without (issue #19; it was
+four: open, redeem, grant, settle). A refused code writes nothing. A wallet refusal after the
+redemption (not a member, the Organization's first order was required, nothing to pay the rest
+with) gives the slot back at once.
 
 A checkout that stops half-way (the process died, a timeout) is finished or compensated by
 :meth:`CheckoutService.recover_once` once it is older than ``recovery_after``: a redemption
-command carries a deadline before that moment, so none can land after recovery compensated.
+whose order the wallet does not hold is recorded there as a failed order (``lost-<order>``,
+from the order the redemption carried) before its slot is given back, so a late placement of
+that order (a retry with the same key) is refused by the wallet, which decides one command
+after another. Orders opened by the earlier four-step checkout (``open-``, ``grant-``,
+``settle-``) are still finished or compensated by the same loop.
 """
 
 from __future__ import annotations
@@ -48,9 +51,10 @@ from voucher_ledger.ledger.commands import (
     ConfirmPayment,
     ExpireCredit,
     FailOrder,
+    Failure,
     Grant,
     GrantCredit,
-    OpenOrder,
+    PlaceOrder,
     QueryOrder,
     RecordInvoice,
     RedeemVoucher,
@@ -59,7 +63,7 @@ from voucher_ledger.ledger.commands import (
     WalletCommandT,
 )
 from voucher_ledger.ledger.errors import InvalidInput
-from voucher_ledger.ledger.events import Actor, OrderLine
+from voucher_ledger.ledger.events import Actor, OrderDraft, OrderLine
 from voucher_ledger.ledger.voucher import VoucherCommandT, redemption_id_for
 from voucher_ledger.ledger.wallet import OrderView, WalletView
 from voucher_ledger.projections import queries
@@ -132,6 +136,10 @@ def _account_like(value: object) -> bool:
 
 def redeem_command_id(order_id: str) -> str:
     return f"redeem-{order_id}"
+
+
+def place_command_id(order_id: str) -> str:
+    return f"place-{order_id}"
 
 
 # The Stripe client in force (None: no card payments): the keys may change at run time (the
@@ -226,33 +234,135 @@ class CheckoutService:
         await self.stripe()  # the payment settings answer (cached) before anything is written
         customer_id = tenant_id
         order_id = order_id_for(customer_id, user_id, idempotency_key)
-        opened, refused = await self._wallet(
-            OpenOrder(
-                customer_id=customer_id,
-                user_id=user_id,
-                member_by_claim=member_by_claim,
-                order_id=order_id,
-                tenant_id=tenant_id,
-                plan_id=plan_id,
-                apps=apps,
-                addons=addons,
-                promo_code=promo_code,
-                lines=lines,
-                total_baisa=sum(line.amount_baisa for line in lines),
+        place = PlaceOrder(
+            customer_id=customer_id,
+            user_id=user_id,
+            member_by_claim=member_by_claim,
+            order_id=order_id,
+            tenant_id=tenant_id,
+            plan_id=plan_id,
+            apps=apps,
+            addons=addons,
+            promo_code=promo_code,
+            lines=lines,
+            total_baisa=sum(line.amount_baisa for line in lines),
+            payment_available=await self.stripe() is not None,
+        )
+        redeemed: Grant | None = None
+        if promo_code:
+            redeemed, first_order_only = await self._redeem(place, actor)
+            place = place.model_copy(
+                update={"grant": redeemed, "first_order_only": first_order_only}
+            )
+            crash_if("checkout.after_redeem")
+        placed, refused = await self._wallet(place, place_command_id(order_id), actor)
+        if refused is not None:
+            return await self._not_placed(place, redeemed, refused, actor)
+        assert placed is not None
+        crash_if("checkout.after_settle")
+        return await self.advance(customer_id, actor, _order_of(placed), placed.wallet, placed.seq)
+
+    async def _redeem(self, place: PlaceOrder, actor: Actor) -> tuple[Grant | None, bool]:
+        """The order's redemption (carrying the order): its grant, if it earned credit, and
+        whether the voucher is for an Organization's first order (the wallet decides that)."""
+        assert place.promo_code is not None
+        reply = await self._send(
+            RedeemVoucher(
+                code=place.promo_code,
+                customer_id=place.customer_id,
+                user_id=place.user_id or place.customer_id,
+                plan_id=place.plan_id,
+                order_total_baisa=place.total_baisa,
+                order=place.draft(),
             ),
-            f"open-{order_id}",
+            redeem_command_id(place.order_id),
             actor,
         )
-        if refused is not None:
-            if refused.reason == "command_id_reused":
+        if isinstance(reply, Rejected):
+            if reply.reason == "expired":
                 raise CheckoutError(
-                    409, "Idempotency-Key was already used for a different checkout"
+                    503,
+                    "the ledger did not answer in time; retry with the same Idempotency-Key",
+                    {"Retry-After": "1"},
                 )
-            if refused.reason == "not_member":
-                raise CheckoutError(403, refused.message, reason="not_member")
-            raise CheckoutError(400, refused.message)
-        assert opened is not None
-        return await self.advance(customer_id, actor, _order_of(opened), opened.wallet, opened.seq)
+            raise CheckoutError(400, f"invalid promo code: {reply.message}", reason="invalid_promo")
+        assert reply.redemption is not None
+        first_only = reply.voucher.new_organizations_only if reply.voucher else False
+        if not reply.redemption.credit_baisa:
+            return None, first_only
+        return Grant(
+            redemption_id=reply.redemption.redemption_id,
+            code=place.promo_code,
+            amount_baisa=reply.redemption.credit_baisa,
+            expires_at=reply.redemption.credit_expires_at,
+        ), first_only
+
+    async def _not_placed(
+        self, place: PlaceOrder, redeemed: Grant | None, refused: Rejected, actor: Actor
+    ) -> CheckoutOutcome:
+        """The wallet refused to place the order. If the order exists (this key's earlier
+        checkout, or recovery recorded it failed), that order is the answer; this request's
+        own redemption, if the order is not its, is given back."""
+        customer_id, order_id = place.customer_id, place.order_id
+        existing: tuple[OrderView, WalletView | None, int] | None = None
+        if refused.reason in ("order_closed", "command_id_reused"):
+            existing = await self._current(customer_id, actor, order_id)
+        seq = 0
+        if place.promo_code and (existing is None or existing[0].promo_code != place.promo_code):
+            seq = await self._give_back(place, actor)
+        if refused.reason == "command_id_reused" and existing is not None:
+            raise CheckoutError(
+                409, "Idempotency-Key was already used for a different checkout", seq=seq
+            )
+        if existing is not None:
+            return await self.advance(customer_id, actor, *existing)
+        if refused.reason == "not_member":
+            raise CheckoutError(403, refused.message, reason="not_member", seq=seq)
+        if refused.reason == "not_eligible":
+            raise CheckoutError(
+                400, f"invalid promo code: {refused.message}", reason="invalid_promo", seq=seq
+            )
+        if refused.reason == "payment_unavailable":
+            raise CheckoutError(
+                503,
+                "payment processor is not configured yet. Please contact support or use "
+                "a promo code that covers the full amount.",
+                seq=seq,
+                reason="payment_unavailable",
+            )
+        raise CheckoutError(400, refused.message, seq=seq)
+
+    async def _give_back(self, place: PlaceOrder, actor: Actor) -> int:
+        """Reverse this request's redemption of ``place.promo_code`` (idempotent)."""
+        assert place.promo_code is not None
+        return await self._reverse(
+            place.promo_code,
+            place.customer_id,
+            place.order_id,
+            f"checkout {place.order_id} not placed",
+            actor,
+        )
+
+    async def _reverse(
+        self, code: str, customer_id: str, order_id: str, reason: str, actor: Actor
+    ) -> int:
+        """Give back the slot ``redeem-<order_id>`` took on ``code``, if it took one
+        (idempotent: ``reverse-<order_id>``). Returns the reversal's stream sequence, or 0."""
+        reply = await self._send(
+            ReverseRedemption(
+                code=code,
+                customer_id=customer_id,
+                redemption_id=redemption_id_for(code, customer_id, redeem_command_id(order_id)),
+                reason=reason,
+            ),
+            f"reverse-{order_id}",
+            actor,
+        )
+        if isinstance(reply, Rejected):
+            if reply.reason != "redemption_not_found":
+                log.warning("order %s: slot release refused: %s", order_id, reply.reason)
+            return 0
+        return reply.seq
 
     async def advance(
         self,
@@ -498,24 +608,13 @@ class CheckoutService:
         stream sequence of the reversal, or 0."""
         if not order.promo_code:
             return 0
-        redemption_id = redemption_id_for(
-            order.promo_code, customer_id, redeem_command_id(order.order_id)
-        )
-        reply = await self._send(
-            ReverseRedemption(
-                code=order.promo_code,
-                customer_id=customer_id,
-                redemption_id=redemption_id,
-                reason=f"checkout {order.order_id} failed: {order.failure_reason}",
-            ),
-            f"reverse-{order.order_id}",
+        return await self._reverse(
+            order.promo_code,
+            customer_id,
+            order.order_id,
+            f"checkout {order.order_id} failed: {order.failure_reason}",
             actor,
         )
-        if isinstance(reply, Rejected):
-            if reply.reason != "redemption_not_found":
-                log.warning("order %s: slot release refused: %s", order.order_id, reply.reason)
-            return 0
-        return reply.seq
 
     # ------------------------------------------------------------------------------ recovery
 
@@ -532,7 +631,63 @@ class CheckoutService:
             except CheckoutError as exc:
                 # failed orders end here once their slot is given back; others retry next time
                 log.info("recovery: order %s: %s", order_id, exc.message)
-        return len(todo)
+        lost = await queries.unplaced_redemptions(pool, older_than=self.recovery_after)
+        for row in lost:
+            try:
+                await self._recover_unplaced(row)
+            except CheckoutError as exc:
+                log.info("recovery: order %s: %s", row["order_id"], exc.message)
+        return len(todo) + len(lost)
+
+    async def _recover_unplaced(self, row: dict[str, Any]) -> None:
+        """A checkout's redemption whose order the wallet does not show: record the order
+        failed (from the order the redemption carried) so that it can never be placed late,
+        then give the slot back. The wallet decides: an order placed meanwhile goes on."""
+        code, customer_id, order_id = row["code"], row["customer_id"], row["order_id"]
+        actor = RECOVERY_ACTOR
+        found = await self._send(
+            QueryOrder(customer_id=customer_id, order_id=order_id),
+            f"query-{uuid.uuid4().hex}",
+            actor,
+        )
+        order = found.order if isinstance(found, Accepted) else None
+        if order is None and row["draft"] is not None:
+            draft = OrderDraft.model_validate_json(row["draft"])
+            lost = PlaceOrder(
+                customer_id=customer_id,
+                order_id=order_id,
+                user_id=draft.user_id,
+                member_by_claim=draft.member_by_claim,
+                tenant_id=draft.tenant_id,
+                plan_id=draft.plan_id,
+                apps=draft.apps,
+                addons=draft.addons,
+                promo_code=code,
+                lines=draft.lines,
+                total_baisa=draft.total_baisa,
+                failure=Failure(
+                    reason="interrupted",
+                    message="checkout was interrupted and has been rolled back; "
+                    "start a new checkout",
+                ),
+            )
+            reply = await self._send(lost, f"lost-{order_id}", actor)
+            if isinstance(reply, Accepted):
+                order, found = reply.order, reply
+            elif reply.reason == "order_closed":  # placed meanwhile: where is it now?
+                order, wallet, seq = await self._current(customer_id, actor, order_id)
+                found = Accepted(
+                    command_id="", command_type="", seq=seq, wallet=wallet, order=order
+                )
+        if order is not None and order.promo_code == code and isinstance(found, Accepted):
+            outcome = await self.advance(
+                customer_id, actor, order, found.wallet, found.seq, recovering=True
+            )
+            log.info("recovery: order %s is %s", order_id, outcome.order.status)
+            return
+        # Nobody's redemption: another checkout's order holds this id, or an old redemption
+        # without its order.
+        await self._reverse(code, customer_id, order_id, f"checkout {order_id} never placed", actor)
 
     # ------------------------------------------------------------------------------ expiry
 

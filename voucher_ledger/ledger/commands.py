@@ -10,7 +10,7 @@ from pydantic import AwareDatetime, Field, field_validator
 
 from voucher_ledger.ledger.codes import normalise_code, validate_customer_id
 from voucher_ledger.ledger.errors import InvalidInput
-from voucher_ledger.ledger.events import Frozen, OrderLine
+from voucher_ledger.ledger.events import Frozen, OrderDraft, OrderLine
 
 
 class _CodeCommand(Frozen):
@@ -109,6 +109,10 @@ class RedeemVoucher(_CodeCommand):
     plan_id: str | None = Field(default=None, pattern=PLAN_ID)
     order_total_baisa: int | None = Field(default=None, ge=0, strict=True)
     new_organization: bool | None = Field(default=None, strict=True)
+    # The checkout's priced order, recorded with the redemption; the wallet places it next
+    # (PlaceOrder). With an order and no ``new_organization``, a voucher for new Organizations
+    # only leaves that rule to the wallet, which knows (PlaceOrder.first_order_only).
+    order: OrderDraft | None = None
 
     @field_validator("user_id", mode="before")
     @classmethod
@@ -219,6 +223,49 @@ class GrantCredit(_WalletCommand):
     grant: Grant
 
 
+class Failure(Frozen):
+    reason: str = Field(min_length=1, max_length=100)
+    message: str = Field(max_length=500)
+
+
+class PlaceOrder(_WalletCommand):
+    """Place a priced checkout and settle it in one decision (one append): the order, the
+    redemption's credit (``grant``), credit applied first, and either the order completed on
+    credit alone or the rest asked of Stripe. Refused, writing nothing, when the order exists
+    already, the user is no member, nothing can pay the rest (``payment_unavailable``), or the
+    redemption was for an Organization's first order and this one has completed one
+    (``first_order_only``). ``failure``: record the order as failed instead (recovery, for a
+    redemption whose checkout never reached the wallet)."""
+
+    type: Literal["place_order"] = "place_order"
+    user_id: str | None = None
+    member_by_claim: bool = False
+    tenant_id: str = _ID
+    plan_id: str = _ID
+    apps: list[str] = Field(default_factory=list, max_length=100)
+    addons: list[str] = Field(default_factory=list, max_length=100)
+    promo_code: str | None = None
+    lines: list[OrderLine] = Field(min_length=1, max_length=101)
+    total_baisa: int = Field(ge=0, strict=True)
+    grant: Grant | None = None
+    payment_available: bool = False
+    first_order_only: bool = False
+    failure: Failure | None = None
+
+    def draft(self) -> OrderDraft:
+        return OrderDraft(
+            order_id=self.order_id,
+            tenant_id=self.tenant_id,
+            user_id=self.user_id or self.customer_id,
+            member_by_claim=self.member_by_claim,
+            plan_id=self.plan_id,
+            apps=self.apps,
+            addons=self.addons,
+            lines=self.lines,
+            total_baisa=self.total_baisa,
+        )
+
+
 class AttachSession(_WalletCommand):
     type: Literal["attach_session"] = "attach_session"
     session_id: str = _ID
@@ -284,7 +331,8 @@ class QueryOrder(_WalletCommand):
 
 
 WalletCommandT = (
-    OpenOrder
+    PlaceOrder
+    | OpenOrder
     | SettleOrder
     | GrantCredit
     | AttachSession

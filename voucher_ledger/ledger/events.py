@@ -100,14 +100,40 @@ class VoucherRevoked(Frozen):
     code: str
 
 
+class OrderLine(Frozen):
+    kind: Literal["plan", "addon"]
+    id: str
+    name: str
+    amount_baisa: int
+
+
+class OrderDraft(Frozen):
+    """A priced order as a checkout places it: carried by its voucher redemption (so that a
+    checkout stopped between the redemption and the wallet can be recorded and compensated
+    from the redemption alone) and placed in the wallet as :class:`OrderOpened`."""
+
+    order_id: str
+    tenant_id: str
+    user_id: str
+    member_by_claim: bool = False
+    plan_id: str
+    apps: list[str]
+    addons: list[str]
+    lines: list[OrderLine]
+    total_baisa: int
+
+
 class VoucherRedeemed(_ByOwnUser):
     """An account (``customer_id``: the Organization, the checkout's tenant_id) took one
     redemption slot and earned ``credit_baisa`` of credit; ``user_id`` is the login that
     redeemed it (one redemption per account and one per user per code). Version 2 adds
-    ``user_id``; a v1 redemption was a user's own (its ``customer_id``)."""
+    ``user_id``; a v1 redemption was a user's own (its ``customer_id``). Version 3 adds
+    ``order``: the priced order the checkout redeemed for, which its account's wallet places
+    next (None: a redemption outside a checkout, and every v1/v2 one, whose order the wallet
+    opened before the redemption)."""
 
     type: Literal["voucher.redeemed"] = "voucher.redeemed"
-    version: Literal[2] = 2
+    version: Literal[3] = 3
     code: str
     customer_id: str
     redemption_id: str
@@ -116,6 +142,7 @@ class VoucherRedeemed(_ByOwnUser):
     # when the credit this redemption grants expires (the voucher's credit_valid_for after
     # the redemption); None: never
     credit_expires_at: datetime | None = None
+    order: OrderDraft | None = None
 
 
 class RedemptionReversed(Frozen):
@@ -215,13 +242,6 @@ class CreditExpired(_WalletEvent):
     order_id: str
     amount_baisa: int
     expires_at: datetime
-
-
-class OrderLine(Frozen):
-    kind: Literal["plan", "addon"]
-    id: str
-    name: str
-    amount_baisa: int
 
 
 class OrderOpened(_WalletEvent, _ByOwnUser):
@@ -459,6 +479,11 @@ def _redeemed_v1_to_v2(event: dict[str, Any]) -> dict[str, Any]:
     return {**_by_own_user_v1_to_v2(event), "credit_expires_at": None}
 
 
+def _redeemed_v2_to_v3(event: dict[str, Any]) -> dict[str, Any]:
+    """Its order (if any) was opened in the wallet before the redemption: none carried."""
+    return {**event, "version": 3, "order": None}
+
+
 def _opened_v1_to_v2(event: dict[str, Any]) -> dict[str, Any]:
     return {**_by_own_user_v1_to_v2(event), "member_by_claim": False}
 
@@ -480,6 +505,7 @@ UPCASTERS: dict[tuple[str, int], Upcaster] = {
     ("wallet.credit_released", 1): _lots_v1_to_v2,
     ("voucher.issued", 1): _issued_v1_to_v2,
     ("voucher.redeemed", 1): _redeemed_v1_to_v2,
+    ("voucher.redeemed", 2): _redeemed_v2_to_v3,
     ("order.opened", 1): _opened_v1_to_v2,
 }
 CURRENT_VERSIONS: dict[str, int] = {
@@ -558,6 +584,9 @@ def _plain_annotation(annotation: Any) -> Any:
     if get_origin(annotation) is list:
         (item,) = get_args(annotation)
         return list[_plain_annotation(item)]  # type: ignore[misc]
+    args = get_args(annotation)
+    if type(None) in args and any(isinstance(a, type) and issubclass(a, Frozen) for a in args):
+        return Union[tuple(_plain_annotation(a) for a in args)]  # noqa: UP007 - built from parts
     return annotation
 
 

@@ -367,6 +367,7 @@ def decide(
                     credit_baisa=state.credit_baisa,
                     user_id=user,
                     credit_expires_at=at + timedelta(seconds=valid_for) if valid_for else None,
+                    order=command.order,
                 )
             ]
         case ReverseRedemption():
@@ -442,7 +443,10 @@ def _check_eligible(code: str, rules: Rules, command: RedeemVoucher) -> None:
             "min_order_omr",
             f"this code needs an order of at least {_omr_text(rules.min_order_baisa)} OMR",
         )
-    if rules.new_organizations_only and command.new_organization is not True:
+    # A checkout's redemption (it carries its order) may leave this rule to the wallet, which
+    # places the order next and knows whether the Organization completed one (first_order_only).
+    deferred = command.order is not None and command.new_organization is None
+    if rules.new_organizations_only and command.new_organization is not True and not deferred:
         raise NotEligible(
             code,
             "new_organizations_only",

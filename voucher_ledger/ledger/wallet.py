@@ -33,6 +33,7 @@ from voucher_ledger.ledger.commands import (
     Grant,
     GrantCredit,
     OpenOrder,
+    PlaceOrder,
     QueryOrder,
     RecordInvoice,
     SettleOrder,
@@ -42,6 +43,7 @@ from voucher_ledger.ledger.errors import (
     CommandIdReused,
     DomainError,
     InvalidInput,
+    NotEligible,
     NotMember,
     OrderClosed,
     OrderNotFound,
@@ -279,81 +281,21 @@ def decide(
     who = state.customer_id
     match command:
         case OpenOrder():
-            if command.order_id in state.orders:
-                raise InvalidInput("order_id", "order already exists")
-            user = command.user_id if command.user_id is not None else who
-            if not command.member_by_claim and state.owner not in (None, user):
-                raise NotMember(who, user)
-            if sum(line.amount_baisa for line in command.lines) != command.total_baisa:
-                raise InvalidInput("total_baisa", "total does not match the order lines")
-            return [
-                OrderOpened(
-                    customer_id=who,
-                    order_id=command.order_id,
-                    tenant_id=command.tenant_id,
-                    plan_id=command.plan_id,
-                    apps=command.apps,
-                    addons=command.addons,
-                    promo_code=command.promo_code,
-                    lines=command.lines,
-                    total_baisa=command.total_baisa,
-                    user_id=user,
-                    member_by_claim=command.member_by_claim,
-                )
-            ]
+            return [_opened(state, command)]
+        case PlaceOrder():
+            return _place(state, command, now)
         case SettleOrder():
             order = state.order(command.order_id)
             if order.status != "opened":
                 raise OrderClosed(order.order_id, order.status)
-            events: list[WalletEventT] = []
-            granted = 0
-            lots = state.lots
-            grant = command.grant
-            if grant is not None and grant.redemption_id not in state.grants:
-                new = _granted(who, order.order_id, grant)
-                if new.expires_at is None or now < new.expires_at:
-                    granted = grant.amount_baisa
-                events.append(new)
-                lots = _with_lot(state, new)
-            applied = min(state.available_at(now) + granted, order.total_baisa)
-            due = order.total_baisa - applied
-            if due > 0 and not command.payment_available:
-                raise PaymentUnavailable(order.order_id, due)
-            if applied > 0:
-                events.append(
-                    CreditReserved(
-                        customer_id=who,
-                        order_id=order.order_id,
-                        amount_baisa=applied,
-                        lots=take(lots, applied, now),
-                    )
-                )
-            if due == 0:
-                if applied > 0:
-                    events.append(
-                        CreditCaptured(
-                            customer_id=who, order_id=order.order_id, amount_baisa=applied
-                        )
-                    )
-                events.append(
-                    OrderCompleted(
-                        customer_id=who,
-                        order_id=order.order_id,
-                        paid_by_credit=True,
-                        credit_applied_baisa=applied,
-                        amount_paid_baisa=0,
-                    )
-                )
-            else:
-                events.append(
-                    OrderPaymentRequested(
-                        customer_id=who,
-                        order_id=order.order_id,
-                        credit_applied_baisa=applied,
-                        amount_due_baisa=due,
-                    )
-                )
-            return events
+            return _settlement(
+                state,
+                order.order_id,
+                order.total_baisa,
+                command.grant,
+                command.payment_available,
+                now,
+            )
         case GrantCredit():
             order = state.order(command.order_id)
             grant = command.grant
@@ -393,7 +335,7 @@ def decide(
                 ]
             if order.status != "awaiting_payment":
                 raise OrderClosed(order.order_id, order.status)
-            events = []
+            events: list[WalletEventT] = []
             if order.reserved_baisa:
                 events.append(
                     CreditCaptured(
@@ -470,6 +412,130 @@ def decide(
         case QueryOrder():
             state.order(command.order_id)
             return []
+
+
+def _opened(
+    state: WalletState, command: OpenOrder | PlaceOrder, *, check_member: bool = True
+) -> OrderOpened:
+    """The order a command opens, if the account lets its user open one (``check_member``)."""
+    who = state.customer_id
+    if command.order_id in state.orders:
+        raise InvalidInput("order_id", "order already exists")
+    user = command.user_id if command.user_id is not None else who
+    if check_member and not command.member_by_claim and state.owner not in (None, user):
+        raise NotMember(who, user)
+    if sum(line.amount_baisa for line in command.lines) != command.total_baisa:
+        raise InvalidInput("total_baisa", "total does not match the order lines")
+    return OrderOpened(
+        customer_id=who,
+        order_id=command.order_id,
+        tenant_id=command.tenant_id,
+        plan_id=command.plan_id,
+        apps=command.apps,
+        addons=command.addons,
+        promo_code=command.promo_code,
+        lines=command.lines,
+        total_baisa=command.total_baisa,
+        user_id=user,
+        member_by_claim=command.member_by_claim,
+    )
+
+
+def _place(state: WalletState, command: PlaceOrder, now: datetime) -> list[WalletEventT]:
+    """A checkout's order, placed and settled in one append (or recorded failed)."""
+    existing = state.orders.get(command.order_id)
+    if existing is not None:  # placed already (by another command id), or failed by recovery
+        raise OrderClosed(existing.order_id, existing.status)
+    # A failure is recorded whoever the user is: it changes no credit, and recording it is
+    # what stops the order for good (its slot is given back next).
+    opened = _opened(state, command, check_member=command.failure is None)
+    who = state.customer_id
+    if command.failure is not None:
+        return [
+            opened,
+            OrderFailed(
+                customer_id=who,
+                order_id=command.order_id,
+                reason=command.failure.reason,
+                message=command.failure.message,
+                release_slot=True,
+            ),
+        ]
+    if command.grant is not None and command.first_order_only and state.completed_orders:
+        raise NotEligible(
+            command.grant.code,
+            "new_organizations_only",
+            "this code is only for an Organization's first order",
+        )
+    events: list[WalletEventT] = [opened]
+    events.extend(
+        _settlement(
+            state,
+            command.order_id,
+            command.total_baisa,
+            command.grant,
+            command.payment_available,
+            now,
+        )
+    )
+    return events
+
+
+def _settlement(
+    state: WalletState,
+    order_id: str,
+    total: int,
+    grant: Grant | None,
+    payment_available: bool,
+    now: datetime,
+) -> list[WalletEventT]:
+    """Grant the redemption's credit (once per redemption id), then apply credit first:
+    complete the order on credit alone, or reserve it and ask Stripe for the rest."""
+    who = state.customer_id
+    events: list[WalletEventT] = []
+    granted = 0
+    lots = state.lots
+    if grant is not None and grant.redemption_id not in state.grants:
+        new = _granted(who, order_id, grant)
+        if new.expires_at is None or now < new.expires_at:
+            granted = grant.amount_baisa
+        events.append(new)
+        lots = _with_lot(state, new)
+    applied = min(state.available_at(now) + granted, total)
+    due = total - applied
+    if due > 0 and not payment_available:
+        raise PaymentUnavailable(order_id, due)
+    if applied > 0:
+        events.append(
+            CreditReserved(
+                customer_id=who,
+                order_id=order_id,
+                amount_baisa=applied,
+                lots=take(lots, applied, now),
+            )
+        )
+    if due == 0:
+        if applied > 0:
+            events.append(CreditCaptured(customer_id=who, order_id=order_id, amount_baisa=applied))
+        events.append(
+            OrderCompleted(
+                customer_id=who,
+                order_id=order_id,
+                paid_by_credit=True,
+                credit_applied_baisa=applied,
+                amount_paid_baisa=0,
+            )
+        )
+    else:
+        events.append(
+            OrderPaymentRequested(
+                customer_id=who,
+                order_id=order_id,
+                credit_applied_baisa=applied,
+                amount_due_baisa=due,
+            )
+        )
+    return events
 
 
 def _fail(

@@ -277,6 +277,40 @@ async def orders_to_recover(
     return [(r["order_id"], r["customer_id"]) for r in rows]
 
 
+# How far back recovery looks for a checkout's redemption whose order never reached the wallet.
+UNPLACED_WINDOW_DAYS = 7
+
+
+@_translated
+async def unplaced_redemptions(
+    pool: asyncpg.Pool, *, older_than: float, limit: int = 200
+) -> list[dict[str, Any]]:
+    """Live redemptions of checkouts (command ``redeem-<order>``), older than ``older_than``
+    seconds and younger than :data:`UNPLACED_WINDOW_DAYS`, whose account shows no order
+    ``<order>`` with that code: the checkout stopped between its redemption and its order, or
+    its order is another checkout's (an Idempotency-Key reused with another code). Each with
+    the order its redemption carried (``draft``, JSON text; NULL before issue #19)."""
+    rows = await pool.fetch(
+        """SELECT r.code, r.customer_id, substr(r.command_id, 8) AS order_id,
+                  NULLIF(a.event -> 'event' -> 'order', 'null'::jsonb) AS draft
+           FROM redemptions r
+           LEFT JOIN audit_log a ON a.seq = r.seq
+           WHERE r.reversed_at IS NULL AND r.command_id LIKE 'redeem-%'
+             AND r.redeemed_at < now() - make_interval(secs => $1)
+             AND r.redeemed_at > now() - make_interval(days => $2)
+             AND NOT EXISTS (
+                 SELECT 1 FROM orders o
+                 WHERE o.order_id = substr(r.command_id, 8) AND o.customer_id = r.customer_id
+                   AND o.promo_code = r.code)
+           ORDER BY r.redeemed_at
+           LIMIT $3""",
+        older_than,
+        UNPLACED_WINDOW_DAYS,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
 # ------------------------------------------------------------------ subscriptions and invoices
 
 _SUBSCRIPTION_COLUMNS = """id, customer_id, tenant_id, plan_id, status, amount_baisa, order_id,
