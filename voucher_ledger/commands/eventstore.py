@@ -197,8 +197,12 @@ class JetStreamEventStore:
             await asyncio.gather(*(self._send_group(chunk, False) for chunk in chunks))
 
     async def _send_group(self, group: list[_Queued], alone: bool) -> None:
-        """One atomic batch for ``group`` (or, if small or ``alone``, one per part)."""
-        if len(group) > 1 and (alone or sum(len(q[0][2]) for q in group) < ATOMIC_MIN):
+        """One atomic batch for ``group`` (or, if ``alone``, or small and of single events,
+        one plain publish per part). A small group with a part of several events goes as one
+        batch all the same: that part needs one anyway, and each batch costs the server a
+        staging store of its own (see :data:`ATOMIC_MIN`), so one is cheaper than several."""
+        small = sum(len(q[0][2]) for q in group) < ATOMIC_MIN
+        if len(group) > 1 and (alone or (small and all(len(q[0][2]) == 1 for q in group))):
             await asyncio.gather(*(self._send_group([queued], True) for queued in group))
             return
         try:
