@@ -24,9 +24,11 @@ from voucher_ledger.ledger.commands import (
     ConfirmPayment,
     ExpireCredit,
     FailOrder,
+    Failure,
     Grant,
     IssueVoucher,
     OpenOrder,
+    PlaceOrder,
     RecordInvoice,
     RedeemVoucher,
     ReverseRedemption,
@@ -119,7 +121,7 @@ ROW_KEYS = {
     "vouchers": "code",
     "redemptions": "redemption_id",
     "wallets": "customer_id",
-    "credit_entries": "seq",
+    "credit_entries": "seq, kind",  # one event (order.placed) may hold several movements
     "orders": "order_id",
     "credit_lots": "redemption_id",
     "subscription_orders": "order_id",
@@ -245,6 +247,36 @@ async def _checkouts(w: _Writer, n: int, code: str) -> None:
         w.wallet(c, ExpireCredit(customer_id=c, order_id=oid3, redemption_id=lapsed))
         w.wallet(c, ExpireCredit(customer_id=c, order_id=oid3, redemption_id=lapsed))
     w.wallet(c, SettleOrder(customer_id=c, order_id=oid2, payment_available=True))
+    # Issue #19's checkout: the redemption carries the order, the wallet places and settles it
+    # in one event (order.placed): covered by the credit, or awaiting payment; every fourth
+    # customer's order never reaches the wallet, which recovery records failed.
+    oid4 = f"{c}-o4"
+    placed = _placed(c, oid4, 1500 if n % 2 == 0 else 4000, code)
+    w.voucher(
+        code,
+        RedeemVoucher(
+            code=code,
+            customer_id=f"org4-{c}",
+            user_id=f"user4-{c}",
+            plan_id="pro",
+            order_total_baisa=placed.total_baisa,
+            order=placed.draft(),
+        ),
+    )
+    rid4 = w.vouchers[code].redemptions[f"org4-{c}"].redemption_id
+    if n % 4 == 3:
+        lost = placed.model_copy(
+            update={"failure": Failure(reason="interrupted", message="rolled back")}
+        )
+        w.wallet(c, lost)
+    else:
+        grant4 = Grant(redemption_id=rid4, code=code, amount_baisa=2000)
+        w.wallet(c, placed.model_copy(update={"grant": grant4}))
+
+
+def _placed(customer: str, order_id: str, total: int, promo: str) -> PlaceOrder:
+    opened = _order(customer, order_id, total, promo)
+    return PlaceOrder(**opened.model_dump(exclude={"type"}), payment_available=True)
 
 
 async def write_mixed_history(

@@ -29,6 +29,7 @@ from voucher_ledger.ledger.events import (
     OrderFailed,
     OrderOpened,
     OrderPaymentRequested,
+    OrderPlaced,
     OrderRefundDue,
     OrderSessionCreated,
     RedemptionReversed,
@@ -49,9 +50,22 @@ from voucher_ledger.projections.vouchers import VoucherProjection
 from voucher_ledger.projections.wallets import WalletProjection
 
 
-def models(events: Sequence[PlainEvent]) -> list[StreamEvent]:
-    """The projector's plain events decoded into the models, from their stored bodies."""
-    return [stream_event(e.seq, e.raw.encode()) for e in events]
+def models(events: Sequence[PlainEvent], *, parts: bool = True) -> list[StreamEvent]:
+    """The projector's plain events decoded into the models, from their stored bodies; an
+    ``order.placed`` as its parts (``OrderPlaced.parts``), each at its sequence, unless
+    ``parts`` is false (the audit trail records each stored event)."""
+    out: list[StreamEvent] = []
+    for e in events:
+        item = stream_event(e.seq, e.raw.encode())
+        event = item.envelope.event
+        if parts and isinstance(event, OrderPlaced):
+            out.extend(
+                StreamEvent(item.seq, item.envelope.model_copy(update={"event": p}), item.raw)
+                for p in event.parts()
+            )
+        else:
+            out.append(item)
+    return out
 
 
 class Ops:
@@ -187,7 +201,7 @@ class AuditStatements:
     keyed = AuditProjection.keyed
 
     async def apply(self, conn: Conn, plain: Sequence[PlainEvent]) -> None:
-        events = models(plain)
+        events = models(plain, parts=False)
         # COPY (binary): several times faster than INSERTs for the one table every event
         # lands in. The table name is unqualified on purpose: a rebuild sets search_path.
         await conn.copy_records_to_table(

@@ -6,6 +6,7 @@ import gc
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +25,13 @@ from voucher_ledger.ledger.commands import (
     SettleOrder,
     WalletCommandT,
 )
-from voucher_ledger.ledger.events import Actor, EventEnvelope, OrderLine, RecordedEvent
+from voucher_ledger.ledger.events import (
+    Actor,
+    EventEnvelope,
+    OrderLine,
+    OrderPlaced,
+    RecordedEvent,
+)
 from voucher_ledger.ledger.voucher import Decided, Refused, Replayed
 from voucher_ledger.ledger.wallet import WalletState, evolve, fold, handle, initial_state
 
@@ -420,7 +427,10 @@ def test_place_order_opens_grants_and_completes_in_one_decision() -> None:
     w = Wallet()
     outcome = w.apply(place("o1", 9, grant_omr=20), "place-o1")
     assert isinstance(outcome, Decided)
-    assert w.types() == [
+    assert w.types() == ["order.placed"]  # one event, one plain publish
+    [placed] = [r.envelope.event for r in w.history]
+    assert isinstance(placed, OrderPlaced)
+    assert [p.type for p in placed.parts()] == [
         "order.opened",
         "wallet.credit_granted",
         "wallet.credit_reserved",
@@ -439,7 +449,50 @@ def test_place_order_opens_grants_and_completes_in_one_decision() -> None:
     again = w.apply(place("o1", 9, grant_omr=20), "other-id")
     assert isinstance(again, Refused)
     assert again.error.reason == "order_closed"
-    assert len(w.history) == 5
+    assert len(w.history) == 1
+
+
+@pytest.mark.parametrize(
+    ("total", "grant", "funded", "payment"),
+    [(0, 7, 0, False), (9, 20, 0, False), (9, 4, 0, True), (9, 0, 3, True), (9, 0, 12, False)],
+)
+def test_a_placed_order_folds_exactly_as_the_four_step_checkout_did(
+    total: int, grant: int, funded: int, payment: bool
+) -> None:
+    """order.placed means its parts: the state after it equals the state after the earlier
+    checkout's open, grant and settle commands (the same credit, lots, order and counts)."""
+    old, new = Wallet(), Wallet()
+    for w in (old, new):
+        if funded:  # credit from an earlier, expiring grant
+            w.apply(open_order("f", 0))
+            w.apply(
+                SettleOrder(
+                    customer_id=CUSTOMER,
+                    order_id="f",
+                    grant=Grant(
+                        redemption_id="r-f",
+                        code="OLD",
+                        amount_baisa=funded * OMR,
+                        expires_at=datetime(2099, 1, 1, tzinfo=UTC),
+                    ),
+                    payment_available=False,
+                )
+            )
+    old.apply(open_order("o", total))
+    old.apply(settle("o", grant, payment))
+    assert isinstance(new.apply(place("o", total, grant, payment=payment)), Decided)
+    assert new.types()[-1] == "order.placed"
+    a, b = old.state, new.state
+    assert (a.balance_baisa, a.reserved_baisa, a.completed_orders, a.owner) == (
+        b.balance_baisa,
+        b.reserved_baisa,
+        b.completed_orders,
+        b.owner,
+    )
+    assert dict(a.lots) == dict(b.lots)
+    assert dict(a.grants) == dict(b.grants)
+    keep = {"updated_at", "opened_at", "promo_code"}  # open_order() names no code
+    assert a.order("o").model_dump(exclude=keep) == b.order("o").model_dump(exclude=keep)
 
 
 def test_place_order_that_credit_does_not_cover_waits_for_payment_or_writes_nothing() -> None:

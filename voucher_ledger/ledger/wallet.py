@@ -65,8 +65,10 @@ from voucher_ledger.ledger.events import (
     OrderLine,
     OrderOpened,
     OrderPaymentRequested,
+    OrderPlaced,
     OrderRefundDue,
     OrderSessionCreated,
+    PlacedGrant,
     RecordedEvent,
     WalletEventT,
 )
@@ -467,18 +469,30 @@ def _place(state: WalletState, command: PlaceOrder, now: datetime) -> list[Walle
             "new_organizations_only",
             "this code is only for an Organization's first order",
         )
-    events: list[WalletEventT] = [opened]
-    events.extend(
-        _settlement(
-            state,
-            command.order_id,
-            command.total_baisa,
-            command.grant,
-            command.payment_available,
-            now,
-        )
+    settled = _settlement(
+        state, command.order_id, command.total_baisa, command.grant, command.payment_available, now
     )
-    return events
+    # One event for all of it (OrderPlaced: one plain publish, not an atomic batch); it means
+    # exactly [opened, *settled] (OrderPlaced.parts, tested).
+    grant = next((e for e in settled if isinstance(e, CreditGranted)), None)
+    reserved = next((e for e in settled if isinstance(e, CreditReserved)), None)
+    asked = next((e for e in settled if isinstance(e, OrderPaymentRequested)), None)
+    return [
+        OrderPlaced(
+            **opened.model_dump(exclude={"type", "version"}),
+            grant=PlacedGrant(
+                redemption_id=grant.redemption_id,
+                code=grant.code,
+                amount_baisa=grant.amount_baisa,
+                expires_at=grant.expires_at,
+            )
+            if grant is not None
+            else None,
+            credit_applied_baisa=reserved.amount_baisa if reserved is not None else 0,
+            lots=reserved.lots if reserved is not None else [],
+            amount_due_baisa=asked.amount_due_baisa if asked is not None else 0,
+        )
+    ]
 
 
 def _settlement(
@@ -649,6 +663,27 @@ def evolve(state: WalletState, recorded: RecordedEvent, fingerprint: str = "") -
     env = recorded.envelope
     event = env.event
     at = env.occurred_at
+    if isinstance(event, OrderPlaced):
+        for part in event.parts():
+            state = _apply(state, part, at)
+    else:
+        state = _apply(state, event, at)
+    if state.available_baisa < 0 or state.reserved_baisa < 0:
+        # The decider never produces this; a stream that does is corrupt, and must not be folded.
+        raise ValueError(f"wallet {state.customer_id}: negative credit at seq {recorded.seq}")
+    receipt = WalletReceipt(
+        command_id=env.command_id,
+        fingerprint=fingerprint or env.command_fingerprint,
+        seq=recorded.seq,
+        order_id=getattr(event, "order_id", None),
+    )
+    return replace(
+        state, last_seq=recorded.seq, receipts=state.receipts.set(env.command_id, receipt)
+    )
+
+
+def _apply(state: WalletState, event: Frozen, at: datetime) -> WalletState:
+    """One event's effect on the state (``order.placed``: one call per part)."""
     order_id: str | None = getattr(event, "order_id", None)
     order = state.orders.get(order_id) if order_id else None
     order_changes: dict[str, object] | None = None  # applied to ``order`` after the match
@@ -771,21 +806,10 @@ def evolve(state: WalletState, recorded: RecordedEvent, fingerprint: str = "") -
                 state, invoices=state.invoices.set(event.stripe_invoice_id, event.outcome)
             )
         case _:
-            raise TypeError(f"{event.type} is not a wallet event")
+            raise TypeError(f"{type(event).__name__} is not a wallet event")
     if order_changes is not None and order is not None:  # an event of an order we hold
         state = _set_order(state, order, updated_at=at, **order_changes)
-    if state.available_baisa < 0 or state.reserved_baisa < 0:
-        # The decider never produces this; a stream that does is corrupt, and must not be folded.
-        raise ValueError(f"wallet {state.customer_id}: negative credit at seq {recorded.seq}")
-    receipt = WalletReceipt(
-        command_id=env.command_id,
-        fingerprint=fingerprint or env.command_fingerprint,
-        seq=recorded.seq,
-        order_id=order_id,
-    )
-    return replace(
-        state, last_seq=recorded.seq, receipts=state.receipts.set(env.command_id, receipt)
-    )
+    return state
 
 
 def fold(customer_id: str, history: list[RecordedEvent]) -> WalletState:

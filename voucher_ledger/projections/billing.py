@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table
+from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table, expand_placed
 
 SUBSCRIPTION_ORDERS = Table(
     "subscription_orders",
@@ -96,6 +96,7 @@ class BillingProjection:
     keyed = frozenset(tables)
 
     async def apply(self, conn: Conn, events: Sequence[PlainEvent]) -> None:
+        events = expand_placed(events)  # order.placed: its parts, one by one
         completed: set[str] = set()
         tenants: set[str] = set()
         invoice_ids: set[str] = set()

@@ -24,7 +24,13 @@ from typing import Any, NamedTuple, Protocol, TypeAlias
 import asyncpg
 import asyncpg.pool
 
-from voucher_ledger.ledger.events import EventEnvelope, decode_envelope, decode_plain
+from voucher_ledger.ledger.events import (
+    PLACED,
+    EventEnvelope,
+    decode_envelope,
+    decode_plain,
+    placed_parts,
+)
 
 Conn: TypeAlias = (
     "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
@@ -39,6 +45,23 @@ class PlainEvent(NamedTuple):
     seq: int
     doc: dict[str, Any]
     raw: str
+
+
+def expand_placed(events: Sequence[PlainEvent]) -> Sequence[PlainEvent]:
+    """Each ``order.placed`` as its parts (``OrderPlaced.parts``), at its sequence, for the
+    read models that are written per part (one credit entry per movement, and so on)."""
+    if not any(e.doc["event"]["type"] == PLACED for e in events):
+        return events
+    out: list[PlainEvent] = []
+    for e in events:
+        if e.doc["event"]["type"] == PLACED:
+            out.extend(
+                PlainEvent(e.seq, {**e.doc, "event": p}, e.raw)
+                for p in placed_parts(e.doc["event"])
+            )
+        else:
+            out.append(e)
+    return out
 
 
 def plain_event(seq: int, data: bytes) -> PlainEvent:

@@ -220,7 +220,9 @@ async def credit_entries(
                   created_at
            FROM credit_entries
            WHERE customer_id = $1 AND kind IN ('granted', 'captured', 'revoked', 'expired')
-           ORDER BY seq DESC LIMIT $2""",
+           -- one order.placed may hold a grant and a capture: the capture came after it
+           ORDER BY seq DESC, CASE kind WHEN 'granted' THEN 0 WHEN 'reserved' THEN 1 ELSE 2 END DESC
+           LIMIT $2""",
         customer_id,
         limit,
     )

@@ -28,6 +28,7 @@ from voucher_ledger.ledger.events import (
     InvoiceRecorded,
     OrderCompleted,
     OrderOpened,
+    OrderPlaced,
     RecordedEvent,
     RedemptionReversed,
     VoucherRedeemed,
@@ -288,8 +289,16 @@ def _verify_billing(
     opened: dict[str, OrderOpened] = {}
     expected: dict[str, dict[str, Any]] = {}
     expected_invoices: dict[str, dict[str, Any]] = {}
-    for r in walk:
-        event, at = r.envelope.event, r.envelope.occurred_at
+    parts = (
+        (r.envelope.occurred_at, part)
+        for r in walk
+        for part in (
+            r.envelope.event.parts()
+            if isinstance(r.envelope.event, OrderPlaced)
+            else [r.envelope.event]
+        )
+    )
+    for at, event in parts:
         if isinstance(event, OrderOpened):
             opened[event.order_id] = event
         elif isinstance(event, OrderCompleted) and event.order_id in opened:

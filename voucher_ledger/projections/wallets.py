@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 from pydantic_core import to_json
 
-from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table
+from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table, expand_placed
 
 WALLETS = Table(
     "wallets",
@@ -136,6 +136,7 @@ class WalletProjection:
     keyed = frozenset((WALLETS.name, ORDERS.name, CREDIT_LOTS.name))
 
     async def apply(self, conn: Conn, events: Sequence[PlainEvent]) -> None:
+        events = expand_placed(events)  # order.placed: its parts, one by one
         customers: set[str] = set()
         order_ids: set[str] = set()
         lot_ids: set[str] = set()
