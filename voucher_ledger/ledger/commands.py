@@ -352,3 +352,23 @@ AnyCommand = Annotated[
     IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption | WalletCommandT,
     Field(discriminator="type"),
 ]
+
+
+class MoveAccount(Frozen):
+    """Record that the Organization ``customer_id`` moved to another Sovereign in the bundle
+    ``bundle_digest``. Decided by the exporting operator job (``voucher-ledger org export``,
+    ``ledger.wallet.decide_move``) against the history it exported, and appended with that
+    history's last sequence as the expectation: never sent on the command bus (not in
+    :data:`AnyCommand`)."""
+
+    type: Literal["move_account"] = "move_account"
+    customer_id: str
+    destination: str | None = Field(default=None, min_length=1, max_length=253)
+    bundle_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    wallet_events: int = Field(ge=1)
+    redemption_events: int = Field(ge=0)
+
+    @field_validator("customer_id", mode="before")
+    @classmethod
+    def _customer(cls, value: object) -> str:
+        return validate_customer_id(value)

@@ -345,6 +345,23 @@ class InvoiceRecorded(_WalletEvent):
     pdf_url: str | None
 
 
+class AccountMoved(_WalletEvent):
+    """The Organization moved to another Sovereign (``voucher-ledger org export``): its
+    history up to this event left in the signed bundle whose SHA-256 is ``bundle_digest``
+    (``wallet_events`` of its account's events and ``redemption_events`` of its voucher
+    redemptions, the account's stream sequence ``last_seq`` the last of them); this Sovereign
+    opens no new order for it from now on. ``destination``: the Sovereign it went to, when the
+    export named one."""
+
+    type: Literal["wallet.account_moved"] = "wallet.account_moved"
+    version: Literal[1] = 1
+    destination: str | None = None
+    bundle_digest: str  # SHA-256, hex
+    wallet_events: int
+    redemption_events: int
+    last_seq: int
+
+
 VoucherEvent = Annotated[
     VoucherIssued | VoucherRevoked | VoucherRedeemed | RedemptionReversed,
     Field(discriminator="type"),
@@ -364,6 +381,7 @@ WalletEventT = (
     | OrderAbandoned
     | OrderRefundDue
     | InvoiceRecorded
+    | AccountMoved
 )
 AnyEvent = Annotated[
     VoucherIssued | VoucherRevoked | VoucherRedeemed | RedemptionReversed | WalletEventT,
@@ -388,6 +406,7 @@ EVENT_TYPES: tuple[type[Frozen], ...] = (
     OrderAbandoned,
     OrderRefundDue,
     InvoiceRecorded,
+    AccountMoved,
 )
 
 
