@@ -372,3 +372,6 @@ class MoveAccount(Frozen):
     @classmethod
     def _customer(cls, value: object) -> str:
         return validate_customer_id(value)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:32]
