@@ -237,6 +237,12 @@ async def test_an_organization_moves_with_its_history_and_the_exporter_stops_its
     assert "which this Sovereign does not trust" in foreign.stderr
     assert await b.stream_seq() == head_b
 
+    # a dry run checks the bundle and says what it would write, writing nothing
+    dry = await cli(b, "org", "import", str(bundle), "--trust", str(trust_a), "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert f"dry run: {header['wallet_events']} events to write; nothing written" in dry.stdout
+    assert await b.stream_seq() == head_b
+
     # imported on B: the same account, events with their original ids and times
     imported = await cli(b, "org", "import", str(bundle), "--trust", str(trust_a))
     assert imported.returncode == 0, imported.stdout + imported.stderr
