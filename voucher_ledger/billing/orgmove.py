@@ -50,6 +50,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from voucher_ledger.billing.failpoints import crash_if
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.store import ConcurrencyConflict
 from voucher_ledger.jetstream.layout import Layout
@@ -369,6 +370,7 @@ async def export(
             await store.append(subject, history[-1].seq, envelopes)
         except ConcurrencyConflict:
             continue  # the account changed since it was read: read it again
+        crash_if("org_export.after_move")  # the bundle not in place yet: exported again
         return Exported(digest, len(history), len(redemptions), destination, False, state)
     raise MoveError(f"{tenant} kept changing while it was exported; try again")
 
@@ -395,6 +397,7 @@ async def import_bundle(
     signer: EventSigner | None,
     *,
     dry_run: bool = False,
+    chunk_size: int = CHUNK,
 ) -> Imported:
     """Replay the bundle's wallet events into this ledger (see the module docstring)."""
     tenant = bundle.tenant
@@ -415,12 +418,13 @@ async def import_bundle(
     if rest and not dry_run:
         last = have[-1].seq if have else 0
         head = _head(have[-1]) if have else GENESIS
-        for start in range(0, len(rest), CHUNK):
-            chunk = rest[start : start + CHUNK]
+        for start in range(0, len(rest), chunk_size):
+            chunk = rest[start : start + chunk_size]
             if signer is not None:
                 ((chunk, head),) = signer.sign_append([(head, chunk)])
             recorded = await store.append(subject, last, chunk)
             last = recorded[-1].seq
+            crash_if("org_import.after_chunk")  # a rerun writes the rest
     if dry_run:
         return Imported(0, min(len(have), len(planned)), expected)
     # read back and folded by the domain code: the ledger's account against the bundle's
