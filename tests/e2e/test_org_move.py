@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import wait_until
 from tests.e2e.checkout_helpers import Shop, new_code, new_customer, shop, stripe_env
 from tests.e2e.faults import verify_cli, wait_read_models
 from tests.fakes.stripe_server import FakeStripe
@@ -67,7 +69,9 @@ async def sovereigns(
             yield a, b
 
 
-def cli_env(s: Shop, *, database: bool = False) -> dict[str, str]:
+def cli_env(
+    s: Shop, *, database: bool = False, extra_env: dict[str, str] | None = None
+) -> dict[str, str]:
     env = {
         **os.environ,
         "NATS_URL": s.server.nats_url,
@@ -80,14 +84,17 @@ def cli_env(s: Shop, *, database: bool = False) -> dict[str, str]:
         env.pop(name, None)
     if database:
         env["DATABASE_URL"] = s.server.database_url
+    env.update(extra_env or {})
     return env
 
 
-async def cli(s: Shop, *args: str, database: bool = False) -> subprocess.CompletedProcess[str]:
+async def cli(
+    s: Shop, *args: str, database: bool = False, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "voucher_ledger.cli", *args],
-        env=cli_env(s, database=database),
+        env=cli_env(s, database=database, extra_env=extra_env),
         capture_output=True,
         text=True,
         timeout=300,
@@ -298,3 +305,104 @@ async def test_an_organization_with_another_history_on_the_importer_is_refused(
     missing = await cli(a, "org", "export", new_customer("nobody"), "--out", str(bundle))
     assert missing.returncode == 2
     assert "has no billing history on this Sovereign" in missing.stderr
+
+
+@pytest.mark.storm
+async def test_a_move_under_a_checkout_storm_with_the_exporter_killed_after_the_move(
+    sovereigns: tuple[Shop, Shop], tmp_path: Path
+) -> None:
+    """Checkouts for the Organization keep coming while it is exported. The export process is
+    killed (the failpoint's ``os._exit``, as a SIGKILL there) right after it recorded the move,
+    before its bundle is in place; the import process is killed after it appended the events.
+    Run again, each finishes: every checkout that succeeded is in the bundle, every one after
+    the move was refused, nothing is lost or doubled, and both Sovereigns verify."""
+    a, b = sovereigns
+    org = await shopped_organization(a)
+    scale = int(os.environ.get("VL_FAULT_SCALE", "1"))
+    stop = asyncio.Event()
+    answers: list[tuple[int, str]] = []
+
+    async def customer(n: int) -> None:
+        k = 0
+        pace = random.Random(n)
+        while not stop.is_set():
+            k += 1
+            reply = await a.checkout(org, "free", key=f"storm-{n}-{k}")
+            answers.append((reply.status, reply.json.get("order_id") or reply.json["error"]))
+            # members checking out now and then, not in a tight loop: the export waits for a
+            # moment without a checkout half-way (pacing the load, not waiting for a state)
+            await asyncio.sleep(pace.uniform(0, 0.04))
+
+    storm = [asyncio.create_task(customer(n)) for n in range(4 * scale)]
+    bundle = tmp_path / "storm.bundle"
+    try:
+        await wait_until_answers(answers, 8)
+        run = await cli(
+            a,
+            "org",
+            "export",
+            org,
+            "--out",
+            str(bundle),
+            "--wait",
+            "120",
+            extra_env={"VL_FAILPOINTS": "org_export.after_move"},
+        )
+        assert run.returncode == 86, run.stdout + run.stderr
+        assert not bundle.exists()  # killed before the bundle was put in place
+        await wait_until_answers(answers, len(answers) + 8)  # refusals after the move
+    finally:
+        stop.set()
+        await asyncio.gather(*storm)
+    again = await cli(a, "org", "export", org, "--out", str(bundle))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "written again, nothing recorded" in again.stdout
+
+    accepted = {ref for status, ref in answers if status == 200}
+    refused = [ref for status, ref in answers if status != 200]
+    assert {status for status, _ in answers} <= {200, 409}, answers
+    assert refused, "no checkout came after the move"
+    assert all(f"organization {org} moved" in error for error in refused)
+    lines = [json.loads(line) for line in bundle.read_bytes().splitlines()[1:-1]]
+    opened = [
+        line["event"]["event"]["order_id"]
+        for line in lines
+        if line["event"]["event"]["type"] == "order.opened"
+    ]
+    assert accepted <= set(opened)
+    assert len(opened) == len(set(opened)) == len(accepted) + 2  # and the two of the setup
+    # on A nothing was opened after the move
+    after_move = await a.db(
+        "SELECT type FROM audit_log WHERE aggregate_id = $1 AND seq > (SELECT seq FROM "
+        "audit_log WHERE aggregate_id = $1 AND type = 'wallet.account_moved')",
+        org,
+    )
+    assert [r["type"] for r in after_move] == []
+
+    trust_a = await public_key(a, tmp_path / "a.pub")
+    head_b = await b.stream_seq()
+    killed = await cli(
+        b,
+        "org",
+        "import",
+        str(bundle),
+        "--trust",
+        str(trust_a),
+        extra_env={"VL_FAILPOINTS": "org_import.after_chunk"},
+    )
+    assert killed.returncode == 86, killed.stdout + killed.stderr
+    rerun = await cli(b, "org", "import", str(bundle), "--trust", str(trust_a))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert await b.stream_seq() == head_b + len([x for x in lines if x["part"] == "wallet"])
+    await projected(a)
+    await projected(b)
+    assert await account_view(b, org) == await account_view(a, org)
+    await verify_cli(cli_env(a, database=True))
+    await verify_cli(cli_env(b, database=True))
+
+
+async def wait_until_answers(answers: list[tuple[int, str]], count: int) -> None:
+    async def enough() -> bool:
+        return len(answers) >= count
+
+    await wait_until(enough, timeout=60, what=f"{count} checkout answers")

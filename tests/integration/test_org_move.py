@@ -190,3 +190,53 @@ async def test_an_interrupted_import_is_finished_by_a_rerun_and_a_third_writes_n
     finally:
         for cfg in other.streams.values():
             await nc.request(f"$JS.API.STREAM.DELETE.{cfg['name']}", b"", timeout=5)
+
+
+async def test_an_account_with_a_checkout_half_way_is_not_moved_within_the_wait(
+    store: JetStreamEventStore, applied: StreamsSpec
+) -> None:
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    signer = EventSigner(Ed25519PrivateKey.generate())
+    await checkout(store, applied, org, 1)
+    subject = applied.layout.wallet_subject(org)
+    history = await store.load(subject, consistent=True)
+    opened = wallet.decide(
+        wallet.fold(org, history),
+        OpenOrder(
+            customer_id=org,
+            order_id="half-way",
+            tenant_id=org,
+            plan_id="starter",
+            lines=[OrderLine(kind="plan", id="starter", name="S", amount_baisa=9000)],
+            total_baisa=9000,
+        ),
+    )
+    env = EventEnvelope(
+        event_id=str(uuid.uuid4()),
+        aggregate="wallet",
+        aggregate_id=org,
+        occurred_at=datetime.now(UTC),
+        actor=ACTOR,
+        command_id="open-half-way",
+        event=opened[0],
+    )
+    await store.append(subject, history[-1].seq, [env])
+    head = await store.last_sequence()
+    written: list[bytes] = []
+    with pytest.raises(
+        MoveError, match=r"order half-way of .* is being checked out.*\(for 0.3 s\)"
+    ):
+        await export(
+            store,
+            applied.layout,
+            org,
+            signer,
+            written.append,
+            source=None,
+            stream=applied.event_stream,
+            destination=None,
+            seal=False,
+            wait=0.3,
+        )
+    assert written == []
+    assert await store.last_sequence() == head

@@ -39,9 +39,11 @@ carries them for the trail.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +59,7 @@ from voucher_ledger.jetstream.layout import Layout
 from voucher_ledger.ledger import wallet as wallet_agg
 from voucher_ledger.ledger.codes import CODE_PATTERN
 from voucher_ledger.ledger.commands import MoveAccount
-from voucher_ledger.ledger.errors import DomainError
+from voucher_ledger.ledger.errors import CheckoutInFlight, DomainError
 from voucher_ledger.ledger.events import (
     AccountMoved,
     Actor,
@@ -82,7 +84,8 @@ FORMAT = "voucher-ledger/org-bundle"
 VERSION = 1
 EXPORT_ACTOR = Actor(sub="org-export", role="system")
 CHUNK = 500  # events per atomic batch on import
-ATTEMPTS = 5  # an export whose account keeps changing under it gives up after this many
+WAIT = 30.0  # seconds an export waits for a moment without a checkout half-way (--wait)
+_PAUSE = 0.05  # between two reads of an account that is checking out
 _PEM = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
 
 
@@ -258,6 +261,7 @@ class Exported:
     destination: str | None
     again: bool  # moved before: the same bundle written again
     state: wallet_agg.WalletState
+    reads: int = 1  # how many times the account was read (a checkout under way: again)
 
 
 async def _redemptions(
@@ -298,11 +302,18 @@ async def export(
     stream: str,
     destination: str | None,
     seal: bool,
+    wait: float = WAIT,
 ) -> Exported:
     """Write the account's bundle (``write``), then record the move. ``seal``: the move event
-    is signed as the processors sign theirs (LEDGER_SIGNING)."""
+    is signed as the processors sign theirs (LEDGER_SIGNING). While the account has a checkout
+    half-way, or changes between the read and the move, it is read again, for up to ``wait``
+    seconds."""
     subject = layout.wallet_subject(tenant)
-    for _ in range(ATTEMPTS):
+    deadline = time.monotonic() + wait
+    busy = ""
+    reads = 0
+    while time.monotonic() < deadline or not busy:
+        reads += 1
         history = await store.load(subject, consistent=True)
         if not history:
             raise MoveError(f"{tenant} has no billing history on this Sovereign")
@@ -351,6 +362,10 @@ async def export(
                     redemption_events=len(redemptions),
                 ),
             )
+        except CheckoutInFlight as exc:
+            busy = exc.message
+            await asyncio.sleep(_PAUSE)
+            continue
         except DomainError as exc:
             raise MoveError(exc.message) from None
         envelope = EventEnvelope(
@@ -368,11 +383,12 @@ async def export(
         write(data)  # before the move is recorded: a move always has its bundle
         try:
             await store.append(subject, history[-1].seq, envelopes)
-        except ConcurrencyConflict:
-            continue  # the account changed since it was read: read it again
+        except ConcurrencyConflict:  # the account changed since it was read: read it again
+            busy = f"{tenant} kept changing while it was exported"
+            continue
         crash_if("org_export.after_move")  # the bundle not in place yet: exported again
-        return Exported(digest, len(history), len(redemptions), destination, False, state)
-    raise MoveError(f"{tenant} kept changing while it was exported; try again")
+        return Exported(digest, len(history), len(redemptions), destination, False, state, reads)
+    raise MoveError(f"{busy} (for {wait:g} s); try again when it is quiet")
 
 
 # ------------------------------------------------------------------------------ import

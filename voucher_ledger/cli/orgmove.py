@@ -48,6 +48,13 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     exp.add_argument(
         "--to", dest="destination", default=None, metavar="SOVEREIGN", help="where it goes"
     )
+    exp.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for a moment without a checkout half-way (30)",
+    )
     common(exp)
     imp = org_sub.add_parser(
         "import",
@@ -118,12 +125,14 @@ async def _export(args: argparse.Namespace, settings: Settings) -> int:
         tenant = validate_customer_id(args.tenant)
     except InvalidInput as exc:
         raise UserError(f"TENANT: {exc.message}", code=2) from exc
+    if not 0 <= args.wait <= 3600:
+        raise UserError("--wait must be between 0 and 3600 seconds", code=2)
     if not args.out.parent.is_dir():
         raise UserError(f"--out: no directory {args.out.parent}", code=2)
     signer = _signer(settings)
     write, done, discard = _write_atomically(args.out)
     try:
-        out = await _export_on(settings, tenant, args.destination, signer, write)
+        out = await _export_on(settings, tenant, args.destination, args.wait, signer, write)
     except BaseException:
         discard()
         raise
@@ -137,6 +146,8 @@ async def _export(args: argparse.Namespace, settings: Settings) -> int:
         f"balance {_omr(state.balance_baisa)} ({_omr(state.reserved_baisa)} reserved), "
         f"{len(state.orders)} orders"
     )
+    if out.reads > 1:
+        print(f"read the account {out.reads} times (checkouts were under way)")
     where = f"to {out.destination}" if out.destination else "to another Sovereign"
     if out.again:
         print(f"{tenant} had moved {where} in this bundle already: written again, nothing recorded")
@@ -149,6 +160,7 @@ async def _export_on(
     settings: Settings,
     tenant: str,
     destination: str | None,
+    wait: float,
     signer: Any,
     write: Callable[[bytes], None],
 ) -> Any:
@@ -176,6 +188,7 @@ async def _export_on(
                     stream=spec.event_stream,
                     destination=destination,
                     seal=settings.ledger_signing,
+                    wait=wait,
                 )
             except orgmove.MoveError as exc:
                 raise UserError(str(exc), code=2) from exc
