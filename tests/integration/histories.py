@@ -259,6 +259,7 @@ async def _checkouts(w: _Writer, n: int, code: str) -> None:
                 bundle_digest=uuid.uuid4().hex * 2,
                 wallet_events=w.local[w.spec.layout.wallet_subject(c)],
                 redemption_events=1,
+                trail_upto=w.written + w.buffered,
             ),
         )
 

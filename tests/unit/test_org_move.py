@@ -52,6 +52,7 @@ def move(wallet: Wallet, destination: str | None = "b.sovereign.example") -> Non
             bundle_digest=DIGEST,
             wallet_events=len(wallet.history),
             redemption_events=0,
+            trail_upto=len(wallet.history),
         ),
     )
     recorded = RecordedEvent(
@@ -117,7 +118,11 @@ def test_an_unmoved_account_still_opens_orders() -> None:
 
 def test_a_move_is_refused_for_an_empty_account_twice_and_mid_checkout() -> None:
     command = MoveAccount(
-        customer_id=CUSTOMER, bundle_digest=DIGEST, wallet_events=1, redemption_events=0
+        customer_id=CUSTOMER,
+        bundle_digest=DIGEST,
+        wallet_events=1,
+        redemption_events=0,
+        trail_upto=1,
     )
     with pytest.raises(InvalidInput, match="no billing history"):
         decide_move(initial_state(CUSTOMER), command)
@@ -170,6 +175,7 @@ def bundle_of(signer: EventSigner) -> tuple[bytes, str, Wallet]:
         source="a.sovereign.example",
         stream="VL_EVENTS",
         destination=None,
+        trail_upto=99,
     )
     return data, digest, w
 
@@ -203,7 +209,7 @@ def bundle_of_history(signer: EventSigner, w: Wallet) -> bytes:
         for r in wallet
     ]
     data, _ = build_bundle(
-        CUSTOMER, fixed, [], signer, source=None, stream="S", destination="b.example"
+        CUSTOMER, fixed, [], signer, source=None, stream="S", destination="b.example", trail_upto=99
     )
     return data
 
@@ -252,7 +258,7 @@ def test_a_wallet_event_of_another_account_is_refused_even_when_signed() -> None
     w = shopped()
     stranger = [recorded(r.seq, "wallet", "mallory", r.envelope.event) for r in w.history]
     data, _ = build_bundle(
-        CUSTOMER, stranger, [], signer, source=None, stream="S", destination=None
+        CUSTOMER, stranger, [], signer, source=None, stream="S", destination=None, trail_upto=99
     )
     with pytest.raises(BundleRefused, match="an event of another account"):
         read_bundle(data, [signer.public_key])

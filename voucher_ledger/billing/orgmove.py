@@ -5,9 +5,10 @@ replays the bundle into another Sovereign's ledger with the original ids and tim
 **The bundle** (format ``voucher-ledger/org-bundle``, version 1) is UTF-8 JSON Lines:
 
 1. the header: ``{"format", "version", "tenant", "source", "stream", "destination",
-   "wallet_events", "redemption_events", "last_seq"}`` (``source``: the exporting
-   Sovereign's ``SOVEREIGN_FQDN``, or null; ``last_seq``: the stream sequence of the
-   account's last exported event);
+   "wallet_events", "redemption_events", "last_seq", "trail_upto"}`` (``source``: the
+   exporting Sovereign's ``SOVEREIGN_FQDN``, or null; ``last_seq``: the stream sequence of
+   the account's last exported event; ``trail_upto``: the redemptions carried are those at or
+   below this stream sequence);
 2. one line per event, in stream order: ``{"part": "wallet" | "redemption", "seq": N,
    "event": ENVELOPE}``, where ENVELOPE is the event exactly as stored on the exporting
    Sovereign's stream (the documented envelope, its ``proof`` included): first the account's
@@ -119,6 +120,7 @@ def build_bundle(
     source: str | None,
     stream: str,
     destination: str | None,
+    trail_upto: int,
 ) -> tuple[bytes, str]:
     """The signed bundle and its digest."""
     header = {
@@ -131,6 +133,7 @@ def build_bundle(
         "wallet_events": len(wallet),
         "redemption_events": len(redemptions),
         "last_seq": wallet[-1].seq,
+        "trail_upto": trail_upto,
     }
     parts = [_line(header)]
     for part, events in (("wallet", wallet), ("redemption", redemptions)):
@@ -264,21 +267,39 @@ class Exported:
     reads: int = 1  # how many times the account was read (a checkout under way: again)
 
 
+class _Reader:
+    """The subjects an export reads, each loaded once and then only what was appended since
+    (an account that is checking out is read again and again: the shorter the read, the
+    sooner a moment comes when nothing lands between it and the move)."""
+
+    def __init__(self, store: JetStreamEventStore) -> None:
+        self.store = store
+        self.seen: dict[str, list[RecordedEvent]] = {}
+
+    async def load(self, subject: str) -> tuple[list[RecordedEvent], list[RecordedEvent]]:
+        """The subject's whole history, and what of it is new since the last load."""
+        have = self.seen.setdefault(subject, [])
+        more = await self.store.load(subject, have[-1].seq if have else 0, consistent=True)
+        have.extend(more)
+        return have, more
+
+
 async def _redemptions(
-    store: JetStreamEventStore, layout: Layout, state: wallet_agg.WalletState
+    reader: _Reader, layout: Layout, state: wallet_agg.WalletState, upto: int
 ) -> list[RecordedEvent]:
-    """The account's redemptions and their reversals: on the codes its orders named and its
-    grants came from (every redemption of an account is made by one of its checkouts, and an
-    imported one left a grant). A moved account takes no new redemption: exported again, it
-    finds the same ones."""
+    """The account's redemptions and their reversals at or below stream sequence ``upto``, on
+    the codes its orders named and its grants came from (every redemption of an account is
+    made by one of its checkouts, and an imported one left a grant)."""
     codes = {o.promo_code for o in state.orders.values() if o.promo_code}
     codes |= {g.code for g in state.grants.values()}
     found: list[RecordedEvent] = []
     for code in sorted(c for c in codes if CODE_PATTERN.fullmatch(c)):
-        for r in await store.load(layout.voucher_subject(code), consistent=True):
+        history, _ = await reader.load(layout.voucher_subject(code))
+        for r in history:
             event = r.envelope.event
             if (
-                isinstance(event, VoucherRedeemed | RedemptionReversed)
+                r.seq <= upto
+                and isinstance(event, VoucherRedeemed | RedemptionReversed)
                 and event.customer_id == state.customer_id
             ):
                 found.append(r)
@@ -307,24 +328,32 @@ async def export(
     """Write the account's bundle (``write``), then record the move. ``seal``: the move event
     is signed as the processors sign theirs (LEDGER_SIGNING). While the account has a checkout
     half-way, or changes between the read and the move, it is read again, for up to ``wait``
-    seconds."""
+    seconds.
+
+    The bundle's redemptions are those at or below the stream's last sequence when the export
+    began reading the vouchers (``trail_upto``, in the header and the move): exported again, a
+    moved account gives the same bundle whatever came after."""
     subject = layout.wallet_subject(tenant)
+    reader = _Reader(store)
     deadline = time.monotonic() + wait
     busy = ""
     reads = 0
+    state = wallet_agg.initial_state(tenant)
     while time.monotonic() < deadline or not busy:
         reads += 1
-        history = await store.load(subject, consistent=True)
+        history, more = await reader.load(subject)
         if not history:
             raise MoveError(f"{tenant} has no billing history on this Sovereign")
-        state = wallet_agg.fold(tenant, history)
+        for r in more:
+            state = wallet_agg.evolve(state, r)
         moved = state.moved
         if moved is not None:  # the same bundle again: the history before the move
             at = next(
                 i for i, r in enumerate(history) if isinstance(r.envelope.event, AccountMoved)
             )
             kept = history[:at]
-            redemptions = await _redemptions(store, layout, state)
+            before = wallet_agg.fold(tenant, kept)
+            redemptions = await _redemptions(reader, layout, before, moved.trail_upto)
             data, digest = build_bundle(
                 tenant,
                 kept,
@@ -333,6 +362,7 @@ async def export(
                 source=source,
                 stream=stream,
                 destination=moved.destination,
+                trail_upto=moved.trail_upto,
             )
             if digest != moved.bundle_digest:
                 raise MoveError(
@@ -340,8 +370,14 @@ async def export(
                     f"here no longer gives that bundle (digest {digest}), nothing written"
                 )
             write(data)
-            return Exported(digest, len(kept), len(redemptions), moved.destination, True, state)
-        redemptions = await _redemptions(store, layout, state)
+            return Exported(digest, len(kept), len(redemptions), moved.destination, True, before)
+        in_flight = [o.order_id for o in state.orders.values() if o.status == "opened"]
+        if in_flight:
+            busy = CheckoutInFlight(tenant, in_flight[0]).message
+            await asyncio.sleep(_PAUSE)
+            continue
+        upto = await store.last_sequence()  # every event up to it is stored: loaded below
+        redemptions = await _redemptions(reader, layout, state, upto)
         data, digest = build_bundle(
             tenant,
             history,
@@ -350,6 +386,7 @@ async def export(
             source=source,
             stream=stream,
             destination=destination,
+            trail_upto=upto,
         )
         try:
             events = wallet_agg.decide_move(
@@ -360,12 +397,9 @@ async def export(
                     bundle_digest=digest,
                     wallet_events=len(history),
                     redemption_events=len(redemptions),
+                    trail_upto=upto,
                 ),
             )
-        except CheckoutInFlight as exc:
-            busy = exc.message
-            await asyncio.sleep(_PAUSE)
-            continue
         except DomainError as exc:
             raise MoveError(exc.message) from None
         envelope = EventEnvelope(

@@ -367,6 +367,7 @@ class MoveAccount(Frozen):
     bundle_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
     wallet_events: int = Field(ge=1)
     redemption_events: int = Field(ge=0)
+    trail_upto: int = Field(ge=0)  # the stream sequence the redemptions carried reach
 
     @field_validator("customer_id", mode="before")
     @classmethod

@@ -348,10 +348,10 @@ class InvoiceRecorded(_WalletEvent):
 class AccountMoved(_WalletEvent):
     """The Organization moved to another Sovereign (``voucher-ledger org export``): its
     history up to this event left in the signed bundle whose SHA-256 is ``bundle_digest``
-    (``wallet_events`` of its account's events and ``redemption_events`` of its voucher
-    redemptions, the account's stream sequence ``last_seq`` the last of them); this Sovereign
-    opens no new order for it from now on. ``destination``: the Sovereign it went to, when the
-    export named one."""
+    (``wallet_events`` of its account's events, the account's stream sequence ``last_seq`` the
+    last of them, and ``redemption_events`` of its voucher redemptions, those at or below
+    stream sequence ``trail_upto``); this Sovereign opens no new order for it from now on.
+    ``destination``: the Sovereign it went to, when the export named one."""
 
     type: Literal["wallet.account_moved"] = "wallet.account_moved"
     version: Literal[1] = 1
@@ -360,6 +360,7 @@ class AccountMoved(_WalletEvent):
     wallet_events: int
     redemption_events: int
     last_seq: int
+    trail_upto: int
 
 
 VoucherEvent = Annotated[

@@ -577,6 +577,7 @@ def decide_move(state: WalletState, command: MoveAccount) -> list[WalletEventT]:
             wallet_events=command.wallet_events,
             redemption_events=command.redemption_events,
             last_seq=state.last_seq,
+            trail_upto=command.trail_upto,
         )
     ]
 
