@@ -216,8 +216,15 @@ async def test_an_organization_moves_with_its_history_and_the_exporter_stops_its
     assert refused.status == 409, refused
     assert f"moved to {B_NAME}" in refused.json["error"]
     assert await a.stream_seq() == head_a
-    other = await a.checkout(new_customer("stays"), "free")  # everyone else still checks out
-    assert other.status == 200, other
+    # with a promo code: the redemption comes first, its slot is given back with the refusal
+    capped = new_code("ONE")
+    await a.issue(capped, 5, max_redemptions=1)
+    refused = await a.checkout(org, "starter", promo_code=capped)
+    assert refused.status == 409, refused
+    assert f"moved to {B_NAME}" in refused.json["error"]
+    assert (await a.voucher(capped))["times_redeemed"] == 0
+    other = await a.checkout(new_customer("stays"), "free", promo_code=capped)
+    assert other.status == 200, other  # everyone else still checks out, and gets the slot
 
     # exported again: the same bytes, nothing recorded
     again = tmp_path / "again.bundle"

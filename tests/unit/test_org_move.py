@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.unit.test_wallet import CUSTOMER, Wallet, open_order, settle
+from tests.unit.test_wallet import CUSTOMER, Wallet, open_order, place, settle
 from voucher_ledger.billing.orgmove import (
     BundleRefused,
     build_bundle,
@@ -22,6 +22,7 @@ from voucher_ledger.ledger.commands import (
     AbandonOrder,
     AttachSession,
     ConfirmPayment,
+    Failure,
     MoveAccount,
     QueryOrder,
 )
@@ -111,9 +112,25 @@ def test_a_moved_account_opens_no_order_and_says_where_it_went() -> None:
     assert [e.type for e in paid.events] == ["wallet.credit_captured", "order.completed"]
 
 
+def test_a_moved_account_places_no_order_but_records_a_lost_one_failed() -> None:
+    """The two-decision checkout places orders with PlaceOrder: refused once moved (the
+    checkout gives the slot back); recovery's record of a lost order's failure still lands."""
+    w = shopped()
+    move(w)
+    refused = w.apply(place("o3", 9, grant_omr=20))
+    assert isinstance(refused, Refused)
+    assert refused.error.reason == "account_moved"
+    lost = w.apply(place("o4", 9, grant_omr=20, failure=Failure(reason="lost", message="x")))
+    assert isinstance(lost, Decided)
+    assert [e.type for e in lost.events] == ["order.opened", "order.failed"]
+    assert w.state.orders["o4"].status == "failed"
+    assert w.state.balance_baisa == shopped().state.balance_baisa  # no credit moved
+
+
 def test_an_unmoved_account_still_opens_orders() -> None:
     w = shopped()
     assert isinstance(w.apply(open_order("o3", 9)), Decided)
+    assert isinstance(w.apply(place("o4", 9, grant_omr=20)), Decided)
 
 
 def test_a_move_is_refused_for_an_empty_account_twice_and_mid_checkout() -> None:
