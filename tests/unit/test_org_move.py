@@ -287,3 +287,27 @@ def test_trusted_keys_are_read_as_signing_key_prints_them() -> None:
     assert [key_id(k) for k in trusted_keys(text)] == [k.key_id for k in keys]
     with pytest.raises(Exception, match="no PEM public key"):
         trusted_keys(b"# nothing here\n")
+
+
+def test_a_signed_bundle_with_a_bad_tenant_or_an_event_twice_is_refused() -> None:
+    signer = EventSigner(Ed25519PrivateKey.generate())
+    w = shopped()
+    events = [recorded(r.seq, "wallet", CUSTOMER, r.envelope.event) for r in w.history]
+    twice, _ = build_bundle(
+        CUSTOMER,
+        [*events, events[0]],
+        [],
+        signer,
+        source=None,
+        stream="S",
+        destination=None,
+        trail_upto=99,
+    )
+    with pytest.raises(BundleRefused, match="an event id appears twice"):
+        read_bundle(twice, [signer.public_key])
+    stranger = [recorded(r.seq, "wallet", "a\x00b", r.envelope.event) for r in w.history]
+    dotted, _ = build_bundle(
+        "a\x00b", stranger, [], signer, source=None, stream="S", destination=None, trail_upto=99
+    )
+    with pytest.raises(BundleRefused, match="its tenant cannot be an account"):
+        read_bundle(dotted, [signer.public_key])

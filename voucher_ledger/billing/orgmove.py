@@ -58,9 +58,9 @@ from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.commands.store import ConcurrencyConflict
 from voucher_ledger.jetstream.layout import Layout
 from voucher_ledger.ledger import wallet as wallet_agg
-from voucher_ledger.ledger.codes import CODE_PATTERN
+from voucher_ledger.ledger.codes import CODE_PATTERN, validate_customer_id
 from voucher_ledger.ledger.commands import MoveAccount
-from voucher_ledger.ledger.errors import CheckoutInFlight, DomainError
+from voucher_ledger.ledger.errors import CheckoutInFlight, DomainError, InvalidInput
 from voucher_ledger.ledger.events import (
     AccountMoved,
     Actor,
@@ -223,7 +223,10 @@ def _parse(body: bytes, digest: str, key: str) -> Bundle:
         raise BundleRefused(
             f"bundle version {header.get('version')!r}; this build reads version {VERSION}"
         )
-    tenant = header.get("tenant")
+    try:
+        tenant = validate_customer_id(header.get("tenant"))
+    except InvalidInput as exc:
+        raise BundleRefused(f"its tenant cannot be an account: {exc.message}") from None
     wallet: list[EventEnvelope] = []
     redemptions: list[EventEnvelope] = []
     for n, item in enumerate(items, start=2):
@@ -248,6 +251,8 @@ def _parse(body: bytes, digest: str, key: str) -> Bundle:
             raise BundleRefused(f"line {n}: an event of another account ({part})")
     if not wallet or len(wallet) != header.get("wallet_events"):
         raise BundleRefused("its wallet events do not match its header")
+    if len({e.event_id for e in wallet}) != len(wallet):
+        raise BundleRefused("an event id appears twice in it")
     if len(redemptions) != header.get("redemption_events"):
         raise BundleRefused("its redemption events do not match its header")
     return Bundle(header, wallet, redemptions, digest, key)
