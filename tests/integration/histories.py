@@ -2,7 +2,8 @@
 
 :func:`write_mixed_history` produces every event type the projections know (issues, updates,
 revocations and restorations, redemptions and reversals; credit-covered, card-paid, abandoned,
-failed and refund-due orders with grants, reservations, captures, releases and revoked grants),
+failed and refund-due orders with grants, reservations, captures, releases and revoked grants;
+Organizations that move to another Sovereign),
 interleaved across aggregates, in the proportions of a busy service: hot codes with many
 redemptions, many codes with one, and checkouts on wallets. Also what the rebuild benchmark
 harness replays (``VL_REBUILD_EVENTS`` events).
@@ -27,6 +28,7 @@ from voucher_ledger.ledger.commands import (
     Failure,
     Grant,
     IssueVoucher,
+    MoveAccount,
     OpenOrder,
     PlaceOrder,
     RecordInvoice,
@@ -93,7 +95,10 @@ class _Writer:
     def wallet(self, customer: str, command: Any) -> None:
         state = self.wallets.get(customer) or wallet.initial_state(customer)
         command_id = f"cmd-{uuid.uuid4().hex}"
-        outcome = wallet.handle(state, command, command_id)
+        if isinstance(command, MoveAccount):  # decided by the exporting job, not on the bus
+            outcome: Any = Decided(wallet.decide_move(state, command))
+        else:
+            outcome = wallet.handle(state, command, command_id)
         assert isinstance(outcome, Decided), (command, outcome)
         subject = self.spec.layout.wallet_subject(customer)
         for event in outcome.events:
@@ -272,6 +277,19 @@ async def _checkouts(w: _Writer, n: int, code: str) -> None:
     else:
         grant4 = Grant(redemption_id=rid4, code=code, amount_baisa=2000)
         w.wallet(c, placed.model_copy(update={"grant": grant4}))
+
+    if n % 7 == 1:  # the Organization moves to another Sovereign (issue #22): its last event
+        w.wallet(
+            c,
+            MoveAccount(
+                customer_id=c,
+                destination="other.sovereign.example" if n % 2 else None,
+                bundle_digest=uuid.uuid4().hex * 2,
+                wallet_events=w.local[w.spec.layout.wallet_subject(c)],
+                redemption_events=1,
+                trail_upto=w.written + w.buffered,
+            ),
+        )
 
 
 def _placed(customer: str, order_id: str, total: int, promo: str) -> PlaceOrder:

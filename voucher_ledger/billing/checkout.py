@@ -318,6 +318,8 @@ class CheckoutService:
             return await self.advance(customer_id, actor, *existing)
         if refused.reason == "not_member":
             raise CheckoutError(403, refused.message, reason="not_member", seq=seq)
+        if refused.reason == "account_moved":  # its billing is on another Sovereign now
+            raise CheckoutError(409, refused.message, reason="account_moved", seq=seq)
         if refused.reason == "not_eligible":
             raise CheckoutError(
                 400, f"invalid promo code: {refused.message}", reason="invalid_promo", seq=seq

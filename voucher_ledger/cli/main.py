@@ -14,6 +14,7 @@ from voucher_ledger import __version__
 from voucher_ledger.cli import audit as audit_cli
 from voucher_ledger.cli import importseed as import_cli
 from voucher_ledger.cli import natscreds as nats_cli
+from voucher_ledger.cli import orgmove as org_cli
 from voucher_ledger.cli import replay as replay_cli
 from voucher_ledger.cli import signing as signing_cli
 from voucher_ledger.cli.common import stop_on_signals, tune_gc
@@ -243,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cli.add_parsers(sub, common)  # audit tail, show (time travel), schema export/check
     replay_cli.add_parsers(sub, common)  # rebuild, verify
     import_cli.add_parsers(sub, common)  # import-seed
+    org_cli.add_parsers(sub, common)  # org export, org import
     signing_cli.add_parsers(sub, common)  # signing-key
     nats_cli.add_parsers(sub, common)  # nats creds
     return parser
@@ -257,6 +259,7 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "verify": ("nats", "postgres"),
     "rebuild": ("nats", "postgres"),
     "import-seed": ("nats",),
+    "org": ("nats",),
 }
 
 
@@ -269,6 +272,7 @@ _ROLES: dict[str, str] = {
     "verify": "service",
     "rebuild": "service",
     "import-seed": "processors",  # it appends events, as the processors do
+    "org": "processors",  # export records the move, import appends the account's events
 }
 
 
@@ -318,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             return replay_cli.run(args, settings)
         if args.command in import_cli.COMMANDS:
             return import_cli.run(args, settings)
+        if args.command in org_cli.COMMANDS:
+            return org_cli.run(args, settings)
         if args.command in signing_cli.COMMANDS:
             return signing_cli.run(args, settings)
         if args.command in nats_cli.COMMANDS:

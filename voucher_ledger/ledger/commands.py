@@ -352,3 +352,27 @@ AnyCommand = Annotated[
     IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption | WalletCommandT,
     Field(discriminator="type"),
 ]
+
+
+class MoveAccount(Frozen):
+    """Record that the Organization ``customer_id`` moved to another Sovereign in the bundle
+    ``bundle_digest``. Decided by the exporting operator job (``voucher-ledger org export``,
+    ``ledger.wallet.decide_move``) against the history it exported, and appended with that
+    history's last sequence as the expectation: never sent on the command bus (not in
+    :data:`AnyCommand`)."""
+
+    type: Literal["move_account"] = "move_account"
+    customer_id: str
+    destination: str | None = Field(default=None, min_length=1, max_length=253)
+    bundle_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    wallet_events: int = Field(ge=1)
+    redemption_events: int = Field(ge=0)
+    trail_upto: int = Field(ge=0)  # the stream sequence the redemptions carried reach
+
+    @field_validator("customer_id", mode="before")
+    @classmethod
+    def _customer(cls, value: object) -> str:
+        return validate_customer_id(value)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:32]

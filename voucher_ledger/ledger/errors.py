@@ -176,3 +176,33 @@ class PaymentUnavailable(DomainError):
             order_id=order_id,
             amount_due_baisa=amount_due_baisa,
         )
+
+
+class AccountMovedAway(DomainError):
+    """The Organization moved to another Sovereign (``wallet.account_moved``): this one opens
+    no new order for it."""
+
+    reason = "account_moved"
+
+    def __init__(self, account: str, destination: str | None, moved_at: datetime) -> None:
+        where = f"to {destination}" if destination else "to another Sovereign"
+        super().__init__(
+            f"organization {account} moved {where} on {_when(moved_at)}; its billing is there now",
+            account=account,
+            destination=destination or "",
+        )
+
+
+class CheckoutInFlight(DomainError):
+    """An account cannot move while one of its checkouts is half-way (its order ``opened``):
+    the rest of that checkout would land after the move, outside the bundle."""
+
+    reason = "checkout_in_flight"
+
+    def __init__(self, account: str, order_id: str) -> None:
+        super().__init__(
+            f"order {order_id} of {account} is being checked out; move the organization once "
+            "it has settled (or recovery has rolled it back)",
+            account=account,
+            order_id=order_id,
+        )

@@ -442,6 +442,24 @@ class InvoiceRecorded(_WalletEvent):
     pdf_url: str | None
 
 
+class AccountMoved(_WalletEvent):
+    """The Organization moved to another Sovereign (``voucher-ledger org export``): its
+    history up to this event left in the signed bundle whose SHA-256 is ``bundle_digest``
+    (``wallet_events`` of its account's events, the account's stream sequence ``last_seq`` the
+    last of them, and ``redemption_events`` of its voucher redemptions, those at or below
+    stream sequence ``trail_upto``); this Sovereign opens no new order for it from now on.
+    ``destination``: the Sovereign it went to, when the export named one."""
+
+    type: Literal["wallet.account_moved"] = "wallet.account_moved"
+    version: Literal[1] = 1
+    destination: str | None = None
+    bundle_digest: str  # SHA-256, hex
+    wallet_events: int
+    redemption_events: int
+    last_seq: int
+    trail_upto: int
+
+
 VoucherEvent = Annotated[
     VoucherIssued | VoucherRevoked | VoucherRedeemed | RedemptionReversed,
     Field(discriminator="type"),
@@ -462,6 +480,7 @@ WalletEventT = (
     | OrderRefundDue
     | InvoiceRecorded
     | OrderPlaced
+    | AccountMoved
 )
 AnyEvent = Annotated[
     VoucherIssued | VoucherRevoked | VoucherRedeemed | RedemptionReversed | WalletEventT,
@@ -487,6 +506,7 @@ EVENT_TYPES: tuple[type[Frozen], ...] = (
     OrderRefundDue,
     InvoiceRecorded,
     OrderPlaced,
+    AccountMoved,
 )
 
 

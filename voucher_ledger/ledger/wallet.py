@@ -32,6 +32,7 @@ from voucher_ledger.ledger.commands import (
     FailOrder,
     Grant,
     GrantCredit,
+    MoveAccount,
     OpenOrder,
     PlaceOrder,
     QueryOrder,
@@ -40,6 +41,8 @@ from voucher_ledger.ledger.commands import (
     WalletCommandT,
 )
 from voucher_ledger.ledger.errors import (
+    AccountMovedAway,
+    CheckoutInFlight,
     CommandIdReused,
     DomainError,
     InvalidInput,
@@ -50,6 +53,7 @@ from voucher_ledger.ledger.errors import (
     PaymentUnavailable,
 )
 from voucher_ledger.ledger.events import (
+    AccountMoved,
     CreditCaptured,
     CreditExpired,
     CreditGranted,
@@ -167,6 +171,9 @@ class WalletState:
     receipts: immutables.Map[str, WalletReceipt] = field(default_factory=immutables.Map)
     # Stripe invoice id -> the outcome recorded last (paid, or payment_failed)
     invoices: immutables.Map[str, str] = field(default_factory=immutables.Map)
+    # the Organization moved to another Sovereign (wallet.account_moved), and when
+    moved: AccountMoved | None = None
+    moved_at: datetime | None = None
 
     @property
     def available_baisa(self) -> int:
@@ -281,6 +288,7 @@ def decide(
     is not spendable; the wall clock when not given."""
     now = now if now is not None else datetime.now(UTC)
     who = state.customer_id
+    refuse_if_moved(state, command)
     match command:
         case OpenOrder():
             return [_opened(state, command)]
@@ -552,6 +560,42 @@ def _settlement(
     return events
 
 
+def refuse_if_moved(state: WalletState, command: WalletCommandT | MoveAccount) -> None:
+    """A moved Organization (``wallet.account_moved``) opens or places no new order here, nor
+    moves again. What was under way still finishes (a payment, an expiry, recovery recording a
+    lost order failed so its slot is given back)."""
+    if state.moved is None:
+        return
+    if isinstance(command, OpenOrder | MoveAccount) or (
+        isinstance(command, PlaceOrder) and command.failure is None
+    ):
+        assert state.moved_at is not None
+        raise AccountMovedAway(state.customer_id, state.moved.destination, state.moved_at)
+
+
+def decide_move(state: WalletState, command: MoveAccount) -> list[WalletEventT]:
+    """The account leaves for another Sovereign with its history so far (``org export``): not
+    twice, not an empty account, and not while a checkout is half-way (an order ``opened``:
+    its next steps would land after the move, outside the bundle)."""
+    refuse_if_moved(state, command)
+    if state.last_seq == 0:
+        raise InvalidInput("customer_id", f"{state.customer_id} has no billing history here")
+    for order in state.orders.values():
+        if order.status == "opened":
+            raise CheckoutInFlight(state.customer_id, order.order_id)
+    return [
+        AccountMoved(
+            customer_id=state.customer_id,
+            destination=command.destination,
+            bundle_digest=command.bundle_digest,
+            wallet_events=command.wallet_events,
+            redemption_events=command.redemption_events,
+            last_seq=state.last_seq,
+            trail_upto=command.trail_upto,
+        )
+    ]
+
+
 def _fail(
     state: WalletState, order: OrderView, command: FailOrder, now: datetime
 ) -> list[WalletEventT]:
@@ -805,6 +849,8 @@ def _apply(state: WalletState, event: Frozen, at: datetime) -> WalletState:
             state = replace(
                 state, invoices=state.invoices.set(event.stripe_invoice_id, event.outcome)
             )
+        case AccountMoved():
+            state = replace(state, moved=event, moved_at=at)
         case _:
             raise TypeError(f"{type(event).__name__} is not a wallet event")
     if order_changes is not None and order is not None:  # an event of an order we hold

@@ -25,6 +25,12 @@ from nats.aio.client import Client
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger import voucher, wallet
 from voucher_ledger.ledger.events import (
+    CreditCaptured,
+    CreditExpired,
+    CreditGranted,
+    CreditReleased,
+    CreditReserved,
+    GrantRevoked,
     InvoiceRecorded,
     OrderCompleted,
     OrderOpened,
@@ -38,6 +44,19 @@ from voucher_ledger.projections.replay import read_stream, stream_head
 from voucher_ledger.signing.chain import Checked, StreamChecker
 from voucher_ledger.signing.cutover import checker_for, range_reader, read_cutover
 from voucher_ledger.signing.proof import IntegrityError
+
+# The wallet events that change its credit: the ones that make its ``wallets`` row.
+CREDIT_MOVEMENTS = frozenset(
+    str(model.model_fields["type"].default)
+    for model in (
+        CreditGranted,
+        GrantRevoked,
+        CreditReserved,
+        CreditCaptured,
+        CreditReleased,
+        CreditExpired,
+    )
+)
 
 
 @dataclass
@@ -234,7 +253,8 @@ def _verify_wallets(
         if not seen:
             continue
         state = wallet.fold(customer, seen)
-        moved = any(r.envelope.event.type.startswith("wallet.") for r in seen)
+        # a wallet row exists once credit moved (not for its move to another Sovereign)
+        moved = any(r.envelope.event.type in CREDIT_MOVEMENTS for r in seen)
         if moved:
             expected[customer] = {
                 "balance_baisa": state.balance_baisa,

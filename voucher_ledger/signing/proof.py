@@ -58,6 +58,7 @@ GENESIS = "0" * 64  # the ``prev`` of an aggregate's first signed event
 LEAF_DOMAIN = b"voucher-ledger/event/2\n"
 ROOT_DOMAIN = b"voucher-ledger/append/2\n"
 CUTOVER_DOMAIN = b"voucher-ledger/cutover/1\n"
+BUNDLE_DOMAIN = b"voucher-ledger/org-bundle/1\n"  # an Organization's bundle (billing/orgmove.py)
 UNFIT = b"\x00"  # the path of a proof that does not decode: no tree has it
 ROOTS_KEPT = 4096  # verified append roots a checker remembers (one per append)
 
@@ -201,6 +202,19 @@ def cutover_message(stream: str, seq: int, key: str) -> bytes:
     return CUTOVER_DOMAIN + f"{stream}\n{seq}\n{key}".encode()
 
 
+def bundle_message(key: str, digest: str) -> bytes:
+    """What an Organization's bundle signature signs: its SHA-256 (hex), by the key ``key``."""
+    return BUNDLE_DOMAIN + f"{key}\n{digest}".encode()
+
+
+def bundle_signature_valid(public_key: Ed25519PublicKey, digest: str, sig: str) -> bool:
+    try:
+        public_key.verify(_unb64(sig), bundle_message(key_id(public_key), digest))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
 class Link(NamedTuple):
     """An event chained but not sealed yet: what :meth:`EventSigner.seal` needs of it."""
 
@@ -293,6 +307,10 @@ class EventSigner:
 
     def sign_cutover(self, stream: str, seq: int) -> str:
         return _b64(self._key.sign(cutover_message(stream, seq, self.key_id)))
+
+    def sign_bundle(self, digest: str) -> str:
+        """An Organization's export bundle (``voucher-ledger org export``), by its digest."""
+        return _b64(self._key.sign(bundle_message(self.key_id, digest)))
 
 
 class EventChecker:
