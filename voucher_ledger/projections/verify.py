@@ -254,7 +254,15 @@ def _verify_wallets(
             continue
         state = wallet.fold(customer, seen)
         # a wallet row exists once credit moved (not for its move to another Sovereign)
-        moved = any(r.envelope.event.type in CREDIT_MOVEMENTS for r in seen)
+        moved = any(
+            part.type in CREDIT_MOVEMENTS
+            for r in seen
+            for part in (
+                r.envelope.event.parts()
+                if isinstance(r.envelope.event, OrderPlaced)
+                else [r.envelope.event]
+            )
+        )
         if moved:
             expected[customer] = {
                 "balance_baisa": state.balance_baisa,
