@@ -76,7 +76,9 @@ from voucher_ledger.ledger.voucher import (
     redemption_id_for,
 )
 
-CampaignCommandAnyT = CampaignCommandT | IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption
+CampaignCommandAnyT = (
+    CampaignCommandT | IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption
+)
 CODES_PER_EVENT = 5_000  # ~45 bytes a code in JSON: ~225 kB a message (NATS's limit: 1 MB)
 MAX_CODES_PER_CAMPAIGN = 1_000_000
 

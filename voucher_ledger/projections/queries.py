@@ -9,6 +9,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
+from voucher_ledger.ledger.campaign_codes import campaign_of
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -86,8 +88,29 @@ async def list_vouchers(
     return [dict(r) for r in rows], VoucherTotals(*(int(v) for v in totals))
 
 
+# A campaign's code in the columns of a voucher row (``queries.get_voucher``): the campaign's
+# credit, description and rules, the code's own cap and count; ``campaign_capped`` says the
+# campaign's cap or budget takes no more redemptions.
+_CODE_AS_VOUCHER = """
+SELECT k.code, c.credit_baisa, c.description, c.active AND NOT c.revoked AS active, c.revoked,
+       c.code_max_redemptions AS max_redemptions,
+       (SELECT count(*) FROM campaign_redemptions r
+         WHERE r.code = k.code AND r.reversed_at IS NULL)::integer AS times_redeemed,
+       c.created_at, c.updated_at, c.revoked_at, c.last_seq, c.starts_at, c.expires_at, c.plans,
+       c.min_order_baisa, c.new_organizations_only, c.credit_valid_for_seconds, c.campaign_id,
+       (c.max_redemptions > 0 AND c.times_redeemed >= c.max_redemptions)
+         OR (c.budget_baisa IS NOT NULL AND c.budget_baisa - c.granted_baisa < c.credit_baisa)
+         AS campaign_capped
+FROM campaign_codes k JOIN campaigns c USING (campaign_id)
+WHERE k.code = $1
+"""
+
+
 @_translated
 async def get_voucher(pool: asyncpg.Pool, code: str) -> dict[str, Any] | None:
+    """A voucher's row; a campaign's code (issue #21) as one."""
+    if campaign_of(code) is not None:
+        return _dict(await pool.fetchrow(_CODE_AS_VOUCHER, code))
     return _dict(
         await pool.fetchrow(
             f"SELECT {_VOUCHER_COLUMNS} FROM vouchers WHERE code = $1",  # noqa: S608
