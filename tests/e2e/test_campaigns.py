@@ -203,7 +203,8 @@ async def test_generation_is_idempotent_unique_and_free_of_look_alikes(
         assert len(set(codes) | set(more)) == 20_005
         for code in codes:
             match = CAMPAIGN_CODE_PATTERN.fullmatch(code)
-            assert match is not None and match.group(1) == cid, code
+            assert match is not None, code
+            assert match.group(1) == cid, code
             assert set(code.removeprefix(f"VCH-{cid}-")) <= set(ALPHABET)
         events = await campaign_events(s, cid)
         parts = [e.envelope.event for e in events if _is(e, CampaignCodesGenerated)]
