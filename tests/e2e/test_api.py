@@ -83,6 +83,13 @@ EXERCISED = {
     ("get", "/billing/invoices"),
     ("get", "/billing/invoices/{tenant_id}"),
     ("post", "/billing/portal/{tenant_id}"),
+    # campaigns (issue #21): exercised in tests/e2e/test_campaigns.py
+    ("post", "/billing/campaigns"),
+    ("get", "/billing/campaigns"),
+    ("get", "/billing/campaigns/{campaign_id}"),
+    ("delete", "/billing/campaigns/{campaign_id}"),
+    ("post", "/billing/campaigns/{campaign_id}/codes"),
+    ("get", "/billing/campaigns/{campaign_id}/codes.csv"),
 }
 
 

@@ -29,6 +29,9 @@ from voucher_ledger.ledger.durations import parse_duration
 from voucher_ledger.projections.timetravel import BadTimestamp, parse_timestamp
 
 _TEXT = r"^[^\x00-\x1f\x7f]*$"
+# What the API accepts as a prefix before normalisation (strip().upper()), blank for none.
+_SPACE = r"[\t-\r\x1c-\x20]*"
+PREFIX_INPUT_PATTERN = rf"^{_SPACE}([A-Za-z0-9]{{1,{PREFIX_MAX}}}{_SPACE})?$"
 
 
 class CreateCampaignBody(BaseModel):
@@ -135,8 +138,9 @@ class GenerateCodesBody(BaseModel):
     count: StrictInt = Field(ge=1, le=MAX_CODES_PER_GENERATION)
     prefix: StrictStr | None = Field(
         default=None,
-        max_length=PREFIX_MAX + 8,
-        description=f"1-{PREFIX_MAX} characters A-Z or 0-9 (upper-cased); absent: none",
+        max_length=64,
+        pattern=PREFIX_INPUT_PATTERN,
+        description=f"1-{PREFIX_MAX} characters A-Z or 0-9 (upper-cased); absent or blank: none",
     )
 
 

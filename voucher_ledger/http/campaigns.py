@@ -61,6 +61,7 @@ def _raise_rejected(reply: Rejected) -> None:
         "not_found": 404,
         "invalid_input": 400,
         "already_exists": 409,
+        "campaign_code": 409,
         "command_id_reused": 409,
     }.get(reply.reason, 409)
     raise ApiError(status, reply.message)

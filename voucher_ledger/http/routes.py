@@ -30,6 +30,7 @@ from voucher_ledger.http.openapi import (
     build_document,
 )
 from voucher_ledger.http.paging import LIST_HEADERS
+from voucher_ledger.ledger.campaign_codes import ALPHABET
 
 # Operations served at two paths (the seed's legacy aliases): one declaration each.
 
@@ -97,7 +98,7 @@ CAMPAIGN_ID: dict[str, Any] = {
     "in": "path",
     "required": True,
     "description": "the campaign's id (case-insensitive)",
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9]{6}$"},
+    "schema": {"type": "string", "pattern": f"^[{ALPHABET}{ALPHABET.lower()}]{{6}}$"},
 }
 CAMPAIGN_ROUTES: tuple[Route, ...] = (
     Route(

@@ -40,6 +40,7 @@ from voucher_ledger.ledger.errors import (
     AlreadyRedeemed,
     BudgetExhausted,
     CampaignCapReached,
+    CampaignCode,
     CampaignExists,
     CampaignNotFound,
     CapReached,
@@ -383,11 +384,7 @@ def decide(
                 )
             ]
         case IssueVoucher() | RevokeVoucher():
-            raise InvalidInput(
-                "code",
-                f"codes of the form [PREFIX-]{cid}-XXXXXXXXXX are campaign {cid}'s: they are "
-                "generated, and revoked with their campaign",
-            )
+            raise CampaignCode(command.code, cid)
 
 
 def _redeem(

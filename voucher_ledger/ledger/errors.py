@@ -197,6 +197,21 @@ class CampaignExists(DomainError):
         super().__init__("a campaign with this id already exists", campaign_id=campaign_id)
 
 
+class CampaignCode(DomainError):
+    """A single voucher of a campaign's code shape: such codes are the campaign's (generated,
+    and revoked with it)."""
+
+    reason = "campaign_code"
+
+    def __init__(self, code: str, campaign_id: str) -> None:
+        super().__init__(
+            f"codes of the form [PREFIX-]{campaign_id}-XXXXXXXXXX are campaign {campaign_id}'s: "
+            "they are generated, and revoked with their campaign",
+            code=code,
+            campaign_id=campaign_id,
+        )
+
+
 class CampaignCapReached(DomainError):
     """The campaign's ``max_redemptions`` across all its codes is taken."""
 
