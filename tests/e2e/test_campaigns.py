@@ -187,11 +187,13 @@ async def test_a_budget_binds_across_codes_and_a_failed_checkout_gives_its_share
 async def test_generation_is_idempotent_unique_and_free_of_look_alikes(
     tmp_path: Path, nats_url: str, pg_url: str
 ) -> None:
+    """100,000 codes in one call (20 messages of 5,000 in one atomic append): unique, of the
+    alphabet, the same on a retry with the key; the CSV lists exactly the stream's codes."""
     async with shop(tmp_path, nats_url, pg_url, "campg") as s:
         cid = (await create(s, credit_omr=5))["campaign_id"]
         key = f"gen-{uuid.uuid4().hex[:8]}"
-        codes = await generate(s, cid, 20_000, key=key, prefix="VCH")
-        assert await generate(s, cid, 20_000, key=key, prefix="VCH") == codes  # a retry
+        codes = await generate(s, cid, 100_000, key=key, prefix="VCH")
+        assert await generate(s, cid, 100_000, key=key, prefix="VCH") == codes  # a retry
         reused = await s.request(
             "POST",
             f"{CAMPAIGNS}/{cid}/codes",
@@ -200,7 +202,7 @@ async def test_generation_is_idempotent_unique_and_free_of_look_alikes(
         )
         assert_json_error(reused, 409)
         more = await generate(s, cid, 5)
-        assert len(set(codes) | set(more)) == 20_005
+        assert len(set(codes) | set(more)) == 100_005
         for code in codes:
             match = CAMPAIGN_CODE_PATTERN.fullmatch(code)
             assert match is not None, code
@@ -208,9 +210,13 @@ async def test_generation_is_idempotent_unique_and_free_of_look_alikes(
             assert set(code.removeprefix(f"VCH-{cid}-")) <= set(ALPHABET)
         events = await campaign_events(s, cid)
         parts = [e.envelope.event for e in events if _is(e, CampaignCodesGenerated)]
-        assert [len(p.codes) for p in parts] == [5000, 5000, 5000, 5000, 5]
+        assert [len(p.codes) for p in parts] == [5000] * 20 + [5]
         assert [c for p in parts for c in p.codes] == codes + more
-        assert [r["code"] for r in await csv_rows(s, cid)] == codes + more
+        rows = await csv_rows(s, cid)
+        assert [r["code"] for r in rows] == codes + more
+        assert {r["status"] for r in rows} == {"available"}
+        shown = (await s.request("GET", f"{CAMPAIGNS}/{cid}")).json
+        assert shown["codes_issued"] == 100_005
 
 
 async def test_bad_campaign_input_is_a_clear_4xx_and_changes_nothing(
