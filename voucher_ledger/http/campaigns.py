@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 
@@ -56,7 +56,7 @@ def path_campaign(request: web.Request) -> str:
         raise ApiError(400, exc.message) from exc
 
 
-def _raise_rejected(reply: Rejected) -> None:
+def _raise_rejected(reply: Rejected) -> NoReturn:
     status = {
         "not_found": 404,
         "invalid_input": 400,
@@ -220,7 +220,6 @@ async def generate_codes(request: web.Request) -> web.Response:
     reply = await send(request, command, principal)
     if isinstance(reply, Rejected):
         _raise_rejected(reply)
-        raise AssertionError  # unreachable: _raise_rejected raises
     generated = _view_row(reply)["generated"] or 0
     codes = await campaign_queries.batch_codes(request.app[POOL], campaign_id, reply.command_id)
     if len(codes) != generated:
