@@ -1001,10 +1001,14 @@ function limitChart({ id, title, points, limit, unit }) {
     h("figcaption", { id: `${id}-summary` }, summary));
 }
 
+/** How much of a limit is taken: a labelled meter, or only the figure when there is no limit. */
 function limitMeter(id, label, value, max, text) {
+  if (!max) {
+    return h("div", {}, h("p", { class: "meter-label" }, label), h("p", { class: "hint", id: `${id}-text` }, text));
+  }
   return h("div", {},
     h("label", { for: id }, label),
-    max ? h("meter", { id, min: 0, max, value, low: max * 0.8, high: max * 0.95, optimum: 0 }, text) : null,
+    h("meter", { id, min: 0, max, value, low: max * 0.8, high: max * 0.95, optimum: 0 }, text),
     h("p", { class: "hint", id: `${id}-text` }, text));
 }
 
