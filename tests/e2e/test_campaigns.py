@@ -135,6 +135,21 @@ async def test_a_campaigns_codes_preview_check_out_and_share_one_cap(
                 assert row["redeemed_by"] == event.envelope.event.customer_id
                 assert row["redeemed_at"].startswith(event.envelope.occurred_at.date().isoformat())
         assert set(redeemed) == {codes[0], codes[1]}
+        # A code's history and redemptions read like a voucher's: its campaign's events for it.
+        history = await s.request("GET", f"/billing/vouchers/{codes[0]}/history")
+        assert history.status == 200, history
+        assert [e["type"] for e in history.json["events"]] == [
+            "campaign.created",
+            "campaign.codes_generated",
+            "campaign.code_redeemed",
+        ]
+        untouched = await s.request("GET", f"/billing/vouchers/{codes[4]}/history")
+        assert [e["type"] for e in untouched.json["events"]] == [
+            "campaign.created",
+            "campaign.codes_generated",
+        ]
+        taken = await s.request("GET", f"/billing/vouchers/{codes[0]}/redemptions")
+        assert [r["customer_id"] for r in taken.json["redemptions"]] == [subs[0]]
 
         # Revoking the campaign revokes its codes.
         revoked = await s.request("DELETE", f"{CAMPAIGNS}/{cid}")

@@ -123,6 +123,10 @@ async def get_voucher(pool: asyncpg.Pool, code: str) -> dict[str, Any] | None:
 async def history(
     pool: asyncpg.Pool, code: str, *, after_seq: int = 0, limit: int = 100
 ) -> list[dict[str, Any]]:
+    campaign = campaign_of(code)
+    if campaign is not None:  # the campaign's events that concern the code
+        rows = await pool.fetch(_CAMPAIGN_CODE_HISTORY, campaign, code, after_seq, limit)
+        return [dict(r) for r in rows]
     rows = await pool.fetch(
         """SELECT seq, event_id, type, version, actor_sub, actor_role, command_id, occurred_at,
                   event::text AS event
@@ -135,14 +139,29 @@ async def history(
     return [dict(r) for r in rows]
 
 
+# A campaign code's history: its campaign's creation and revocation, the generation that made
+# it, and its own redemptions and reversals.
+_CAMPAIGN_CODE_HISTORY = """
+SELECT seq, event_id, type, version, actor_sub, actor_role, command_id, occurred_at,
+       event::text AS event
+FROM audit_log
+WHERE aggregate = 'campaign' AND aggregate_id = $1 AND seq > $3
+  AND (type IN ('campaign.created', 'campaign.revoked')
+       OR event -> 'event' ->> 'code' = $2
+       OR (type = 'campaign.codes_generated' AND event -> 'event' -> 'codes' ? $2))
+ORDER BY seq LIMIT $4
+"""
+
+
 @_translated
 async def redemptions(
     pool: asyncpg.Pool, code: str, *, after_seq: int = 0, limit: int = 100
 ) -> list[dict[str, Any]]:
+    table = "campaign_redemptions" if campaign_of(code) is not None else "redemptions"
     rows = await pool.fetch(
-        """SELECT redemption_id, customer_id, credit_baisa, redeemed_at, seq, command_id,
+        f"""SELECT redemption_id, customer_id, credit_baisa, redeemed_at, seq, command_id,
                   reversed_at, reversed_seq, reversal_reason, user_id
-           FROM redemptions WHERE code = $1 AND seq > $2 ORDER BY seq LIMIT $3""",
+           FROM {table} WHERE code = $1 AND seq > $2 ORDER BY seq LIMIT $3""",  # noqa: S608
         code,
         after_seq,
         limit,
