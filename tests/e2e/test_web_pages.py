@@ -880,6 +880,19 @@ async def test_campaigns_create_generate_download_and_revoke(
     assert "2 by" in await text(page, "#campaign-chart-summary")
     await snap(page, "console-campaigns-03-campaign")
 
+    # a redeemed code reads like a voucher: its campaign's events for it, its redemption
+    await page.goto(web.server.url(f"/console/#/v/{codes[0]}"))
+    await page.locator("#history-table tbody tr").nth(2).wait_for()
+    kinds = await page.locator("#history-table tbody tr .event").all_inner_texts()
+    assert kinds == ["Campaign created", "Generated", "Redeemed"]
+    assert "web-camp0" in await text(page, "#redemptions-table")
+    # edited and revoked with its campaign, which it links to
+    assert await page.locator("#detail-edit").is_hidden()
+    assert await page.locator("#detail-revoke").is_hidden()
+    await snap(page, "console-campaigns-06-code")
+    await page.click("#detail-campaign")
+    await page.locator("#campaign-chart").wait_for()
+
     # the CSV: every code, the two redeemed by their Organizations
     async with page.expect_download() as download_info:
         await page.click("#campaign-csv")

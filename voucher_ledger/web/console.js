@@ -655,15 +655,18 @@ async function renderDetail(route, id) {
   }
   const v = detail.body;
   $("detail-title").textContent = v.code;
+  // A campaign's code (its history starts with the campaign's creation) is edited and revoked
+  // with its campaign.
+  const campaignId = history.body.events.find((e) => e.type === "campaign.created")?.event.campaign_id ?? null;
   const edit = $("detail-edit");
-  edit.hidden = false;
+  edit.hidden = campaignId !== null;
   edit.href = voucherHash(v.code, true);
   edit.textContent = v.revoked ? "Restore…" : "Edit";
-  $("detail-revoke").hidden = v.revoked;
+  $("detail-revoke").hidden = v.revoked || campaignId !== null;
   $("detail-revoke").dataset.code = v.code;
   replace(
     $("detail-body"),
-    facts(v),
+    facts(v, campaignId),
     h("section", { class: "panel", "aria-labelledby": "chart-title" },
       h("h2", { id: "chart-title" }, "Redemptions over time"),
       chart(v, redemptions.items, redemptions.truncated)),
@@ -678,9 +681,10 @@ async function renderDetail(route, id) {
   focusHeading($("detail-title"));
 }
 
-function facts(v) {
+function facts(v, campaignId = null) {
   const rows = [
     ["Status", statusBadge(v)],
+    campaignId ? ["Campaign", h("a", { href: campaignHash(campaignId), id: "detail-campaign" }, campaignId)] : null,
     ["Credit per redemption", omr(v.credit_omr)],
     ["Description", v.description || "—"],
     ["Redeemed", usage(v)],
@@ -697,7 +701,7 @@ function facts(v) {
   if (v.revoked) rows.push(["Revoked", time(v.revoked_at)]);
   rows.push(["Last stream sequence", String(v.last_seq)]);
   return h("dl", { class: "facts", id: "facts" },
-    rows.map(([label, value]) => h("div", {}, h("dt", {}, label), h("dd", {}, value))));
+    rows.filter(Boolean).map(([label, value]) => h("div", {}, h("dt", {}, label), h("dd", {}, value))));
 }
 
 async function loadRedemptions(code) {
@@ -718,6 +722,12 @@ const EVENT_LABEL = {
   "voucher.revoked": () => "Revoked",
   "voucher.redeemed": () => "Redeemed",
   "voucher.redemption_reversed": () => "Redemption reversed",
+  // a campaign's code (issue #21): its campaign's events for it
+  "campaign.created": () => "Campaign created",
+  "campaign.codes_generated": () => "Generated",
+  "campaign.code_redeemed": () => "Redeemed",
+  "campaign.redemption_reversed": () => "Redemption reversed",
+  "campaign.revoked": () => "Campaign revoked",
 };
 
 function eventDetails(type, e) {
@@ -727,8 +737,14 @@ function eventDetails(type, e) {
     if (e.description) parts.push(`“${e.description}”`);
     return parts.join(", ");
   }
-  if (type === "voucher.redeemed") return `by ${e.customer_id}, ${omr(e.credit_baisa / 1000)}`;
-  if (type === "voucher.redemption_reversed") return `for ${e.customer_id}: ${e.reason}`;
+  if (type === "voucher.redeemed" || type === "campaign.code_redeemed") {
+    return `by ${e.customer_id}, ${omr(e.credit_baisa / 1000)}`;
+  }
+  if (type === "voucher.redemption_reversed" || type === "campaign.redemption_reversed") {
+    return `for ${e.customer_id}: ${e.reason}`;
+  }
+  if (type === "campaign.created") return `campaign ${e.campaign_id} “${e.name}”, ${omr(e.credit_baisa / 1000)} credit`;
+  if (type === "campaign.codes_generated") return `in a batch of ${plural(e.codes.length, "code", "codes")}`;
   return "";
 }
 
