@@ -83,6 +83,13 @@ EXERCISED = {
     ("get", "/billing/invoices"),
     ("get", "/billing/invoices/{tenant_id}"),
     ("post", "/billing/portal/{tenant_id}"),
+    # campaigns (issue #21): exercised in tests/e2e/test_campaigns.py
+    ("post", "/billing/campaigns"),
+    ("get", "/billing/campaigns"),
+    ("get", "/billing/campaigns/{campaign_id}"),
+    ("delete", "/billing/campaigns/{campaign_id}"),
+    ("post", "/billing/campaigns/{campaign_id}/codes"),
+    ("get", "/billing/campaigns/{campaign_id}/codes.csv"),
 }
 
 
@@ -1156,7 +1163,7 @@ async def test_readyz_is_200_with_checks(api: Api) -> None:
     checks = body["checks"]
     assert checks["nats"] is True
     assert checks["postgres"] is True
-    assert set(checks["projection_lag"]) == {"vouchers", "wallets", "billing", "audit"}
+    assert set(checks["projection_lag"]) == {"vouchers", "wallets", "billing", "campaigns", "audit"}
     assert all(isinstance(v, int) and v >= 0 for v in checks["projection_lag"].values())
 
 

@@ -828,6 +828,101 @@ async def test_redeem_rate_limited_says_when_to_retry(web_degraded: Browse) -> N
 # ------------------------------------------------------------------------------ the whole run
 
 
+async def test_campaigns_create_generate_download_and_revoke(
+    web: Browse, store: Shop, tmp_path: Path
+) -> None:
+    """Issue #21: a campaign made in the console, its codes generated, two redeemed at
+    checkout, its page against its cap and budget, the CSV downloaded, then revoked."""
+    page = await signed_in(web)
+    await page.click("#nav-campaigns")
+    await page.locator("#view-campaigns").wait_for()
+    await page.locator("#campaign-form").wait_for()
+    name = f"Omantel inserts {new_code('W')[-4:]}"
+    for selector, value in {
+        "#c-name": name,
+        "#c-description": "Printed on mobile bills",
+        "#c-credit": "10",
+        "#c-max": "2",
+        "#c-budget": "30",
+    }.items():
+        await page.fill(selector, value)
+    await snap(page, "console-campaigns-01-new")
+    await page.click("#campaign-submit")
+    await page.locator("#campaign-title", has_text=name).wait_for()
+    campaign_id = urlsplit(page.url).fragment.rsplit("/", 1)[-1]
+    assert f"({campaign_id})" in await text(page, "#campaign-title")
+    assert "Generate its codes below" in await text(page, "#notice")
+
+    # a bad count is refused in words, nothing generated
+    await page.fill("#g-count", "0")
+    await page.click("#generate-submit")
+    await page.locator("#generate-error").wait_for()
+    assert "count" in await text(page, "#generate-error")
+    await page.fill("#g-count", "25")
+    await page.fill("#g-prefix", "oman")
+    await page.click("#generate-submit")
+    await page.locator("#generated-codes li").nth(9).wait_for()
+    codes = await page.locator("#generated-codes li").all_inner_texts()
+    assert all(c.startswith(f"OMAN-{campaign_id}-") for c in codes)
+    assert "25 new codes" in await text(page, "#generated-count")
+    await snap(page, "console-campaigns-02-generated")
+
+    # two Organizations redeem at checkout: the campaign is at its cap
+    for i, code in enumerate(codes[:2]):
+        reply = await store.checkout(new_customer(f"web-camp{i}"), promo_code=code)
+        assert reply.status == 200, reply
+    await page.reload()
+    await page.locator("#campaign-chart").wait_for()
+    assert await text(page, "#meter-cap-text") == "2 of 2"
+    assert await text(page, "#meter-budget-text") == "20 OMR of 30 OMR"
+    assert await page.locator("#meter-cap").get_attribute("value") == "2"
+    assert "Not redeeming" in await text(page, "#campaign-facts")
+    assert "2 by" in await text(page, "#campaign-chart-summary")
+    await snap(page, "console-campaigns-03-campaign")
+
+    # a redeemed code reads like a voucher: its campaign's events for it, its redemption
+    await page.goto(web.server.url(f"/console/#/v/{codes[0]}"))
+    await page.locator("#history-table tbody tr").nth(2).wait_for()
+    kinds = await page.locator("#history-table tbody tr .event").all_inner_texts()
+    assert kinds == ["Campaign created", "Generated", "Redeemed"]
+    assert "web-camp0" in await text(page, "#redemptions-table")
+    # edited and revoked with its campaign, which it links to
+    assert await page.locator("#detail-edit").is_hidden()
+    assert await page.locator("#detail-revoke").is_hidden()
+    await snap(page, "console-campaigns-06-code")
+    await page.click("#detail-campaign")
+    await page.locator("#campaign-chart").wait_for()
+
+    # the CSV: every code, the two redeemed by their Organizations
+    async with page.expect_download() as download_info:
+        await page.click("#campaign-csv")
+    download = await download_info.value
+    assert download.suggested_filename == f"campaign-{campaign_id}-codes.csv"
+    saved = tmp_path / "codes.csv"
+    await download.save_as(saved)
+    lines = saved.read_text().splitlines()
+    assert lines[0] == "code,status,redeemed_by,redeemed_at"
+    assert len(lines) == 26
+    assert sum(",redeemed,web-camp" in line for line in lines) == 2
+
+    # revoked: the campaign's codes no longer preview
+    await page.click("#campaign-revoke")
+    await page.locator("#campaign-revoke-dialog[open]").wait_for()
+    await snap(page, "console-campaigns-04-revoke", full_page=False)
+    await page.click("#campaign-revoke-confirm")
+    await page.locator("#notice", has_text="revoked").wait_for()
+    assert "Revoked" in await text(page, "#campaign-facts")
+    preview = await store.request("POST", PREVIEW, sub=None, json_body={"code": codes[5]})
+    assert preview.status == 404, preview
+
+    await page.click("#nav-campaigns")
+    row = page.locator(f"#campaign-table tr[data-campaign='{campaign_id}']")
+    await row.wait_for()
+    cells = [" ".join(c.split()) for c in await row.locator("th, td").all_inner_texts()]
+    assert cells[:7] == [name, campaign_id, "10 OMR", "25", "2 of 2", "20 OMR of 30 OMR", "Revoked"]
+    await snap(page, "console-campaigns-05-list")
+
+
 async def test_the_browser_used_the_documented_operations(store: Shop) -> None:
     """Run after the browser tests: each test already checked that its requests were documented;
     this checks the recording really saw the console and the redeem page at work."""
@@ -848,6 +943,12 @@ async def test_the_browser_used_the_documented_operations(store: Shop) -> None:
         ("GET", "/billing/vouchers/{code}/redemptions"),
         ("DELETE", "/billing/vouchers/revoke/{code}"),
         ("POST", "/billing/vouchers/redeem-preview"),
+        ("GET", "/billing/campaigns"),
+        ("POST", "/billing/campaigns"),
+        ("GET", "/billing/campaigns/{campaign_id}"),
+        ("POST", "/billing/campaigns/{campaign_id}/codes"),
+        ("GET", "/billing/campaigns/{campaign_id}/codes.csv"),
+        ("DELETE", "/billing/campaigns/{campaign_id}"),
     }
 
 

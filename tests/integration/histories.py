@@ -12,20 +12,24 @@ harness replays (``VL_REBUILD_EVENTS`` events).
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.jetstream.streams import StreamsSpec
-from voucher_ledger.ledger import voucher, wallet
+from voucher_ledger.ledger import campaign, voucher, wallet
+from voucher_ledger.ledger.campaign_codes import new_campaign_id
 from voucher_ledger.ledger.commands import (
     AbandonOrder,
     AttachSession,
     ConfirmPayment,
+    CreateCampaign,
     ExpireCredit,
     FailOrder,
     Failure,
+    GenerateCampaignCodes,
     Grant,
     IssueVoucher,
     MoveAccount,
@@ -34,6 +38,7 @@ from voucher_ledger.ledger.commands import (
     RecordInvoice,
     RedeemVoucher,
     ReverseRedemption,
+    RevokeCampaign,
     RevokeVoucher,
     SettleOrder,
 )
@@ -54,6 +59,7 @@ class _Writer:
         self.spec = spec
         self.vouchers: dict[str, voucher.VoucherState] = {}
         self.wallets: dict[str, wallet.WalletState] = {}
+        self.campaigns: dict[str, campaign.CampaignState] = {}
         self.pending: dict[str, list[EventEnvelope]] = {}
         self.last_seq: dict[str, int] = {}
         self.local: dict[str, int] = {}
@@ -90,6 +96,21 @@ class _Writer:
             env = self._envelope("voucher", code, event, command_id)
             state = voucher.evolve(state, self._record(subject, env), command.fingerprint())
         self.vouchers[code] = state
+        return True
+
+    def campaign(self, campaign_id: str, command: Any) -> bool:
+        """A campaign's command, or a command for one of its codes (issue #21)."""
+        state = self.campaigns.get(campaign_id) or campaign.initial_state(campaign_id)
+        command_id = f"cmd-{uuid.uuid4().hex}"
+        outcome = campaign.handle(state, command, command_id, Policy())
+        if not isinstance(outcome, Decided):
+            return False
+        subject = self.spec.layout.campaign_subject(campaign_id)
+        for event in outcome.events:
+            env = self._envelope("campaign", campaign_id, event, command_id)
+            env = env.model_copy(update={"command_fingerprint": command.fingerprint()})
+            state = campaign.evolve(state, self._record(subject, env), command.fingerprint())
+        self.campaigns[campaign_id] = state
         return True
 
     def wallet(self, customer: str, command: Any) -> None:
@@ -132,6 +153,9 @@ ROW_KEYS = {
     "subscription_orders": "order_id",
     "subscriptions": "tenant_id",
     "invoices": "stripe_invoice_id",
+    "campaigns": "campaign_id",
+    "campaign_codes": "code",
+    "campaign_redemptions": "redemption_id",
     "audit_log": "seq",
 }
 
@@ -306,6 +330,26 @@ async def write_mixed_history(
     hot = [f"HOT-{tag}-{i}" for i in range(3)]
     for code in hot:
         w.voucher(code, IssueVoucher(code=code, credit_baisa=2000, max_redemptions=0))
+    # Campaigns (issue #21): one whose codes are redeemed (and some given back) as the stream
+    # goes, and one revoked at the end.
+    cid, gone = new_campaign_id(os.urandom), new_campaign_id(os.urandom)
+    for campaign_id in (cid, gone):
+        w.campaign(
+            campaign_id,
+            CreateCampaign(
+                campaign_id=campaign_id,
+                name=f"campaign {campaign_id}",
+                credit_baisa=1000,
+                max_redemptions=1_000_000,
+                budget_baisa=10**12,
+                starts_at=datetime(2020, 1, 1, tzinfo=UTC),
+                plans=["pro", "business"] if campaign_id == gone else None,
+            ),
+        )
+        w.campaign(
+            campaign_id, GenerateCampaignCodes(campaign_id=campaign_id, count=7, prefix="MIX")
+        )
+    campaign_codes: list[str] = []
     n = 0
     while w.written + w.buffered < events:
         n += 1
@@ -345,9 +389,21 @@ async def write_mixed_history(
                         new_organizations_only=True,
                     ),
                 )
+        # a campaign code's redemption; every fourth given back; new codes as they run out
+        if not campaign_codes:
+            w.campaign(cid, GenerateCampaignCodes(campaign_id=cid, count=40))
+            codes = w.campaigns[cid].codes
+            campaign_codes = sorted(c for c, e in codes.items() if not e.times_redeemed)
+        taken = campaign_codes.pop()
+        assert w.campaign(cid, RedeemVoucher(code=taken, customer_id=f"cc{n}", user_id=f"cu{n}"))
+        if n % 4 == 0:
+            assert w.campaign(
+                cid, ReverseRedemption(code=taken, customer_id=f"cc{n}", reason="checkout")
+            )
         # a checkout (a third of the stream)
         await _checkouts(w, n, hot[(n + 1) % len(hot)])
         if w.buffered >= flush_every:
             await w.flush()
+    w.campaign(gone, RevokeCampaign(campaign_id=gone))
     await w.flush()
     return w.written

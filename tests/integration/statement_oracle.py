@@ -17,6 +17,11 @@ from datetime import datetime
 from typing import Any
 
 from voucher_ledger.ledger.events import (
+    CampaignCodeRedeemed,
+    CampaignCodesGenerated,
+    CampaignCreated,
+    CampaignRedemptionReversed,
+    CampaignRevoked,
     CreditCaptured,
     CreditExpired,
     CreditGranted,
@@ -45,6 +50,7 @@ from voucher_ledger.projections.billing import (
     one_month_after,
     subscription_id,
 )
+from voucher_ledger.projections.campaigns import CampaignProjection
 from voucher_ledger.projections.model import Conn, PlainEvent, StreamEvent, stream_event
 from voucher_ledger.projections.vouchers import VoucherProjection
 from voucher_ledger.projections.wallets import WalletProjection
@@ -618,4 +624,115 @@ async def _tenant_of(conn: Conn, ops: Ops, order_id: str) -> str | None:
     return str(found) if found is not None else None
 
 
-ORACLES = (VoucherStatements(), WalletStatements(), BillingStatements(), AuditStatements())
+_CAMPAIGN = """
+INSERT INTO campaigns (campaign_id, name, description, kind, credit_baisa, max_redemptions,
+                       budget_baisa, code_max_redemptions, active, revoked, codes_issued,
+                       times_redeemed, granted_baisa, created_at, updated_at, revoked_at,
+                       last_seq, starts_at, expires_at, plans, min_order_baisa,
+                       new_organizations_only, credit_valid_for_seconds)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, false, 0, 0, 0, $10, $10, NULL, $11, $12, $13,
+        $14::jsonb, $15, $16, $17)
+"""
+_CODES = """
+WITH c AS (
+    UPDATE campaigns SET codes_issued = codes_issued + cardinality($2::text[]),
+                         updated_at = $5, last_seq = $6
+    WHERE campaign_id = $1 RETURNING codes_issued - cardinality($2::text[]) AS first
+)
+INSERT INTO campaign_codes (code, campaign_id, ordinal, batch, prefix, created_at, seq)
+SELECT u.code, $1, c.first + u.n - 1, $3, $4, $5, $6
+FROM c, unnest($2::text[]) WITH ORDINALITY AS u(code, n)
+"""
+_CAMPAIGN_REDEEM = """
+INSERT INTO campaign_redemptions (redemption_id, campaign_id, code, customer_id, user_id,
+                                  credit_baisa, redeemed_at, seq, command_id, order_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+"""
+_CAMPAIGN_REVERSE = """
+UPDATE campaign_redemptions SET reversed_at = $2, reversed_seq = $3, reversal_reason = $4
+WHERE redemption_id = $1 AND reversed_at IS NULL
+"""
+_CAMPAIGN_COUNT = """
+UPDATE campaigns SET times_redeemed = times_redeemed + $2, granted_baisa = granted_baisa + $3,
+                     updated_at = $4, last_seq = $5
+WHERE campaign_id = $1
+"""
+_CAMPAIGN_REVOKE = """
+UPDATE campaigns SET revoked = true, active = false, revoked_at = $2, updated_at = $2,
+                     last_seq = $3
+WHERE campaign_id = $1
+"""
+
+
+class CampaignStatements:
+    """``campaigns``, ``campaign_codes`` and ``campaign_redemptions``, statements per event."""
+
+    name = CampaignProjection.name
+    tables = CampaignProjection.tables
+    keyed = CampaignProjection.keyed
+
+    async def apply(self, conn: Conn, plain: Sequence[PlainEvent]) -> None:
+        ops = Ops()
+        for item in models(plain):
+            env = item.envelope
+            event = env.event
+            at, seq = env.occurred_at, item.seq
+            match event:
+                case CampaignCreated():
+                    ops.add(
+                        _CAMPAIGN,
+                        (
+                            event.campaign_id,
+                            event.name,
+                            event.description,
+                            event.kind,
+                            event.credit_baisa,
+                            event.max_redemptions,
+                            event.budget_baisa,
+                            event.code_max_redemptions,
+                            event.active,
+                            at,
+                            seq,
+                            event.starts_at,
+                            event.expires_at,
+                            None if event.plans is None else json.dumps(event.plans),
+                            event.min_order_baisa,
+                            event.new_organizations_only,
+                            event.credit_valid_for_seconds,
+                        ),
+                    )
+                case CampaignCodesGenerated():
+                    args = (event.campaign_id, event.codes, env.command_id, event.prefix, at, seq)
+                    ops.add(_CODES, args)
+                case CampaignCodeRedeemed():
+                    ops.add(
+                        _CAMPAIGN_REDEEM,
+                        (
+                            event.redemption_id,
+                            event.campaign_id,
+                            event.code,
+                            event.customer_id,
+                            event.user_id,
+                            event.credit_baisa,
+                            at,
+                            seq,
+                            env.command_id,
+                            event.order_id,
+                        ),
+                    )
+                    ops.add(_CAMPAIGN_COUNT, (event.campaign_id, 1, event.credit_baisa, at, seq))
+                case CampaignRedemptionReversed():
+                    ops.add(_CAMPAIGN_REVERSE, (event.redemption_id, at, seq, event.reason))
+                    ops.add(_CAMPAIGN_COUNT, (event.campaign_id, -1, -event.credit_baisa, at, seq))
+                case CampaignRevoked():
+                    ops.add(_CAMPAIGN_REVOKE, (event.campaign_id, at, seq))
+        await ops.run(conn)
+
+
+ORACLES = (
+    VoucherStatements(),
+    WalletStatements(),
+    BillingStatements(),
+    CampaignStatements(),
+    AuditStatements(),
+)

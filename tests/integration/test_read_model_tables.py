@@ -10,6 +10,7 @@ import pytest
 
 from voucher_ledger.projections.audit import AUDIT_LOG
 from voucher_ledger.projections.billing import INVOICES, SUBSCRIPTION_ORDERS, SUBSCRIPTIONS
+from voucher_ledger.projections.campaigns import CAMPAIGN_CODES, CAMPAIGN_REDEMPTIONS, CAMPAIGNS
 from voucher_ledger.projections.migrate import migrate
 from voucher_ledger.projections.model import Column, Table
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
@@ -26,6 +27,9 @@ DECLARED = (
     SUBSCRIPTION_ORDERS,
     SUBSCRIPTIONS,
     INVOICES,
+    CAMPAIGNS,
+    CAMPAIGN_CODES,
+    CAMPAIGN_REDEMPTIONS,
     AUDIT_LOG,
 )
 

@@ -164,7 +164,8 @@ async def rows(pool: asyncpg.Pool) -> dict[str, list[dict[str, Any]]]:
 
 @pytest.fixture
 async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await asyncpg.create_pool(database, min_size=1, max_size=6)
+    # The rebuild's connection and a worker per read model, and the live projector's.
+    p = await asyncpg.create_pool(database, min_size=1, max_size=len(ALL_PROJECTIONS) + 2)
     async with p.acquire() as conn:
         await migrate(conn)
     yield p
@@ -547,7 +548,7 @@ async def test_verify_names_a_corrupted_row_and_the_cli_exits_1(
     )
     assert result.returncode == 0, result.stderr
     assert "events/s" in result.stdout
-    assert "rebuilt vouchers+wallets+billing+audit:" in result.stdout
+    assert "rebuilt vouchers+wallets+billing+campaigns+audit:" in result.stdout
     result = await asyncio.to_thread(
         subprocess.run, [*cli, "verify"], env=env, capture_output=True, text=True, timeout=120
     )
@@ -570,7 +571,7 @@ async def test_a_rebuild_by_a_role_that_may_not_hurry_autovacuum_still_swaps(
         await admin.execute(f"GRANT ALL ON SCHEMA public TO {role}")
         host = parts.netloc.rsplit("@", 1)[-1]  # host:port, or empty for a unix socket
         plain_url = urlunsplit(parts._replace(netloc=f"{role}@{host}"))
-        pool = await asyncpg.create_pool(plain_url, min_size=1, max_size=6)
+        pool = await asyncpg.create_pool(plain_url, min_size=1, max_size=len(ALL_PROJECTIONS) + 2)
         try:
             assert await pool.fetchval("SELECT current_setting('is_superuser')") == "off"
             async with pool.acquire() as conn:

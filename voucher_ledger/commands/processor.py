@@ -58,7 +58,7 @@ from voucher_ledger.commands.wire import (
 from voucher_ledger.jetstream.direct import write_now
 from voucher_ledger.jetstream.layout import Layout
 from voucher_ledger.jetstream.pulls import PullLoop
-from voucher_ledger.ledger import voucher, wallet
+from voucher_ledger.ledger import campaign, voucher, wallet
 from voucher_ledger.ledger.errors import CommandExpired, DomainError
 from voucher_ledger.ledger.events import EventEnvelope, RecordedEvent
 from voucher_ledger.ledger.voucher import Decided, Policy, Receipt, Refused, Replayed
@@ -152,6 +152,40 @@ class _WalletKind:
         )
 
 
+class _CampaignKind:
+    """A campaign: decides its own commands and every command for one of its codes (issue
+    #21); replies replay the receipt (the campaign, and a code's voucher view and redemption,
+    as the command left them)."""
+
+    aggregate: Literal["campaign"] = "campaign"
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def fold(self, key: str, history: list[RecordedEvent]) -> Any:
+        return campaign.fold(key, history)
+
+    def handle(self, state: Any, command: Any, command_id: str, now: datetime) -> Any:
+        return campaign.handle(state, command, command_id, self.policy, now)
+
+    def evolve(self, state: Any, recorded: RecordedEvent, fingerprint: str) -> Any:
+        return campaign.evolve(state, recorded, fingerprint)
+
+    def reply(self, state: Any, command: Any, command_id: str) -> Accepted:
+        receipt: campaign.CampaignReceipt = state.receipts[command_id]
+        return Accepted(
+            command_id=receipt.command_id,
+            command_type=receipt.command_type,
+            seq=receipt.seq,
+            voucher=receipt.voucher,
+            redemption=receipt.redemption,
+            campaign=receipt.campaign,
+        )
+
+
+AggregateKind = _VoucherKind | _WalletKind | _CampaignKind
+
+
 def rejected_from(command_id: str, error: DomainError) -> Rejected:
     details = {k: v for k, v in error.context.items() if isinstance(v, str | int | bool)}
     return Rejected(
@@ -167,7 +201,7 @@ def new_event_id() -> str:
 
 _VARIANT = "89ab"
 
-AggregateKey = tuple[str, str]  # ("voucher", CODE) or ("wallet", customer id)
+AggregateKey = tuple[str, str]  # ("voucher", CODE), ("wallet", customer), ("campaign", ID)
 
 
 class StateCache:
@@ -240,7 +274,7 @@ class _Plan:
     that append is acknowledged (:meth:`PartitionProcessor._settle`)."""
 
     key: AggregateKey
-    kind: _VoucherKind | _WalletKind
+    kind: AggregateKind
     subject: str
     state: Any
     items: list[_Item]
@@ -306,9 +340,10 @@ class PartitionProcessor:
         self._signer = signer
         self._checker = checker
         self._stopped = False
-        self._kinds: dict[str, _VoucherKind | _WalletKind] = {
+        self._kinds: dict[str, AggregateKind] = {
             "voucher": _VoucherKind(policy),
             "wallet": _WalletKind(),
+            "campaign": _CampaignKind(policy),
         }
         # Commands not decided yet, per aggregate in arrival order; the plans of the next
         # append (decided); the append in flight; consecutive rounds with a conflict.
@@ -736,7 +771,7 @@ class PartitionProcessor:
 
     async def _answer(
         self,
-        kind: _VoucherKind | _WalletKind,
+        kind: AggregateKind,
         items: list[_Item],
         outcomes: list[Rejected | tuple[str, bool]],
         final: Any,

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter, field_validator
 
+from voucher_ledger.ledger.campaign import CampaignView
 from voucher_ledger.ledger.codes import validate_command_id
 from voucher_ledger.ledger.commands import AnyCommand
 from voucher_ledger.ledger.events import Actor, Frozen, isoformat_z
@@ -63,6 +64,8 @@ class Accepted(Frozen):
     # Wallet commands: the wallet and the command's order as they are now (after this command).
     wallet: WalletView | None = None
     order: OrderView | None = None
+    # Campaign commands (and a campaign code's): the campaign as the command left it.
+    campaign: CampaignView | None = None
 
 
 class Rejected(Frozen):

@@ -224,8 +224,9 @@ def build_document(
             responses[str(status)] = {"description": description}
         op["responses"] = responses
         paths.setdefault(route.path, {})[route.method.lower()] = op
-    if max_credit_omr is not None and "IssueVoucherBody" in defs:
-        defs["IssueVoucherBody"]["properties"]["credit_omr"]["maximum"] = max_credit_omr
+    for body in ("IssueVoucherBody", "CreateCampaignBody"):
+        if max_credit_omr is not None and body in defs:
+            defs[body]["properties"]["credit_omr"]["maximum"] = max_credit_omr
     return {
         "openapi": "3.1.0",
         "info": {"title": "voucher-ledger", "version": version},

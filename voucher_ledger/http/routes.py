@@ -12,7 +12,8 @@ from typing import Any
 from aiohttp import web
 
 from voucher_ledger import __version__
-from voucher_ledger.http import admin, billing, ops, subscriptions, vouchers
+from voucher_ledger.http import admin, billing, campaigns, ops, subscriptions, vouchers
+from voucher_ledger.http import campaign_models as cm
 from voucher_ledger.http import models as m
 from voucher_ledger.http.openapi import (
     AT,
@@ -29,6 +30,7 @@ from voucher_ledger.http.openapi import (
     build_document,
 )
 from voucher_ledger.http.paging import LIST_HEADERS
+from voucher_ledger.ledger.campaign_codes import ALPHABET
 
 # Operations served at two paths (the seed's legacy aliases): one declaration each.
 
@@ -89,6 +91,81 @@ def _checkout(path: str) -> Route:
         errors=(400, 401, 403, 409, 413, 415, 502, 503),
     )
 
+
+# Campaigns of generated codes (issue #21).
+CAMPAIGN_ID: dict[str, Any] = {
+    "name": "campaign_id",
+    "in": "path",
+    "required": True,
+    "description": "the campaign's id (case-insensitive)",
+    "schema": {"type": "string", "pattern": f"^[{ALPHABET}{ALPHABET.lower()}]{{6}}$"},
+}
+CAMPAIGN_ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST",
+        "/billing/campaigns",
+        campaigns.create_campaign,
+        "issuer",
+        "Create a campaign of generated codes under one cap and one budget",
+        parameters=(IDEMPOTENCY_KEY,),
+        body=cm.CreateCampaignBody,
+        response=cm.CampaignOut,
+        errors=(400, 401, 403, 409, 413, 415, 503),
+    ),
+    Route(
+        "GET",
+        "/billing/campaigns",
+        campaigns.list_campaigns,
+        "issuer",
+        "Campaigns with their figures, newest first",
+        parameters=(LIST_QUERY[0], LIST_QUERY[1]),
+        response=cm.CampaignOut,
+        many=True,
+        errors=(400, 401, 403, 503),
+        headers=LIST_HEADERS,
+    ),
+    Route(
+        "GET",
+        "/billing/campaigns/{campaign_id}",
+        campaigns.get_campaign,
+        "issuer",
+        "A campaign, its figures and its redemptions over time",
+        parameters=(CAMPAIGN_ID,),
+        response=cm.CampaignDetail,
+        errors=(400, 401, 403, 404, 503),
+    ),
+    Route(
+        "DELETE",
+        "/billing/campaigns/{campaign_id}",
+        campaigns.revoke_campaign,
+        "issuer",
+        "Revoke a campaign and every code of it",
+        parameters=(CAMPAIGN_ID, IDEMPOTENCY_KEY),
+        response=m.OkOut,
+        errors=(400, 401, 403, 404, 409, 503),
+    ),
+    Route(
+        "POST",
+        "/billing/campaigns/{campaign_id}/codes",
+        campaigns.generate_codes,
+        "issuer",
+        "Generate up to 100,000 unique codes (idempotent with an Idempotency-Key)",
+        parameters=(CAMPAIGN_ID, IDEMPOTENCY_KEY),
+        body=cm.GenerateCodesBody,
+        response=cm.CodesOut,
+        errors=(400, 401, 403, 404, 409, 413, 415, 503),
+    ),
+    Route(
+        "GET",
+        "/billing/campaigns/{campaign_id}/codes.csv",
+        campaigns.codes_csv,
+        "issuer",
+        "Every code of the campaign with its state: code, status, redeemed_by, redeemed_at",
+        parameters=(CAMPAIGN_ID,),
+        ok="text/csv, one row per code in generation order",
+        errors=(400, 401, 403, 404, 503),
+    ),
+)
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", ops.healthz, "public", "Liveness", response=m.HealthOut),
@@ -261,6 +338,7 @@ ROUTES: tuple[Route, ...] = (
         response=m.PortalOut,
         errors=(400, 401, 403, 404, 502, 503),
     ),
+    *CAMPAIGN_ROUTES,
     Route(
         "GET",
         "/billing/catalog",

@@ -50,7 +50,7 @@ from voucher_ledger.http.openapi import MAX_AFTER_SEQ, MAX_OFFSET, RESERVED_SEGM
 from voucher_ledger.http.paging import LIST_HEADERS, page_headers
 from voucher_ledger.http.ratelimit import too_many_requests
 from voucher_ledger.ledger.codes import normalise_code, normalise_search, validate_command_id
-from voucher_ledger.ledger.commands import IssueVoucher, RevokeVoucher
+from voucher_ledger.ledger.commands import CampaignCommandT, IssueVoucher, RevokeVoucher
 from voucher_ledger.ledger.durations import format_duration
 from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import Actor, UnknownEventVersion, upcast
@@ -108,7 +108,9 @@ def path_code(request: web.Request) -> str:
         raise ApiError(400, exc.message) from exc
 
 
-async def command_id_from(request: web.Request, command: VoucherCommandT) -> str | None:
+async def command_id_from(
+    request: web.Request, command: VoucherCommandT | CampaignCommandT
+) -> str | None:
     """The Idempotency-Key as command id, after claiming it for this exact request."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
@@ -129,7 +131,7 @@ async def command_id_from(request: web.Request, command: VoucherCommandT) -> str
 
 
 async def send(
-    request: web.Request, command: VoucherCommandT, principal: Principal
+    request: web.Request, command: VoucherCommandT | CampaignCommandT, principal: Principal
 ) -> Accepted | Rejected:
     metrics = request.app[METRICS]
     actor = Actor(sub=principal.sub, role=principal.role)
@@ -199,8 +201,9 @@ def voucher_out(row: dict[str, Any]) -> VoucherOut:
 
 
 def refusal_now(row: dict[str, Any]) -> str | None:
-    """Why the voucher of ``row`` takes no redemption now (the preview's ``reason``), or None."""
-    return refusal(
+    """Why the voucher of ``row`` takes no redemption now (the preview's ``reason``), or None.
+    A campaign's code (issue #21) is ``capped`` too when its campaign's cap or budget is."""
+    reason = refusal(
         active=row["active"],
         revoked=row["revoked"],
         max_redemptions=row["max_redemptions"],
@@ -209,6 +212,7 @@ def refusal_now(row: dict[str, Any]) -> str | None:
         expires_at=row["expires_at"],
         now=datetime.now(UTC),
     )
+    return "capped" if reason is None and row.get("campaign_capped") else reason
 
 
 def accepting(row: dict[str, Any]) -> bool:

@@ -11,6 +11,7 @@ import re
 import zlib
 from dataclasses import dataclass
 
+from voucher_ledger.ledger.campaign_codes import CAMPAIGN_ID_PATTERN
 from voucher_ledger.ledger.codes import CODE_PATTERN
 
 PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -65,14 +66,27 @@ class Layout:
         token = account_token(customer_id)
         return f"{self.prefix}.commands.{self.partition_of(token)}.wallet.{token}"
 
+    def campaign_subject(self, campaign_id: str) -> str:
+        _check_campaign(campaign_id)
+        return f"{self.prefix}.events.campaign.{campaign_id}"
+
+    def campaign_command_subject(self, campaign_id: str) -> str:
+        """Every command for a campaign and its codes: one partition decides them all."""
+        _check_campaign(campaign_id)
+        return f"{self.prefix}.commands.{self.partition_of(campaign_id)}.campaign.{campaign_id}"
+
     def event_subject(self, aggregate: str, key: str) -> str:
         if aggregate == "wallet":
             return self.wallet_subject(key)
+        if aggregate == "campaign":
+            return self.campaign_subject(key)
         return self.voucher_subject(key)
 
     def command_subject(self, aggregate: str, key: str) -> str:
         if aggregate == "wallet":
             return self.wallet_command_subject(key)
+        if aggregate == "campaign":
+            return self.campaign_command_subject(key)
         return self.voucher_command_subject(key)
 
     def partition_filter(self, partition: int) -> str:
@@ -91,6 +105,11 @@ def _check_code(code: str) -> None:
     # Defence in depth: commands are validated at construction; this catches any other path.
     if not CODE_PATTERN.fullmatch(code):
         raise ValueError("refusing to build a subject from an invalid code")
+
+
+def _check_campaign(campaign_id: str) -> None:
+    if not CAMPAIGN_ID_PATTERN.fullmatch(campaign_id):
+        raise ValueError("refusing to build a subject from an invalid campaign id")
 
 
 def account_token(customer_id: str) -> str:

@@ -8,6 +8,11 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AwareDatetime, Field, field_validator
 
+from voucher_ledger.ledger.campaign_codes import (
+    campaign_of,
+    normalise_prefix,
+    validate_campaign_id,
+)
 from voucher_ledger.ledger.codes import normalise_code, validate_customer_id
 from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import Frozen, OrderDraft, OrderLine
@@ -20,8 +25,10 @@ class _CodeCommand(Frozen):
     _added: ClassVar[frozenset[str]] = frozenset()
 
     @property
-    def aggregate(self) -> tuple[Literal["voucher"], str]:
-        return ("voucher", self.code)
+    def aggregate(self) -> tuple[Literal["voucher", "campaign"], str]:
+        """A generated code's commands are its campaign's (issue #21)."""
+        campaign = campaign_of(self.code)
+        return ("voucher", self.code) if campaign is None else ("campaign", campaign)
 
     @field_validator("code", mode="before")
     @classmethod
@@ -344,12 +351,96 @@ WalletCommandT = (
     | QueryOrder
 )
 
+# ---------------------------------------------------------------------- campaigns (issue #21)
+
+MAX_CODES_PER_GENERATION = 100_000
+
+
+class _CampaignCommand(Frozen):
+    campaign_id: str
+
+    @field_validator("campaign_id", mode="before")
+    @classmethod
+    def _campaign(cls, value: object) -> str:
+        return validate_campaign_id(value)
+
+    @property
+    def aggregate(self) -> tuple[Literal["campaign"], str]:
+        return ("campaign", self.campaign_id)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:32]
+
+
+class CreateCampaign(_CampaignCommand):
+    """A new campaign (create only: an id taken is refused). ``kind``: what each code gives;
+    ``credit`` only for now (a flat ``credit_baisa``), the discount kinds come next."""
+
+    type: Literal["create_campaign"] = "create_campaign"
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=2000)
+    kind: Literal["credit"] = "credit"
+    credit_baisa: int = Field(gt=0, strict=True)
+    max_redemptions: int = Field(default=0, ge=0, le=2**31 - 1, strict=True)
+    budget_baisa: int | None = Field(default=None, gt=0, le=2**62, strict=True)
+    code_max_redemptions: int = Field(default=1, ge=0, le=2**31 - 1, strict=True)
+    active: bool = Field(default=True, strict=True)
+    starts_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+    plans: list[Annotated[str, Field(pattern=PLAN_ID)]] | None = Field(
+        default=None, min_length=1, max_length=100
+    )
+    min_order_baisa: int = Field(default=0, ge=0, le=2**62, strict=True)
+    new_organizations_only: bool = Field(default=False, strict=True)
+    credit_valid_for_seconds: int | None = Field(
+        default=None, gt=0, le=MAX_VALID_FOR_SECONDS, strict=True
+    )
+
+    @field_validator("starts_at", "expires_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return value.astimezone(UTC) if value is not None else None
+
+    @field_validator("name", "description")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if "\x00" in value:
+            raise InvalidInput("description", "name and description must not contain NUL")
+        return value
+
+
+class GenerateCampaignCodes(_CampaignCommand):
+    """``count`` new unique codes for the campaign, drawn by the processor that decides it."""
+
+    type: Literal["generate_campaign_codes"] = "generate_campaign_codes"
+    count: int = Field(ge=1, le=MAX_CODES_PER_GENERATION, strict=True)
+    prefix: str | None = None
+
+    @field_validator("prefix", mode="before")
+    @classmethod
+    def _prefix(cls, value: object) -> str | None:
+        return normalise_prefix(value)
+
+
+class RevokeCampaign(_CampaignCommand):
+    """The campaign and all its codes stop redeeming."""
+
+    type: Literal["revoke_campaign"] = "revoke_campaign"
+
+
+CampaignCommandT = CreateCampaign | GenerateCampaignCodes | RevokeCampaign
+
 VoucherCommand = Annotated[
     IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption,
     Field(discriminator="type"),
 ]
 AnyCommand = Annotated[
-    IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption | WalletCommandT,
+    IssueVoucher
+    | RevokeVoucher
+    | RedeemVoucher
+    | ReverseRedemption
+    | WalletCommandT
+    | CampaignCommandT,
     Field(discriminator="type"),
 ]
 

@@ -206,3 +206,66 @@ class CheckoutInFlight(DomainError):
             account=account,
             order_id=order_id,
         )
+
+
+# ---------------------------------------------------------------------- campaigns (issue #21)
+
+
+class CampaignNotFound(DomainError):
+    reason = "not_found"
+
+    def __init__(self, campaign_id: str) -> None:
+        super().__init__("campaign not found", campaign_id=campaign_id)
+
+
+class CampaignExists(DomainError):
+    """A campaign is created once (its id is taken)."""
+
+    reason = "already_exists"
+
+    def __init__(self, campaign_id: str) -> None:
+        super().__init__("a campaign with this id already exists", campaign_id=campaign_id)
+
+
+class CampaignCode(DomainError):
+    """A single voucher of a campaign's code shape: such codes are the campaign's (generated,
+    and revoked with it)."""
+
+    reason = "campaign_code"
+
+    def __init__(self, code: str, campaign_id: str) -> None:
+        super().__init__(
+            f"codes of the form [PREFIX-]{campaign_id}-XXXXXXXXXX are campaign {campaign_id}'s: "
+            "they are generated, and revoked with their campaign",
+            code=code,
+            campaign_id=campaign_id,
+        )
+
+
+class CampaignCapReached(DomainError):
+    """The campaign's ``max_redemptions`` across all its codes is taken."""
+
+    reason = "cap_reached"
+
+    def __init__(self, code: str, campaign_id: str, cap: int) -> None:
+        super().__init__(
+            "the campaign has reached its redemption limit",
+            code=code,
+            campaign_id=campaign_id,
+            cap=cap,
+        )
+
+
+class BudgetExhausted(DomainError):
+    """What one more redemption would grant exceeds what is left of the campaign's budget."""
+
+    reason = "budget_exhausted"
+
+    def __init__(self, code: str, campaign_id: str, budget_baisa: int, left_baisa: int) -> None:
+        super().__init__(
+            "the campaign has spent its budget",
+            code=code,
+            campaign_id=campaign_id,
+            budget_baisa=budget_baisa,
+            left_baisa=left_baisa,
+        )

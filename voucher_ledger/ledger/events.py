@@ -460,6 +460,105 @@ class AccountMoved(_WalletEvent):
     trail_upto: int
 
 
+# ---------------------------------------------------------------------- campaigns (issue #21)
+# Subject ``<prefix>.events.campaign.<CAMPAIGN_ID>``: one aggregate decides all of a campaign's
+# generated codes (``ledger/campaign.py``), so its cap and budget hold across them.
+
+
+class CampaignCreated(Frozen):
+    """A campaign of generated codes: what each code gives (``kind``; ``credit``: a flat
+    ``credit_baisa`` per redemption), its limits across all its codes (``max_redemptions``, 0:
+    none; ``budget_baisa``, the most credit it may ever grant, None: none), each code's own cap
+    (``code_max_redemptions``, 0: none), and the window and eligibility rules of single
+    vouchers (``voucher.issued``)."""
+
+    type: Literal["campaign.created"] = "campaign.created"
+    version: Literal[1] = 1
+    campaign_id: str
+    name: str
+    description: str
+    kind: Literal["credit"] = "credit"
+    credit_baisa: int
+    max_redemptions: int
+    budget_baisa: int | None
+    code_max_redemptions: int
+    active: bool
+    starts_at: datetime | None = None
+    expires_at: datetime | None = None
+    plans: list[str] | None = None
+    min_order_baisa: int = 0
+    new_organizations_only: bool = False
+    credit_valid_for_seconds: int | None = None
+
+
+class CampaignCodesGenerated(Frozen):
+    """New codes of the campaign (``[PREFIX-]CAMPAIGN_ID-RANDOM``). One generation (one
+    command) writes its codes in parts of at most 5,000 (a message stays far below NATS's
+    1 MB); ``part`` counts them from 0 within the generation (the command id)."""
+
+    type: Literal["campaign.codes_generated"] = "campaign.codes_generated"
+    version: Literal[1] = 1
+    campaign_id: str
+    prefix: str | None
+    part: int
+    codes: list[str]
+
+
+class CampaignCodeRedeemed(_ByOwnUser):
+    """An account (``customer_id``, the Organization) redeemed one of the campaign's codes:
+    a slot of the code's and of the campaign's cap, and ``credit_baisa`` of its budget.
+    ``order_id``: the checkout order it redeemed for, when the command named it."""
+
+    type: Literal["campaign.code_redeemed"] = "campaign.code_redeemed"
+    version: Literal[1] = 1
+    campaign_id: str
+    code: str
+    customer_id: str
+    user_id: str
+    redemption_id: str
+    credit_baisa: int
+    credit_expires_at: datetime | None = None
+    order_id: str | None = None
+
+
+class CampaignRedemptionReversed(Frozen):
+    """A redemption of a campaign code was undone (checkout compensation or admin): its slot
+    of the code's and the campaign's cap, and its ``credit_baisa`` of the budget, are free."""
+
+    type: Literal["campaign.redemption_reversed"] = "campaign.redemption_reversed"
+    version: Literal[1] = 1
+    campaign_id: str
+    code: str
+    customer_id: str
+    redemption_id: str
+    credit_baisa: int
+    reason: str
+
+
+class CampaignRevoked(Frozen):
+    """The campaign and every code of it stop redeeming (history and figures are kept)."""
+
+    type: Literal["campaign.revoked"] = "campaign.revoked"
+    version: Literal[1] = 1
+    campaign_id: str
+
+
+CampaignEventT = (
+    CampaignCreated
+    | CampaignCodesGenerated
+    | CampaignCodeRedeemed
+    | CampaignRedemptionReversed
+    | CampaignRevoked
+)
+CAMPAIGN_EVENT_TYPES: tuple[type[Frozen], ...] = (
+    CampaignCreated,
+    CampaignCodesGenerated,
+    CampaignCodeRedeemed,
+    CampaignRedemptionReversed,
+    CampaignRevoked,
+)
+
+
 VoucherEvent = Annotated[
     VoucherIssued | VoucherRevoked | VoucherRedeemed | RedemptionReversed,
     Field(discriminator="type"),
@@ -483,7 +582,12 @@ WalletEventT = (
     | AccountMoved
 )
 AnyEvent = Annotated[
-    VoucherIssued | VoucherRevoked | VoucherRedeemed | RedemptionReversed | WalletEventT,
+    VoucherIssued
+    | VoucherRevoked
+    | VoucherRedeemed
+    | RedemptionReversed
+    | WalletEventT
+    | CampaignEventT,
     Field(discriminator="type"),
 ]
 EVENT_TYPES: tuple[type[Frozen], ...] = (
@@ -507,6 +611,7 @@ EVENT_TYPES: tuple[type[Frozen], ...] = (
     InvoiceRecorded,
     OrderPlaced,
     AccountMoved,
+    *CAMPAIGN_EVENT_TYPES,
 )
 
 
@@ -539,7 +644,7 @@ EventProof = SignedProof | ChainProof
 
 class EventEnvelope(Frozen):
     event_id: str
-    aggregate: Literal["voucher", "wallet"] = "voucher"
+    aggregate: Literal["voucher", "wallet", "campaign"] = "voucher"
     aggregate_id: str
     occurred_at: datetime
     actor: Actor

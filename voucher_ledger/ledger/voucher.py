@@ -454,6 +454,12 @@ def _check_eligible(code: str, rules: Rules, command: RedeemVoucher) -> None:
         )
 
 
+def check_eligible(code: str, rules: Rules, command: RedeemVoucher) -> None:
+    """Refuse (``NotEligible``) a redemption that does not meet ``rules`` (a campaign's codes
+    share the single vouchers' rules)."""
+    _check_eligible(code, rules, command)
+
+
 def _omr_text(baisa: int) -> str:
     whole, rest = divmod(baisa, 1000)
     return f"{whole}.{rest:03d}" if rest else str(whole)

@@ -9,6 +9,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
+from voucher_ledger.ledger.campaign_codes import campaign_of
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -86,8 +88,29 @@ async def list_vouchers(
     return [dict(r) for r in rows], VoucherTotals(*(int(v) for v in totals))
 
 
+# A campaign's code in the columns of a voucher row (``queries.get_voucher``): the campaign's
+# credit, description and rules, the code's own cap and count; ``campaign_capped`` says the
+# campaign's cap or budget takes no more redemptions.
+_CODE_AS_VOUCHER = """
+SELECT k.code, c.credit_baisa, c.description, c.active AND NOT c.revoked AS active, c.revoked,
+       c.code_max_redemptions AS max_redemptions,
+       (SELECT count(*) FROM campaign_redemptions r
+         WHERE r.code = k.code AND r.reversed_at IS NULL)::integer AS times_redeemed,
+       c.created_at, c.updated_at, c.revoked_at, c.last_seq, c.starts_at, c.expires_at, c.plans,
+       c.min_order_baisa, c.new_organizations_only, c.credit_valid_for_seconds, c.campaign_id,
+       (c.max_redemptions > 0 AND c.times_redeemed >= c.max_redemptions)
+         OR (c.budget_baisa IS NOT NULL AND c.budget_baisa - c.granted_baisa < c.credit_baisa)
+         AS campaign_capped
+FROM campaign_codes k JOIN campaigns c USING (campaign_id)
+WHERE k.code = $1
+"""
+
+
 @_translated
 async def get_voucher(pool: asyncpg.Pool, code: str) -> dict[str, Any] | None:
+    """A voucher's row; a campaign's code (issue #21) as one."""
+    if campaign_of(code) is not None:
+        return _dict(await pool.fetchrow(_CODE_AS_VOUCHER, code))
     return _dict(
         await pool.fetchrow(
             f"SELECT {_VOUCHER_COLUMNS} FROM vouchers WHERE code = $1",  # noqa: S608
@@ -100,6 +123,10 @@ async def get_voucher(pool: asyncpg.Pool, code: str) -> dict[str, Any] | None:
 async def history(
     pool: asyncpg.Pool, code: str, *, after_seq: int = 0, limit: int = 100
 ) -> list[dict[str, Any]]:
+    campaign = campaign_of(code)
+    if campaign is not None:  # the campaign's events that concern the code
+        rows = await pool.fetch(_CAMPAIGN_CODE_HISTORY, campaign, code, after_seq, limit)
+        return [dict(r) for r in rows]
     rows = await pool.fetch(
         """SELECT seq, event_id, type, version, actor_sub, actor_role, command_id, occurred_at,
                   event::text AS event
@@ -112,14 +139,29 @@ async def history(
     return [dict(r) for r in rows]
 
 
+# A campaign code's history: its campaign's creation and revocation, the generation that made
+# it, and its own redemptions and reversals.
+_CAMPAIGN_CODE_HISTORY = """
+SELECT seq, event_id, type, version, actor_sub, actor_role, command_id, occurred_at,
+       event::text AS event
+FROM audit_log
+WHERE aggregate = 'campaign' AND aggregate_id = $1 AND seq > $3
+  AND (type IN ('campaign.created', 'campaign.revoked')
+       OR event -> 'event' ->> 'code' = $2
+       OR (type = 'campaign.codes_generated' AND event -> 'event' -> 'codes' ? $2))
+ORDER BY seq LIMIT $4
+"""
+
+
 @_translated
 async def redemptions(
     pool: asyncpg.Pool, code: str, *, after_seq: int = 0, limit: int = 100
 ) -> list[dict[str, Any]]:
+    table = "campaign_redemptions" if campaign_of(code) is not None else "redemptions"
     rows = await pool.fetch(
-        """SELECT redemption_id, customer_id, credit_baisa, redeemed_at, seq, command_id,
+        f"""SELECT redemption_id, customer_id, credit_baisa, redeemed_at, seq, command_id,
                   reversed_at, reversed_seq, reversal_reason, user_id
-           FROM redemptions WHERE code = $1 AND seq > $2 ORDER BY seq LIMIT $3""",
+           FROM {table} WHERE code = $1 AND seq > $2 ORDER BY seq LIMIT $3""",  # noqa: S608
         code,
         after_seq,
         limit,

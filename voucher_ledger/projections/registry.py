@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from voucher_ledger.projections.audit import AuditProjection
 from voucher_ledger.projections.billing import BillingProjection
+from voucher_ledger.projections.campaigns import CampaignProjection
 from voucher_ledger.projections.model import Projection
 from voucher_ledger.projections.vouchers import VoucherProjection
 from voucher_ledger.projections.wallets import WalletProjection
@@ -13,5 +14,6 @@ ALL_PROJECTIONS: tuple[Projection, ...] = (
     VoucherProjection(),
     WalletProjection(),
     BillingProjection(),
+    CampaignProjection(),
     AuditProjection(),
 )

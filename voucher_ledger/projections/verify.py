@@ -23,8 +23,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
 
 from voucher_ledger.jetstream.streams import StreamsSpec
-from voucher_ledger.ledger import voucher, wallet
+from voucher_ledger.ledger import campaign, voucher, wallet
 from voucher_ledger.ledger.events import (
+    CampaignCodeRedeemed,
+    CampaignCodesGenerated,
+    CampaignRedemptionReversed,
     CreditCaptured,
     CreditExpired,
     CreditGranted,
@@ -116,6 +119,11 @@ async def verify(
         subscriptions = await conn.fetch("SELECT * FROM subscriptions")
         invoices = await conn.fetch("SELECT * FROM invoices")
         audit = await conn.fetch("SELECT seq, event_id, type FROM audit_log")
+        campaign_rows = await conn.fetch("SELECT * FROM campaigns")
+        campaign_codes = await conn.fetch(
+            "SELECT code, campaign_id, ordinal, batch, prefix, seq FROM campaign_codes"
+        )
+        campaign_redemptions = await conn.fetch("SELECT * FROM campaign_redemptions")
     head = await stream_head(nc, spec)
     report = VerifyReport(head=head, checkpoints=checkpoints)
     upto = max(checkpoints.values(), default=0)
@@ -160,6 +168,14 @@ async def verify(
     _verify_vouchers(report, by_aggregate, checkpoints.get("vouchers", 0), vouchers, redemptions)
     _verify_wallets(report, by_aggregate, checkpoints.get("wallets", 0), wallets, orders, lots)
     _verify_billing(report, by_aggregate, checkpoints.get("billing", 0), subscriptions, invoices)
+    _verify_campaigns(
+        report,
+        by_aggregate,
+        checkpoints.get("campaigns", 0),
+        campaign_rows,
+        campaign_codes,
+        campaign_redemptions,
+    )
     _compare(
         report,
         "audit_log",
@@ -362,4 +378,87 @@ def _verify_billing(
     _compare(report, "subscriptions", expected, {r["tenant_id"]: dict(r) for r in subscriptions})
     _compare(
         report, "invoices", expected_invoices, {r["stripe_invoice_id"]: dict(r) for r in invoices}
+    )
+
+
+def _verify_campaigns(
+    report: VerifyReport,
+    by_aggregate: dict[tuple[str, str], list[RecordedEvent]],
+    upto: int,
+    campaigns: list[asyncpg.Record],
+    codes: list[asyncpg.Record],
+    redemptions: list[asyncpg.Record],
+) -> None:
+    """Campaigns by the domain fold (``ledger.campaign.fold``: its figures are what the
+    processors decide by), their codes and redemptions by a plain walk over their events."""
+    expected: dict[str, dict[str, Any]] = {}
+    expected_codes: dict[str, dict[str, Any]] = {}
+    expected_redemptions: dict[str, dict[str, Any]] = {}
+    for (aggregate, campaign_id), history in by_aggregate.items():
+        if aggregate != "campaign":
+            continue
+        seen = [r for r in history if r.seq <= upto]
+        if not seen:
+            continue
+        view = campaign.fold(campaign_id, seen).view()
+        expected[campaign_id] = {
+            "name": view.name,
+            "description": view.description,
+            "kind": view.kind,
+            "credit_baisa": view.credit_baisa,
+            "max_redemptions": view.max_redemptions,
+            "budget_baisa": view.budget_baisa,
+            "code_max_redemptions": view.code_max_redemptions,
+            "active": view.active,
+            "revoked": view.revoked,
+            "codes_issued": view.codes_issued,
+            "times_redeemed": view.times_redeemed,
+            "granted_baisa": view.granted_baisa,
+            "created_at": view.created_at,
+            "updated_at": view.updated_at,
+            "last_seq": view.last_seq,
+            "starts_at": view.starts_at,
+            "expires_at": view.expires_at,
+            "plans": view.plans,
+            "min_order_baisa": view.min_order_baisa,
+            "new_organizations_only": view.new_organizations_only,
+            "credit_valid_for_seconds": view.credit_valid_for_seconds,
+        }
+        ordinal = 0
+        for r in seen:
+            event = r.envelope.event
+            if isinstance(event, CampaignCodesGenerated):
+                for code in event.codes:
+                    expected_codes[code] = {
+                        "campaign_id": campaign_id,
+                        "ordinal": ordinal,
+                        "batch": r.envelope.command_id,
+                        "prefix": event.prefix,
+                        "seq": r.seq,
+                    }
+                    ordinal += 1
+            elif isinstance(event, CampaignCodeRedeemed):
+                expected_redemptions[event.redemption_id] = {
+                    "campaign_id": campaign_id,
+                    "code": event.code,
+                    "customer_id": event.customer_id,
+                    "user_id": event.user_id,
+                    "credit_baisa": event.credit_baisa,
+                    "seq": r.seq,
+                    "command_id": r.envelope.command_id,
+                    "order_id": event.order_id,
+                    "reversed_seq": None,
+                }
+            elif (
+                isinstance(event, CampaignRedemptionReversed)
+                and event.redemption_id in expected_redemptions
+            ):
+                expected_redemptions[event.redemption_id]["reversed_seq"] = r.seq
+    _compare(report, "campaigns", expected, {r["campaign_id"]: _voucher_row(r) for r in campaigns})
+    _compare(report, "campaign_codes", expected_codes, {r["code"]: dict(r) for r in codes})
+    _compare(
+        report,
+        "campaign_redemptions",
+        expected_redemptions,
+        {r["redemption_id"]: dict(r) for r in redemptions},
     )

@@ -52,14 +52,21 @@ AGGREGATE_KEYS: dict[str, tuple[str, str, str]] = {
         "user's JWT sub), base64url-encoded (RFC 4648 section 5) without padding.",
         "<prefix>.events.wallet.<ACCOUNT>",
     ),
+    "campaign": (
+        "campaign_id",
+        "The campaign's id: 6 characters of 23456789ACEFHJKMNPRTVWXY; also the middle part "
+        "of its codes ([PREFIX-]CAMPAIGN_ID-XXXXXXXXXX), whose events it writes.",
+        "<prefix>.events.campaign.<CAMPAIGN_ID>",
+    ),
 }
 
 ENVELOPE_FIELD_DOCS = {
     "event_id": "Unique id of this event (UUID).",
     "aggregate": "The aggregate that wrote the event; also the third subject token.",
     "aggregate_id": (
-        "The aggregate's id: the normalised voucher code, or the account id of a wallet "
-        "(the Organization; plain, not base64url-encoded as in the subject)."
+        "The aggregate's id: the normalised voucher code, the account id of a wallet "
+        "(the Organization; plain, not base64url-encoded as in the subject), or a campaign's "
+        "id."
     ),
     "occurred_at": "When the command was decided (RFC 3339, UTC).",
     "actor": "Who caused the change: the JWT subject and role, or system/system.",

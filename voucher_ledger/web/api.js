@@ -10,6 +10,12 @@ export const ENDPOINTS = Object.freeze({
   history: ["GET", "billing/vouchers/{code}/history"],
   redemptions: ["GET", "billing/vouchers/{code}/redemptions"],
   preview: ["POST", "billing/vouchers/redeem-preview"],
+  campaigns: ["GET", "billing/campaigns"],
+  createCampaign: ["POST", "billing/campaigns"],
+  campaign: ["GET", "billing/campaigns/{campaign_id}"],
+  revokeCampaign: ["DELETE", "billing/campaigns/{campaign_id}"],
+  generateCodes: ["POST", "billing/campaigns/{campaign_id}/codes"],
+  codesCsv: ["GET", "billing/campaigns/{campaign_id}/codes.csv"],
 });
 
 // The API sits next to the page (a relative root, so a proxy's path prefix is kept).
@@ -30,10 +36,14 @@ export function parseRetryAfter(value) {
  * Call one documented endpoint. Never throws: the answer is
  * {status, ok, body, error, fields, headers, retryAfter}; status 0 means the service could not
  * be reached. ``fields``: a 400's field -> plain words (every error of the body), or null.
+ * ``text``: a 2xx body is kept as text (a CSV), not read as JSON.
  */
-export async function call(name, { code, query, body, token, headers: extra } = {}) {
+export async function call(name, { code, campaignId, query, body, token, headers: extra, text: asText } = {}) {
   const [method, template] = ENDPOINTS[name];
-  const url = new URL(template.replace("{code}", encodeURIComponent(code ?? "")), apiRoot);
+  const path = template
+    .replace("{code}", encodeURIComponent(code ?? ""))
+    .replace("{campaign_id}", encodeURIComponent(campaignId ?? ""));
+  const url = new URL(path, apiRoot);
   for (const [key, value] of Object.entries(query ?? {})) {
     if (value !== undefined && value !== null && value !== "") url.searchParams.set(key, value);
   }
@@ -56,7 +66,7 @@ export async function call(name, { code, query, body, token, headers: extra } = 
   let data = null;
   try {
     const text = await response.text();
-    data = text ? JSON.parse(text) : null;
+    data = asText && response.ok ? text : text ? JSON.parse(text) : null;
   } catch {
     data = null;
   }

@@ -47,7 +47,7 @@ function instantField(raw) {
 }
 
 const $ = (id) => document.getElementById(id);
-const views = ["signin", "list", "form", "detail"];
+const views = ["signin", "list", "form", "detail", "campaigns", "campaign"];
 let renderId = 0; // a newer navigation makes the answers of an older one irrelevant
 let pendingNotice = null;
 
@@ -97,7 +97,7 @@ function show(view) {
     const who = claims(token() ?? "");
     $("session-who").textContent = `Signed in as ${who.sub} (${who.role})`;
   }
-  for (const [id, match] of [["nav-list", view === "list"], ["nav-new", view === "form" && !currentRoute().code]]) {
+  for (const [id, match] of [["nav-list", view === "list"], ["nav-new", view === "form" && !currentRoute().code], ["nav-campaigns", view === "campaigns"]]) {
     if (match) $(id).setAttribute("aria-current", "page");
     else $(id).removeAttribute("aria-current");
   }
@@ -171,6 +171,7 @@ function currentRoute() {
   const params = new URLSearchParams(search);
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   if (parts[0] === "new") return { view: "form" };
+  if (parts[0] === "campaigns") return parts[1] ? { view: "campaign", id: parts[1] } : { view: "campaigns" };
   if (parts[0] === "v" && parts[1]) {
     return parts[2] === "edit" ? { view: "form", code: parts[1] } : { view: "detail", code: parts[1] };
   }
@@ -209,6 +210,8 @@ async function render() {
   try {
     if (route.view === "form") await renderForm(route, id);
     else if (route.view === "detail") await renderDetail(route, id);
+    else if (route.view === "campaigns") await renderCampaigns(id);
+    else if (route.view === "campaign") await renderCampaign(route, id);
     else await renderList(route, id);
   } finally {
     if (id === renderId) loading(false);
@@ -652,15 +655,18 @@ async function renderDetail(route, id) {
   }
   const v = detail.body;
   $("detail-title").textContent = v.code;
+  // A campaign's code (its history starts with the campaign's creation) is edited and revoked
+  // with its campaign.
+  const campaignId = history.body.events.find((e) => e.type === "campaign.created")?.event.campaign_id ?? null;
   const edit = $("detail-edit");
-  edit.hidden = false;
+  edit.hidden = campaignId !== null;
   edit.href = voucherHash(v.code, true);
   edit.textContent = v.revoked ? "Restore…" : "Edit";
-  $("detail-revoke").hidden = v.revoked;
+  $("detail-revoke").hidden = v.revoked || campaignId !== null;
   $("detail-revoke").dataset.code = v.code;
   replace(
     $("detail-body"),
-    facts(v),
+    facts(v, campaignId),
     h("section", { class: "panel", "aria-labelledby": "chart-title" },
       h("h2", { id: "chart-title" }, "Redemptions over time"),
       chart(v, redemptions.items, redemptions.truncated)),
@@ -675,9 +681,10 @@ async function renderDetail(route, id) {
   focusHeading($("detail-title"));
 }
 
-function facts(v) {
+function facts(v, campaignId = null) {
   const rows = [
     ["Status", statusBadge(v)],
+    campaignId ? ["Campaign", h("a", { href: campaignHash(campaignId), id: "detail-campaign" }, campaignId)] : null,
     ["Credit per redemption", omr(v.credit_omr)],
     ["Description", v.description || "—"],
     ["Redeemed", usage(v)],
@@ -694,7 +701,7 @@ function facts(v) {
   if (v.revoked) rows.push(["Revoked", time(v.revoked_at)]);
   rows.push(["Last stream sequence", String(v.last_seq)]);
   return h("dl", { class: "facts", id: "facts" },
-    rows.map(([label, value]) => h("div", {}, h("dt", {}, label), h("dd", {}, value))));
+    rows.filter(Boolean).map(([label, value]) => h("div", {}, h("dt", {}, label), h("dd", {}, value))));
 }
 
 async function loadRedemptions(code) {
@@ -715,6 +722,12 @@ const EVENT_LABEL = {
   "voucher.revoked": () => "Revoked",
   "voucher.redeemed": () => "Redeemed",
   "voucher.redemption_reversed": () => "Redemption reversed",
+  // a campaign's code (issue #21): its campaign's events for it
+  "campaign.created": () => "Campaign created",
+  "campaign.codes_generated": () => "Generated",
+  "campaign.code_redeemed": () => "Redeemed",
+  "campaign.redemption_reversed": () => "Redemption reversed",
+  "campaign.revoked": () => "Campaign revoked",
 };
 
 function eventDetails(type, e) {
@@ -724,8 +737,14 @@ function eventDetails(type, e) {
     if (e.description) parts.push(`“${e.description}”`);
     return parts.join(", ");
   }
-  if (type === "voucher.redeemed") return `by ${e.customer_id}, ${omr(e.credit_baisa / 1000)}`;
-  if (type === "voucher.redemption_reversed") return `for ${e.customer_id}: ${e.reason}`;
+  if (type === "voucher.redeemed" || type === "campaign.code_redeemed") {
+    return `by ${e.customer_id}, ${omr(e.credit_baisa / 1000)}`;
+  }
+  if (type === "voucher.redemption_reversed" || type === "campaign.redemption_reversed") {
+    return `for ${e.customer_id}: ${e.reason}`;
+  }
+  if (type === "campaign.created") return `campaign ${e.campaign_id} “${e.name}”, ${omr(e.credit_baisa / 1000)} credit`;
+  if (type === "campaign.codes_generated") return `in a batch of ${plural(e.codes.length, "code", "codes")}`;
   return "";
 }
 
@@ -867,6 +886,289 @@ $("revoke-dialog").addEventListener("close", async () => {
     return;
   }
   pendingNotice = `Voucher ${code} revoked.`;
+  announce(pendingNotice);
+  render();
+});
+
+// ---------------------------------------------------------------------------- campaigns
+
+function campaignHash(id) {
+  return `#/campaigns/${encodeURIComponent(id)}`;
+}
+
+function ofLimit(n, limit, unit = (x) => x.toLocaleString("en-GB")) {
+  return limit ? `${unit(n)} of ${unit(limit)}` : `${unit(n)} (no limit)`;
+}
+
+function campaignBadge(c) {
+  if (c.revoked) return h("span", { class: "badge badge-revoked" }, "Revoked");
+  if (!c.active) return h("span", { class: "badge badge-inactive" }, "Inactive");
+  if (c.accepting_redemptions) return h("span", { class: "badge badge-active" }, "Active");
+  return h("span", { class: "badge badge-full" }, "Not redeeming");
+}
+
+async function renderCampaigns(id) {
+  show("campaigns");
+  document.title = "Campaigns · voucher-ledger console";
+  $("campaigns-error").hidden = true;
+  replace($("campaigns-body"));
+  const res = await call("campaigns", { token: token(), query: { limit: 100 } });
+  if (id !== renderId) return;
+  if (handled(res, "list the campaigns")) return;
+  if (!res.ok) {
+    $("campaigns-error").hidden = false;
+    $("campaigns-error").textContent = res.error;
+    return;
+  }
+  if (res.body.length === 0) {
+    $("campaigns-body").append(h("div", { class: "empty", id: "campaigns-empty" },
+      h("p", { class: "empty-title" }, "No campaigns yet."),
+      h("p", {}, "Create one below, then generate its codes.")));
+  } else {
+    $("campaigns-body").append(h("div", { class: "table-wrap" },
+      h("table", { id: "campaign-table" },
+        h("caption", {}, "Campaigns, newest first"),
+        h("thead", {}, h("tr", {},
+          ["Campaign", "Id", "Credit per code", "Codes", "Redeemed", "Credit granted", "Status", "Created"].map((l) =>
+            h("th", { scope: "col" }, l)))),
+        h("tbody", {}, res.body.map((c) =>
+          h("tr", { "data-campaign": c.campaign_id },
+            h("th", { scope: "row" }, h("a", { href: campaignHash(c.campaign_id) }, c.name)),
+            h("td", { class: "code" }, c.campaign_id),
+            h("td", { class: "num" }, omr(c.credit_omr)),
+            h("td", { class: "num" }, c.codes_issued.toLocaleString("en-GB")),
+            h("td", { class: "num" }, ofLimit(c.redemptions, c.max_redemptions)),
+            h("td", { class: "num" }, ofLimit(c.credit_granted_omr, c.budget_omr, omr)),
+            h("td", {}, campaignBadge(c)),
+            h("td", {}, time(c.created_at))))))));
+  }
+  announce(`${plural(res.body.length, "campaign", "campaigns")} shown.`);
+  focusHeading($("campaigns-title"));
+}
+
+function fieldErrors(slot, res) {
+  slot.hidden = false;
+  const items = Object.entries(res.fields ?? {}).map(([field, words]) => h("li", {}, `${field}: ${words}`));
+  replace(slot, h("p", {}, res.error), items.length ? h("ul", {}, items) : null);
+  slot.focus?.();
+}
+
+$("campaign-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  $("campaign-form-error").hidden = true;
+  const body = {
+    name: $("c-name").value.trim(),
+    description: $("c-description").value,
+    credit_omr: numberField($("c-credit").value),
+    max_redemptions: numberField($("c-max").value),
+    budget_omr: numberField($("c-budget").value),
+    code_max_redemptions: numberField($("c-code-max").value),
+    starts_at: instantField($("c-starts").value),
+    expires_at: instantField($("c-expires").value),
+    plans: plansField($("c-plans").value),
+  };
+  for (const key of Object.keys(body)) if (body[key] === undefined || body[key] === null) delete body[key];
+  const json = JSON.stringify(body);
+  $("campaign-submit").disabled = true;
+  const res = await call("createCampaign", { token: token(), body, headers: { "Idempotency-Key": idempotencyKey(json) } });
+  $("campaign-submit").disabled = false;
+  if (handled(res, "create the campaign", false)) return;
+  unanswered = null;
+  if (!res.ok) {
+    fieldErrors($("campaign-form-error"), res);
+    return;
+  }
+  $("campaign-form").reset();
+  pendingNotice = `Campaign “${res.body.name}” created (${res.body.campaign_id}). Generate its codes below.`;
+  announce(pendingNotice);
+  window.location.hash = campaignHash(res.body.campaign_id);
+});
+
+/** Cumulative figures by hour as an SVG step line, with the limit dashed (if any). */
+function limitChart({ id, title, points, limit, unit }) {
+  if (points.length === 0) {
+    return h("p", { class: "empty", id: `${id}-empty` }, "No redemptions yet: the chart starts with the first one.");
+  }
+  const W = 640, H = 200, L = 64, R = 16, T = 16, B = 36;
+  const t0 = Date.parse(points[0][0]);
+  const t1 = Math.max(Date.parse(points[points.length - 1][0]) + 3600_000, t0 + 3600_000);
+  const peak = Math.max(...points.map(([, n]) => n));
+  const top = Math.max(peak, limit || 0, 1);
+  const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
+  const y = (n) => H - B - (n / top) * (H - T - B);
+  let d = `M ${x(t0).toFixed(1)} ${y(0).toFixed(1)}`;
+  for (const [at, n] of points) d += ` H ${x(Date.parse(at)).toFixed(1)} V ${y(n).toFixed(1)}`;
+  d += ` H ${x(t1).toFixed(1)}`;
+  const last = points[points.length - 1][1];
+  const summary = `${unit(last)} by ${formatTime(points[points.length - 1][0])}` +
+    (limit ? `, of a limit of ${unit(limit)}.` : ", no limit.");
+  return h("figure", { class: "chart-figure" },
+    s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-labelledby": `${id}-title ${id}-desc`, class: "chart", id },
+      s("title", { id: `${id}-title` }, title),
+      s("desc", { id: `${id}-desc` }, summary),
+      [0, top].map((n) => [
+        s("line", { x1: L, x2: W - R, y1: y(n), y2: y(n), class: "grid" }),
+        s("text", { x: L - 8, y: y(n) + 4, class: "axis", "text-anchor": "end" }, unit(n)),
+      ]),
+      limit ? s("line", { x1: L, x2: W - R, y1: y(limit), y2: y(limit), class: "cap" }) : null,
+      s("path", { d, class: "series" }),
+      s("text", { x: L, y: H - 10, class: "axis" }, formatTime(new Date(t0).toISOString())),
+      s("text", { x: W - R, y: H - 10, class: "axis", "text-anchor": "end" }, formatTime(new Date(t1).toISOString()))),
+    h("figcaption", { id: `${id}-summary` }, summary));
+}
+
+/** How much of a limit is taken: a labelled meter, or only the figure when there is no limit. */
+function limitMeter(id, label, value, max, text) {
+  if (!max) {
+    return h("div", {}, h("p", { class: "meter-label" }, label), h("p", { class: "hint", id: `${id}-text` }, text));
+  }
+  return h("div", {},
+    h("label", { for: id }, label),
+    h("meter", { id, min: 0, max, value, low: max * 0.8, high: max * 0.95, optimum: 0 }, text),
+    h("p", { class: "hint", id: `${id}-text` }, text));
+}
+
+let shownCampaign = null;
+
+async function renderCampaign(route, id) {
+  show("campaign");
+  const cid = route.id;
+  document.title = `Campaign ${cid} · voucher-ledger console`;
+  $("campaign-title").textContent = `Campaign ${cid}`;
+  $("campaign-revoke").hidden = true;
+  $("campaign-csv").hidden = true;
+  $("generate-panel").hidden = true;
+  $("generate-error").hidden = true;
+  replace($("generate-result"));
+  replace($("campaign-body"));
+  const res = await call("campaign", { token: token(), campaignId: cid });
+  if (id !== renderId) return;
+  if (handled(res, `load campaign ${cid}`)) return;
+  if (!res.ok) {
+    replace($("campaign-body"), h("div", { class: "empty", id: "campaign-empty" },
+      h("p", { class: "empty-title" }, `There is no campaign ${cid} (${res.status}: ${res.error}).`),
+      h("p", {}, h("a", { href: "#/campaigns" }, "Back to the campaigns"))));
+    focusHeading($("campaign-title"));
+    return;
+  }
+  const c = res.body;
+  shownCampaign = c;
+  $("campaign-title").textContent = `${c.name} (${c.campaign_id})`;
+  $("campaign-revoke").hidden = c.revoked;
+  $("campaign-csv").hidden = false;
+  $("generate-panel").hidden = c.revoked;
+  const timeline = c.timeline;
+  replace($("campaign-body"),
+    h("div", { class: "limits", id: "campaign-limits" },
+      limitMeter("meter-cap", "Redemptions", c.redemptions, c.max_redemptions,
+        ofLimit(c.redemptions, c.max_redemptions)),
+      limitMeter("meter-budget", "Credit granted", c.credit_granted_omr, c.budget_omr,
+        ofLimit(c.credit_granted_omr, c.budget_omr, omr))),
+    h("dl", { class: "facts", id: "campaign-facts" }, [
+      ["Status", campaignBadge(c)],
+      ["Codes issued", c.codes_issued.toLocaleString("en-GB")],
+      ["Each code gives", `${omr(c.credit_omr)} of credit`],
+      ["Redemptions per code", c.code_max_redemptions ? String(c.code_max_redemptions) : "Unlimited"],
+      ["Description", c.description || "—"],
+      ["Valid from", c.starts_at ? time(c.starts_at) : "From its creation"],
+      ["Valid until", c.expires_at ? time(c.expires_at) : "No end"],
+      ["Plans", c.plans ? c.plans.join(", ") : "Any"],
+      ["Created", time(c.created_at)],
+    ].map(([label, value]) => h("div", {}, h("dt", {}, label), h("dd", {}, value)))),
+    h("section", { class: "panel", "aria-labelledby": "campaign-chart-title" },
+      h("h2", { id: "campaign-chart-title" }, "Redemptions over time, against the cap"),
+      limitChart({
+        id: "campaign-chart",
+        title: `Redemptions of campaign ${c.campaign_id} by hour`,
+        points: timeline.map((p) => [p.at, p.redemptions]),
+        limit: c.max_redemptions,
+        unit: (n) => n.toLocaleString("en-GB"),
+      })),
+    h("section", { class: "panel", "aria-labelledby": "budget-chart-title" },
+      h("h2", { id: "budget-chart-title" }, "Credit granted over time, against the budget"),
+      limitChart({
+        id: "budget-chart",
+        title: `Credit granted by campaign ${c.campaign_id} by hour`,
+        points: timeline.map((p) => [p.at, p.credit_granted_baisa / 1000]),
+        limit: c.budget_omr,
+        unit: (n) => omr(Math.floor(n)),
+      })));
+  focusHeading($("campaign-title"));
+}
+
+$("generate-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const c = shownCampaign;
+  if (!c) return;
+  $("generate-error").hidden = true;
+  const body = { count: numberField($("g-count").value) };
+  const prefix = $("g-prefix").value.trim();
+  if (prefix) body.prefix = prefix;
+  const json = JSON.stringify([c.campaign_id, body]);
+  $("generate-submit").disabled = true;
+  const res = await call("generateCodes", {
+    token: token(), campaignId: c.campaign_id, body, headers: { "Idempotency-Key": idempotencyKey(json) },
+  });
+  $("generate-submit").disabled = false;
+  if (handled(res, "generate the codes", false)) return;
+  unanswered = null;
+  if (!res.ok) {
+    fieldErrors($("generate-error"), res);
+    return;
+  }
+  const sample = res.body.codes.slice(0, 10);
+  pendingNotice = `${plural(res.body.count, "code", "codes")} generated. Download the CSV for all of them.`;
+  await render();
+  replace($("generate-result"),
+    h("p", { id: "generated-count" }, `${plural(res.body.count, "new code", "new codes")}, the first ${sample.length}:`),
+    h("ul", { class: "codes-sample", id: "generated-codes" }, sample.map((code) => h("li", { class: "code" }, code))));
+  announce(`${plural(res.body.count, "code", "codes")} generated.`);
+});
+
+$("campaign-csv").addEventListener("click", async () => {
+  const c = shownCampaign;
+  if (!c) return;
+  $("campaign-csv").disabled = true;
+  const res = await call("codesCsv", { token: token(), campaignId: c.campaign_id, text: true });
+  $("campaign-csv").disabled = false;
+  if (handled(res, "download the codes")) return;
+  if (!res.ok) {
+    banner(`The codes could not be downloaded (${res.status}: ${res.error}).`, false);
+    return;
+  }
+  const url = URL.createObjectURL(new Blob([res.body], { type: "text/csv" }));
+  const link = h("a", { href: url, download: `campaign-${c.campaign_id}-codes.csv`, hidden: true });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  announce("The codes' CSV is downloading.");
+});
+
+$("campaign-revoke").addEventListener("click", () => {
+  const c = shownCampaign;
+  if (!c) return;
+  $("campaign-revoke-title").textContent = `Revoke campaign ${c.name}?`;
+  $("campaign-revoke-text").textContent =
+    `None of its ${plural(c.codes_issued, "code", "codes")} will redeem any more, and the public page ` +
+    "will call them not valid. Its redemptions, figures and history stay.";
+  $("campaign-revoke-dialog").returnValue = "";
+  $("campaign-revoke-dialog").showModal();
+});
+
+$("campaign-revoke-dialog").addEventListener("close", async () => {
+  const c = shownCampaign;
+  if ($("campaign-revoke-dialog").returnValue !== "confirm" || !c) {
+    $("campaign-revoke").focus();
+    return;
+  }
+  const res = await call("revokeCampaign", { token: token(), campaignId: c.campaign_id });
+  if (handled(res, `revoke campaign ${c.campaign_id}`)) return;
+  if (!res.ok) {
+    banner(`Campaign ${c.campaign_id} was not revoked (${res.status}: ${res.error}).`, false);
+    return;
+  }
+  pendingNotice = `Campaign ${c.name} revoked: its codes no longer redeem.`;
   announce(pendingNotice);
   render();
 });
