@@ -219,3 +219,62 @@ async def test_a_retry_after_recovery_cannot_place_the_order_its_redemption_was_
                 assert (await second.voucher(code))["times_redeemed"] == 1
         finally:
             await _delete_streams(nats_url, prefix)
+
+
+async def test_a_campaign_codes_checkout_cut_after_its_redemption_gives_cap_and_budget_back(
+    tmp_path: Path, nats_url: str, pg_url: str
+) -> None:
+    """The same cut for a campaign's code (issue #21): its redemption is the campaign's event,
+    carrying the order; recovery records the order failed and gives the campaign's cap slot and
+    budget share back, so the next customer gets them."""
+    prefix = f"crash{uuid.uuid4().hex[:8]}"
+    sub = new_customer()
+    async with fresh_database(pg_url) as db:
+        try:
+            async with shop_on(
+                tmp_path,
+                nats_url,
+                db,
+                prefix,
+                None,
+                VL_FAILPOINTS="checkout.after_redeem",
+                **RECOVERY,
+            ) as first:
+                made = await first.request(
+                    "POST",
+                    "/billing/campaigns",
+                    json_body={
+                        "name": "cut",
+                        "credit_omr": 5,
+                        "max_redemptions": 1,
+                        "budget_omr": 5,
+                    },
+                )
+                assert made.status == 200, made
+                cid = made.json["campaign_id"]
+                codes = await first.request(
+                    "POST", f"/billing/campaigns/{cid}/codes", json_body={"count": 2}
+                )
+                assert codes.status == 200, codes
+                one, two = codes.json["codes"]
+                await crash_during_checkout(first, sub, plan_id="free", promo_code=one)
+            async with shop_on(tmp_path, nats_url, db, prefix, 0, **RECOVERY) as second:
+
+                async def given_back() -> bool:
+                    shown = (await second.request("GET", f"/billing/campaigns/{cid}")).json
+                    orders = [o for o in await second.orders() if o["customer_id"] == sub]
+                    failed = len(orders) == 1 and orders[0]["status"] == "failed"
+                    return failed and shown["redemptions"] == 0
+
+                await wait_until(given_back, timeout=40, what="recovery gives the slot back")
+                [order] = [o for o in await second.orders() if o["customer_id"] == sub]
+                assert order["failure_reason"] == "interrupted"
+                shown = (await second.request("GET", f"/billing/campaigns/{cid}")).json
+                assert shown["budget_left_baisa"] == 5 * OMR
+                assert (await second.balance(sub))["credit_baisa"] == 0
+                other = new_customer()
+                ok = await second.checkout(other, plan_id="free", promo_code=two)
+                assert ok.status == 200, ok
+                assert ok.json["credit_balance_baisa"] == 5 * OMR
+        finally:
+            await _delete_streams(nats_url, prefix)

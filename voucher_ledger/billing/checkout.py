@@ -287,7 +287,8 @@ class CheckoutService:
                 )
             raise CheckoutError(400, f"invalid promo code: {reply.message}", reason="invalid_promo")
         assert reply.redemption is not None
-        first_only = reply.voucher.new_organizations_only if reply.voucher else False
+        rules = reply.voucher or reply.campaign  # a campaign's code: its campaign's rules
+        first_only = rules.new_organizations_only if rules is not None else False
         if not reply.redemption.credit_baisa:
             return None, first_only
         return Grant(

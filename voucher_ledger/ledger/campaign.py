@@ -418,7 +418,7 @@ def _redeem(
         raise AlreadyRedeemed(code, command.customer_id, user)
     check_eligible(code, rules, command)
     valid_for = rules.credit_valid_for_seconds
-    order_id = getattr(command, "order_id", None)  # the checkout's order, once it names it
+    order = command.order  # the checkout's priced order, which its wallet places next
     return CampaignCodeRedeemed(
         campaign_id=facts.campaign_id,
         code=code,
@@ -427,7 +427,8 @@ def _redeem(
         redemption_id=redemption_id_for(code, command.customer_id, command_id),
         credit_baisa=facts.credit_baisa,
         credit_expires_at=at + timedelta(seconds=valid_for) if valid_for else None,
-        order_id=order_id if isinstance(order_id, str) else None,
+        order_id=order.order_id if order is not None else None,
+        order=order,
     )
 
 

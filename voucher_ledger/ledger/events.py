@@ -507,7 +507,8 @@ class CampaignCodesGenerated(Frozen):
 class CampaignCodeRedeemed(_ByOwnUser):
     """An account (``customer_id``, the Organization) redeemed one of the campaign's codes:
     a slot of the code's and of the campaign's cap, and ``credit_baisa`` of its budget.
-    ``order_id``: the checkout order it redeemed for, when the command named it."""
+    ``order_id``: the checkout order it redeemed for, and ``order`` that order as priced (so
+    recovery can record it failed if the checkout stopped before its wallet placed it)."""
 
     type: Literal["campaign.code_redeemed"] = "campaign.code_redeemed"
     version: Literal[1] = 1
@@ -519,6 +520,8 @@ class CampaignCodeRedeemed(_ByOwnUser):
     credit_baisa: int
     credit_expires_at: datetime | None = None
     order_id: str | None = None
+    # the priced order the checkout redeemed for (as ``voucher.redeemed`` v3 carries it)
+    order: OrderDraft | None = None
 
 
 class CampaignRedemptionReversed(Frozen):

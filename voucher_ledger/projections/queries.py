@@ -337,12 +337,17 @@ async def unplaced_redemptions(
     rows = await pool.fetch(
         """SELECT r.code, r.customer_id, substr(r.command_id, 8) AS order_id,
                   NULLIF(a.event -> 'event' -> 'order', 'null'::jsonb) AS draft
-           FROM redemptions r
+           FROM (SELECT code, customer_id, command_id, redeemed_at, seq FROM redemptions
+                 WHERE reversed_at IS NULL AND command_id LIKE 'redeem-%'
+                   AND redeemed_at < now() - make_interval(secs => $1)
+                   AND redeemed_at > now() - make_interval(days => $2)
+                 UNION ALL  -- a campaign's codes (issue #21) redeem as its events
+                 SELECT code, customer_id, command_id, redeemed_at, seq FROM campaign_redemptions
+                 WHERE reversed_at IS NULL AND command_id LIKE 'redeem-%'
+                   AND redeemed_at < now() - make_interval(secs => $1)
+                   AND redeemed_at > now() - make_interval(days => $2)) r
            LEFT JOIN audit_log a ON a.seq = r.seq
-           WHERE r.reversed_at IS NULL AND r.command_id LIKE 'redeem-%'
-             AND r.redeemed_at < now() - make_interval(secs => $1)
-             AND r.redeemed_at > now() - make_interval(days => $2)
-             AND NOT EXISTS (
+           WHERE NOT EXISTS (
                  SELECT 1 FROM orders o
                  WHERE o.order_id = substr(r.command_id, 8) AND o.customer_id = r.customer_id
                    AND o.promo_code = r.code)
