@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import calendar
 import re
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 _DURATION = re.compile(
@@ -88,7 +89,7 @@ def discount_text(
     terms_kind: str,
     percent: int | None,
     amount_baisa: int | None,
-    applies_to: list[str] | None,
+    applies_to: Sequence[str] | None,
     duration: str,
 ) -> str:
     """How people say it: "20% off add-ons for 3 months", "5 OMR off once"."""

@@ -542,7 +542,7 @@ def _place(state: WalletState, command: PlaceOrder, now: datetime) -> list[Walle
 
 
 # order.opened's fields that order.placed does not repeat (its tags; the discount it holds whole)
-_NOT_PLACED = frozenset(("type", "version", "discount_baisa", "discount_code", "line_discounts"))
+_NOT_PLACED = {"type", "version", "discount_baisa", "discount_code", "line_discounts"}
 _LINE_KINDS = {"plan": "plans", "addon": "addons", "app": "apps"}
 
 
