@@ -257,7 +257,8 @@ _OPEN = """
 INSERT INTO orders (order_id, customer_id, tenant_id, plan_id, apps, addons, lines, promo_code,
                     total_baisa, amount_due_baisa, status, created_at, updated_at, last_seq,
                     user_id, member_by_claim, owns, discount_baisa, discount_code)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7::jsonb, $8, $9, $9::bigint - $14::bigint, 'opened', $10, $10,
+VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7::jsonb, $8, $9, $9::bigint - $14::bigint,
+        'opened', $10, $10,
         $11, $12, $13, NOT $13, $14, $15)
 """
 _SET_REDEMPTION = (

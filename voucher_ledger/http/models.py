@@ -66,11 +66,56 @@ def _read_only(what: str) -> Any:
 SUMMARY = 'what it gives, in words, e.g. "20% off add-ons for 3 months"'
 
 
+# A discount's duration as the schema says it: once, forever, or an ISO 8601 duration of more
+# than nothing (ledger/durations.py parse_discount_duration decides).
+DISCOUNT_DURATION_PATTERN = (
+    r"^([Oo][Nn][Cc][Ee]|[Ff][Oo][Rr][Ee][Vv][Ee][Rr]|P(?=[^T]*[1-9]|.*T.*[1-9])(\d{1,3}Y)?"
+    r"(\d{1,4}M)?(\d{1,6}W)?(\d{1,6}D)?(T(?=\d)(\d{1,7}H)?(\d{1,9}M)?(\d{1,10}S)?)?)$"
+)
+_NOTHING = {"type": "null"}
+# Which fields a kind takes (the schema of what _discount_fields and the credit check decide).
+_KIND_VARIANTS: dict[str, Any] = {
+    "anyOf": [
+        {
+            "required": ["credit_omr"],
+            "properties": {
+                "kind": {"const": "credit"},
+                "credit_omr": {"type": "integer", "minimum": 1},
+                "percent_off": _NOTHING,
+                "amount_off_omr": _NOTHING,
+                "applies_to": _NOTHING,
+                "duration": _NOTHING,
+            },
+        },
+        {
+            "required": ["kind", "percent_off"],
+            "properties": {
+                "kind": {"const": "percent_off"},
+                "percent_off": {"type": "integer", "minimum": 1, "maximum": 100},
+                "credit_omr": {"anyOf": [{"const": 0}, _NOTHING]},
+                "amount_off_omr": _NOTHING,
+            },
+        },
+        {
+            "required": ["kind", "amount_off_omr"],
+            "properties": {
+                "kind": {"const": "amount_off"},
+                "amount_off_omr": {"type": "integer", "minimum": 1},
+                "credit_omr": {"anyOf": [{"const": 0}, _NOTHING]},
+                "percent_off": _NOTHING,
+            },
+        },
+    ]
+}
+
+
 class IssueVoucherBody(_Strict):
     """Create, update or restore a voucher. Omitted optional fields keep their current value
     on an update and take the default on a create (active true, unlimited, no description).
     A voucher as listed may be posted back whole: its read-only fields are ignored; any other
     unknown field is a 400."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_KIND_VARIANTS)
 
     code: StrictStr = Field(
         description="normalised with strip().upper(); [A-Z0-9_-], 3-64",
@@ -99,6 +144,7 @@ class IssueVoucherBody(_Strict):
         min_length=1,
         max_length=3,
         description="a discount applies to the order lines of these kinds; null: all of them",
+        json_schema_extra={"uniqueItems": True},
     )
     duration: StrictStr | None = Field(
         default=None,
@@ -106,6 +152,7 @@ class IssueVoucherBody(_Strict):
         description='a discount lasts "once" (the redeeming order; the default), an ISO 8601 '
         "duration after the redemption (every checkout of the Organization within it, e.g. "
         'P3M), or "forever"',
+        json_schema_extra={"pattern": DISCOUNT_DURATION_PATTERN},
     )
     description: StrictStr | None = Field(default=None, max_length=2000, pattern=r"^[^\x00]*$")
     active: StrictBool | None = None
