@@ -192,3 +192,48 @@ async def test_a_bad_discount_is_a_400_naming_the_field_and_writes_nothing(
     reply = await paid.request("POST", ISSUE, json_body={"code": code, **body})
     assert field in assert_json_error(reply, 400)
     assert (await paid.request("GET", f"/billing/vouchers/{code}")).status == 404
+
+
+async def test_a_campaign_of_discount_codes(paid: Shop, fake_stripe: FakeStripe) -> None:
+    """Campaigns take every kind: each code of a 50 %-off-plans campaign discounts the order
+    that redeems it, the campaign's cap holds across its codes; a budget is a credit
+    campaign's (a discount's cost depends on orders to come): refused with a 400."""
+    refused = await paid.request(
+        "POST",
+        "/billing/campaigns",
+        json_body={"name": "half", "kind": "percent_off", "percent_off": 50, "budget_omr": 9},
+    )
+    assert "budget_omr" in assert_json_error(refused, 400)
+    made = await paid.request(
+        "POST",
+        "/billing/campaigns",
+        json_body={
+            "name": "half off plans",
+            "kind": "percent_off",
+            "percent_off": 50,
+            "applies_to": ["plans"],
+            "max_redemptions": 1,
+        },
+    )
+    assert made.status == 200, made
+    assert (made.json["kind"], made.json["summary"]) == (
+        "percent_off",
+        "50% off plans (this order)",
+    )
+    cid = made.json["campaign_id"]
+    codes = await paid.request("POST", f"/billing/campaigns/{cid}/codes", json_body={"count": 2})
+    one, two = codes.json["codes"]
+    preview = await paid.request(
+        "POST", "/billing/vouchers/redeem-preview", sub=None, json_body={"code": one}
+    )
+    assert preview.json["summary"] == "50% off plans (this order)"
+    before = len(fake_stripe.session_creates())
+    reply = await paid.checkout(new_customer("disc"), "business", ["backup"], promo_code=one)
+    assert reply.status == 200, reply
+    assert (reply.json["discount_baisa"], reply.json["amount_due_baisa"]) == (14500, 17500)
+    assert charged(fake_stripe, before) == [
+        ("Business (discount: 14.5 OMR)", 14500),
+        ("Daily backups", 3 * OMR),
+    ]
+    over = await paid.checkout(new_customer("disc"), "business", promo_code=two)
+    assert "limit" in assert_json_error(over, 400)

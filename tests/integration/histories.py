@@ -367,6 +367,20 @@ async def write_mixed_history(
         w.campaign(
             campaign_id, GenerateCampaignCodes(campaign_id=campaign_id, count=7, prefix="MIX")
         )
+    # a campaign of discount codes (issue #21: campaign.created with discount terms)
+    off = new_campaign_id(os.urandom)
+    w.campaign(
+        off,
+        CreateCampaign(
+            campaign_id=off,
+            name="half off plans",
+            kind="percent_off",
+            discount=DiscountTerms(kind="percent_off", percent_off=50, applies_to=["plans"]),
+            credit_baisa=0,
+            max_redemptions=100,
+        ),
+    )
+    w.campaign(off, GenerateCampaignCodes(campaign_id=off, count=3, prefix="OFF"))
     campaign_codes: list[str] = []
     n = 0
     while w.written + w.buffered < events:

@@ -635,9 +635,9 @@ INSERT INTO campaigns (campaign_id, name, description, kind, credit_baisa, max_r
                        budget_baisa, code_max_redemptions, active, revoked, codes_issued,
                        times_redeemed, granted_baisa, created_at, updated_at, revoked_at,
                        last_seq, starts_at, expires_at, plans, min_order_baisa,
-                       new_organizations_only, credit_valid_for_seconds)
+                       new_organizations_only, credit_valid_for_seconds, discount)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, false, 0, 0, 0, $10, $10, NULL, $11, $12, $13,
-        $14::jsonb, $15, $16, $17)
+        $14::jsonb, $15, $16, $17, $18::jsonb)
 """
 _CODES = """
 WITH c AS (
@@ -705,6 +705,7 @@ class CampaignStatements:
                             event.min_order_baisa,
                             event.new_organizations_only,
                             event.credit_valid_for_seconds,
+                            None if event.discount is None else event.discount.model_dump_json(),
                         ),
                     )
                 case CampaignCodesGenerated():

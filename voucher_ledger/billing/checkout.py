@@ -311,7 +311,7 @@ class CheckoutService:
         assert reply.redemption is not None
         rules = reply.voucher or reply.campaign  # a campaign's code: its campaign's rules
         first_only = rules.new_organizations_only if rules is not None else False
-        terms = reply.voucher.discount if reply.voucher is not None else None
+        terms = rules.discount if rules is not None else None  # a discount code's terms
         discount = (
             DiscountGrant(
                 redemption_id=reply.redemption.redemption_id, code=place.promo_code, terms=terms

@@ -3,6 +3,7 @@ from them, so the documentation cannot drift from the code."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -74,7 +75,7 @@ DISCOUNT_DURATION_PATTERN = (
 )
 _NOTHING = {"type": "null"}
 # Which fields a kind takes (the schema of what _discount_fields and the credit check decide).
-_KIND_VARIANTS: dict[str, Any] = {
+KIND_VARIANTS: dict[str, Any] = {
     "anyOf": [
         {
             "required": ["credit_omr"],
@@ -109,13 +110,59 @@ _KIND_VARIANTS: dict[str, Any] = {
 }
 
 
+def check_kind_fields(
+    kind: str,
+    percent_off: int | None,
+    amount_off_omr: int | None,
+    applies_to: Sequence[str] | None,
+    duration: str | None,
+) -> None:
+    """The fields a voucher's or a campaign's kind takes (ValueError naming them if not)."""
+    given = {
+        name
+        for name, value in (
+            ("percent_off", percent_off),
+            ("amount_off_omr", amount_off_omr),
+            ("applies_to", applies_to),
+            ("duration", duration),
+        )
+        if value is not None
+    }
+    if kind == "credit" and given:
+        raise ValueError(f"{', '.join(sorted(given))}: only for a discount (kind)")
+    if kind == "percent_off" and (percent_off is None or amount_off_omr is not None):
+        raise ValueError("a percent_off discount takes percent_off (1-100), no amount_off_omr")
+    if kind == "amount_off" and (amount_off_omr is None or percent_off is not None):
+        raise ValueError("an amount_off discount takes amount_off_omr, no percent_off")
+    if applies_to is not None and len(set(applies_to)) != len(applies_to):
+        raise ValueError("applies_to names plans, addons or apps, each once")
+
+
+def discount_terms_of(
+    kind: str,
+    percent_off: int | None,
+    amount_off_omr: int | None,
+    applies_to: list[Literal["plans", "addons", "apps"]] | None,
+    duration: str | None,
+) -> DiscountTerms | None:
+    if kind not in ("percent_off", "amount_off"):
+        return None
+    return DiscountTerms(
+        kind="percent_off" if kind == "percent_off" else "amount_off",
+        percent_off=percent_off,
+        amount_off_baisa=amount_off_omr * 1000 if amount_off_omr else None,
+        applies_to=applies_to,
+        duration=duration or "once",
+    )
+
+
 class IssueVoucherBody(_Strict):
     """Create, update or restore a voucher. Omitted optional fields keep their current value
     on an update and take the default on a create (active true, unlimited, no description).
     A voucher as listed may be posted back whole: its read-only fields are ignored; any other
     unknown field is a 400."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_KIND_VARIANTS)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=KIND_VARIANTS)
 
     code: StrictStr = Field(
         description="normalised with strip().upper(); [A-Z0-9_-], 3-64",
@@ -298,34 +345,14 @@ class IssueVoucherBody(_Strict):
 
     @model_validator(mode="after")
     def _discount_fields(self) -> IssueVoucherBody:
-        given = {
-            name
-            for name in ("percent_off", "amount_off_omr", "applies_to", "duration")
-            if getattr(self, name) is not None
-        }
-        if self.kind == "credit" and given:
-            raise ValueError(f"{', '.join(sorted(given))}: only for a discount (kind)")
-        if self.kind == "percent_off" and (
-            self.percent_off is None or self.amount_off_omr is not None
-        ):
-            raise ValueError("a percent_off voucher takes percent_off (1-100), no amount_off_omr")
-        if self.kind == "amount_off" and (
-            self.amount_off_omr is None or self.percent_off is not None
-        ):
-            raise ValueError("an amount_off voucher takes amount_off_omr, no percent_off")
-        if self.applies_to is not None and len(set(self.applies_to)) != len(self.applies_to):
-            raise ValueError("applies_to names plans, addons or apps, each once")
+        check_kind_fields(
+            self.kind, self.percent_off, self.amount_off_omr, self.applies_to, self.duration
+        )
         return self
 
     def discount_terms(self) -> DiscountTerms | None:
-        if self.kind == "credit":
-            return None
-        return DiscountTerms(
-            kind=self.kind,
-            percent_off=self.percent_off,
-            amount_off_baisa=self.amount_off_omr * 1000 if self.amount_off_omr else None,
-            applies_to=self.applies_to,
-            duration=self.duration or "once",
+        return discount_terms_of(
+            self.kind, self.percent_off, self.amount_off_omr, self.applies_to, self.duration
         )
 
 

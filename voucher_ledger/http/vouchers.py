@@ -204,7 +204,7 @@ def summary_of(row: dict[str, Any]) -> str:
     )
 
 
-def _discount_fields(row: dict[str, Any]) -> dict[str, Any]:
+def discount_fields(row: dict[str, Any]) -> dict[str, Any]:
     terms = discount_of(row)
     if terms is None:
         return {"kind": "credit", "summary": summary_of(row)}
@@ -222,7 +222,7 @@ def _discount_fields(row: dict[str, Any]) -> dict[str, Any]:
 
 def voucher_out(row: dict[str, Any]) -> VoucherOut:
     return VoucherOut(
-        **_discount_fields(row),
+        **discount_fields(row),
         code=row["code"],
         credit_omr=row["credit_baisa"] // BAISA,
         credit_baisa=row["credit_baisa"],

@@ -6,7 +6,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AwareDatetime, Field, ValidationInfo, field_validator
+from pydantic import AwareDatetime, Field, ValidationInfo, field_validator, model_validator
 
 from voucher_ledger.ledger.campaign_codes import (
     campaign_of,
@@ -438,9 +438,13 @@ class CreateCampaign(_CampaignCommand):
     type: Literal["create_campaign"] = "create_campaign"
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=2000)
-    kind: Literal["credit"] = "credit"
-    credit_baisa: int = Field(gt=0, strict=True)
+    kind: Literal["credit", "percent_off", "amount_off"] = "credit"
+    # a discount campaign's terms (its codes give no credit; kind is the terms' kind)
+    discount: DiscountTerms | None = None
+    credit_baisa: int = Field(ge=0, strict=True)
     max_redemptions: int = Field(default=0, ge=0, le=2**31 - 1, strict=True)
+    # the most credit it may grant; a credit campaign's only (what a discount costs depends on
+    # orders to come: a discount campaign is limited by max_redemptions)
     budget_baisa: int | None = Field(default=None, gt=0, le=2**62, strict=True)
     code_max_redemptions: int = Field(default=1, ge=0, le=2**31 - 1, strict=True)
     active: bool = Field(default=True, strict=True)
@@ -466,6 +470,28 @@ class CreateCampaign(_CampaignCommand):
         if "\x00" in value:
             raise InvalidInput("description", "name and description must not contain NUL")
         return value
+
+    @field_validator("credit_baisa")
+    @classmethod
+    def _credit(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("discount") is None and value <= 0:
+            raise ValueError("Input should be greater than 0")
+        if info.data.get("discount") is not None and value:
+            raise ValueError("a discount campaign gives no credit")
+        return value
+
+    @model_validator(mode="after")
+    def _kind(self) -> CreateCampaign:
+        if self.discount is not None:
+            check_discount(self.discount)
+        if (self.discount.kind if self.discount else "credit") != self.kind:
+            raise InvalidInput("kind", "kind must be the discount's kind (or credit without one)")
+        if self.discount is not None and self.budget_baisa is not None:
+            raise InvalidInput(
+                "budget_omr",
+                "a budget is a credit campaign's: limit a discount campaign by max_redemptions",
+            )
+        return self
 
 
 class GenerateCampaignCodes(_CampaignCommand):

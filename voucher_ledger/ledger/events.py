@@ -527,7 +527,7 @@ class CampaignCreated(Frozen):
     campaign_id: str
     name: str
     description: str
-    kind: Literal["credit"] = "credit"
+    kind: Literal["credit", "percent_off", "amount_off"] = "credit"
     credit_baisa: int
     max_redemptions: int
     budget_baisa: int | None
@@ -539,6 +539,7 @@ class CampaignCreated(Frozen):
     min_order_baisa: int = 0
     new_organizations_only: bool = False
     credit_valid_for_seconds: int | None = None
+    discount: DiscountTerms | None = None  # a discount campaign's terms (credit_baisa 0)
 
 
 class CampaignCodesGenerated(Frozen):

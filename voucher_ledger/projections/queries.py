@@ -98,6 +98,7 @@ SELECT k.code, c.credit_baisa, c.description, c.active AND NOT c.revoked AS acti
          WHERE r.code = k.code AND r.reversed_at IS NULL)::integer AS times_redeemed,
        c.created_at, c.updated_at, c.revoked_at, c.last_seq, c.starts_at, c.expires_at, c.plans,
        c.min_order_baisa, c.new_organizations_only, c.credit_valid_for_seconds, c.campaign_id,
+       c.discount,
        (c.max_redemptions > 0 AND c.times_redeemed >= c.max_redemptions)
          OR (c.budget_baisa IS NOT NULL AND c.budget_baisa - c.granted_baisa < c.credit_baisa)
          AS campaign_capped

@@ -427,6 +427,7 @@ def _verify_campaigns(
             "min_order_baisa": view.min_order_baisa,
             "new_organizations_only": view.new_organizations_only,
             "credit_valid_for_seconds": view.credit_valid_for_seconds,
+            "discount": view.discount.model_dump() if view.discount else None,
         }
         ordinal = 0
         for r in seen:

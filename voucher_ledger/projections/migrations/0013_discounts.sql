@@ -7,3 +7,8 @@ ALTER TABLE orders ADD COLUMN discount_code text;
 ALTER TABLE vouchers DROP CONSTRAINT vouchers_credit_baisa_check;
 ALTER TABLE vouchers ADD CONSTRAINT vouchers_credit_or_discount
     CHECK ((discount IS NULL AND credit_baisa > 0) OR (discount IS NOT NULL AND credit_baisa = 0));
+-- A campaign's codes may give a discount too (its terms; credit_baisa 0 then).
+ALTER TABLE campaigns ADD COLUMN discount jsonb;
+ALTER TABLE campaigns DROP CONSTRAINT campaigns_credit_baisa_check;
+ALTER TABLE campaigns ADD CONSTRAINT campaigns_credit_or_discount
+    CHECK ((discount IS NULL AND credit_baisa > 0) OR (discount IS NOT NULL AND credit_baisa = 0));
