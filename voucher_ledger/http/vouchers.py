@@ -51,7 +51,7 @@ from voucher_ledger.http.paging import LIST_HEADERS, page_headers
 from voucher_ledger.http.ratelimit import too_many_requests
 from voucher_ledger.ledger.codes import normalise_code, normalise_search, validate_command_id
 from voucher_ledger.ledger.commands import CampaignCommandT, IssueVoucher, RevokeVoucher
-from voucher_ledger.ledger.durations import discount_text, format_duration
+from voucher_ledger.ledger.durations import format_duration, gives
 from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import Actor, DiscountTerms, UnknownEventVersion, upcast
 from voucher_ledger.ledger.money import BAISA
@@ -196,28 +196,11 @@ def discount_of(row: dict[str, Any]) -> DiscountTerms | None:
 
 def summary_of(row: dict[str, Any]) -> str:
     """What a voucher gives, in words: "20% off add-ons for 3 months", "25 OMR credit"."""
-    terms = discount_of(row)
-    if terms is None:
-        return f"{row['credit_baisa'] / BAISA:g} OMR credit"
-    return discount_text(
-        terms.kind, terms.percent_off, terms.amount_off_baisa, terms.applies_to, terms.duration
-    )
+    return str(discount_fields(row)["summary"])
 
 
 def discount_fields(row: dict[str, Any]) -> dict[str, Any]:
-    terms = discount_of(row)
-    if terms is None:
-        return {"kind": "credit", "summary": summary_of(row)}
-    amount = terms.amount_off_baisa
-    return {
-        "kind": terms.kind,
-        "percent_off": terms.percent_off,
-        "amount_off_omr": amount / BAISA if amount is not None else None,
-        "amount_off_baisa": amount,
-        "applies_to": terms.applies_to,
-        "duration": terms.duration,
-        "summary": summary_of(row),
-    }
+    return gives(row["credit_baisa"], discount_of(row))
 
 
 def voucher_out(row: dict[str, Any]) -> VoucherOut:

@@ -8,6 +8,10 @@ import calendar
 import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from voucher_ledger.ledger.events import DiscountTerms
 
 _DURATION = re.compile(
     r"^P(?!$)(?:(?P<w>\d{1,6})W)?(?:(?P<d>\d{1,6})D)?"
@@ -127,3 +131,31 @@ def _spoken(duration: str) -> str:
         if found[k] and int(found[k])
     ]
     return ", ".join(parts)
+
+
+def gives(credit_baisa: int, terms: DiscountTerms | None) -> dict[str, Any]:
+    """What a voucher gives, as its answers say it: ``kind``, a discount's terms (null for a
+    credit voucher) and ``summary`` in words ("25 OMR credit", "20% off add-ons for 3
+    months")."""
+    if terms is None:
+        return {
+            "kind": "credit",
+            "percent_off": None,
+            "amount_off_omr": None,
+            "amount_off_baisa": None,
+            "applies_to": None,
+            "duration": None,
+            "summary": f"{credit_baisa / 1000:g} OMR credit",
+        }
+    amount = terms.amount_off_baisa
+    return {
+        "kind": terms.kind,
+        "percent_off": terms.percent_off,
+        "amount_off_omr": amount / 1000 if amount is not None else None,
+        "amount_off_baisa": amount,
+        "applies_to": terms.applies_to,
+        "duration": terms.duration,
+        "summary": discount_text(
+            terms.kind, terms.percent_off, amount, terms.applies_to, terms.duration
+        ),
+    }
