@@ -24,6 +24,7 @@ from voucher_ledger.http.models import (
     KIND_VARIANTS,
     TIMESTAMP_RULE,
     check_kind_fields,
+    credit_of_kind,
     discount_terms_of,
 )
 from voucher_ledger.ledger.campaign_codes import PREFIX_MAX
@@ -145,19 +146,7 @@ class CreateCampaignBody(BaseModel):
     @field_validator("credit_omr")
     @classmethod
     def _at_most(cls, value: int | None, info: ValidationInfo) -> int | None:
-        credit = info.data.get("kind", "credit") == "credit"
-        if value is None:
-            if credit:
-                raise ValueError("is required for a credit campaign")
-            return None
-        if credit and value <= 0:
-            raise ValueError("must be greater than 0")
-        if not credit and value:
-            raise ValueError("a discount campaign gives no credit: leave it out")
-        limit = (info.context or {}).get("max_credit_omr")
-        if limit is not None and value > limit:
-            raise ValueError(f"must be {limit} or less")
-        return value
+        return credit_of_kind(value, info, "campaign")
 
     @field_validator("duration")
     @classmethod

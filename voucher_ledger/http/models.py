@@ -110,6 +110,24 @@ KIND_VARIANTS: dict[str, Any] = {
 }
 
 
+def credit_of_kind(value: int | None, info: ValidationInfo, what: str) -> int | None:
+    """``credit_omr`` as the body's ``kind`` wants it (validated after ``kind``): required and
+    more than 0 for credit, none for a discount; at most the context's ``max_credit_omr``."""
+    credit = info.data.get("kind", "credit") == "credit"
+    if value is None:
+        if credit:
+            raise ValueError(f"is required for a credit {what}")
+        return None
+    if credit and value <= 0:
+        raise ValueError("must be greater than 0")
+    if not credit and value:
+        raise ValueError(f"a discount {what} gives no credit: leave it out")
+    limit = (info.context or {}).get("max_credit_omr")
+    if limit is not None and value > limit:
+        raise ValueError(f"must be {limit} or less")
+    return value
+
+
 def check_kind_fields(
     kind: str,
     percent_off: int | None,
@@ -324,19 +342,7 @@ class IssueVoucherBody(_Strict):
     @field_validator("credit_omr")
     @classmethod
     def _at_most(cls, value: int | None, info: ValidationInfo) -> int | None:
-        credit = info.data.get("kind", "credit") == "credit"
-        if value is None:
-            if credit:
-                raise ValueError("is required for a credit voucher")
-            return None
-        if credit and value <= 0:
-            raise ValueError("must be greater than 0")
-        if not credit and value:
-            raise ValueError("a discount voucher gives no credit: leave it out")
-        limit = (info.context or {}).get("max_credit_omr")
-        if limit is not None and value > limit:
-            raise ValueError(f"must be {limit} or less")
-        return value
+        return credit_of_kind(value, info, "voucher")
 
     @field_validator("duration")
     @classmethod
