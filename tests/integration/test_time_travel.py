@@ -100,6 +100,14 @@ async def test_state_at_each_past_sequence_and_time_is_what_it_was(
         "revoked_at": None,
         "accepting_redemptions": False,  # at its cap
         "last_seq": steps[3].seq,
+        # issue #21: what it gives
+        "kind": "credit",
+        "percent_off": None,
+        "amount_off_omr": None,
+        "amount_off_baisa": None,
+        "applies_to": None,
+        "duration": None,
+        "summary": "8 OMR credit",
     }
     assert await voucher_as_of(store, applied.layout, "NEVER-1") is None
 
