@@ -1,0 +1,180 @@
+"""A hub and two Sovereigns on one machine (issue #22, deliverables 1 and 3's trail).
+
+Three ``voucher-ledger serve`` on their embedded default nats-server (NATS_URL unset), each
+with its own PostgreSQL database, all three with the same subject prefix and stream names, as
+in production: the hub (HUB=true, a leafnode port, its trail sourcing both Sovereigns) and two
+Sovereigns (SOVEREIGN_NAME, HUB_LEAF_URL), whose nats-servers connect to the hub's as leaf
+nodes, each its own JetStream domain.
+
+What is proven: the leaf links are up (the hub's monitoring lists both Sovereigns' servers);
+the same stream names in three domains stay apart (a redemption on one Sovereign is in its
+own event stream only, not in the other's nor the hub's); and every redemption made on a
+Sovereign reaches the hub's trail stream by sourcing, under a subject naming the Sovereign,
+with counts per Sovereign equal to the Sovereigns' own redemptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import pytest
+from nats.aio.client import Client
+
+from tests.conftest import fresh_database, wait_until
+from tests.e2e.api_helpers import serve_on
+from tests.e2e.checkout_helpers import Shop, new_code, new_customer
+from voucher_ledger.jetstream.auth import read_user
+from voucher_ledger.service import federation
+from voucher_ledger.service.embedded import free_port
+
+pytestmark = pytest.mark.sovereigns
+
+PREFIX = "ledger"  # the same in every domain: the leaf link must keep them apart
+SOVEREIGNS = ("north", "south")
+
+
+class Site:
+    def __init__(self, name: str, shop: Shop) -> None:
+        self.name = name
+        self.shop = shop
+
+    @property
+    def nats_dir(self) -> Path:
+        return self.shop.server.data_dir.resolve() / "nats"
+
+    @property
+    def nats_url(self) -> str:
+        return (self.nats_dir / "url").read_text().strip()
+
+    def monitor(self, path: str) -> dict[str, Any]:
+        base = (self.nats_dir / federation.MONITOR_FILE).read_text().strip()
+        with urllib.request.urlopen(base + path, timeout=5) as resp:
+            body: dict[str, Any] = json.loads(resp.read())
+            return body
+
+    async def admin(self) -> Client:
+        user = read_user(self.nats_dir, "admin")
+        assert user is not None
+        return await nats.connect(self.nats_url, user=user.user, password=user.password)
+
+
+async def subject_count(site: Site, stream: str, subject: str) -> int:
+    nc = await site.admin()
+    try:
+        info = await nc.jetstream().stream_info(stream, subjects_filter=subject)
+        return sum((info.state.subjects or {}).values())
+    finally:
+        await nc.close()
+
+
+@pytest.fixture(scope="module")
+async def topology(
+    tmp_path_factory: pytest.TempPathFactory, pg_url: str
+) -> AsyncIterator[dict[str, Site]]:
+    tmp = tmp_path_factory.mktemp("sovereigns")
+    for name in ("hub", *SOVEREIGNS):
+        (tmp / name).mkdir()
+    leaf_port = free_port()
+    password = secrets.token_hex(16)
+    hub_env = {
+        "NATS_URL": "",
+        "HUB": "true",
+        "SOVEREIGNS": ",".join(SOVEREIGNS),
+        "LEAF_LISTEN": f"127.0.0.1:{leaf_port}",
+        "LEAF_PASSWORD": password,
+        "PROCESSOR_PROCESS": "false",
+    }
+
+    def sovereign_env(name: str) -> dict[str, str]:
+        return {
+            "NATS_URL": "",
+            "SOVEREIGN_NAME": name,
+            "HUB_LEAF_URL": f"nats-leaf://leaf:{password}@127.0.0.1:{leaf_port}",
+            "SOVEREIGN_FQDN": f"{name}.sovereign.example",
+            "PROCESSOR_PROCESS": "false",
+        }
+
+    async with (
+        fresh_database(pg_url, "hub") as hub_db,
+        fresh_database(pg_url, "north") as north_db,
+        fresh_database(pg_url, "south") as south_db,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
+        serve_on(tmp / "hub", "", hub_db, PREFIX, **hub_env) as hub,
+        serve_on(tmp / "north", "", north_db, PREFIX, **sovereign_env("north")) as north,
+        serve_on(tmp / "south", "", south_db, PREFIX, **sovereign_env("south")) as south,
+    ):
+        yield {
+            "hub": Site("hub", Shop(hub, session)),
+            "north": Site("north", Shop(north, session)),
+            "south": Site("south", Shop(south, session)),
+        }
+
+
+async def test_three_serves_three_domains_and_two_leaf_links(topology: dict[str, Site]) -> None:
+    hub = topology["hub"]
+    urls = {site.nats_url for site in topology.values()}
+    assert len(urls) == 3, "each serve runs its own embedded nats-server"
+
+    def leaf_names() -> set[str]:
+        return {leaf.get("name", "") for leaf in hub.monitor("/leafz").get("leafs") or []}
+
+    await wait_until(lambda: len(leaf_names()) == 2, timeout=30)
+    for name in SOVEREIGNS:
+        leafs = topology[name].monitor("/leafz").get("leafs") or []
+        assert len(leafs) == 1, leafs
+    for name, site in topology.items():
+        jsz = site.monitor("/jsz")
+        assert jsz.get("config", {}).get("domain") == name, jsz.get("config")
+
+
+async def test_a_redemption_stays_in_its_domain_and_reaches_the_hub_trail(
+    topology: dict[str, Site],
+) -> None:
+    hub = topology["hub"]
+    trail = federation.trail_stream(PREFIX)
+    codes: dict[str, str] = {}
+    for name in SOVEREIGNS:
+        shop = topology[name].shop
+        code = codes[name] = new_code(name.upper())
+        await shop.issue(code, 100, max_redemptions=5)
+        customers = [new_customer(name) for _ in range(3)]
+        replies = await asyncio.gather(
+            *(shop.checkout(sub, "starter", promo_code=code) for sub in customers)
+        )
+        assert [r.status for r in replies] == [200] * 3, replies
+
+    for name, code in codes.items():
+        mine = f"{PREFIX}.events.voucher.{code}"
+        assert await subject_count(topology[name], f"{PREFIX.upper()}_EVENTS", mine) >= 4
+        other = next(n for n in SOVEREIGNS if n != name)
+        assert await subject_count(topology[other], f"{PREFIX.upper()}_EVENTS", mine) == 0
+        assert await subject_count(hub, f"{PREFIX.upper()}_EVENTS", mine) == 0
+
+    async def sourced() -> federation.TrailCounts:
+        nc = await hub.admin()
+        try:
+            return await federation.trail_counts(nc, PREFIX)
+        finally:
+            await nc.close()
+
+    async def all_sourced() -> bool:
+        counts = await sourced()
+        return all(counts.redemptions.get(n, {}).get(c, 0) == 3 for n, c in codes.items())
+
+    await wait_until(all_sourced, timeout=30)
+    counts = await sourced()
+    for name, code in codes.items():
+        assert counts.redemptions[name][code] == 3
+        assert counts.redeemed(code) == 3  # named once, by its own Sovereign
+        subject = f"{PREFIX}.sovereign.{name}.events.voucher.{code}"
+        assert await subject_count(hub, trail, subject) == await subject_count(
+            topology[name], f"{PREFIX.upper()}_EVENTS", f"{PREFIX}.events.voucher.{code}"
+        )
