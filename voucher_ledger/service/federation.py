@@ -34,12 +34,13 @@ from nats.aio.client import Client
 
 from voucher_ledger.config.settings import HUB_DOMAIN, Settings
 from voucher_ledger.jetstream.api import JetStreamApiError, js_api
+from voucher_ledger.ledger.events import decode_envelope
 from voucher_ledger.service.embedded import free_port
 
 log = logging.getLogger(__name__)
 
 LEAF_USER = "leaf"
-LEAF_PASSWORD_FILE = "leaf-password"  # under DATA_DIR/nats, 0600
+LEAF_PASSWORD_FILE = "leaf-password"  # noqa: S105 - a file name; under DATA_DIR/nats, 0600
 MONITOR_FILE = "monitor-url"  # under DATA_DIR/nats: the embedded server's monitoring URL
 # Never across a leaf link: the service's own subjects (rendered with its prefix) and the KV /
 # object-store subjects of its buckets, which have the same names in every domain.
@@ -180,12 +181,11 @@ async def trail_counts(nc: Client, prefix: str) -> TrailCounts:
             msg = await sub.next_msg(timeout=10)
             tokens = msg.subject.split(".")
             sovereign = tokens[2]
-            event = json.loads(msg.data)
-            kind = str(event.get("type", "?"))
+            envelope = decode_envelope(msg.data)
+            kind = envelope.event.type
             counts.events.setdefault(sovereign, Counter())[kind] += 1
             if kind == "voucher.redeemed":
-                code = str(event.get("code") or tokens[-1])
-                counts.redemptions.setdefault(sovereign, Counter())[code] += 1
+                counts.redemptions.setdefault(sovereign, Counter())[envelope.aggregate_id] += 1
             if msg.metadata.sequence.stream >= last:
                 break
     finally:

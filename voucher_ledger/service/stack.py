@@ -96,7 +96,9 @@ class Servers:
                 extra_conf=federation.server_conf(s, s.data_dir.resolve() / "nats"),
                 jetstream_domain=s.jetstream_domain,
                 # Leaf links refuse two remotes of one name: each domain's server its own.
-                **({"server_name": f"vl_{s.jetstream_domain}"} if s.jetstream_domain else {}),
+                server_name=(
+                    f"vl_{s.jetstream_domain}" if s.jetstream_domain else "voucher_ledger_embedded"
+                ),
             )
         servers = cls(
             nats,
