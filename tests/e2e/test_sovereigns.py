@@ -16,8 +16,11 @@ with counts per Sovereign equal to the Sovereigns' own redemptions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
+import subprocess
+import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,6 +42,32 @@ pytestmark = pytest.mark.sovereigns
 
 PREFIX = "ledger"  # the same in every domain: the leaf link must keep them apart
 SOVEREIGNS = ("north", "south")
+PROXY: dict[str, Proxy] = {}
+
+
+class Proxy:
+    """The north Sovereign's leaf link runs through this relay process: killing it drops the
+    connection (not just slows it); starting it again on the same port heals it."""
+
+    def __init__(self, listen: int, target: int) -> None:
+        self.listen, self.target = listen, target
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.e2e.tcp_proxy", str(self.listen), str(self.target)],
+            stdout=subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == b"listening"
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+            self.proc = None
 
 
 class Site:
@@ -93,16 +122,21 @@ async def topology(
         "PROCESSOR_PROCESS": "false",
     }
 
+    proxy = Proxy(free_port(), leaf_port)
+    proxy.start()
+
     def sovereign_env(name: str) -> dict[str, str]:
+        port = proxy.listen if name == "north" else leaf_port
         return {
             "NATS_URL": "",
             "SOVEREIGN_NAME": name,
-            "HUB_LEAF_URL": f"nats-leaf://leaf:{password}@127.0.0.1:{leaf_port}",
+            "HUB_LEAF_URL": f"nats-leaf://leaf:{password}@127.0.0.1:{port}",
             "SOVEREIGN_FQDN": f"{name}.sovereign.example",
             "PROCESSOR_PROCESS": "false",
         }
 
     async with (
+        contextlib.AsyncExitStack() as stack,
         fresh_database(pg_url, "hub") as hub_db,
         fresh_database(pg_url, "north") as north_db,
         fresh_database(pg_url, "south") as south_db,
@@ -111,6 +145,8 @@ async def topology(
         serve_on(tmp / "north", "", north_db, PREFIX, **sovereign_env("north")) as north,
         serve_on(tmp / "south", "", south_db, PREFIX, **sovereign_env("south")) as south,
     ):
+        stack.callback(proxy.kill)
+        PROXY["north"] = proxy
         yield {
             "hub": Site("hub", Shop(hub, session)),
             "north": Site("north", Shop(north, session)),
@@ -180,3 +216,48 @@ async def test_a_redemption_stays_in_its_domain_and_reaches_the_hub_trail(
         assert await subject_count(hub, trail, subject) == await subject_count(
             topology[name], f"{PREFIX.upper()}_EVENTS", f"{PREFIX}.events.voucher.{code}"
         )
+
+
+async def trail_redemptions(hub: Site, code: str) -> int:
+    nc = await hub.admin()
+    try:
+        return (await federation.trail_counts(nc, PREFIX)).redeemed(code)
+    finally:
+        await nc.close()
+
+
+async def test_a_cut_sovereign_keeps_redeeming_and_the_trail_catches_up_after_the_heal(
+    topology: dict[str, Site],
+) -> None:
+    hub, north = topology["hub"], topology["north"]
+    proxy = PROXY["north"]
+
+    def north_links() -> int:
+        return len(north.monitor("/leafz").get("leafs") or [])
+
+    await wait_until(lambda: north_links() == 1, timeout=30)
+    proxy.kill()  # the leaf connection drops
+    await wait_until(lambda: north_links() == 0, timeout=30)
+
+    code = new_code("CUT")
+    await north.shop.issue(code, 100, max_redemptions=50)
+    customers = [new_customer("cut") for _ in range(20)]
+    replies = await asyncio.gather(
+        *(north.shop.checkout(sub, "starter", promo_code=code) for sub in customers)
+    )
+    assert [r.status for r in replies] == [200] * 20, replies  # decided locally, link down
+    subject = f"{PREFIX}.events.voucher.{code}"
+    own = await subject_count(north, f"{PREFIX.upper()}_EVENTS", subject)
+    assert own == 21  # the issue and twenty redemptions
+    assert await trail_redemptions(hub, code) == 0  # nothing crossed the cut link
+
+    proxy.start()  # healed: the leaf reconnects, the source resumes where it stopped
+    await wait_until(lambda: north_links() == 1, timeout=30)
+
+    async def caught_up() -> bool:
+        return await trail_redemptions(hub, code) == 20
+
+    await wait_until(caught_up, timeout=90)
+    trail = federation.trail_stream(PREFIX)
+    sourced = f"{PREFIX}.sovereign.north.events.voucher.{code}"
+    assert await subject_count(hub, trail, sourced) == own
