@@ -34,6 +34,7 @@ from nats.aio.client import Client
 from tests.conftest import fresh_database, wait_until
 from tests.e2e.api_helpers import serve_on
 from tests.e2e.checkout_helpers import Shop, new_code, new_customer
+from tests.e2e.helpers import clean_env
 from voucher_ledger.jetstream.auth import read_user
 from voucher_ledger.service import federation
 from voucher_ledger.service.embedded import free_port
@@ -218,6 +219,26 @@ async def test_a_redemption_stays_in_its_domain_and_reaches_the_hub_trail(
         )
 
 
+async def federation_check(hub: Site, *args: str) -> tuple[int, str]:
+    """``voucher-ledger federation check`` run at the hub, as an operator would."""
+    env = clean_env(
+        DATA_DIR=str(hub.shop.server.data_dir),
+        HUB="true",
+        SOVEREIGNS=",".join(SOVEREIGNS),
+        SUBJECT_PREFIX=PREFIX,
+        LOG_LEVEL="WARNING",
+    )
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "voucher_ledger.cli", "federation", "check", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
 async def trail_redemptions(hub: Site, code: str) -> int:
     nc = await hub.admin()
     try:
@@ -250,6 +271,9 @@ async def test_a_cut_sovereign_keeps_redeeming_and_the_trail_catches_up_after_th
     own = await subject_count(north, f"{PREFIX.upper()}_EVENTS", subject)
     assert own == 21  # the issue and twenty redemptions
     assert await trail_redemptions(hub, code) == 0  # nothing crossed the cut link
+    code_, out = await federation_check(hub)
+    assert code_ == 1, out
+    assert "north: unreachable" in out, out
 
     proxy.start()  # healed: the leaf reconnects, the source resumes where it stopped
     await wait_until(lambda: north_links() == 1, timeout=30)
@@ -261,3 +285,7 @@ async def test_a_cut_sovereign_keeps_redeeming_and_the_trail_catches_up_after_th
     trail = federation.trail_stream(PREFIX)
     sourced = f"{PREFIX}.sovereign.north.events.voucher.{code}"
     assert await subject_count(hub, trail, sourced) == own
+    code_, out = await federation_check(hub, "--wait", "60")
+    assert code_ == 0, out
+    for name in SOVEREIGNS:
+        assert f"{name}: trail equals the Sovereign's stream" in out, out

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nats import errors as nats_errors
 from nats.aio.client import Client
 
 from voucher_ledger.config.settings import HUB_DOMAIN, Settings
@@ -195,3 +196,82 @@ async def trail_counts(nc: Client, prefix: str) -> TrailCounts:
 
 def is_hub_domain(domain: str | None) -> bool:
     return domain == HUB_DOMAIN
+
+
+@dataclass
+class SovereignCheck:
+    """The hub's trail against one Sovereign's own stream, subject by subject."""
+
+    name: str
+    sourced: int  # events of this Sovereign on the hub's trail
+    own: int | None  # events in the Sovereign's stream; None: not reachable (link down)
+    differing: list[str] = field(default_factory=list)  # subjects whose counts differ
+
+    @property
+    def equal(self) -> bool:
+        return self.own is not None and not self.differing
+
+    def line(self) -> str:
+        if self.own is None:
+            return f"{self.name}: unreachable (leaf link down?); trail holds {self.sourced}"
+        if self.equal:
+            return f"{self.name}: trail equals the Sovereign's stream ({self.own} events)"
+        shown = ", ".join(self.differing[:5])
+        return (
+            f"{self.name}: trail {self.sourced} events, Sovereign {self.own}; "
+            f"{len(self.differing)} subjects differ ({shown})"
+        )
+
+
+async def _subject_counts(
+    nc: Client, api: str, stream: str, subjects: str, timeout: float
+) -> dict[str, int]:
+    """Messages per subject of ``stream`` (paged), through ``api`` ($JS.API or another
+    domain's $JS.<domain>.API)."""
+    counts: dict[str, int] = {}
+    offset = 0
+    while True:
+        body = json.dumps({"subjects_filter": subjects, "offset": offset}).encode()
+        msg = await nc.request(f"{api}.STREAM.INFO.{stream}", body, timeout=timeout)
+        info = json.loads(msg.data)
+        if "error" in info:
+            raise JetStreamApiError(
+                int(info["error"].get("code", 0)),
+                int(info["error"].get("err_code", 0)),
+                str(info["error"].get("description", "")),
+                what=f"STREAM.INFO.{stream}",
+            )
+        page: dict[str, int] = info.get("state", {}).get("subjects") or {}
+        counts.update(page)
+        offset += len(page)
+        if not page or offset >= int(info.get("total") or 0):
+            return counts
+
+
+async def compare_trail(
+    nc: Client, prefix: str, sovereigns: list[str], events_stream: str, timeout: float = 5.0
+) -> list[SovereignCheck]:
+    """The hub's check of its trail: for each Sovereign, the events of each of its subjects
+    on the trail against the Sovereign's own stream, read across its domain."""
+    checks = []
+    for name in sovereigns:
+        head = f"{prefix}.sovereign.{name}."
+        sourced = await _subject_counts(
+            nc, "$JS.API", trail_stream(prefix), trail_subject(prefix, name), timeout
+        )
+        mapped = {f"{prefix}." + subject.removeprefix(head): n for subject, n in sourced.items()}
+        try:
+            own: dict[str, int] | None = await _subject_counts(
+                nc, f"$JS.{name}.API", events_stream, f"{prefix}.events.>", timeout
+            )
+        except (TimeoutError, JetStreamApiError, nats_errors.NoRespondersError) as exc:
+            log.info("federation: %s not reachable: %r", name, exc)
+            own = None
+        check = SovereignCheck(name, sum(mapped.values()), None)
+        if own is not None:
+            check.own = sum(own.values())
+            check.differing = sorted(
+                s for s in own.keys() | mapped.keys() if own.get(s, 0) != mapped.get(s, 0)
+            )
+        checks.append(check)
+    return checks
