@@ -59,3 +59,13 @@ def test_neither_role_writes_no_leaf_block(tmp_path: Path) -> None:
 def test_inconsistent_federation_settings_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(ValidationError):
         Settings(**env)  # type: ignore[arg-type]
+
+
+def test_the_start_up_line_names_the_role_and_never_the_leaf_password() -> None:
+    sovereign = Settings(SOVEREIGN_NAME="north", HUB_LEAF_URL=LEAF)  # type: ignore[call-arg]
+    (line,) = federation.describe(sovereign)
+    assert "Sovereign north" in line
+    assert "pw" not in line.replace("leaf:***", "")
+    hub = Settings(HUB="true", SOVEREIGNS="north")  # type: ignore[call-arg]
+    assert "trail sources north" in federation.describe(hub)[0]
+    assert federation.describe(Settings()) == []

@@ -33,7 +33,7 @@ from typing import Any
 from nats import errors as nats_errors
 from nats.aio.client import Client
 
-from voucher_ledger.config.settings import HUB_DOMAIN, Settings
+from voucher_ledger.config.settings import HUB_DOMAIN, Settings, redact_url
 from voucher_ledger.jetstream.api import JetStreamApiError, js_api
 from voucher_ledger.ledger.events import decode_envelope
 from voucher_ledger.service.embedded import free_port
@@ -104,6 +104,27 @@ def server_conf(s: Settings, nats_dir: Path) -> str:
     nats_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     (nats_dir / MONITOR_FILE).write_text(f"http://127.0.0.1:{port}\n")
     return f"http: 127.0.0.1:{port}\n{leaf}"
+
+
+def describe(s: Settings) -> list[str]:
+    """What this serve is in the topology, for the start-up log (no secret in it)."""
+    if s.hub:
+        where = f"leafnodes on {s.leaf_listen}" if s.embedded_nats else "leafnodes: your NATS's"
+        names = ", ".join(s.sovereign_names) or "none yet (SOVEREIGNS)"
+        return [f"federation: hub (JetStream domain {HUB_DOMAIN}), {where}; trail sources {names}"]
+    if s.sovereign_name:
+        if s.hub_leaf_url is not None and not s.embedded_nats:
+            log.warning(
+                "federation: HUB_LEAF_URL only configures the embedded nats-server; with "
+                "NATS_URL set, declare the leaf remote (and its denies) on your NATS"
+            )
+        link = (
+            f"leaf link to {redact_url(s.hub_leaf_url.get_secret_value())}"
+            if s.hub_leaf_url is not None
+            else "no leaf link (HUB_LEAF_URL unset)"
+        )
+        return [f"federation: Sovereign {s.sovereign_name} (its own JetStream domain), {link}"]
+    return []
 
 
 def trail_config(prefix: str, sovereigns: list[str], events_stream: str) -> dict[str, Any]:

@@ -87,6 +87,8 @@ class Servers:
     @classmethod
     async def start(cls, s: Settings) -> Servers:
         nats = None
+        for line in federation.describe(s):
+            log.info("%s", line)
         if s.embedded_nats:
             permissions = role_permissions(load_spec(s))
             nats = EmbeddedNats(
