@@ -12,6 +12,7 @@ from pathlib import Path
 
 from voucher_ledger import __version__
 from voucher_ledger.cli import audit as audit_cli
+from voucher_ledger.cli import federation as federation_cli
 from voucher_ledger.cli import importseed as import_cli
 from voucher_ledger.cli import natscreds as nats_cli
 from voucher_ledger.cli import orgmove as org_cli
@@ -247,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     org_cli.add_parsers(sub, common)  # org export, org import
     signing_cli.add_parsers(sub, common)  # signing-key
     nats_cli.add_parsers(sub, common)  # nats creds
+    federation_cli.add_parsers(sub, common)  # federation check (at the hub)
     return parser
 
 
@@ -260,6 +262,7 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "rebuild": ("nats", "postgres"),
     "import-seed": ("nats",),
     "org": ("nats",),
+    "federation": ("nats",),
 }
 
 
@@ -273,6 +276,7 @@ _ROLES: dict[str, str] = {
     "rebuild": "service",
     "import-seed": "processors",  # it appends events, as the processors do
     "org": "processors",  # export records the move, import appends the account's events
+    "federation": "admin",  # reads the trail and, across their domains, the Sovereigns' streams
 }
 
 
@@ -328,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             return signing_cli.run(args, settings)
         if args.command in nats_cli.COMMANDS:
             return nats_cli.run(args, settings)
+        if args.command in federation_cli.COMMANDS:
+            return federation_cli.run(args, settings)
         if args.command == "serve":
             return _serve_owning(settings)
         if args.command == "processors":

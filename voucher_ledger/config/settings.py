@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A subject token, the same rule as ``jetstream.layout.PREFIX_PATTERN`` (settings depend on nothing
 # else of the package; tests/unit/test_settings.py checks that the two accept the same prefixes).
 PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+# A JetStream domain (a Sovereign's name): one subject token, as $JS.<domain>.API names it.
+DOMAIN_PATTERN = PREFIX_PATTERN
+HUB_DOMAIN = "hub"
 
 # Set by `serve` in its processor child's environment: the child goes when its parent goes, and
 # its log lines say they are the processors'.
@@ -117,6 +120,21 @@ class Settings(BaseSettings):
     # with the projection's lag, within a few seconds of its expiry. Runs with RUN_RECOVERY.
     credit_expiry_interval: float = Field(default=2.0, alias="CREDIT_EXPIRY_INTERVAL", gt=0)
 
+    # Hub and Sovereigns (README "Hub and Sovereigns", service/federation.py). HUB=true: this
+    # serve is OpenOva's hub; its embedded nats-server is the JetStream domain "hub" and opens
+    # a leafnode port (LEAF_LISTEN, the password LEAF_PASSWORD or DATA_DIR/nats/leaf-password);
+    # SOVEREIGNS lists the Sovereigns whose event streams the hub's trail stream sources.
+    # SOVEREIGN_NAME (a JetStream domain name) with HUB_LEAF_URL: this serve is a Sovereign;
+    # its embedded nats-server connects to the hub's as a leaf node with its own domain.
+    hub: bool = Field(default=False, alias="HUB")
+    sovereigns: str = Field(default="", alias="SOVEREIGNS", max_length=2000)
+    leaf_listen: str = Field(
+        default="127.0.0.1:7422", alias="LEAF_LISTEN", pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$"
+    )
+    leaf_password: SecretStr | None = Field(default=None, alias="LEAF_PASSWORD", repr=False)
+    sovereign_name: str | None = Field(default=None, alias="SOVEREIGN_NAME")
+    hub_leaf_url: SecretStr | None = Field(default=None, alias="HUB_LEAF_URL", repr=False)
+
     nats_server_bin: str | None = Field(default=None, alias="NATS_SERVER_BIN")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     # The fast paths into nats.py's and aiohttp's private internals (README "Fast paths");
@@ -151,6 +169,48 @@ class Settings(BaseSettings):
         if not PREFIX_PATTERN.fullmatch(value):
             raise ValueError("SUBJECT_PREFIX must match [a-z][a-z0-9_]{0,31}")
         return value
+
+    @field_validator("sovereign_name")
+    @classmethod
+    def _sovereign_name(cls, value: str | None) -> str | None:
+        if value is not None and (not DOMAIN_PATTERN.fullmatch(value) or value == HUB_DOMAIN):
+            raise ValueError(
+                f"SOVEREIGN_NAME must match [a-z][a-z0-9_]{{0,31}} and not be {HUB_DOMAIN!r}"
+            )
+        return value
+
+    @field_validator("sovereigns")
+    @classmethod
+    def _sovereigns(cls, value: str) -> str:
+        for name in (part.strip() for part in value.split(",") if part.strip()):
+            if not DOMAIN_PATTERN.fullmatch(name) or name == HUB_DOMAIN:
+                raise ValueError(f"SOVEREIGNS: {name!r} is not a Sovereign name")
+        return value
+
+    @model_validator(mode="after")
+    def _federation(self) -> Settings:
+        if self.hub and (self.sovereign_name or self.hub_leaf_url):
+            raise ValueError("HUB=true and SOVEREIGN_NAME/HUB_LEAF_URL: a serve is one or other")
+        if self.hub_leaf_url is not None and not self.sovereign_name:
+            raise ValueError("HUB_LEAF_URL needs SOVEREIGN_NAME (the Sovereign's domain)")
+        if self.hub_leaf_url is not None:
+            url = urlsplit(self.hub_leaf_url.get_secret_value())
+            if url.scheme not in ("nats-leaf", "nats", "tls") or not url.hostname:
+                raise ValueError("HUB_LEAF_URL must be a nats-leaf://[user:password@]host:port URL")
+        if self.sovereigns and not self.hub:
+            raise ValueError("SOVEREIGNS is the hub's list: set HUB=true with it")
+        return self
+
+    @property
+    def sovereign_names(self) -> list[str]:
+        return sorted({p.strip() for p in self.sovereigns.split(",") if p.strip()})
+
+    @property
+    def jetstream_domain(self) -> str | None:
+        """The JetStream domain of this serve's NATS: "hub", the Sovereign's name, or none."""
+        if self.hub:
+            return HUB_DOMAIN
+        return self.sovereign_name
 
     @field_validator("redeem_continue_url")
     @classmethod

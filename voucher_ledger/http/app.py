@@ -151,6 +151,7 @@ async def nats(app: web.Application) -> AsyncIterator[None]:
         started.nats_url,
         started.credentials("service"),
         admin=started.credentials("admin"),
+        federate=True,
     )
     try:
         yield

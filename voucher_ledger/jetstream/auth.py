@@ -165,7 +165,8 @@ def role_permissions(spec: StreamsSpec) -> dict[str, Permissions]:
         subscribe_allow=(INBOX,),
     )
     admin = Permissions(
-        publish_allow=("$JS.API.>",),
+        # At a hub, `federation check` reads each Sovereign's event stream across its domain.
+        publish_allow=("$JS.API.>", f"$JS.*.API.STREAM.INFO.{events}"),
         publish_deny=(*NEVER, layout.events_wildcard, layout.commands_wildcard),
         subscribe_allow=(INBOX,),
     )

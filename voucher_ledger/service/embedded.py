@@ -74,10 +74,12 @@ class EmbeddedNats:
         server_name: str = "voucher_ledger_embedded",
         permissions: dict[str, Permissions] | None = None,
         users: dict[str, NatsUser] | None = None,
+        jetstream_domain: str | None = None,
     ) -> None:
         """``permissions``: authorization on, a user per role with these permissions (the
         roles' users are ``users``, or those kept under the data dir, generated at first
-        start); None: an open server."""
+        start); None: an open server. ``jetstream_domain``: the JetStream domain of a hub or
+        a Sovereign (service/federation.py); None: no domain."""
         self.dir = data_dir.resolve() / "nats"
         self.binary = find_nats_server(binary)
         self.port = port or free_port()
@@ -85,6 +87,7 @@ class EmbeddedNats:
         self.server_name = server_name
         self.permissions = permissions
         self._users = users
+        self.jetstream_domain = jetstream_domain
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -115,12 +118,13 @@ class EmbeddedNats:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.dir.chmod(0o700)
         conf = self.dir / "nats-server.conf"
+        domain = f"\n  domain: {self.jetstream_domain}" if self.jetstream_domain else ""
         text = f"""# written by voucher-ledger at each start
 server_name: {self.server_name}
 listen: 127.0.0.1:{self.port}
 jetstream {{
   store_dir: "{self.dir / "jetstream"}"
-  sync_interval: always
+  sync_interval: always{domain}
 }}
 {self.extra_conf}
 {self._authorization()}"""

@@ -53,6 +53,7 @@ from voucher_ledger.projections.host import ProjectorHost
 from voucher_ledger.projections.migrate import MigrationError, migrate
 from voucher_ledger.projections.projector import ProjectionStatus
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
+from voucher_ledger.service import federation
 from voucher_ledger.service.embedded import EmbeddedNats, EmbeddedPostgres
 from voucher_ledger.service.worker import ProcessorReport, ProcessorWorker, child_env
 from voucher_ledger.signing.cutover import CutoverError
@@ -86,9 +87,21 @@ class Servers:
     @classmethod
     async def start(cls, s: Settings) -> Servers:
         nats = None
+        for line in federation.describe(s):
+            log.info("%s", line)
         if s.embedded_nats:
             permissions = role_permissions(load_spec(s))
-            nats = EmbeddedNats(s.data_dir, binary=s.nats_server_bin, permissions=permissions)
+            nats = EmbeddedNats(
+                s.data_dir,
+                binary=s.nats_server_bin,
+                permissions=permissions,
+                extra_conf=federation.server_conf(s, s.data_dir.resolve() / "nats"),
+                jetstream_domain=s.jetstream_domain,
+                # Leaf links refuse two remotes of one name: each domain's server its own.
+                server_name=(
+                    f"vl_{s.jetstream_domain}" if s.jetstream_domain else "voucher_ledger_embedded"
+                ),
+            )
         servers = cls(
             nats,
             EmbeddedPostgres(s.data_dir) if s.embedded_postgres else None,
@@ -152,6 +165,7 @@ class NatsLink:
         self._url = url
         self._admin = admin
         self._timeout = timeout
+        self._trail: Settings | None = None  # the hub's settings: keep its trail stream
 
     @classmethod
     async def open(
@@ -161,6 +175,7 @@ class NatsLink:
         credentials: NatsCredentials | None = None,
         *,
         admin: NatsCredentials | None = None,
+        federate: bool = False,
     ) -> NatsLink:
         """Connect as ``credentials`` and apply streams.yaml (at open and after a reconnect)
         on a short connection as ``admin`` when that is another identity (the embedded
@@ -170,6 +185,8 @@ class NatsLink:
         if admin == credentials:
             admin = None
         link = cls(load_spec(s), url, admin, s.nats_connect_timeout)
+        if federate and s.hub:
+            link._trail = s
         link.nc = await connect_nats(
             url,
             startup_timeout=s.nats_connect_timeout,
@@ -192,7 +209,7 @@ class NatsLink:
 
     async def _apply(self) -> list[str]:
         if self._admin is None:
-            return await streams.apply(self.nc, self.spec)
+            return await self._apply_on(self.nc)
         admin = await connect_nats(
             self._url,
             "voucher-ledger-admin",
@@ -200,10 +217,16 @@ class NatsLink:
             credentials=self._admin,
         )
         try:
-            return await streams.apply(admin, self.spec)
+            return await self._apply_on(admin)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(admin.close(), 5)
+
+    async def _apply_on(self, nc: Client) -> list[str]:
+        changes = await streams.apply(nc, self.spec)
+        if self._trail is not None:
+            changes += await federation.ensure_trail(nc, self._trail, self.spec.event_stream)
+        return changes
 
     @property
     def connected(self) -> bool:

@@ -1,0 +1,291 @@
+"""A hub and two Sovereigns on one machine (issue #22, deliverables 1 and 3's trail).
+
+Three ``voucher-ledger serve`` on their embedded default nats-server (NATS_URL unset), each
+with its own PostgreSQL database, all three with the same subject prefix and stream names, as
+in production: the hub (HUB=true, a leafnode port, its trail sourcing both Sovereigns) and two
+Sovereigns (SOVEREIGN_NAME, HUB_LEAF_URL), whose nats-servers connect to the hub's as leaf
+nodes, each its own JetStream domain.
+
+What is proven: the leaf links are up (the hub's monitoring lists both Sovereigns' servers);
+the same stream names in three domains stay apart (a redemption on one Sovereign is in its
+own event stream only, not in the other's nor the hub's); and every redemption made on a
+Sovereign reaches the hub's trail stream by sourcing, under a subject naming the Sovereign,
+with counts per Sovereign equal to the Sovereigns' own redemptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import subprocess
+import sys
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import pytest
+from nats.aio.client import Client
+
+from tests.conftest import fresh_database, wait_until
+from tests.e2e.api_helpers import serve_on
+from tests.e2e.checkout_helpers import Shop, new_code, new_customer
+from tests.e2e.helpers import clean_env
+from voucher_ledger.jetstream.auth import read_user
+from voucher_ledger.service import federation
+from voucher_ledger.service.embedded import free_port
+
+pytestmark = pytest.mark.sovereigns
+
+PREFIX = "ledger"  # the same in every domain: the leaf link must keep them apart
+SOVEREIGNS = ("north", "south")
+PROXY: dict[str, Proxy] = {}
+
+
+class Proxy:
+    """The north Sovereign's leaf link runs through this relay process: killing it drops the
+    connection (not just slows it); starting it again on the same port heals it."""
+
+    def __init__(self, listen: int, target: int) -> None:
+        self.listen, self.target = listen, target
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.e2e.tcp_proxy", str(self.listen), str(self.target)],
+            stdout=subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == b"listening"
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+            self.proc = None
+
+
+class Site:
+    def __init__(self, name: str, shop: Shop) -> None:
+        self.name = name
+        self.shop = shop
+
+    @property
+    def nats_dir(self) -> Path:
+        return self.shop.server.data_dir.resolve() / "nats"
+
+    @property
+    def nats_url(self) -> str:
+        return (self.nats_dir / "url").read_text().strip()
+
+    def monitor(self, path: str) -> dict[str, Any]:
+        base = (self.nats_dir / federation.MONITOR_FILE).read_text().strip()
+        with urllib.request.urlopen(base + path, timeout=5) as resp:  # noqa: S310 - loopback http
+            body: dict[str, Any] = json.loads(resp.read())
+            return body
+
+    async def admin(self) -> Client:
+        user = read_user(self.nats_dir, "admin")
+        assert user is not None
+        return await nats.connect(self.nats_url, user=user.user, password=user.password)
+
+
+async def subject_count(site: Site, stream: str, subject: str) -> int:
+    nc = await site.admin()
+    try:
+        info = await nc.jetstream().stream_info(stream, subjects_filter=subject)
+        return sum((info.state.subjects or {}).values())
+    finally:
+        await nc.close()
+
+
+@pytest.fixture(scope="module")
+async def topology(
+    tmp_path_factory: pytest.TempPathFactory, pg_url: str
+) -> AsyncIterator[dict[str, Site]]:
+    tmp = tmp_path_factory.mktemp("sovereigns")
+    for name in ("hub", *SOVEREIGNS):
+        (tmp / name).mkdir()
+    leaf_port = free_port()
+    password = secrets.token_hex(16)
+    hub_env = {
+        "NATS_URL": "",
+        "HUB": "true",
+        "SOVEREIGNS": ",".join(SOVEREIGNS),
+        "LEAF_LISTEN": f"127.0.0.1:{leaf_port}",
+        "LEAF_PASSWORD": password,
+        "PROCESSOR_PROCESS": "false",
+    }
+
+    proxy = Proxy(free_port(), leaf_port)
+    proxy.start()
+
+    def sovereign_env(name: str) -> dict[str, str]:
+        port = proxy.listen if name == "north" else leaf_port
+        return {
+            "NATS_URL": "",
+            "SOVEREIGN_NAME": name,
+            "HUB_LEAF_URL": f"nats-leaf://leaf:{password}@127.0.0.1:{port}",
+            "SOVEREIGN_FQDN": f"{name}.sovereign.example",
+            "PROCESSOR_PROCESS": "false",
+        }
+
+    async with (
+        contextlib.AsyncExitStack() as stack,
+        fresh_database(pg_url, "hub") as hub_db,
+        fresh_database(pg_url, "north") as north_db,
+        fresh_database(pg_url, "south") as south_db,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
+        serve_on(tmp / "hub", "", hub_db, PREFIX, **hub_env) as hub,
+        serve_on(tmp / "north", "", north_db, PREFIX, **sovereign_env("north")) as north,
+        serve_on(tmp / "south", "", south_db, PREFIX, **sovereign_env("south")) as south,
+    ):
+        stack.callback(proxy.kill)
+        PROXY["north"] = proxy
+        yield {
+            "hub": Site("hub", Shop(hub, session)),
+            "north": Site("north", Shop(north, session)),
+            "south": Site("south", Shop(south, session)),
+        }
+
+
+async def test_three_serves_three_domains_and_two_leaf_links(topology: dict[str, Site]) -> None:
+    hub = topology["hub"]
+    urls = {site.nats_url for site in topology.values()}
+    assert len(urls) == 3, "each serve runs its own embedded nats-server"
+
+    def leaf_names() -> set[str]:
+        return {leaf.get("name", "") for leaf in hub.monitor("/leafz").get("leafs") or []}
+
+    await wait_until(lambda: len(leaf_names()) == 2, timeout=30)
+    for name in SOVEREIGNS:
+        leafs = topology[name].monitor("/leafz").get("leafs") or []
+        assert len(leafs) == 1, leafs
+    for name, site in topology.items():
+        jsz = site.monitor("/jsz")
+        assert jsz.get("config", {}).get("domain") == name, jsz.get("config")
+
+
+async def test_a_redemption_stays_in_its_domain_and_reaches_the_hub_trail(
+    topology: dict[str, Site],
+) -> None:
+    hub = topology["hub"]
+    trail = federation.trail_stream(PREFIX)
+    codes: dict[str, str] = {}
+    for name in SOVEREIGNS:
+        shop = topology[name].shop
+        code = codes[name] = new_code(name.upper())
+        await shop.issue(code, 100, max_redemptions=5)
+        customers = [new_customer(name) for _ in range(3)]
+        replies = await asyncio.gather(
+            *(shop.checkout(sub, "starter", promo_code=code) for sub in customers)
+        )
+        assert [r.status for r in replies] == [200] * 3, replies
+
+    for name, code in codes.items():
+        mine = f"{PREFIX}.events.voucher.{code}"
+        assert await subject_count(topology[name], f"{PREFIX.upper()}_EVENTS", mine) >= 4
+        other = next(n for n in SOVEREIGNS if n != name)
+        assert await subject_count(topology[other], f"{PREFIX.upper()}_EVENTS", mine) == 0
+        assert await subject_count(hub, f"{PREFIX.upper()}_EVENTS", mine) == 0
+
+    async def sourced() -> federation.TrailCounts:
+        nc = await hub.admin()
+        try:
+            return await federation.trail_counts(nc, PREFIX)
+        finally:
+            await nc.close()
+
+    async def all_sourced() -> bool:
+        counts = await sourced()
+        return all(counts.redemptions.get(n, {}).get(c, 0) == 3 for n, c in codes.items())
+
+    # A source whose stream did not exist yet (the hub starts first) is retried by nats-server
+    # with a backoff: tens of seconds at worst.
+    await wait_until(all_sourced, timeout=90)
+    counts = await sourced()
+    for name, code in codes.items():
+        assert counts.redemptions[name][code] == 3
+        assert counts.redeemed(code) == 3  # named once, by its own Sovereign
+        subject = f"{PREFIX}.sovereign.{name}.events.voucher.{code}"
+        assert await subject_count(hub, trail, subject) == await subject_count(
+            topology[name], f"{PREFIX.upper()}_EVENTS", f"{PREFIX}.events.voucher.{code}"
+        )
+
+
+async def federation_check(hub: Site, *args: str) -> tuple[int, str]:
+    """``voucher-ledger federation check`` run at the hub, as an operator would."""
+    env = clean_env(
+        DATA_DIR=str(hub.shop.server.data_dir),
+        HUB="true",
+        SOVEREIGNS=",".join(SOVEREIGNS),
+        SUBJECT_PREFIX=PREFIX,
+        LOG_LEVEL="WARNING",
+    )
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "voucher_ledger.cli", "federation", "check", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+async def trail_redemptions(hub: Site, code: str) -> int:
+    nc = await hub.admin()
+    try:
+        return (await federation.trail_counts(nc, PREFIX)).redeemed(code)
+    finally:
+        await nc.close()
+
+
+async def test_a_cut_sovereign_keeps_redeeming_and_the_trail_catches_up_after_the_heal(
+    topology: dict[str, Site],
+) -> None:
+    hub, north = topology["hub"], topology["north"]
+    proxy = PROXY["north"]
+
+    def north_links() -> int:
+        return len(north.monitor("/leafz").get("leafs") or [])
+
+    await wait_until(lambda: north_links() == 1, timeout=30)
+    proxy.kill()  # the leaf connection drops
+    await wait_until(lambda: north_links() == 0, timeout=30)
+
+    code = new_code("CUT")
+    await north.shop.issue(code, 100, max_redemptions=50)
+    customers = [new_customer("cut") for _ in range(20)]
+    replies = await asyncio.gather(
+        *(north.shop.checkout(sub, "starter", promo_code=code) for sub in customers)
+    )
+    assert [r.status for r in replies] == [200] * 20, replies  # decided locally, link down
+    subject = f"{PREFIX}.events.voucher.{code}"
+    own = await subject_count(north, f"{PREFIX.upper()}_EVENTS", subject)
+    assert own == 21  # the issue and twenty redemptions
+    assert await trail_redemptions(hub, code) == 0  # nothing crossed the cut link
+    code_, out = await federation_check(hub)
+    assert code_ == 1, out
+    assert "north: unreachable" in out, out
+
+    proxy.start()  # healed: the leaf reconnects, the source resumes where it stopped
+    await wait_until(lambda: north_links() == 1, timeout=30)
+
+    async def caught_up() -> bool:
+        return await trail_redemptions(hub, code) == 20
+
+    await wait_until(caught_up, timeout=90)
+    trail = federation.trail_stream(PREFIX)
+    sourced = f"{PREFIX}.sovereign.north.events.voucher.{code}"
+    assert await subject_count(hub, trail, sourced) == own
+    code_, out = await federation_check(hub, "--wait", "60")
+    assert code_ == 0, out
+    for name in SOVEREIGNS:
+        assert f"{name}: trail equals the Sovereign's stream" in out, out
