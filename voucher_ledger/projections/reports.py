@@ -146,7 +146,11 @@ class ReportProjection:
                 discount = event.get("discount")
                 customers.add(item.doc["aggregate_id"])
                 order_ids.add(event["order_id"])
-                items.extend((item.seq, item.doc, p, discount) for p in placed_parts(event))
+                items.extend(
+                    (item.seq, item.doc, p, discount)
+                    for p in placed_parts(event)
+                    if p["type"] in _WALLET or p["type"] in _ORDER
+                )
             elif kind in _WALLET:
                 customers.add(item.doc["aggregate_id"])
                 order_ids.add(event["order_id"])
