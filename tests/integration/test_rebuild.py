@@ -548,7 +548,7 @@ async def test_verify_names_a_corrupted_row_and_the_cli_exits_1(
     )
     assert result.returncode == 0, result.stderr
     assert "events/s" in result.stdout
-    assert "rebuilt vouchers+wallets+billing+campaigns+audit:" in result.stdout
+    assert "rebuilt vouchers+wallets+billing+campaigns+reports+audit:" in result.stdout
     result = await asyncio.to_thread(
         subprocess.run, [*cli, "verify"], env=env, capture_output=True, text=True, timeout=120
     )
