@@ -61,7 +61,7 @@ FIGURES = (
 )
 TABLES = {
     "report_facts": "seq, n",
-    "report_grants": "grant_key",
+    "report_grants": "customer_id, redemption_id",
     "report_holds": "order_id",
     "report_orders": "order_id",
 }
@@ -97,6 +97,7 @@ def fold(events: list[Any], since: datetime | None, until: datetime | None) -> d
     grants: dict[str, list[list[Any]]] = {}  # account -> [rid, line, left, expiring], in order
     holds: dict[str, list[list[Any]]] = {}  # order -> [line, rid, amount, expiring]
     order_line: dict[str, str] = {}
+    discounts: dict[str, tuple[str, int]] = {}  # order -> its discount's line and amount
 
     for e in events:
         at = e.envelope.occurred_at
@@ -110,6 +111,14 @@ def fold(events: list[Any], since: datetime | None, until: datetime | None) -> d
         event = e.envelope.event
         mine = grants.setdefault(e.envelope.aggregate_id, [])
         parts = event.parts() if isinstance(event, OrderPlaced) else [event]
+        discount = getattr(event, "discount", None)  # order.placed's, with the discounts
+        if discount is not None:
+            code, amount = (
+                (discount["code"], discount["amount_baisa"])
+                if isinstance(discount, dict)
+                else (discount.code, discount.amount_baisa)
+            )
+            discounts[event.order_id] = (_line(code), amount)
         for p in parts:
             if isinstance(p, VoucherIssued) and p.change == "created":
                 add("vouchers", "codes_issued", 1)
@@ -163,6 +172,8 @@ def fold(events: list[Any], since: datetime | None, until: datetime | None) -> d
                 line = order_line.get(p.order_id, "none")
                 add(line, "orders", 1)
                 add(line, "revenue_baisa", 0 if p.paid_by_credit else p.amount_paid_baisa)
+                if p.order_id in discounts:
+                    add(discounts[p.order_id][0], "discount_baisa", discounts[p.order_id][1])
     return lines
 
 

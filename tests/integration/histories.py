@@ -157,7 +157,7 @@ ROW_KEYS = {
     "campaign_codes": "code",
     "campaign_redemptions": "redemption_id",
     "report_facts": "seq, n",
-    "report_grants": "grant_key",
+    "report_grants": "customer_id, redemption_id",
     "report_holds": "order_id",
     "report_orders": "order_id",
     "audit_log": "seq",

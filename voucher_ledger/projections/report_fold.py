@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from voucher_ledger.ledger.campaign_codes import campaign_of
 from voucher_ledger.ledger.events import (
@@ -111,7 +112,7 @@ def fold_records(events: Iterable[RecordedEvent]) -> dict[str, dict[str, int]]:
         env = record.envelope
         event = env.event
         if isinstance(event, OrderPlaced):
-            discount = getattr(event, "discount", None)
+            discount = _discount(getattr(event, "discount", None))
             parts: list[object] = list(event.parts())
         else:
             discount, parts = None, [event]
@@ -178,8 +179,8 @@ def fold_records(events: Iterable[RecordedEvent]) -> dict[str, dict[str, int]]:
                 if part.order_id not in orders:
                     orders[part.order_id] = (
                         line_of(part.promo_code),
-                        line_of(discount["code"]) if discount else None,
-                        int(discount["amount_baisa"]) if discount else 0,
+                        line_of(discount[0]) if discount else None,
+                        discount[1] if discount else 0,
                     )
             elif isinstance(part, OrderCompleted):
                 line, discount_line, discounted = orders.get(part.order_id, ("none", None, 0))
@@ -188,6 +189,15 @@ def fold_records(events: Iterable[RecordedEvent]) -> dict[str, dict[str, int]]:
                 if discount_line is not None:
                     add(discount_line, "discount_baisa", discounted)
     return totals
+
+
+def _discount(value: Any) -> tuple[str, int] | None:
+    """``order.placed``'s discount (its code and amount), a model or a plain dict; None."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return str(value["code"]), int(value["amount_baisa"])
+    return str(value.code), int(value.amount_baisa)
 
 
 def _release(

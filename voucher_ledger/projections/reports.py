@@ -61,7 +61,6 @@ REPORT_FACTS = Table(
 )
 REPORT_GRANTS = Table(
     "report_grants",
-    Column("grant_key", "text"),
     Column("customer_id", "text"),
     Column("redemption_id", "text"),
     Column("scope", "text"),
@@ -83,9 +82,17 @@ REPORT_ORDERS = Table(
 )
 
 _G = REPORT_GRANTS.index
-_G_RID, _G_SCOPE, _G_EXPIRING = _G["redemption_id"], _G["scope"], _G["expiring"]
+_G_CUSTOMER, _G_RID = _G["customer_id"], _G["redemption_id"]
+_G_SCOPE, _G_EXPIRING = _G["scope"], _G["expiring"]
 _G_LEFT, _G_SEQ = _G["left_baisa"], _G["seq"]
 _O = REPORT_ORDERS.index
+# by the whole primary key (the Table's UPDATE matches on the first column only)
+_GRANTS_UPDATE = """
+UPDATE report_grants SET left_baisa = d.left_baisa
+FROM unnest($1::text[], $2::text[], $3::bigint[]) AS d(customer_id, redemption_id, left_baisa)
+WHERE report_grants.customer_id = d.customer_id
+  AND report_grants.redemption_id = d.redemption_id
+"""
 _GRANTS_OF = (
     f"SELECT {', '.join(REPORT_GRANTS.names)} FROM report_grants "  # noqa: S608 - constant names
     "WHERE customer_id = ANY($1::text[])"
@@ -120,10 +127,6 @@ def scope_of(code: str | None) -> str:
     if not code:
         return NO_CODE_SCOPE
     return campaign_of(code) or VOUCHERS_SCOPE
-
-
-def grant_key(customer_id: str, redemption_id: str) -> str:
-    return to_json([customer_id, redemption_id]).decode()
 
 
 class ReportProjection:
@@ -163,11 +166,11 @@ class ReportProjection:
         if not items:
             return
         grants: dict[str, dict[str, list[Any]]] = {}  # customer -> redemption id -> row
-        grants_existed: set[str] = set()
+        grants_existed: set[tuple[str, str]] = set()
         if customers:
             for r in await conn.fetch(_GRANTS_OF, list(customers)):
                 grants.setdefault(r["customer_id"], {})[r["redemption_id"]] = list(r)
-                grants_existed.add(r["grant_key"])
+                grants_existed.add((r["customer_id"], r["redemption_id"]))
         holds: dict[str, list[list[Any]]] = {}
         orders: dict[str, list[Any]] = {}
         if order_ids:
@@ -230,14 +233,19 @@ class ReportProjection:
                 REPORT_FACTS.name, columns=REPORT_FACTS.names, records=facts
             )
         rows = [r for mine in grants.values() for r in mine.values()]
-        created = [tuple(r) for r in rows if r[0] not in grants_existed]
-        changed = [r for r in rows if r[0] in grants_existed]
+        created = [tuple(r) for r in rows if (r[_G_CUSTOMER], r[_G_RID]) not in grants_existed]
+        changed = [r for r in rows if (r[_G_CUSTOMER], r[_G_RID]) in grants_existed]
         if created:
             await conn.copy_records_to_table(
                 REPORT_GRANTS.name, columns=REPORT_GRANTS.names, records=created
             )
         if changed:
-            await conn.execute(REPORT_GRANTS.update, *REPORT_GRANTS.update_args(changed))
+            await conn.execute(
+                _GRANTS_UPDATE,
+                [r[_G_CUSTOMER] for r in changed],
+                [r[_G_RID] for r in changed],
+                [r[_G_LEFT] for r in changed],
+            )
         new_holds = [(o, to_json(t).decode()) for o, t in holds.items() if o not in holds_existed]
         old_holds = [[o, to_json(t).decode()] for o, t in holds.items() if o in holds_existed]
         if new_holds:
@@ -299,7 +307,6 @@ def _wallet(
         expiring = event["expires_at"] is not None
         if rid not in mine:
             mine[rid] = REPORT_GRANTS.new_row(
-                grant_key=grant_key(customer, rid),
                 customer_id=customer,
                 redemption_id=rid,
                 scope=scope,

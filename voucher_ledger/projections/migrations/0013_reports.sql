@@ -22,16 +22,17 @@ CREATE TABLE report_facts (
 );
 CREATE INDEX report_facts_by_time ON report_facts (at);
 
+-- keyed by account first: a batch reads the grants of the accounts it touches by this key
+-- (a rebuild keeps it while loading)
 CREATE TABLE report_grants (
-    grant_key        text PRIMARY KEY,  -- the JSON array [customer_id, redemption_id]
     customer_id      text NOT NULL,
     redemption_id    text NOT NULL,
     scope            text NOT NULL,
     expiring         boolean NOT NULL,
     left_baisa       bigint NOT NULL CHECK (left_baisa >= 0),
-    seq              bigint NOT NULL
+    seq              bigint NOT NULL,
+    PRIMARY KEY (customer_id, redemption_id)
 );
-CREATE INDEX report_grants_by_customer ON report_grants (customer_id, seq);
 
 CREATE TABLE report_holds (
     order_id         text PRIMARY KEY,
