@@ -416,6 +416,8 @@ async def test_bad_report_parameters_are_a_400_and_only_issuers_read_it(s: Shop)
         ("?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", "before"),
         ("?since=2026-01-01T00:00:00Z", "since"),
         ("?from=" + "9" * 70, "from"),
+        ("?from=0001-01-01T00:00:00%2B14:00", "range"),
+        ("?to=9999-12-31T23:59:59-14:00", "range"),
     ):
         reply = await s.request("GET", REPORT + query)
         assert said in assert_json_error(reply, 400), (query, reply)

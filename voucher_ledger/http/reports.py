@@ -88,6 +88,8 @@ def _window(request: web.Request, name: str) -> datetime | None:
         return parse_timestamp(values[0], name=name)
     except BadTimestamp as exc:
         raise ApiError(400, str(exc)) from exc
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+14:00, before the year 1 in UTC
+        raise ApiError(400, f"{name} is out of range (years 1 to 9999 in UTC)") from exc
 
 
 def _row(sovereign: str, figures: dict[str, Any]) -> ReportRow:
