@@ -90,6 +90,8 @@ EXERCISED = {
     ("delete", "/billing/campaigns/{campaign_id}"),
     ("post", "/billing/campaigns/{campaign_id}/codes"),
     ("get", "/billing/campaigns/{campaign_id}/codes.csv"),
+    # campaign reports (issue #21): exercised in tests/e2e/test_reports.py
+    ("get", "/billing/reports/campaigns"),
 }
 
 

@@ -358,6 +358,8 @@ async def test_the_report_equals_a_fold_of_the_stream_in_json_and_csv_and_by_win
     assert figures_by_line(both) == fold(events, middle, datetime.now(UTC))
     empty = await report(s, "?from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z")
     assert figures_by_line(empty) == {}
+    backwards = await report(s, f"?from={stamp}&to=2020-01-01T00:00:00Z")  # an empty window
+    assert figures_by_line(backwards) == {}
     assert {r["campaign_id"] for r in empty["rows"]} >= {lasting, expiring}
 
     # verify is clean (the reports among its folds), and a rebuild swaps in the same rows.
@@ -413,7 +415,6 @@ async def test_bad_report_parameters_are_a_400_and_only_issuers_read_it(s: Shop)
         ("?to=2026-13-01T00:00:00Z", "to"),
         ("?from=2026-01-01T00:00:00", "time zone"),
         ("?from=2026-01-01T00:00:00Z&from=2026-01-02T00:00:00Z", "once"),
-        ("?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", "before"),
         ("?since=2026-01-01T00:00:00Z", "since"),
         ("?from=" + "9" * 70, "from"),
         ("?from=0001-01-01T00:00:00%2B14:00", "range"),
