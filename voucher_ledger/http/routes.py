@@ -185,6 +185,8 @@ CAMPAIGN_ROUTES: tuple[Route, ...] = (
         "brought in over [from, to), and this Sovereign's totals; CSV with Accept: text/csv",
         parameters=REPORT_WINDOW,
         response=reports.ReportOut,
+        ok="the report; with Accept: text/csv, its rows and then the totals as CSV (a header "
+        "line first: sovereign, scope, campaign_id, name and the figures)",
         errors=(400, 401, 403, 503),
     ),
 )
