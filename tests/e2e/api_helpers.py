@@ -42,6 +42,14 @@ VOUCHER_KEYS = {
     "min_order_baisa",
     "new_organizations_only",
     "credit_valid_for",
+    # issue #21: what it gives (credit, or a discount's terms: null for a credit voucher)
+    "kind",
+    "percent_off",
+    "amount_off_omr",
+    "amount_off_baisa",
+    "applies_to",
+    "duration",
+    "summary",
 }
 PREVIEW_KEYS = {
     "code",
@@ -51,6 +59,8 @@ PREVIEW_KEYS = {
     "accepting_redemptions",
     "starts_at",
     "expires_at",
+    "kind",  # issue #21
+    "summary",
     "reason",  # only with a 410
 }
 

@@ -283,7 +283,7 @@ async def test_issue_list_detail_revoke_history_round_trip(api: Api, server: Api
     for entry in events:
         assert entry["actor"] == {"sub": "alice-admin", "role": "superadmin"}
         # voucher.issued is at v2 since issue #20 (its window and eligibility rules)
-        assert entry["version"] == (2 if entry["type"] == "voucher.issued" else 1)
+        assert entry["version"] == (3 if entry["type"] == "voucher.issued" else 1)  # v3: #21
         assert isinstance(entry["command_id"], str)
         assert entry["command_id"]
         assert entry["event"]["code"] == code
@@ -838,6 +838,8 @@ async def test_preview_is_public_and_never_reveals_counters(api: Api) -> None:
         "accepting_redemptions": True,
         "starts_at": None,
         "expires_at": None,
+        "kind": "credit",  # issue #21: what it gives
+        "summary": "15 OMR credit",
     }
     assert "times_redeemed" not in reply.text
     assert "max_redemptions" not in reply.text
@@ -870,6 +872,8 @@ async def test_preview_of_an_inactive_voucher_is_410_with_the_preview_body(api: 
         "accepting_redemptions": False,
         "starts_at": None,
         "expires_at": None,
+        "kind": "credit",  # issue #21: what it gives
+        "summary": "6 OMR credit",
         "reason": "inactive",
     }
     assert "times_redeemed" not in reply.text
@@ -915,6 +919,8 @@ async def test_preview_of_a_voucher_at_its_cap_is_410_and_redemptions_are_listed
         "accepting_redemptions": False,
         "starts_at": None,
         "expires_at": None,
+        "kind": "credit",  # issue #21: what it gives
+        "summary": "7 OMR credit",
         "reason": "capped",
     }
     assert "times_redeemed" not in reply.text

@@ -209,6 +209,14 @@ async def test_show_past_states(
         "revoked_at": None,
         "accepting_redemptions": True,
         "last_seq": redeemed.seq,
+        # issue #21: what it gives
+        "kind": "credit",
+        "percent_off": None,
+        "amount_off_omr": None,
+        "amount_off_baisa": None,
+        "applies_to": None,
+        "duration": None,
+        "summary": "7 OMR credit",
     }
     assert datetime.fromisoformat(body["updated_at"]) == redeemed.voucher.updated_at
 

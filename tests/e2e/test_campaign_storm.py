@@ -165,9 +165,12 @@ async def test_a_campaigns_limit_is_exact_across_its_codes_when_the_active_proce
 
                     tasks = [asyncio.create_task(customer(i)) for i in range(customers)]
                     succeeded = lambda: sum(r.status == 200 for r in answered.values())  # noqa: E731
-                    await wait_until(
-                        lambda: succeeded() >= cap // 4, timeout=120, what="storm under way"
-                    )
+                    # Killed early in the storm (polled closely: the two-decision checkout
+                    # takes a cap of 100 in well under a second on a quiet machine).
+                    started = time.monotonic()
+                    while succeeded() < max(1, cap // 10):
+                        assert time.monotonic() - started < 120, "the storm never got going"
+                        await asyncio.sleep(0.002)
                     procs[active].signal(signal.SIGKILL)
                     killed_at = succeeded()
                     await asyncio.gather(*tasks)

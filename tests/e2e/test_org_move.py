@@ -2,9 +2,9 @@
 
 Two Sovereigns on one machine, each as it runs in production: its own nats-server, its own
 PostgreSQL database, its own ``voucher-ledger serve`` (and so its own ledger signing key). An
-Organization with credit, an expiring grant, a completed and a pending order is exported from
-Sovereign A with ``voucher-ledger org export`` and imported on Sovereign B with ``voucher-ledger
-org import``, both run as real processes.
+Organization with credit, an expiring grant, a running discount, a completed and a pending order
+is exported from Sovereign A with ``voucher-ledger org export`` and imported on Sovereign B
+with ``voucher-ledger org import``, both run as real processes.
 
 What is proven: B shows the same balance, movements, expiring credit and orders, and the
 Organization checks out there on its carried credit; a second import changes nothing; a bundle
@@ -131,6 +131,20 @@ async def shopped_organization(a: Shop) -> str:
     done = await a.checkout(org, "starter", promo_code=expiring)
     assert done.status == 200, done
     assert done.json["status"] == "completed"
+    # a running discount (issue #21): 20 % off add-ons for three months, redeemed on a free order
+    running = new_code("RUN")
+    await issue(
+        a,
+        {
+            "code": running,
+            "kind": "percent_off",
+            "percent_off": 20,
+            "applies_to": ["addons"],
+            "duration": "P3M",
+        },
+    )
+    started = await a.checkout(org, "free", promo_code=running)
+    assert started.status == 200, started
     return org
 
 
@@ -191,7 +205,12 @@ async def test_an_organization_moves_with_its_history_and_the_exporter_stops_its
     assert on_a["balance"]["credit_omr"] == 31
     assert [e["amount_baisa"] for e in on_a["balance"]["expiring"]] == [31_000]
     assert [lot["left_baisa"] for lot in on_a["lots"]] == [31_000]
-    assert sorted(o["state"] for o in on_a["orders"]) == ["awaiting_payment", "completed"]
+    # the card order waiting, the one paid by credit, the free one that started the discount
+    assert sorted(o["state"] for o in on_a["orders"]) == [
+        "awaiting_payment",
+        "completed",
+        "completed",
+    ]
 
     # export on A: the bundle, and the move recorded as one event
     bundle = tmp_path / "org.bundle"
@@ -203,8 +222,8 @@ async def test_an_organization_moves_with_its_history_and_the_exporter_stops_its
     lines = bundle.read_bytes().splitlines()
     header = json.loads(lines[0])
     assert (header["tenant"], header["source"], header["destination"]) == (org, A_NAME, B_NAME)
-    assert header["redemption_events"] == 2  # both codes' redemptions, for the trail
-    assert [json.loads(line)["part"] for line in lines[1:-1]].count("redemption") == 2
+    assert header["redemption_events"] == 3  # the three codes' redemptions, for the trail
+    assert [json.loads(line)["part"] for line in lines[1:-1]].count("redemption") == 3
     [moved] = await a.db("SELECT event FROM audit_log WHERE type = 'wallet.account_moved'")
     signature = json.loads(lines[-1])["signature"]
     assert json.loads(moved["event"])["event"]["bundle_digest"] == signature["digest"]
@@ -283,6 +302,13 @@ async def test_an_organization_moves_with_its_history_and_the_exporter_stops_its
     assert (there.json["status"], there.json["credit_applied_omr"]) == ("completed", 9)
     await projected(b)
     assert (await b.balance(org))["credit_omr"] == 31 - 9
+    # ... and its running discount came along: 20 % off an add-on's 3 OMR on B
+    discounted = await b.checkout(org, "free", ["backup"])
+    assert discounted.status == 200, discounted
+    assert (discounted.json["discount_baisa"], discounted.json["credit_applied_baisa"]) == (
+        600,
+        2400,
+    )
     after = await cli(b, "org", "import", str(bundle), "--trust", str(trust_a))
     assert after.returncode == 0, after.stdout + after.stderr
     assert "nothing written" in after.stdout
@@ -377,7 +403,7 @@ async def test_a_move_under_a_checkout_storm_with_the_exporter_killed_after_the_
         if line["event"]["event"]["type"] in ("order.opened", "order.placed")
     ]
     assert accepted <= set(opened)
-    assert len(opened) == len(set(opened)) == len(accepted) + 2  # and the two of the setup
+    assert len(opened) == len(set(opened)) == len(accepted) + 3  # and the three of the setup
     # on A nothing was opened after the move
     after_move = await a.db(
         "SELECT type FROM audit_log WHERE aggregate_id = $1 AND seq > (SELECT seq FROM "

@@ -201,7 +201,12 @@ async def test_a_window_is_validated_kept_on_update_and_cleared_by_null(rules_sh
     assert listed.json[0]["expires_at"] == detail["expires_at"] == iso(end)
     history = await s.request("GET", f"/billing/vouchers/{code}/history")
     issued_events = [e["event"] for e in history.json["events"]]
-    assert [e["version"] for e in issued_events] == [2, 2, 2, 2]
+    assert [e["version"] for e in issued_events] == [
+        3,
+        3,
+        3,
+        3,
+    ]  # voucher.issued v3 since issue #21
     assert issued_events[0]["min_order_baisa"] == 7 * OMR
     assert issued_events[-1]["plans"] is None
     at = await s.request(
@@ -310,7 +315,7 @@ async def test_a_voucher_issued_before_issue_20_reads_with_no_window_and_no_rule
     assert (at.status, at.json["new_organizations_only"]) == (200, False)
     history = await s.request("GET", f"/billing/vouchers/{code}/history")
     [entry] = history.json["events"]
-    assert (entry["version"], entry["event"]["version"], entry["event"]["plans"]) == (2, 2, None)
+    assert (entry["version"], entry["event"]["version"], entry["event"]["plans"]) == (3, 3, None)
     sub = new_customer()
     reply = await s.checkout(sub, "free", promo_code=code)
     assert reply.status == 200, reply

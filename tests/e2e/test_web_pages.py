@@ -580,6 +580,9 @@ async def test_keyboard_only_issue_and_revoke(web: Browse, store: Shop) -> None:
     await tab_to(page, "#f-code")
     await page.keyboard.type(code)
     await page.keyboard.press("Tab")
+    # issue #21: what the voucher gives (credit, the default, or a discount) comes first
+    assert await page.evaluate("() => document.activeElement.id") == "f-kind"
+    await page.keyboard.press("Tab")
     assert await page.evaluate("() => document.activeElement.id") == "f-credit"
     await page.keyboard.type("7")
     await page.keyboard.press("Tab")
@@ -615,6 +618,51 @@ async def test_keyboard_only_issue_and_revoke(web: Browse, store: Shop) -> None:
     await page.keyboard.press("Enter")
     await page.locator("#notice", has_text=f"Voucher {code} revoked.").wait_for()
     assert (await store.voucher(code))["revoked"] is True
+
+
+async def test_a_discount_voucher_issued_in_the_console_and_read_on_the_redeem_page(
+    web: Browse, store: Shop
+) -> None:
+    """Issue #21: the console issues a discount ("20% off add-ons for 3 months"); the list, the
+    detail and the public redeem page say what it gives in words."""
+    code = new_code("ADDONS")
+    page = await signed_in(web)
+    await page.click("#nav-new")
+    await page.locator("#view-form").wait_for()
+    assert await page.is_visible("#f-credit")
+    assert not await page.is_visible("#f-percent")
+    await page.fill("#f-code", code)
+    await page.select_option("#f-kind", "percent_off")
+    assert not await page.is_visible("#f-credit")
+    await page.fill("#f-percent", "20")
+    await page.check("#f-applies-addons")
+    await page.fill("#f-duration", "P3M")
+    await page.fill("#f-description", "Spring add-ons")
+    await snap(page, "console-15-discount-form")
+    await page.click("#form-submit")
+    await page.locator("#view-detail").wait_for()
+    await page.locator("#detail-discount").wait_for()
+    assert await text(page, "#detail-discount") == "20% off add-ons for 3 months"
+    await snap(page, "console-16-discount-detail")
+    made = await store.voucher(code)
+    assert (made["kind"], made["percent_off"], made["applies_to"], made["duration"]) == (
+        "percent_off",
+        20,
+        ["addons"],
+        "P3M",
+    )
+    # the edit form shows it as issued
+    await page.click("#detail-edit")
+    await page.locator("#form-title", has_text=f"Update voucher {code}").wait_for()
+    assert await page.input_value("#f-kind") == "percent_off"
+    assert await page.input_value("#f-percent") == "20"
+    assert await page.is_checked("#f-applies-addons")
+    assert await page.input_value("#f-duration") == "P3M"
+
+    redeem = await web.page(f"/redeem?code={code}")
+    await redeem.locator("#outcome[data-outcome=valid]").wait_for()
+    assert await text(redeem, "#outcome .amount") == "20% off add-ons for 3 months"
+    await snap(redeem, "redeem-11-discount")
 
 
 # ---------------------------------------------------------------------------- the redeem page

@@ -26,6 +26,7 @@ from voucher_ledger.ledger.commands import (
     AttachSession,
     ConfirmPayment,
     CreateCampaign,
+    DiscountGrant,
     ExpireCredit,
     FailOrder,
     Failure,
@@ -42,7 +43,13 @@ from voucher_ledger.ledger.commands import (
     RevokeVoucher,
     SettleOrder,
 )
-from voucher_ledger.ledger.events import Actor, EventEnvelope, OrderLine, RecordedEvent
+from voucher_ledger.ledger.events import (
+    Actor,
+    DiscountTerms,
+    EventEnvelope,
+    OrderLine,
+    RecordedEvent,
+)
 from voucher_ledger.ledger.voucher import Decided, Policy
 
 ADMIN = Actor(sub="admin", role="superadmin")
@@ -304,7 +311,18 @@ async def _checkouts(w: _Writer, n: int, code: str) -> None:
         w.wallet(c, lost)
     else:
         grant4 = Grant(redemption_id=rid4, code=code, amount_baisa=2000)
-        w.wallet(c, placed.model_copy(update={"grant": grant4}))
+        update: dict[str, object] = {"grant": grant4}
+        if n % 3 == 2:  # issue #21: a running discount (20 % off add-ons for three months)
+            update["discount"] = DiscountGrant(
+                redemption_id=rid4,
+                code=code,
+                terms=DiscountTerms(
+                    kind="percent_off", percent_off=20, applies_to=["addons"], duration="P3M"
+                ),
+            )
+        w.wallet(c, placed.model_copy(update=update))
+        if n % 3 == 2:  # a later order of the Organization gets the running discount
+            w.wallet(c, _placed(c, f"{c}-o5", 2500, code).model_copy(update={"promo_code": None}))
 
     if n % 7 == 1:  # the Organization moves to another Sovereign (issue #22): its last event
         w.wallet(
@@ -353,6 +371,20 @@ async def write_mixed_history(
         w.campaign(
             campaign_id, GenerateCampaignCodes(campaign_id=campaign_id, count=7, prefix="MIX")
         )
+    # a campaign of discount codes (issue #21: campaign.created with discount terms)
+    off = new_campaign_id(os.urandom)
+    w.campaign(
+        off,
+        CreateCampaign(
+            campaign_id=off,
+            name="half off plans",
+            kind="percent_off",
+            discount=DiscountTerms(kind="percent_off", percent_off=50, applies_to=["plans"]),
+            credit_baisa=0,
+            max_redemptions=100,
+        ),
+    )
+    w.campaign(off, GenerateCampaignCodes(campaign_id=off, count=3, prefix="OFF"))
     campaign_codes: list[str] = []
     n = 0
     while w.written + w.buffered < events:
@@ -363,7 +395,18 @@ async def write_mixed_history(
             w.voucher(code, RedeemVoucher(code=code, customer_id=f"h{n}-{i}"))
         # a code of its own: issued, redeemed once; some updated, revoked, restored
         own = f"ONE-{tag}-{n}"
-        w.voucher(own, IssueVoucher(code=own, credit_baisa=1500, description=f"#{n}"))
+        if n % 7 == 3:  # a discount voucher (issue #21: voucher.issued v3)
+            w.voucher(
+                own,
+                IssueVoucher(
+                    code=own,
+                    credit_baisa=0,
+                    description=f"#{n}",
+                    discount=DiscountTerms(kind="amount_off", amount_off_baisa=2000),
+                ),
+            )
+        else:
+            w.voucher(own, IssueVoucher(code=own, credit_baisa=1500, description=f"#{n}"))
         w.voucher(own, RedeemVoucher(code=own, customer_id=f"o{n}"))
         if n % 4 == 0:  # a window that holds now (issue #20: voucher.issued v2)
             w.voucher(

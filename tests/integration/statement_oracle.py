@@ -98,9 +98,11 @@ class Ops:
 _UPSERT = """
 INSERT INTO vouchers (code, credit_baisa, description, active, revoked, max_redemptions,
                       times_redeemed, created_at, updated_at, revoked_at, last_seq,
-                      starts_at, expires_at, plans, min_order_baisa, new_organizations_only)
-VALUES ($1, $2, $3, $4, false, $5, 0, $6, $6, NULL, $7, $8, $9, $10::jsonb, $11, $12)
+                      starts_at, expires_at, plans, min_order_baisa, new_organizations_only,
+                      discount)
+VALUES ($1, $2, $3, $4, false, $5, 0, $6, $6, NULL, $7, $8, $9, $10::jsonb, $11, $12, $13::jsonb)
 ON CONFLICT (code) DO UPDATE SET
+    discount = EXCLUDED.discount,
     credit_baisa = EXCLUDED.credit_baisa, description = EXCLUDED.description,
     active = EXCLUDED.active, max_redemptions = EXCLUDED.max_redemptions,
     revoked = false, revoked_at = NULL,
@@ -164,6 +166,7 @@ class VoucherStatements:
                             None if event.plans is None else json.dumps(event.plans),
                             event.min_order_baisa,
                             event.new_organizations_only,
+                            None if event.discount is None else event.discount.model_dump_json(),
                         ),
                     )
                     touch(event.code, 0, at, item.seq)
@@ -254,9 +257,10 @@ SELECT $1, $2, $3, $4, $5, $7, $8, $9, $10, w.balance_baisa, w.reserved_baisa, $
 _OPEN = """
 INSERT INTO orders (order_id, customer_id, tenant_id, plan_id, apps, addons, lines, promo_code,
                     total_baisa, amount_due_baisa, status, created_at, updated_at, last_seq,
-                    user_id, member_by_claim, owns)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7::jsonb, $8, $9, $9, 'opened', $10, $10, $11,
-        $12, $13, NOT $13)
+                    user_id, member_by_claim, owns, discount_baisa, discount_code)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7::jsonb, $8, $9, $9::bigint - $14::bigint,
+        'opened', $10, $10,
+        $11, $12, $13, NOT $13, $14, $15)
 """
 _SET_REDEMPTION = (
     "UPDATE orders SET redemption_id = $2, updated_at = $3, last_seq = $4 WHERE order_id = $1"
@@ -272,7 +276,7 @@ WHERE order_id = $1
 """
 _COMPLETE = """
 UPDATE orders SET status = 'completed', paid_by_credit = $2, credit_applied_baisa = $3,
-                  amount_due_baisa = total_baisa - $3, amount_paid_baisa = $4,
+                  amount_due_baisa = total_baisa - discount_baisa - $3, amount_paid_baisa = $4,
                   stripe_session_id = COALESCE($5, stripe_session_id),
                   updated_at = $6, last_seq = $7
 WHERE order_id = $1
@@ -454,6 +458,8 @@ class WalletStatements:
                             seq,
                             event.user_id,
                             event.member_by_claim,
+                            event.discount_baisa,
+                            event.discount_code,
                         ),
                     )
                 case OrderPaymentRequested():
@@ -630,9 +636,9 @@ INSERT INTO campaigns (campaign_id, name, description, kind, credit_baisa, max_r
                        budget_baisa, code_max_redemptions, active, revoked, codes_issued,
                        times_redeemed, granted_baisa, created_at, updated_at, revoked_at,
                        last_seq, starts_at, expires_at, plans, min_order_baisa,
-                       new_organizations_only, credit_valid_for_seconds)
+                       new_organizations_only, credit_valid_for_seconds, discount)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, false, 0, 0, 0, $10, $10, NULL, $11, $12, $13,
-        $14::jsonb, $15, $16, $17)
+        $14::jsonb, $15, $16, $17, $18::jsonb)
 """
 _CODES = """
 WITH c AS (
@@ -700,6 +706,7 @@ class CampaignStatements:
                             event.min_order_baisa,
                             event.new_organizations_only,
                             event.credit_valid_for_seconds,
+                            None if event.discount is None else event.discount.model_dump_json(),
                         ),
                     )
                 case CampaignCodesGenerated():

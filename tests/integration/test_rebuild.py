@@ -319,12 +319,13 @@ async def test_a_rebuild_of_every_event_type_in_many_batches_equals_the_live_row
     report = await verify(pool, nc, applied)
     assert report.clean, report.differences[:20]
     # the campaign reports among them: verify's fold compared every line (campaigns too),
-    # credit spent, expired and taken back
+    # credit spent, expired and taken back, discounts given
     facts = before["report_facts"]
     assert report.checked["report_facts"] == len({r["scope"] for r in facts}) >= 3
     assert any(r["spent_baisa"] for r in facts)
     assert any(r["expired_baisa"] for r in facts)
     assert any(r["granted_baisa"] < 0 for r in facts)
+    assert any(r["discount_baisa"] for r in facts)
 
 
 def created(code: str) -> VoucherIssued:

@@ -156,7 +156,7 @@ async def test_replay_goes_through_upcasters(
     event = records[0].envelope.event
     assert isinstance(event, VoucherIssued)
     # v0 -> v1 (the test's upcaster) -> v2 (the build's: no window, no eligibility rules)
-    assert (event.version, event.credit_baisa, event.change) == (2, 12000, "created")
+    assert (event.version, event.credit_baisa, event.change) == (3, 12000, "created")
     assert (event.starts_at, event.expires_at, event.plans) == (None, None, None)
 
     history = await store.load(subject)
@@ -170,7 +170,7 @@ async def test_replay_goes_through_upcasters(
 
 def test_a_newer_version_than_this_build_is_refused() -> None:
     raw = json.loads(V1_ISSUED)
-    raw["event"]["version"] = 3
+    raw["event"]["version"] = 4
     with pytest.raises(events.UnknownEventVersion, match="newer than this build"):
         decode_envelope(json.dumps(raw).encode())
 
@@ -208,7 +208,7 @@ def test_the_rebuilds_plain_decoding_reads_old_bytes_and_upcasts_as_the_models_d
     monkeypatch.setitem(events.UPCASTERS, ("voucher.issued", 0), v0_to_v1(calls))
     plain = events.decode_plain(old)
     assert plain == decode_envelope(old).model_dump()
-    assert (plain["event"]["version"], plain["event"]["credit_baisa"]) == (2, 12000)
+    assert (plain["event"]["version"], plain["event"]["credit_baisa"]) == (3, 12000)
     assert calls
 
     extra = json.loads(V1_ISSUED)

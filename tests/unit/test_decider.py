@@ -709,7 +709,7 @@ def test_envelope_json_round_trips_every_event_type(event: VoucherEventT) -> Non
     assert doc["event"]["type"] == event.type
     # voucher.issued (window, rules) is at v2 since issue #20; voucher.redeemed at v2 then
     # (user_id), at v3 since issue #19 (the checkout's order it carries)
-    versions = {"voucher.issued": 2, "voucher.redeemed": 3}
+    versions = {"voucher.issued": 3, "voucher.redeemed": 3}  # issued: v3 since #21
     assert doc["event"]["version"] == versions.get(event.type, 1)
     decoded = decode_envelope(raw)
     assert decoded == envelope

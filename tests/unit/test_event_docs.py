@@ -180,7 +180,7 @@ def test_the_schemas_refuse_what_the_models_refuse() -> None:
     issued = schema("voucher.issued.json")
     good = {
         "type": "voucher.issued",
-        "version": 2,
+        "version": 3,
         "code": "LAUNCH-50",
         "credit_baisa": 5000,
         "description": "d",
@@ -190,8 +190,8 @@ def test_the_schemas_refuse_what_the_models_refuse() -> None:
     }
     jsonschema.validate(good, issued)
     for bad in (
-        {**good, "version": 1},  # an older version is another schema (upcast on read)
-        {**good, "version": 3},  # a newer version is another schema
+        {**good, "version": 2},  # an older version is another schema (upcast on read)
+        {**good, "version": 4},  # a newer version is another schema
         {**good, "plans": "business"},  # a list of plan ids, or null
         {**good, "credit_baisa": 1.5},  # money is integer baisa
         {**good, "surprise": 1},  # closed: a new field means a new version

@@ -151,7 +151,7 @@ def test_v1_wallet_and_redemption_events_upcast_to_the_accounts_own_user_and_no_
             stored("wallet", {"type": "order.opened", "order_id": "o", "tenant_id": "t",
                               "plan_id": "p", "apps": [], "addons": [], "promo_code": None,
                               "lines": [line], "total_baisa": 1000}),
-            {"version": 2, "user_id": "u-1", "member_by_claim": False},
+            {"version": 3, "user_id": "u-1", "member_by_claim": False, "discount_baisa": 0},
         ),
         (
             stored("voucher", {"type": "voucher.redeemed", "code": "C-1", "redemption_id": "r",

@@ -202,7 +202,7 @@ def test_the_fingerprints_of_commands_without_the_new_fields_are_unchanged() -> 
     )
 
 
-def test_a_v1_issued_event_upcasts_to_v2_with_no_window_and_no_rules() -> None:
+def test_a_v1_issued_event_upcasts_to_the_current_version_with_no_window_and_no_rules() -> None:
     v2 = EventEnvelope(
         event_id="e",
         aggregate_id=CODE,
@@ -219,13 +219,20 @@ def test_a_v1_issued_event_upcasts_to_v2_with_no_window_and_no_rules() -> None:
         ),
     )
     doc = json.loads(encode_envelope(v2))
-    assert doc["event"]["version"] == 2
+    assert doc["event"]["version"] == 3  # v3 (issue #21) adds the discount terms
     v1 = json.loads(json.dumps(doc))
     v1["event"] = {
         k: v
         for k, v in doc["event"].items()
         if k
-        not in ("starts_at", "expires_at", "plans", "min_order_baisa", "new_organizations_only")
+        not in (
+            "starts_at",
+            "expires_at",
+            "plans",
+            "min_order_baisa",
+            "new_organizations_only",
+            "discount",
+        )
     }
     v1["event"]["version"] = 1
     raw = json.dumps(v1).encode()

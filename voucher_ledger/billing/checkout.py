@@ -49,6 +49,7 @@ from voucher_ledger.ledger.commands import (
     AbandonOrder,
     AttachSession,
     ConfirmPayment,
+    DiscountGrant,
     ExpireCredit,
     FailOrder,
     Failure,
@@ -118,6 +119,20 @@ def order_id_for(account: str, user_id: str, idempotency_key: str | None) -> str
     if idempotency_key is None:
         return str(uuid.uuid4())
     return str(uuid.uuid5(_ORDER_NS, f"{account}\x00{user_id}\x00{idempotency_key}"))
+
+
+def discounted_lines(order: OrderView) -> list[OrderLine]:
+    """The order's lines at the prices Stripe charges before credit: each less its share of
+    the order's discount (issue #21), the name saying so."""
+    if not order.discount_baisa:
+        return list(order.lines)
+    out = []
+    for line, off in zip(order.lines, order.line_discounts, strict=True):
+        if off:
+            name = f"{line.name} (discount: {off / 1000:g} OMR)"
+            line = line.model_copy(update={"amount_baisa": line.amount_baisa - off, "name": name})
+        out.append(line)
+    return out
 
 
 def _order_of(reply: Accepted) -> OrderView:
@@ -250,9 +265,13 @@ class CheckoutService:
         )
         redeemed: Grant | None = None
         if promo_code:
-            redeemed, first_order_only = await self._redeem(place, actor)
+            redeemed, first_order_only, discount = await self._redeem(place, actor)
             place = place.model_copy(
-                update={"grant": redeemed, "first_order_only": first_order_only}
+                update={
+                    "grant": redeemed,
+                    "first_order_only": first_order_only,
+                    "discount": discount,
+                }
             )
             crash_if("checkout.after_redeem")
         placed, refused = await self._wallet(place, place_command_id(order_id), actor)
@@ -262,9 +281,12 @@ class CheckoutService:
         crash_if("checkout.after_settle")
         return await self.advance(customer_id, actor, _order_of(placed), placed.wallet, placed.seq)
 
-    async def _redeem(self, place: PlaceOrder, actor: Actor) -> tuple[Grant | None, bool]:
-        """The order's redemption (carrying the order): its grant, if it earned credit, and
-        whether the voucher is for an Organization's first order (the wallet decides that)."""
+    async def _redeem(
+        self, place: PlaceOrder, actor: Actor
+    ) -> tuple[Grant | None, bool, DiscountGrant | None]:
+        """The order's redemption (carrying the order): its grant, if it earned credit,
+        whether the voucher is for an Organization's first order (the wallet decides that),
+        and the discount it gives, if it is a discount voucher (the wallet applies it)."""
         assert place.promo_code is not None
         reply = await self._send(
             RedeemVoucher(
@@ -289,14 +311,26 @@ class CheckoutService:
         assert reply.redemption is not None
         rules = reply.voucher or reply.campaign  # a campaign's code: its campaign's rules
         first_only = rules.new_organizations_only if rules is not None else False
+        terms = rules.discount if rules is not None else None  # a discount code's terms
+        discount = (
+            DiscountGrant(
+                redemption_id=reply.redemption.redemption_id, code=place.promo_code, terms=terms
+            )
+            if terms is not None
+            else None
+        )
         if not reply.redemption.credit_baisa:
-            return None, first_only
-        return Grant(
-            redemption_id=reply.redemption.redemption_id,
-            code=place.promo_code,
-            amount_baisa=reply.redemption.credit_baisa,
-            expires_at=reply.redemption.credit_expires_at,
-        ), first_only
+            return None, first_only, discount
+        return (
+            Grant(
+                redemption_id=reply.redemption.redemption_id,
+                code=place.promo_code,
+                amount_baisa=reply.redemption.credit_baisa,
+                expires_at=reply.redemption.credit_expires_at,
+            ),
+            first_only,
+            discount,
+        )
 
     async def _not_placed(
         self, place: PlaceOrder, redeemed: Grant | None, refused: Rejected, actor: Actor
@@ -522,7 +556,7 @@ class CheckoutService:
             # the user who checks out; the account is the metadata's tenant_id
             customer_id=order.user_id or customer_id,
             tenant_id=order.tenant_id,
-            lines=order.lines,
+            lines=discounted_lines(order),
             credit_applied_baisa=order.credit_applied_baisa,
         )
         try:

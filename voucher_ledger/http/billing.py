@@ -109,6 +109,8 @@ def _answer(outcome: CheckoutOutcome) -> CheckoutOut:
         amount_due_baisa=order.amount_due_baisa,
         total_omr=omr(order.total_baisa),
         total_baisa=order.total_baisa,
+        discount_omr=order.discount_baisa / BAISA,
+        discount_baisa=order.discount_baisa,
     )
 
 
@@ -371,6 +373,9 @@ async def admin_orders(request: web.Request) -> web.Response:
             failure_reason=r["failure_reason"],
             created_at=r["created_at"],
             updated_at=r["updated_at"],
+            discount_omr=r["discount_baisa"] / BAISA,
+            discount_baisa=r["discount_baisa"],
+            discount_code=r["discount_code"],
         )
         for r in rows
     ]

@@ -4,7 +4,7 @@ generated from them as from ``models``."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -18,20 +18,39 @@ from pydantic import (
     model_validator,
 )
 
-from voucher_ledger.http.models import DURATION_PATTERN, TIMESTAMP_RULE
+from voucher_ledger.http.models import (
+    DISCOUNT_DURATION_PATTERN,
+    DURATION_PATTERN,
+    KIND_VARIANTS,
+    TIMESTAMP_RULE,
+    check_kind_fields,
+    discount_terms_of,
+)
 from voucher_ledger.ledger.campaign_codes import PREFIX_MAX
 from voucher_ledger.ledger.commands import (
     MAX_CODES_PER_GENERATION,
     MAX_VALID_FOR_SECONDS,
     PLAN_ID,
 )
-from voucher_ledger.ledger.durations import parse_duration
+from voucher_ledger.ledger.durations import parse_discount_duration, parse_duration
+from voucher_ledger.ledger.events import DiscountTerms
 from voucher_ledger.projections.timetravel import BadTimestamp, parse_timestamp
 
 _TEXT = r"^[^\x00-\x1f\x7f]*$"
 # What the API accepts as a prefix before normalisation (strip().upper()), blank for none.
 _SPACE = r"[\t-\r\x1c-\x20]*"
 PREFIX_INPUT_PATTERN = rf"^{_SPACE}([A-Za-z0-9]{{1,{PREFIX_MAX}}}{_SPACE})?$"
+
+
+# Which fields a kind takes (as a voucher's, KIND_VARIANTS); a budget is a credit campaign's.
+_CAMPAIGN_KINDS: dict[str, Any] = {
+    "anyOf": [
+        variant
+        if variant["properties"].get("kind", {}).get("const") == "credit"
+        else {**variant, "properties": {**variant["properties"], "budget_omr": {"type": "null"}}}
+        for variant in KIND_VARIANTS["anyOf"]
+    ]
+}
 
 
 class CreateCampaignBody(BaseModel):
@@ -41,12 +60,32 @@ class CreateCampaignBody(BaseModel):
     grant; absent: none); ``code_max_redemptions`` is each code's own cap (0: none). The window
     and eligibility fields are those of single vouchers. Unknown fields are a 400."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_CAMPAIGN_KINDS)
 
     name: StrictStr = Field(min_length=1, max_length=200, pattern=_TEXT)
     description: StrictStr = Field(default="", max_length=2000, pattern=r"^[^\x00]*$")
-    kind: Literal["credit"] = "credit"
-    credit_omr: StrictInt = Field(gt=0, description="credit per redemption, whole OMR")
+    kind: Literal["credit", "percent_off", "amount_off"] = Field(
+        default="credit",
+        description="what each code gives: credit (credit_omr) or a discount (percent_off or "
+        "amount_off_omr, applies_to, duration, as single vouchers take them)",
+    )
+    credit_omr: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        validate_default=True,
+        description="credit per redemption, whole OMR: required for a credit campaign",
+    )
+    percent_off: StrictInt | None = Field(default=None, ge=1, le=100)
+    amount_off_omr: StrictInt | None = Field(default=None, gt=0, le=10**9)
+    applies_to: list[Literal["plans", "addons", "apps"]] | None = Field(
+        default=None, min_length=1, max_length=3, json_schema_extra={"uniqueItems": True}
+    )
+    duration: StrictStr | None = Field(
+        default=None,
+        max_length=64,
+        description='a discount lasts "once", an ISO 8601 duration (e.g. P3M) or "forever"',
+        json_schema_extra={"pattern": DISCOUNT_DURATION_PATTERN},
+    )
     max_redemptions: StrictInt = Field(
         default=0, ge=0, le=2**31 - 1, description="across all codes; 0 = unlimited"
     )
@@ -105,11 +144,30 @@ class CreateCampaignBody(BaseModel):
 
     @field_validator("credit_omr")
     @classmethod
-    def _at_most(cls, value: int, info: ValidationInfo) -> int:
+    def _at_most(cls, value: int | None, info: ValidationInfo) -> int | None:
+        credit = info.data.get("kind", "credit") == "credit"
+        if value is None:
+            if credit:
+                raise ValueError("is required for a credit campaign")
+            return None
+        if credit and value <= 0:
+            raise ValueError("must be greater than 0")
+        if not credit and value:
+            raise ValueError("a discount campaign gives no credit: leave it out")
         limit = (info.context or {}).get("max_credit_omr")
         if limit is not None and value > limit:
             raise ValueError(f"must be {limit} or less")
         return value
+
+    @field_validator("duration")
+    @classmethod
+    def _discount_duration(cls, value: str | None) -> str | None:
+        return None if value is None else parse_discount_duration(value)
+
+    def discount_terms(self) -> DiscountTerms | None:
+        return discount_terms_of(
+            self.kind, self.percent_off, self.amount_off_omr, self.applies_to, self.duration
+        )
 
     @model_validator(mode="after")
     def _checks(self) -> CreateCampaignBody:
@@ -119,7 +177,14 @@ class CreateCampaignBody(BaseModel):
             and self.expires_at <= self.starts_at
         ):
             raise ValueError("expires_at must be after starts_at")
-        if self.budget_omr is not None and self.budget_omr < self.credit_omr:
+        check_kind_fields(
+            self.kind, self.percent_off, self.amount_off_omr, self.applies_to, self.duration
+        )
+        if self.kind != "credit" and self.budget_omr is not None:
+            raise ValueError(
+                "budget_omr is a credit campaign's: limit a discount campaign by max_redemptions"
+            )
+        if self.budget_omr is not None and self.budget_omr < (self.credit_omr or 0):
             raise ValueError("budget_omr must cover at least one code's credit_omr")
         return self
 
@@ -176,6 +241,12 @@ class CampaignOut(BaseModel):
     min_order_omr: int
     new_organizations_only: bool
     credit_valid_for: str | None
+    percent_off: int | None = None
+    amount_off_omr: float | None = None
+    amount_off_baisa: int | None = None
+    applies_to: list[str] | None = None
+    duration: str | None = None
+    summary: str = ""
 
 
 class TimelinePoint(BaseModel):

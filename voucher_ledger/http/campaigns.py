@@ -35,7 +35,7 @@ from voucher_ledger.http.keys import POOL, SETTINGS
 from voucher_ledger.http.models import OkOut
 from voucher_ledger.http.openapi import MAX_OFFSET
 from voucher_ledger.http.paging import page_headers
-from voucher_ledger.http.vouchers import require_issuer, send
+from voucher_ledger.http.vouchers import discount_fields, require_issuer, send
 from voucher_ledger.ledger.campaign_codes import new_campaign_id, validate_campaign_id
 from voucher_ledger.ledger.codes import validate_command_id
 from voucher_ledger.ledger.commands import CreateCampaign, GenerateCampaignCodes, RevokeCampaign
@@ -122,6 +122,7 @@ def campaign_out(row: dict[str, Any], cls: type[CampaignOut] = CampaignOut, **ex
         min_order_omr=row["min_order_baisa"] // BAISA,
         new_organizations_only=row["new_organizations_only"],
         credit_valid_for=format_duration(valid_for) if valid_for else None,
+        **{k: v for k, v in discount_fields(row).items() if k != "kind"},
         **extra,
     )
 
@@ -154,7 +155,8 @@ async def create_campaign(request: web.Request) -> web.Response:
             name=body.name,
             description=body.description,
             kind=body.kind,
-            credit_baisa=body.credit_omr * BAISA,
+            discount=body.discount_terms(),
+            credit_baisa=(body.credit_omr or 0) * BAISA,
             max_redemptions=body.max_redemptions,
             budget_baisa=body.budget_omr * BAISA if body.budget_omr is not None else None,
             code_max_redemptions=body.code_max_redemptions,

@@ -3,6 +3,7 @@ from them, so the documentation cannot drift from the code."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -25,8 +26,9 @@ from voucher_ledger.ledger.codes import (
     normalise_code,
 )
 from voucher_ledger.ledger.commands import MAX_VALID_FOR_SECONDS, PLAN_ID
-from voucher_ledger.ledger.durations import parse_duration
+from voucher_ledger.ledger.durations import parse_discount_duration, parse_duration
 from voucher_ledger.ledger.errors import InvalidInput
+from voucher_ledger.ledger.events import DiscountTerms
 from voucher_ledger.projections.timetravel import BadTimestamp, parse_timestamp
 
 _TIME = (
@@ -62,17 +64,143 @@ def _read_only(what: str) -> Any:
     )
 
 
+SUMMARY = 'what it gives, in words, e.g. "20% off add-ons for 3 months"'
+
+
+# A discount's duration as the schema says it: once, forever, or an ISO 8601 duration of more
+# than nothing (ledger/durations.py parse_discount_duration decides).
+DISCOUNT_DURATION_PATTERN = (
+    r"^([Oo][Nn][Cc][Ee]|[Ff][Oo][Rr][Ee][Vv][Ee][Rr]|P(?=[^T]*[1-9]|.*T.*[1-9])(\d{1,3}Y)?"
+    r"(\d{1,4}M)?(\d{1,6}W)?(\d{1,6}D)?(T(?=\d)(\d{1,7}H)?(\d{1,9}M)?(\d{1,10}S)?)?)$"
+)
+_NOTHING = {"type": "null"}
+# Which fields a kind takes (the schema of what _discount_fields and the credit check decide).
+KIND_VARIANTS: dict[str, Any] = {
+    "anyOf": [
+        {
+            "required": ["credit_omr"],
+            "properties": {
+                "kind": {"const": "credit"},
+                "credit_omr": {"type": "integer", "minimum": 1},
+                "percent_off": _NOTHING,
+                "amount_off_omr": _NOTHING,
+                "applies_to": _NOTHING,
+                "duration": _NOTHING,
+            },
+        },
+        {
+            "required": ["kind", "percent_off"],
+            "properties": {
+                "kind": {"const": "percent_off"},
+                "percent_off": {"type": "integer", "minimum": 1, "maximum": 100},
+                "credit_omr": {"anyOf": [{"const": 0}, _NOTHING]},
+                "amount_off_omr": _NOTHING,
+            },
+        },
+        {
+            "required": ["kind", "amount_off_omr"],
+            "properties": {
+                "kind": {"const": "amount_off"},
+                "amount_off_omr": {"type": "integer", "minimum": 1},
+                "credit_omr": {"anyOf": [{"const": 0}, _NOTHING]},
+                "percent_off": _NOTHING,
+            },
+        },
+    ]
+}
+
+
+def check_kind_fields(
+    kind: str,
+    percent_off: int | None,
+    amount_off_omr: int | None,
+    applies_to: Sequence[str] | None,
+    duration: str | None,
+) -> None:
+    """The fields a voucher's or a campaign's kind takes (ValueError naming them if not)."""
+    given = {
+        name
+        for name, value in (
+            ("percent_off", percent_off),
+            ("amount_off_omr", amount_off_omr),
+            ("applies_to", applies_to),
+            ("duration", duration),
+        )
+        if value is not None
+    }
+    if kind == "credit" and given:
+        raise ValueError(f"{', '.join(sorted(given))}: only for a discount (kind)")
+    if kind == "percent_off" and (percent_off is None or amount_off_omr is not None):
+        raise ValueError("a percent_off discount takes percent_off (1-100), no amount_off_omr")
+    if kind == "amount_off" and (amount_off_omr is None or percent_off is not None):
+        raise ValueError("an amount_off discount takes amount_off_omr, no percent_off")
+    if applies_to is not None and len(set(applies_to)) != len(applies_to):
+        raise ValueError("applies_to names plans, addons or apps, each once")
+
+
+def discount_terms_of(
+    kind: str,
+    percent_off: int | None,
+    amount_off_omr: int | None,
+    applies_to: list[Literal["plans", "addons", "apps"]] | None,
+    duration: str | None,
+) -> DiscountTerms | None:
+    if kind not in ("percent_off", "amount_off"):
+        return None
+    return DiscountTerms(
+        kind="percent_off" if kind == "percent_off" else "amount_off",
+        percent_off=percent_off,
+        amount_off_baisa=amount_off_omr * 1000 if amount_off_omr else None,
+        applies_to=applies_to,
+        duration=duration or "once",
+    )
+
+
 class IssueVoucherBody(_Strict):
     """Create, update or restore a voucher. Omitted optional fields keep their current value
     on an update and take the default on a create (active true, unlimited, no description).
     A voucher as listed may be posted back whole: its read-only fields are ignored; any other
     unknown field is a 400."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra=KIND_VARIANTS)
+
     code: StrictStr = Field(
         description="normalised with strip().upper(); [A-Z0-9_-], 3-64",
         json_schema_extra={"pattern": CODE_INPUT_PATTERN},
     )
-    credit_omr: StrictInt = Field(gt=0, description="credit per redemption, whole OMR")
+    kind: Literal["credit", "percent_off", "amount_off"] = Field(
+        default="credit",
+        description="credit (a flat credit per redemption, the default), percent_off or "
+        "amount_off (a discount, issue #21)",
+    )
+    credit_omr: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        validate_default=True,
+        description="credit per redemption, whole OMR: required for a credit voucher, none "
+        "for a discount",
+    )
+    percent_off: StrictInt | None = Field(
+        default=None, ge=1, le=100, description="percent_off: 1-100 percent off the lines"
+    )
+    amount_off_omr: StrictInt | None = Field(
+        default=None, gt=0, le=10**9, description="amount_off: whole OMR off the lines"
+    )
+    applies_to: list[Literal["plans", "addons", "apps"]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=3,
+        description="a discount applies to the order lines of these kinds; null: all of them",
+        json_schema_extra={"uniqueItems": True},
+    )
+    duration: StrictStr | None = Field(
+        default=None,
+        max_length=64,
+        description='a discount lasts "once" (the redeeming order; the default), an ISO 8601 '
+        "duration after the redemption (every checkout of the Organization within it, e.g. "
+        'P3M), or "forever"',
+        json_schema_extra={"pattern": DISCOUNT_DURATION_PATTERN},
+    )
     description: StrictStr | None = Field(default=None, max_length=2000, pattern=r"^[^\x00]*$")
     active: StrictBool | None = None
     max_redemptions: StrictInt | None = Field(
@@ -114,6 +242,8 @@ class IssueVoucherBody(_Strict):
         json_schema_extra={"pattern": DURATION_PATTERN},
     )
     credit_baisa: Any = _read_only("credit_omr in baisa")
+    amount_off_baisa: Any = _read_only("amount_off_omr in baisa")
+    summary: Any = _read_only("what the voucher gives, in words")
     min_order_baisa: Any = _read_only("min_order_omr in baisa")
     times_redeemed: Any = _read_only("the redemption counter")
     created_at: Any = _read_only("when the voucher was created")
@@ -193,11 +323,37 @@ class IssueVoucherBody(_Strict):
 
     @field_validator("credit_omr")
     @classmethod
-    def _at_most(cls, value: int, info: ValidationInfo) -> int:
+    def _at_most(cls, value: int | None, info: ValidationInfo) -> int | None:
+        credit = info.data.get("kind", "credit") == "credit"
+        if value is None:
+            if credit:
+                raise ValueError("is required for a credit voucher")
+            return None
+        if credit and value <= 0:
+            raise ValueError("must be greater than 0")
+        if not credit and value:
+            raise ValueError("a discount voucher gives no credit: leave it out")
         limit = (info.context or {}).get("max_credit_omr")
         if limit is not None and value > limit:
             raise ValueError(f"must be {limit} or less")
         return value
+
+    @field_validator("duration")
+    @classmethod
+    def _discount_duration(cls, value: str | None) -> str | None:
+        return None if value is None else parse_discount_duration(value)
+
+    @model_validator(mode="after")
+    def _discount_fields(self) -> IssueVoucherBody:
+        check_kind_fields(
+            self.kind, self.percent_off, self.amount_off_omr, self.applies_to, self.duration
+        )
+        return self
+
+    def discount_terms(self) -> DiscountTerms | None:
+        return discount_terms_of(
+            self.kind, self.percent_off, self.amount_off_omr, self.applies_to, self.duration
+        )
 
 
 class PreviewBody(_In):
@@ -227,6 +383,15 @@ class VoucherOut(BaseModel):
     credit_valid_for: str | None = Field(
         description="how long a redemption's credit lasts (ISO 8601 duration); null: forever"
     )
+    kind: Literal["credit", "percent_off", "amount_off"] = "credit"
+    percent_off: int | None = None
+    amount_off_omr: float | None = None
+    amount_off_baisa: int | None = None
+    applies_to: list[str] | None = None
+    duration: str | None = Field(default=None, description="a discount's: once, ISO 8601, forever")
+    summary: str = Field(
+        default="", description='what it gives, e.g. "20% off add-ons for 3 months"'
+    )
 
 
 class VoucherDetail(VoucherOut):
@@ -246,6 +411,10 @@ class PreviewOut(BaseModel):
     accepting_redemptions: bool
     starts_at: datetime | None = Field(description="redeems from this moment; null: no start")
     expires_at: datetime | None = Field(description="redeems until before this; null: no end")
+    kind: Literal["credit", "percent_off", "amount_off"] = "credit"
+    summary: str = Field(
+        default="", description='what it gives, e.g. "20% off add-ons for 3 months"'
+    )
     reason: Literal["expired", "not_started", "capped", "inactive"] | None = Field(
         default=None,
         description="why it does not redeem now (with the 410): expired (ended on expires_at), "
@@ -372,6 +541,8 @@ class CheckoutOut(BaseModel):
     amount_due_baisa: int
     total_omr: int
     total_baisa: int
+    discount_omr: float = Field(default=0, description="off the total before credit (#21)")
+    discount_baisa: int = 0
 
 
 class CreditEntryOut(BaseModel):
@@ -436,6 +607,9 @@ class OrderOut(BaseModel):
     failure_reason: str | None = None
     created_at: datetime
     updated_at: datetime
+    discount_omr: float = Field(default=0, description="off the amount before credit (#21)")
+    discount_baisa: int = 0
+    discount_code: str | None = None
 
 
 class CatalogItemOut(BaseModel):

@@ -12,7 +12,7 @@ import contextlib
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import asyncpg
 from aiohttp import web
@@ -51,9 +51,9 @@ from voucher_ledger.http.paging import LIST_HEADERS, page_headers
 from voucher_ledger.http.ratelimit import too_many_requests
 from voucher_ledger.ledger.codes import normalise_code, normalise_search, validate_command_id
 from voucher_ledger.ledger.commands import CampaignCommandT, IssueVoucher, RevokeVoucher
-from voucher_ledger.ledger.durations import format_duration
+from voucher_ledger.ledger.durations import format_duration, gives
 from voucher_ledger.ledger.errors import InvalidInput
-from voucher_ledger.ledger.events import Actor, UnknownEventVersion, upcast
+from voucher_ledger.ledger.events import Actor, DiscountTerms, UnknownEventVersion, upcast
 from voucher_ledger.ledger.money import BAISA
 from voucher_ledger.ledger.voucher import VoucherCommandT, refusal
 from voucher_ledger.projections import queries
@@ -177,8 +177,35 @@ def _plans(value: object) -> list[str] | None:
     return [str(p) for p in plans]
 
 
+class _Credit:
+    kind: Literal["credit"] = "credit"
+
+
+_CREDIT = _Credit()
+
+
+def discount_of(row: dict[str, Any]) -> DiscountTerms | None:
+    """A voucher row's discount terms: jsonb text from the read model, a dict from a view."""
+    value = row.get("discount")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return DiscountTerms.model_validate_json(value)
+    return DiscountTerms.model_validate(value)
+
+
+def summary_of(row: dict[str, Any]) -> str:
+    """What a voucher gives, in words: "20% off add-ons for 3 months", "25 OMR credit"."""
+    return str(discount_fields(row)["summary"])
+
+
+def discount_fields(row: dict[str, Any]) -> dict[str, Any]:
+    return gives(row["credit_baisa"], discount_of(row))
+
+
 def voucher_out(row: dict[str, Any]) -> VoucherOut:
     return VoucherOut(
+        **discount_fields(row),
         code=row["code"],
         credit_omr=row["credit_baisa"] // BAISA,
         credit_baisa=row["credit_baisa"],
@@ -241,7 +268,8 @@ async def issue_voucher(request: web.Request) -> web.Response:
     body = await parse_body(request, IssueVoucherBody, {"max_credit_omr": limit})
     command = IssueVoucher(
         code=body.code,
-        credit_baisa=body.credit_omr * BAISA,
+        credit_baisa=(body.credit_omr or 0) * BAISA,
+        discount=body.discount_terms(),
         description=body.description,
         active=body.active,
         max_redemptions=body.max_redemptions,
@@ -336,6 +364,8 @@ async def redeem_preview(request: web.Request) -> web.Response:
         accepting_redemptions=reason is None,
         starts_at=row["starts_at"],
         expires_at=row["expires_at"],
+        kind=(discount_of(row) or _CREDIT).kind,
+        summary=summary_of(row),
         reason=reason,
     )
     # 410 says why (the landing page's "ended on ..." / "starts on ..."); a 200 has no reason.

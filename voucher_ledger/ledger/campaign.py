@@ -60,6 +60,7 @@ from voucher_ledger.ledger.events import (
     CampaignEventT,
     CampaignRedemptionReversed,
     CampaignRevoked,
+    DiscountTerms,
     Frozen,
     RecordedEvent,
 )
@@ -109,6 +110,7 @@ class CampaignView(Frozen):
     min_order_baisa: int = 0
     new_organizations_only: bool = False
     credit_valid_for_seconds: int | None = None
+    discount: DiscountTerms | None = None  # a discount campaign's terms (issue #21)
     # In the reply to a generation: how many codes it generated (its codes: the read model).
     generated: int | None = None
 
@@ -228,6 +230,7 @@ def campaign_view(
         min_order_baisa=r.min_order_baisa,
         new_organizations_only=r.new_organizations_only,
         credit_valid_for_seconds=r.credit_valid_for_seconds,
+        discount=r.discount,
         generated=generated,
     )
 
@@ -255,6 +258,7 @@ def code_view(
         min_order_baisa=r.min_order_baisa,
         new_organizations_only=r.new_organizations_only,
         credit_valid_for_seconds=r.credit_valid_for_seconds,
+        discount=r.discount,
     )
 
 
@@ -339,6 +343,7 @@ def decide(
                     min_order_baisa=command.min_order_baisa,
                     new_organizations_only=command.new_organizations_only,
                     credit_valid_for_seconds=command.credit_valid_for_seconds,
+                    discount=command.discount,
                 )
             ]
         case GenerateCampaignCodes():
@@ -602,6 +607,7 @@ def _rules_of(event: CampaignCreated) -> Rules:
         min_order_baisa=event.min_order_baisa,
         new_organizations_only=event.new_organizations_only,
         credit_valid_for_seconds=event.credit_valid_for_seconds,
+        discount=event.discount,
     )
     return NO_RULES if rules == NO_RULES else rules
 

@@ -6,7 +6,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AwareDatetime, Field, field_validator
+from pydantic import AwareDatetime, Field, ValidationInfo, field_validator, model_validator
 
 from voucher_ledger.ledger.campaign_codes import (
     campaign_of,
@@ -14,8 +14,9 @@ from voucher_ledger.ledger.campaign_codes import (
     validate_campaign_id,
 )
 from voucher_ledger.ledger.codes import normalise_code, validate_customer_id
+from voucher_ledger.ledger.durations import parse_discount_duration
 from voucher_ledger.ledger.errors import InvalidInput
-from voucher_ledger.ledger.events import Frozen, OrderDraft, OrderLine
+from voucher_ledger.ledger.events import DiscountTerms, Frozen, OrderDraft, OrderLine
 
 
 class _CodeCommand(Frozen):
@@ -43,6 +44,32 @@ class _CodeCommand(Frozen):
 
 
 PLAN_ID = r"^[^\x00-\x1f\x7f]{1,100}$"
+
+
+def check_discount(terms: DiscountTerms) -> None:
+    """A discount's terms as a voucher or a campaign may carry them (InvalidInput if not)."""
+    if terms.kind == "percent_off":
+        if terms.percent_off is None or not 1 <= terms.percent_off <= 100:
+            raise InvalidInput("percent_off", "percent_off must be a whole number from 1 to 100")
+        if terms.amount_off_baisa is not None:
+            raise InvalidInput("amount_off", "a percent_off discount takes no amount_off")
+    else:
+        if terms.amount_off_baisa is None or not 0 < terms.amount_off_baisa <= 10**12:
+            raise InvalidInput("amount_off", "amount_off must be more than 0")
+        if terms.percent_off is not None:
+            raise InvalidInput("percent_off", "an amount_off discount takes no percent_off")
+    if terms.applies_to is not None and (
+        not terms.applies_to or len(set(terms.applies_to)) != len(terms.applies_to)
+    ):
+        raise InvalidInput("applies_to", "applies_to names plans, addons or apps, each once")
+    try:
+        canonical = parse_discount_duration(terms.duration)
+    except ValueError as exc:
+        raise InvalidInput("duration", f"duration {exc}") from exc
+    if canonical != terms.duration:
+        raise InvalidInput("duration", f"duration must be written {canonical!r}")
+
+
 CLEARABLE = (
     "starts_at",
     "expires_at",
@@ -64,7 +91,11 @@ class IssueVoucher(_CodeCommand):
     """
 
     type: Literal["issue_voucher"] = "issue_voucher"
-    credit_baisa: int = Field(gt=0, strict=True)
+    # issue #21: a discount voucher's terms (then ``credit_baisa`` is 0); None: a credit voucher.
+    # (Before credit_baisa, so that its check sees it; left out of the payload when None.)
+    discount: DiscountTerms | None = None
+    # credit per redemption; 0 for a discount voucher, which grants no credit
+    credit_baisa: int = Field(ge=0, strict=True)
     description: str | None = Field(default=None, max_length=2000)
     active: bool | None = Field(default=None, strict=True)
     max_redemptions: int | None = Field(default=None, ge=0, le=2**31 - 1, strict=True)
@@ -82,7 +113,24 @@ class IssueVoucher(_CodeCommand):
     )
     clear: list[Literal[CLEARABLE]] = Field(default_factory=list)  # type: ignore[valid-type]
 
-    _added = frozenset((*CLEARABLE, "clear"))
+    _added = frozenset((*CLEARABLE, "clear", "discount"))
+
+    @field_validator("credit_baisa")
+    @classmethod
+    def _one_kind(cls, value: int, info: ValidationInfo) -> int:
+        discount = info.data.get("discount")
+        if discount is None and value <= 0:
+            raise ValueError("Input should be greater than 0")
+        if discount is not None and value:
+            raise ValueError("a discount voucher gives no credit")
+        return value
+
+    @field_validator("discount")
+    @classmethod
+    def _terms(cls, value: DiscountTerms | None) -> DiscountTerms | None:
+        if value is not None:
+            check_discount(value)
+        return value
 
     @field_validator("starts_at", "expires_at")
     @classmethod
@@ -230,6 +278,14 @@ class GrantCredit(_WalletCommand):
     grant: Grant
 
 
+class DiscountGrant(Frozen):
+    """The discount an order's redemption (``redemption_id`` of ``code``) gives."""
+
+    redemption_id: str = _ID
+    code: str
+    terms: DiscountTerms
+
+
 class Failure(Frozen):
     reason: str = Field(min_length=1, max_length=100)
     message: str = Field(max_length=500)
@@ -258,6 +314,9 @@ class PlaceOrder(_WalletCommand):
     payment_available: bool = False
     first_order_only: bool = False
     failure: Failure | None = None
+    # issue #21: the discount this order's redemption gives (the wallet applies the best of it
+    # and the Organization's running discounts, and keeps a running one for later orders)
+    discount: DiscountGrant | None = None
 
     def draft(self) -> OrderDraft:
         return OrderDraft(
@@ -379,9 +438,13 @@ class CreateCampaign(_CampaignCommand):
     type: Literal["create_campaign"] = "create_campaign"
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=2000)
-    kind: Literal["credit"] = "credit"
-    credit_baisa: int = Field(gt=0, strict=True)
+    kind: Literal["credit", "percent_off", "amount_off"] = "credit"
+    # a discount campaign's terms (its codes give no credit; kind is the terms' kind)
+    discount: DiscountTerms | None = None
+    credit_baisa: int = Field(ge=0, strict=True)
     max_redemptions: int = Field(default=0, ge=0, le=2**31 - 1, strict=True)
+    # the most credit it may grant; a credit campaign's only (what a discount costs depends on
+    # orders to come: a discount campaign is limited by max_redemptions)
     budget_baisa: int | None = Field(default=None, gt=0, le=2**62, strict=True)
     code_max_redemptions: int = Field(default=1, ge=0, le=2**31 - 1, strict=True)
     active: bool = Field(default=True, strict=True)
@@ -407,6 +470,28 @@ class CreateCampaign(_CampaignCommand):
         if "\x00" in value:
             raise InvalidInput("description", "name and description must not contain NUL")
         return value
+
+    @field_validator("credit_baisa")
+    @classmethod
+    def _credit(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("discount") is None and value <= 0:
+            raise ValueError("Input should be greater than 0")
+        if info.data.get("discount") is not None and value:
+            raise ValueError("a discount campaign gives no credit")
+        return value
+
+    @model_validator(mode="after")
+    def _kind(self) -> CreateCampaign:
+        if self.discount is not None:
+            check_discount(self.discount)
+        if (self.discount.kind if self.discount else "credit") != self.kind:
+            raise InvalidInput("kind", "kind must be the discount's kind (or credit without one)")
+        if self.discount is not None and self.budget_baisa is not None:
+            raise InvalidInput(
+                "budget_omr",
+                "a budget is a credit campaign's: limit a discount campaign by max_redemptions",
+            )
+        return self
 
 
 class GenerateCampaignCodes(_CampaignCommand):

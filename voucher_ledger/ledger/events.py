@@ -66,6 +66,20 @@ class Actor(Frozen):
 SYSTEM_ACTOR = Actor(sub="system", role="system")
 
 
+class DiscountTerms(Frozen):
+    """What a discount voucher gives (issue #21): ``percent_off`` (1-100) of the lines it
+    applies to, or ``amount_off_baisa`` off them (at most their total); ``applies_to`` the
+    order lines of these kinds (None: every line); for ``duration`` ``once`` (the order that
+    redeems it), an ISO 8601 duration (every checkout of the Organization within that time after
+    the redemption, e.g. ``P3M``) or ``forever``."""
+
+    kind: Literal["percent_off", "amount_off"]
+    percent_off: int | None = None
+    amount_off_baisa: int | None = None
+    applies_to: list[Literal["plans", "addons", "apps"]] | None = None
+    duration: str = "once"
+
+
 class VoucherIssued(Frozen):
     """A voucher was created, updated (full replace) or restored from revocation (upsert).
 
@@ -73,10 +87,12 @@ class VoucherIssued(Frozen):
     None: no bound) and who may redeem it (``plans``: the checkout's plan one of these, None:
     any; ``min_order_baisa``: the order total before credit at least this, 0: any;
     ``new_organizations_only``: an Organization without a completed order). A v1 event is
-    upcast with these defaults: it redeemed always, for anyone."""
+    upcast with these defaults: it redeemed always, for anyone. Version 3 adds ``discount``: a
+    discount voucher's terms (its ``credit_baisa`` is 0); None, and every v1/v2 voucher: a
+    credit voucher."""
 
     type: Literal["voucher.issued"] = "voucher.issued"
-    version: Literal[2] = 2
+    version: Literal[3] = 3
     code: str
     credit_baisa: int
     description: str
@@ -90,6 +106,7 @@ class VoucherIssued(Frozen):
     new_organizations_only: bool = False
     # the credit a redemption grants expires this long after it (None: never)
     credit_valid_for_seconds: int | None = None
+    discount: DiscountTerms | None = None
 
 
 class VoucherRevoked(Frozen):
@@ -248,10 +265,13 @@ class OrderOpened(_WalletEvent, _ByOwnUser):
     """A checkout started: the priced order, before any credit or payment. ``user_id``: the
     login that opened it; ``member_by_claim``: its token named the Organization (else it was
     let in as the account's owner, the user of its first order that did not fail). Version 2
-    adds both; a v1 order was opened by its wallet's own user."""
+    adds both; a v1 order was opened by its wallet's own user. Version 3 adds the discount the
+    order got (issue #21; only as a part of ``order.placed``): ``discount_baisa`` off its
+    ``total_baisa`` before any credit, by the code ``discount_code``, ``line_discounts`` per
+    line (in the order of ``lines``; empty: none)."""
 
     type: Literal["order.opened"] = "order.opened"
-    version: Literal[2] = 2
+    version: Literal[3] = 3
     order_id: str
     tenant_id: str
     plan_id: str
@@ -262,6 +282,9 @@ class OrderOpened(_WalletEvent, _ByOwnUser):
     total_baisa: int
     user_id: str
     member_by_claim: bool = False
+    discount_baisa: int = 0
+    discount_code: str | None = None
+    line_discounts: list[int] = Field(default_factory=list)
 
 
 class OrderPaymentRequested(_WalletEvent):
@@ -325,6 +348,26 @@ class OrderRefundDue(_WalletEvent):
     amount_paid_baisa: int
 
 
+class AppliedDiscount(Frozen):
+    """The discount an order got: from the redemption ``redemption_id`` of ``code``,
+    ``amount_baisa`` in all, ``lines`` per order line (in the order's line order)."""
+
+    redemption_id: str
+    code: str
+    amount_baisa: int
+    lines: list[int]
+
+
+class GrantedDiscount(Frozen):
+    """A running discount an order's redemption started: ``terms`` apply to the
+    Organization's checkouts until ``ends_at`` (None: forever)."""
+
+    redemption_id: str
+    code: str
+    terms: DiscountTerms
+    ends_at: datetime | None = None
+
+
 class PlacedGrant(Frozen):
     """The credit an order's redemption earned, granted as the order was placed."""
 
@@ -362,6 +405,10 @@ class OrderPlaced(_WalletEvent):
     credit_applied_baisa: int = 0
     lots: list[LotShare] = Field(default_factory=list)
     amount_due_baisa: int = 0
+    # issue #21: the one discount applied (before credit), and a running discount this order's
+    # redemption started (for later orders; ``once`` discounts start none)
+    discount: AppliedDiscount | None = None
+    discount_granted: GrantedDiscount | None = None
 
     def parts(self) -> list[WalletEventT]:
         who, order_id, applied = self.customer_id, self.order_id, self.credit_applied_baisa
@@ -378,6 +425,9 @@ class OrderPlaced(_WalletEvent):
                 total_baisa=self.total_baisa,
                 user_id=self.user_id,
                 member_by_claim=self.member_by_claim,
+                discount_baisa=self.discount.amount_baisa if self.discount else 0,
+                discount_code=self.discount.code if self.discount else None,
+                line_discounts=self.discount.lines if self.discount else [],
             )
         ]
         grant = self.grant
@@ -477,7 +527,7 @@ class CampaignCreated(Frozen):
     campaign_id: str
     name: str
     description: str
-    kind: Literal["credit"] = "credit"
+    kind: Literal["credit", "percent_off", "amount_off"] = "credit"
     credit_baisa: int
     max_redemptions: int
     budget_baisa: int | None
@@ -489,6 +539,7 @@ class CampaignCreated(Frozen):
     min_order_baisa: int = 0
     new_organizations_only: bool = False
     credit_valid_for_seconds: int | None = None
+    discount: DiscountTerms | None = None  # a discount campaign's terms (credit_baisa 0)
 
 
 class CampaignCodesGenerated(Frozen):
@@ -706,6 +757,16 @@ def _redeemed_v1_to_v2(event: dict[str, Any]) -> dict[str, Any]:
     return {**_by_own_user_v1_to_v2(event), "credit_expires_at": None}
 
 
+def _issued_v2_to_v3(event: dict[str, Any]) -> dict[str, Any]:
+    """Every voucher before issue #21 gave credit."""
+    return {**event, "version": 3, "discount": None}
+
+
+def _opened_v2_to_v3(event: dict[str, Any]) -> dict[str, Any]:
+    """No order before issue #21 had a discount."""
+    return {**event, "version": 3, "discount_baisa": 0, "discount_code": None, "line_discounts": []}
+
+
 def _redeemed_v2_to_v3(event: dict[str, Any]) -> dict[str, Any]:
     """Its order (if any) was opened in the wallet before the redemption: none carried."""
     return {**event, "version": 3, "order": None}
@@ -731,9 +792,11 @@ UPCASTERS: dict[tuple[str, int], Upcaster] = {
     ("wallet.credit_reserved", 1): _lots_v1_to_v2,
     ("wallet.credit_released", 1): _lots_v1_to_v2,
     ("voucher.issued", 1): _issued_v1_to_v2,
+    ("voucher.issued", 2): _issued_v2_to_v3,
     ("voucher.redeemed", 1): _redeemed_v1_to_v2,
     ("voucher.redeemed", 2): _redeemed_v2_to_v3,
     ("order.opened", 1): _opened_v1_to_v2,
+    ("order.opened", 2): _opened_v2_to_v3,
 }
 CURRENT_VERSIONS: dict[str, int] = {
     str(model.model_fields["type"].default): int(model.model_fields["version"].default)

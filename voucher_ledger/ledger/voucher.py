@@ -38,6 +38,7 @@ from voucher_ledger.ledger.errors import (
     VoucherNotStarted,
 )
 from voucher_ledger.ledger.events import (
+    DiscountTerms,
     Frozen,
     RecordedEvent,
     RedemptionReversed,
@@ -113,6 +114,7 @@ class VoucherView(Frozen):
     min_order_baisa: int = 0
     new_organizations_only: bool = False
     credit_valid_for_seconds: int | None = None
+    discount: DiscountTerms | None = None  # a discount voucher's terms (issue #21)
 
     def refusal_at(self, now: datetime) -> str | None:
         return refusal(
@@ -168,6 +170,7 @@ class Rules:
     min_order_baisa: int = 0
     new_organizations_only: bool = False
     credit_valid_for_seconds: int | None = None
+    discount: DiscountTerms | None = None
 
     @property
     def plan_list(self) -> list[str] | None:
@@ -214,6 +217,7 @@ class Receipt:
             min_order_baisa=f.rules.min_order_baisa,
             new_organizations_only=f.rules.new_organizations_only,
             credit_valid_for_seconds=f.rules.credit_valid_for_seconds,
+            discount=f.rules.discount,
         )
 
     @property
@@ -285,6 +289,7 @@ class VoucherState:
             min_order_baisa=self.rules.min_order_baisa,
             new_organizations_only=self.rules.new_organizations_only,
             credit_valid_for_seconds=self.rules.credit_valid_for_seconds,
+            discount=self.rules.discount,
         )
 
 
@@ -333,6 +338,7 @@ def decide(
                     min_order_baisa=rules.min_order_baisa,
                     new_organizations_only=rules.new_organizations_only,
                     credit_valid_for_seconds=rules.credit_valid_for_seconds,
+                    discount=command.discount,
                 )
             ]
         case RevokeVoucher():
@@ -581,6 +587,7 @@ def evolve(state: VoucherState, recorded: RecordedEvent, fingerprint: str = "") 
                 min_order_baisa=event.min_order_baisa,
                 new_organizations_only=event.new_organizations_only,
                 credit_valid_for_seconds=event.credit_valid_for_seconds,
+                discount=event.discount,
             )
             facts = VoucherFacts(
                 code=state.code,
@@ -679,6 +686,7 @@ def fingerprint_of_event(recorded: RecordedEvent) -> str:
                 min_order_baisa=event.min_order_baisa or None,
                 new_organizations_only=event.new_organizations_only or None,
                 credit_valid_for_seconds=event.credit_valid_for_seconds,
+                discount=event.discount,
             )
         case VoucherRevoked():
             command = RevokeVoucher(code=event.code)

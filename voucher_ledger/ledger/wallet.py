@@ -40,6 +40,7 @@ from voucher_ledger.ledger.commands import (
     SettleOrder,
     WalletCommandT,
 )
+from voucher_ledger.ledger.durations import discount_ends_at
 from voucher_ledger.ledger.errors import (
     AccountMovedAway,
     CheckoutInFlight,
@@ -54,12 +55,15 @@ from voucher_ledger.ledger.errors import (
 )
 from voucher_ledger.ledger.events import (
     AccountMoved,
+    AppliedDiscount,
     CreditCaptured,
     CreditExpired,
     CreditGranted,
     CreditReleased,
     CreditReserved,
+    DiscountTerms,
     Frozen,
+    GrantedDiscount,
     GrantRevoked,
     InvoiceRecorded,
     LotShare,
@@ -107,6 +111,10 @@ class OrderView(Frozen):
     member_by_claim: bool = False
     # what its reservation took from expiring grants
     reserved_lots: list[LotShare] = Field(default_factory=list)
+    # issue #21: the discount it got (off ``total_baisa``, before credit), per line too
+    discount_baisa: int = 0
+    discount_code: str | None = None
+    line_discounts: list[int] = Field(default_factory=list)
 
 
 class WalletView(Frozen):
@@ -153,6 +161,21 @@ class Lot:
 
 
 @dataclass(frozen=True, slots=True)
+class RunningDiscount:
+    """A discount the Organization's later checkouts get until ``ends_at`` (None: forever),
+    started by the redemption of ``code`` for the order ``order_id``; ``n`` its place."""
+
+    code: str
+    terms: DiscountTerms
+    ends_at: datetime | None
+    order_id: str
+    n: int
+
+    def applies_at(self, now: datetime) -> bool:
+        return self.ends_at is None or now < self.ends_at
+
+
+@dataclass(frozen=True, slots=True)
 class WalletState:
     customer_id: str
     balance_baisa: int = 0
@@ -171,6 +194,8 @@ class WalletState:
     receipts: immutables.Map[str, WalletReceipt] = field(default_factory=immutables.Map)
     # Stripe invoice id -> the outcome recorded last (paid, or payment_failed)
     invoices: immutables.Map[str, str] = field(default_factory=immutables.Map)
+    # running discounts by redemption id (issue #21)
+    discounts: immutables.Map[str, RunningDiscount] = field(default_factory=immutables.Map)
     # the Organization moved to another Sovereign (wallet.account_moved), and when
     moved: AccountMoved | None = None
     moved_at: datetime | None = None
@@ -477,8 +502,19 @@ def _place(state: WalletState, command: PlaceOrder, now: datetime) -> list[Walle
             "new_organizations_only",
             "this code is only for an Organization's first order",
         )
+    discount = best_discount(state, command, now)
+    granted = None
+    offer = command.discount
+    if offer is not None and offer.terms.duration != "once":
+        granted = GrantedDiscount(
+            redemption_id=offer.redemption_id,
+            code=offer.code,
+            terms=offer.terms,
+            ends_at=discount_ends_at(now, offer.terms.duration),
+        )
+    payable = command.total_baisa - (discount.amount_baisa if discount is not None else 0)
     settled = _settlement(
-        state, command.order_id, command.total_baisa, command.grant, command.payment_available, now
+        state, command.order_id, payable, command.grant, command.payment_available, now
     )
     # One event for all of it (OrderPlaced: one plain publish, not an atomic batch); it means
     # exactly [opened, *settled] (OrderPlaced.parts, tested).
@@ -487,7 +523,7 @@ def _place(state: WalletState, command: PlaceOrder, now: datetime) -> list[Walle
     asked = next((e for e in settled if isinstance(e, OrderPaymentRequested)), None)
     return [
         OrderPlaced(
-            **opened.model_dump(exclude={"type", "version"}),
+            **opened.model_dump(exclude=_NOT_PLACED),
             grant=PlacedGrant(
                 redemption_id=grant.redemption_id,
                 code=grant.code,
@@ -499,8 +535,56 @@ def _place(state: WalletState, command: PlaceOrder, now: datetime) -> list[Walle
             credit_applied_baisa=reserved.amount_baisa if reserved is not None else 0,
             lots=reserved.lots if reserved is not None else [],
             amount_due_baisa=asked.amount_due_baisa if asked is not None else 0,
+            discount=discount,
+            discount_granted=granted,
         )
     ]
+
+
+# order.opened's fields that order.placed does not repeat (its tags; the discount it holds whole)
+_NOT_PLACED = {"type", "version", "discount_baisa", "discount_code", "line_discounts"}
+_LINE_KINDS = {"plan": "plans", "addon": "addons", "app": "apps"}
+
+
+def discount_lines(lines: list[OrderLine], terms: DiscountTerms) -> list[int]:
+    """What ``terms`` take off each line (in order): a percentage of each line it applies to
+    (rounded down to the baisa), or an amount spread over those lines in order."""
+    eligible = [
+        terms.applies_to is None or _LINE_KINDS.get(line.kind) in terms.applies_to for line in lines
+    ]
+    if terms.kind == "percent_off":
+        pct = terms.percent_off or 0
+        return [
+            line.amount_baisa * pct // 100 if ok else 0
+            for line, ok in zip(lines, eligible, strict=True)
+        ]
+    left = terms.amount_off_baisa or 0
+    out = []
+    for line, ok in zip(lines, eligible, strict=True):
+        take = min(left, line.amount_baisa) if ok else 0
+        left -= take
+        out.append(take)
+    return out
+
+
+def best_discount(state: WalletState, command: PlaceOrder, now: datetime) -> AppliedDiscount | None:
+    """At most one discount per order: the one that saves the most, among this order's own
+    redemption's and the Organization's running ones (the order's own first on a tie)."""
+    offers: list[tuple[str, str, DiscountTerms]] = []
+    if command.discount is not None:
+        offers.append(
+            (command.discount.redemption_id, command.discount.code, command.discount.terms)
+        )
+    for rid, running in sorted(state.discounts.items(), key=lambda item: item[1].n):
+        if running.applies_at(now):
+            offers.append((rid, running.code, running.terms))
+    best: AppliedDiscount | None = None
+    for rid, code, terms in offers:
+        lines = discount_lines(command.lines, terms)
+        amount = sum(lines)
+        if amount > 0 and (best is None or amount > best.amount_baisa):
+            best = AppliedDiscount(redemption_id=rid, code=code, amount_baisa=amount, lines=lines)
+    return best
 
 
 def _settlement(
@@ -710,6 +794,12 @@ def evolve(state: WalletState, recorded: RecordedEvent, fingerprint: str = "") -
     if isinstance(event, OrderPlaced):
         for part in event.parts():
             state = _apply(state, part, at)
+        granted = event.discount_granted
+        if granted is not None:
+            running = RunningDiscount(
+                granted.code, granted.terms, granted.ends_at, event.order_id, len(state.discounts)
+            )
+            state = replace(state, discounts=state.discounts.set(granted.redemption_id, running))
     else:
         state = _apply(state, event, at)
     if state.available_baisa < 0 or state.reserved_baisa < 0:
@@ -744,7 +834,7 @@ def _apply(state: WalletState, event: Frozen, at: datetime) -> WalletState:
                 lines=event.lines,
                 total_baisa=event.total_baisa,
                 credit_applied_baisa=0,
-                amount_due_baisa=event.total_baisa,
+                amount_due_baisa=event.total_baisa - event.discount_baisa,
                 reserved_baisa=0,
                 paid_by_credit=False,
                 session_id=None,
@@ -757,6 +847,9 @@ def _apply(state: WalletState, event: Frozen, at: datetime) -> WalletState:
                 updated_at=at,
                 user_id=event.user_id,
                 member_by_claim=event.member_by_claim,
+                discount_baisa=event.discount_baisa,
+                discount_code=event.discount_code,
+                line_discounts=event.line_discounts,
             )
             state = replace(state, orders=state.orders.set(event.order_id, opened))
             if not event.member_by_claim and state.owner in (None, event.user_id):
@@ -823,7 +916,9 @@ def _apply(state: WalletState, event: Frozen, at: datetime) -> WalletState:
                     "status": "completed",
                     "paid_by_credit": event.paid_by_credit,
                     "credit_applied_baisa": event.credit_applied_baisa,
-                    "amount_due_baisa": order.total_baisa - event.credit_applied_baisa,
+                    "amount_due_baisa": order.total_baisa
+                    - order.discount_baisa
+                    - event.credit_applied_baisa,
                     "session_id": event.stripe_session_id or order.session_id,
                 }
         case OrderFailed():
@@ -835,6 +930,12 @@ def _apply(state: WalletState, event: Frozen, at: datetime) -> WalletState:
             ):
                 left = state.owner_orders - 1
                 state = replace(state, owner=state.owner if left else None, owner_orders=left)
+            started = [rid for rid, d in state.discounts.items() if d.order_id == event.order_id]
+            if started:  # a discount the failed checkout's redemption started goes with it
+                kept = state.discounts
+                for rid in started:
+                    kept = kept.delete(rid)
+                state = replace(state, discounts=kept)
             order_changes = {
                 "status": "failed",
                 "failure_reason": event.reason,

@@ -12,7 +12,7 @@ from voucher_ledger.projections.queries import ReadModelUnavailable, _translated
 CAMPAIGN_COLUMNS = """campaign_id, name, description, kind, credit_baisa, max_redemptions,
     budget_baisa, code_max_redemptions, active, revoked, codes_issued, times_redeemed,
     granted_baisa, created_at, updated_at, revoked_at, last_seq, starts_at, expires_at, plans,
-    min_order_baisa, new_organizations_only, credit_valid_for_seconds"""
+    min_order_baisa, new_organizations_only, credit_valid_for_seconds, discount"""
 
 
 @_translated

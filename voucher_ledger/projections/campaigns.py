@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table
-from voucher_ledger.projections.vouchers import plans_json
+from voucher_ledger.projections.vouchers import discount_json, plans_json
 
 CAMPAIGNS = Table(
     "campaigns",
@@ -42,6 +42,7 @@ CAMPAIGNS = Table(
     Column("min_order_baisa", "bigint"),
     Column("new_organizations_only", "boolean"),
     Column("credit_valid_for_seconds", "bigint"),
+    Column("discount", "jsonb"),  # a discount campaign's terms (issue #21)
 )
 CAMPAIGN_CODES = Table(
     "campaign_codes",
@@ -159,6 +160,7 @@ class CampaignProjection:
                     min_order_baisa=event["min_order_baisa"],
                     new_organizations_only=event["new_organizations_only"],
                     credit_valid_for_seconds=event["credit_valid_for_seconds"],
+                    discount=discount_json(event["discount"]),
                 )
                 continue
             if row is None:

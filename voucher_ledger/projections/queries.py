@@ -32,7 +32,7 @@ def _translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
 _VOUCHER_COLUMNS = """code, credit_baisa, description, active, revoked, max_redemptions,
     times_redeemed, created_at, updated_at, revoked_at, last_seq, starts_at, expires_at,
-    plans, min_order_baisa, new_organizations_only, credit_valid_for_seconds"""
+    plans, min_order_baisa, new_organizations_only, credit_valid_for_seconds, discount"""
 
 
 def _dict(row: asyncpg.Record | None) -> dict[str, Any] | None:
@@ -98,6 +98,7 @@ SELECT k.code, c.credit_baisa, c.description, c.active AND NOT c.revoked AS acti
          WHERE r.code = k.code AND r.reversed_at IS NULL)::integer AS times_redeemed,
        c.created_at, c.updated_at, c.revoked_at, c.last_seq, c.starts_at, c.expires_at, c.plans,
        c.min_order_baisa, c.new_organizations_only, c.credit_valid_for_seconds, c.campaign_id,
+       c.discount,
        (c.max_redemptions > 0 AND c.times_redeemed >= c.max_redemptions)
          OR (c.budget_baisa IS NOT NULL AND c.budget_baisa - c.granted_baisa < c.credit_baisa)
          AS campaign_capped
@@ -284,7 +285,7 @@ async def list_orders(
             """SELECT order_id, customer_id, tenant_id, plan_id, apps, addons, lines, promo_code,
                       total_baisa, credit_applied_baisa, amount_due_baisa, amount_paid_baisa,
                       paid_by_credit, status, stripe_session_id, redemption_id, failure_reason,
-                      created_at, updated_at
+                      created_at, updated_at, discount_baisa, discount_code
                 FROM orders
                 WHERE ($3::text IS NULL OR status = $3)
                 ORDER BY created_at DESC, order_id LIMIT $1 OFFSET $2""",

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from voucher_ledger.commands.store import EventStore
 from voucher_ledger.jetstream.layout import Layout
-from voucher_ledger.ledger.durations import format_duration
+from voucher_ledger.ledger.durations import format_duration, gives
 from voucher_ledger.ledger.events import RecordedEvent, VoucherRevoked
 from voucher_ledger.ledger.money import BAISA
 from voucher_ledger.ledger.voucher import VoucherView, fold
@@ -86,6 +86,7 @@ class VoucherAsOf:
             if self.at
             else v.accepting_redemptions,
             "last_seq": v.last_seq,
+            **gives(v.credit_baisa, v.discount),
         }
 
 

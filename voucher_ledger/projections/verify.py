@@ -230,6 +230,7 @@ def _verify_vouchers(
             "min_order_baisa": state.rules.min_order_baisa,
             "new_organizations_only": state.rules.new_organizations_only,
             "credit_valid_for_seconds": state.rules.credit_valid_for_seconds,
+            "discount": state.rules.discount.model_dump() if state.rules.discount else None,
         }
         for r in seen:
             event = r.envelope.event
@@ -259,8 +260,9 @@ def _verify_vouchers(
 
 def _voucher_row(row: asyncpg.Record) -> dict[str, Any]:
     out = dict(row)
-    if out.get("plans") is not None:  # jsonb, read as its JSON text
-        out["plans"] = json.loads(out["plans"])
+    for name in ("plans", "discount"):
+        if out.get(name) is not None:  # jsonb, read as its JSON text
+            out[name] = json.loads(out[name])
     return out
 
 
@@ -310,6 +312,8 @@ def _verify_wallets(
                 "customer_id": customer,
                 "status": order.status,
                 "total_baisa": order.total_baisa,
+                "discount_baisa": order.discount_baisa,
+                "discount_code": order.discount_code,
                 "credit_applied_baisa": order.credit_applied_baisa,
                 "amount_due_baisa": order.amount_due_baisa,
                 "stripe_session_id": order.session_id,
@@ -436,6 +440,7 @@ def _verify_campaigns(
             "min_order_baisa": view.min_order_baisa,
             "new_organizations_only": view.new_organizations_only,
             "credit_valid_for_seconds": view.credit_valid_for_seconds,
+            "discount": view.discount.model_dump() if view.discount else None,
         }
         ordinal = 0
         for r in seen:

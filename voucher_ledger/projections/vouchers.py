@@ -37,6 +37,7 @@ VOUCHERS = Table(
     Column("min_order_baisa", "bigint", updated=True),
     Column("new_organizations_only", "boolean", updated=True),
     Column("credit_valid_for_seconds", "bigint", updated=True),
+    Column("discount", "jsonb", updated=True),  # a discount voucher's terms (issue #21)
 )
 REDEMPTIONS = Table(
     "redemptions",
@@ -67,6 +68,14 @@ _R = REDEMPTIONS.index
 _R_ID, _R_CODE, _R_CUSTOMER = _R["redemption_id"], _R["code"], _R["customer_id"]
 _R_REVERSED_AT, _R_REVERSED_SEQ = _R["reversed_at"], _R["reversed_seq"]
 _R_REASON = _R["reversal_reason"]
+
+
+_V_DISCOUNT = _V["discount"]
+
+
+def discount_json(terms: dict[str, Any] | None) -> str | None:
+    """The ``discount`` jsonb column: a discount voucher's terms, NULL for a credit voucher."""
+    return None if terms is None else to_json(terms).decode()
 
 
 def plans_json(plans: list[str] | None) -> str | None:
@@ -177,6 +186,7 @@ class VoucherProjection:
                         min_order_baisa=event["min_order_baisa"],
                         new_organizations_only=event["new_organizations_only"],
                         credit_valid_for_seconds=event["credit_valid_for_seconds"],
+                        discount=discount_json(event["discount"]),
                     )
                 else:
                     row[_V_CREDIT] = event["credit_baisa"]
@@ -188,6 +198,7 @@ class VoucherProjection:
                     row[_V_MIN_ORDER] = event["min_order_baisa"]
                     row[_V_NEW_ONLY] = event["new_organizations_only"]
                     row[_V_VALID_FOR] = event["credit_valid_for_seconds"]
+                    row[_V_DISCOUNT] = discount_json(event["discount"])
                     row[_V_REVOKED], row[_V_REVOKED_AT] = False, None
                     row[_V_UPDATED], row[_V_SEQ] = at, seq
             elif kind == _REVOKED:

@@ -69,6 +69,8 @@ ORDERS = Table(
     Column("user_id", "text"),
     Column("member_by_claim", "boolean"),
     Column("owns", "boolean", updated=True),
+    Column("discount_baisa", "bigint"),  # issue #21: off total_baisa, before credit
+    Column("discount_code", "text"),
 )
 
 CREDIT_LOTS = Table(
@@ -94,7 +96,7 @@ _O_SESSION, _O_URL = _O["stripe_session_id"], _O["session_url"]
 _O_REDEMPTION, _O_REASON = _O["redemption_id"], _O["failure_reason"]
 _O_MESSAGE, _O_RELEASE = _O["failure_message"], _O["release_slot"]
 _O_UPDATED, _O_SEQ = _O["updated_at"], _O["last_seq"]
-_O_OWNS = _O["owns"]
+_O_OWNS, _O_DISCOUNT = _O["owns"], _O["discount_baisa"]
 _L_LEFT, _L_SEQ = CREDIT_LOTS.index["left_baisa"], CREDIT_LOTS.index["last_seq"]
 _EXPIRED = "wallet.credit_expired"
 
@@ -370,7 +372,7 @@ def _order(
             promo_code=event["promo_code"],
             total_baisa=event["total_baisa"],
             credit_applied_baisa=0,
-            amount_due_baisa=event["total_baisa"],
+            amount_due_baisa=event["total_baisa"] - event["discount_baisa"],
             amount_paid_baisa=0,
             paid_by_credit=False,
             status="opened",
@@ -386,6 +388,8 @@ def _order(
             user_id=event["user_id"],
             member_by_claim=event["member_by_claim"],
             owns=not event["member_by_claim"],
+            discount_baisa=event["discount_baisa"],
+            discount_code=event["discount_code"],
         )
         return
     order = orders.get(order_id)
@@ -402,7 +406,7 @@ def _order(
         order[_O_STATUS] = "completed"
         order[_O_BY_CREDIT] = event["paid_by_credit"]
         order[_O_APPLIED] = event["credit_applied_baisa"]
-        order[_O_DUE] = order[_O_TOTAL] - event["credit_applied_baisa"]
+        order[_O_DUE] = order[_O_TOTAL] - order[_O_DISCOUNT] - event["credit_applied_baisa"]
         order[_O_PAID] = event["amount_paid_baisa"]
         if event["stripe_session_id"] is not None:
             order[_O_SESSION] = event["stripe_session_id"]

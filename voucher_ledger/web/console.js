@@ -10,12 +10,18 @@ const PAGE_SIZE = 50;
 const HISTORY_PAGE = 50;
 const REDEMPTION_PAGES = 20; // the chart reads at most 20 pages of 1,000 redemptions
 const FIELDS = [
-  "code", "credit_omr", "description", "max_redemptions", "starts_at", "expires_at",
+  "code", "kind", "credit_omr", "percent_off", "amount_off_omr", "applies_to", "duration",
+  "description", "max_redemptions", "starts_at", "expires_at",
   "credit_valid_for", "plans", "min_order_omr", "new_organizations_only", "active",
 ];
 const FIELD_INPUT = {
   code: "f-code",
+  kind: "f-kind",
   credit_omr: "f-credit",
+  percent_off: "f-percent",
+  amount_off_omr: "f-amount-off",
+  applies_to: "f-applies",
+  duration: "f-duration",
   description: "f-description",
   max_redemptions: "f-max",
   starts_at: "f-starts",
@@ -398,7 +404,7 @@ function voucherTable(rows, route) {
       h("tbody", {}, rows.map((v) =>
         h("tr", { "data-code": v.code },
           h("th", { scope: "row" }, h("a", { href: voucherHash(v.code), class: "code" }, v.code)),
-          h("td", { class: "num" }, omr(v.credit_omr)),
+          h("td", { class: v.kind && v.kind !== "credit" ? "gives" : "num" }, gives(v)),
           h("td", { class: "description" }, v.description || h("span", { class: "muted" }, "—")),
           h("td", {}, statusBadge({ ...v, revoked })),
           h("td", { class: "num" }, usage(v)),
@@ -446,6 +452,7 @@ async function renderForm(route, id) {
     $("f-code").readOnly = false;
     $("form-cancel").href = "#/";
     $("f-active").checked = true;
+    showKind();
     focusHeading(title);
     return;
   }
@@ -465,7 +472,13 @@ async function renderForm(route, id) {
   $("form-cancel").href = voucherHash(v.code);
   $("f-code").value = v.code;
   $("f-code").readOnly = true;
-  $("f-credit").value = String(v.credit_omr);
+  $("f-kind").value = v.kind ?? "credit";
+  $("f-credit").value = v.kind && v.kind !== "credit" ? "" : String(v.credit_omr);
+  $("f-percent").value = v.percent_off ? String(v.percent_off) : "";
+  $("f-amount-off").value = v.amount_off_omr ? String(v.amount_off_omr) : "";
+  for (const a of APPLIES) $(`f-applies-${a}`).checked = (v.applies_to ?? []).includes(a);
+  $("f-duration").value = v.kind && v.kind !== "credit" ? v.duration ?? "" : "";
+  showKind();
   $("f-description").value = v.description;
   $("f-max").value = String(v.max_redemptions);
   $("f-starts").value = localInput(v.starts_at);
@@ -491,10 +504,37 @@ function plansField(raw) {
   return plans.length ? plans : null;
 }
 
+/** Show the fields of the kind chosen (credit, or a discount's). */
+function showKind() {
+  const kind = $("f-kind").value;
+  for (const el of document.querySelectorAll("#voucher-form [data-kind]")) {
+    const want = el.dataset.kind;
+    el.hidden = !(want === kind || (want === "discount" && kind !== "credit"));
+  }
+}
+
+const APPLIES = ["plans", "addons", "apps"];
+
+/** A discount's fields, only when the kind is one (a credit voucher's body is as before). */
+function discountFields() {
+  const kind = $("f-kind").value;
+  if (kind === "credit") return {};
+  const applies = APPLIES.filter((a) => $(`f-applies-${a}`).checked);
+  return {
+    kind,
+    percent_off: kind === "percent_off" ? numberField($("f-percent").value) : undefined,
+    amount_off_omr: kind === "amount_off" ? numberField($("f-amount-off").value) : undefined,
+    applies_to: applies.length ? applies : undefined,
+    duration: $("f-duration").value.trim() || undefined,
+  };
+}
+
 function formBody() {
+  const discount = $("f-kind").value !== "credit";
   const body = {
     code: $("f-code").value,
-    credit_omr: numberField($("f-credit").value),
+    ...discountFields(),
+    credit_omr: discount ? undefined : numberField($("f-credit").value),
     description: $("f-description").value,
     max_redemptions: numberField($("f-max").value),
     // Empty means none (null clears a value the voucher had; it is what a new one gets).
@@ -524,7 +564,12 @@ function clearFormErrors() {
 
 const FIELD_LABEL = {
   code: "Code",
+  kind: "What it gives",
   credit_omr: "Credit per redemption",
+  percent_off: "Percent off",
+  amount_off_omr: "Amount off",
+  applies_to: "Applies to",
+  duration: "For how long",
   description: "Description",
   max_redemptions: "Maximum redemptions",
   starts_at: "Valid from",
@@ -593,6 +638,8 @@ function showFormError(res) {
   }
   (first ?? $("form-error")).focus();
 }
+
+$("f-kind").addEventListener("change", showKind);
 
 $("voucher-form").addEventListener("submit", async (event) => {
   event.preventDefault();
@@ -686,11 +733,17 @@ async function renderDetail(route, id) {
   focusHeading($("detail-title"));
 }
 
+/** What a voucher (or a campaign's code) gives: its credit, or its discount in words. */
+function gives(v) {
+  return v.kind && v.kind !== "credit" ? v.summary : omr(v.credit_omr);
+}
+
 function facts(v, campaignId = null) {
+  const discount = v.kind && v.kind !== "credit";
   const rows = [
     ["Status", statusBadge(v)],
     campaignId ? ["Campaign", h("a", { href: campaignHash(campaignId), id: "detail-campaign" }, campaignId)] : null,
-    ["Credit per redemption", omr(v.credit_omr)],
+    discount ? ["Discount", h("span", { id: "detail-discount" }, v.summary)] : ["Credit per redemption", omr(v.credit_omr)],
     ["Description", v.description || "—"],
     ["Redeemed", usage(v)],
     ["Accepting redemptions", v.accepting_redemptions ? "Yes" : "No"],
@@ -934,13 +987,13 @@ async function renderCampaigns(id) {
       h("table", { id: "campaign-table" },
         h("caption", {}, "Campaigns, newest first"),
         h("thead", {}, h("tr", {},
-          ["Campaign", "Id", "Credit per code", "Codes", "Redeemed", "Credit granted", "Status", "Created"].map((l) =>
+          ["Campaign", "Id", "Each code gives", "Codes", "Redeemed", "Credit granted", "Status", "Created"].map((l) =>
             h("th", { scope: "col" }, l)))),
         h("tbody", {}, res.body.map((c) =>
           h("tr", { "data-campaign": c.campaign_id },
             h("th", { scope: "row" }, h("a", { href: campaignHash(c.campaign_id) }, c.name)),
             h("td", { class: "code" }, c.campaign_id),
-            h("td", { class: "num" }, omr(c.credit_omr)),
+            h("td", { class: c.kind !== "credit" ? "gives" : "num" }, gives(c)),
             h("td", { class: "num" }, c.codes_issued.toLocaleString("en-GB")),
             h("td", { class: "num" }, ofLimit(c.redemptions, c.max_redemptions)),
             h("td", { class: "num" }, ofLimit(c.credit_granted_omr, c.budget_omr, omr)),
@@ -958,13 +1011,29 @@ function fieldErrors(slot, res) {
   slot.focus?.();
 }
 
+$("c-kind").addEventListener("change", () => {
+  const kind = $("c-kind").value;
+  for (const el of document.querySelectorAll("#campaign-form [data-ckind]")) {
+    const want = el.dataset.ckind;
+    el.hidden = !(want === kind || (want === "discount" && kind !== "credit"));
+  }
+});
+
 $("campaign-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   $("campaign-form-error").hidden = true;
+  const kind = $("c-kind").value;
+  const discount = kind !== "credit";
+  const applies = APPLIES.filter((a) => $(`c-applies-${a}`).checked);
   const body = {
     name: $("c-name").value.trim(),
     description: $("c-description").value,
-    credit_omr: numberField($("c-credit").value),
+    kind: discount ? kind : undefined,
+    credit_omr: discount ? undefined : numberField($("c-credit").value),
+    percent_off: kind === "percent_off" ? numberField($("c-percent").value) : undefined,
+    amount_off_omr: kind === "amount_off" ? numberField($("c-amount-off").value) : undefined,
+    applies_to: discount && applies.length ? applies : undefined,
+    duration: discount ? $("c-duration").value.trim() || undefined : undefined,
     max_redemptions: numberField($("c-max").value),
     budget_omr: numberField($("c-budget").value),
     code_max_redemptions: numberField($("c-code-max").value),
@@ -1072,7 +1141,7 @@ async function renderCampaign(route, id) {
     h("dl", { class: "facts", id: "campaign-facts" }, [
       ["Status", campaignBadge(c)],
       ["Codes issued", c.codes_issued.toLocaleString("en-GB")],
-      ["Each code gives", `${omr(c.credit_omr)} of credit`],
+      ["Each code gives", c.kind !== "credit" ? h("span", { id: "campaign-discount" }, c.summary) : `${omr(c.credit_omr)} of credit`],
       ["Redemptions per code", c.code_max_redemptions ? String(c.code_max_redemptions) : "Unlimited"],
       ["Description", c.description || "—"],
       ["Valid from", c.starts_at ? time(c.starts_at) : "From its creation"],

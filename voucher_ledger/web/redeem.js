@@ -14,6 +14,12 @@ const $ = (id) => document.getElementById(id);
 const continueUrl = document.querySelector('meta[name="continue-url"]')?.getAttribute("content") ?? "";
 let checking = 0;
 
+/** What the code gives, as the customer reads it: "25 OMR credit", "20% off add-ons for
+ *  3 months" (a discount's summary, from the preview). */
+function gives(v) {
+  return v.kind && v.kind !== "credit" && v.summary ? v.summary : `${omr(v.credit_omr)} credit`;
+}
+
 function codeFromUrl() {
   return (new URLSearchParams(window.location.search).get("code") ?? "").trim().toUpperCase();
 }
@@ -60,17 +66,17 @@ async function check(code) {
   const v = res.body ?? {};
   if (res.status === 200) {
     show(card("valid", `${v.code} is valid`,
-      h("p", { class: "amount" }, `${omr(v.credit_omr)} credit`),
+      h("p", { class: "amount" }, gives(v)),
       v.description ? h("p", { class: "description" }, v.description) : null,
       v.expires_at ? h("p", { class: "window", id: "valid-until" }, `Valid until ${formatTime(v.expires_at)}.`) : null,
       useButton(v)));
   } else if (res.status === 410 && v.reason === "not_started") {
     show(card("scheduled", "This code is not valid yet",
-      h("p", { id: "starts-on" }, `${v.code} (${omr(v.credit_omr)} credit) starts on ${formatTime(v.starts_at)}.`)));
+      h("p", { id: "starts-on" }, `${v.code} (${gives(v)}) starts on ${formatTime(v.starts_at)}.`)));
   } else if (res.status === 410) {
     const ended = v.reason === "expired" && v.expires_at
-      ? h("p", { id: "ended-on" }, `${v.code} (${omr(v.credit_omr)} credit) ended on ${formatTime(v.expires_at)}.`)
-      : h("p", {}, `${v.code} (${omr(v.credit_omr)} credit) no longer accepts redemptions.`);
+      ? h("p", { id: "ended-on" }, `${v.code} (${gives(v)}) ended on ${formatTime(v.expires_at)}.`)
+      : h("p", {}, `${v.code} (${gives(v)}) no longer accepts redemptions.`);
     show(card("ended", "This campaign has ended", ended));
   } else if (res.status === 404 || res.status === 400) {
     // 400: not a well-formed code at all. A customer needs to know it cannot work, not the
