@@ -90,6 +90,8 @@ EXERCISED = {
     ("delete", "/billing/campaigns/{campaign_id}"),
     ("post", "/billing/campaigns/{campaign_id}/codes"),
     ("get", "/billing/campaigns/{campaign_id}/codes.csv"),
+    # campaign reports (issue #21): exercised in tests/e2e/test_reports.py
+    ("get", "/billing/reports/campaigns"),
 }
 
 
@@ -1169,7 +1171,14 @@ async def test_readyz_is_200_with_checks(api: Api) -> None:
     checks = body["checks"]
     assert checks["nats"] is True
     assert checks["postgres"] is True
-    assert set(checks["projection_lag"]) == {"vouchers", "wallets", "billing", "campaigns", "audit"}
+    assert set(checks["projection_lag"]) == {
+        "vouchers",
+        "wallets",
+        "billing",
+        "campaigns",
+        "reports",
+        "audit",
+    }
     assert all(isinstance(v, int) and v >= 0 for v in checks["projection_lag"].values())
 
 

@@ -66,7 +66,9 @@ async def store(
     tmp_path_factory: pytest.TempPathFactory, nats_url: str, pg_url: str
 ) -> AsyncIterator[Shop]:
     require_browser()  # before a server is started for nothing
-    async with shop(tmp_path_factory.mktemp("web"), nats_url, pg_url, "web") as s:
+    async with shop(
+        tmp_path_factory.mktemp("web"), nats_url, pg_url, "web", SOVEREIGN_FQDN="muscat.example"
+    ) as s:
         yield s
 
 
@@ -971,6 +973,71 @@ async def test_campaigns_create_generate_download_and_revoke(
     await snap(page, "console-campaigns-05-list")
 
 
+async def test_reports_show_each_campaign_by_window_and_download_the_csv(
+    web: Browse, store: Shop, tmp_path: Path
+) -> None:
+    """Issue #21: the Reports page shows a campaign's figures (a code redeemed at a checkout
+    paid by credit alone), the window filters them, and the CSV downloads with the Sovereign
+    as a column."""
+    made = await store.request(
+        "POST", "/billing/campaigns", json_body={"name": "Bill inserts", "credit_omr": 20}
+    )
+    assert made.status == 200, made
+    campaign_id = made.json["campaign_id"]
+    generated = await store.request(
+        "POST", f"/billing/campaigns/{campaign_id}/codes", json_body={"count": 5}
+    )
+    assert generated.status == 200, generated
+    paid = await store.checkout(
+        new_customer("web-rep"), "starter", promo_code=generated.json["codes"][0]
+    )
+    assert (paid.status, paid.json["paid_by_credit"]) == (200, True), paid
+
+    page = await signed_in(web)
+    await page.click("#nav-reports")
+    row = page.locator(f"#report-table tr[data-line='{campaign_id}']")
+    await row.wait_for()
+    cells = [" ".join(c.split()) for c in await row.locator("th, td").all_inner_texts()]
+    assert cells == [
+        f"Bill inserts ({campaign_id})",
+        "5",
+        "1",
+        "20.000 OMR",
+        "9.000 OMR",
+        "0.000 OMR",
+        "0.000 OMR",
+        "1",
+        "0.000 OMR",
+    ]
+    assert "muscat.example" in await text(page, "#report-table tfoot")
+    await snap(page, "console-reports-01-all")
+
+    # a window in the past: the campaign is listed, with nothing in it
+    await page.fill("#r-from", "2020-01-01")
+    await page.fill("#r-to", "2020-02-01")
+    # the table shown now is marked, so the wait below is for the window's table
+    await page.eval_on_selector("#report-table", "t => t.setAttribute('data-stale', '')")
+    await page.click("#reports-submit")
+    await page.wait_for_function("location.hash.includes('from=2020-01-01')")
+    await page.locator("#report-table:not([data-stale])").wait_for()
+    await row.wait_for()
+    cells = [" ".join(c.split()) for c in await row.locator("td").all_inner_texts()]
+    assert cells == ["0", "0", *["0.000 OMR"] * 4, "0", "0.000 OMR"]
+    await snap(page, "console-reports-02-window")
+
+    # the CSV of the window shown, one line per row and the totals, the Sovereign a column
+    async with page.expect_download() as download_info:
+        await page.click("#reports-csv")
+    download = await download_info.value
+    assert download.suggested_filename == "campaign-report-from-2020-01-01-to-2020-02-01.csv"
+    saved = tmp_path / "report.csv"
+    await download.save_as(saved)
+    lines = saved.read_text().splitlines()
+    assert lines[0].startswith("sovereign,scope,campaign_id,name,codes_issued,redemptions,")
+    assert any(line.startswith(f"muscat.example,campaign,{campaign_id},") for line in lines)
+    assert lines[-1].startswith("muscat.example,sovereign,,muscat.example,0,0,")
+
+
 async def test_the_browser_used_the_documented_operations(store: Shop) -> None:
     """Run after the browser tests: each test already checked that its requests were documented;
     this checks the recording really saw the console and the redeem page at work."""
@@ -997,6 +1064,7 @@ async def test_the_browser_used_the_documented_operations(store: Shop) -> None:
         ("POST", "/billing/campaigns/{campaign_id}/codes"),
         ("GET", "/billing/campaigns/{campaign_id}/codes.csv"),
         ("DELETE", "/billing/campaigns/{campaign_id}"),
+        ("GET", "/billing/reports/campaigns"),
     }
 
 

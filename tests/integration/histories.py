@@ -163,6 +163,10 @@ ROW_KEYS = {
     "campaigns": "campaign_id",
     "campaign_codes": "code",
     "campaign_redemptions": "redemption_id",
+    "report_facts": "seq, n",
+    "report_grants": "customer_id, redemption_id",
+    "report_holds": "order_id",
+    "report_orders": "order_id",
     "audit_log": "seq",
 }
 

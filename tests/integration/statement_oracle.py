@@ -52,6 +52,7 @@ from voucher_ledger.projections.billing import (
 )
 from voucher_ledger.projections.campaigns import CampaignProjection
 from voucher_ledger.projections.model import Conn, PlainEvent, StreamEvent, stream_event
+from voucher_ledger.projections.reports import ReportProjection
 from voucher_ledger.projections.vouchers import VoucherProjection
 from voucher_ledger.projections.wallets import WalletProjection
 
@@ -736,10 +737,28 @@ class CampaignStatements:
         await ops.run(conn)
 
 
+class ReportStatements:
+    """``report_facts`` and the tables it attributes by: the read model's applier given one
+    event at a time (each event its own batch, so every row the next event needs is read
+    back from the tables). Not independent of the applier: what it checks is that batching
+    changes nothing. The figures' independent check is ``verify``'s fold (``report_fold``)
+    and the fold in ``tests/e2e/test_reports.py``."""
+
+    name = ReportProjection.name
+    tables = ReportProjection.tables
+    keyed = ReportProjection.keyed
+
+    async def apply(self, conn: Conn, plain: Sequence[PlainEvent]) -> None:
+        applier = ReportProjection()
+        for item in plain:
+            await applier.apply(conn, [item])
+
+
 ORACLES = (
     VoucherStatements(),
     WalletStatements(),
     BillingStatements(),
     CampaignStatements(),
+    ReportStatements(),
     AuditStatements(),
 )

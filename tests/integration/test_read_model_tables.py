@@ -14,6 +14,12 @@ from voucher_ledger.projections.campaigns import CAMPAIGN_CODES, CAMPAIGN_REDEMP
 from voucher_ledger.projections.migrate import migrate
 from voucher_ledger.projections.model import Column, Table
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
+from voucher_ledger.projections.reports import (
+    REPORT_FACTS,
+    REPORT_GRANTS,
+    REPORT_HOLDS,
+    REPORT_ORDERS,
+)
 from voucher_ledger.projections.vouchers import REDEMPTIONS, VOUCHERS
 from voucher_ledger.projections.wallets import CREDIT_ENTRIES, CREDIT_LOTS, ORDERS, WALLETS
 
@@ -30,6 +36,10 @@ DECLARED = (
     CAMPAIGNS,
     CAMPAIGN_CODES,
     CAMPAIGN_REDEMPTIONS,
+    REPORT_FACTS,
+    REPORT_GRANTS,
+    REPORT_HOLDS,
+    REPORT_ORDERS,
     AUDIT_LOG,
 )
 

@@ -318,6 +318,14 @@ async def test_a_rebuild_of_every_event_type_in_many_batches_equals_the_live_row
     assert [dict(r) for r in await pool.fetch(CONSTRAINTS)] == constraints
     report = await verify(pool, nc, applied)
     assert report.clean, report.differences[:20]
+    # the campaign reports among them: verify's fold compared every line (campaigns too),
+    # credit spent, expired and taken back, discounts given
+    facts = before["report_facts"]
+    assert report.checked["report_facts"] == len({r["scope"] for r in facts}) >= 3
+    assert any(r["spent_baisa"] for r in facts)
+    assert any(r["expired_baisa"] for r in facts)
+    assert any(r["granted_baisa"] < 0 for r in facts)
+    assert any(r["discount_baisa"] for r in facts)
 
 
 def created(code: str) -> VoucherIssued:
@@ -548,7 +556,7 @@ async def test_verify_names_a_corrupted_row_and_the_cli_exits_1(
     )
     assert result.returncode == 0, result.stderr
     assert "events/s" in result.stdout
-    assert "rebuilt vouchers+wallets+billing+campaigns+audit:" in result.stdout
+    assert "rebuilt vouchers+wallets+billing+campaigns+reports+audit:" in result.stdout
     result = await asyncio.to_thread(
         subprocess.run, [*cli, "verify"], env=env, capture_output=True, text=True, timeout=120
     )

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from voucher_ledger import __version__
-from voucher_ledger.http import admin, billing, campaigns, ops, subscriptions, vouchers
+from voucher_ledger.http import admin, billing, campaigns, ops, reports, subscriptions, vouchers
 from voucher_ledger.http import campaign_models as cm
 from voucher_ledger.http import models as m
 from voucher_ledger.http.openapi import (
@@ -100,6 +100,17 @@ CAMPAIGN_ID: dict[str, Any] = {
     "description": "the campaign's id (case-insensitive)",
     "schema": {"type": "string", "pattern": f"^[{ALPHABET}{ALPHABET.lower()}]{{6}}$"},
 }
+REPORT_WINDOW: tuple[dict[str, Any], ...] = tuple(
+    {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": f"the window's {what}: ISO 8601 with a time zone (encode '+' as %2B or "
+        "use Z); absent: unbounded",
+        "schema": {"type": "string", "format": "date-time"},
+    }
+    for name, what in (("from", "start (inclusive)"), ("to", "end (exclusive)"))
+)
 CAMPAIGN_ROUTES: tuple[Route, ...] = (
     Route(
         "POST",
@@ -164,6 +175,19 @@ CAMPAIGN_ROUTES: tuple[Route, ...] = (
         parameters=(CAMPAIGN_ID,),
         ok="text/csv, one row per code in generation order",
         errors=(400, 401, 403, 404, 503),
+    ),
+    Route(
+        "GET",
+        "/billing/reports/campaigns",
+        reports.campaign_report,
+        "issuer",
+        "What each campaign (and the single vouchers, and orders without a code) cost and "
+        "brought in over [from, to), and this Sovereign's totals; CSV with Accept: text/csv",
+        parameters=REPORT_WINDOW,
+        response=reports.ReportOut,
+        ok="the report; with Accept: text/csv, its rows and then the totals as CSV (a header "
+        "line first: sovereign, scope, campaign_id, name and the figures)",
+        errors=(400, 401, 403, 503),
     ),
 )
 

@@ -7,6 +7,7 @@ from voucher_ledger.projections.audit import AuditProjection
 from voucher_ledger.projections.billing import BillingProjection
 from voucher_ledger.projections.campaigns import CampaignProjection
 from voucher_ledger.projections.model import Projection
+from voucher_ledger.projections.reports import ReportProjection
 from voucher_ledger.projections.vouchers import VoucherProjection
 from voucher_ledger.projections.wallets import WalletProjection
 
@@ -15,5 +16,6 @@ ALL_PROJECTIONS: tuple[Projection, ...] = (
     WalletProjection(),
     BillingProjection(),
     CampaignProjection(),
+    ReportProjection(),
     AuditProjection(),
 )

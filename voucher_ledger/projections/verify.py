@@ -44,6 +44,8 @@ from voucher_ledger.ledger.events import (
 )
 from voucher_ledger.projections.billing import INVOICE_STATUS, one_month_after
 from voucher_ledger.projections.replay import read_stream, stream_head
+from voucher_ledger.projections.report_fold import report_fold
+from voucher_ledger.projections.reports import FIGURES as REPORT_FIGURES
 from voucher_ledger.signing.chain import Checked, StreamChecker
 from voucher_ledger.signing.cutover import checker_for, range_reader, read_cutover
 from voucher_ledger.signing.proof import IntegrityError
@@ -124,6 +126,11 @@ async def verify(
             "SELECT code, campaign_id, ordinal, batch, prefix, seq FROM campaign_codes"
         )
         campaign_redemptions = await conn.fetch("SELECT * FROM campaign_redemptions")
+        report_sums = await conn.fetch(
+            "SELECT scope, "  # noqa: S608 - constant names
+            + ", ".join(f"sum({f})::bigint AS {f}" for f in REPORT_FIGURES)
+            + " FROM report_facts GROUP BY scope"
+        )
     head = await stream_head(nc, spec)
     report = VerifyReport(head=head, checkpoints=checkpoints)
     upto = max(checkpoints.values(), default=0)
@@ -175,6 +182,12 @@ async def verify(
         campaign_rows,
         campaign_codes,
         campaign_redemptions,
+    )
+    _compare(
+        report,
+        "report_facts",
+        report_fold(by_aggregate, checkpoints.get("reports", 0)),
+        {r["scope"]: {f: int(r[f]) for f in REPORT_FIGURES} for r in report_sums},
     )
     _compare(
         report,

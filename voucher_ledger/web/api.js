@@ -16,6 +16,7 @@ export const ENDPOINTS = Object.freeze({
   revokeCampaign: ["DELETE", "billing/campaigns/{campaign_id}"],
   generateCodes: ["POST", "billing/campaigns/{campaign_id}/codes"],
   codesCsv: ["GET", "billing/campaigns/{campaign_id}/codes.csv"],
+  report: ["GET", "billing/reports/campaigns"],
 });
 
 // The API sits next to the page (a relative root, so a proxy's path prefix is kept).

@@ -53,7 +53,7 @@ function instantField(raw) {
 }
 
 const $ = (id) => document.getElementById(id);
-const views = ["signin", "list", "form", "detail", "campaigns", "campaign"];
+const views = ["signin", "list", "form", "detail", "campaigns", "campaign", "reports"];
 let renderId = 0; // a newer navigation makes the answers of an older one irrelevant
 let pendingNotice = null;
 
@@ -103,7 +103,7 @@ function show(view) {
     const who = claims(token() ?? "");
     $("session-who").textContent = `Signed in as ${who.sub} (${who.role})`;
   }
-  for (const [id, match] of [["nav-list", view === "list"], ["nav-new", view === "form" && !currentRoute().code], ["nav-campaigns", view === "campaigns"]]) {
+  for (const [id, match] of [["nav-list", view === "list"], ["nav-new", view === "form" && !currentRoute().code], ["nav-campaigns", view === "campaigns"], ["nav-reports", view === "reports"]]) {
     if (match) $(id).setAttribute("aria-current", "page");
     else $(id).removeAttribute("aria-current");
   }
@@ -178,6 +178,10 @@ function currentRoute() {
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   if (parts[0] === "new") return { view: "form" };
   if (parts[0] === "campaigns") return parts[1] ? { view: "campaign", id: parts[1] } : { view: "campaigns" };
+  if (parts[0] === "reports") {
+    const day = (name) => (/^\d{4}-\d{2}-\d{2}$/.test(params.get(name) ?? "") ? params.get(name) : "");
+    return { view: "reports", from: day("from"), to: day("to") };
+  }
   if (parts[0] === "v" && parts[1]) {
     return parts[2] === "edit" ? { view: "form", code: parts[1] } : { view: "detail", code: parts[1] };
   }
@@ -218,6 +222,7 @@ async function render() {
     else if (route.view === "detail") await renderDetail(route, id);
     else if (route.view === "campaigns") await renderCampaigns(id);
     else if (route.view === "campaign") await renderCampaign(route, id);
+    else if (route.view === "reports") await renderReports(route, id);
     else await renderList(route, id);
   } finally {
     if (id === renderId) loading(false);
@@ -1240,6 +1245,111 @@ $("campaign-revoke-dialog").addEventListener("close", async () => {
   pendingNotice = `Campaign ${c.name} revoked: its codes no longer redeem.`;
   announce(pendingNotice);
   render();
+});
+
+// ---------------------------------------------------------------------------- reports
+
+/** A day of the date inputs (YYYY-MM-DD) as the instant its midnight is in this browser's
+ *  time zone, which the page names. */
+function dayStart(day) {
+  return day ? new Date(`${day}T00:00:00`).toISOString() : undefined;
+}
+
+function reportQuery(route) {
+  return { from: dayStart(route.from), to: dayStart(route.to) };
+}
+
+function money(baisa) {
+  const amount = (baisa / 1000).toLocaleString("en-GB", { minimumFractionDigits: 3, maximumFractionDigits: 3 });
+  return `${amount} OMR`;
+}
+
+const REPORT_COLUMNS = [
+  ["Codes issued", (r) => r.codes_issued.toLocaleString("en-GB")],
+  ["Redemptions", (r) => r.redemptions.toLocaleString("en-GB")],
+  ["Credit granted", (r) => money(r.credit_granted_baisa)],
+  ["Credit spent", (r) => money(r.credit_spent_baisa)],
+  ["Credit expired", (r) => money(r.credit_expired_baisa)],
+  ["Discount", (r) => money(r.discount_baisa)],
+  ["Orders", (r) => r.orders.toLocaleString("en-GB")],
+  ["Revenue (Stripe)", (r) => money(r.revenue_baisa)],
+];
+
+function reportLine(r) {
+  if (r.scope === "campaign") {
+    return h("a", { href: campaignHash(r.campaign_id) }, r.name ? `${r.name} (${r.campaign_id})` : r.campaign_id);
+  }
+  return r.scope === "vouchers" ? "Single vouchers" : "Orders without a code";
+}
+
+let shownReport = null;
+
+async function renderReports(route, id) {
+  show("reports");
+  document.title = "Reports · voucher-ledger console";
+  $("reports-error").hidden = true;
+  $("r-from").value = route.from;
+  $("r-to").value = route.to;
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  $("r-window-hint").textContent = `Days start at midnight in ${zone}. Empty: no bound.`;
+  replace($("reports-body"));
+  shownReport = null;
+  const res = await call("report", { token: token(), query: reportQuery(route) });
+  if (id !== renderId) return;
+  if (handled(res, "read the reports")) return;
+  if (!res.ok) {
+    $("reports-error").hidden = false;
+    $("reports-error").textContent = res.error;
+    return;
+  }
+  shownReport = route;
+  const body = res.body;
+  const row = (r, head) => h("tr", { "data-line": r.campaign_id ?? r.scope },
+    h("th", { scope: "row" }, head),
+    REPORT_COLUMNS.map(([, cell]) => h("td", { class: "num" }, cell(r))));
+  $("reports-body").append(h("div", { class: "table-wrap" },
+    h("table", { id: "report-table" },
+      h("caption", {}, `Per campaign, then single vouchers and orders without a code; Sovereign ${body.sovereign || "(unnamed)"}`),
+      h("thead", {}, h("tr", {},
+        h("th", { scope: "col" }, "Line"),
+        REPORT_COLUMNS.map(([label]) => h("th", { scope: "col" }, label)))),
+      h("tbody", {}, body.rows.map((r) => row(r, reportLine(r)))),
+      h("tfoot", {}, row(body.totals, `Total, ${body.sovereign || "this Sovereign"}`)))));
+  announce(`${plural(body.rows.length, "line", "lines")} shown.`);
+  focusHeading($("reports-title"));
+}
+
+$("reports-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const params = new URLSearchParams();
+  if ($("r-from").value) params.set("from", $("r-from").value);
+  if ($("r-to").value) params.set("to", $("r-to").value);
+  const search = params.toString();
+  const hash = search ? `#/reports?${search}` : "#/reports";
+  if (window.location.hash === hash) render();
+  else window.location.hash = hash;
+});
+
+$("reports-csv").addEventListener("click", async () => {
+  const route = shownReport ?? currentRoute();
+  $("reports-csv").disabled = true;
+  const res = await call("report", {
+    token: token(), query: reportQuery(route), headers: { Accept: "text/csv" }, text: true,
+  });
+  $("reports-csv").disabled = false;
+  if (handled(res, "download the report")) return;
+  if (!res.ok) {
+    banner(`The report could not be downloaded (${res.status}: ${res.error}).`, false);
+    return;
+  }
+  const url = URL.createObjectURL(new Blob([res.body], { type: "text/csv" }));
+  const name = `campaign-report${route.from ? `-from-${route.from}` : ""}${route.to ? `-to-${route.to}` : ""}.csv`;
+  const link = h("a", { href: url, download: name, hidden: true });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  announce("The report's CSV is downloading.");
 });
 
 // ---------------------------------------------------------------------------- start
