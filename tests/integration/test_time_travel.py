@@ -140,3 +140,9 @@ def test_timestamps_are_read_in_utc(raw: str, expected: str) -> None:
 def test_bad_timestamps_say_what_is_expected(raw: str) -> None:
     with pytest.raises(BadTimestamp, match=r"ISO 8601|time zone"):
         parse_timestamp(raw)
+
+
+@pytest.mark.parametrize("raw", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_a_moment_outside_years_1_to_9999_in_utc_is_a_bad_timestamp_not_a_crash(raw: str) -> None:
+    with pytest.raises(BadTimestamp, match="years 1-9999"):
+        parse_timestamp(raw)

@@ -44,7 +44,10 @@ def parse_timestamp(raw: str, *, name: str = "at") -> datetime:
         raise BadTimestamp(f"{name} must be {_TIMESTAMP_HINT}") from exc
     if value.tzinfo is None:
         raise BadTimestamp(f"{name} needs a time zone (Z or +hh:mm): {_TIMESTAMP_HINT}")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        raise BadTimestamp(f"{name} must fall within years 1-9999 in UTC") from exc
 
 
 @dataclass(frozen=True, slots=True)
