@@ -47,7 +47,7 @@ def parse_timestamp(raw: str, *, name: str = "at") -> datetime:
     try:
         return value.astimezone(UTC)
     except OverflowError as exc:  # 0001-01-01T00:00:00+14:00 is before year 1 in UTC
-        raise BadTimestamp(f"{name} must fall within years 1-9999 in UTC") from exc
+        raise BadTimestamp(f"{name} is out of range: years 1-9999 in UTC") from exc
 
 
 @dataclass(frozen=True, slots=True)
