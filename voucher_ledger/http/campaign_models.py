@@ -19,10 +19,13 @@ from pydantic import (
 )
 
 from voucher_ledger.http.models import (
-    DISCOUNT_DURATION_PATTERN,
     DURATION_PATTERN,
     KIND_VARIANTS,
     TIMESTAMP_RULE,
+    AmountOff,
+    AppliesTo,
+    DiscountDuration,
+    PercentOff,
     check_kind_fields,
     credit_of_kind,
     discount_terms_of,
@@ -33,7 +36,7 @@ from voucher_ledger.ledger.commands import (
     MAX_VALID_FOR_SECONDS,
     PLAN_ID,
 )
-from voucher_ledger.ledger.durations import parse_discount_duration, parse_duration
+from voucher_ledger.ledger.durations import parse_duration
 from voucher_ledger.ledger.events import DiscountTerms
 from voucher_ledger.projections.timetravel import BadTimestamp, parse_timestamp
 
@@ -76,17 +79,10 @@ class CreateCampaignBody(BaseModel):
         validate_default=True,
         description="credit per redemption, whole OMR: required for a credit campaign",
     )
-    percent_off: StrictInt | None = Field(default=None, ge=1, le=100)
-    amount_off_omr: StrictInt | None = Field(default=None, gt=0, le=10**9)
-    applies_to: list[Literal["plans", "addons", "apps"]] | None = Field(
-        default=None, min_length=1, max_length=3, json_schema_extra={"uniqueItems": True}
-    )
-    duration: StrictStr | None = Field(
-        default=None,
-        max_length=64,
-        description='a discount lasts "once", an ISO 8601 duration (e.g. P3M) or "forever"',
-        json_schema_extra={"pattern": DISCOUNT_DURATION_PATTERN},
-    )
+    percent_off: PercentOff = None
+    amount_off_omr: AmountOff = None
+    applies_to: AppliesTo = None
+    duration: DiscountDuration = None
     max_redemptions: StrictInt = Field(
         default=0, ge=0, le=2**31 - 1, description="across all codes; 0 = unlimited"
     )
@@ -147,11 +143,6 @@ class CreateCampaignBody(BaseModel):
     @classmethod
     def _at_most(cls, value: int | None, info: ValidationInfo) -> int | None:
         return credit_of_kind(value, info, "campaign")
-
-    @field_validator("duration")
-    @classmethod
-    def _discount_duration(cls, value: str | None) -> str | None:
-        return None if value is None else parse_discount_duration(value)
 
     def discount_terms(self) -> DiscountTerms | None:
         return discount_terms_of(

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -110,6 +111,35 @@ KIND_VARIANTS: dict[str, Any] = {
 }
 
 
+# A discount's fields, as the voucher and the campaign bodies take them (issue #21).
+PercentOff = Annotated[
+    StrictInt | None, Field(ge=1, le=100, description="percent_off: 1-100 percent off the lines")
+]
+AmountOff = Annotated[
+    StrictInt | None, Field(gt=0, le=10**9, description="amount_off: whole OMR off the lines")
+]
+AppliesTo = Annotated[
+    list[Literal["plans", "addons", "apps"]] | None,
+    Field(
+        min_length=1,
+        max_length=3,
+        description="a discount applies to the order lines of these kinds; null: all of them",
+        json_schema_extra={"uniqueItems": True},
+    ),
+]
+DiscountDuration = Annotated[
+    StrictStr | None,
+    Field(
+        max_length=64,
+        description='a discount lasts "once" (the redeeming order; the default), an ISO 8601 '
+        "duration after the redemption (every checkout of the Organization within it, e.g. "
+        'P3M), or "forever"',
+        json_schema_extra={"pattern": DISCOUNT_DURATION_PATTERN},
+    ),
+    AfterValidator(lambda value: None if value is None else parse_discount_duration(value)),
+]
+
+
 def credit_of_kind(value: int | None, info: ValidationInfo, what: str) -> int | None:
     """``credit_omr`` as the body's ``kind`` wants it (validated after ``kind``): required and
     more than 0 for credit, none for a discount; at most the context's ``max_credit_omr``."""
@@ -198,27 +228,10 @@ class IssueVoucherBody(_Strict):
         description="credit per redemption, whole OMR: required for a credit voucher, none "
         "for a discount",
     )
-    percent_off: StrictInt | None = Field(
-        default=None, ge=1, le=100, description="percent_off: 1-100 percent off the lines"
-    )
-    amount_off_omr: StrictInt | None = Field(
-        default=None, gt=0, le=10**9, description="amount_off: whole OMR off the lines"
-    )
-    applies_to: list[Literal["plans", "addons", "apps"]] | None = Field(
-        default=None,
-        min_length=1,
-        max_length=3,
-        description="a discount applies to the order lines of these kinds; null: all of them",
-        json_schema_extra={"uniqueItems": True},
-    )
-    duration: StrictStr | None = Field(
-        default=None,
-        max_length=64,
-        description='a discount lasts "once" (the redeeming order; the default), an ISO 8601 '
-        "duration after the redemption (every checkout of the Organization within it, e.g. "
-        'P3M), or "forever"',
-        json_schema_extra={"pattern": DISCOUNT_DURATION_PATTERN},
-    )
+    percent_off: PercentOff = None
+    amount_off_omr: AmountOff = None
+    applies_to: AppliesTo = None
+    duration: DiscountDuration = None
     description: StrictStr | None = Field(default=None, max_length=2000, pattern=r"^[^\x00]*$")
     active: StrictBool | None = None
     max_redemptions: StrictInt | None = Field(
@@ -343,11 +356,6 @@ class IssueVoucherBody(_Strict):
     @classmethod
     def _at_most(cls, value: int | None, info: ValidationInfo) -> int | None:
         return credit_of_kind(value, info, "voucher")
-
-    @field_validator("duration")
-    @classmethod
-    def _discount_duration(cls, value: str | None) -> str | None:
-        return None if value is None else parse_discount_duration(value)
 
     @model_validator(mode="after")
     def _discount_fields(self) -> IssueVoucherBody:
