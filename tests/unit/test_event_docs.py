@@ -76,7 +76,9 @@ def test_asyncapi_document_is_structurally_valid() -> None:
         assert server["host"]
 
     channels = doc["channels"]
-    assert set(channels) == set(eventdocs.aggregates()) == {"voucher", "wallet", "campaign"}
+    assert (
+        set(channels) == set(eventdocs.aggregates()) == {"voucher", "wallet", "campaign", "global"}
+    )
     assert channels["voucher"]["address"] == "{prefix}.events.voucher.{code}"
     assert channels["wallet"]["address"] == "{prefix}.events.wallet.{account}"
     for name, channel in channels.items():
@@ -148,7 +150,7 @@ def asyncapi_payload_validator(message: str) -> jsonschema.protocols.Validator:
 
 def envelope_of(event: BaseModel) -> EventEnvelope:
     family = str(getattr(event, "type", "")).split(".")[0]
-    aggregate = family if family in ("voucher", "campaign") else "wallet"
+    aggregate = family if family in ("voucher", "campaign", "global") else "wallet"
     return EventEnvelope.model_validate(
         {
             "event_id": str(uuid.uuid4()),

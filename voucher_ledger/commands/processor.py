@@ -58,7 +58,7 @@ from voucher_ledger.commands.wire import (
 from voucher_ledger.jetstream.direct import write_now
 from voucher_ledger.jetstream.layout import Layout
 from voucher_ledger.jetstream.pulls import PullLoop
-from voucher_ledger.ledger import campaign, voucher, wallet
+from voucher_ledger.ledger import campaign, global_voucher, voucher, wallet
 from voucher_ledger.ledger.errors import CommandExpired, DomainError
 from voucher_ledger.ledger.events import EventEnvelope, RecordedEvent
 from voucher_ledger.ledger.voucher import Decided, Policy, Receipt, Refused, Replayed
@@ -122,7 +122,15 @@ class _VoucherKind:
         return voucher.evolve(state, recorded, fingerprint)
 
     def reply(self, state: Any, command: Any, command_id: str) -> Accepted:
-        return accepted_from(state.receipts[command_id])
+        receipt = state.receipts.get(command_id)
+        if receipt is None:  # a ReceiveGlobal that changed nothing (issue #22)
+            return Accepted(
+                command_id=command_id,
+                command_type=command.type,
+                seq=state.last_seq,
+                voucher=state.view() if state.issued else None,
+            )
+        return accepted_from(receipt)
 
 
 class _WalletKind:
@@ -183,7 +191,34 @@ class _CampaignKind:
         )
 
 
-AggregateKind = _VoucherKind | _WalletKind | _CampaignKind
+class _GlobalKind:
+    """A global voucher at the hub (issue #22): replies show it as it is now."""
+
+    aggregate: Literal["global"] = "global"
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def fold(self, key: str, history: list[RecordedEvent]) -> Any:
+        return global_voucher.fold(key, history)
+
+    def handle(self, state: Any, command: Any, command_id: str, now: datetime) -> Any:
+        return global_voucher.handle(state, command, command_id, self.policy)
+
+    def evolve(self, state: Any, recorded: RecordedEvent, fingerprint: str) -> Any:
+        return global_voucher.evolve(state, recorded, fingerprint)
+
+    def reply(self, state: Any, command: Any, command_id: str) -> Accepted:
+        receipt = state.receipts.get(command_id)
+        return Accepted(
+            command_id=command_id,
+            command_type=command.type,
+            seq=receipt.seq if receipt is not None else state.last_seq,
+            global_voucher=state.view() if state.issued is not None else None,
+        )
+
+
+AggregateKind = _VoucherKind | _WalletKind | _CampaignKind | _GlobalKind
 
 
 def rejected_from(command_id: str, error: DomainError) -> Rejected:
@@ -344,6 +379,7 @@ class PartitionProcessor:
             "voucher": _VoucherKind(policy),
             "wallet": _WalletKind(),
             "campaign": _CampaignKind(policy),
+            "global": _GlobalKind(policy),
         }
         # Commands not decided yet, per aggregate in arrival order; the plans of the next
         # append (decided); the append in flight; consecutive rounds with a conflict.

@@ -12,6 +12,7 @@ from voucher_ledger.ledger.campaign import CampaignView
 from voucher_ledger.ledger.codes import validate_command_id
 from voucher_ledger.ledger.commands import AnyCommand
 from voucher_ledger.ledger.events import Actor, Frozen, isoformat_z
+from voucher_ledger.ledger.global_voucher import GlobalView
 from voucher_ledger.ledger.voucher import RedemptionView, VoucherView
 from voucher_ledger.ledger.wallet import OrderView, WalletView
 
@@ -66,6 +67,8 @@ class Accepted(Frozen):
     order: OrderView | None = None
     # Campaign commands (and a campaign code's): the campaign as the command left it.
     campaign: CampaignView | None = None
+    # Global voucher commands at the hub (issue #22): the global voucher as it is now.
+    global_voucher: GlobalView | None = None
 
 
 class Rejected(Frozen):

@@ -75,11 +75,26 @@ class Layout:
         _check_campaign(campaign_id)
         return f"{self.prefix}.commands.{self.partition_of(campaign_id)}.campaign.{campaign_id}"
 
+    def global_subject(self, code: str) -> str:
+        """A global voucher at the hub (issue #22); Sovereigns source ``global_wildcard``."""
+        _check_code(code)
+        return f"{self.prefix}.events.global.{code}"
+
+    def global_command_subject(self, code: str) -> str:
+        _check_code(code)
+        return f"{self.prefix}.commands.{self.partition_of(code)}.global.{code}"
+
+    @property
+    def global_wildcard(self) -> str:
+        return f"{self.prefix}.events.global.>"
+
     def event_subject(self, aggregate: str, key: str) -> str:
         if aggregate == "wallet":
             return self.wallet_subject(key)
         if aggregate == "campaign":
             return self.campaign_subject(key)
+        if aggregate == "global":
+            return self.global_subject(key)
         return self.voucher_subject(key)
 
     def command_subject(self, aggregate: str, key: str) -> str:
@@ -87,6 +102,8 @@ class Layout:
             return self.wallet_command_subject(key)
         if aggregate == "campaign":
             return self.campaign_command_subject(key)
+        if aggregate == "global":
+            return self.global_command_subject(key)
         return self.voucher_command_subject(key)
 
     def partition_filter(self, partition: int) -> str:

@@ -16,7 +16,13 @@ from voucher_ledger.ledger.campaign_codes import (
 from voucher_ledger.ledger.codes import normalise_code, validate_customer_id
 from voucher_ledger.ledger.durations import parse_discount_duration
 from voucher_ledger.ledger.errors import InvalidInput
-from voucher_ledger.ledger.events import DiscountTerms, Frozen, OrderDraft, OrderLine
+from voucher_ledger.ledger.events import (
+    DiscountTerms,
+    Frozen,
+    GlobalIssued,
+    OrderDraft,
+    OrderLine,
+)
 
 
 class _CodeCommand(Frozen):
@@ -515,6 +521,100 @@ class RevokeCampaign(_CampaignCommand):
 
 CampaignCommandT = CreateCampaign | GenerateCampaignCodes | RevokeCampaign
 
+# ------------------------------------------------------------- global vouchers (issue #22)
+
+SOVEREIGN_NAME = r"^[a-z][a-z0-9_]{0,31}$"
+
+
+class _GlobalCommand(Frozen):
+    """A command for a global voucher at the hub (``ledger/global_voucher.py``)."""
+
+    code: str
+
+    @field_validator("code", mode="before")
+    @classmethod
+    def _normalise(cls, value: object) -> str:
+        return normalise_code(value)
+
+    @property
+    def aggregate(self) -> tuple[Literal["global"], str]:
+        return ("global", self.code)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:32]
+
+
+class IssueGlobal(_GlobalCommand):
+    """Issue a global voucher at the hub (create only): ``terms`` as a single voucher's issue
+    (its ``max_redemptions``, required, is the cap across all Sovereigns), first allotted to
+    ``sovereigns``."""
+
+    type: Literal["issue_global"] = "issue_global"
+    terms: IssueVoucher
+    sovereigns: list[Annotated[str, Field(pattern=SOVEREIGN_NAME)]] = Field(max_length=1000)
+
+    @model_validator(mode="after")
+    def _same_code(self) -> IssueGlobal:
+        if self.terms.code != self.code:
+            raise ValueError("the terms are for another code")
+        if not self.terms.max_redemptions:
+            raise InvalidInput("max_redemptions", "a global voucher needs a cap (at least 1)")
+        if campaign_of(self.code) is not None:
+            raise InvalidInput("code", "a global code must not have a campaign code's shape")
+        return self
+
+
+class ObserveSovereign(_GlobalCommand):
+    """What the hub's trail shows of one Sovereign for this code, read up to ``trail_seq``:
+    its standing redemptions and all it released. Sent by the hub's allocator; the aggregate
+    keeps the latest and tops the Sovereign's share up by the allocation policy."""
+
+    type: Literal["observe_sovereign"] = "observe_sovereign"
+    sovereign: str = Field(pattern=SOVEREIGN_NAME)
+    trail_seq: int = Field(ge=1, strict=True)
+    redeemed: int = Field(ge=0, strict=True)
+    released_total: int = Field(ge=0, strict=True)
+    answered_total: int = Field(ge=0, strict=True)
+
+
+class RecallShare(_GlobalCommand):
+    """Ask ``sovereign`` to give back ``slots`` of its share it has not used."""
+
+    type: Literal["recall_share"] = "recall_share"
+    sovereign: str = Field(pattern=SOVEREIGN_NAME)
+    slots: int = Field(ge=1, le=2**31 - 1, strict=True)
+
+
+class RevokeGlobal(_GlobalCommand):
+    type: Literal["revoke_global"] = "revoke_global"
+
+
+GlobalCommandT = IssueGlobal | ObserveSovereign | RecallShare | RevokeGlobal
+
+
+class ReceiveGlobal(_CodeCommand):
+    """On a Sovereign: the hub's latest figures for this Sovereign's share of the global code
+    ``code`` (``definition``: the hub's ``global.issued``), read from its copy of the hub's
+    global events at position ``hub_seq``. Sent by the Sovereign's share inbox; cumulative, so
+    sending it twice, late or out of order changes nothing."""
+
+    type: Literal["receive_global"] = "receive_global"
+    definition: GlobalIssued
+    allotted_total: int = Field(ge=0, strict=True)
+    requested_total: int = Field(ge=0, strict=True)
+    revoked: bool = Field(strict=True)
+    pool_empty: bool = Field(strict=True)
+    hub_seq: int = Field(ge=1, strict=True)
+
+    @property
+    def aggregate(self) -> tuple[Literal["voucher", "campaign"], str]:
+        return ("voucher", self.code)
+
+    def fingerprint(self) -> str:
+        # Cumulative figures: a later delivery under the same command id is the same command.
+        return "receive_global"
+
+
 VoucherCommand = Annotated[
     IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption,
     Field(discriminator="type"),
@@ -524,8 +624,10 @@ AnyCommand = Annotated[
     | RevokeVoucher
     | RedeemVoucher
     | ReverseRedemption
+    | ReceiveGlobal
     | WalletCommandT
-    | CampaignCommandT,
+    | CampaignCommandT
+    | GlobalCommandT,
     Field(discriminator="type"),
 ]
 

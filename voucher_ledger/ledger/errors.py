@@ -269,3 +269,17 @@ class BudgetExhausted(DomainError):
             budget_baisa=budget_baisa,
             left_baisa=left_baisa,
         )
+
+
+class ShareExhausted(DomainError):
+    """A Sovereign's share of a global voucher is used up for now (issue #22): the global cap
+    may not be; the hub tops the share up once it hears of it (410, retry later)."""
+
+    reason = "share_exhausted"
+
+    def __init__(self, code: str, share: int) -> None:
+        super().__init__(
+            "this code's allowance on this Sovereign is used up for now; try again later",
+            code=code,
+            share=share,
+        )

@@ -613,8 +613,133 @@ CAMPAIGN_EVENT_TYPES: tuple[type[Frozen], ...] = (
 )
 
 
+# ------------------------------------------------------------- global vouchers (issue #22)
+# At the hub, subject ``<prefix>.events.global.<CODE>``: one aggregate per global code owns its
+# cap and decides how much of it each Sovereign holds (``ledger/global_voucher.py``). On a
+# Sovereign the code is a voucher (``voucher.<CODE>``) whose cap is the share it received
+# (``voucher.share_received``); every Sovereign's stream reaches the hub's trail by sourcing.
+
+
+class GlobalIssued(Frozen):
+    """The hub issued a global voucher: what every Sovereign redeems it for (the fields of
+    ``voucher.issued``), ``max_redemptions`` its cap across all Sovereigns together (> 0), and
+    the Sovereigns it was first allotted to."""
+
+    type: Literal["global.issued"] = "global.issued"
+    version: Literal[1] = 1
+    code: str
+    credit_baisa: int
+    description: str
+    max_redemptions: int
+    sovereigns: list[str]
+    starts_at: datetime | None = None
+    expires_at: datetime | None = None
+    plans: list[str] | None = None
+    min_order_baisa: int = 0
+    new_organizations_only: bool = False
+    credit_valid_for_seconds: int | None = None
+    discount: DiscountTerms | None = None
+
+
+class GlobalShareAllotted(Frozen):
+    """The hub gave ``slots`` of the cap to ``sovereign`` (``allotted_total``: all it was ever
+    given for this code); ``pool``: the slots no Sovereign holds after this."""
+
+    type: Literal["global.share_allotted"] = "global.share_allotted"
+    version: Literal[1] = 1
+    code: str
+    sovereign: str
+    slots: int
+    allotted_total: int
+    pool: int
+
+
+class GlobalRecallRequested(Frozen):
+    """The hub asked ``sovereign`` to give back ``slots`` it has not used (``requested_total``:
+    all it was ever asked for); the Sovereign answers with ``voucher.share_released``."""
+
+    type: Literal["global.recall_requested"] = "global.recall_requested"
+    version: Literal[1] = 1
+    code: str
+    sovereign: str
+    slots: int
+    requested_total: int
+
+
+class GlobalObserved(Frozen):
+    """What the hub's trail showed of ``sovereign`` up to trail sequence ``trail_seq``: its
+    redemptions of the code still standing (``redeemed``) and all the slots it released
+    (``released_total``, back in the pool: ``pool`` after this)."""
+
+    type: Literal["global.observed"] = "global.observed"
+    version: Literal[1] = 1
+    code: str
+    sovereign: str
+    trail_seq: int
+    redeemed: int
+    released_total: int
+    answered_total: int  # the recalls (``requested_total``) the Sovereign has answered
+    pool: int
+
+
+class GlobalRevoked(Frozen):
+    """The hub revoked the global voucher: each Sovereign stops redeeming it once this reaches
+    it, and gives back the slots it had not used."""
+
+    type: Literal["global.revoked"] = "global.revoked"
+    version: Literal[1] = 1
+    code: str
+
+
+class ShareReceived(Frozen):
+    """On a Sovereign: the hub's figures for this Sovereign's share of a global code, as they
+    arrived (cumulative, so a late or repeated delivery changes nothing): ``allotted_total``
+    slots given, ``requested_total`` asked back, ``pool_empty`` whether the hub had no slot
+    left to give, and the hub's stream sequence they were read at (``hub_seq``)."""
+
+    type: Literal["voucher.share_received"] = "voucher.share_received"
+    version: Literal[1] = 1
+    code: str
+    allotted_total: int
+    requested_total: int
+    pool_empty: bool
+    hub_seq: int
+
+
+class ShareReleased(Frozen):
+    """On a Sovereign: ``slots`` of its share it had not used go back to the hub (a recall, or
+    the code's revocation); ``released_total``: all it ever released for this code;
+    ``answered_total``: the hub's ``requested_total`` this answers (each recall is answered
+    once, with what was unused then, possibly 0)."""
+
+    type: Literal["voucher.share_released"] = "voucher.share_released"
+    version: Literal[1] = 1
+    code: str
+    slots: int
+    released_total: int
+    answered_total: int
+
+
+GlobalEventT = (
+    GlobalIssued | GlobalShareAllotted | GlobalRecallRequested | GlobalObserved | GlobalRevoked
+)
+GLOBAL_EVENT_TYPES: tuple[type[Frozen], ...] = (
+    GlobalIssued,
+    GlobalShareAllotted,
+    GlobalRecallRequested,
+    GlobalObserved,
+    GlobalRevoked,
+    ShareReceived,
+    ShareReleased,
+)
+
 VoucherEvent = Annotated[
-    VoucherIssued | VoucherRevoked | VoucherRedeemed | RedemptionReversed,
+    VoucherIssued
+    | VoucherRevoked
+    | VoucherRedeemed
+    | RedemptionReversed
+    | ShareReceived
+    | ShareReleased,
     Field(discriminator="type"),
 ]
 WalletEventT = (
@@ -641,7 +766,10 @@ AnyEvent = Annotated[
     | VoucherRedeemed
     | RedemptionReversed
     | WalletEventT
-    | CampaignEventT,
+    | CampaignEventT
+    | GlobalEventT
+    | ShareReceived
+    | ShareReleased,
     Field(discriminator="type"),
 ]
 EVENT_TYPES: tuple[type[Frozen], ...] = (
@@ -666,6 +794,7 @@ EVENT_TYPES: tuple[type[Frozen], ...] = (
     OrderPlaced,
     AccountMoved,
     *CAMPAIGN_EVENT_TYPES,
+    *GLOBAL_EVENT_TYPES,
 )
 
 
@@ -698,7 +827,7 @@ EventProof = SignedProof | ChainProof
 
 class EventEnvelope(Frozen):
     event_id: str
-    aggregate: Literal["voucher", "wallet", "campaign"] = "voucher"
+    aggregate: Literal["voucher", "wallet", "campaign", "global"] = "voucher"
     aggregate_id: str
     occurred_at: datetime
     actor: Actor

@@ -20,6 +20,7 @@ import immutables
 
 from voucher_ledger.ledger.commands import (
     IssueVoucher,
+    ReceiveGlobal,
     RedeemVoucher,
     ReverseRedemption,
     RevokeVoucher,
@@ -32,6 +33,7 @@ from voucher_ledger.ledger.errors import (
     InvalidInput,
     NotEligible,
     RedemptionNotFound,
+    ShareExhausted,
     VoucherExpired,
     VoucherInactive,
     VoucherNotFound,
@@ -42,13 +44,22 @@ from voucher_ledger.ledger.events import (
     Frozen,
     RecordedEvent,
     RedemptionReversed,
+    ShareReceived,
+    ShareReleased,
     VoucherIssued,
     VoucherRedeemed,
     VoucherRevoked,
 )
 
-VoucherCommandT = IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption
-VoucherEventT = VoucherIssued | VoucherRevoked | VoucherRedeemed | RedemptionReversed
+VoucherCommandT = IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption | ReceiveGlobal
+VoucherEventT = (
+    VoucherIssued
+    | VoucherRevoked
+    | VoucherRedeemed
+    | RedemptionReversed
+    | ShareReceived
+    | ShareReleased
+)
 
 _T = TypeVar("_T")
 _REDEMPTION_NS = uuid.UUID("6f1c2a4e-2d3b-4c55-9a57-5f0d3f7b9e11")
@@ -181,6 +192,22 @@ NO_RULES = Rules()
 
 
 @dataclass(frozen=True, slots=True)
+class GlobalShare:
+    """On a Sovereign, a global code's share (issue #22): the hub's cumulative figures as
+    received, and what this Sovereign released. It redeems while ``received - released`` is
+    more than its standing redemptions."""
+
+    received: int = 0
+    requested: int = 0  # the largest requested_total seen (each answered once)
+    released: int = 0
+    pool_empty: bool = False
+    hub_seq: int = 0
+
+    def unused(self, times_redeemed: int) -> int:
+        return self.received - self.released - times_redeemed
+
+
+@dataclass(frozen=True, slots=True)
 class Receipt:
     """What an accepted command produced; replayed verbatim for a retried command id.
 
@@ -264,6 +291,7 @@ class VoucherState:
     receipts: immutables.Map[str, Receipt] = field(default_factory=immutables.Map)
     facts: VoucherFacts | None = None  # set by the first issue, renewed by issue and revoke
     rules: Rules = NO_RULES
+    share: GlobalShare | None = None  # a global code's share on this Sovereign (issue #22)
 
     @property
     def live(self) -> bool:
@@ -315,6 +343,10 @@ def decide(
     """``now``: the moment of the decision (the processor's clock), against which a voucher's
     window is checked; the wall clock when not given."""
     match command:
+        case IssueVoucher() | RevokeVoucher() if state.share is not None:
+            raise InvalidInput("code", "this is a global voucher: it is managed at the hub")
+        case ReceiveGlobal():
+            return _receive_global(state, command)
         case IssueVoucher():
             if command.credit_baisa > policy.max_credit_baisa:
                 raise InvalidInput(
@@ -358,6 +390,11 @@ def decide(
                 raise VoucherExpired(state.code, rules.expires_at)
             if state.max_redemptions and state.times_redeemed >= state.max_redemptions:
                 raise CapReached(state.code, state.max_redemptions)
+            share = state.share
+            if share is not None and share.unused(state.times_redeemed) <= 0:
+                if share.pool_empty:
+                    raise CapReached(state.code, state.max_redemptions)
+                raise ShareExhausted(state.code, share.received - share.released)
             if command.customer_id in state.redemptions:
                 raise AlreadyRedeemed(state.code, command.customer_id)
             user = command.user
@@ -390,6 +427,69 @@ def decide(
                     reason=command.reason,
                 )
             ]
+
+
+def _receive_global(state: VoucherState, command: ReceiveGlobal) -> list[VoucherEventT]:
+    """The hub's figures for this Sovereign's share, as they arrived: record what is new,
+    answer a new recall with what is unused, and give every unused slot back once revoked."""
+    if state.issued and state.share is None:
+        raise InvalidInput(
+            "code", "a voucher of this Sovereign has this code: the global one is not taken here"
+        )
+    d = command.definition
+    events: list[VoucherEventT] = []
+    if not state.issued:
+        events.append(
+            VoucherIssued(
+                code=state.code,
+                credit_baisa=d.credit_baisa,
+                description=d.description,
+                active=True,
+                max_redemptions=d.max_redemptions,
+                change="created",
+                starts_at=d.starts_at,
+                expires_at=d.expires_at,
+                plans=d.plans,
+                min_order_baisa=d.min_order_baisa,
+                new_organizations_only=d.new_organizations_only,
+                credit_valid_for_seconds=d.credit_valid_for_seconds,
+                discount=d.discount,
+            )
+        )
+    share = state.share or GlobalShare()
+    if command.hub_seq <= share.hub_seq and state.share is not None:
+        return events  # older than what is recorded
+    received = max(share.received, command.allotted_total)
+    requested = max(share.requested, command.requested_total)
+    if state.share is None or (received, requested, command.pool_empty) != (
+        share.received,
+        share.requested,
+        share.pool_empty,
+    ):
+        events.append(
+            ShareReceived(
+                code=state.code,
+                allotted_total=received,
+                requested_total=requested,
+                pool_empty=command.pool_empty,
+                hub_seq=command.hub_seq,
+            )
+        )
+    revoked = state.revoked or command.revoked
+    if command.revoked and not state.revoked:
+        events.append(VoucherRevoked(code=state.code))
+    unused = max(0, received - share.released - state.times_redeemed)
+    give = unused if revoked else min(requested - share.requested, unused)
+    if requested > share.requested or give > 0:
+        events.append(
+            ShareReleased(
+                code=state.code,
+                slots=give,
+                released_total=share.released + give,
+                answered_total=requested,
+            )
+        )
+    return events
 
 
 def _rules_after(current: Rules, command: IssueVoucher) -> Rules:
@@ -609,6 +709,23 @@ def evolve(state: VoucherState, recorded: RecordedEvent, fingerprint: str = "") 
                 "created_at": created_at,
                 "rules": facts.rules,
             }
+        case ShareReceived() | ShareReleased():
+            facts = state.facts
+            if facts is None:
+                raise VoucherNotFound(state.code)
+            times_redeemed = state.times_redeemed
+            share = state.share or GlobalShare()
+            if isinstance(event, ShareReceived):
+                share = replace(
+                    share,
+                    received=event.allotted_total,
+                    requested=event.requested_total,
+                    pool_empty=event.pool_empty,
+                    hub_seq=event.hub_seq,
+                )
+            else:
+                share = replace(share, released=event.released_total)
+            changes = {"share": share}
         case VoucherRevoked():
             if state.created_at is None:
                 raise VoucherNotFound(state.code)
@@ -651,6 +768,8 @@ _COMMAND_OF_EVENT = {
     "voucher.revoked": "revoke_voucher",
     "voucher.redeemed": "redeem_voucher",
     "voucher.redemption_reversed": "reverse_redemption",
+    "voucher.share_received": "receive_global",
+    "voucher.share_released": "receive_global",
 }
 
 
@@ -672,6 +791,8 @@ def fingerprint_of_event(recorded: RecordedEvent) -> str:
     """
     event = recorded.envelope.event
     command: VoucherCommandT
+    if isinstance(event, ShareReceived | ShareReleased):
+        return "receive_global"  # ReceiveGlobal.fingerprint(): its figures are cumulative
     match event:
         case VoucherIssued():
             command = IssueVoucher(

@@ -58,6 +58,13 @@ AGGREGATE_KEYS: dict[str, tuple[str, str, str]] = {
         "of its codes ([PREFIX-]CAMPAIGN_ID-XXXXXXXXXX), whose events it writes.",
         "<prefix>.events.campaign.<CAMPAIGN_ID>",
     ),
+    "global": (
+        "code",
+        "A global voucher's code at the hub (issue #22), normalised like a voucher's; every "
+        "Sovereign sources <prefix>.events.global.> from the hub into its own stream "
+        "<PREFIX>_HUB_GLOBALS.",
+        "<prefix>.events.global.<CODE>",
+    ),
 }
 
 ENVELOPE_FIELD_DOCS = {
@@ -65,8 +72,8 @@ ENVELOPE_FIELD_DOCS = {
     "aggregate": "The aggregate that wrote the event; also the third subject token.",
     "aggregate_id": (
         "The aggregate's id: the normalised voucher code, the account id of a wallet "
-        "(the Organization; plain, not base64url-encoded as in the subject), or a campaign's "
-        "id."
+        "(the Organization; plain, not base64url-encoded as in the subject), a campaign's "
+        "id, or a global voucher's code (at the hub)."
     ),
     "occurred_at": "When the command was decided (RFC 3339, UTC).",
     "actor": "Who caused the change: the JWT subject and role, or system/system.",
