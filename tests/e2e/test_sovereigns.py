@@ -22,6 +22,7 @@ import secrets
 import subprocess
 import sys
 import urllib.request
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,15 @@ from tests.conftest import fresh_database, wait_until
 from tests.e2e.api_helpers import serve_on
 from tests.e2e.checkout_helpers import Shop, new_code, new_customer
 from tests.e2e.helpers import clean_env
+from voucher_ledger.commands.bus import CommandBus
+from voucher_ledger.commands.eventstore import JetStreamEventStore
+from voucher_ledger.commands.wire import Accepted, Rejected
 from voucher_ledger.jetstream.auth import read_user
+from voucher_ledger.jetstream.layout import Layout
+from voucher_ledger.ledger import global_voucher
+from voucher_ledger.ledger.commands import IssueGlobal, IssueVoucher, RevokeGlobal
+from voucher_ledger.ledger.events import Actor
+from voucher_ledger.ledger.global_voucher import GlobalView
 from voucher_ledger.service import federation
 from voucher_ledger.service.embedded import free_port
 
@@ -289,3 +298,281 @@ async def test_a_cut_sovereign_keeps_redeeming_and_the_trail_catches_up_after_th
     assert code_ == 0, out
     for name in SOVEREIGNS:
         assert f"{name}: trail equals the Sovereign's stream" in out, out
+
+
+# ------------------------------------------------------------------ global vouchers (deliverable 2)
+
+USED_UP = "used up for now"  # a Sovereign's share exhausted: the customer may try again later
+AT_CAP = "reached its redemption limit"  # the hub's pool empty too: the code is at its cap
+
+
+async def hub_command(hub: Site, command: Any) -> Accepted | Rejected:
+    """A command to the hub's processors, on the hub's bus as its serve sends them."""
+    user = read_user(hub.nats_dir, "service")
+    assert user is not None
+    nc = await nats.connect(hub.nats_url, user=user.user, password=user.password)
+    bus = CommandBus(nc, Layout(PREFIX, 8), f"{PREFIX.upper()}_COMMANDS")
+    await bus.start()
+    try:
+        return await bus.send(command, actor=Actor(sub="test-issuer", role="superadmin"))
+    finally:
+        await bus.close()
+        await nc.close()
+
+
+async def issue_global(hub: Site, code: str, cap: int) -> GlobalView:
+    terms = IssueVoucher(code=code, credit_baisa=100_000, max_redemptions=cap)
+    reply = await hub_command(hub, IssueGlobal(code=code, terms=terms, sovereigns=list(SOVEREIGNS)))
+    assert isinstance(reply, Accepted), reply
+    assert reply.global_voucher is not None, reply
+    return reply.global_voucher
+
+
+async def local_redemptions(site: Site, code: str) -> int:
+    """The Sovereign's own standing redemptions of ``code`` (its stream, not a read model):
+    voucher.redeemed events less reversals, folded from its event stream."""
+    rows = await site.shop.db(
+        "SELECT count(*) AS n FROM redemptions WHERE code = $1 AND reversed_at IS NULL", code
+    )
+    return int(rows[0]["n"])
+
+
+async def stream_redemptions(site: Site, code: str) -> int:
+    """Redemptions of ``code`` in the Sovereign's own event stream (read from NATS)."""
+    nc = await site.admin()
+    try:
+        js = nc.jetstream()
+        subject = f"{PREFIX}.events.voucher.{code}"
+        info = await js.stream_info(f"{PREFIX.upper()}_EVENTS", subjects_filter=subject)
+        total = sum((info.state.subjects or {}).values())
+        if not total:
+            return 0
+        sub = await js.subscribe(subject, stream=f"{PREFIX.upper()}_EVENTS", ordered_consumer=True)
+        n = 0
+        try:
+            for _ in range(total):
+                msg = await sub.next_msg(timeout=10)
+                kind = json.loads(msg.data)["event"]["type"]
+                n += {"voucher.redeemed": 1, "voucher.redemption_reversed": -1}.get(kind, 0)
+        finally:
+            await sub.unsubscribe()
+        return n
+    finally:
+        await nc.close()
+
+
+class Storm:
+    """Customers of their own Organizations checking out with one global code on the
+    Sovereigns, at once; a customer whose Sovereign's share is used up (or the code at its cap)
+    tries again a little later, until it succeeds or the storm is called off."""
+
+    def __init__(self, topology: dict[str, Site], code: str, per_sovereign: int) -> None:
+        self.topology = topology
+        self.code = code
+        self.customers = {
+            name: [new_customer(f"g{name[0]}") for _ in range(per_sovereign)] for name in SOVEREIGNS
+        }
+        self.won: dict[str, list[str]] = {name: [] for name in SOVEREIGNS}
+        self.refusals: Counter[str] = Counter()
+        self.over = asyncio.Event()
+
+    async def customer(self, name: str, sub: str, gate: asyncio.Semaphore) -> None:
+        shop = self.topology[name].shop
+        while not self.over.is_set():
+            async with gate:
+                reply = await shop.checkout(sub, "starter", promo_code=self.code)
+            if reply.status == 200:
+                self.won[name].append(sub)
+                return
+            assert reply.status == 400, reply  # never a 5xx
+            message = reply.json["error"]
+            kind = USED_UP if USED_UP in message else AT_CAP if AT_CAP in message else message
+            self.refusals[kind] += 1
+            assert kind in (USED_UP, AT_CAP), reply
+            await asyncio.sleep(0.2)
+
+    def run(self) -> list[asyncio.Task[None]]:
+        tasks = []
+        for name, subs in self.customers.items():
+            gate = asyncio.Semaphore(24)
+            tasks += [asyncio.create_task(self.customer(name, sub, gate)) for sub in subs]
+        return tasks
+
+    @property
+    def total(self) -> int:
+        return sum(len(v) for v in self.won.values())
+
+
+async def hub_view(hub: Site, code: str) -> GlobalView:
+    """The hub aggregate's view of the code, folded from the hub's own event stream."""
+    nc = await hub.admin()
+    store = JetStreamEventStore(nc, f"{PREFIX.upper()}_EVENTS")
+    try:
+        history = await store.load(Layout(PREFIX, 8).global_subject(code))
+    finally:
+        await store.close()
+        await nc.close()
+    return global_voucher.fold(code, history).view()
+
+
+async def settled(topology: dict[str, Site], code: str) -> dict[str, int]:
+    """Wait until the hub's trail and the hub aggregate have caught up with both Sovereigns'
+    own streams; return the Sovereigns' own counts."""
+    hub = topology["hub"]
+    own: dict[str, int] = {}
+
+    async def caught_up() -> bool:
+        for name in SOVEREIGNS:
+            own[name] = await stream_redemptions(topology[name], code)
+        nc = await hub.admin()
+        try:
+            counts = await federation.trail_counts(nc, PREFIX)
+        finally:
+            await nc.close()
+        if any(counts.redemptions.get(n, Counter())[code] != own[n] for n in SOVEREIGNS):
+            return False
+        view = await hub_view(hub, code)
+        return {s.sovereign: s.redeemed for s in view.sovereigns} == own
+
+    await wait_until(caught_up, timeout=90)
+    return own
+
+
+async def test_a_global_code_holds_its_cap_across_both_sovereigns(
+    topology: dict[str, Site],
+) -> None:
+    """Issue #22: cap 100, 300 customers of 300 Organizations split across both Sovereigns at
+    once: exactly 100 redemptions in total on the hub's trail, none over at any moment."""
+    hub = topology["hub"]
+    code = new_code("GLOBAL")
+    view = await issue_global(hub, code, 100)
+    assert view.pool == 50
+    assert [s.allotted for s in view.sovereigns] == [25, 25]
+    storm = Storm(topology, code, 150)
+    tasks = storm.run()
+    peak = 0
+    while not all(t.done() for t in tasks):
+        counts = [await local_redemptions(topology[n], code) for n in SOVEREIGNS]
+        peak = max(peak, sum(counts))
+        assert sum(counts) <= 100, counts  # at no moment over the cap
+        if await trail_redemptions(hub, code) >= 100:
+            break
+        await asyncio.sleep(0.2)
+    storm.over.set()
+    await asyncio.gather(*tasks)
+    own = await settled(topology, code)
+    assert sum(own.values()) == 100, own
+    assert storm.total == 100, storm.won
+    assert {n: len(w) for n, w in storm.won.items()} == own
+    assert await trail_redemptions(hub, code) == 100
+    view = await hub_view(hub, code)
+    assert view.redeemed == 100
+    assert view.pool == 0
+    for share in view.sovereigns:
+        assert share.redeemed <= share.allotted - share.released, share
+    assert peak <= 100
+    assert storm.refusals[USED_UP] > 0  # the shares ran out before the cap: top-ups happened
+
+
+async def test_a_cut_sovereign_redeems_its_share_and_the_cap_holds_through_the_heal(
+    topology: dict[str, Site],
+) -> None:
+    """The same storm while north's leaf link is cut (the connection dropped) mid-storm and
+    restored later: north keeps redeeming up to its share, the total never exceeds the cap,
+    and after the heal the hub's counts equal the Sovereigns' events."""
+    hub, north = topology["hub"], topology["north"]
+    proxy = PROXY["north"]
+
+    def north_links() -> int:
+        return len(north.monitor("/leafz").get("leafs") or [])
+
+    await wait_until(lambda: north_links() == 1, timeout=30)
+    code = new_code("GCUT")
+    await issue_global(hub, code, 100)
+
+    async def north_has_it() -> bool:
+        reply = await north.shop.request("GET", f"/billing/vouchers/{code}")
+        return reply.status == 200
+
+    await wait_until(north_has_it, timeout=60)
+    storm = Storm(topology, code, 150)
+    tasks = storm.run()
+    await wait_until(lambda: storm.total >= 20, timeout=60)
+    proxy.kill()  # mid-storm: the leaf connection drops
+    await wait_until(lambda: north_links() == 0, timeout=30)
+    cut_at = await trail_redemptions(hub, code)
+    north_at_cut = len(storm.won["north"])
+
+    # While cut: north goes on redeeming from the share it holds, and only from it.
+    await asyncio.sleep(5)
+    counts = {n: await local_redemptions(topology[n], code) for n in SOVEREIGNS}
+    assert sum(counts.values()) <= 100, counts
+    assert len(storm.won["north"]) > north_at_cut or storm.refusals[USED_UP] > 0
+    nc = await hub.admin()
+    try:
+        trail = await federation.trail_counts(nc, PREFIX)
+    finally:
+        await nc.close()
+    assert trail.redemptions.get("north", Counter())[code] <= cut_at  # nothing crossed the cut
+    for _ in range(10):
+        counts = {n: await local_redemptions(topology[n], code) for n in SOVEREIGNS}
+        assert sum(counts.values()) <= 100, counts
+        await asyncio.sleep(0.3)
+
+    proxy.start()  # healed
+    await wait_until(lambda: north_links() == 1, timeout=30)
+    deadline = asyncio.get_running_loop().time() + 120
+    while not all(t.done() for t in tasks):
+        counts = {n: await local_redemptions(topology[n], code) for n in SOVEREIGNS}
+        assert sum(counts.values()) <= 100, counts
+        if (
+            await trail_redemptions(hub, code) >= 100
+            or asyncio.get_running_loop().time() > deadline
+        ):
+            break
+        await asyncio.sleep(0.3)
+    storm.over.set()
+    await asyncio.gather(*tasks)
+    own = await settled(topology, code)
+    assert sum(own.values()) == 100, own  # the heal gave the rest of the cap out, no more
+    assert {n: len(w) for n, w in storm.won.items()} == own
+    view = await hub_view(hub, code)
+    assert {s.sovereign: s.redeemed for s in view.sovereigns} == own
+    assert view.redeemed == 100
+
+
+async def test_a_revocation_at_the_hub_stops_both_sovereigns(topology: dict[str, Site]) -> None:
+    hub = topology["hub"]
+    code = new_code("GREV")
+    await issue_global(hub, code, 100)
+    for name in SOVEREIGNS:  # each Sovereign redeems it once first
+        shop = topology[name].shop
+
+        async def redeemed_once(shop: Shop = shop) -> bool:
+            reply = await shop.checkout(new_customer("grev"), "starter", promo_code=code)
+            return reply.status == 200
+
+        await wait_until(redeemed_once, timeout=60)
+    reply = await hub_command(hub, RevokeGlobal(code=code))
+    assert isinstance(reply, Accepted), reply
+    assert reply.global_voucher is not None, reply
+    assert reply.global_voucher.revoked
+
+    for name in SOVEREIGNS:
+        shop = topology[name].shop
+
+        async def stopped(shop: Shop = shop) -> bool:
+            reply = await shop.request("GET", f"/billing/vouchers/{code}")
+            return reply.status == 404  # revoked: not found for the public, like a local one
+
+        await wait_until(stopped, timeout=60)
+        refused = await shop.checkout(new_customer("grev"), "starter", promo_code=code)
+        assert refused.status == 400, refused
+        assert "invalid promo code" in refused.json["error"], refused
+
+    # Each Sovereign gave its unused slots back: the hub's pool holds all but the two used.
+    async def returned() -> bool:
+        view = await hub_view(hub, code)
+        return view.pool == 98 and view.redeemed == 2
+
+    await wait_until(returned, timeout=60)

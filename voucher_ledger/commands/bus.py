@@ -32,7 +32,7 @@ from voucher_ledger.commands.wire import (
 from voucher_ledger.jetstream.direct import DirectDispatch, status_of
 from voucher_ledger.jetstream.layout import Layout
 from voucher_ledger.ledger.codes import validate_command_id
-from voucher_ledger.ledger.commands import CampaignCommandT, WalletCommandT
+from voucher_ledger.ledger.commands import CampaignCommandT, GlobalCommandT, WalletCommandT
 from voucher_ledger.ledger.events import Actor
 from voucher_ledger.ledger.voucher import VoucherCommandT
 
@@ -161,7 +161,7 @@ class CommandBus:
 
     async def send(
         self,
-        command: VoucherCommandT | WalletCommandT | CampaignCommandT,
+        command: VoucherCommandT | WalletCommandT | CampaignCommandT | GlobalCommandT,
         *,
         actor: Actor,
         command_id: str | None = None,

@@ -37,6 +37,7 @@ from voucher_ledger.http.metrics import Metrics
 from voucher_ledger.http.routes import add_routes, allowed_methods, build_openapi
 from voucher_ledger.ledger.money import BAISA
 from voucher_ledger.projections import queries
+from voucher_ledger.service.globals import Federation
 from voucher_ledger.service.stack import (
     Checkout,
     Ledger,
@@ -219,6 +220,16 @@ async def checkout(app: web.Application) -> AsyncIterator[None]:
         await running.stop()
 
 
+async def federation(app: web.Application) -> AsyncIterator[None]:
+    """A hub's allocator or a Sovereign's share inbox (issue #22, ``service/globals.py``)."""
+    link = app[keys.NATS]
+    running = Federation.start(app[keys.SETTINGS], link.nc, app[keys.BUS], link.spec.layout)
+    try:
+        yield
+    finally:
+        await running.stop()
+
+
 async def limiters(app: web.Application) -> AsyncIterator[None]:
     opened = Limiters.open(app[keys.SETTINGS], app[keys.NATS])
     app[keys.LIMITER] = opened.preview
@@ -239,6 +250,7 @@ COMPONENTS = (
     reader,
     limiters,
     checkout,
+    federation,
 )
 
 

@@ -149,9 +149,14 @@ def role_permissions(spec: StreamsSpec) -> dict[str, Permissions]:
         publish_deny=NEVER,
         subscribe_allow=(INBOX, control),
     )
+    # Issue #22: the hub's allocator reads its trail, a Sovereign's share inbox its copy of the
+    # hub's global vouchers (ordered consumers of the service).
+    federated = (layout.trail_stream, layout.inbox_stream)
     service = Permissions(
         publish_allow=(
             *declared,
+            *_info(*federated),
+            *(subject for stream in federated for subject in (*_get(stream), *_consume(stream))),
             layout.commands_wildcard,
             control,  # asks the processor child for its report
             *_get(events),

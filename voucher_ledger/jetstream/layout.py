@@ -41,6 +41,16 @@ class Layout:
         return f"{self.upper}_COMMANDS"
 
     @property
+    def trail_stream(self) -> str:
+        """At a hub: the Sovereigns' events, sourced (issue #22)."""
+        return f"{self.upper}_SOVEREIGNS"
+
+    @property
+    def inbox_stream(self) -> str:
+        """On a Sovereign: the hub's global voucher events, sourced (issue #22)."""
+        return f"{self.upper}_HUB_GLOBALS"
+
+    @property
     def lease_bucket(self) -> str:
         return f"{self.upper}_LEASES"
 

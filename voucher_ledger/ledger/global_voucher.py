@@ -263,39 +263,14 @@ def decide(state: GlobalState, command: GlobalCommandT, policy: Policy) -> list[
             ]
             if state.revoked:
                 return events
-            share = share_of(state.cap, len(state.issued.sovereigns))
-            unused = part.allotted - released - command.redeemed
-            if unused > low_water(share):
-                return events
-            if pool > 0:
-                give = min(share, pool)
-                events.append(
-                    GlobalShareAllotted(
-                        code=state.code,
-                        sovereign=command.sovereign,
-                        slots=give,
-                        allotted_total=part.allotted + give,
-                        pool=pool - give,
-                    )
-                )
-                return events
-            for name, other in sorted(state.parts.items()):
-                spare = other.unused
-                if (
-                    name == command.sovereign
-                    or spare <= low_water(share)
-                    or other.requested > other.answered
-                ):
-                    continue
-                events.append(
-                    GlobalRecallRequested(
-                        code=state.code,
-                        sovereign=name,
-                        slots=spare // 2,
-                        requested_total=other.requested + spare // 2,
-                    )
-                )
-            return events
+            observed = replace(
+                part,
+                redeemed=command.redeemed,
+                released=released,
+                answered=max(part.answered, command.answered_total),
+            )
+            parts = state.parts.set(command.sovereign, observed)
+            return events + _rebalance(state.code, state.issued, parts, pool)
         case RecallShare():
             if state.issued is None:
                 raise VoucherNotFound(state.code)
@@ -316,6 +291,50 @@ def decide(state: GlobalState, command: GlobalCommandT, policy: Policy) -> list[
             if state.issued is None:
                 raise VoucherNotFound(state.code)
             return [] if state.revoked else [GlobalRevoked(code=state.code)]
+
+
+def _rebalance(
+    code: str, issued: GlobalIssued, parts: immutables.Map[str, Part], pool: int
+) -> list[GlobalEventT]:
+    """The allocation policy, after an observation: top up every Sovereign whose known unused
+    slots fell to the low-water mark while the pool has slots; when it has none and one ran
+    low, ask the others holding more than that (without a recall outstanding) for half."""
+    share = share_of(issued.max_redemptions, len(issued.sovereigns))
+    low = low_water(share)
+    events: list[GlobalEventT] = []
+    starving = False
+    for name, part in sorted(parts.items()):
+        if part.unused > low:
+            continue
+        if pool <= 0:
+            starving = True
+            continue
+        give = min(share, pool)
+        pool -= give
+        events.append(
+            GlobalShareAllotted(
+                code=code,
+                sovereign=name,
+                slots=give,
+                allotted_total=part.allotted + give,
+                pool=pool,
+            )
+        )
+    if not starving:
+        return events
+    for name, part in sorted(parts.items()):
+        spare = part.unused
+        if spare <= low or part.requested > part.answered:
+            continue
+        events.append(
+            GlobalRecallRequested(
+                code=code,
+                sovereign=name,
+                slots=spare // 2,
+                requested_total=part.requested + spare // 2,
+            )
+        )
+    return events
 
 
 Outcome = Replayed[GlobalReceipt] | Decided[GlobalEventT] | Refused

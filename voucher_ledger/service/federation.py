@@ -35,6 +35,7 @@ from nats.aio.client import Client
 
 from voucher_ledger.config.settings import HUB_DOMAIN, Settings, redact_url
 from voucher_ledger.jetstream.api import JetStreamApiError, js_api
+from voucher_ledger.jetstream.layout import Layout
 from voucher_ledger.ledger.events import decode_envelope
 from voucher_ledger.service.embedded import free_port
 
@@ -49,7 +50,7 @@ SHARED_NAMES = ("$KV.>", "$O.>")
 
 
 def trail_stream(prefix: str) -> str:
-    return f"{prefix.upper()}_SOVEREIGNS"
+    return Layout(prefix, 1).trail_stream
 
 
 def trail_subject(prefix: str, sovereign: str) -> str:
@@ -125,6 +126,65 @@ def describe(s: Settings) -> list[str]:
         )
         return [f"federation: Sovereign {s.sovereign_name} (its own JetStream domain), {link}"]
     return []
+
+
+def inbox_stream(prefix: str) -> str:
+    """On a Sovereign: its copy of the hub's global voucher events."""
+    return Layout(prefix, 1).inbox_stream
+
+
+def inbox_subject(prefix: str) -> str:
+    return f"{prefix}.hub.global.>"
+
+
+def inbox_config(prefix: str, events_stream: str) -> dict[str, Any]:
+    """A Sovereign's inbox: a stream with no subjects of its own that sources the hub's global
+    voucher events (``<prefix>.events.global.>`` of the hub's event stream, across the hub's
+    domain), renamed ``<prefix>.hub.global.>``. nats-server copies them and resumes after a cut
+    link; the Sovereign's share inbox (``service/globals.py``) reads them."""
+    return {
+        "name": inbox_stream(prefix),
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": 1,
+        "max_age": 0,
+        "max_msgs": -1,
+        "max_bytes": -1,
+        "discard": "old",
+        "deny_delete": True,
+        "deny_purge": True,
+        "allow_direct": True,
+        "sources": [
+            {
+                "name": events_stream,
+                "external": {"api": f"$JS.{HUB_DOMAIN}.API", "deliver": ""},
+                "subject_transforms": [
+                    {"src": f"{prefix}.events.global.>", "dest": inbox_subject(prefix)}
+                ],
+            }
+        ],
+    }
+
+
+async def ensure_inbox(nc: Client, s: Settings, events_stream: str) -> list[str]:
+    """Create a Sovereign's inbox of the hub's global vouchers, if missing."""
+    if not s.sovereign_name:
+        return []
+    config = inbox_config(s.subject_prefix, events_stream)
+    name = config["name"]
+    try:
+        await js_api(nc, f"STREAM.INFO.{name}")
+        return []
+    except JetStreamApiError as exc:
+        if exc.code != 404:
+            raise
+    await js_api(nc, f"STREAM.CREATE.{name}", config)
+    return [f"stream {name}: created, sourcing the hub's global vouchers"]
+
+
+async def ensure_federation(nc: Client, s: Settings, events_stream: str) -> list[str]:
+    """The hub's trail, or a Sovereign's inbox: whichever this serve's role needs."""
+    return await ensure_trail(nc, s, events_stream) + await ensure_inbox(nc, s, events_stream)
 
 
 def trail_config(prefix: str, sovereigns: list[str], events_stream: str) -> dict[str, Any]:

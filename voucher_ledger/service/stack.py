@@ -165,7 +165,8 @@ class NatsLink:
         self._url = url
         self._admin = admin
         self._timeout = timeout
-        self._trail: Settings | None = None  # the hub's settings: keep its trail stream
+        # a hub's or a Sovereign's settings: keep its trail stream, or its inbox
+        self._trail: Settings | None = None
 
     @classmethod
     async def open(
@@ -185,7 +186,7 @@ class NatsLink:
         if admin == credentials:
             admin = None
         link = cls(load_spec(s), url, admin, s.nats_connect_timeout)
-        if federate and s.hub:
+        if federate and (s.hub or s.sovereign_name):
             link._trail = s
         link.nc = await connect_nats(
             url,
@@ -225,7 +226,7 @@ class NatsLink:
     async def _apply_on(self, nc: Client) -> list[str]:
         changes = await streams.apply(nc, self.spec)
         if self._trail is not None:
-            changes += await federation.ensure_trail(nc, self._trail, self.spec.event_stream)
+            changes += await federation.ensure_federation(nc, self._trail, self.spec.event_stream)
         return changes
 
     @property
