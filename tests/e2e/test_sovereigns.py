@@ -471,7 +471,10 @@ async def test_a_global_code_holds_its_cap_across_both_sovereigns(
     for share in view.sovereigns:
         assert share.redeemed <= share.allotted - share.released, share
     assert peak <= 100
-    assert storm.refusals[USED_UP] > 0  # the shares ran out before the cap: top-ups happened
+    # Each Sovereign started with 25 slots: the hub topped shares up as they were used, until
+    # the whole cap was out and used.
+    assert sum(s.allotted - s.released for s in view.sovereigns) == 100
+    assert all(s.allotted > 25 for s in view.sovereigns), view.sovereigns
 
 
 async def test_a_cut_sovereign_redeems_its_share_and_the_cap_holds_through_the_heal(
@@ -563,7 +566,7 @@ async def test_a_revocation_at_the_hub_stops_both_sovereigns(topology: dict[str,
 
         async def stopped(shop: Shop = shop) -> bool:
             reply = await shop.request("GET", f"/billing/vouchers/{code}")
-            return reply.status == 404  # revoked: not found for the public, like a local one
+            return reply.status == 200 and reply.json["revoked"] is True
 
         await wait_until(stopped, timeout=60)
         refused = await shop.checkout(new_customer("grev"), "starter", promo_code=code)

@@ -81,6 +81,10 @@ def leaf_conf(s: Settings, nats_dir: Path) -> str:
         block = {
             "listen": f"{host}:{port}",
             "authorization": {"user": LEAF_USER, "password": leaf_password(s, nats_dir)},
+            # A Sovereign reaches the hub only by the URL it was given (HUB_LEAF_URL): without
+            # this, nats-server tells leaf remotes the hub's own leafnode address, and a
+            # Sovereign whose link was cut reconnects around the path its operator chose.
+            "no_advertise": True,
         }
         return f"leafnodes {json.dumps(block, indent=1)}\n"
     if s.hub_leaf_url is not None:
