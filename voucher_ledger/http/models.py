@@ -429,10 +429,14 @@ class PreviewOut(BaseModel):
     summary: str = Field(
         default="", description='what it gives, e.g. "20% off add-ons for 3 months"'
     )
-    reason: Literal["expired", "not_started", "capped", "inactive"] | None = Field(
-        default=None,
-        description="why it does not redeem now (with the 410): expired (ended on expires_at), "
-        "not_started (starts on starts_at), capped, inactive; absent with a 200",
+    reason: Literal["expired", "not_started", "capped", "inactive", "share_exhausted"] | None = (
+        Field(
+            default=None,
+            description="why it does not redeem now (with the 410): expired (ended on "
+            "expires_at), not_started (starts on starts_at), capped, inactive, share_exhausted "
+            "(a global code whose share on this Sovereign is used up for now: try again "
+            "later); absent with a 200",
+        )
     )
 
 

@@ -219,7 +219,11 @@ ROUTES: tuple[Route, ...] = (
         response=m.PreviewOut,
         errors=(400, 404, 413, 415, 429, 503),
         same_body=(
-            (410, "not redeemable now: inactive, at its cap, or outside its window (reason)"),
+            (
+                410,
+                "not redeemable now: inactive, at its cap, outside its window, or (a global "
+                "code) its share on this Sovereign used up for now (reason)",
+            ),
         ),
     ),
     _list("/billing/admin/promos"),

@@ -229,7 +229,8 @@ def voucher_out(row: dict[str, Any]) -> VoucherOut:
 
 def refusal_now(row: dict[str, Any]) -> str | None:
     """Why the voucher of ``row`` takes no redemption now (the preview's ``reason``), or None.
-    A campaign's code (issue #21) is ``capped`` too when its campaign's cap or budget is."""
+    A campaign's code (issue #21) is ``capped`` too when its campaign's cap or budget is; a
+    global code (issue #22) is ``share_exhausted`` when this Sovereign's share is used up."""
     reason = refusal(
         active=row["active"],
         revoked=row["revoked"],
@@ -239,7 +240,18 @@ def refusal_now(row: dict[str, Any]) -> str | None:
         expires_at=row["expires_at"],
         now=datetime.now(UTC),
     )
-    return "capped" if reason is None and row.get("campaign_capped") else reason
+    if reason is None and row.get("campaign_capped"):
+        return "capped"
+    # A global code (issue #22): this Sovereign's share used up; the code at its cap when the
+    # hub had no slot left either.
+    received = row.get("share_received")
+    if (
+        reason is None
+        and received is not None
+        and row["times_redeemed"] >= received - row["share_released"]
+    ):
+        return "capped" if row["share_pool_empty"] else "share_exhausted"
+    return reason
 
 
 def accepting(row: dict[str, Any]) -> bool:

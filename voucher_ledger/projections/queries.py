@@ -32,7 +32,8 @@ def _translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
 _VOUCHER_COLUMNS = """code, credit_baisa, description, active, revoked, max_redemptions,
     times_redeemed, created_at, updated_at, revoked_at, last_seq, starts_at, expires_at,
-    plans, min_order_baisa, new_organizations_only, credit_valid_for_seconds, discount"""
+    plans, min_order_baisa, new_organizations_only, credit_valid_for_seconds, discount,
+    share_received, share_released, share_pool_empty"""
 
 
 def _dict(row: asyncpg.Record | None) -> dict[str, Any] | None:

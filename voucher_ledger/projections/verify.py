@@ -231,6 +231,9 @@ def _verify_vouchers(
             "new_organizations_only": state.rules.new_organizations_only,
             "credit_valid_for_seconds": state.rules.credit_valid_for_seconds,
             "discount": state.rules.discount.model_dump() if state.rules.discount else None,
+            "share_received": state.share.received if state.share else None,
+            "share_released": state.share.released if state.share else None,
+            "share_pool_empty": state.share.pool_empty if state.share else None,
         }
         for r in seen:
             event = r.envelope.event

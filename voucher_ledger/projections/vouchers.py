@@ -38,6 +38,10 @@ VOUCHERS = Table(
     Column("new_organizations_only", "boolean", updated=True),
     Column("credit_valid_for_seconds", "bigint", updated=True),
     Column("discount", "jsonb", updated=True),  # a discount voucher's terms (issue #21)
+    # a global code's share on this Sovereign (issue #22); NULL for a voucher of its own
+    Column("share_received", "integer", updated=True),
+    Column("share_released", "integer", updated=True),
+    Column("share_pool_empty", "boolean", updated=True),
 )
 REDEMPTIONS = Table(
     "redemptions",
@@ -71,6 +75,8 @@ _R_REASON = _R["reversal_reason"]
 
 
 _V_DISCOUNT = _V["discount"]
+_V_SHARE_IN, _V_SHARE_OUT = _V["share_received"], _V["share_released"]
+_V_POOL_EMPTY = _V["share_pool_empty"]
 
 
 def discount_json(terms: dict[str, Any] | None) -> str | None:
@@ -96,7 +102,8 @@ _ISSUED, _REVOKED, _REDEEMED, _REVERSED = (
     "voucher.redeemed",
     "voucher.redemption_reversed",
 )
-_VOUCHER_EVENTS = frozenset((_ISSUED, _REVOKED, _REDEEMED, _REVERSED))
+_SHARE_IN, _SHARE_OUT = "voucher.share_received", "voucher.share_released"
+_VOUCHER_EVENTS = frozenset((_ISSUED, _REVOKED, _REDEEMED, _REVERSED, _SHARE_IN, _SHARE_OUT))
 
 
 class VoucherProjection:
@@ -187,6 +194,9 @@ class VoucherProjection:
                         new_organizations_only=event["new_organizations_only"],
                         credit_valid_for_seconds=event["credit_valid_for_seconds"],
                         discount=discount_json(event["discount"]),
+                        share_received=None,
+                        share_released=None,
+                        share_pool_empty=None,
                     )
                 else:
                     row[_V_CREDIT] = event["credit_baisa"]
@@ -201,6 +211,18 @@ class VoucherProjection:
                     row[_V_DISCOUNT] = discount_json(event["discount"])
                     row[_V_REVOKED], row[_V_REVOKED_AT] = False, None
                     row[_V_UPDATED], row[_V_SEQ] = at, seq
+            elif kind in (_SHARE_IN, _SHARE_OUT):
+                row = rows.get(code)
+                if row is None:
+                    raise _foreign_key_error(code)
+                if kind == _SHARE_IN:
+                    row[_V_SHARE_IN] = event["allotted_total"]
+                    row[_V_POOL_EMPTY] = event["pool_empty"]
+                    if row[_V_SHARE_OUT] is None:
+                        row[_V_SHARE_OUT] = 0
+                else:
+                    row[_V_SHARE_OUT] = event["released_total"]
+                row[_V_UPDATED], row[_V_SEQ] = at, seq
             elif kind == _REVOKED:
                 row = rows.get(code)
                 if row is not None:

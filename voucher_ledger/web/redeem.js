@@ -73,6 +73,10 @@ async function check(code) {
   } else if (res.status === 410 && v.reason === "not_started") {
     show(card("scheduled", "This code is not valid yet",
       h("p", { id: "starts-on" }, `${v.code} (${gives(v)}) starts on ${formatTime(v.starts_at)}.`)));
+  } else if (res.status === 410 && v.reason === "share_exhausted") {
+    // a global code whose share on this Sovereign is used up until the hub tops it up
+    show(card("scheduled", "This code is busy right now",
+      h("p", { id: "share-exhausted" }, `${v.code} (${gives(v)}) is used up here for the moment. Try again in a few minutes.`)));
   } else if (res.status === 410) {
     const ended = v.reason === "expired" && v.expires_at
       ? h("p", { id: "ended-on" }, `${v.code} (${gives(v)}) ended on ${formatTime(v.expires_at)}.`)
