@@ -14,6 +14,8 @@ from aiohttp import web
 from voucher_ledger import __version__
 from voucher_ledger.http import admin, billing, campaigns, ops, reports, subscriptions, vouchers
 from voucher_ledger.http import campaign_models as cm
+from voucher_ledger.http import global_models as gm
+from voucher_ledger.http import global_vouchers as gv
 from voucher_ledger.http import models as m
 from voucher_ledger.http.openapi import (
     AT,
@@ -191,6 +193,49 @@ CAMPAIGN_ROUTES: tuple[Route, ...] = (
     ),
 )
 
+# Global vouchers at the hub (issue #22): a 404 on a serve that is not the hub.
+GLOBAL_CODE: dict[str, Any] = {
+    **CODE,
+    "description": "a global voucher's code (" + CODE["description"] + ")",
+}
+GLOBAL_ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST",
+        "/billing/global-vouchers",
+        gv.issue_global,
+        "issuer",
+        "Issue a global voucher at the hub: one cap across all Sovereigns, a first share "
+        "of it allotted to each Sovereign named",
+        parameters=(IDEMPOTENCY_KEY,),
+        body=gm.IssueGlobalBody,
+        response=gm.GlobalOut,
+        status=201,
+        errors=(400, 401, 403, 404, 409, 413, 415, 503),
+    ),
+    Route(
+        "POST",
+        "/billing/global-vouchers/{code}/revoke",
+        gv.revoke_global,
+        "issuer",
+        "Revoke a global voucher: every Sovereign stops redeeming it once the revocation "
+        "reaches it",
+        parameters=(GLOBAL_CODE, IDEMPOTENCY_KEY),
+        response=m.OkOut,
+        errors=(400, 401, 403, 404, 409, 503),
+    ),
+    Route(
+        "POST",
+        "/billing/global-vouchers/{code}/recall",
+        gv.recall_share,
+        "issuer",
+        "Ask a Sovereign to give back slots of its share it has not used",
+        parameters=(GLOBAL_CODE, IDEMPOTENCY_KEY),
+        body=gm.RecallBody,
+        response=gm.GlobalOut,
+        errors=(400, 401, 403, 404, 409, 413, 415, 503),
+    ),
+)
+
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", ops.healthz, "public", "Liveness", response=m.HealthOut),
     Route(
@@ -363,6 +408,7 @@ ROUTES: tuple[Route, ...] = (
         errors=(400, 401, 403, 404, 502, 503),
     ),
     *CAMPAIGN_ROUTES,
+    *GLOBAL_ROUTES,
     Route(
         "GET",
         "/billing/catalog",
