@@ -29,13 +29,30 @@ def shares(g: dict[str, Any]) -> dict[str, tuple[int, int, int, int]]:
     }
 
 
+async def read_model(s: Shop) -> list[Any]:
+    return [
+        tuple(r)
+        for table in ("global_vouchers", "global_shares")
+        for r in await s.db(f"SELECT * FROM {table} ORDER BY 1, 2")  # noqa: S608
+    ]
+
+
 async def refused(s: Shop, status: int, method: str, path: str, body: Any = None) -> str:
-    """The request is refused with ``status`` and ``{"error"}``, and nothing is appended."""
-    before = await s.stream_seq()
+    """The request is refused with ``status`` and ``{"error"}``, and nothing is appended to the
+    stream nor changed in the read model."""
+    before, rows = await s.stream_seq(), await read_model(s)
     reply = await s.request(method, path, json_body=body)
     message = assert_json_error(reply, status)
     assert await s.stream_seq() == before, (method, path, body)
+    assert await read_model(s) == rows, (method, path, body)
     return message
+
+
+async def shown(s: Shop, code: str) -> dict[str, Any]:
+    reply = await s.request("GET", f"{GLOBAL}/{code}")
+    assert reply.status == 200, reply
+    out: dict[str, Any] = reply.json
+    return out
 
 
 async def test_the_hub_issues_a_global_voucher_allots_shares_recalls_and_revokes(
@@ -62,6 +79,8 @@ async def test_the_hub_issues_a_global_voucher_allots_shares_recalls_and_revokes
         assert (g["share"], g["pool"], g["redeemed"]) == (25, 50, 0)
         assert shares(g) == {"muscat": (25, 0, 0, 0), "salalah": (25, 0, 0, 0)}
         assert [x["unused"] for x in g["sovereigns"]] == [25, 25]
+        # Read back at once from the read model (read-your-writes), the same figures.
+        assert await shown(s, code.lower()) == g
 
         # A discount global voucher, and the same Idempotency-Key answers the same again.
         dcode = new_code("GDISC")
@@ -101,6 +120,15 @@ async def test_the_hub_issues_a_global_voucher_allots_shares_recalls_and_revokes
         assert recall.status == 200, recall
         assert shares(recall.json)["salalah"] == (25, 0, 0, 10)
         assert recall.json["pool"] == 50
+        assert await shown(s, code) == recall.json
+
+        listed = await s.request("GET", f"{GLOBAL}?limit=1")
+        assert listed.status == 200, listed
+        assert [x["code"] for x in listed.json] == [dcode]  # newest first
+        assert listed.headers["X-Total-Count"] == "2"
+        everything = await s.request("GET", GLOBAL)
+        assert [x["code"] for x in everything.json] == [dcode, code]
+        assert everything.json[1] == recall.json
 
         revoked = await s.request("POST", f"{GLOBAL}/{code}/revoke")
         assert (revoked.status, revoked.json) == (200, {"ok": True})
@@ -108,6 +136,9 @@ async def test_the_hub_issues_a_global_voucher_allots_shares_recalls_and_revokes
         twice = await s.request("POST", f"{GLOBAL}/{code.lower()}/revoke")
         assert twice.status == 200, twice
         assert await s.stream_seq() == seq  # already revoked: nothing more
+        after = await shown(s, code)
+        assert after["revoked"] is True
+        assert (after["pool"], shares(after)) == (50, shares(recall.json))
         # A revoked code takes no recall.
         await refused(
             s, 409, "POST", f"{GLOBAL}/{code}/recall", {"sovereign": "muscat", "slots": 1}
@@ -152,6 +183,12 @@ async def test_bad_global_voucher_requests_are_4xx_and_write_nothing(
             s, 404, "POST", f"{GLOBAL}/{missing}/recall", {"sovereign": "muscat", "slots": 1}
         )
         await refused(s, 400, "POST", f"{GLOBAL}/A.B/revoke")
+        assert_json_error(await s.request("GET", f"{GLOBAL}/{missing}"), 404)
+        assert_json_error(await s.request("GET", f"{GLOBAL}/A.B"), 400)
+        for query in ("limit=0", "limit=1001", "offset=-1", "limit=x"):
+            assert_json_error(await s.request("GET", f"{GLOBAL}?{query}"), 400)
+        empty = await s.request("GET", GLOBAL)
+        assert (empty.status, empty.json, empty.headers["X-Total-Count"]) == (200, [], "0")
 
         g = await issue(s, **capped)
         recall = f"{GLOBAL}/{g['code']}/recall"
@@ -176,6 +213,8 @@ async def test_bad_global_voucher_requests_are_4xx_and_write_nothing(
         assert_json_error(member, 403)
         anonymous = await s.request("POST", f"{GLOBAL}/{g['code']}/revoke", sub=None)
         assert_json_error(anonymous, 401)
+        assert_json_error(await s.request("GET", GLOBAL, role="member"), 403)
+        assert_json_error(await s.request("GET", f"{GLOBAL}/{g['code']}", sub=None), 401)
         assert await s.stream_seq() == before
 
 
@@ -189,6 +228,8 @@ async def test_a_serve_that_is_not_the_hub_answers_404_for_global_vouchers(
             ("POST", GLOBAL, body),
             ("POST", f"{GLOBAL}/{code}/revoke", None),
             ("POST", f"{GLOBAL}/{code}/recall", {"sovereign": "muscat", "slots": 1}),
+            ("GET", GLOBAL, None),
+            ("GET", f"{GLOBAL}/{code}", None),
         ):
             message = await refused(s, 404, method, path, json_body)
             assert "hub" in message

@@ -14,20 +14,23 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from voucher_ledger.commands.wire import Accepted, Rejected
-from voucher_ledger.http.errors import ApiError, describe_validation, ok, parse_body
+from voucher_ledger.http.errors import ApiError, describe_validation, int_query, ok, parse_body
 from voucher_ledger.http.global_models import (
     GlobalOut,
     GlobalShareOut,
     IssueGlobalBody,
     RecallBody,
 )
-from voucher_ledger.http.keys import SETTINGS
+from voucher_ledger.http.keys import POOL, SETTINGS
 from voucher_ledger.http.models import OkOut
+from voucher_ledger.http.openapi import MAX_OFFSET
+from voucher_ledger.http.paging import page_headers
 from voucher_ledger.http.vouchers import discount_fields, path_code, require_issuer, send
 from voucher_ledger.ledger.commands import IssueGlobal, IssueVoucher, RecallShare, RevokeGlobal
 from voucher_ledger.ledger.durations import format_duration
 from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.money import BAISA
+from voucher_ledger.projections import global_queries
 
 NOT_HUB = "global vouchers are issued at the hub (HUB=true); this serve is not the hub"
 
@@ -175,3 +178,23 @@ async def recall_share(request: web.Request) -> web.Response:
     if isinstance(reply, Rejected):
         _raise_rejected(reply)
     return ok(_reply_out(reply))
+
+
+async def list_globals(request: web.Request) -> web.Response:
+    require_hub(request)
+    await require_issuer(request)
+    limit = int_query(request, "limit", 100, 1, 1000)
+    offset = int_query(request, "offset", 0, 0, MAX_OFFSET)
+    found, total = await global_queries.list_globals(request.app[POOL], limit=limit, offset=offset)
+    headers = page_headers(request, total=total, offset=offset, shown=len(found))
+    return ok([global_out(row, shares) for row, shares in found], headers=headers)
+
+
+async def get_global(request: web.Request) -> web.Response:
+    require_hub(request)
+    await require_issuer(request)
+    code = path_code(request)
+    found = await global_queries.get_global(request.app[POOL], code)
+    if found is None:
+        raise ApiError(404, "global voucher not found")
+    return ok(global_out(*found))
