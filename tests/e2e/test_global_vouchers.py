@@ -10,6 +10,7 @@ from typing import Any
 
 from tests.e2e.api_helpers import assert_json_error
 from tests.e2e.checkout_helpers import Shop, new_code, shop
+from tests.e2e.hub_helpers import observe
 
 GLOBAL = "/billing/global-vouchers"
 
@@ -82,6 +83,17 @@ async def test_the_hub_issues_a_global_voucher_allots_shares_recalls_and_revokes
         # Read back at once from the read model (read-your-writes), the same figures.
         assert await shown(s, code.lower()) == g
 
+        # The allocator hears of muscat's redemptions: its unused share falls to the low-water
+        # mark (a quarter of the share), so the hub tops it up from the pool.
+        await observe(s.server, code, "muscat", 7, 20)
+        seen = await shown(s, code)
+        assert shares(seen)["muscat"] == (50, 0, 20, 0)
+        assert (seen["pool"], seen["redeemed"]) == (25, 20)
+        await observe(s.server, code, "salalah", 8, 3)
+        seen = await shown(s, code)
+        assert shares(seen) == {"muscat": (50, 0, 20, 0), "salalah": (25, 0, 3, 0)}
+        assert (seen["pool"], seen["redeemed"]) == (25, 23)
+
         # A discount global voucher, and the same Idempotency-Key answers the same again.
         dcode = new_code("GDISC")
         body = {
@@ -118,8 +130,8 @@ async def test_the_hub_issues_a_global_voucher_allots_shares_recalls_and_revokes
             "POST", f"{GLOBAL}/{code}/recall", json_body={"sovereign": "salalah", "slots": 10}
         )
         assert recall.status == 200, recall
-        assert shares(recall.json)["salalah"] == (25, 0, 0, 10)
-        assert recall.json["pool"] == 50
+        assert shares(recall.json)["salalah"] == (25, 0, 3, 10)
+        assert recall.json["pool"] == 25
         assert await shown(s, code) == recall.json
 
         listed = await s.request("GET", f"{GLOBAL}?limit=1")
@@ -138,7 +150,7 @@ async def test_the_hub_issues_a_global_voucher_allots_shares_recalls_and_revokes
         assert await s.stream_seq() == seq  # already revoked: nothing more
         after = await shown(s, code)
         assert after["revoked"] is True
-        assert (after["pool"], shares(after)) == (50, shares(recall.json))
+        assert (after["pool"], shares(after)) == (25, shares(recall.json))
         # A revoked code takes no recall.
         await refused(
             s, 409, "POST", f"{GLOBAL}/{code}/recall", {"sovereign": "muscat", "slots": 1}
