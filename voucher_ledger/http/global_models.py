@@ -14,7 +14,11 @@ from voucher_ledger.ledger.commands import SOVEREIGN_NAME
 
 SovereignName = Annotated[
     StrictStr,
-    Field(pattern=SOVEREIGN_NAME, description="a Sovereign's name: [a-z][a-z0-9_]{0,31}"),
+    Field(
+        pattern=SOVEREIGN_NAME,
+        description="a Sovereign's name: [a-z][a-z0-9_]{0,31}, not hub",
+        json_schema_extra={"not": {"const": HUB_DOMAIN}},
+    ),
 ]
 
 
@@ -29,6 +33,11 @@ class IssueGlobalBody(IssueVoucherBody):
     max_redemptions: StrictInt = Field(
         ge=1, le=2**31 - 1, description="the cap across all Sovereigns together (at least 1)"
     )
+    active: Literal[True] | None = Field(
+        default=None,
+        description="a global voucher is live from its issue (revoke it to stop it): true or "
+        "absent",
+    )
     sovereigns: list[SovereignName] | None = Field(
         default=None,
         max_length=1000,
@@ -39,8 +48,6 @@ class IssueGlobalBody(IssueVoucherBody):
 
     @model_validator(mode="after")
     def _global_rules(self) -> IssueGlobalBody:
-        if self.active is False:
-            raise ValueError("a global voucher is live from its issue: revoke it to stop it")
         if self.sovereigns is not None:
             if len(set(self.sovereigns)) != len(self.sovereigns):
                 raise ValueError("sovereigns names each Sovereign once")
