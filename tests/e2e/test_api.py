@@ -92,6 +92,12 @@ EXERCISED = {
     ("get", "/billing/campaigns/{campaign_id}/codes.csv"),
     # campaign reports (issue #21): exercised in tests/e2e/test_reports.py
     ("get", "/billing/reports/campaigns"),
+    # global vouchers at the hub (issue #22): exercised in tests/e2e/test_global_vouchers.py
+    ("post", "/billing/global-vouchers"),
+    ("get", "/billing/global-vouchers"),
+    ("get", "/billing/global-vouchers/{code}"),
+    ("post", "/billing/global-vouchers/{code}/revoke"),
+    ("post", "/billing/global-vouchers/{code}/recall"),
 }
 
 

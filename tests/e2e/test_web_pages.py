@@ -39,6 +39,7 @@ from tests.e2e.browser_helpers import (
     tab_to,
 )
 from tests.e2e.checkout_helpers import Shop, new_code, new_customer, shop
+from tests.e2e.hub_helpers import observe
 
 _MISSING = browser_missing()
 pytestmark = [
@@ -89,6 +90,18 @@ async def degraded(
         PREVIEW_BURST="1",
     ) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+async def hub(
+    tmp_path_factory: pytest.TempPathFactory, nats_url: str, pg_url: str
+) -> AsyncIterator[Shop]:
+    """A hub's serve (issue #22): its console shows the global vouchers."""
+    require_browser()
+    async with shop(
+        tmp_path_factory.mktemp("web-hub"), nats_url, pg_url, "webhub", HUB="true"
+    ) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +159,14 @@ class Browse:
 @pytest.fixture
 async def web(browser: Any, store: Shop) -> AsyncIterator[Browse]:
     b = Browse(browser, store.server)
+    yield b
+    await b.close()
+    RECORDED.extend(b.recorder.requests)
+
+
+@pytest.fixture
+async def web_hub(browser: Any, hub: Shop) -> AsyncIterator[Browse]:
+    b = Browse(browser, hub.server)
     yield b
     await b.close()
     RECORDED.extend(b.recorder.requests)
@@ -1038,6 +1059,88 @@ async def test_reports_show_each_campaign_by_window_and_download_the_csv(
     assert lines[-1].startswith("muscat.example,sovereign,,muscat.example,0,0,")
 
 
+async def test_global_vouchers_at_the_hub_per_sovereign_with_recall_and_revoke(
+    web: Browse, web_hub: Browse, hub: Shop
+) -> None:
+    """Issue #22: a serve that is not the hub has no Global vouchers page in its navigation;
+    the hub's shows each global code's cap used across the Sovereigns, each Sovereign's
+    allotted, used, unused and released slots and the pool, asks a Sovereign for slots back
+    (a bad count refused in words) and revokes a code everywhere."""
+    elsewhere = await signed_in(web)
+    async with elsewhere.expect_response(lambda r: "/billing/global-vouchers" in r.url) as probe:
+        await elsewhere.reload()
+    assert (await probe.value).status == 404
+    await elsewhere.locator("#view-list").wait_for()
+    assert await elsewhere.locator("#nav-globals-item").is_hidden()
+
+    code, other = new_code("WORLD"), new_code("GOFF")
+    for body in (
+        {"code": code, "credit_omr": 25, "max_redemptions": 100,
+         "description": "OpenOva launch, every Sovereign", "sovereigns": ["muscat", "salalah"]},
+        {"code": other, "kind": "percent_off", "percent_off": 20, "duration": "P3M",
+         "max_redemptions": 8, "sovereigns": ["muscat"]},
+    ):  # fmt: skip
+        made = await hub.request("POST", "/billing/global-vouchers", json_body=body)
+        assert made.status == 201, made
+    # what the hub's allocator reports from its trail: muscat used 20 (topped up), salalah 3
+    await observe(hub.server, code, "muscat", 5, 20)
+    await observe(hub.server, code, "salalah", 6, 3)
+
+    page = await signed_in(web_hub)
+    await page.locator("#nav-globals-item").wait_for()
+    await page.click("#nav-globals")
+    panel = page.locator(f"#global-{code}")
+    await panel.wait_for()
+    assert await page.locator("#nav-globals").get_attribute("aria-current") == "page"
+    assert await page.locator("section.panel.global").evaluate_all(
+        "els => els.map(e => e.dataset.code)"
+    ) == [other, code]  # newest first
+    assert await text(page, f"#global-{code}-meter-text") == "23 of 100"
+    assert await page.locator(f"#global-{code}-meter").get_attribute("value") == "23"
+    rows = page.locator(f"#global-{code}-shares tbody tr")
+    cells = [[" ".join(c.split()) for c in await rows.nth(i).locator("th, td").all_inner_texts()]
+             for i in range(await rows.count())]  # fmt: skip
+    assert cells == [
+        ["muscat", "50", "20", "30", "0", "0"],
+        ["salalah", "25", "3", "22", "0", "0"],
+    ]
+    assert await text(page, f"#global-{code}-pool") == "25"
+    assert "20% off" in await text(page, f"#global-{other}")
+    await snap(page, "console-globals-01-hub")
+
+    # recall: a bad count is refused in words in the dialog, nothing asked
+    await panel.locator("button.recall").click()
+    await page.locator("#recall-dialog[open]").wait_for()
+    await page.select_option("#recall-sovereign", "salalah")
+    await page.fill("#recall-slots", "0")
+    await page.click("#recall-confirm")
+    await page.locator("#recall-error").wait_for()
+    assert "slots" in await text(page, "#recall-error")
+    await page.fill("#recall-slots", "10")
+    await snap(page, "console-globals-02-recall", full_page=False)
+    await page.click("#recall-confirm")
+    await page.locator("#notice", has_text="Asked salalah for 10 slots").wait_for()
+    salalah = page.locator(f"#global-{code}-shares tr[data-sovereign='salalah'] td")
+    await page.locator(f"#global-{code}-shares").wait_for()
+    assert [" ".join(c.split()) for c in await salalah.all_inner_texts()] == [
+        "25", "3", "22", "0", "10",
+    ]  # fmt: skip
+    shown = await hub.request("GET", f"/billing/global-vouchers/{code}")
+    assert [x["requested"] for x in shown.json["sovereigns"]] == [0, 10]
+
+    # revoke everywhere, after a confirmation
+    await page.locator(f"#global-{other} button.revoke-global").click()
+    await page.locator("#global-revoke-dialog[open]").wait_for()
+    await snap(page, "console-globals-03-revoke", full_page=False)
+    await page.click("#global-revoke-confirm")
+    await page.locator("#notice", has_text=f"{other} revoked").wait_for()
+    await page.locator(f"#global-{other} .badge-revoked").wait_for()
+    assert await page.locator(f"#global-{other} button").count() == 0
+    revoked = await hub.request("GET", f"/billing/global-vouchers/{other}")
+    assert revoked.json["revoked"] is True
+    await snap(page, "console-globals-04-revoked")
+
+
 async def test_the_browser_used_the_documented_operations(store: Shop) -> None:
     """Run after the browser tests: each test already checked that its requests were documented;
     this checks the recording really saw the console and the redeem page at work."""
@@ -1065,6 +1168,9 @@ async def test_the_browser_used_the_documented_operations(store: Shop) -> None:
         ("GET", "/billing/campaigns/{campaign_id}/codes.csv"),
         ("DELETE", "/billing/campaigns/{campaign_id}"),
         ("GET", "/billing/reports/campaigns"),
+        ("GET", "/billing/global-vouchers"),
+        ("POST", "/billing/global-vouchers/{code}/recall"),
+        ("POST", "/billing/global-vouchers/{code}/revoke"),
     }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from voucher_ledger.commands.eventstore import JetStreamEventStore
 from voucher_ledger.jetstream.streams import StreamsSpec
-from voucher_ledger.ledger import campaign, voucher, wallet
+from voucher_ledger.ledger import campaign, global_voucher, voucher, wallet
 from voucher_ledger.ledger.campaign_codes import new_campaign_id
 from voucher_ledger.ledger.commands import (
     AbandonOrder,
@@ -32,14 +32,18 @@ from voucher_ledger.ledger.commands import (
     Failure,
     GenerateCampaignCodes,
     Grant,
+    IssueGlobal,
     IssueVoucher,
     MoveAccount,
+    ObserveSovereign,
     OpenOrder,
     PlaceOrder,
+    RecallShare,
     RecordInvoice,
     RedeemVoucher,
     ReverseRedemption,
     RevokeCampaign,
+    RevokeGlobal,
     RevokeVoucher,
     SettleOrder,
 )
@@ -67,6 +71,7 @@ class _Writer:
         self.vouchers: dict[str, voucher.VoucherState] = {}
         self.wallets: dict[str, wallet.WalletState] = {}
         self.campaigns: dict[str, campaign.CampaignState] = {}
+        self.globals: dict[str, global_voucher.GlobalState] = {}
         self.pending: dict[str, list[EventEnvelope]] = {}
         self.last_seq: dict[str, int] = {}
         self.local: dict[str, int] = {}
@@ -120,6 +125,39 @@ class _Writer:
         self.campaigns[campaign_id] = state
         return True
 
+    def global_(self, code: str, command: Any) -> bool:
+        """A global voucher's command at the hub (issue #22)."""
+        state = self.globals.get(code) or global_voucher.initial_state(code)
+        command_id = f"cmd-{uuid.uuid4().hex}"
+        outcome = global_voucher.handle(state, command, command_id, Policy())
+        if not isinstance(outcome, Decided):
+            return False
+        subject = self.spec.layout.global_subject(code)
+        for event in outcome.events:
+            env = self._envelope("global", code, event, command_id)
+            env = env.model_copy(update={"command_fingerprint": command.fingerprint()})
+            state = global_voucher.evolve(state, self._record(subject, env), command.fingerprint())
+        self.globals[code] = state
+        return True
+
+    def observe(self, code: str, sovereign: str, trail_seq: int) -> None:
+        """The hub's allocator reports what the trail shows of ``sovereign``: three more
+        redemptions (within its share) and, for a recall not answered yet, the unused slots
+        asked for given back."""
+        part = self.globals[code].part(sovereign)
+        redeemed = min(part.allotted - part.released, part.redeemed + 3)
+        unused = part.allotted - part.released - redeemed
+        give = min(unused, max(0, part.requested - part.answered))
+        command = ObserveSovereign(
+            code=code,
+            sovereign=sovereign,
+            trail_seq=trail_seq,
+            redeemed=redeemed,
+            released_total=part.released + give,
+            answered_total=part.requested,
+        )
+        assert self.global_(code, command), command
+
     def wallet(self, customer: str, command: Any) -> None:
         state = self.wallets.get(customer) or wallet.initial_state(customer)
         command_id = f"cmd-{uuid.uuid4().hex}"
@@ -167,6 +205,8 @@ ROW_KEYS = {
     "report_grants": "customer_id, redemption_id",
     "report_holds": "order_id",
     "report_orders": "order_id",
+    "global_vouchers": "code",
+    "global_shares": "code, sovereign",
     "audit_log": "seq",
 }
 
@@ -385,6 +425,32 @@ async def write_mixed_history(
         ),
     )
     w.campaign(off, GenerateCampaignCodes(campaign_id=off, count=3, prefix="OFF"))
+    # Global vouchers at the hub (issue #22): one whose Sovereigns redeem their shares (topped
+    # up, recalled, given back) as the stream goes, and a discount one revoked at the end.
+    shared, dropped = f"GLOBAL-{tag}", f"GOFF-{tag}"
+    sovereigns = ["muscat", "salalah"]
+    assert w.global_(
+        shared,
+        IssueGlobal(
+            code=shared,
+            terms=IssueVoucher(code=shared, credit_baisa=3000, max_redemptions=400),
+            sovereigns=sovereigns,
+        ),
+    )
+    assert w.global_(
+        dropped,
+        IssueGlobal(
+            code=dropped,
+            terms=IssueVoucher(
+                code=dropped,
+                credit_baisa=0,
+                max_redemptions=10,
+                discount=DiscountTerms(kind="percent_off", percent_off=10),
+                expires_at=datetime(2099, 1, 1, tzinfo=UTC),
+            ),
+            sovereigns=["muscat"],
+        ),
+    )
     campaign_codes: list[str] = []
     n = 0
     while w.written + w.buffered < events:
@@ -447,10 +513,16 @@ async def write_mixed_history(
             assert w.campaign(
                 cid, ReverseRedemption(code=taken, customer_id=f"cc{n}", reason="checkout")
             )
+        # the hub hears of a Sovereign's redemptions of the global code; now and then it
+        # asks the other for slots back
+        w.observe(shared, sovereigns[n % 2], n)
+        if n % 13 == 0:
+            w.global_(shared, RecallShare(code=shared, sovereign=sovereigns[(n + 1) % 2], slots=5))
         # a checkout (a third of the stream)
         await _checkouts(w, n, hot[(n + 1) % len(hot)])
         if w.buffered >= flush_every:
             await w.flush()
     w.campaign(gone, RevokeCampaign(campaign_id=gone))
+    assert w.global_(dropped, RevokeGlobal(code=dropped))
     await w.flush()
     return w.written

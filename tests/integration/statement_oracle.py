@@ -27,6 +27,11 @@ from voucher_ledger.ledger.events import (
     CreditGranted,
     CreditReleased,
     CreditReserved,
+    GlobalIssued,
+    GlobalObserved,
+    GlobalRecallRequested,
+    GlobalRevoked,
+    GlobalShareAllotted,
     GrantRevoked,
     InvoiceRecorded,
     OrderAbandoned,
@@ -51,6 +56,7 @@ from voucher_ledger.projections.billing import (
     subscription_id,
 )
 from voucher_ledger.projections.campaigns import CampaignProjection
+from voucher_ledger.projections.global_vouchers import GlobalVoucherProjection
 from voucher_ledger.projections.model import Conn, PlainEvent, StreamEvent, stream_event
 from voucher_ledger.projections.reports import ReportProjection
 from voucher_ledger.projections.vouchers import VoucherProjection
@@ -737,6 +743,102 @@ class CampaignStatements:
         await ops.run(conn)
 
 
+_GLOBAL = """
+INSERT INTO global_vouchers (code, credit_baisa, description, max_redemptions, sovereigns,
+                             share, revoked, revoked_at, pool, created_at, updated_at,
+                             last_seq, starts_at, expires_at, plans, min_order_baisa,
+                             new_organizations_only, credit_valid_for_seconds, discount)
+VALUES ($1, $2, $3, $4, $5::jsonb, GREATEST(1, $4 / (2 * GREATEST(1, jsonb_array_length($5)))),
+        false, NULL, $4, $6, $6, $7, $8, $9, $10::jsonb, $11, $12, $13, $14::jsonb)
+"""
+_GLOBAL_SHARE = """
+INSERT INTO global_shares (code, sovereign, allotted, released, requested, answered,
+                           redeemed, trail_seq, updated_at)
+VALUES ($1, $2, 0, 0, 0, 0, 0, 0, $3)
+ON CONFLICT (code, sovereign) DO UPDATE SET updated_at = EXCLUDED.updated_at
+"""
+_GLOBAL_ALLOT = "UPDATE global_shares SET allotted = $3 WHERE code = $1 AND sovereign = $2"
+_GLOBAL_RECALL = "UPDATE global_shares SET requested = $3 WHERE code = $1 AND sovereign = $2"
+_GLOBAL_OBSERVE = """
+UPDATE global_shares SET redeemed = $3, released = $4, answered = $5, trail_seq = $6
+WHERE code = $1 AND sovereign = $2
+"""
+_GLOBAL_POOL = """
+UPDATE global_vouchers SET updated_at = $2, last_seq = $3,
+    pool = max_redemptions - (SELECT coalesce(sum(allotted - released), 0)
+                              FROM global_shares WHERE code = $1)
+WHERE code = $1
+"""
+_GLOBAL_REVOKE = """
+UPDATE global_vouchers SET revoked = true, revoked_at = coalesce(revoked_at, $2),
+                           updated_at = $2, last_seq = $3
+WHERE code = $1
+"""
+
+
+class GlobalStatements:
+    """``global_vouchers`` and ``global_shares`` (issue #22), statements per event."""
+
+    name = GlobalVoucherProjection.name
+    tables = GlobalVoucherProjection.tables
+    keyed = GlobalVoucherProjection.keyed
+
+    async def apply(self, conn: Conn, plain: Sequence[PlainEvent]) -> None:
+        ops = Ops()
+        for item in models(plain):
+            env = item.envelope
+            event = env.event
+            at, seq = env.occurred_at, item.seq
+            match event:
+                case GlobalIssued():
+                    ops.add(
+                        _GLOBAL,
+                        (
+                            event.code,
+                            event.credit_baisa,
+                            event.description,
+                            event.max_redemptions,
+                            json.dumps(event.sovereigns),
+                            at,
+                            seq,
+                            event.starts_at,
+                            event.expires_at,
+                            None if event.plans is None else json.dumps(event.plans),
+                            event.min_order_baisa,
+                            event.new_organizations_only,
+                            event.credit_valid_for_seconds,
+                            None if event.discount is None else event.discount.model_dump_json(),
+                        ),
+                    )
+                    continue
+                case GlobalShareAllotted():
+                    ops.add(_GLOBAL_SHARE, (event.code, event.sovereign, at))
+                    ops.add(_GLOBAL_ALLOT, (event.code, event.sovereign, event.allotted_total))
+                case GlobalRecallRequested():
+                    ops.add(_GLOBAL_SHARE, (event.code, event.sovereign, at))
+                    ops.add(_GLOBAL_RECALL, (event.code, event.sovereign, event.requested_total))
+                case GlobalObserved():
+                    ops.add(_GLOBAL_SHARE, (event.code, event.sovereign, at))
+                    ops.add(
+                        _GLOBAL_OBSERVE,
+                        (
+                            event.code,
+                            event.sovereign,
+                            event.redeemed,
+                            event.released_total,
+                            event.answered_total,
+                            event.trail_seq,
+                        ),
+                    )
+                case GlobalRevoked():
+                    ops.add(_GLOBAL_REVOKE, (event.code, at, seq))
+                    continue
+                case _:
+                    continue
+            ops.add(_GLOBAL_POOL, (event.code, at, seq))
+        await ops.run(conn)
+
+
 class ReportStatements:
     """``report_facts`` and the tables it attributes by: the read model's applier given one
     event at a time (each event its own batch, so every row the next event needs is read
@@ -760,5 +862,6 @@ ORACLES = (
     BillingStatements(),
     CampaignStatements(),
     ReportStatements(),
+    GlobalStatements(),
     AuditStatements(),
 )

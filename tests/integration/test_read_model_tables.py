@@ -11,6 +11,7 @@ import pytest
 from voucher_ledger.projections.audit import AUDIT_LOG
 from voucher_ledger.projections.billing import INVOICES, SUBSCRIPTION_ORDERS, SUBSCRIPTIONS
 from voucher_ledger.projections.campaigns import CAMPAIGN_CODES, CAMPAIGN_REDEMPTIONS, CAMPAIGNS
+from voucher_ledger.projections.global_vouchers import GLOBAL_SHARES, GLOBAL_VOUCHERS
 from voucher_ledger.projections.migrate import migrate
 from voucher_ledger.projections.model import Column, Table
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
@@ -40,6 +41,8 @@ DECLARED = (
     REPORT_GRANTS,
     REPORT_HOLDS,
     REPORT_ORDERS,
+    GLOBAL_VOUCHERS,
+    GLOBAL_SHARES,
     AUDIT_LOG,
 )
 

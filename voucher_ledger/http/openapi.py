@@ -164,12 +164,13 @@ STRIPE_SIGNATURE: dict[str, Any] = {
 class Route:
     """One operation: how it is routed and how it is documented.
 
-    ``response`` is the 200 body's model (a JSON array of them with ``many``; ``None``: not
-    JSON, described by ``ok``); ``errors`` the statuses answered with ``{"error": ...}``;
-    ``same_body`` other statuses answered with the 200's body, ``described`` statuses answered
-    with a body the document does not model. ``body`` is the request body's model, or
-    ``raw_body`` its schema when the handler does not parse it with a model. ``headers``: the
-    200 answer's response headers (name -> OpenAPI header object)."""
+    ``response`` is the success body's model (answered with ``status``: 200, 201 for a create;
+    a JSON array of them with ``many``; ``None``: not JSON, described by ``ok``); ``errors``
+    the statuses answered with ``{"error": ...}``; ``same_body`` other statuses answered with
+    the success body, ``described`` statuses answered with a body the document does not model.
+    ``body`` is the request body's model, or ``raw_body`` its schema when the handler does not
+    parse it with a model. ``headers``: the success answer's response headers (name -> OpenAPI
+    header object)."""
 
     method: Literal["GET", "POST", "PUT", "DELETE"]
     path: str
@@ -186,6 +187,7 @@ class Route:
     raw_body: dict[str, Any] | None = None
     parameters: tuple[dict[str, Any], ...] = ()
     headers: dict[str, Any] | None = None
+    status: int = 200  # the success status (201: a create)
 
 
 def build_document(
@@ -208,14 +210,15 @@ def build_document(
         elif route.raw_body is not None:
             op["requestBody"] = {"required": True, "content": _json(route.raw_body)}
         responses: dict[str, Any] = {}
+        success = str(route.status)
         if route.response is None:
-            responses["200"] = {"description": route.ok}
+            responses[success] = {"description": route.ok}
         else:
             ref = _schema(route.response, defs)
             schema = {"type": "array", "items": ref} if route.many else ref
-            responses["200"] = {"description": route.ok, "content": _json(schema)}
+            responses[success] = {"description": route.ok, "content": _json(schema)}
         if route.headers:
-            responses["200"]["headers"] = route.headers
+            responses[success]["headers"] = route.headers
         for status, description in route.same_body:
             responses[str(status)] = {"description": description, "content": _json(ref)}
         for status in route.errors:
@@ -224,7 +227,7 @@ def build_document(
             responses[str(status)] = {"description": description}
         op["responses"] = responses
         paths.setdefault(route.path, {})[route.method.lower()] = op
-    for body in ("IssueVoucherBody", "CreateCampaignBody"):
+    for body in ("IssueVoucherBody", "CreateCampaignBody", "IssueGlobalBody"):
         if max_credit_omr is not None and body in defs:
             defs[body]["properties"]["credit_omr"]["maximum"] = max_credit_omr
     return {

@@ -14,6 +14,8 @@ from aiohttp import web
 from voucher_ledger import __version__
 from voucher_ledger.http import admin, billing, campaigns, ops, reports, subscriptions, vouchers
 from voucher_ledger.http import campaign_models as cm
+from voucher_ledger.http import global_models as gm
+from voucher_ledger.http import global_vouchers as gv
 from voucher_ledger.http import models as m
 from voucher_ledger.http.openapi import (
     AT,
@@ -188,6 +190,72 @@ CAMPAIGN_ROUTES: tuple[Route, ...] = (
         ok="the report; with Accept: text/csv, its rows and then the totals as CSV (a header "
         "line first: sovereign, scope, campaign_id, name and the figures)",
         errors=(400, 401, 403, 503),
+    ),
+)
+
+# Global vouchers at the hub (issue #22): a 404 on a serve that is not the hub.
+GLOBAL_CODE: dict[str, Any] = {
+    **CODE,
+    "description": "a global voucher's code (" + CODE["description"] + ")",
+}
+GLOBAL_ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST",
+        "/billing/global-vouchers",
+        gv.issue_global,
+        "issuer",
+        "Issue a global voucher at the hub: one cap across all Sovereigns, a first share "
+        "of it allotted to each Sovereign named",
+        parameters=(IDEMPOTENCY_KEY,),
+        body=gm.IssueGlobalBody,
+        response=gm.GlobalOut,
+        status=201,
+        errors=(400, 401, 403, 404, 409, 413, 415, 503),
+    ),
+    Route(
+        "GET",
+        "/billing/global-vouchers",
+        gv.list_globals,
+        "issuer",
+        "Global vouchers with each Sovereign's share, newest first (the hub's read model)",
+        parameters=(LIST_QUERY[0], LIST_QUERY[1]),
+        response=gm.GlobalOut,
+        many=True,
+        errors=(400, 401, 403, 404, 503),
+        headers=LIST_HEADERS,
+    ),
+    Route(
+        "GET",
+        "/billing/global-vouchers/{code}",
+        gv.get_global,
+        "issuer",
+        "A global voucher: its cap, pool and each Sovereign's allotted, released and "
+        "redeemed slots",
+        parameters=(GLOBAL_CODE,),
+        response=gm.GlobalOut,
+        errors=(400, 401, 403, 404, 503),
+    ),
+    Route(
+        "POST",
+        "/billing/global-vouchers/{code}/revoke",
+        gv.revoke_global,
+        "issuer",
+        "Revoke a global voucher: every Sovereign stops redeeming it once the revocation "
+        "reaches it",
+        parameters=(GLOBAL_CODE, IDEMPOTENCY_KEY),
+        response=m.OkOut,
+        errors=(400, 401, 403, 404, 409, 503),
+    ),
+    Route(
+        "POST",
+        "/billing/global-vouchers/{code}/recall",
+        gv.recall_share,
+        "issuer",
+        "Ask a Sovereign to give back slots of its share it has not used",
+        parameters=(GLOBAL_CODE, IDEMPOTENCY_KEY),
+        body=gm.RecallBody,
+        response=gm.GlobalOut,
+        errors=(400, 401, 403, 404, 409, 413, 415, 503),
     ),
 )
 
@@ -367,6 +435,7 @@ ROUTES: tuple[Route, ...] = (
         errors=(400, 401, 403, 404, 502, 503),
     ),
     *CAMPAIGN_ROUTES,
+    *GLOBAL_ROUTES,
     Route(
         "GET",
         "/billing/catalog",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from voucher_ledger.projections.audit import AuditProjection
 from voucher_ledger.projections.billing import BillingProjection
 from voucher_ledger.projections.campaigns import CampaignProjection
+from voucher_ledger.projections.global_vouchers import GlobalVoucherProjection
 from voucher_ledger.projections.model import Projection
 from voucher_ledger.projections.reports import ReportProjection
 from voucher_ledger.projections.vouchers import VoucherProjection
@@ -17,5 +18,6 @@ ALL_PROJECTIONS: tuple[Projection, ...] = (
     BillingProjection(),
     CampaignProjection(),
     ReportProjection(),
+    GlobalVoucherProjection(),
     AuditProjection(),
 )

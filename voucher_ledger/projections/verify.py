@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
 
 from voucher_ledger.jetstream.streams import StreamsSpec
-from voucher_ledger.ledger import campaign, voucher, wallet
+from voucher_ledger.ledger import campaign, global_voucher, voucher, wallet
 from voucher_ledger.ledger.events import (
     CampaignCodeRedeemed,
     CampaignCodesGenerated,
@@ -126,6 +126,8 @@ async def verify(
             "SELECT code, campaign_id, ordinal, batch, prefix, seq FROM campaign_codes"
         )
         campaign_redemptions = await conn.fetch("SELECT * FROM campaign_redemptions")
+        global_rows = await conn.fetch("SELECT * FROM global_vouchers")
+        global_shares = await conn.fetch("SELECT * FROM global_shares")
         report_sums = await conn.fetch(
             "SELECT scope, "  # noqa: S608 - constant names
             + ", ".join(f"sum({f})::bigint AS {f}" for f in REPORT_FIGURES)
@@ -182,6 +184,9 @@ async def verify(
         campaign_rows,
         campaign_codes,
         campaign_redemptions,
+    )
+    _verify_globals(
+        report, by_aggregate, checkpoints.get("global_vouchers", 0), global_rows, global_shares
     )
     _compare(
         report,
@@ -258,6 +263,61 @@ def _verify_vouchers(
         "redemptions",
         expected_redemptions,
         {r["redemption_id"]: dict(r) for r in redemptions},
+    )
+
+
+def _verify_globals(
+    report: VerifyReport,
+    by_aggregate: dict[tuple[str, str], list[RecordedEvent]],
+    upto: int,
+    rows: list[asyncpg.Record],
+    shares: list[asyncpg.Record],
+) -> None:
+    """Global vouchers at the hub (issue #22) and their Sovereigns' shares by the domain fold
+    (``ledger.global_voucher.fold``: what the hub's processor decides allotments by)."""
+    expected: dict[str, dict[str, Any]] = {}
+    expected_shares: dict[str, dict[str, Any]] = {}
+    for (aggregate, code), history in by_aggregate.items():
+        if aggregate != "global":
+            continue
+        seen = [r for r in history if r.seq <= upto]
+        if not seen:
+            continue
+        state = global_voucher.fold(code, seen)
+        view = state.view()
+        expected[code] = {
+            "credit_baisa": view.credit_baisa,
+            "description": view.description,
+            "max_redemptions": view.max_redemptions,
+            "share": view.share,
+            "revoked": view.revoked,
+            "pool": view.pool,
+            "created_at": view.created_at,
+            "updated_at": view.updated_at,
+            "last_seq": view.last_seq,
+            "starts_at": view.starts_at,
+            "expires_at": view.expires_at,
+            "plans": view.plans,
+            "min_order_baisa": view.min_order_baisa,
+            "new_organizations_only": view.new_organizations_only,
+            "credit_valid_for_seconds": view.credit_valid_for_seconds,
+            "discount": view.discount.model_dump() if view.discount else None,
+        }
+        for name, part in state.parts.items():
+            expected_shares[f"{code}/{name}"] = {
+                "allotted": part.allotted,
+                "released": part.released,
+                "requested": part.requested,
+                "answered": part.answered,
+                "redeemed": part.redeemed,
+                "trail_seq": part.trail_seq,
+            }
+    _compare(report, "global_vouchers", expected, {r["code"]: _voucher_row(r) for r in rows})
+    _compare(
+        report,
+        "global_shares",
+        expected_shares,
+        {f"{r['code']}/{r['sovereign']}": dict(r) for r in shares},
     )
 
 

@@ -17,6 +17,9 @@ export const ENDPOINTS = Object.freeze({
   generateCodes: ["POST", "billing/campaigns/{campaign_id}/codes"],
   codesCsv: ["GET", "billing/campaigns/{campaign_id}/codes.csv"],
   report: ["GET", "billing/reports/campaigns"],
+  globals: ["GET", "billing/global-vouchers"],
+  revokeGlobal: ["POST", "billing/global-vouchers/{code}/revoke"],
+  recallShare: ["POST", "billing/global-vouchers/{code}/recall"],
 });
 
 // The API sits next to the page (a relative root, so a proxy's path prefix is kept).

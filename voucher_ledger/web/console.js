@@ -53,7 +53,7 @@ function instantField(raw) {
 }
 
 const $ = (id) => document.getElementById(id);
-const views = ["signin", "list", "form", "detail", "campaigns", "campaign", "reports"];
+const views = ["signin", "list", "form", "detail", "campaigns", "campaign", "reports", "globals"];
 let renderId = 0; // a newer navigation makes the answers of an older one irrelevant
 let pendingNotice = null;
 
@@ -86,6 +86,7 @@ function claims(raw) {
 
 function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
+  hubProbe = null;
   if (message) sessionStorage.setItem(`${TOKEN_KEY}.message`, message);
   else sessionStorage.removeItem(`${TOKEN_KEY}.message`);
   if (window.location.hash && window.location.hash !== "#/") window.location.hash = "#/";
@@ -103,7 +104,7 @@ function show(view) {
     const who = claims(token() ?? "");
     $("session-who").textContent = `Signed in as ${who.sub} (${who.role})`;
   }
-  for (const [id, match] of [["nav-list", view === "list"], ["nav-new", view === "form" && !currentRoute().code], ["nav-campaigns", view === "campaigns"], ["nav-reports", view === "reports"]]) {
+  for (const [id, match] of [["nav-list", view === "list"], ["nav-new", view === "form" && !currentRoute().code], ["nav-campaigns", view === "campaigns"], ["nav-reports", view === "reports"], ["nav-globals", view === "globals"]]) {
     if (match) $(id).setAttribute("aria-current", "page");
     else $(id).removeAttribute("aria-current");
   }
@@ -178,6 +179,7 @@ function currentRoute() {
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   if (parts[0] === "new") return { view: "form" };
   if (parts[0] === "campaigns") return parts[1] ? { view: "campaign", id: parts[1] } : { view: "campaigns" };
+  if (parts[0] === "global") return { view: "globals" };
   if (parts[0] === "reports") {
     const day = (name) => (/^\d{4}-\d{2}-\d{2}$/.test(params.get(name) ?? "") ? params.get(name) : "");
     return { view: "reports", from: day("from"), to: day("to") };
@@ -216,6 +218,7 @@ async function render() {
     return;
   }
   const route = currentRoute();
+  probeHub();
   loading(true);
   try {
     if (route.view === "form") await renderForm(route, id);
@@ -223,6 +226,7 @@ async function render() {
     else if (route.view === "campaigns") await renderCampaigns(id);
     else if (route.view === "campaign") await renderCampaign(route, id);
     else if (route.view === "reports") await renderReports(route, id);
+    else if (route.view === "globals") await renderGlobals(id);
     else await renderList(route, id);
   } finally {
     if (id === renderId) loading(false);
@@ -1350,6 +1354,185 @@ $("reports-csv").addEventListener("click", async () => {
   link.remove();
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
   announce("The report's CSV is downloading.");
+});
+
+// ---------------------------------------------------------------------------- global vouchers
+
+// Whether this serve is the hub (issue #22): its global vouchers answer 200, elsewhere 404.
+// Asked once per sign-in; the navigation shows "Global vouchers" only at the hub.
+let hubProbe = null;
+
+function probeHub() {
+  if (hubProbe) return;
+  hubProbe = call("globals", { token: token(), query: { limit: 1 } }).then((res) => {
+    $("nav-globals-item").hidden = res.status !== 200;
+    if (res.status !== 200 && res.status !== 404) hubProbe = null; // unknown yet: ask again
+  });
+}
+
+function count(n) {
+  return Number(n).toLocaleString("en-GB");
+}
+
+function globalBadge(g) {
+  if (g.revoked) return h("span", { class: "badge badge-revoked" }, "Revoked");
+  if (g.redeemed >= g.max_redemptions) return h("span", { class: "badge badge-full" }, "Cap used");
+  return h("span", { class: "badge badge-active" }, "Live");
+}
+
+function sovereignRows(g) {
+  if (g.sovereigns.length === 0) {
+    return h("p", { class: "empty", id: `global-${g.code}-none` }, "No Sovereign holds a share yet: the whole cap is in the pool.");
+  }
+  return h("div", { class: "table-wrap" },
+    h("table", { class: "global-shares", id: `global-${g.code}-shares` },
+      h("caption", {}, `Each Sovereign's share of ${g.code}`),
+      h("thead", {}, h("tr", {},
+        ["Sovereign", "Allotted", "Used", "Unused", "Released", "Asked back"].map((l) =>
+          h("th", { scope: "col" }, l)))),
+      h("tbody", {}, g.sovereigns.map((x) =>
+        h("tr", { "data-sovereign": x.sovereign },
+          h("th", { scope: "row" }, x.sovereign),
+          h("td", { class: "num" }, count(x.allotted)),
+          h("td", { class: "num" }, count(x.redeemed)),
+          h("td", { class: "num" }, count(x.unused)),
+          h("td", { class: "num" }, count(x.released)),
+          h("td", { class: "num" }, count(x.requested))))),
+      h("tfoot", {}, h("tr", {},
+        h("th", { scope: "row" }, "Pool (no Sovereign holds it)"),
+        h("td", { class: "num", id: `global-${g.code}-pool` }, count(g.pool)),
+        h("td", { colspan: 4 }, "")))));
+}
+
+function globalPanel(g) {
+  const used = `${count(g.redeemed)} of ${count(g.max_redemptions)}`;
+  const actions = g.revoked ? null : h("div", { class: "toolbar-actions" },
+    h("button", { type: "button", class: "recall", "data-code": g.code, "aria-label": `Ask ${g.code}'s unused slots back` }, "Recall…"),
+    h("button", { type: "button", class: "danger revoke-global", "data-code": g.code, "aria-label": `Revoke ${g.code}` }, "Revoke…"));
+  return h("section", { class: "panel global", id: `global-${g.code}`, "data-code": g.code, "aria-labelledby": `global-${g.code}-title` },
+    h("div", { class: "toolbar" },
+      h("h2", { id: `global-${g.code}-title`, class: "code" }, g.code),
+      actions),
+    h("div", { class: "limits" },
+      limitMeter(`global-${g.code}-meter`, "Cap used across all Sovereigns", g.redeemed, g.max_redemptions, used)),
+    h("dl", { class: "facts" }, [
+      ["Status", globalBadge(g)],
+      ["Gives", gives(g)],
+      ["Share per Sovereign", `${count(g.share)} slots at a time`],
+      ["Description", g.description || "—"],
+      ["Valid until", g.expires_at ? time(g.expires_at) : "No end"],
+      ["Issued", time(g.created_at)],
+    ].map(([label, value]) => h("div", {}, h("dt", {}, label), h("dd", {}, value)))),
+    sovereignRows(g));
+}
+
+let shownGlobals = new Map();
+
+async function renderGlobals(id) {
+  show("globals");
+  document.title = "Global vouchers · voucher-ledger console";
+  $("globals-error").hidden = true;
+  replace($("globals-body"));
+  const res = await call("globals", { token: token(), query: { limit: 100 } });
+  if (id !== renderId) return;
+  if (handled(res, "list the global vouchers")) return;
+  if (!res.ok) {
+    $("globals-error").hidden = false;
+    $("globals-error").textContent = res.status === 404
+      ? `This service is not the hub: ${res.error}.`
+      : res.error;
+    focusHeading($("globals-title"));
+    return;
+  }
+  shownGlobals = new Map(res.body.map((g) => [g.code, g]));
+  if (res.body.length === 0) {
+    $("globals-body").append(h("div", { class: "empty", id: "globals-empty" },
+      h("p", { class: "empty-title" }, "No global vouchers yet."),
+      h("p", {}, "Issue one at the hub through the API.")));
+  } else {
+    $("globals-body").append(...res.body.map(globalPanel));
+  }
+  announce(`${plural(res.body.length, "global voucher", "global vouchers")} shown.`);
+  focusHeading($("globals-title"));
+}
+
+let actingOn = null;
+
+$("globals-body").addEventListener("click", (event) => {
+  const button = event.target.closest("button[data-code]");
+  if (!button) return;
+  const g = shownGlobals.get(button.dataset.code);
+  if (!g) return;
+  actingOn = { g, button };
+  if (button.classList.contains("revoke-global")) {
+    $("global-revoke-title").textContent = `Revoke ${g.code} everywhere?`;
+    $("global-revoke-text").textContent =
+      "Every Sovereign stops redeeming it once the revocation reaches it (a Sovereign cut off " +
+      "from the hub: when its link is back) and gives its unused slots back. Redemptions so far stay.";
+    $("global-revoke-dialog").returnValue = "";
+    $("global-revoke-dialog").showModal();
+    return;
+  }
+  const holders = g.sovereigns.filter((x) => x.allotted > 0);
+  replace($("recall-sovereign"), holders.map((x) =>
+    h("option", { value: x.sovereign }, `${x.sovereign} (${count(x.unused)} unused)`)));
+  $("recall-text").textContent = `${g.code}: slots go back to the pool (now ${count(g.pool)}) once the Sovereign answers.`;
+  $("recall-error").hidden = true;
+  $("recall-slots").value = "";
+  $("recall-dialog").returnValue = "";
+  $("recall-dialog").showModal();
+});
+
+$("global-revoke-dialog").addEventListener("close", async () => {
+  const acting = actingOn;
+  if ($("global-revoke-dialog").returnValue !== "confirm" || !acting) {
+    acting?.button.focus();
+    return;
+  }
+  const { g } = acting;
+  const res = await call("revokeGlobal", { token: token(), code: g.code });
+  if (handled(res, `revoke ${g.code}`)) return;
+  if (!res.ok) {
+    banner(`${g.code} was not revoked (${res.status}: ${res.error}).`, false);
+    return;
+  }
+  pendingNotice = `Global voucher ${g.code} revoked: each Sovereign stops redeeming it once the revocation reaches it.`;
+  announce(pendingNotice);
+  render();
+});
+
+$("recall-form").addEventListener("submit", async (event) => {
+  if (event.submitter?.value !== "confirm") return; // Cancel closes the dialog
+  event.preventDefault();
+  const acting = actingOn;
+  if (!acting) return;
+  const { g } = acting;
+  const body = { sovereign: $("recall-sovereign").value, slots: numberField($("recall-slots").value) };
+  if (body.slots === undefined) delete body.slots;
+  const json = JSON.stringify([g.code, body]);
+  $("recall-confirm").disabled = true;
+  const res = await call("recallShare", {
+    token: token(), code: g.code, body, headers: { "Idempotency-Key": idempotencyKey(json) },
+  });
+  $("recall-confirm").disabled = false;
+  if (res.status === 401 || res.status === 403 || res.status === 0 || res.status === 429 || res.status >= 500) {
+    $("recall-dialog").close();
+    handled(res, `ask ${g.code}'s slots back`, false);
+    return;
+  }
+  unanswered = null;
+  if (!res.ok) {
+    fieldErrors($("recall-error"), res);
+    return;
+  }
+  $("recall-dialog").close();
+  pendingNotice = `Asked ${body.sovereign} for ${plural(body.slots, "slot", "slots")} of ${g.code} back.`;
+  announce(pendingNotice);
+  render();
+});
+
+$("recall-dialog").addEventListener("close", () => {
+  if ($("recall-dialog").returnValue !== "confirm") actingOn?.button.focus();
 });
 
 // ---------------------------------------------------------------------------- start
