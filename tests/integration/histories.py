@@ -39,6 +39,7 @@ from voucher_ledger.ledger.commands import (
     OpenOrder,
     PlaceOrder,
     RecallShare,
+    ReceiveGlobal,
     RecordInvoice,
     RedeemVoucher,
     ReverseRedemption,
@@ -51,6 +52,7 @@ from voucher_ledger.ledger.events import (
     Actor,
     DiscountTerms,
     EventEnvelope,
+    GlobalIssued,
     OrderLine,
     RecordedEvent,
 )
@@ -451,6 +453,28 @@ async def write_mixed_history(
             sovereigns=["muscat"],
         ),
     )
+    # And, as a Sovereign, a global code of another hub: its share received, redeemed, topped
+    # up, recalled (voucher.share_received / voucher.share_released) and revoked at the end.
+    held = f"HELD-{tag}"
+    terms = GlobalIssued(
+        code=held, credit_baisa=2500, description="global", max_redemptions=1000, sovereigns=[]
+    )
+
+    def receive(allotted: int, requested: int, seq: int, revoked: bool = False) -> bool:
+        return w.voucher(
+            held,
+            ReceiveGlobal(
+                code=held,
+                definition=terms,
+                allotted_total=allotted,
+                requested_total=requested,
+                revoked=revoked,
+                pool_empty=False,
+                hub_seq=seq,
+            ),
+        )
+
+    assert receive(20, 0, 1)
     campaign_codes: list[str] = []
     n = 0
     while w.written + w.buffered < events:
@@ -518,11 +542,18 @@ async def write_mixed_history(
         w.observe(shared, sovereigns[n % 2], n)
         if n % 13 == 0:
             w.global_(shared, RecallShare(code=shared, sovereign=sovereigns[(n + 1) % 2], slots=5))
+        w.voucher(held, RedeemVoucher(code=held, customer_id=f"g{n}"))
+        if n % 9 == 0:  # topped up, and asked for a few slots back
+            receive(20 + n, n // 9, n + 1)
         # a checkout (a third of the stream)
         await _checkouts(w, n, hot[(n + 1) % len(hot)])
         if w.buffered >= flush_every:
             await w.flush()
     w.campaign(gone, RevokeCampaign(campaign_id=gone))
     assert w.global_(dropped, RevokeGlobal(code=dropped))
+    share = w.vouchers[held].share
+    assert share is not None
+    # revoked at the hub: the rest of the share goes back
+    assert receive(share.received, share.requested, share.hub_seq + 1, revoked=True)
     await w.flush()
     return w.written

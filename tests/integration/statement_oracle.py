@@ -43,6 +43,8 @@ from voucher_ledger.ledger.events import (
     OrderRefundDue,
     OrderSessionCreated,
     RedemptionReversed,
+    ShareReceived,
+    ShareReleased,
     VoucherIssued,
     VoucherRedeemed,
     VoucherRevoked,
@@ -117,6 +119,12 @@ ON CONFLICT (code) DO UPDATE SET
     new_organizations_only = EXCLUDED.new_organizations_only
 """
 _REVOKE = "UPDATE vouchers SET revoked = true, active = false, revoked_at = $2 WHERE code = $1"
+_SHARE_IN = """
+UPDATE vouchers SET share_received = $2, share_pool_empty = $3,
+                    share_released = coalesce(share_released, 0)
+WHERE code = $1
+"""
+_SHARE_OUT = "UPDATE vouchers SET share_released = $2 WHERE code = $1"
 _REDEEM = """
 INSERT INTO redemptions (redemption_id, code, customer_id, credit_baisa, redeemed_at, seq,
                          command_id, user_id)
@@ -178,6 +186,12 @@ class VoucherStatements:
                     touch(event.code, 0, at, item.seq)
                 case VoucherRevoked():
                     ops.add(_REVOKE, (event.code, at))
+                    touch(event.code, 0, at, item.seq)
+                case ShareReceived():
+                    ops.add(_SHARE_IN, (event.code, event.allotted_total, event.pool_empty))
+                    touch(event.code, 0, at, item.seq)
+                case ShareReleased():
+                    ops.add(_SHARE_OUT, (event.code, event.released_total))
                     touch(event.code, 0, at, item.seq)
                 case VoucherRedeemed():
                     ops.add(

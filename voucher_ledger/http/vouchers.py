@@ -142,7 +142,7 @@ async def send(
     actor = Actor(sub=principal.sub, role=principal.role)
     try:
         reply = await request.app[BUS].send(
-            command,  # type: ignore[arg-type]  # the bus routes any command by its aggregate
+            command,
             actor=actor,
             command_id=await command_id_from(request, command) or uuid.uuid4().hex,
             timeout=request.app[SETTINGS].command_timeout,
