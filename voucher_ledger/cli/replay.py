@@ -160,10 +160,20 @@ async def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
 async def _verify(settings: Settings) -> int:
     spec = load_streams(settings)
     async with _servers(settings) as (nc, pool):
-        report = await verify(pool, nc, spec, public_key=public_key(settings))
+        report = await verify(
+            pool,
+            nc,
+            spec,
+            public_key=public_key(settings),
+            trail_prefix=settings.subject_prefix if is_trail_hub(settings) else None,
+        )
     checked = ", ".join(f"{n} {t}" for t, n in report.checked.items())
     print(f"stream head: sequence {report.head}")
     print(f"projections: {lag_words(report.head, report.checkpoints)}")
+    if report.trail is not None:
+        head, applied = report.trail
+        behind = f"{head - applied} event(s) behind" if head > applied else "up to date"
+        print(f"sovereign trail: head {head}, read model at {applied} ({behind})")
     print(f"checked: {checked}")
     if report.signatures is None:
         print("signatures: NOT checked (no public key)")

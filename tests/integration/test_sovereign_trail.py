@@ -1,0 +1,358 @@
+"""The hub's read model of its Sovereigns' trail, its report and ``verify`` at a hub, on one
+real nats-server and a real PostgreSQL.
+
+No leaf link here: the test's own stream, named like the hub's trail (``<PREFIX>_SOVEREIGNS``),
+takes envelopes published straight onto ``<prefix>.sovereign.<name>.events.voucher.<CODE>``,
+as the hub's sourcing would store them; the hub's own global events go on its event stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+from nats.aio.client import Client
+
+from tests.conftest import wait_until
+from voucher_ledger.jetstream.streams import StreamsSpec
+from voucher_ledger.ledger.events import (
+    Actor,
+    EventEnvelope,
+    GlobalIssued,
+    GlobalShareAllotted,
+    RedemptionReversed,
+    ShareReceived,
+    ShareReleased,
+    VoucherRedeemed,
+    encode_envelope,
+)
+from voucher_ledger.projections import sovereign_trail
+from voucher_ledger.projections.migrate import migrate
+from voucher_ledger.projections.trail_fold import report_lines
+from voucher_ledger.projections.verify import verify
+
+ACTOR = Actor(sub="tester", role="service")
+HUB = Actor(sub="hub", role="system")
+
+
+def envelope(code: str, event: Any, aggregate: str = "voucher") -> EventEnvelope:
+    return EventEnvelope(
+        event_id=str(uuid.uuid4()),
+        aggregate=aggregate,  # type: ignore[arg-type]
+        aggregate_id=code,
+        occurred_at=datetime.now(UTC),
+        actor=ACTOR if aggregate == "voucher" else HUB,
+        command_id=f"c-{uuid.uuid4().hex[:8]}",
+        event=event,
+    )
+
+
+def redeemed(code: str, rid: str, credit: int = 5000) -> EventEnvelope:
+    return envelope(
+        code,
+        VoucherRedeemed(
+            code=code,
+            customer_id=f"org-{rid}",
+            redemption_id=rid,
+            credit_baisa=credit,
+            user_id=f"user-{rid}",
+        ),
+    )
+
+
+def reversed_(code: str, rid: str) -> EventEnvelope:
+    return envelope(
+        code,
+        RedemptionReversed(code=code, customer_id=f"org-{rid}", redemption_id=rid, reason="test"),
+    )
+
+
+class Trail:
+    """The test's trail stream and what it publishes onto it."""
+
+    def __init__(self, nc: Client, prefix: str) -> None:
+        self.nc = nc
+        self.prefix = prefix
+        self.stream = sovereign_trail.trail_stream(prefix)
+        self.seq = 0
+
+    async def publish(self, sovereign: str, env: EventEnvelope) -> int:
+        subject = f"{self.prefix}.sovereign.{sovereign}.events.voucher.{env.aggregate_id}"
+        ack = await self.nc.jetstream().publish(subject, encode_envelope(env), stream=self.stream)
+        self.seq = ack.seq
+        return int(ack.seq)
+
+
+@pytest.fixture
+async def trail(nc: Client, applied: StreamsSpec, prefix: str) -> AsyncIterator[Trail]:
+    t = Trail(nc, prefix)
+    config = {"name": t.stream, "subjects": [f"{prefix}.sovereign.>"], "storage": "file"}
+    await nc.request(f"$JS.API.STREAM.CREATE.{t.stream}", json.dumps(config).encode(), timeout=5)
+    yield t
+    await nc.request(f"$JS.API.STREAM.DELETE.{t.stream}", b"", timeout=5)
+
+
+@pytest.fixture
+async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await asyncpg.create_pool(database, min_size=1, max_size=4)
+    async with p.acquire() as conn:
+        await migrate(conn)
+    yield p
+    await p.close()
+
+
+@contextlib.asynccontextmanager
+async def running(nc: Client, pool: asyncpg.Pool, prefix: str) -> AsyncIterator[Any]:
+    projector = sovereign_trail.TrailProjector(nc, pool, prefix, batch=3)
+    task = asyncio.create_task(projector.run())
+    try:
+        yield projector
+    finally:
+        projector.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def caught_up(projector: sovereign_trail.TrailProjector, seq: int) -> None:
+    async def reached() -> bool:
+        return await projector.checkpoint() >= seq
+
+    await wait_until(reached, timeout=20)
+
+
+async def table(pool: asyncpg.Pool) -> dict[tuple[str, str], dict[str, Any]]:
+    rows = await pool.fetch("SELECT * FROM sovereign_redemptions")
+    return {(r["sovereign"], r["redemption_id"]): dict(r) for r in rows}
+
+
+async def publish_history(trail: Trail) -> None:
+    """north: WELCOME redeemed by a, b, c (b reversed); south: WELCOME by d, OTHER by e; an
+    event of no interest in between (a share received) and one reversal of nothing."""
+    await trail.publish("north", redeemed("WELCOME", "a"))
+    await trail.publish("north", redeemed("WELCOME", "b"))
+    await trail.publish(
+        "south",
+        envelope(
+            "WELCOME",
+            ShareReceived(
+                code="WELCOME", allotted_total=5, requested_total=0, pool_empty=False, hub_seq=3
+            ),
+        ),
+    )
+    await trail.publish("south", redeemed("WELCOME", "d", 7000))
+    await trail.publish("north", reversed_("WELCOME", "b"))
+    await trail.publish("north", redeemed("WELCOME", "c"))
+    await trail.publish("south", redeemed("OTHER", "e", 1000))
+    await trail.publish("south", reversed_("OTHER", "nobody"))
+
+
+async def test_projector_applies_the_trail_once_and_the_report_sums_it(
+    nc: Client, trail: Trail, pool: asyncpg.Pool, prefix: str
+) -> None:
+    await publish_history(trail)
+    async with running(nc, pool, prefix) as projector:
+        await caught_up(projector, trail.seq)
+        rows = await table(pool)
+        assert sorted(rows) == [
+            ("north", "a"),
+            ("north", "b"),
+            ("north", "c"),
+            ("south", "d"),
+            ("south", "e"),
+        ]
+        assert rows[("north", "b")]["reversed_trail_seq"] == 5
+        assert rows[("north", "b")]["reversed_at"] is not None
+        assert rows[("north", "a")]["reversed_at"] is None
+        assert rows[("south", "d")]["trail_seq"] == 4
+        assert rows[("south", "d")]["user_id"] == "user-d"
+        status = {
+            r["sovereign"]: (r["last_seq"], r["events"])
+            for r in await pool.fetch("SELECT * FROM sovereign_trail_status")
+        }
+        assert status == {"north": (6, 4), "south": (8, 4)}
+
+        # Later events carry on from the checkpoint (batches of 3: several batches).
+        await trail.publish("north", reversed_("WELCOME", "a"))
+        await caught_up(projector, trail.seq)
+        assert (await table(pool))[("north", "a")]["reversed_trail_seq"] == trail.seq
+
+    lines, totals = report_lines(await sovereign_trail.report_figures(pool), ["east"])
+    assert [(x.sovereign, x.code, x.redemptions, x.reversed, x.credit_baisa) for x in lines] == [
+        ("north", "WELCOME", 1, 2, 5000),
+        ("south", "OTHER", 1, 0, 1000),
+        ("south", "WELCOME", 1, 0, 7000),
+    ]
+    assert [(x.sovereign, x.redemptions, x.reversed, x.credit_baisa) for x in totals] == [
+        ("east", 0, 0, 0),
+        ("north", 1, 2, 5000),
+        ("south", 2, 0, 8000),
+    ]
+    only = await sovereign_trail.report_figures(pool, ["OTHER"])
+    assert list(only) == [("south", "OTHER")]
+
+
+async def test_redelivery_after_a_crash_counts_nothing_twice(
+    nc: Client, trail: Trail, pool: asyncpg.Pool, prefix: str
+) -> None:
+    await publish_history(trail)
+    events = []
+    async for batch in sovereign_trail.read_trail(nc, prefix, trail.seq):
+        events.extend(batch)
+    async with pool.acquire() as conn:
+        assert await sovereign_trail.apply_batch(conn, events[:5]) == 5
+        before = await table(pool)
+        # The consumer redelivers from an older position (its ack was lost in the crash).
+        assert await sovereign_trail.apply_batch(conn, events[2:5]) == 5
+        assert await table(pool) == before
+        # A batch that would skip an event is refused, and changes nothing.
+        with pytest.raises(sovereign_trail.TrailGap):
+            await sovereign_trail.apply_batch(conn, events[6:])
+        assert await table(pool) == before
+        assert await sovereign_trail.apply_batch(conn, events[3:]) == 8
+    counts = await pool.fetchrow(
+        "SELECT count(*) AS n, count(reversed_at) AS r FROM sovereign_redemptions"
+    )
+    assert (counts["n"], counts["r"]) == (5, 1)
+    # A projector started now (the checkpoint at the head) applies nothing again.
+    async with running(nc, pool, prefix) as projector:
+        await trail.publish("south", redeemed("OTHER", "f"))
+        await caught_up(projector, trail.seq)
+    assert len(await table(pool)) == 6
+
+
+async def test_rebuild_replays_the_trail_into_the_same_rows(
+    nc: Client, trail: Trail, pool: asyncpg.Pool, prefix: str
+) -> None:
+    await publish_history(trail)
+    async with running(nc, pool, prefix) as projector:
+        await caught_up(projector, trail.seq)
+    live = await table(pool)
+    status = await pool.fetch("SELECT sovereign, last_seq, events FROM sovereign_trail_status")
+    await pool.execute("UPDATE sovereign_redemptions SET credit_baisa = 1 WHERE code = 'OTHER'")
+    done = await sovereign_trail.rebuild_trail(pool, nc, prefix)
+    assert (done.reached, done.rows) == (trail.seq, 5)
+    assert await table(pool) == live
+    after = await pool.fetch("SELECT sovereign, last_seq, events FROM sovereign_trail_status")
+    assert sorted(map(tuple, after)) == sorted(map(tuple, status))
+
+
+async def hub_global(
+    nc: Client, spec: StreamsSpec, code: str, cap: int, allotted: dict[str, int]
+) -> None:
+    """The hub's own events of a global code: issued with ``cap``, then allotments."""
+    subject = spec.layout.global_subject(code)
+    js = nc.jetstream()
+    issued = GlobalIssued(
+        code=code,
+        credit_baisa=5000,
+        description="global",
+        max_redemptions=cap,
+        sovereigns=sorted(allotted),
+    )
+    await js.publish(subject, encode_envelope(envelope(code, issued, "global")))
+    pool = cap
+    for name, slots in sorted(allotted.items()):
+        pool -= slots
+        share = GlobalShareAllotted(
+            code=code, sovereign=name, slots=slots, allotted_total=slots, pool=pool
+        )
+        await js.publish(subject, encode_envelope(envelope(code, share, "global")))
+
+
+async def test_verify_at_the_hub_passes_then_fails_on_a_tampered_row(
+    nc: Client, trail: Trail, pool: asyncpg.Pool, prefix: str, applied: StreamsSpec
+) -> None:
+    await hub_global(nc, applied, "WELCOME", cap=10, allotted={"north": 3, "south": 3})
+    await publish_history(trail)
+    async with running(nc, pool, prefix) as projector:
+        await caught_up(projector, trail.seq)
+    report = await verify(pool, nc, applied, trail_prefix=prefix)
+    assert report.differences == []
+    assert report.trail == (trail.seq, trail.seq)
+    assert report.checked["sovereign_redemptions"] == 5
+    assert report.checked["global codes' shares"] == 1
+
+    await pool.execute(
+        "UPDATE sovereign_redemptions SET reversed_at = NULL, reversed_trail_seq = NULL "
+        "WHERE redemption_id = 'b'"
+    )
+    report = await verify(pool, nc, applied, trail_prefix=prefix)
+    assert not report.clean
+    assert "sovereign_redemptions[north/b].reversed_trail_seq: read model None, stream 5" in (
+        report.differences
+    )
+    assert any(
+        d.startswith("sovereign_report[north/WELCOME].redemptions") for d in report.differences
+    )
+
+    await pool.execute("DELETE FROM sovereign_redemptions WHERE redemption_id = 'e'")
+    report = await verify(pool, nc, applied, trail_prefix=prefix)
+    assert "sovereign_redemptions[south/e]: in the stream, missing from the read model" in (
+        report.differences
+    )
+
+
+async def test_verify_fails_when_a_sovereign_redeems_beyond_its_share(
+    nc: Client, trail: Trail, pool: asyncpg.Pool, prefix: str, applied: StreamsSpec
+) -> None:
+    # north holds 2 slots of WELCOME; south 3 (cap 5). north redeems twice, releases one slot
+    # (unused: after a reversal), then redeems twice more: 3 standing > 2 allotted - 1 released.
+    await hub_global(nc, applied, "WELCOME", cap=5, allotted={"north": 2, "south": 3})
+    await trail.publish("north", redeemed("WELCOME", "a"))
+    await trail.publish("north", redeemed("WELCOME", "b"))
+    await trail.publish("north", reversed_("WELCOME", "b"))
+    released = ShareReleased(code="WELCOME", slots=1, released_total=1, answered_total=1)
+    await trail.publish("north", envelope("WELCOME", released))
+    report = await verify(pool, nc, applied, trail_prefix=prefix)
+    assert [d for d in report.differences if d.startswith("global")] == []
+
+    at = await trail.publish("north", redeemed("WELCOME", "c"))
+    for rid in ("d", "e", "f"):
+        await trail.publish("south", redeemed("WELCOME", rid))
+    over = await trail.publish("south", redeemed("WELCOME", "g"))
+    # a redemption of a code that is not global counts against nothing
+    await trail.publish("south", redeemed("LOCAL", "h"))
+    async with running(nc, pool, prefix) as projector:
+        await caught_up(projector, trail.seq)
+    report = await verify(pool, nc, applied, trail_prefix=prefix)
+    assert report.differences == [
+        f"global WELCOME: the Sovereigns' standing redemptions together are 6 at trail seq "
+        f"{over}, more than the cap 5",
+        f"global WELCOME: Sovereign north has 2 standing redemption(s) at trail seq {at}, more "
+        "than the 2 slot(s) the hub allotted it less the 1 it released",
+        f"global WELCOME: Sovereign south has 4 standing redemption(s) at trail seq {over}, more "
+        "than the 3 slot(s) the hub allotted it less the 0 it released",
+    ]
+
+
+async def test_verify_fails_when_the_sovereigns_together_pass_the_cap(
+    nc: Client, trail: Trail, pool: asyncpg.Pool, prefix: str, applied: StreamsSpec
+) -> None:
+    # The hub's events say it allotted more than the cap (a corrupted hub): each Sovereign
+    # stays within its share, and the sum still passes the cap.
+    await hub_global(nc, applied, "WELCOME", cap=3, allotted={"north": 2, "south": 2})
+    for sov, rid in (("north", "a"), ("south", "b"), ("north", "c")):
+        await trail.publish(sov, redeemed("WELCOME", rid))
+    last = await trail.publish("south", redeemed("WELCOME", "d"))
+    report = await verify(pool, nc, applied, trail_prefix=prefix)
+    assert report.differences == [
+        f"global WELCOME: the Sovereigns' standing redemptions together are 4 at trail seq "
+        f"{last}, more than the cap 3"
+    ]
+
+
+async def test_verify_reports_a_missing_trail_stream(
+    nc: Client, pool: asyncpg.Pool, prefix: str, applied: StreamsSpec
+) -> None:
+    report = await verify(pool, nc, applied, trail_prefix=prefix)
+    assert report.differences == [
+        f"{sovereign_trail.trail_stream(prefix)}: the hub's trail stream does not exist"
+    ]
