@@ -18,9 +18,14 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from nats.aio.client import Client
 
 from tests.conftest import wait_until
+from voucher_ledger.config.settings import Settings
+from voucher_ledger.http import keys
+from voucher_ledger.http.app import create_app
+from voucher_ledger.http.auth import Authenticator, mint_token
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.events import (
     Actor,
@@ -356,3 +361,118 @@ async def test_verify_reports_a_missing_trail_stream(
     assert report.differences == [
         f"{sovereign_trail.trail_stream(prefix)}: the hub's trail stream does not exist"
     ]
+
+
+# ---------------------------------------------------------------------- the HTTP report
+
+SECRET = b"s" * 40
+
+
+@contextlib.asynccontextmanager
+async def report_client(pool: asyncpg.Pool, **settings: str) -> AsyncIterator[TestClient[Any, Any]]:
+    """The real routes and middleware on the test's database, without the other components."""
+    app = create_app(Settings(JWT_SECRET=SECRET.decode(), **settings), components=False)  # type: ignore[call-arg]
+    app[keys.POOL] = pool
+    app[keys.AUTHENTICATOR] = Authenticator(secret=SECRET)
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+def bearer(role: str = "superadmin") -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_token(SECRET, 'u-1', role)}"}
+
+
+REPORT = "/billing/reports/sovereigns"
+
+
+async def test_the_report_at_the_hub_json_and_csv(
+    nc: Client, trail: Trail, pool: asyncpg.Pool, prefix: str
+) -> None:
+    await publish_history(trail)
+    async with running(nc, pool, prefix) as projector:
+        await caught_up(projector, trail.seq)
+    async with report_client(pool, HUB="true", SOVEREIGNS="north,south,east") as client:
+        resp = await client.get(REPORT, headers=bearer())
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        assert body["sovereigns"] == ["east", "north", "south"]
+        assert body["trail_seq"] == trail.seq
+        assert [
+            (r["sovereign"], r["code"], r["redemptions"], r["reversed"], r["credit_granted_baisa"])
+            for r in body["rows"]
+        ] == [
+            ("north", "WELCOME", 2, 1, 10000),
+            ("south", "OTHER", 1, 0, 1000),
+            ("south", "WELCOME", 1, 0, 7000),
+        ]
+        assert [
+            (t["sovereign"], t["scope"], t["code"], t["redemptions"], t["credit_granted_baisa"])
+            for t in body["totals"]
+        ] == [
+            ("east", "sovereign", None, 0, 0),
+            ("north", "sovereign", None, 2, 10000),
+            ("south", "sovereign", None, 2, 8000),
+        ]
+        assert body["totals"][1]["credit_granted_omr"] == 10
+
+        resp = await client.get(REPORT, params={"format": "csv"}, headers=bearer())
+        assert resp.status == 200
+        assert resp.content_type == "text/csv"
+        lines = (await resp.text()).splitlines()
+        assert lines[0] == (
+            "sovereign,scope,code,redemptions,reversed,credit_granted_omr,credit_granted_baisa"
+        )
+        assert lines[1] == "north,code,WELCOME,2,1,10,10000"
+        assert lines[-1] == "south,sovereign,,2,0,8,8000"
+        assert len(lines) == 1 + 3 + 3
+
+        resp = await client.get(REPORT, params={"code": "OTHER"}, headers=bearer())
+        body = await resp.json()
+        assert [r["code"] for r in body["rows"]] == ["OTHER"]
+
+        # global=true: no global vouchers read model in this database yet
+        resp = await client.get(REPORT, params={"global": "true"}, headers=bearer())
+        assert resp.status == 409
+        assert "global vouchers" in (await resp.json())["error"]
+        await pool.execute("CREATE TABLE global_vouchers (code text PRIMARY KEY)")
+        await pool.execute("INSERT INTO global_vouchers VALUES ('WELCOME')")
+        resp = await client.get(REPORT, params={"global": "true"}, headers=bearer())
+        body = await resp.json()
+        assert [(r["sovereign"], r["code"]) for r in body["rows"]] == [
+            ("north", "WELCOME"),
+            ("south", "WELCOME"),
+        ]
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "error"),
+    [
+        ({"from": "2026-01-01T00:00:00Z"}, 400, "unknown query parameter 'from'"),
+        ({"format": "xml"}, 400, "format must be json or csv"),
+        ({"global": "yes"}, 400, "global must be true or false"),
+        ({"code": ""}, 400, "a code is 1 to 64 characters"),
+        ({"code": "X" * 65}, 400, "a code is 1 to 64 characters"),
+    ],
+)
+async def test_bad_report_queries_are_400(
+    pool: asyncpg.Pool, params: dict[str, str], status: int, error: str
+) -> None:
+    async with report_client(pool, HUB="true", SOVEREIGNS="north") as client:
+        resp = await client.get(REPORT, params=params, headers=bearer())
+        assert resp.status == status
+        assert error in (await resp.json())["error"]
+        twice = await client.get(f"{REPORT}?format=csv&format=json", headers=bearer())
+        assert twice.status == 400
+
+
+async def test_the_report_is_the_hubs_and_the_issuers(pool: asyncpg.Pool) -> None:
+    async with report_client(pool) as client:
+        resp = await client.get(REPORT, headers=bearer())
+        assert resp.status == 404
+        assert "not the hub" in (await resp.json())["error"]
+    async with report_client(pool, HUB="true", SOVEREIGNS="north") as client:
+        resp = await client.get(REPORT)
+        assert resp.status == 401
+        resp = await client.get(REPORT, headers=bearer("member"))
+        assert resp.status == 403
+        assert "error" in await resp.json()
