@@ -476,3 +476,16 @@ async def test_the_report_is_the_hubs_and_the_issuers(pool: asyncpg.Pool) -> Non
         resp = await client.get(REPORT, headers=bearer("member"))
         assert resp.status == 403
         assert "error" in await resp.json()
+
+
+async def test_the_applier_writes_every_column_the_migration_made(pool: asyncpg.Pool) -> None:
+    rows = await pool.fetch(
+        "SELECT column_name, format_type(a.atttypid, a.atttypmod) AS type "
+        "FROM information_schema.columns c JOIN pg_attribute a ON a.attrelid = "
+        "format('%I.%I', c.table_schema, c.table_name)::regclass AND a.attname = c.column_name "
+        "WHERE c.table_schema = 'public' AND c.table_name = 'sovereign_redemptions' "
+        "ORDER BY c.ordinal_position"
+    )
+    short = {"timestamp with time zone": "timestamptz"}
+    migrated = [(r["column_name"], short.get(r["type"], r["type"])) for r in rows]
+    assert migrated == list(zip(sovereign_trail.COLUMNS, sovereign_trail._TYPES, strict=True))
