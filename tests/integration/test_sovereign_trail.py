@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -489,3 +492,54 @@ async def test_the_applier_writes_every_column_the_migration_made(pool: asyncpg.
     short = {"timestamp with time zone": "timestamptz"}
     migrated = [(r["column_name"], short.get(r["type"], r["type"])) for r in rows]
     assert migrated == list(zip(sovereign_trail.COLUMNS, sovereign_trail._TYPES, strict=True))
+
+
+async def test_the_cli_verify_and_rebuild_at_a_hub(
+    nc: Client, trail: Trail, pool: asyncpg.Pool, prefix: str, nats_url: str, database: str
+) -> None:
+    await publish_history(trail)
+    async with running(nc, pool, prefix) as projector:
+        await caught_up(projector, trail.seq)
+    await pool.execute(
+        "UPDATE sovereign_redemptions SET credit_baisa = 1 WHERE redemption_id = 'd'"
+    )
+    env = {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "DATABASE_URL": database,
+        "SUBJECT_PREFIX": prefix,
+        "HUB": "true",
+        "SOVEREIGNS": "north,south",
+    }
+
+    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "voucher_ledger.cli", *args],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    result = await asyncio.to_thread(cli, "verify")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "sovereign trail: head 8, read model at 8 (up to date)" in result.stdout
+    assert "DIFF sovereign_redemptions[south/d].credit_baisa: read model 1, stream 7000" in (
+        result.stdout
+    )
+    result = await asyncio.to_thread(
+        cli, "rebuild", "--projection", "sovereign_trail", "--no-progress"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rebuilt sovereign_trail: the trail to seq 8; rows: sovereign_redemptions 5" in (
+        result.stdout
+    )
+    result = await asyncio.to_thread(cli, "verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Not a hub: no trail to rebuild.
+    result = await asyncio.to_thread(
+        cli, "rebuild", "--projection", "sovereign_trail", HUB="false", SOVEREIGNS=""
+    )
+    assert result.returncode != 0
+    assert "sovereign_trail is a hub's" in result.stderr
