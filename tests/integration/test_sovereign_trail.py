@@ -82,6 +82,15 @@ def reversed_(code: str, rid: str) -> EventEnvelope:
     )
 
 
+def received(code: str, allotted: int = 1) -> EventEnvelope:
+    """The Sovereign took its share of the global ``code`` (from here on the code is global
+    there)."""
+    share = ShareReceived(
+        code=code, allotted_total=allotted, requested_total=0, pool_empty=False, hub_seq=1
+    )
+    return envelope(code, share)
+
+
 class Trail:
     """The test's trail stream and what it publishes onto it."""
 
@@ -314,6 +323,8 @@ async def test_verify_fails_when_a_sovereign_redeems_beyond_its_share(
     # north holds 2 slots of WELCOME; south 3 (cap 5). north redeems twice, releases one slot
     # (unused: after a reversal), then redeems twice more: 3 standing > 2 allotted - 1 released.
     await hub_global(nc, applied, "WELCOME", cap=5, allotted={"north": 2, "south": 3})
+    await trail.publish("north", received("WELCOME", 2))
+    await trail.publish("south", received("WELCOME", 3))
     await trail.publish("north", redeemed("WELCOME", "a"))
     await trail.publish("north", redeemed("WELCOME", "b"))
     await trail.publish("north", reversed_("WELCOME", "b"))
@@ -347,6 +358,12 @@ async def test_verify_fails_when_the_sovereigns_together_pass_the_cap(
     # The hub's events say it allotted more than the cap (a corrupted hub): each Sovereign
     # stays within its share, and the sum still passes the cap.
     await hub_global(nc, applied, "WELCOME", cap=3, allotted={"north": 2, "south": 2})
+    # east never took the global code (a voucher of its own has that code): its redemptions
+    # count against no share
+    await trail.publish("east", redeemed("WELCOME", "x"))
+    await trail.publish("east", redeemed("WELCOME", "y"))
+    await trail.publish("north", received("WELCOME", 2))
+    await trail.publish("south", received("WELCOME", 2))
     for sov, rid in (("north", "a"), ("south", "b"), ("north", "c")):
         await trail.publish(sov, redeemed("WELCOME", rid))
     last = await trail.publish("south", redeemed("WELCOME", "d"))

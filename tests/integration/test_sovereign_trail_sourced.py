@@ -17,7 +17,7 @@ import pytest
 from nats.aio.client import Client
 
 from tests.conftest import wait_until
-from tests.integration.test_sovereign_trail import hub_global, redeemed, reversed_
+from tests.integration.test_sovereign_trail import hub_global, received, redeemed, reversed_
 from voucher_ledger.config.settings import Settings
 from voucher_ledger.jetstream import streams
 from voucher_ledger.ledger.events import encode_envelope
@@ -85,36 +85,42 @@ async def test_a_sourced_trail_is_projected_and_verified(
     hub, sov, spec = linked
     await hub_global(hub, spec, "WELCOME", cap=3, allotted={"north": 2})
     js = sov.jetstream()
-    for env in (redeemed("WELCOME", "a"), redeemed("WELCOME", "b"), reversed_("WELCOME", "b")):
+    history = (
+        received("WELCOME", 2),
+        redeemed("WELCOME", "a"),
+        redeemed("WELCOME", "b"),
+        reversed_("WELCOME", "b"),
+    )
+    for env in history:
         await js.publish("ledger.events.voucher.WELCOME", encode_envelope(env))
 
     async def sourced(n: int) -> bool:
         return await sovereign_trail.trail_head(hub, "ledger") >= n
 
-    await wait_until(lambda: sourced(3), timeout=60, what="the trail")
+    await wait_until(lambda: sourced(4), timeout=60, what="the trail")
     projector = sovereign_trail.TrailProjector(hub, pool, "ledger")
     task = asyncio.create_task(projector.run())
     try:
-        await wait_until(lambda: checkpoint_at(projector, 3), timeout=20)
+        await wait_until(lambda: checkpoint_at(projector, 4), timeout=20)
         rows = await pool.fetch("SELECT * FROM sovereign_redemptions ORDER BY redemption_id")
         assert [(r["sovereign"], r["redemption_id"], r["reversed_trail_seq"]) for r in rows] == [
             ("north", "a", None),
-            ("north", "b", 3),
+            ("north", "b", 4),
         ]
         report = await verify(pool, hub, spec, trail_prefix="ledger")
         assert report.differences == []
-        assert report.trail == (3, 3)
+        assert report.trail == (4, 4)
 
         # north redeems past the two slots it holds: the trail shows it, verify fails.
         for rid in ("c", "d"):
             await js.publish(
                 "ledger.events.voucher.WELCOME", encode_envelope(redeemed("WELCOME", rid))
             )
-        await wait_until(lambda: sourced(5), timeout=60, what="the trail")
-        await wait_until(lambda: checkpoint_at(projector, 5), timeout=20)
+        await wait_until(lambda: sourced(6), timeout=60, what="the trail")
+        await wait_until(lambda: checkpoint_at(projector, 6), timeout=20)
         report = await verify(pool, hub, spec, trail_prefix="ledger")
         assert report.differences == [
-            "global WELCOME: Sovereign north has 3 standing redemption(s) at trail seq 5, "
+            "global WELCOME: Sovereign north has 3 standing redemption(s) at trail seq 6, "
             "more than the 2 slot(s) the hub allotted it less the 0 it released"
         ]
     finally:

@@ -13,6 +13,7 @@ from voucher_ledger.ledger.events import (
     Actor,
     EventEnvelope,
     RedemptionReversed,
+    ShareReceived,
     ShareReleased,
     VoucherIssued,
     VoucherRedeemed,
@@ -152,9 +153,17 @@ def test_report_lines_sum_per_sovereign_and_name_every_listed_one() -> None:
     assert report_lines({}) == ([], [])
 
 
+def got(code: str) -> ShareReceived:
+    return ShareReceived(
+        code=code, allotted_total=2, requested_total=0, pool_empty=False, hub_seq=1
+    )
+
+
 def walk_of(*items: tuple[str, Any]) -> ShareWalk:
+    """The walk of ``items`` after both Sovereigns received their share of G (seq 1 and 2:
+    the items are at seq 3, 4, …)."""
     walk = ShareWalk()
-    for e in steps(*items):
+    for e in steps(("n", got("G")), ("s", got("G")), *items):
         walk.add(e)
     return walk
 
@@ -185,7 +194,7 @@ def test_a_sovereign_past_its_share_fails_once_at_the_first_step() -> None:
         ("n", redeem("G", "d")),
     )
     assert check_shares(walk, SHARES) == [
-        "global G: Sovereign n has 3 standing redemption(s) at trail seq 3, more than the 2 "
+        "global G: Sovereign n has 3 standing redemption(s) at trail seq 5, more than the 2 "
         "slot(s) the hub allotted it less the 0 it released"
     ]
 
@@ -195,20 +204,43 @@ def test_a_release_takes_its_slots_out_of_the_sovereigns_room() -> None:
     assert check_shares(ok, SHARES) == []
     late = walk_of(("n", release("G", 1)), ("n", redeem("G", "a")), ("n", redeem("G", "b")))
     assert check_shares(late, SHARES) == [
-        "global G: Sovereign n has 2 standing redemption(s) at trail seq 3, more than the 2 "
+        "global G: Sovereign n has 2 standing redemption(s) at trail seq 5, more than the 2 "
         "slot(s) the hub allotted it less the 1 it released"
     ]
     # releasing slots it had already used is caught at the release
     spent = walk_of(("n", redeem("G", "a")), ("n", redeem("G", "b")), ("n", release("G", 1)))
     assert check_shares(spent, SHARES)[0].startswith(
-        "global G: Sovereign n has 2 standing redemption(s) at trail seq 3"
+        "global G: Sovereign n has 2 standing redemption(s) at trail seq 5"
     )
 
 
 def test_a_sovereign_never_allotted_has_no_room() -> None:
-    walk = walk_of(("e", redeem("G", "a")))
+    walk = walk_of(("e", got("G")), ("e", redeem("G", "a")))
     assert check_shares(walk, SHARES) == [
-        "global G: Sovereign e has 1 standing redemption(s) at trail seq 1, more than the 0 "
+        "global G: Sovereign e has 1 standing redemption(s) at trail seq 4, more than the 0 "
+        "slot(s) the hub allotted it less the 0 it released"
+    ]
+
+
+def test_a_sovereigns_own_voucher_of_the_code_counts_from_no_share() -> None:
+    # Before its share arrived (or without one: it refused the global code because a voucher
+    # of its own has that code) a Sovereign's redemptions of the code are its own voucher's.
+    walk = ShareWalk()
+    for e in steps(
+        ("e", redeem("G", "a")),
+        ("e", redeem("G", "b")),
+        ("e", redeem("G", "c")),
+        ("n", redeem("G", "d")),
+        ("n", got("G")),
+        ("n", reverse("G", "d")),  # a reversal of a redemption that never counted: nothing
+        ("n", redeem("G", "f")),
+        ("n", redeem("G", "g")),
+    ):
+        walk.add(e)
+    assert check_shares(walk, SHARES) == []
+    walk.add(TrailEvent(9, "n", env("G", redeem("G", "h"), 9)))
+    assert check_shares(walk, SHARES) == [
+        "global G: Sovereign n has 3 standing redemption(s) at trail seq 9, more than the 2 "
         "slot(s) the hub allotted it less the 0 it released"
     ]
 
@@ -224,6 +256,6 @@ def test_the_sovereigns_together_past_the_cap_fail() -> None:
         ("s", redeem("G", "e")),  # 4 > 3
     )
     assert check_shares(walk, shares) == [
-        "global G: the Sovereigns' standing redemptions together are 4 at trail seq 6, more "
+        "global G: the Sovereigns' standing redemptions together are 4 at trail seq 8, more "
         "than the cap 3"
     ]

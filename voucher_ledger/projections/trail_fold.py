@@ -9,7 +9,10 @@ Sovereign's events count here, of every code (global or not):
 * ``voucher.redemption_reversed``: that redemption no longer stands (the first reversal of a
   standing redemption counts, the others are ignored);
 * ``voucher.share_released``: all the slots of a global code the Sovereign gave back to the hub
-  (``released_total``, cumulative).
+  (``released_total``, cumulative);
+* ``voucher.share_received``: from this event on the code is a global code's share on that
+  Sovereign (as the hub's allocator reads the trail): before it, or without it, the code is a
+  voucher of the Sovereign's own (a Sovereign with such a voucher refuses the global share).
 
 ``verify`` folds the trail with :class:`TrailFold` (the read model's applier,
 ``sovereign_trail.py``, is its own code) and checks the global codes' shares with
@@ -28,6 +31,7 @@ from typing import Any
 from voucher_ledger.ledger.events import (
     EventEnvelope,
     RedemptionReversed,
+    ShareReceived,
     ShareReleased,
     VoucherRedeemed,
     decode_envelope,
@@ -36,8 +40,9 @@ from voucher_ledger.ledger.events import (
 REDEEMED = "voucher.redeemed"
 REVERSED = "voucher.redemption_reversed"
 RELEASED = "voucher.share_released"
+RECEIVED = "voucher.share_received"
 APPLIED = frozenset((REDEEMED, REVERSED))  # what the read model keeps
-COUNTED = frozenset((REDEEMED, REVERSED, RELEASED))  # what verify's share check reads
+COUNTED = frozenset((REDEEMED, REVERSED, RELEASED, RECEIVED))  # what verify's share check reads
 
 
 def trail_sovereign(prefix: str, subject: str) -> str | None:
@@ -229,14 +234,18 @@ class ShareWalk:
             self.steps.append((e.seq, e.sovereign, event.code, REVERSED, event.redemption_id, 0))
         elif isinstance(event, ShareReleased):
             self.steps.append((e.seq, e.sovereign, event.code, RELEASED, "", event.released_total))
+        elif isinstance(event, ShareReceived):
+            self.steps.append((e.seq, e.sovereign, event.code, RECEIVED, "", 0))
 
 
 def check_shares(walk: ShareWalk, allotments: Mapping[str, Allotment]) -> list[str]:
     """The global codes' invariants on the trail, at every step of it: for each Sovereign, its
     standing redemptions of a code never exceed what the hub allotted it less what it released
     (as the trail shows its releases up to that step), and the standing redemptions of all
-    Sovereigns together never exceed the code's cap. One line per code and failure kind (the
-    first step it happens at)."""
+    Sovereigns together never exceed the code's cap. A Sovereign's events of the code count
+    from its first ``voucher.share_received`` of it on (before: a voucher of its own). One line
+    per code and failure kind (the first step it happens at)."""
+    taken: set[tuple[str, str]] = set()  # (code, sovereign): the code is a share there
     standing: dict[tuple[str, str], set[str]] = {}  # (code, sovereign) -> redemption ids
     released: dict[tuple[str, str], int] = {}
     total: Counter[str] = Counter()
@@ -246,6 +255,11 @@ def check_shares(walk: ShareWalk, allotments: Mapping[str, Allotment]) -> list[s
         if share is None:
             continue  # not a global code
         key = (code, sov)
+        if kind == RECEIVED:
+            taken.add(key)
+            continue
+        if key not in taken:
+            continue  # the Sovereign's own voucher of that code
         ids = standing.setdefault(key, set())
         if kind == REDEEMED:
             if rid in ids:
