@@ -560,3 +560,25 @@ async def test_the_cli_verify_and_rebuild_at_a_hub(
     )
     assert result.returncode != 0
     assert "sovereign_trail is a hub's" in result.stderr
+
+
+async def test_the_projector_retries_until_the_trail_exists(
+    nc: Client, applied: StreamsSpec, pool: asyncpg.Pool, prefix: str
+) -> None:
+    async with running(nc, pool, prefix) as projector:
+
+        def failing() -> bool:
+            return projector.failing is not None
+
+        await wait_until(failing, timeout=20, what="the projector's failure")
+        stream = sovereign_trail.trail_stream(prefix)
+        config = {"name": stream, "subjects": [f"{prefix}.sovereign.>"], "storage": "file"}
+        await nc.request(f"$JS.API.STREAM.CREATE.{stream}", json.dumps(config).encode(), timeout=5)
+        try:
+            t = Trail(nc, prefix)
+            await t.publish("north", redeemed("WELCOME", "a"))
+            await caught_up(projector, t.seq)
+            assert projector.failing is None
+            assert list(await table(pool)) == [("north", "a")]
+        finally:
+            await nc.request(f"$JS.API.STREAM.DELETE.{stream}", b"", timeout=5)

@@ -189,7 +189,8 @@ class TrailProjector:
         self.stream = trail_stream(prefix)
         self.durable = durable_name(prefix)
         self.applied = 0  # the checkpoint, as far as this projector knows
-        self.failing: str | None = None
+        self.failing: str | None = None  # the last error's type, while failing
+        self._failures = 0
         self._stopped = False
 
     def stop(self) -> None:
@@ -199,7 +200,6 @@ class TrailProjector:
         return int(await self._pool.fetchval(CHECKPOINT))
 
     async def run(self) -> None:
-        failures = 0
         while not self._stopped:
             try:
                 await self._run_once()
@@ -207,12 +207,13 @@ class TrailProjector:
                 raise
             except TrailGap as exc:
                 log.warning("%s; restarting from the checkpoint", exc)
+                await asyncio.sleep(RETRY_MIN)
             except Exception as exc:  # noqa: BLE001 - Postgres or NATS outage: retry
-                if failures == 0:
+                if self.failing is None:
                     log.warning("projection %s stopped: %r; retrying", NAME, exc)
                 self.failing = type(exc).__name__
-                failures += 1
-                await asyncio.sleep(min(RETRY_MAX, RETRY_MIN * 2 ** min(failures, 8)))
+                self._failures += 1
+                await asyncio.sleep(min(RETRY_MAX, RETRY_MIN * 2 ** min(self._failures, 8)))
 
     async def _recreate_consumer(self, start_seq: int) -> None:
         stream, durable = self.stream, self.durable
@@ -237,6 +238,9 @@ class TrailProjector:
         sub = await self._nc.jetstream().pull_subscribe_bind(
             durable=self.durable, stream=self.stream
         )
+        if self.failing is not None:  # Postgres and NATS answered again
+            log.info("projection %s resumed", NAME)
+            self.failing, self._failures = None, 0
         try:
             while not self._stopped:
                 try:
@@ -254,7 +258,6 @@ class TrailProjector:
         async with self._pool.acquire() as conn:
             self.applied = await apply_batch(conn, events)
         await msgs[-1].ack()  # AckAll: the whole batch
-        self.failing = None
         return self.applied
 
 
