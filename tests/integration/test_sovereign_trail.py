@@ -582,3 +582,33 @@ async def test_the_projector_retries_until_the_trail_exists(
             assert list(await table(pool)) == [("north", "a")]
         finally:
             await nc.request(f"$JS.API.STREAM.DELETE.{stream}", b"", timeout=5)
+
+
+async def test_one_instance_holds_the_trail_projector_and_another_takes_over(
+    nc: Client, trail: Trail, pool: asyncpg.Pool, prefix: str, applied: StreamsSpec
+) -> None:
+    hosts = [
+        sovereign_trail.TrailProjectorHost(
+            nc, pool, prefix, applied.lease_bucket, applied.lease_ttl, instance_id=name
+        )
+        for name in ("one", "two")
+    ]
+    for host in hosts:
+        await host.start()
+    try:
+        running_on = [h for h in hosts if h.projector is not None]
+        assert [h.instance_id for h in running_on] == ["one"]
+        await trail.publish("north", redeemed("WELCOME", "a"))
+        await caught_up(running_on[0].projector, trail.seq)  # type: ignore[arg-type]
+        await hosts[0].stop(release=True)
+
+        def taken() -> bool:
+            return hosts[1].projector is not None
+
+        await wait_until(taken, timeout=20, what="the second instance's lease")
+        await trail.publish("north", redeemed("WELCOME", "b"))
+        await caught_up(hosts[1].projector, trail.seq)  # type: ignore[arg-type]
+        assert sorted(await table(pool)) == [("north", "a"), ("north", "b")]
+    finally:
+        for host in hosts:
+            await host.stop(release=True)

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -245,7 +244,7 @@ class TrailProjector:
             while not self._stopped:
                 try:
                     msgs = await sub.fetch(self._batch, timeout=0.5)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # an empty pull (nats.py's TimeoutError is one)
                     continue
                 if msgs:
                     await self.apply_messages(msgs)
