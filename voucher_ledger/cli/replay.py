@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from voucher_ledger.cli.common import PROG, UserError, connect, load_streams, nats_url, tune_gc
 from voucher_ledger.config.settings import Settings, redact_url
+from voucher_ledger.projections import sovereign_trail
 from voucher_ledger.projections.rebuild import Progress, RebuildSummary, rebuild
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.projections.verify import verify
@@ -31,7 +32,7 @@ COMMANDS = ("rebuild", "verify")
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    names = [p.name for p in ALL_PROJECTIONS]
+    names = [p.name for p in ALL_PROJECTIONS] + [sovereign_trail.NAME]
     rb = sub.add_parser(
         "rebuild",
         help="replay the event stream into fresh tables and swap them in (reads keep working)",
@@ -126,7 +127,20 @@ async def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     tune_gc()
     spec = load_streams(settings)
     chosen = [p for p in ALL_PROJECTIONS if not args.projection or p.name in args.projection]
+    trail = is_trail_hub(settings) and (
+        not args.projection or sovereign_trail.NAME in args.projection
+    )
+    if args.projection and sovereign_trail.NAME in args.projection and not trail:
+        raise UserError(f"{sovereign_trail.NAME} is a hub's (HUB=true with SOVEREIGNS)")
     async with _servers(settings) as (nc, pool):
+        if trail:
+            done = await sovereign_trail.rebuild_trail(pool, nc, settings.subject_prefix)
+            print(
+                f"rebuilt {sovereign_trail.NAME}: the trail to seq {done.reached}; "
+                f"rows: sovereign_redemptions {done.rows}"
+            )
+        if not chosen:
+            return 0
         label = "+".join(p.name for p in chosen)
         bar = _Bar(label, not args.no_progress and sys.stderr.isatty())
         gc.disable()  # the bar collects every _COLLECT_EVERY events
@@ -146,10 +160,20 @@ async def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
 async def _verify(settings: Settings) -> int:
     spec = load_streams(settings)
     async with _servers(settings) as (nc, pool):
-        report = await verify(pool, nc, spec, public_key=public_key(settings))
+        report = await verify(
+            pool,
+            nc,
+            spec,
+            public_key=public_key(settings),
+            trail_prefix=settings.subject_prefix if is_trail_hub(settings) else None,
+        )
     checked = ", ".join(f"{n} {t}" for t, n in report.checked.items())
     print(f"stream head: sequence {report.head}")
     print(f"projections: {lag_words(report.head, report.checkpoints)}")
+    if report.trail is not None:
+        head, applied = report.trail
+        behind = f"{head - applied} event(s) behind" if head > applied else "up to date"
+        print(f"sovereign trail: head {head}, read model at {applied} ({behind})")
     print(f"checked: {checked}")
     if report.signatures is None:
         print("signatures: NOT checked (no public key)")
@@ -166,6 +190,11 @@ async def _verify(settings: Settings) -> int:
         return 0
     print(f"verify: {len(report.differences)} difference(s)", file=sys.stderr)
     return 1
+
+
+def is_trail_hub(settings: Settings) -> bool:
+    """Whether this serve is a hub whose trail has Sovereigns (its trail read model runs)."""
+    return bool(settings.hub and settings.sovereign_names)
 
 
 def public_key(settings: Settings) -> Ed25519PublicKey | None:

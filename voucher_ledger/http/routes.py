@@ -12,7 +12,16 @@ from typing import Any
 from aiohttp import web
 
 from voucher_ledger import __version__
-from voucher_ledger.http import admin, billing, campaigns, ops, reports, subscriptions, vouchers
+from voucher_ledger.http import (
+    admin,
+    billing,
+    campaigns,
+    ops,
+    reports,
+    sovereign_report,
+    subscriptions,
+    vouchers,
+)
 from voucher_ledger.http import campaign_models as cm
 from voucher_ledger.http import global_models as gm
 from voucher_ledger.http import global_vouchers as gv
@@ -113,6 +122,32 @@ REPORT_WINDOW: tuple[dict[str, Any], ...] = tuple(
     }
     for name, what in (("from", "start (inclusive)"), ("to", "end (exclusive)"))
 )
+SOVEREIGN_REPORT_QUERY: tuple[dict[str, Any], ...] = (
+    {
+        "name": "code",
+        "in": "query",
+        "required": False,
+        "description": "only this code (repeatable, at most 1000)",
+        "schema": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 64}},
+        "style": "form",
+        "explode": True,
+    },
+    {
+        "name": "global",
+        "in": "query",
+        "required": False,
+        "description": "true: only the global vouchers (409 where the hub has no such read "
+        "model yet)",
+        "schema": {"type": "string", "enum": ["true", "false"]},
+    },
+    {
+        "name": "format",
+        "in": "query",
+        "required": False,
+        "description": "csv: the report as CSV; json (the default)",
+        "schema": {"type": "string", "enum": ["json", "csv"]},
+    },
+)
 CAMPAIGN_ROUTES: tuple[Route, ...] = (
     Route(
         "POST",
@@ -190,6 +225,20 @@ CAMPAIGN_ROUTES: tuple[Route, ...] = (
         ok="the report; with Accept: text/csv, its rows and then the totals as CSV (a header "
         "line first: sovereign, scope, campaign_id, name and the figures)",
         errors=(400, 401, 403, 503),
+    ),
+    Route(
+        "GET",
+        "/billing/reports/sovereigns",
+        sovereign_report.sovereign_report,
+        "issuer",
+        "The hub only (issue #22): per Sovereign and code, the redemptions standing and "
+        "reversed and the credit granted, from the hub's trail of its Sovereigns, then each "
+        "Sovereign's totals; CSV with ?format=csv (or Accept: text/csv)",
+        parameters=SOVEREIGN_REPORT_QUERY,
+        response=sovereign_report.SovereignReportOut,
+        ok="the report; as CSV, its rows and then the totals (a header line first: "
+        "sovereign, scope, code and the figures)",
+        errors=(400, 401, 403, 404, 409, 503),
     ),
 )
 

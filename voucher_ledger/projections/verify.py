@@ -21,7 +21,9 @@ from typing import Any
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig
 
+from voucher_ledger.jetstream.api import JetStreamApiError
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger import campaign, global_voucher, voucher, wallet
 from voucher_ledger.ledger.events import (
@@ -41,11 +43,20 @@ from voucher_ledger.ledger.events import (
     RecordedEvent,
     RedemptionReversed,
     VoucherRedeemed,
+    decode_envelope,
 )
+from voucher_ledger.projections import sovereign_trail
 from voucher_ledger.projections.billing import INVOICE_STATUS, one_month_after
 from voucher_ledger.projections.replay import read_stream, stream_head
 from voucher_ledger.projections.report_fold import report_fold
 from voucher_ledger.projections.reports import FIGURES as REPORT_FIGURES
+from voucher_ledger.projections.trail_fold import (
+    Allotment,
+    CodeFigures,
+    ShareWalk,
+    TrailFold,
+    check_shares,
+)
 from voucher_ledger.signing.chain import Checked, StreamChecker
 from voucher_ledger.signing.cutover import checker_for, range_reader, read_cutover
 from voucher_ledger.signing.proof import IntegrityError
@@ -74,6 +85,8 @@ class VerifyReport:
     integrity: IntegrityError | None = None
     # with a public key: the key's id, the cut-over, how many events had their proof checked
     signatures: tuple[str, int, int] | None = None
+    # at a hub: the trail stream's head and how far its read model has applied it
+    trail: tuple[int, int] | None = None
 
     @property
     def clean(self) -> bool:
@@ -107,8 +120,18 @@ async def verify(
     spec: StreamsSpec,
     *,
     public_key: Ed25519PublicKey | None = None,
+    trail_prefix: str | None = None,
 ) -> VerifyReport:
+    """``trail_prefix``: at a hub with Sovereigns, its subject prefix: the trail's read model
+    and the global codes' shares are checked against the trail too (``_verify_trail``)."""
+    trail_rows: list[asyncpg.Record] = []
+    trail_status: list[asyncpg.Record] = []
+    trail_figures: dict[tuple[str, str], CodeFigures] = {}
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        if trail_prefix is not None:
+            trail_rows = await conn.fetch("SELECT * FROM sovereign_redemptions")
+            trail_status = await conn.fetch("SELECT * FROM sovereign_trail_status")
+            trail_figures = await sovereign_trail.report_figures(conn)
         checkpoints = {
             r["projection"]: int(r["last_seq"])
             for r in await conn.fetch("SELECT projection, last_seq FROM projection_checkpoints")
@@ -200,7 +223,92 @@ async def verify(
         stream_audit,
         {str(r["seq"]): {"event_id": r["event_id"], "type": r["type"]} for r in audit},
     )
+    if trail_prefix is not None:
+        await _verify_trail(report, nc, spec, trail_prefix, trail_rows, trail_status, trail_figures)
     return report
+
+
+async def _verify_trail(
+    report: VerifyReport,
+    nc: Client,
+    spec: StreamsSpec,
+    prefix: str,
+    rows: list[asyncpg.Record],
+    status: list[asyncpg.Record],
+    figures: dict[tuple[str, str], CodeFigures],
+) -> None:
+    """At a hub: (a) the trail's read model against the trail folded independently up to the
+    read model's checkpoint (its rows, its status per Sovereign, its figures per Sovereign and
+    code); (b) every global code's shares against the whole trail (``check_shares``). The
+    trail is read before the hub's own allotments: an allotment only ever grows."""
+    stream = sovereign_trail.trail_stream(prefix)
+    try:
+        head = await sovereign_trail.trail_head(nc, prefix)
+    except JetStreamApiError as exc:
+        if exc.code != 404:
+            raise
+        report.differences.append(f"{stream}: the hub's trail stream does not exist")
+        return
+    applied = max((int(r["last_seq"]) for r in status), default=0)
+    report.trail = (head, applied)
+    fold, walk = TrailFold(), ShareWalk()
+    async for events in sovereign_trail.read_trail(nc, prefix, head):
+        for e in events:
+            if e.seq <= applied:
+                fold.add(e)
+            walk.add(e)
+    _compare(
+        report,
+        "sovereign_redemptions",
+        {f"{sov}/{rid}": row for (sov, rid), row in fold.redemptions.items()},
+        {f"{r['sovereign']}/{r['redemption_id']}": dict(r) for r in rows},
+    )
+    _compare(
+        report,
+        "sovereign_trail_status",
+        {s: {"last_seq": n, "events": fold.events[s]} for s, n in fold.last_seq.items()},
+        {r["sovereign"]: {"last_seq": r["last_seq"], "events": r["events"]} for r in status},
+    )
+    _compare(
+        report,
+        "sovereign_report",
+        {f"{s}/{c}": f.as_dict() for (s, c), f in fold.figures().items()},
+        {f"{s}/{c}": f.as_dict() for (s, c), f in figures.items()},
+    )
+    allotments = await global_allotments(nc, spec)
+    report.checked["global codes' shares"] = len(allotments)
+    report.differences.extend(check_shares(walk, allotments))
+
+
+async def global_allotments(nc: Client, spec: StreamsSpec) -> dict[str, Allotment]:
+    """Every global code of the hub's event stream (a ``global.issued``), folded
+    (``ledger.global_voucher.fold``): its cap and what each Sovereign was allotted."""
+    js = nc.jetstream()
+    sub = await js.pull_subscribe(
+        spec.layout.global_wildcard,
+        stream=spec.event_stream,
+        config=ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True),
+    )
+    histories: dict[str, list[RecordedEvent]] = defaultdict(list)
+    try:
+        pending = (await sub.consumer_info()).num_pending or 0
+        while pending > 0:
+            for msg in await sub.fetch(min(pending, 1000), timeout=10):
+                envelope = decode_envelope(msg.data)
+                seq = msg.metadata.sequence.stream
+                histories[envelope.aggregate_id].append(RecordedEvent(seq=seq, envelope=envelope))
+                pending -= 1
+    finally:
+        await sub.unsubscribe()
+    out: dict[str, Allotment] = {}
+    for code, history in histories.items():
+        state = global_voucher.fold(code, history)
+        if state.issued is None:
+            continue
+        out[code] = Allotment(
+            state.cap, {name: part.allotted for name, part in state.parts.items()}
+        )
+    return out
 
 
 def _verify_vouchers(

@@ -53,6 +53,7 @@ from voucher_ledger.projections.host import ProjectorHost
 from voucher_ledger.projections.migrate import MigrationError, migrate
 from voucher_ledger.projections.projector import ProjectionStatus
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
+from voucher_ledger.projections.sovereign_trail import TrailProjectorHost
 from voucher_ledger.service import federation
 from voucher_ledger.service.embedded import EmbeddedNats, EmbeddedPostgres
 from voucher_ledger.service.worker import ProcessorReport, ProcessorWorker, child_env
@@ -300,8 +301,9 @@ class ReadModels:
 
 
 class Projectors:
-    def __init__(self, host: ProjectorHost) -> None:
+    def __init__(self, host: ProjectorHost, trail: TrailProjectorHost | None = None) -> None:
         self.host = host
+        self.trail = trail  # a hub's: the read model of its Sovereigns' trail
 
     @classmethod
     async def start(cls, s: Settings, link: NatsLink, read: ReadModels) -> Projectors:
@@ -314,9 +316,26 @@ class Projectors:
             public_key=signing_public_key(s),
         )
         await host.start()
-        return cls(host)
+        trail = None
+        if s.hub and s.sovereign_names:
+            trail = TrailProjectorHost(
+                link.nc,
+                read.pool,
+                s.subject_prefix,
+                link.spec.lease_bucket,
+                link.spec.lease_ttl,
+                instance_id=s.processor_instance_id,
+            )
+            try:
+                await trail.start()
+            except BaseException:
+                await host.stop(release=True)
+                raise
+        return cls(host, trail)
 
     async def stop(self) -> None:
+        if self.trail is not None:
+            await self.trail.stop(release=True)
         await self.host.stop(release=True)
 
 
