@@ -36,14 +36,10 @@ from tests.conftest import fresh_database, wait_until
 from tests.e2e.api_helpers import serve_on
 from tests.e2e.checkout_helpers import Shop, new_code, new_customer
 from tests.e2e.helpers import clean_env
-from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
-from voucher_ledger.commands.wire import Accepted, Rejected
 from voucher_ledger.jetstream.auth import read_user
 from voucher_ledger.jetstream.layout import Layout
 from voucher_ledger.ledger import global_voucher, voucher
-from voucher_ledger.ledger.commands import IssueGlobal, IssueVoucher, RevokeGlobal
-from voucher_ledger.ledger.events import Actor
 from voucher_ledger.ledger.global_voucher import GlobalView
 from voucher_ledger.service import federation
 from voucher_ledger.service.embedded import free_port
@@ -306,26 +302,16 @@ USED_UP = "used up for now"  # a Sovereign's share exhausted: the customer may t
 AT_CAP = "reached its redemption limit"  # the hub's pool empty too: the code is at its cap
 
 
-async def hub_command(hub: Site, command: Any) -> Accepted | Rejected:
-    """A command to the hub's processors, on the hub's bus as its serve sends them."""
-    user = read_user(hub.nats_dir, "service")
-    assert user is not None
-    nc = await nats.connect(hub.nats_url, user=user.user, password=user.password)
-    bus = CommandBus(nc, Layout(PREFIX, 8), f"{PREFIX.upper()}_COMMANDS")
-    await bus.start()
-    try:
-        return await bus.send(command, actor=Actor(sub="test-issuer", role="superadmin"))
-    finally:
-        await bus.close()
-        await nc.close()
-
-
-async def issue_global(hub: Site, code: str, cap: int) -> GlobalView:
-    terms = IssueVoucher(code=code, credit_baisa=100_000, max_redemptions=cap)
-    reply = await hub_command(hub, IssueGlobal(code=code, terms=terms, sovereigns=list(SOVEREIGNS)))
-    assert isinstance(reply, Accepted), reply
-    assert reply.global_voucher is not None, reply
-    return reply.global_voucher
+async def issue_global(hub: Site, code: str, cap: int) -> dict[str, Any]:
+    """Issue a global voucher at the hub, over its HTTP API as an issuer would."""
+    reply = await hub.shop.request(
+        "POST",
+        "/billing/global-vouchers",
+        json_body={"code": code, "credit_omr": 100, "max_redemptions": cap},
+    )
+    assert reply.status == 201, reply
+    body: dict[str, Any] = reply.json
+    return body
 
 
 async def local_redemptions(site: Site, code: str) -> int:
@@ -457,9 +443,9 @@ async def test_a_global_code_holds_its_cap_across_both_sovereigns(
     once: exactly 100 redemptions in total on the hub's trail, none over at any moment."""
     hub = topology["hub"]
     code = new_code("GLOBAL")
-    view = await issue_global(hub, code, 100)
-    assert view.pool == 50
-    assert [s.allotted for s in view.sovereigns] == [25, 25]
+    issued = await issue_global(hub, code, 100)
+    assert issued["pool"] == 50
+    assert [s["allotted"] for s in issued["sovereigns"]] == [25, 25]
     storm = Storm(topology, code, 150)
     tasks = storm.run()
     peak = 0
@@ -595,10 +581,8 @@ async def test_a_revocation_at_the_hub_stops_both_sovereigns(topology: dict[str,
             return reply.status == 200
 
         await wait_until(redeemed_once, timeout=60)
-    reply = await hub_command(hub, RevokeGlobal(code=code))
-    assert isinstance(reply, Accepted), reply
-    assert reply.global_voucher is not None, reply
-    assert reply.global_voucher.revoked
+    reply = await hub.shop.request("POST", f"/billing/global-vouchers/{code}/revoke")
+    assert (reply.status, reply.json) == (200, {"ok": True}), reply
 
     for name in SOVEREIGNS:
         shop = topology[name].shop
@@ -618,3 +602,54 @@ async def test_a_revocation_at_the_hub_stops_both_sovereigns(topology: dict[str,
         return view.pool == 98 and view.redeemed == 2
 
     await wait_until(returned, timeout=60)
+
+
+async def test_the_hub_reports_and_verifies_what_the_sovereigns_redeemed(
+    topology: dict[str, Site],
+) -> None:
+    """After the storms: the hub's read models (the global voucher's shares, the trail's
+    report per Sovereign) say what both Sovereigns' own streams say, and ``verify`` at the hub
+    (the trail folded again, each global code's shares checked step by step) finds nothing."""
+    hub = topology["hub"]
+    code = new_code("GREPORT")
+    await issue_global(hub, code, 10)
+    storm = Storm(topology, code, 8)
+    tasks = storm.run()
+    await wait_until(lambda: storm.total >= 10 or all(t.done() for t in tasks), timeout=120)
+    storm.over.set()
+    await asyncio.gather(*tasks)
+    own = await settled(topology, code)
+    assert sum(own.values()) == 10, own
+
+    async def reported() -> bool:
+        reply = await hub.shop.request("GET", f"/billing/reports/sovereigns?code={code}")
+        assert reply.status == 200, reply
+        got = {r["sovereign"]: r["redemptions"] for r in reply.json["rows"]}
+        return got == {n: c for n, c in own.items() if c}
+
+    await wait_until(reported, timeout=60)
+
+    async def read_model() -> bool:
+        reply = await hub.shop.request("GET", f"/billing/global-vouchers/{code}")
+        assert reply.status == 200, reply
+        shares = {s["sovereign"]: s["redeemed"] for s in reply.json["sovereigns"]}
+        return reply.json["redeemed"] == 10 and shares == own
+
+    await wait_until(read_model, timeout=60)
+    off_hub = await topology["north"].shop.request("GET", "/billing/reports/sovereigns")
+    assert off_hub.status == 404, off_hub
+    data_dir = hub.shop.server.data_dir
+    assert data_dir is not None
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "voucher_ledger.cli", "verify", "--data-dir", str(data_dir)],
+        env=clean_env(
+            HUB="true", SOVEREIGNS=",".join(SOVEREIGNS), SUBJECT_PREFIX=PREFIX, NATS_URL=""
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "sovereign trail: head" in done.stdout, done.stdout
