@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -29,6 +30,7 @@ from typing import Any
 
 import aiohttp
 import nats
+import psutil
 import pytest
 from nats.aio.client import Client
 
@@ -125,7 +127,8 @@ async def topology(
         "SOVEREIGNS": ",".join(SOVEREIGNS),
         "LEAF_LISTEN": f"127.0.0.1:{leaf_port}",
         "LEAF_PASSWORD": password,
-        "PROCESSOR_PROCESS": "false",
+        # the hub's and north's processors in a child process of their serve (the default),
+        # south's in the serve itself: the kill test below kills the children
     }
 
     proxy = Proxy(free_port(), leaf_port)
@@ -138,7 +141,7 @@ async def topology(
             "SOVEREIGN_NAME": name,
             "HUB_LEAF_URL": f"nats-leaf://leaf:{password}@127.0.0.1:{port}",
             "SOVEREIGN_FQDN": f"{name}.sovereign.example",
-            "PROCESSOR_PROCESS": "false",
+            "PROCESSOR_PROCESS": "true" if name == "north" else "false",
         }
 
     async with (
@@ -352,8 +355,17 @@ class Storm:
     Sovereigns, at once; a customer whose Sovereign's share is used up (or the code at its cap)
     tries again a little later, until it succeeds or the storm is called off."""
 
-    def __init__(self, topology: dict[str, Site], code: str, per_sovereign: int) -> None:
+    def __init__(
+        self,
+        topology: dict[str, Site],
+        code: str,
+        per_sovereign: int,
+        *,
+        tolerate_outage: bool = False,
+    ) -> None:
         self.topology = topology
+        # while a processor is down, a checkout may answer 503 (or time out): try again
+        self.tolerate_outage = tolerate_outage
         self.code = code
         self.customers = {
             name: [new_customer(f"g{name[0]}") for _ in range(per_sovereign)] for name in SOVEREIGNS
@@ -364,9 +376,23 @@ class Storm:
 
     async def customer(self, name: str, sub: str, gate: asyncio.Semaphore) -> None:
         shop = self.topology[name].shop
+        # one order per customer: a retry after no answer is the same checkout (the key), so a
+        # redemption the cut request made is not made twice
+        key = f"gk-{sub}"
         while not self.over.is_set():
             async with gate:
-                reply = await shop.checkout(sub, "starter", promo_code=self.code)
+                try:
+                    reply = await shop.checkout(sub, "starter", promo_code=self.code, key=key)
+                except (aiohttp.ClientError, TimeoutError):
+                    if not self.tolerate_outage:
+                        raise
+                    self.refusals["no answer"] += 1
+                    await asyncio.sleep(0.2)
+                    continue
+            if reply.status == 503 and self.tolerate_outage:
+                self.refusals["503"] += 1
+                await asyncio.sleep(0.2)
+                continue
             if reply.status == 200:
                 self.won[name].append(sub)
                 return
@@ -653,3 +679,58 @@ async def test_the_hub_reports_and_verifies_what_the_sovereigns_redeemed(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "sovereign trail: head" in done.stdout, done.stdout
+
+
+def processor_child(site: Site) -> psutil.Process:
+    """The processor process ``serve`` runs (and restarts when it dies)."""
+    proc = site.shop.server.process.proc
+    assert proc is not None
+    found = [
+        child
+        for child in psutil.Process(proc.pid).children()
+        if "processors" in " ".join(child.cmdline())
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+async def test_a_global_storm_holds_its_cap_while_its_deciders_are_killed(
+    topology: dict[str, Site],
+) -> None:
+    """The cap-100 storm while the processes deciding it die: the hub's processors (which
+    decide the shares) and north's (which decide north's redemptions) are SIGKILLed mid-storm;
+    each serve starts its processors again. Never more than 100 at any sample; exactly 100
+    at the end, on the hub's trail and in its aggregate as in the Sovereigns' own streams."""
+    hub, north = topology["hub"], topology["north"]
+    code = new_code("GKILL")
+    await issue_global(hub, code, 100)
+    storm = Storm(topology, code, 150, tolerate_outage=True)
+    tasks = storm.run()
+    killed: list[int] = []
+    peak = 0
+    deadline = asyncio.get_running_loop().time() + 180
+    while not all(t.done() for t in tasks):
+        counts = [await local_redemptions(topology[n], code) for n in SOVEREIGNS]
+        peak = max(peak, sum(counts))
+        assert sum(counts) <= 100, counts
+        if not killed and storm.total >= 25:
+            for site in (hub, north):
+                child = processor_child(site)
+                child.send_signal(signal.SIGKILL)
+                killed.append(child.pid)
+        if await trail_redemptions(hub, code) >= 100:
+            break
+        assert asyncio.get_running_loop().time() < deadline, (storm.total, storm.refusals)
+        await asyncio.sleep(0.2)
+    storm.over.set()
+    await asyncio.gather(*tasks)
+    assert len(killed) == 2
+    for site in (hub, north):  # a new processor process took over
+        assert processor_child(site).pid not in killed
+    own = await settled(topology, code)
+    assert sum(own.values()) == 100, own
+    assert {n: len(w) for n, w in storm.won.items()} == own
+    view = await hub_view(hub, code)
+    assert view.redeemed == 100
+    assert {s.sovereign: s.redeemed for s in view.sovereigns} == own
+    assert peak <= 100
