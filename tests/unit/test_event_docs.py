@@ -76,8 +76,10 @@ def test_asyncapi_document_is_structurally_valid() -> None:
         assert server["host"]
 
     channels = doc["channels"]
-    assert (
-        set(channels) == set(eventdocs.aggregates()) == {"voucher", "wallet", "campaign", "global"}
+    assert set(eventdocs.aggregates()) == {"voucher", "wallet", "campaign", "global"}
+    assert set(channels) == {*eventdocs.aggregates(), eventdocs.TRAIL_CHANNEL}
+    assert channels[eventdocs.TRAIL_CHANNEL]["address"] == (
+        "{prefix}.sovereign.{sovereign}.events.{aggregate}.{id}"
     )
     assert channels["voucher"]["address"] == "{prefix}.events.voucher.{code}"
     assert channels["wallet"]["address"] == "{prefix}.events.wallet.{account}"

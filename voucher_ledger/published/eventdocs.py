@@ -67,6 +67,8 @@ AGGREGATE_KEYS: dict[str, tuple[str, str, str]] = {
     ),
 }
 
+TRAIL_CHANNEL = "sovereign_trail"  # the AsyncAPI channel of a hub's trail (issue #22)
+
 ENVELOPE_FIELD_DOCS = {
     "event_id": "Unique id of this event (UUID).",
     "aggregate": "The aggregate that wrote the event; also the third subject token.",
@@ -272,6 +274,39 @@ def asyncapi_document() -> dict[str, Any]:
             "channel": {"$ref": f"#/channels/{aggregate}"},
             "messages": [{"$ref": f"#/channels/{aggregate}/messages/{d.type}"} for d in mine],
         }
+
+    # Issue #22: at a hub, every Sovereign's events, sourced by nats-server (not re-published),
+    # under subjects that name the Sovereign.
+    sovereign_made = [d for d in docs if "global" not in d.aggregates]
+    channels[TRAIL_CHANNEL] = {
+        "address": "{prefix}.sovereign.{sovereign}.events.{aggregate}.{id}",
+        "title": "The hub's trail of its Sovereigns' events",
+        "description": (
+            "At a hub (HUB=true): stream <PREFIX>_SOVEREIGNS sources each Sovereign's "
+            "<PREFIX>_EVENTS across its JetStream domain and renames <prefix>.events.X to "
+            "<prefix>.sovereign.<sovereign>.events.X; the envelopes are copied verbatim (their "
+            "proofs are the Sovereign's). In each Sovereign's order; Sovereigns interleave."
+        ),
+        "parameters": {
+            "prefix": {"description": "The SUBJECT_PREFIX setting.", "default": "ledger"},
+            "sovereign": {"description": "The Sovereign's name (its SOVEREIGN_NAME)."},
+            "aggregate": {"description": "voucher, wallet or campaign."},
+            "id": {"description": "The aggregate's id token, as on the Sovereign."},
+        },
+        "messages": {d.type: {"$ref": f"#/components/messages/{d.type}"} for d in sovereign_made},
+    }
+    operations["receiveSovereignTrail"] = {
+        "action": "receive",
+        "title": "Read the hub's trail",
+        "summary": (
+            "At a hub: bind a JetStream consumer on <PREFIX>_SOVEREIGNS (filter "
+            "<prefix>.sovereign.<name>.> for one Sovereign)."
+        ),
+        "channel": {"$ref": f"#/channels/{TRAIL_CHANNEL}"},
+        "messages": [
+            {"$ref": f"#/channels/{TRAIL_CHANNEL}/messages/{d.type}"} for d in sovereign_made
+        ],
+    }
 
     return {
         "asyncapi": "3.0.0",
