@@ -37,9 +37,11 @@ from voucher_ledger.ledger.commands import (
     RedeemVoucher,
     ReverseRedemption,
     RevokeGlobal,
+    RevokeVoucher,
 )
 from voucher_ledger.ledger.errors import (
     CapReached,
+    InvalidInput,
     ShareExhausted,
     VoucherInactive,
     VoucherNotFound,
@@ -57,7 +59,7 @@ from voucher_ledger.ledger.events import (
     ShareReleased,
     VoucherRedeemed,
 )
-from voucher_ledger.ledger.voucher import Decided, Policy, Refused
+from voucher_ledger.ledger.voucher import Decided, Policy, Refused, Replayed
 
 CODE = "GLOBAL100"
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -491,3 +493,248 @@ def test_after_the_heal_the_customers_still_trying_use_the_cap_exactly(seed: int
         f"seed {seed}: {out.total} redemptions in the end, cap {out.cap}: slots were lost "
         f"({out.text})"
     )
+
+
+# ---------------------------------------------------------------------------- targeted cases
+
+
+def issued(cap: int = 100, sovereigns: tuple[str, ...] = ("north", "south")) -> Hub:
+    hub = Hub()
+    out = hub.send(IssueGlobal(code=CODE, terms=terms(cap), sovereigns=list(sovereigns)))
+    assert isinstance(out, Decided)
+    return hub
+
+
+def definition(hub: Hub) -> GlobalIssued:
+    assert hub.state.issued is not None
+    return hub.state.issued
+
+
+def receive(sov: Sovereign, hub: Hub, hub_seq: int, **figures: object) -> object:
+    fields: dict[str, object] = {
+        "allotted_total": 0,
+        "requested_total": 0,
+        "revoked": False,
+        "pool_empty": False,
+    }
+    fields.update(figures)
+    return sov.send(
+        ReceiveGlobal(code=CODE, definition=definition(hub), hub_seq=hub_seq, **fields)  # type: ignore[arg-type]
+    )
+
+
+def events_of(outcome: object) -> list[object]:
+    assert isinstance(outcome, Decided), outcome
+    return list(outcome.events)
+
+
+def refused(outcome: object) -> Exception:
+    assert isinstance(outcome, Refused), outcome
+    return outcome.error
+
+
+def observe(hub: Hub, name: str, trail_seq: int, redeemed: int = 0, **rest: int) -> object:
+    return hub.send(
+        ObserveSovereign(
+            code=CODE,
+            sovereign=name,
+            trail_seq=trail_seq,
+            redeemed=redeemed,
+            released_total=rest.get("released_total", 0),
+            answered_total=rest.get("answered_total", 0),
+        )
+    )
+
+
+def test_a_recall_is_answered_once_a_second_delivery_releases_nothing_more() -> None:
+    hub = issued()
+    north = Sovereign("north")
+    receive(north, hub, 2, allotted_total=25)
+    answer = events_of(receive(north, hub, 5, allotted_total=25, requested_total=10))
+    released = [e for e in answer if isinstance(e, ShareReleased)]
+    assert [(e.slots, e.released_total, e.answered_total) for e in released] == [(10, 10, 10)]
+    # The same figures again, under a new position or a new command id: nothing more.
+    assert events_of(receive(north, hub, 6, allotted_total=25, requested_total=10)) == []
+    assert events_of(receive(north, hub, 5, allotted_total=25, requested_total=10)) == []
+    assert isinstance(
+        north.send(
+            ReceiveGlobal(
+                code=CODE,
+                definition=definition(hub),
+                allotted_total=25,
+                requested_total=10,
+                revoked=False,
+                pool_empty=False,
+                hub_seq=9,
+            ),
+            command_id=north.log[-1].envelope.command_id,  # a re-delivered command id
+        ),
+        Replayed,
+    )
+    assert (north.received, north.released) == (25, 10)
+    # A recall larger than what is unused gets what is unused, and is answered once too.
+    for i in range(12):
+        north.send(RedeemVoucher(code=CODE, customer_id=f"c{i}"))
+    answer = events_of(receive(north, hub, 7, allotted_total=25, requested_total=30))
+    assert [(e.slots, e.answered_total) for e in answer if isinstance(e, ShareReleased)] == [
+        (3, 30)
+    ]
+    assert events_of(receive(north, hub, 8, allotted_total=25, requested_total=30)) == []
+    assert (north.standing, north.released) == (12, 13)
+
+
+def test_revocation_releases_every_unused_slot_and_stops_redemptions() -> None:
+    hub = issued()
+    north = Sovereign("north")
+    receive(north, hub, 2, allotted_total=25)
+    for i in range(7):
+        north.send(RedeemVoucher(code=CODE, customer_id=f"c{i}"))
+    out = events_of(receive(north, hub, 4, allotted_total=25, revoked=True))
+    assert [type(e).__name__ for e in out] == ["VoucherRevoked", "ShareReleased"]
+    assert (north.released, north.standing, north.received) == (18, 7, 25)
+    assert isinstance(
+        refused(north.send(RedeemVoucher(code=CODE, customer_id="late"))), (VoucherNotFound)
+    )
+    # A later top-up figure after the revocation is given straight back.
+    out = events_of(receive(north, hub, 6, allotted_total=30, revoked=True))
+    assert [(e.slots, e.released_total) for e in out if isinstance(e, ShareReleased)] == [(5, 23)]
+    # At the hub: revoked, it allots nothing more, whatever it observes.
+    assert isinstance(hub.send(RevokeGlobal(code=CODE)), Decided)
+    assert events_of(hub.send(RevokeGlobal(code=CODE))) == []
+    out = events_of(observe(hub, "north", 3, redeemed=7, released_total=18, answered_total=0))
+    assert [type(e).__name__ for e in out] == ["GlobalObserved"]
+    assert hub.state.pool == 100 - 25 - 25 + 18
+    assert isinstance(
+        refused(hub.send(RecallShare(code=CODE, sovereign="south", slots=1))), (VoucherInactive)
+    )
+
+
+def test_receive_global_for_a_code_that_is_a_local_voucher_is_refused() -> None:
+    hub = issued()
+    north = Sovereign("north")
+    assert isinstance(north.send(IssueVoucher(code=CODE, credit_baisa=100)), Decided)
+    error = refused(receive(north, hub, 2, allotted_total=25))
+    assert isinstance(error, InvalidInput)
+    assert north.state.share is None
+    assert len(north.log) == 1
+
+
+def test_issue_and_revoke_voucher_on_a_global_code_are_refused() -> None:
+    hub = issued()
+    north = Sovereign("north")
+    receive(north, hub, 2, allotted_total=25)
+    before = len(north.log)
+    assert isinstance(refused(north.send(IssueVoucher(code=CODE, credit_baisa=1))), InvalidInput)
+    assert isinstance(refused(north.send(RevokeVoucher(code=CODE))), InvalidInput)
+    assert len(north.log) == before
+    assert not north.state.revoked
+
+
+def test_an_exhausted_share_is_share_exhausted_unless_the_pool_is_empty_then_cap_reached() -> None:
+    hub = issued(cap=10)
+    north = Sovereign("north")
+    receive(north, hub, 2, allotted_total=2)
+    for i in range(2):
+        assert isinstance(north.send(RedeemVoucher(code=CODE, customer_id=f"c{i}")), Decided)
+    error = refused(north.send(RedeemVoucher(code=CODE, customer_id="c2")))
+    assert isinstance(error, ShareExhausted)
+    assert error.reason == "share_exhausted"
+    receive(north, hub, 3, allotted_total=2, pool_empty=True)
+    error = refused(north.send(RedeemVoucher(code=CODE, customer_id="c2")))
+    assert isinstance(error, CapReached)
+    assert error.reason == "cap_reached"
+    # A top-up (the pool had slots after all) redeems again.
+    receive(north, hub, 4, allotted_total=3, pool_empty=False)
+    assert isinstance(north.send(RedeemVoucher(code=CODE, customer_id="c2")), Decided)
+    # A late, older figure changes nothing.
+    assert events_of(receive(north, hub, 3, allotted_total=2, pool_empty=True)) == []
+    assert north.received == 3
+
+
+def test_observe_sovereign_with_an_old_trail_seq_changes_nothing() -> None:
+    hub = issued()
+    assert len(events_of(observe(hub, "north", 5, redeemed=3))) == 1
+    state = hub.state
+    for seq in (5, 4, 1):
+        assert events_of(observe(hub, "north", seq, redeemed=20, released_total=25)) == []
+    assert hub.state == state
+    assert hub.state.part("north").redeemed == 3
+    # A release above what was ever allotted is refused, not recorded.
+    error = refused(observe(hub, "north", 6, redeemed=3, released_total=26))
+    assert isinstance(error, InvalidInput)
+
+
+def test_issue_allots_share_of_to_each_named_sovereign_and_keeps_the_rest() -> None:
+    assert global_voucher.share_of(100, 2) == 25
+    assert global_voucher.share_of(100, 3) == 16
+    assert global_voucher.share_of(1, 3) == 1
+    assert global_voucher.low_water(25) == 6
+    assert global_voucher.low_water(3) == 1
+    hub = issued(cap=100, sovereigns=("north", "south"))
+    view = hub.state.view()
+    assert [(p.sovereign, p.allotted) for p in view.sovereigns] == [("north", 25), ("south", 25)]
+    assert (view.pool, view.share) == (50, 25)
+    tiny = issued(cap=1, sovereigns=("north", "south", "east"))
+    assert [(p.sovereign, p.allotted) for p in tiny.state.view().sovereigns] == [("north", 1)]
+    assert tiny.state.pool == 0
+
+
+def test_top_up_by_share_once_a_redemption_takes_unused_to_low_water() -> None:
+    hub = issued()  # share 25, low water 6
+    # 18 redeemed: 7 unused, above the low-water mark: nothing.
+    assert [type(e).__name__ for e in events_of(observe(hub, "north", 1, redeemed=18))] == [
+        "GlobalObserved"
+    ]
+    out = events_of(observe(hub, "north", 2, redeemed=19))  # 6 unused: topped up
+    allotted = [e for e in out if isinstance(e, GlobalShareAllotted)]
+    assert [(e.sovereign, e.slots, e.allotted_total, e.pool) for e in allotted] == [
+        ("north", 25, 50, 25)
+    ]
+    assert not hub.state.part("north").wanting
+    # A Sovereign not named at issue gets its share once its record reaches the trail.
+    out = events_of(observe(hub, "east", 3))
+    assert [(e.sovereign, e.slots) for e in out if isinstance(e, GlobalShareAllotted)] == [
+        ("east", 25)
+    ]
+    assert hub.state.pool == 0
+
+
+def test_with_the_pool_empty_a_wanting_sovereign_recalls_half_the_others_unused() -> None:
+    hub = issued(cap=40)  # share 10 each, pool 20, low water 2
+    observe(hub, "north", 1, redeemed=8)  # 2 unused: topped up to 20 (pool 10)
+    observe(hub, "south", 2, redeemed=8)  # south topped up too (pool 0)
+    observe(hub, "south", 3, redeemed=15)  # 5 unused: not low
+    assert hub.state.pool == 0
+    out = events_of(observe(hub, "north", 4, redeemed=19))  # 1 unused, nothing in the pool
+    assert hub.state.part("north").wanting
+    recalls = [e for e in out if isinstance(e, GlobalRecallRequested)]
+    # south: 20 allotted, 15 redeemed: 5 unused, half (rounded up) asked back.
+    assert [(e.sovereign, e.slots, e.requested_total) for e in recalls] == [("south", 3, 3)]
+    # While that recall is unanswered, another want asks south nothing more.
+    out = events_of(observe(hub, "north", 5, redeemed=20))
+    assert not [e for e in out if isinstance(e, GlobalRecallRequested)]
+    # South answers with 3: they go to north, which wants, not back to south, though south
+    # is now at its low-water mark (it did not redeem: no want of its own).
+    out = events_of(observe(hub, "south", 6, redeemed=15, released_total=3, answered_total=3))
+    allotted = [(e.sovereign, e.slots) for e in out if isinstance(e, GlobalShareAllotted)]
+    assert allotted == [("north", 3)]
+    assert not hub.state.part("south").wanting
+    assert not hub.state.part("north").wanting
+    assert hub.state.pool == 0
+    # A want never recalls from a Sovereign that wants itself, and the last slot comes back:
+    # north redeems its 3 and wants again; south (2 unused) is asked for 1.
+    out = events_of(observe(hub, "north", 7, redeemed=23))
+    recalls = [e for e in out if isinstance(e, GlobalRecallRequested)]
+    assert [(e.sovereign, e.slots, e.requested_total) for e in recalls] == [("south", 1, 4)]
+
+
+def test_the_sovereign_answering_a_recall_is_topped_up_only_when_nobody_else_wants() -> None:
+    hub = issued(cap=40)
+    assert isinstance(hub.send(RecallShare(code=CODE, sovereign="south", slots=9)), Decided)
+    # south gave 9 of its 10 back, redeemed nothing: 1 unused, low, but it wants nothing; as
+    # nobody else does either, the pool (29) tops the lowest up: south gets its share again.
+    out = events_of(observe(hub, "south", 1, released_total=9, answered_total=9))
+    assert [(e.sovereign, e.slots) for e in out if isinstance(e, GlobalShareAllotted)] == [
+        ("south", 10)
+    ]
+    assert hub.state.pool == 19
