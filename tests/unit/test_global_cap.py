@@ -463,27 +463,7 @@ def test_the_real_deciders_hold_the_global_cap_whatever_the_links_do(seed: int) 
     run_once(seed)
 
 
-# Known gap of the allocation policy (see the report on branch gsim): a customer refused on an
-# exhausted Sovereign leaves no event, so a Sovereign left at nought by a recall, whose
-# customers come only afterwards, is never known to want slots while the rest sit unused on a
-# Sovereign whose customers are done. The hub cannot tell the two apart from the trail alone.
-STRANDED = {25, 41, 106, 134, 151, 152, 195, 212, 226, 265, 293}
-
-
-@pytest.mark.parametrize(
-    "seed",
-    [
-        pytest.param(
-            seed,
-            marks=pytest.mark.xfail(
-                strict=True, reason="slots stranded: a refusal is no demand signal"
-            ),
-        )
-        if seed in STRANDED
-        else seed
-        for seed in range(300)
-    ],
-)
+@pytest.mark.parametrize("seed", range(300))
 def test_after_the_heal_the_customers_still_trying_use_the_cap_exactly(seed: int) -> None:
     out = run_once(seed)
     if out.revoked:
@@ -493,6 +473,18 @@ def test_after_the_heal_the_customers_still_trying_use_the_cap_exactly(seed: int
         f"seed {seed}: {out.total} redemptions in the end, cap {out.cap}: slots were lost "
         f"({out.text})"
     )
+
+
+# The allocation policy's known gap (ledger/global_voucher.py): a customer refused on an
+# exhausted Sovereign leaves no event, so a Sovereign left with no unused slot by a recall,
+# whose customers come only afterwards, is never known to want slots while the ones it gave
+# sit unused on a Sovereign whose customers are done. Seeds beyond the 300 above that show it
+# (4 of 300..799); strict: once a demand signal closes the gap they pass and must move up.
+@pytest.mark.xfail(strict=True, reason="a refusal on an exhausted Sovereign is no demand signal")
+@pytest.mark.parametrize("seed", [301, 496, 527, 641])
+def test_known_gap_a_sovereign_drained_by_a_recall_before_its_customers_came(seed: int) -> None:
+    out = run(seed)
+    assert out.total == min(out.cap, out.demand), out.text
 
 
 # ---------------------------------------------------------------------------- targeted cases
@@ -726,6 +718,32 @@ def test_with_the_pool_empty_a_wanting_sovereign_recalls_half_the_others_unused(
     out = events_of(observe(hub, "north", 7, redeemed=23))
     recalls = [e for e in out if isinstance(e, GlobalRecallRequested)]
     assert [(e.sovereign, e.slots, e.requested_total) for e in recalls] == [("south", 1, 4)]
+
+
+def test_a_wanting_sovereign_with_none_left_recalls_from_one_that_wants_but_holds_some() -> None:
+    hub = issued(cap=40)  # share 10 each, pool 20, low water 2
+    observe(hub, "north", 1, redeemed=8)  # north low: topped up to 20 (pool 10)
+    observe(hub, "south", 2, redeemed=8)  # south too: 20 (pool 0)
+    out = events_of(observe(hub, "north", 3, redeemed=18))  # 2 left: wants, pool empty
+    assert [(e.sovereign, e.slots) for e in out if isinstance(e, GlobalRecallRequested)] == [
+        ("south", 6)
+    ]
+    # south redeems down to 2 before the recall reaches it: it wants too; nobody is asked.
+    out = events_of(observe(hub, "south", 4, redeemed=18))
+    assert not [e for e in out if isinstance(e, GlobalRecallRequested)]
+    # It uses its last two and answers the recall with nothing: it has none left, so north,
+    # wanting but holding 2 (its customers may be done), is asked for 1.
+    out = events_of(observe(hub, "south", 5, redeemed=20, answered_total=6))
+    assert hub.state.part("north").wanting
+    assert hub.state.part("south").wanting
+    recalls = [(e.sovereign, e.slots) for e in out if isinstance(e, GlobalRecallRequested)]
+    assert recalls == [("north", 1)]
+    # north answers: the slot goes to south (none left) first.
+    out = events_of(observe(hub, "north", 6, redeemed=18, released_total=1, answered_total=1))
+    assert [(e.sovereign, e.slots) for e in out if isinstance(e, GlobalShareAllotted)] == [
+        ("south", 1)
+    ]
+    assert hub.state.part("north").wanting  # still: 1 left, nothing in the pool
 
 
 def test_the_sovereign_answering_a_recall_is_topped_up_only_when_nobody_else_wants() -> None:

@@ -20,18 +20,20 @@ Sovereign the hub did not name at issue wants from its first record of the code 
 A Sovereign low only because it answered a recall does not want: otherwise its own release
 would be allotted straight back to it, never to the Sovereign the recall was for. Whenever the
 pool has slots, every wanting Sovereign (the observed one first) is topped up by ``share`` (or
-what the pool has), then, while slots remain, every Sovereign the trail shows low (the lowest
-first). When someone still wants and the pool is empty, the hub asks every Sovereign that does
-not want and has unused slots (by the trail) to give back half of them, rounded up, at most one
-recall outstanding per Sovereign; the slots released go to the wanting ones. A customer refused
-on an exhausted Sovereign leaves no event, so the want is kept in the state
-(``GlobalObserved.wanting``) rather than waiting for that Sovereign to ask again.
+what the pool has), those with none left first, then, while slots remain, every Sovereign the
+trail shows low (the lowest first). When someone still wants and the pool is empty, the hub
+asks every Sovereign that does not want and has unused slots (by the trail) to give back half
+of them, rounded up, at most one recall outstanding per Sovereign; when one that wants has none
+left, those that want but still hold some are asked too. The slots released go to the wanting
+ones. A customer refused on an exhausted Sovereign leaves no event, so the want is kept in the
+state (``GlobalObserved.wanting``) rather than waiting for that Sovereign to ask again. Wants
+come only from redemptions and recalls only from wants, so slots never circulate for ever.
 
 Known gap: for the same reason a Sovereign left with no unused slot by a recall, whose
-customers come only afterwards, is never known to want, while the slots it gave sit unused on
-a Sovereign whose customers are done: the cap is then not used up (``tests/unit/
-test_global_cap.py``, ``STRANDED``). Closing it needs a demand signal from the Sovereign (its
-refusal recorded), which the trail does not carry today.
+customers come only afterwards, is never known to want, while the slots it gave may sit unused
+on a Sovereign whose customers are done: the cap is then not used up (``tests/unit/
+test_global_cap.py``, ``test_known_gap_...``). Closing it needs a demand signal from the
+Sovereign (its refusal recorded), which the trail does not carry today.
 """
 
 from __future__ import annotations
@@ -296,11 +298,14 @@ def decide(state: GlobalState, command: GlobalCommandT, policy: Policy) -> list[
                     wanting=wanting,
                 ),
             )
-            # The Sovereigns waiting for slots, this one first: the pool's slots go to them.
+            # The Sovereigns waiting for slots, those with none left first, then this one: the
+            # pool's slots go to them.
             waiting = sorted(
-                (name != command.sovereign, name) for name, p in parts.items() if p.wanting
+                (p.unused > 0, name != command.sovereign, name)
+                for name, p in parts.items()
+                if p.wanting
             )
-            for _, name in waiting:
+            for *_, name in waiting:
                 if pool <= 0:
                     break
                 give = min(share, pool)
@@ -343,12 +348,19 @@ def decide(state: GlobalState, command: GlobalCommandT, policy: Policy) -> list[
                 return events
             if not any(p.wanting for p in parts.values()):
                 return events
-            # Someone still waits and the pool is empty: every other Sovereign with unused
-            # slots (as far as the trail shows) is asked for half of them, rounded up (so the
-            # last one comes back too), unless a recall to it is still unanswered.
+            # Someone still waits and the pool is empty: every Sovereign that does not want
+            # and has unused slots (as far as the trail shows) is asked for half of them,
+            # rounded up (so the last one comes back too), unless a recall to it is still
+            # unanswered. When one that wants has none left at all, those that want but still
+            # hold some are asked too (their customers may be done).
+            exhausted = any(p.wanting and p.unused <= 0 for p in parts.values())
             for name, other in sorted(parts.items()):
                 spare = other.unused
-                if other.wanting or spare <= 0 or other.requested > other.answered:
+                if (
+                    spare <= 0
+                    or (other.wanting and not exhausted)
+                    or other.requested > other.answered
+                ):
                     continue
                 slots = (spare + 1) // 2
                 events.append(
