@@ -68,9 +68,10 @@ HUB_ACTOR = Actor(sub="hub", role="superadmin")
 
 
 def recorded(seq: int, event: object, command_id: str, aggregate: str, fp: str) -> RecordedEvent:
-    return RecordedEvent(
+    """As the store records it (built without re-validating the decided event: speed)."""
+    return RecordedEvent.model_construct(
         seq=seq,
-        envelope=EventEnvelope(
+        envelope=EventEnvelope.model_construct(
             event_id=f"{aggregate}-{seq}",
             aggregate=aggregate,  # type: ignore[arg-type]
             aggregate_id=CODE,
