@@ -19,15 +19,17 @@ being at most :func:`low_water` (a quarter of ``share``), and until it is given 
 Sovereign the hub did not name at issue wants from its first record of the code on the trail.
 A Sovereign low only because it answered a recall does not want: otherwise its own release
 would be allotted straight back to it, never to the Sovereign the recall was for. Whenever the
-pool has slots, every wanting Sovereign (the observed one first) is topped up by ``share`` (or
-what the pool has), those with none left first, then, while slots remain, every Sovereign the
+pool has slots, every wanting Sovereign (those with none left first, then the observed one) is
+topped up by ``share`` (or what the pool has), then, while slots remain, every Sovereign the
 trail shows low (the lowest first). When someone still wants and the pool is empty, the hub
 asks every Sovereign that does not want and has unused slots (by the trail) to give back half
-of them, rounded up, at most one recall outstanding per Sovereign; when one that wants has none
-left, those that want but still hold some are asked too. The slots released go to the wanting
-ones. A customer refused on an exhausted Sovereign leaves no event, so the want is kept in the
-state (``GlobalObserved.wanting``) rather than waiting for that Sovereign to ask again. Wants
-come only from redemptions and recalls only from wants, so slots never circulate for ever.
+of them, rounded down (its last slot stays: its customers may come), at most one recall
+outstanding per Sovereign; when one that wants has none left, the half is rounded up (the last
+slot comes back too) and those that want but still hold some are asked as well. The slots
+released go to the wanting ones. A customer refused on an exhausted Sovereign leaves no event,
+so the want is kept in the state (``GlobalObserved.wanting``) rather than waiting for that
+Sovereign to ask again. Wants come only from redemptions and recalls only from wants, so slots
+never circulate for ever.
 
 Known gap: for the same reason a Sovereign left with no unused slot by a recall, whose
 customers come only afterwards, is never known to want, while the slots it gave may sit unused
@@ -350,9 +352,10 @@ def decide(state: GlobalState, command: GlobalCommandT, policy: Policy) -> list[
                 return events
             # Someone still waits and the pool is empty: every Sovereign that does not want
             # and has unused slots (as far as the trail shows) is asked for half of them,
-            # rounded up (so the last one comes back too), unless a recall to it is still
-            # unanswered. When one that wants has none left at all, those that want but still
-            # hold some are asked too (their customers may be done).
+            # unless a recall to it is still unanswered. Rounded down (a Sovereign keeps its
+            # last slot, its customers may come yet), but when one that wants has none left at
+            # all, rounded up (the last one comes back too) and those that want but still
+            # hold some are asked as well (their customers may be done).
             exhausted = any(p.wanting and p.unused <= 0 for p in parts.values())
             for name, other in sorted(parts.items()):
                 spare = other.unused
@@ -362,7 +365,9 @@ def decide(state: GlobalState, command: GlobalCommandT, policy: Policy) -> list[
                     or other.requested > other.answered
                 ):
                     continue
-                slots = (spare + 1) // 2
+                slots = (spare + 1) // 2 if exhausted else spare // 2
+                if slots <= 0:
+                    continue
                 events.append(
                     GlobalRecallRequested(
                         code=state.code,
