@@ -680,6 +680,9 @@ class GlobalObserved(Frozen):
     released_total: int
     answered_total: int  # the recalls (``requested_total``) the Sovereign has answered
     pool: int
+    # Whether the Sovereign waits for slots: it redeemed down to the low-water mark (or was
+    # just heard of) and was not given any since. Released slots go to these first.
+    wanting: bool = False
 
 
 class GlobalRevoked(Frozen):

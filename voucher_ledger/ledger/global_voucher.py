@@ -12,13 +12,30 @@ release); the second here (an allotment comes out of the pool, ``cap - allotted 
 and a release is counted only once the Sovereign's own event says it made it).
 
 Allocation policy (:func:`share_of`): at issue, each Sovereign named gets ``share`` slots,
-``max(1, cap // (2 * n))`` for n Sovereigns (half the cap; the rest stays in the pool). When
-what the hub knows of a Sovereign's unused slots (allotted - released - redeemed, from the
-trail) falls to a quarter of ``share``, the hub tops it up by ``share`` (or what the pool has).
-A Sovereign the hub did not name at issue gets its first share the same way, once its own
-record of the code reaches the trail. When the pool is empty and a Sovereign runs low, the hub
-asks every other Sovereign with more than a quarter share unused to give back half of it
-(at most one recall outstanding per Sovereign).
+``max(1, cap // (2 * n))`` for n Sovereigns (half the cap; the rest stays in the pool). A
+Sovereign *wants* slots once it redeems (an observation whose standing redemptions rose) down
+to what the hub knows of its unused slots (allotted - released - redeemed, from the trail)
+being at most :func:`low_water` (a quarter of ``share``), and until it is given some; a
+Sovereign the hub did not name at issue wants from its first record of the code on the trail.
+A Sovereign low only because it answered a recall does not want: otherwise its own release
+would be allotted straight back to it, never to the Sovereign the recall was for. Whenever the
+pool has slots, every wanting Sovereign (those with none left first, then the observed one) is
+topped up by ``share`` (or what the pool has), then, while slots remain, every Sovereign the
+trail shows low (the lowest first). When someone still wants and the pool is empty, the hub
+asks every Sovereign that does not want and has unused slots (by the trail) to give back half
+of them, rounded down (its last slot stays: its customers may come), at most one recall
+outstanding per Sovereign; when one that wants has none left, the half is rounded up (the last
+slot comes back too) and those that want but still hold some are asked as well. The slots
+released go to the wanting ones. A customer refused on an exhausted Sovereign leaves no event,
+so the want is kept in the state (``GlobalObserved.wanting``) rather than waiting for that
+Sovereign to ask again. Wants come only from redemptions and recalls only from wants, so slots
+never circulate for ever.
+
+Known gap: for the same reason a Sovereign left with no unused slot by a recall, whose
+customers come only afterwards, is never known to want, while the slots it gave may sit unused
+on a Sovereign whose customers are done: the cap is then not used up (``tests/unit/
+test_global_cap.py``, ``test_known_gap_...``). Closing it needs a demand signal from the
+Sovereign (its refusal recorded), which the trail does not carry today.
 """
 
 from __future__ import annotations
@@ -72,6 +89,7 @@ class SovereignShareView(Frozen):
     redeemed: int  # its standing redemptions, as far as the trail has reached
     requested: int  # all slots the hub asked back
     trail_seq: int  # the hub's trail position these figures were read at
+    wanting: bool = False  # waits for slots (the allocation policy)
 
     @property
     def unused(self) -> int:
@@ -108,6 +126,7 @@ class Part:
     requested: int = 0
     answered: int = 0  # the requested_total the Sovereign has answered
     trail_seq: int = 0
+    wanting: bool = False  # waits for slots (``GlobalObserved.wanting``)
 
     @property
     def unused(self) -> int:
@@ -164,6 +183,7 @@ class GlobalState:
                     redeemed=p.redeemed,
                     requested=p.requested,
                     trail_seq=p.trail_seq,
+                    wanting=p.wanting,
                 )
                 for name, p in sorted(self.parts.items())
             ],
@@ -250,27 +270,113 @@ def decide(state: GlobalState, command: GlobalCommandT, policy: Policy) -> list[
                 )
             released = max(part.released, command.released_total)
             pool = state.pool + (released - part.released)
-            events = [
-                GlobalObserved(
-                    code=state.code,
-                    sovereign=command.sovereign,
-                    trail_seq=command.trail_seq,
-                    redeemed=command.redeemed,
-                    released_total=released,
-                    answered_total=max(part.answered, command.answered_total),
-                    pool=pool,
-                )
-            ]
+            share = share_of(state.cap, len(state.issued.sovereigns))
+            unused = part.allotted - released - command.redeemed
+            # Demand: it redeemed again (or is heard of for the first time). A Sovereign low
+            # only because it answered a recall does not want slots: given back to it, they
+            # would never reach the Sovereign the recall was for.
+            demand = command.redeemed > part.redeemed or part.trail_seq == 0
+            wanting = not state.revoked and (part.wanting or demand) and unused <= low_water(share)
+            observed = GlobalObserved(
+                code=state.code,
+                sovereign=command.sovereign,
+                trail_seq=command.trail_seq,
+                redeemed=command.redeemed,
+                released_total=released,
+                answered_total=max(part.answered, command.answered_total),
+                pool=pool,
+                wanting=wanting,
+            )
+            events = [observed]
             if state.revoked:
                 return events
-            observed = replace(
-                part,
-                redeemed=command.redeemed,
-                released=released,
-                answered=max(part.answered, command.answered_total),
+            parts = state.parts.set(
+                command.sovereign,
+                replace(
+                    part,
+                    redeemed=command.redeemed,
+                    released=released,
+                    answered=observed.answered_total,
+                    wanting=wanting,
+                ),
             )
-            parts = state.parts.set(command.sovereign, observed)
-            return events + _rebalance(state.code, state.issued, parts, pool)
+            # The Sovereigns waiting for slots, those with none left first, then this one: the
+            # pool's slots go to them.
+            waiting = sorted(
+                (p.unused > 0, name != command.sovereign, name)
+                for name, p in parts.items()
+                if p.wanting
+            )
+            for *_, name in waiting:
+                if pool <= 0:
+                    break
+                give = min(share, pool)
+                pool -= give
+                events.append(
+                    GlobalShareAllotted(
+                        code=state.code,
+                        sovereign=name,
+                        slots=give,
+                        allotted_total=parts[name].allotted + give,
+                        pool=pool,
+                    )
+                )
+                parts = parts.set(
+                    name, replace(parts[name], allotted=parts[name].allotted + give, wanting=False)
+                )
+            if pool > 0:
+                # Nobody waits any more: the rest to the Sovereigns the trail shows low, the
+                # lowest first (one left at nought by a recall redeems no more, so asks no more).
+                lows = sorted(
+                    (p.unused, name) for name, p in parts.items() if p.unused <= low_water(share)
+                )
+                for _, name in lows:
+                    if pool <= 0:
+                        break
+                    give = min(share, pool)
+                    pool -= give
+                    events.append(
+                        GlobalShareAllotted(
+                            code=state.code,
+                            sovereign=name,
+                            slots=give,
+                            allotted_total=parts[name].allotted + give,
+                            pool=pool,
+                        )
+                    )
+                    parts = parts.set(
+                        name, replace(parts[name], allotted=parts[name].allotted + give)
+                    )
+                return events
+            if not any(p.wanting for p in parts.values()):
+                return events
+            # Someone still waits and the pool is empty: every Sovereign that does not want
+            # and has unused slots (as far as the trail shows) is asked for half of them,
+            # unless a recall to it is still unanswered. Rounded down (a Sovereign keeps its
+            # last slot, its customers may come yet), but when one that wants has none left at
+            # all, rounded up (the last one comes back too) and those that want but still
+            # hold some are asked as well (their customers may be done).
+            exhausted = any(p.wanting and p.unused <= 0 for p in parts.values())
+            for name, other in sorted(parts.items()):
+                spare = other.unused
+                if (
+                    spare <= 0
+                    or (other.wanting and not exhausted)
+                    or other.requested > other.answered
+                ):
+                    continue
+                slots = (spare + 1) // 2 if exhausted else spare // 2
+                if slots <= 0:
+                    continue
+                events.append(
+                    GlobalRecallRequested(
+                        code=state.code,
+                        sovereign=name,
+                        slots=slots,
+                        requested_total=other.requested + slots,
+                    )
+                )
+            return events
         case RecallShare():
             if state.issued is None:
                 raise VoucherNotFound(state.code)
@@ -291,50 +397,6 @@ def decide(state: GlobalState, command: GlobalCommandT, policy: Policy) -> list[
             if state.issued is None:
                 raise VoucherNotFound(state.code)
             return [] if state.revoked else [GlobalRevoked(code=state.code)]
-
-
-def _rebalance(
-    code: str, issued: GlobalIssued, parts: immutables.Map[str, Part], pool: int
-) -> list[GlobalEventT]:
-    """The allocation policy, after an observation: top up every Sovereign whose known unused
-    slots fell to the low-water mark while the pool has slots; when it has none and one ran
-    low, ask the others holding more than that (without a recall outstanding) for half."""
-    share = share_of(issued.max_redemptions, len(issued.sovereigns))
-    low = low_water(share)
-    events: list[GlobalEventT] = []
-    starving = False
-    for name, part in sorted(parts.items()):
-        if part.unused > low:
-            continue
-        if pool <= 0:
-            starving = True
-            continue
-        give = min(share, pool)
-        pool -= give
-        events.append(
-            GlobalShareAllotted(
-                code=code,
-                sovereign=name,
-                slots=give,
-                allotted_total=part.allotted + give,
-                pool=pool,
-            )
-        )
-    if not starving:
-        return events
-    for name, part in sorted(parts.items()):
-        spare = part.unused
-        if spare <= low or part.requested > part.answered:
-            continue
-        events.append(
-            GlobalRecallRequested(
-                code=code,
-                sovereign=name,
-                slots=spare // 2,
-                requested_total=part.requested + spare // 2,
-            )
-        )
-    return events
 
 
 Outcome = Replayed[GlobalReceipt] | Decided[GlobalEventT] | Refused
@@ -371,7 +433,9 @@ def evolve(state: GlobalState, recorded: RecordedEvent, fingerprint: str = "") -
             changes = {"issued": event, "created_at": env.occurred_at}
         case GlobalShareAllotted():
             part = state.part(event.sovereign)
-            parts = parts.set(event.sovereign, replace(part, allotted=event.allotted_total))
+            parts = parts.set(
+                event.sovereign, replace(part, allotted=event.allotted_total, wanting=False)
+            )
         case GlobalObserved():
             part = state.part(event.sovereign)
             parts = parts.set(
@@ -382,6 +446,7 @@ def evolve(state: GlobalState, recorded: RecordedEvent, fingerprint: str = "") -
                     released=event.released_total,
                     answered=event.answered_total,
                     trail_seq=event.trail_seq,
+                    wanting=event.wanting,
                 ),
             )
         case GlobalRecallRequested():
