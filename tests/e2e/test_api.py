@@ -1183,6 +1183,7 @@ async def test_readyz_is_200_with_checks(api: Api) -> None:
         "billing",
         "campaigns",
         "reports",
+        "global_vouchers",
         "audit",
     }
     assert all(isinstance(v, int) and v >= 0 for v in checks["projection_lag"].values())
