@@ -127,6 +127,7 @@ class Part:
     answered: int = 0  # the requested_total the Sovereign has answered
     trail_seq: int = 0
     wanting: bool = False  # waits for slots (``GlobalObserved.wanting``)
+    wanted: int = 0  # its latest ``voucher.share_wanted`` (``GlobalObserved.wanted_total``)
 
     @property
     def unused(self) -> int:
@@ -269,13 +270,15 @@ def decide(state: GlobalState, command: GlobalCommandT, policy: Policy) -> list[
                     "released_total", "a Sovereign cannot release more than it was given"
                 )
             released = max(part.released, command.released_total)
+            wanted = max(part.wanted, command.wanted_total)
             pool = state.pool + (released - part.released)
             share = share_of(state.cap, len(state.issued.sovereigns))
             unused = part.allotted - released - command.redeemed
-            # Demand: it redeemed again (or is heard of for the first time). A Sovereign low
-            # only because it answered a recall does not want slots: given back to it, they
-            # would never reach the Sovereign the recall was for.
-            demand = command.redeemed > part.redeemed or part.trail_seq == 0
+            # Demand: it redeemed again, or said it wants slots (a customer of it was refused
+            # for want of them: its wanted_total rose), or is heard of for the first time. A
+            # Sovereign low only because it answered a recall does not want slots: given back
+            # to it, they would never reach the Sovereign the recall was for.
+            demand = command.redeemed > part.redeemed or wanted > part.wanted or part.trail_seq == 0
             wanting = not state.revoked and (part.wanting or demand) and unused <= low_water(share)
             observed = GlobalObserved(
                 code=state.code,
@@ -286,6 +289,7 @@ def decide(state: GlobalState, command: GlobalCommandT, policy: Policy) -> list[
                 answered_total=max(part.answered, command.answered_total),
                 pool=pool,
                 wanting=wanting,
+                wanted_total=wanted,
             )
             events = [observed]
             if state.revoked:
@@ -298,6 +302,7 @@ def decide(state: GlobalState, command: GlobalCommandT, policy: Policy) -> list[
                     released=released,
                     answered=observed.answered_total,
                     wanting=wanting,
+                    wanted=wanted,
                 ),
             )
             # The Sovereigns waiting for slots, those with none left first, then this one: the
@@ -447,6 +452,7 @@ def evolve(state: GlobalState, recorded: RecordedEvent, fingerprint: str = "") -
                     answered=event.answered_total,
                     trail_seq=event.trail_seq,
                     wanting=event.wanting,
+                    wanted=event.wanted_total,
                 ),
             )
         case GlobalRecallRequested():
