@@ -15,7 +15,10 @@ returns its original outcome.
                                                reached the wallet is recorded failed first
 
 So a checkout paid by credit is two decisions with a code and one without (issue #19; it was
-four: open, redeem, grant, settle). A refused code writes nothing. A wallet refusal after the
+four: open, redeem, grant, settle). A refused code writes nothing, except that a global code
+refused for want of slots on this Sovereign (issue #22) makes the checkout send ``WantShare`` in
+the background: the voucher records the demand signal once per exhaustion, and the customer's
+400 is the same. A wallet refusal after the
 redemption (not a member, the Organization's first order was required, nothing to pay the rest
 with) gives the slot back at once.
 
