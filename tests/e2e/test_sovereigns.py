@@ -427,8 +427,8 @@ async def sovereign_state(site: Site, code: str) -> voucher.VoucherState:
     return voucher.fold(code, history)
 
 
-async def hub_view(hub: Site, code: str) -> GlobalView:
-    """The hub aggregate's view of the code, folded from the hub's own event stream."""
+async def hub_state(hub: Site, code: str) -> global_voucher.GlobalState:
+    """The hub aggregate's state for the code, folded from the hub's own event stream."""
     nc = await hub.admin()
     store = JetStreamEventStore(nc, f"{PREFIX.upper()}_EVENTS")
     try:
@@ -436,7 +436,19 @@ async def hub_view(hub: Site, code: str) -> GlobalView:
     finally:
         await store.close()
         await nc.close()
-    return global_voucher.fold(code, history).view()
+    return global_voucher.fold(code, history)
+
+
+async def hub_view(hub: Site, code: str) -> GlobalView:
+    """The hub aggregate's view of the code, folded from the hub's own event stream."""
+    return (await hub_state(hub, code)).view()
+
+
+def figures(share: voucher.GlobalShare | None) -> tuple[int, int, int, bool, int] | None:
+    """What the hub's figures set on a Sovereign's share (its demand signal aside)."""
+    if share is None:
+        return None
+    return (share.received, share.requested, share.released, share.pool_empty, share.hub_seq)
 
 
 async def settled(topology: dict[str, Site], code: str) -> dict[str, int]:
@@ -537,7 +549,7 @@ async def test_a_cut_sovereign_redeems_its_share_and_the_cap_holds_through_the_h
     while True:
         await asyncio.sleep(1)
         again = await sovereign_state(north, code)
-        if again.share == held.share:
+        if figures(again.share) == figures(held.share):
             break
         held = again
     assert held.share is not None
@@ -559,10 +571,21 @@ async def test_a_cut_sovereign_redeems_its_share_and_the_cap_holds_through_the_h
         return preview.status == 410 and preview.json["reason"] == reason
 
     await wait_until(preview_says_used_up, timeout=30)
+
+    # Its refused customers' checkouts made it say it wants slots (voucher.share_wanted),
+    # recorded while cut, once for this exhaustion however many were refused.
+    async def north_wants() -> bool:
+        share = (await sovereign_state(north, code)).share
+        return share is not None and share.wanting
+
+    await wait_until(north_wants, timeout=30)
     await asyncio.sleep(2)  # still cut: nothing more
     after = await sovereign_state(north, code)
     assert after.times_redeemed == allowance
-    assert after.share == held.share  # nothing from the hub crossed the cut
+    assert figures(after.share) == figures(held.share)  # nothing from the hub crossed the cut
+    assert after.share is not None
+    assert held.share is not None
+    assert after.share.wanted == held.share.wanted + (0 if held.share.wanting else 1)
     assert storm.refusals[USED_UP if reason == "share_exhausted" else AT_CAP] > 0
     nc = await hub.admin()
     try:
@@ -593,6 +616,15 @@ async def test_a_cut_sovereign_redeems_its_share_and_the_cap_holds_through_the_h
     view = await hub_view(hub, code)
     assert {s.sovereign: s.redeemed for s in view.sovereigns} == own
     assert view.redeemed == 100
+
+    # The hub's allocator read north's demand signals from the trail.
+    async def hub_heard_the_want() -> bool:
+        share = (await sovereign_state(north, code)).share
+        assert share is not None
+        return (await hub_state(hub, code)).part("north").wanted == share.wanted
+
+    await wait_until(hub_heard_the_want, timeout=60)
+    assert (await hub_state(hub, code)).part("north").wanted >= 1
 
 
 async def test_a_revocation_at_the_hub_stops_both_sovereigns(topology: dict[str, Site]) -> None:

@@ -47,6 +47,7 @@ from voucher_ledger.ledger.commands import (
     RevokeGlobal,
     RevokeVoucher,
     SettleOrder,
+    WantShare,
 )
 from voucher_ledger.ledger.events import (
     Actor,
@@ -144,8 +145,8 @@ class _Writer:
 
     def observe(self, code: str, sovereign: str, trail_seq: int) -> None:
         """The hub's allocator reports what the trail shows of ``sovereign``: three more
-        redemptions (within its share) and, for a recall not answered yet, the unused slots
-        asked for given back."""
+        redemptions (within its share), for a recall not answered yet, the unused slots
+        asked for given back, and now and then a demand signal (``wanted_total``)."""
         part = self.globals[code].part(sovereign)
         redeemed = min(part.allotted - part.released, part.redeemed + 3)
         unused = part.allotted - part.released - redeemed
@@ -157,6 +158,7 @@ class _Writer:
             redeemed=redeemed,
             released_total=part.released + give,
             answered_total=part.requested,
+            wanted_total=part.wanted + (1 if trail_seq % 10 == 0 else 0),
         )
         assert self.global_(code, command), command
 
@@ -551,8 +553,17 @@ async def write_mixed_history(
             await w.flush()
     w.campaign(gone, RevokeCampaign(campaign_id=gone))
     assert w.global_(dropped, RevokeGlobal(code=dropped))
+    # its customers use up the share; the first one refused makes the Sovereign say it wants
+    # slots (voucher.share_wanted), once: the next refusal adds nothing
+    k = 0
+    while w.voucher(held, RedeemVoucher(code=held, customer_id=f"gx{k}")):
+        k += 1
+    assert w.voucher(held, WantShare(code=held))
     share = w.vouchers[held].share
     assert share is not None
+    assert share.wanting
+    assert w.voucher(held, WantShare(code=held))
+    assert w.vouchers[held].share == share
     # revoked at the hub: the rest of the share goes back
     assert receive(share.received, share.requested, share.hub_seq + 1, revoked=True)
     await w.flush()

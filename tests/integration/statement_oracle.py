@@ -45,6 +45,7 @@ from voucher_ledger.ledger.events import (
     RedemptionReversed,
     ShareReceived,
     ShareReleased,
+    ShareWanted,
     VoucherIssued,
     VoucherRedeemed,
     VoucherRevoked,
@@ -192,6 +193,8 @@ class VoucherStatements:
                     touch(event.code, 0, at, item.seq)
                 case ShareReleased():
                     ops.add(_SHARE_OUT, (event.code, event.released_total))
+                    touch(event.code, 0, at, item.seq)
+                case ShareWanted():  # no column of its own
                     touch(event.code, 0, at, item.seq)
                 case VoucherRedeemed():
                     ops.add(

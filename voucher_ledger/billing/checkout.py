@@ -15,7 +15,10 @@ returns its original outcome.
                                                reached the wallet is recorded failed first
 
 So a checkout paid by credit is two decisions with a code and one without (issue #19; it was
-four: open, redeem, grant, settle). A refused code writes nothing. A wallet refusal after the
+four: open, redeem, grant, settle). A refused code writes nothing, except that a global code
+refused for want of slots on this Sovereign (issue #22) makes the checkout send ``WantShare`` in
+the background: the voucher records the demand signal once per exhaustion, and the customer's
+400 is the same. A wallet refusal after the
 redemption (not a member, the Organization's first order was required, nothing to pay the rest
 with) gives the slot back at once.
 
@@ -30,6 +33,7 @@ after another. Orders opened by the earlier four-step checkout (``open-``, ``gra
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -62,6 +66,7 @@ from voucher_ledger.ledger.commands import (
     ReverseRedemption,
     SettleOrder,
     WalletCommandT,
+    WantShare,
 )
 from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import Actor, OrderDraft, OrderLine
@@ -75,6 +80,7 @@ _ORDER_NS = uuid.UUID("0b7f7c56-3f0e-4d8e-9a3c-6d2f1f1f6a01")
 RECOVERY_ACTOR = Actor(sub="checkout-recovery", role="system")
 STRIPE_ACTOR = Actor(sub="stripe", role="webhook")
 EXPIRY_ACTOR = Actor(sub="credit-expiry", role="system")
+DEMAND_ACTOR = Actor(sub="checkout-demand", role="system")
 
 # Failure reason recorded on the order -> the HTTP status a (retried) checkout answers with.
 FAILURE_STATUS = {
@@ -149,6 +155,15 @@ def _account_like(value: object) -> bool:
     return True
 
 
+def wants_share(reply: Rejected) -> bool:
+    """A redemption refused for want of slots on this Sovereign (issue #22): its share of a
+    global code is used up (``share_exhausted``; ``cap_reached`` with the share in its details
+    when the hub's pool was last seen empty, though its slots may sit unused elsewhere)."""
+    return reply.reason == "share_exhausted" or (
+        reply.reason == "cap_reached" and "share" in reply.details
+    )
+
+
 def redeem_command_id(order_id: str) -> str:
     return f"redeem-{order_id}"
 
@@ -177,6 +192,7 @@ class CheckoutService:
         self.stripe = stripe
         self._timeout = command_timeout
         self.recovery_after = recovery_after
+        self._wants: set[asyncio.Task[None]] = set()  # demand signals under way
 
     # ------------------------------------------------------------------------------ commands
 
@@ -307,6 +323,8 @@ class CheckoutService:
                     "the ledger did not answer in time; retry with the same Idempotency-Key",
                     {"Retry-After": "1"},
                 )
+            if wants_share(reply):
+                self._want_share(place.promo_code)
             raise CheckoutError(400, f"invalid promo code: {reply.message}", reason="invalid_promo")
         assert reply.redemption is not None
         rules = reply.voucher or reply.campaign  # a campaign's code: its campaign's rules
@@ -331,6 +349,26 @@ class CheckoutService:
             first_only,
             discount,
         )
+
+    def _want_share(self, code: str) -> None:
+        """This Sovereign's share of the global code ``code`` is used up and a customer was
+        refused: say so to the hub (``WantShare``, issue #22), in the background, so the
+        refusal is not slowed; its outcome is only logged (the voucher records one signal per
+        exhaustion, whatever the number of refusals)."""
+        task = asyncio.create_task(self._send_want(code), name=f"want-share-{code}")
+        self._wants.add(task)
+        task.add_done_callback(self._wants.discard)
+
+    async def _send_want(self, code: str) -> None:
+        try:
+            reply = await self._bus.send(
+                WantShare(code=code), actor=DEMAND_ACTOR, timeout=self._timeout
+            )
+        except BusError as exc:
+            log.info("checkout: the want of slots of %s not sent: %r", code, exc)
+            return
+        if isinstance(reply, Rejected):
+            log.info("checkout: the want of slots of %s refused: %s", code, reply.message)
 
     async def _not_placed(
         self, place: PlaceOrder, redeemed: Grant | None, refused: Rejected, actor: Actor

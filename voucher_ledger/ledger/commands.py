@@ -575,6 +575,17 @@ class ObserveSovereign(_GlobalCommand):
     redeemed: int = Field(ge=0, strict=True)
     released_total: int = Field(ge=0, strict=True)
     answered_total: int = Field(ge=0, strict=True)
+    # the Sovereign's latest ``voucher.share_wanted`` (its ``wanted_total``; 0: none yet)
+    wanted_total: int = Field(default=0, ge=0, strict=True)
+
+    def fingerprint(self) -> str:
+        # Without ``wanted_total`` while 0: the digest an observation had before it existed.
+        payload = (
+            self.model_dump_json(exclude={"wanted_total"})
+            if not self.wanted_total
+            else self.model_dump_json()
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 class RecallShare(_GlobalCommand):
@@ -615,6 +626,26 @@ class ReceiveGlobal(_CodeCommand):
         return "receive_global"
 
 
+class WantShare(_CodeCommand):
+    """On a Sovereign: a customer was just refused the global code ``code`` because this
+    Sovereign's share is used up (``share_exhausted``); record that it wants slots
+    (``voucher.share_wanted``), so the hub's allocator learns it. Sent by the checkout, in the
+    background. Recorded only when the share is used up, the code not revoked, and the
+    Sovereign has not said so since the last share it received; otherwise it changes nothing
+    (so a storm of refusals writes one event per exhaustion). Refused for a code that is not a
+    global code's share on this Sovereign."""
+
+    type: Literal["want_share"] = "want_share"
+
+    @property
+    def aggregate(self) -> tuple[Literal["voucher", "campaign"], str]:
+        return ("voucher", self.code)
+
+    def fingerprint(self) -> str:
+        # Nothing but the code: any delivery under the same command id is the same command.
+        return "want_share"
+
+
 VoucherCommand = Annotated[
     IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption,
     Field(discriminator="type"),
@@ -625,6 +656,7 @@ AnyCommand = Annotated[
     | RedeemVoucher
     | ReverseRedemption
     | ReceiveGlobal
+    | WantShare
     | WalletCommandT
     | CampaignCommandT
     | GlobalCommandT,

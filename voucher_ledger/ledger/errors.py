@@ -42,10 +42,18 @@ class VoucherInactive(DomainError):
 
 
 class CapReached(DomainError):
+    """``share``: on a Sovereign, a global code whose share (that many slots, received less
+    released) is used up while the hub's pool was last seen empty (issue #22): its slots may
+    sit unused on another Sovereign, so the checkout still says it wants some (``WantShare``);
+    not in the customer's answer."""
+
     reason = "cap_reached"
 
-    def __init__(self, code: str, cap: int) -> None:
-        super().__init__("voucher has reached its redemption limit", code=code, cap=cap)
+    def __init__(self, code: str, cap: int, share: int | None = None) -> None:
+        context: dict[str, object] = {"code": code, "cap": cap}
+        if share is not None:
+            context["share"] = share
+        super().__init__("voucher has reached its redemption limit", **context)
 
 
 def _when(at: datetime) -> str:

@@ -680,9 +680,13 @@ class GlobalObserved(Frozen):
     released_total: int
     answered_total: int  # the recalls (``requested_total``) the Sovereign has answered
     pool: int
-    # Whether the Sovereign waits for slots: it redeemed down to the low-water mark (or was
-    # just heard of) and was not given any since. Released slots go to these first.
+    # Whether the Sovereign waits for slots: it redeemed down to the low-water mark, said it
+    # wants some (``voucher.share_wanted``) or was just heard of, and was not given any since.
+    # Released slots go to these first.
     wanting: bool = False
+    # All the demand signals the Sovereign recorded (its latest ``voucher.share_wanted``'s
+    # ``wanted_total``), as far as the trail has reached.
+    wanted_total: int = 0
 
 
 class GlobalRevoked(Frozen):
@@ -723,6 +727,20 @@ class ShareReleased(Frozen):
     answered_total: int
 
 
+class ShareWanted(Frozen):
+    """On a Sovereign: a customer was refused a global code because this Sovereign's share is
+    used up (``share_exhausted``), and it says so to the hub (issue #22), once per exhaustion:
+    at most one of these between two ``voucher.share_received``. ``wanted_total``: a counter of
+    all the times it said so for this code (1, 2, ...), cumulative like the other figures that
+    cross a link, so the hub's allocator keeps the largest it has seen and the hub's aggregate
+    marks the Sovereign wanting when it rose."""
+
+    type: Literal["voucher.share_wanted"] = "voucher.share_wanted"
+    version: Literal[1] = 1
+    code: str
+    wanted_total: int
+
+
 GlobalEventT = (
     GlobalIssued | GlobalShareAllotted | GlobalRecallRequested | GlobalObserved | GlobalRevoked
 )
@@ -734,6 +752,7 @@ GLOBAL_EVENT_TYPES: tuple[type[Frozen], ...] = (
     GlobalRevoked,
     ShareReceived,
     ShareReleased,
+    ShareWanted,
 )
 
 VoucherEvent = Annotated[
@@ -742,7 +761,8 @@ VoucherEvent = Annotated[
     | VoucherRedeemed
     | RedemptionReversed
     | ShareReceived
-    | ShareReleased,
+    | ShareReleased
+    | ShareWanted,
     Field(discriminator="type"),
 ]
 WalletEventT = (
@@ -772,7 +792,8 @@ AnyEvent = Annotated[
     | CampaignEventT
     | GlobalEventT
     | ShareReceived
-    | ShareReleased,
+    | ShareReleased
+    | ShareWanted,
     Field(discriminator="type"),
 ]
 EVENT_TYPES: tuple[type[Frozen], ...] = (

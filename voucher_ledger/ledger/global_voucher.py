@@ -13,29 +13,44 @@ and a release is counted only once the Sovereign's own event says it made it).
 
 Allocation policy (:func:`share_of`): at issue, each Sovereign named gets ``share`` slots,
 ``max(1, cap // (2 * n))`` for n Sovereigns (half the cap; the rest stays in the pool). A
-Sovereign *wants* slots once it redeems (an observation whose standing redemptions rose) down
-to what the hub knows of its unused slots (allotted - released - redeemed, from the trail)
-being at most :func:`low_water` (a quarter of ``share``), and until it is given some; a
-Sovereign the hub did not name at issue wants from its first record of the code on the trail.
-A Sovereign low only because it answered a recall does not want: otherwise its own release
-would be allotted straight back to it, never to the Sovereign the recall was for. Whenever the
-pool has slots, every wanting Sovereign (those with none left first, then the observed one) is
-topped up by ``share`` (or what the pool has), then, while slots remain, every Sovereign the
-trail shows low (the lowest first). When someone still wants and the pool is empty, the hub
-asks every Sovereign that does not want and has unused slots (by the trail) to give back half
-of them, rounded down (its last slot stays: its customers may come), at most one recall
-outstanding per Sovereign; when one that wants has none left, the half is rounded up (the last
-slot comes back too) and those that want but still hold some are asked as well. The slots
-released go to the wanting ones. A customer refused on an exhausted Sovereign leaves no event,
-so the want is kept in the state (``GlobalObserved.wanting``) rather than waiting for that
-Sovereign to ask again. Wants come only from redemptions and recalls only from wants, so slots
-never circulate for ever.
+Sovereign *wants* slots once it shows demand down to what the hub knows of its unused slots
+(allotted - released - redeemed, from the trail) being at most :func:`low_water` (a quarter of
+``share``), and until it is given some. Demand is an observation whose standing redemptions
+rose, or whose ``wanted_total`` rose: the Sovereign's demand signal (``voucher.share_wanted``,
+recorded by ``WantShare`` when one of its customers was refused for want of slots, once per
+exhaustion: at most once between two shares received; the checkout sends it on
+``share_exhausted``, and on ``cap_reached`` for a global share used up while the hub's pool was
+last seen empty, since the slots may sit unused elsewhere). A Sovereign the hub did not name at
+issue wants from its first record of the code on the trail. A Sovereign low only because it
+answered a recall does not want: otherwise its own release would be allotted straight back to
+it, never to the Sovereign the recall was for; once a customer of it is refused, its signal
+makes it want. A signal read while the hub knows of slots on their way to it (unused above the
+low-water mark) asks for nothing: they are the answer, and once they arrive the Sovereign may
+signal again. Whenever the pool has slots, every wanting Sovereign (those with none left first,
+then the observed one) is topped up by ``share`` (or what the pool has), then, while slots
+remain, every Sovereign the trail shows low (the lowest first). When someone still wants and
+the pool is empty, the hub asks every Sovereign that does not want and has unused slots (by the
+trail) to give back half of them, rounded down (its last slot stays: its customers may come),
+at most one recall outstanding per Sovereign; when one that wants has none left, the half is
+rounded up (the last slot comes back too) and those that want but still hold some are asked as
+well. The slots released go to the wanting ones. The want is kept in the state
+(``GlobalObserved.wanting``) until it is served, rather than waiting for that Sovereign to ask
+again.
 
-Known gap: for the same reason a Sovereign left with no unused slot by a recall, whose
-customers come only afterwards, is never known to want, while the slots it gave may sit unused
-on a Sovereign whose customers are done: the cap is then not used up (``tests/unit/
-test_global_cap.py``, ``test_known_gap_...``). Closing it needs a demand signal from the
-Sovereign (its refusal recorded), which the trail does not carry today.
+So a Sovereign left with no unused slot by a recall, whose customers come only afterwards, gets
+slots back: its first refused customer's signal makes it want, and the slots it gave, sitting
+unused elsewhere, are recalled for it (``tests/unit/test_global_cap.py``).
+
+Slots never circulate for ever: wants come only from redemptions and demand signals, and
+recalls only from wants. A redemption uses a slot (at most ``cap`` of them stand), and a signal
+answers a customer refused on that Sovereign, at most one per share it received; a Sovereign
+refuses for want of slots only while it holds no unused slot. So every recall answers a
+customer who came (one who redeemed, or one who was refused); with no customer coming, the
+trail grows only by the answers (releases, shares received), which raise no want, and nothing
+moves again. A want that cannot be served now (no slot in the pool, every other Sovereign's
+slots used or under a recall not yet answered) asks for nothing more: it stays in the state,
+repeated observations of the same ``wanted_total`` are no new demand, and the Sovereign does
+not signal again before it receives slots; it is served when a release comes in.
 """
 
 from __future__ import annotations
@@ -127,6 +142,7 @@ class Part:
     answered: int = 0  # the requested_total the Sovereign has answered
     trail_seq: int = 0
     wanting: bool = False  # waits for slots (``GlobalObserved.wanting``)
+    wanted: int = 0  # its latest ``voucher.share_wanted`` (``GlobalObserved.wanted_total``)
 
     @property
     def unused(self) -> int:
@@ -269,13 +285,15 @@ def decide(state: GlobalState, command: GlobalCommandT, policy: Policy) -> list[
                     "released_total", "a Sovereign cannot release more than it was given"
                 )
             released = max(part.released, command.released_total)
+            wanted = max(part.wanted, command.wanted_total)
             pool = state.pool + (released - part.released)
             share = share_of(state.cap, len(state.issued.sovereigns))
             unused = part.allotted - released - command.redeemed
-            # Demand: it redeemed again (or is heard of for the first time). A Sovereign low
-            # only because it answered a recall does not want slots: given back to it, they
-            # would never reach the Sovereign the recall was for.
-            demand = command.redeemed > part.redeemed or part.trail_seq == 0
+            # Demand: it redeemed again, or said it wants slots (a customer of it was refused
+            # for want of them: its wanted_total rose), or is heard of for the first time. A
+            # Sovereign low only because it answered a recall does not want slots: given back
+            # to it, they would never reach the Sovereign the recall was for.
+            demand = command.redeemed > part.redeemed or wanted > part.wanted or part.trail_seq == 0
             wanting = not state.revoked and (part.wanting or demand) and unused <= low_water(share)
             observed = GlobalObserved(
                 code=state.code,
@@ -286,6 +304,7 @@ def decide(state: GlobalState, command: GlobalCommandT, policy: Policy) -> list[
                 answered_total=max(part.answered, command.answered_total),
                 pool=pool,
                 wanting=wanting,
+                wanted_total=wanted,
             )
             events = [observed]
             if state.revoked:
@@ -298,6 +317,7 @@ def decide(state: GlobalState, command: GlobalCommandT, policy: Policy) -> list[
                     released=released,
                     answered=observed.answered_total,
                     wanting=wanting,
+                    wanted=wanted,
                 ),
             )
             # The Sovereigns waiting for slots, those with none left first, then this one: the
@@ -447,6 +467,7 @@ def evolve(state: GlobalState, recorded: RecordedEvent, fingerprint: str = "") -
                     answered=event.answered_total,
                     trail_seq=event.trail_seq,
                     wanting=event.wanting,
+                    wanted=event.wanted_total,
                 ),
             )
         case GlobalRecallRequested():

@@ -24,6 +24,7 @@ from voucher_ledger.ledger.commands import (
     RedeemVoucher,
     ReverseRedemption,
     RevokeVoucher,
+    WantShare,
 )
 from voucher_ledger.ledger.errors import (
     AlreadyRedeemed,
@@ -46,12 +47,15 @@ from voucher_ledger.ledger.events import (
     RedemptionReversed,
     ShareReceived,
     ShareReleased,
+    ShareWanted,
     VoucherIssued,
     VoucherRedeemed,
     VoucherRevoked,
 )
 
-VoucherCommandT = IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption | ReceiveGlobal
+VoucherCommandT = (
+    IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption | ReceiveGlobal | WantShare
+)
 VoucherEventT = (
     VoucherIssued
     | VoucherRevoked
@@ -59,6 +63,7 @@ VoucherEventT = (
     | RedemptionReversed
     | ShareReceived
     | ShareReleased
+    | ShareWanted
 )
 
 _T = TypeVar("_T")
@@ -202,6 +207,9 @@ class GlobalShare:
     released: int = 0
     pool_empty: bool = False
     hub_seq: int = 0
+    wanted: int = 0  # the latest ``voucher.share_wanted``'s ``wanted_total`` (0: none)
+    # said so (``voucher.share_wanted``) since the last ``voucher.share_received``
+    wanting: bool = False
 
     def unused(self, times_redeemed: int) -> int:
         return self.received - self.released - times_redeemed
@@ -347,6 +355,8 @@ def decide(
             raise InvalidInput("code", "this is a global voucher: it is managed at the hub")
         case ReceiveGlobal():
             return _receive_global(state, command)
+        case WantShare():
+            return _want_share(state)
         case IssueVoucher():
             if command.credit_baisa > policy.max_credit_baisa:
                 raise InvalidInput(
@@ -393,7 +403,9 @@ def decide(
             share = state.share
             if share is not None and share.unused(state.times_redeemed) <= 0:
                 if share.pool_empty:
-                    raise CapReached(state.code, state.max_redemptions)
+                    raise CapReached(
+                        state.code, state.max_redemptions, share=share.received - share.released
+                    )
                 raise ShareExhausted(state.code, share.received - share.released)
             if command.customer_id in state.redemptions:
                 raise AlreadyRedeemed(state.code, command.customer_id)
@@ -490,6 +502,20 @@ def _receive_global(state: VoucherState, command: ReceiveGlobal) -> list[Voucher
             )
         )
     return events
+
+
+def _want_share(state: VoucherState) -> list[VoucherEventT]:
+    """A customer was refused for want of slots: say so to the hub, once per exhaustion (only
+    while the share is used up, the code not revoked, and not said since the last share
+    received); else nothing."""
+    share = state.share
+    if share is None:
+        if not state.issued:
+            raise VoucherNotFound(state.code)
+        raise InvalidInput("code", "this is not a global voucher: it has no share to want")
+    if state.revoked or share.wanting or share.unused(state.times_redeemed) > 0:
+        return []
+    return [ShareWanted(code=state.code, wanted_total=share.wanted + 1)]
 
 
 def _rules_after(current: Rules, command: IssueVoucher) -> Rules:
@@ -709,7 +735,7 @@ def evolve(state: VoucherState, recorded: RecordedEvent, fingerprint: str = "") 
                 "created_at": created_at,
                 "rules": facts.rules,
             }
-        case ShareReceived() | ShareReleased():
+        case ShareReceived() | ShareReleased() | ShareWanted():
             facts = state.facts
             if facts is None:
                 raise VoucherNotFound(state.code)
@@ -722,7 +748,10 @@ def evolve(state: VoucherState, recorded: RecordedEvent, fingerprint: str = "") 
                     requested=event.requested_total,
                     pool_empty=event.pool_empty,
                     hub_seq=event.hub_seq,
+                    wanting=False,
                 )
+            elif isinstance(event, ShareWanted):
+                share = replace(share, wanted=event.wanted_total, wanting=True)
             else:
                 share = replace(share, released=event.released_total)
             changes = {"share": share}
@@ -770,6 +799,7 @@ _COMMAND_OF_EVENT = {
     "voucher.redemption_reversed": "reverse_redemption",
     "voucher.share_received": "receive_global",
     "voucher.share_released": "receive_global",
+    "voucher.share_wanted": "want_share",
 }
 
 
@@ -793,6 +823,8 @@ def fingerprint_of_event(recorded: RecordedEvent) -> str:
     command: VoucherCommandT
     if isinstance(event, ShareReceived | ShareReleased):
         return "receive_global"  # ReceiveGlobal.fingerprint(): its figures are cumulative
+    if isinstance(event, ShareWanted):
+        return "want_share"  # WantShare.fingerprint(): nothing but the code
     match event:
         case VoucherIssued():
             command = IssueVoucher(

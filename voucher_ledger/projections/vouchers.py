@@ -103,7 +103,10 @@ _ISSUED, _REVOKED, _REDEEMED, _REVERSED = (
     "voucher.redemption_reversed",
 )
 _SHARE_IN, _SHARE_OUT = "voucher.share_received", "voucher.share_released"
-_VOUCHER_EVENTS = frozenset((_ISSUED, _REVOKED, _REDEEMED, _REVERSED, _SHARE_IN, _SHARE_OUT))
+_SHARE_WANTED = "voucher.share_wanted"  # no column: only updated_at and last_seq move
+_VOUCHER_EVENTS = frozenset(
+    (_ISSUED, _REVOKED, _REDEEMED, _REVERSED, _SHARE_IN, _SHARE_OUT, _SHARE_WANTED)
+)
 
 
 class VoucherProjection:
@@ -211,11 +214,13 @@ class VoucherProjection:
                     row[_V_DISCOUNT] = discount_json(event["discount"])
                     row[_V_REVOKED], row[_V_REVOKED_AT] = False, None
                     row[_V_UPDATED], row[_V_SEQ] = at, seq
-            elif kind in (_SHARE_IN, _SHARE_OUT):
+            elif kind in (_SHARE_IN, _SHARE_OUT, _SHARE_WANTED):
                 row = rows.get(code)
                 if row is None:
                     raise _foreign_key_error(code)
-                if kind == _SHARE_IN:
+                if kind == _SHARE_WANTED:
+                    pass  # the hub's business (its allocator reads it from the trail)
+                elif kind == _SHARE_IN:
                     row[_V_SHARE_IN] = event["allotted_total"]
                     row[_V_POOL_EMPTY] = event["pool_empty"]
                     if row[_V_SHARE_OUT] is None:

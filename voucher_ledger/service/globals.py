@@ -11,7 +11,8 @@ what NATS sourced into commands.
 * **The allocator** (at the hub). nats-server copies every Sovereign's events into the hub's
   trail ``<PREFIX>_SOVEREIGNS``. The allocator reads it from its start, folds per Sovereign and
   global code (a code is global on a Sovereign from its ``voucher.share_received``) the
-  standing redemptions, the slots released and the recalls answered, and sends them with their
+  standing redemptions, the slots released, the recalls answered and the demand signals
+  (``voucher.share_wanted``: a customer refused for want of slots), and sends them with their
   trail position to the code's aggregate (``ObserveSovereign``), which tops shares up.
 
 Each runs in ``serve`` (with RUN_RECOVERY, like the checkout recovery): several instances
@@ -44,6 +45,7 @@ from voucher_ledger.ledger.events import (
     RedemptionReversed,
     ShareReceived,
     ShareReleased,
+    ShareWanted,
     VoucherRedeemed,
     decode_envelope,
 )
@@ -222,6 +224,7 @@ class _Observed:
     redeemed: int = 0
     released: int = 0
     answered: int = 0
+    wanted: int = 0
     trail_seq: int = 0
     is_global: bool = False
 
@@ -246,7 +249,8 @@ class ShareAllocator(_Follower):
         sovereign = subject.split(".")[2]
         event = decode_envelope(data).event
         if not isinstance(
-            event, ShareReceived | ShareReleased | VoucherRedeemed | RedemptionReversed
+            event,
+            ShareReceived | ShareReleased | ShareWanted | VoucherRedeemed | RedemptionReversed,
         ):
             return
         key = (sovereign, event.code)
@@ -263,6 +267,8 @@ class ShareAllocator(_Follower):
             case ShareReleased():
                 seen.released = max(seen.released, event.released_total)
                 seen.answered = max(seen.answered, event.answered_total)
+            case ShareWanted():
+                seen.wanted = max(seen.wanted, event.wanted_total)
             case ShareReceived():
                 pass
         seen.trail_seq = seq
@@ -282,6 +288,7 @@ class ShareAllocator(_Follower):
                         redeemed=seen.redeemed,
                         released_total=seen.released,
                         answered_total=seen.answered,
+                        wanted_total=seen.wanted,
                     ),
                 )
             )
