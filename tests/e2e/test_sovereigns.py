@@ -45,6 +45,7 @@ from voucher_ledger.ledger import global_voucher, voucher
 from voucher_ledger.ledger.global_voucher import GlobalView
 from voucher_ledger.service import federation
 from voucher_ledger.service.embedded import free_port
+from voucher_ledger.signing.keys import PRIVATE_FILE, PUBLIC_FILE, create_key_pair
 
 pytestmark = pytest.mark.sovereigns
 
@@ -131,6 +132,15 @@ async def topology(
         # south's in the serve itself: the kill test below kills the children
     }
 
+    # Each Sovereign's signing key made in advance, so that the hub can be given their public
+    # halves (SOVEREIGN_KEYS_DIR) and check every event of its trail with them.
+    keys = tmp / "sovereign-keys"
+    keys.mkdir()
+    for name in SOVEREIGNS:
+        create_key_pair(tmp / name / "key")
+        (keys / f"{name}.pub").write_text((tmp / name / "key" / PUBLIC_FILE).read_text())
+    hub_env["SOVEREIGN_KEYS_DIR"] = str(keys)
+
     proxy = Proxy(free_port(), leaf_port)
     proxy.start()
 
@@ -141,6 +151,7 @@ async def topology(
             "SOVEREIGN_NAME": name,
             "HUB_LEAF_URL": f"nats-leaf://leaf:{password}@127.0.0.1:{port}",
             "SOVEREIGN_FQDN": f"{name}.sovereign.example",
+            "SIGNING_KEY_FILE": str(tmp / name / "key" / PRIVATE_FILE),
             "PROCESSOR_PROCESS": "true" if name == "north" else "false",
         }
 
@@ -766,3 +777,7 @@ async def test_a_global_storm_holds_its_cap_while_its_deciders_are_killed(
     assert view.redeemed == 100
     assert {s.sovereign: s.redeemed for s in view.sovereigns} == own
     assert peak <= 100
+    # Every Sovereign event the hub's allocator counted checked with its Sovereign's key.
+    log = hub.shop.server.process.output()
+    assert "global share allocator running" in log
+    assert "fails the check of its signatures" not in log

@@ -54,6 +54,7 @@ def test_neither_role_writes_no_leaf_block(tmp_path: Path) -> None:
         {"HUB": "true", "SOVEREIGNS": "north,*"},
         {"SOVEREIGN_NAME": "north", "HUB_LEAF_URL": "http://x:1"},
         {"HUB": "true", "LEAF_LISTEN": "nowhere"},
+        {"SOVEREIGN_NAME": "north", "SOVEREIGN_KEYS_DIR": "/keys"},
     ],
 )
 def test_inconsistent_federation_settings_are_refused(env: dict[str, str]) -> None:

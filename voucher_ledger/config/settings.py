@@ -132,6 +132,11 @@ class Settings(BaseSettings):
         default="127.0.0.1:7422", alias="LEAF_LISTEN", pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$"
     )
     leaf_password: SecretStr | None = Field(default=None, alias="LEAF_PASSWORD", repr=False)
+    # At a hub: a directory of each Sovereign's public signing key, <name>.pub (what
+    # `voucher-ledger signing-key` prints on that Sovereign); the hub's allocator then checks
+    # every Sovereign event it reads from the trail, and stops counting a Sovereign whose
+    # trail fails. Unset: the trail's proofs are carried, not checked.
+    sovereign_keys_dir: Path | None = Field(default=None, alias="SOVEREIGN_KEYS_DIR")
     sovereign_name: str | None = Field(default=None, alias="SOVEREIGN_NAME")
     hub_leaf_url: SecretStr | None = Field(default=None, alias="HUB_LEAF_URL", repr=False)
 
@@ -199,6 +204,8 @@ class Settings(BaseSettings):
                 raise ValueError("HUB_LEAF_URL must be a nats-leaf://[user:password@]host:port URL")
         if self.sovereigns and not self.hub:
             raise ValueError("SOVEREIGNS is the hub's list: set HUB=true with it")
+        if self.sovereign_keys_dir is not None and not self.hub:
+            raise ValueError("SOVEREIGN_KEYS_DIR is the hub's: set HUB=true with it")
         return self
 
     @property

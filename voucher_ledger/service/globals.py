@@ -24,14 +24,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats import errors as nats_errors
 from nats.aio.client import Client
 
 from voucher_ledger.commands.bus import BusError, CommandBus
 from voucher_ledger.commands.wire import Rejected
+from voucher_ledger.config.errors import StartupError
 from voucher_ledger.config.settings import Settings
 from voucher_ledger.jetstream.layout import Layout
 from voucher_ledger.ledger.commands import ObserveSovereign, ReceiveGlobal
@@ -49,6 +52,8 @@ from voucher_ledger.ledger.events import (
     VoucherRedeemed,
     decode_envelope,
 )
+from voucher_ledger.signing.keys import SigningKeyError
+from voucher_ledger.signing.trail import TrailChecker, load_keys
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +109,7 @@ class _Follower:
                 except nats_errors.TimeoutError:
                     await self._flush()
                     continue
-                self.apply(msg.subject, msg.metadata.sequence.stream, msg.data)
+                self.apply(msg.subject, msg.metadata.sequence.stream, msg.data, msg.headers)
                 if sub.pending_msgs == 0:
                     await self._flush()
         finally:
@@ -130,7 +135,9 @@ class _Follower:
     def reset(self) -> None:
         raise NotImplementedError
 
-    def apply(self, subject: str, seq: int, data: bytes) -> None:
+    def apply(
+        self, subject: str, seq: int, data: bytes, headers: Mapping[str, str] | None = None
+    ) -> None:
         raise NotImplementedError
 
     def due(self) -> list[tuple[Any, ReceiveGlobal | ObserveSovereign]]:
@@ -165,7 +172,9 @@ class ShareInbox(_Follower):
     def reset(self) -> None:
         self.codes, self._pending = {}, set()
 
-    def apply(self, subject: str, seq: int, data: bytes) -> None:
+    def apply(
+        self, subject: str, seq: int, data: bytes, headers: Mapping[str, str] | None = None
+    ) -> None:
         event = decode_envelope(data).event
         if isinstance(event, GlobalIssued):
             self.codes[event.code] = _Received(definition=event, pool=event.max_redemptions)
@@ -235,19 +244,51 @@ class ShareAllocator(_Follower):
 
     name = "global share allocator"
 
-    def __init__(self, nc: Client, bus: CommandBus, layout: Layout) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        bus: CommandBus,
+        layout: Layout,
+        keys: Mapping[str, Ed25519PublicKey] | None = None,
+    ) -> None:
         super().__init__(
             nc, bus, layout.trail_stream, f"{layout.prefix}.sovereign.*.events.voucher.*"
         )
         self.pairs: dict[tuple[str, str], _Observed] = {}
         self._pending: set[tuple[str, str]] = set()
+        # SOVEREIGN_KEYS_DIR: every event checked with its Sovereign's key (every voucher
+        # aggregate's events are read, in order: its chains are whole)
+        self._keys = keys
+        self.checker: TrailChecker | None = None
 
     def reset(self) -> None:
         self.pairs, self._pending = {}, set()
+        self.checker = TrailChecker(self._keys) if self._keys is not None else None
 
-    def apply(self, subject: str, seq: int, data: bytes) -> None:
+    def apply(
+        self, subject: str, seq: int, data: bytes, headers: Mapping[str, str] | None = None
+    ) -> None:
         sovereign = subject.split(".")[2]
-        event = decode_envelope(data).event
+        envelope = decode_envelope(data)
+        if self.checker is not None:
+            known = sovereign in self.checker.failed
+            why = self.checker.check(
+                sovereign, headers, (envelope.aggregate, envelope.aggregate_id), data
+            )
+            if why is not None:
+                if not known:
+                    log.error(
+                        "%s: the trail of Sovereign %s fails the check of its signatures "
+                        "(trail sequence %d): %s; the hub counts nothing more of it and gives "
+                        "it no more slots",
+                        self.name,
+                        sovereign,
+                        seq,
+                        why,
+                    )
+                    self._pending = {key for key in self._pending if key[0] != sovereign}
+                return
+        event = envelope.event
         if not isinstance(
             event,
             ShareReceived | ShareReleased | ShareWanted | VoucherRedeemed | RedemptionReversed,
@@ -310,7 +351,13 @@ class Federation:
         if not s.run_recovery:
             return cls(None)
         if s.hub and s.sovereign_names:
-            worker = ShareAllocator(nc, bus, layout)
+            keys = None
+            if s.sovereign_keys_dir is not None:
+                try:
+                    keys = load_keys(s.sovereign_keys_dir, s.sovereign_names)
+                except SigningKeyError as exc:
+                    raise StartupError(str(exc)) from exc
+            worker = ShareAllocator(nc, bus, layout, keys)
         elif s.sovereign_name:
             worker = ShareInbox(nc, bus, layout, s.sovereign_name)
         if worker is not None:
