@@ -98,6 +98,8 @@ EXERCISED = {
     ("get", "/billing/global-vouchers/{code}"),
     ("post", "/billing/global-vouchers/{code}/revoke"),
     ("post", "/billing/global-vouchers/{code}/recall"),
+    # the hub's report per Sovereign (issue #22): tests/integration/test_sovereign_trail.py
+    ("get", "/billing/reports/sovereigns"),
 }
 
 

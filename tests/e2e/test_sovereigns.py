@@ -16,7 +16,6 @@ with counts per Sovereign equal to the Sovereigns' own redemptions.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 import signal
@@ -155,23 +154,24 @@ async def topology(
             "PROCESSOR_PROCESS": "true" if name == "north" else "false",
         }
 
-    async with (
-        contextlib.AsyncExitStack() as stack,
-        fresh_database(pg_url, "hub") as hub_db,
-        fresh_database(pg_url, "north") as north_db,
-        fresh_database(pg_url, "south") as south_db,
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
-        serve_on(tmp / "hub", "", hub_db, PREFIX, **hub_env) as hub,
-        serve_on(tmp / "north", "", north_db, PREFIX, **sovereign_env("north")) as north,
-        serve_on(tmp / "south", "", south_db, PREFIX, **sovereign_env("south")) as south,
-    ):
-        stack.callback(proxy.kill)
-        PROXY["north"] = proxy
-        yield {
-            "hub": Site("hub", Shop(hub, session)),
-            "north": Site("north", Shop(north, session)),
-            "south": Site("south", Shop(south, session)),
-        }
+    try:
+        async with (
+            fresh_database(pg_url, "hub") as hub_db,
+            fresh_database(pg_url, "north") as north_db,
+            fresh_database(pg_url, "south") as south_db,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
+            serve_on(tmp / "hub", "", hub_db, PREFIX, **hub_env) as hub,
+            serve_on(tmp / "north", "", north_db, PREFIX, **sovereign_env("north")) as north,
+            serve_on(tmp / "south", "", south_db, PREFIX, **sovereign_env("south")) as south,
+        ):
+            PROXY["north"] = proxy
+            yield {
+                "hub": Site("hub", Shop(hub, session)),
+                "north": Site("north", Shop(north, session)),
+                "south": Site("south", Shop(south, session)),
+            }
+    finally:
+        proxy.kill()  # also when a serve failed to start
 
 
 async def test_three_serves_three_domains_and_two_leaf_links(topology: dict[str, Site]) -> None:

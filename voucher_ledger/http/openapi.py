@@ -188,6 +188,7 @@ class Route:
     parameters: tuple[dict[str, Any], ...] = ()
     headers: dict[str, Any] | None = None
     status: int = 200  # the success status (201: a create)
+    csv: bool = False  # the success answer may be text/csv too (a report asked for CSV)
 
 
 def build_document(
@@ -217,6 +218,8 @@ def build_document(
             ref = _schema(route.response, defs)
             schema = {"type": "array", "items": ref} if route.many else ref
             responses[success] = {"description": route.ok, "content": _json(schema)}
+            if route.csv:
+                responses[success]["content"]["text/csv"] = {"schema": {"type": "string"}}
         if route.headers:
             responses[success]["headers"] = route.headers
         for status, description in route.same_body:

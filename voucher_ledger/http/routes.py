@@ -225,6 +225,7 @@ CAMPAIGN_ROUTES: tuple[Route, ...] = (
         ok="the report; with Accept: text/csv, its rows and then the totals as CSV (a header "
         "line first: sovereign, scope, campaign_id, name and the figures)",
         errors=(400, 401, 403, 503),
+        csv=True,
     ),
     Route(
         "GET",
@@ -239,6 +240,7 @@ CAMPAIGN_ROUTES: tuple[Route, ...] = (
         ok="the report; as CSV, its rows and then the totals (a header line first: "
         "sovereign, scope, code and the figures)",
         errors=(400, 401, 403, 404, 409, 503),
+        csv=True,
     ),
 )
 
