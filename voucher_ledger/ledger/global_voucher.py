@@ -216,6 +216,30 @@ class GlobalState:
         )
 
 
+def _allot(
+    code: str,
+    events: list[GlobalEventT],
+    parts: immutables.Map[str, Part],
+    name: str,
+    give: int,
+    pool: int,
+) -> tuple[int, immutables.Map[str, Part]]:
+    """Allot ``give`` slots of the pool to ``name`` (appended to ``events``; it wants no more
+    once given some): the pool and the parts after it."""
+    part = parts[name]
+    pool -= give
+    events.append(
+        GlobalShareAllotted(
+            code=code,
+            sovereign=name,
+            slots=give,
+            allotted_total=part.allotted + give,
+            pool=pool,
+        )
+    )
+    return pool, parts.set(name, replace(part, allotted=part.allotted + give, wanting=False))
+
+
 def share_of(cap: int, sovereigns: int) -> int:
     """The policy's share: half the cap split among the Sovereigns named at issue."""
     return max(1, cap // (2 * max(1, sovereigns)))
@@ -330,20 +354,7 @@ def decide(state: GlobalState, command: GlobalCommandT, policy: Policy) -> list[
             for *_, name in waiting:
                 if pool <= 0:
                     break
-                give = min(share, pool)
-                pool -= give
-                events.append(
-                    GlobalShareAllotted(
-                        code=state.code,
-                        sovereign=name,
-                        slots=give,
-                        allotted_total=parts[name].allotted + give,
-                        pool=pool,
-                    )
-                )
-                parts = parts.set(
-                    name, replace(parts[name], allotted=parts[name].allotted + give, wanting=False)
-                )
+                pool, parts = _allot(state.code, events, parts, name, min(share, pool), pool)
             if pool > 0:
                 # Nobody waits any more: the rest to the Sovereigns the trail shows low, the
                 # lowest first (one left at nought by a recall redeems no more, so asks no more).
@@ -353,20 +364,7 @@ def decide(state: GlobalState, command: GlobalCommandT, policy: Policy) -> list[
                 for _, name in lows:
                     if pool <= 0:
                         break
-                    give = min(share, pool)
-                    pool -= give
-                    events.append(
-                        GlobalShareAllotted(
-                            code=state.code,
-                            sovereign=name,
-                            slots=give,
-                            allotted_total=parts[name].allotted + give,
-                            pool=pool,
-                        )
-                    )
-                    parts = parts.set(
-                        name, replace(parts[name], allotted=parts[name].allotted + give)
-                    )
+                    pool, parts = _allot(state.code, events, parts, name, min(share, pool), pool)
                 return events
             if not any(p.wanting for p in parts.values()):
                 return events

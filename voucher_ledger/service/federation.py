@@ -146,28 +146,12 @@ def inbox_config(prefix: str, events_stream: str) -> dict[str, Any]:
     voucher events (``<prefix>.events.global.>`` of the hub's event stream, across the hub's
     domain), renamed ``<prefix>.hub.global.>``. nats-server copies them and resumes after a cut
     link; the Sovereign's share inbox (``service/globals.py``) reads them."""
-    return {
-        "name": inbox_stream(prefix),
-        "retention": "limits",
-        "storage": "file",
-        "num_replicas": 1,
-        "max_age": 0,
-        "max_msgs": -1,
-        "max_bytes": -1,
-        "discard": "old",
-        "deny_delete": True,
-        "deny_purge": True,
-        "allow_direct": True,
-        "sources": [
-            {
-                "name": events_stream,
-                "external": {"api": f"$JS.{HUB_DOMAIN}.API", "deliver": ""},
-                "subject_transforms": [
-                    {"src": f"{prefix}.events.global.>", "dest": inbox_subject(prefix)}
-                ],
-            }
-        ],
+    source = {
+        "name": events_stream,
+        "external": {"api": f"$JS.{HUB_DOMAIN}.API", "deliver": ""},
+        "subject_transforms": [{"src": f"{prefix}.events.global.>", "dest": inbox_subject(prefix)}],
     }
+    return sourcing_stream(inbox_stream(prefix), [source])
 
 
 async def ensure_inbox(nc: Client, s: Settings, events_stream: str) -> list[str]:
@@ -191,10 +175,11 @@ async def ensure_federation(nc: Client, s: Settings, events_stream: str) -> list
     return await ensure_trail(nc, s, events_stream) + await ensure_inbox(nc, s, events_stream)
 
 
-def trail_config(prefix: str, sovereigns: list[str], events_stream: str) -> dict[str, Any]:
-    """The hub's trail stream: one source per Sovereign, across its domain, renamed."""
+def sourcing_stream(name: str, sources: list[dict[str, Any]]) -> dict[str, Any]:
+    """A stream with no subjects of its own, filled by nats-server from ``sources`` (the hub's
+    trail, a Sovereign's inbox): kept whole (no deletes, no purges), read by direct gets."""
     return {
-        "name": trail_stream(prefix),
+        "name": name,
         "retention": "limits",
         "storage": "file",
         "num_replicas": 1,
@@ -205,7 +190,15 @@ def trail_config(prefix: str, sovereigns: list[str], events_stream: str) -> dict
         "deny_delete": True,
         "deny_purge": True,
         "allow_direct": True,
-        "sources": [
+        "sources": sources,
+    }
+
+
+def trail_config(prefix: str, sovereigns: list[str], events_stream: str) -> dict[str, Any]:
+    """The hub's trail stream: one source per Sovereign, across its domain, renamed."""
+    return sourcing_stream(
+        trail_stream(prefix),
+        [
             {
                 "name": events_stream,
                 "external": {"api": f"$JS.{name}.API", "deliver": ""},
@@ -215,7 +208,7 @@ def trail_config(prefix: str, sovereigns: list[str], events_stream: str) -> dict
             }
             for name in sovereigns
         ],
-    }
+    )
 
 
 async def ensure_trail(nc: Client, s: Settings, events_stream: str) -> list[str]:
