@@ -403,13 +403,7 @@ def _verify_globals(
             "created_at": view.created_at,
             "updated_at": view.updated_at,
             "last_seq": view.last_seq,
-            "starts_at": view.starts_at,
-            "expires_at": view.expires_at,
-            "plans": view.plans,
-            "min_order_baisa": view.min_order_baisa,
-            "new_organizations_only": view.new_organizations_only,
-            "credit_valid_for_seconds": view.credit_valid_for_seconds,
-            "discount": view.discount.model_dump() if view.discount else None,
+            **_rules_columns(view),
         }
         for name, part in state.parts.items():
             expected_shares[f"{code}/{name}"] = {
@@ -427,6 +421,19 @@ def _verify_globals(
         expected_shares,
         {f"{r['code']}/{r['sovereign']}": dict(r) for r in shares},
     )
+
+
+def _rules_columns(view: campaign.CampaignView | global_voucher.GlobalView) -> dict[str, Any]:
+    """When a campaign's or a global voucher's codes redeem and for whom, as its row has them."""
+    return {
+        "starts_at": view.starts_at,
+        "expires_at": view.expires_at,
+        "plans": view.plans,
+        "min_order_baisa": view.min_order_baisa,
+        "new_organizations_only": view.new_organizations_only,
+        "credit_valid_for_seconds": view.credit_valid_for_seconds,
+        "discount": view.discount.model_dump() if view.discount else None,
+    }
 
 
 def _voucher_row(row: asyncpg.Record) -> dict[str, Any]:
@@ -605,13 +612,7 @@ def _verify_campaigns(
             "created_at": view.created_at,
             "updated_at": view.updated_at,
             "last_seq": view.last_seq,
-            "starts_at": view.starts_at,
-            "expires_at": view.expires_at,
-            "plans": view.plans,
-            "min_order_baisa": view.min_order_baisa,
-            "new_organizations_only": view.new_organizations_only,
-            "credit_valid_for_seconds": view.credit_valid_for_seconds,
-            "discount": view.discount.model_dump() if view.discount else None,
+            **_rules_columns(view),
         }
         ordinal = 0
         for r in seen:
