@@ -112,6 +112,25 @@ async def test_a_refusal_for_want_of_slots_sends_want_share_and_the_400_is_uncha
     assert len(bus.sent) == 2
 
 
+async def test_a_storm_of_refusals_sends_one_want_while_one_is_on_its_way() -> None:
+    bus = FakeBus(rejected(USED_UP), Accepted(command_id="w", command_type="want_share", seq=7))
+    checkout = service(bus)
+    for _ in range(5):
+        with pytest.raises(CheckoutError):
+            await checkout._redeem(place(), ACTOR)
+        await asyncio.sleep(0)
+    assert [type(c).__name__ for c in bus.sent].count("WantShare") == 1
+    bus.release.set()
+    await asyncio.wait_for(bus.wanted.wait(), 5)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not checkout._wants
+    with pytest.raises(CheckoutError):  # the next exhaustion's refusal says so again
+        await checkout._redeem(place(), ACTOR)
+    await asyncio.sleep(0)
+    assert [type(c).__name__ for c in bus.sent].count("WantShare") == 2
+
+
 @pytest.mark.parametrize(
     "error",
     [CapReached("LOCAL1", 10), VoucherNotFound("GLOBAL1"), AlreadyRedeemed("GLOBAL1", "org1")],

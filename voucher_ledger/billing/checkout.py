@@ -192,7 +192,9 @@ class CheckoutService:
         self.stripe = stripe
         self._timeout = command_timeout
         self.recovery_after = recovery_after
-        self._wants: set[asyncio.Task[None]] = set()  # demand signals under way
+        # demand signals under way, one per code at most: a storm of refusals at an exhausted
+        # share sends one while one is in flight, not one per customer
+        self._wants: dict[str, asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------------------------ commands
 
@@ -355,9 +357,11 @@ class CheckoutService:
         refused: say so to the hub (``WantShare``, issue #22), in the background, so the
         refusal is not slowed; its outcome is only logged (the voucher records one signal per
         exhaustion, whatever the number of refusals)."""
+        if code in self._wants:
+            return  # one is on its way
         task = asyncio.create_task(self._send_want(code), name=f"want-share-{code}")
-        self._wants.add(task)
-        task.add_done_callback(self._wants.discard)
+        self._wants[code] = task
+        task.add_done_callback(lambda _: self._wants.pop(code, None))
 
     async def _send_want(self, code: str) -> None:
         try:
