@@ -133,19 +133,7 @@ async def issue_global(request: web.Request) -> web.Response:
     body = await parse_body(request, IssueGlobalBody, {"max_credit_omr": limit})
     sovereigns = _sovereigns(request, body)
     try:
-        terms = IssueVoucher(
-            code=body.code,
-            credit_baisa=(body.credit_omr or 0) * BAISA,
-            discount=body.discount_terms(),
-            description=body.description,
-            max_redemptions=body.max_redemptions,
-            starts_at=body.starts_at,
-            expires_at=body.expires_at,
-            plans=body.plans,
-            min_order_baisa=body.min_order_omr * BAISA if body.min_order_omr is not None else None,
-            new_organizations_only=body.new_organizations_only,
-            credit_valid_for_seconds=body.credit_valid_for_seconds,
-        )
+        terms = IssueVoucher(**body.terms())
         command = IssueGlobal(code=body.code, terms=terms, sovereigns=sovereigns)
     except InvalidInput as exc:
         raise ApiError(400, exc.message) from exc

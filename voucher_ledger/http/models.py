@@ -30,6 +30,7 @@ from voucher_ledger.ledger.commands import MAX_VALID_FOR_SECONDS, PLAN_ID
 from voucher_ledger.ledger.durations import parse_discount_duration, parse_duration
 from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import DiscountTerms
+from voucher_ledger.ledger.money import BAISA
 from voucher_ledger.projections.timetravel import BadTimestamp, parse_timestamp
 
 _TIME = (
@@ -368,6 +369,26 @@ class IssueVoucherBody(_Strict):
         return discount_terms_of(
             self.kind, self.percent_off, self.amount_off_omr, self.applies_to, self.duration
         )
+
+    def terms(self) -> dict[str, Any]:
+        """What the body says the code gives and when and for whom it redeems, as the
+        ``IssueVoucher`` fields (a single voucher's issue adds ``active`` and ``clear``; a
+        global voucher's issue takes these as its terms)."""
+        return {
+            "code": self.code,
+            "credit_baisa": (self.credit_omr or 0) * BAISA,
+            "discount": self.discount_terms(),
+            "description": self.description,
+            "max_redemptions": self.max_redemptions,
+            "starts_at": self.starts_at,
+            "expires_at": self.expires_at,
+            "plans": self.plans,
+            "min_order_baisa": self.min_order_omr * BAISA
+            if self.min_order_omr is not None
+            else None,
+            "new_organizations_only": self.new_organizations_only,
+            "credit_valid_for_seconds": self.credit_valid_for_seconds,
+        }
 
 
 class PreviewBody(_In):

@@ -283,21 +283,7 @@ async def issue_voucher(request: web.Request) -> web.Response:
     # every field's error comes in one answer.
     limit = request.app[SETTINGS].max_credit_baisa // BAISA
     body = await parse_body(request, IssueVoucherBody, {"max_credit_omr": limit})
-    command = IssueVoucher(
-        code=body.code,
-        credit_baisa=(body.credit_omr or 0) * BAISA,
-        discount=body.discount_terms(),
-        description=body.description,
-        active=body.active,
-        max_redemptions=body.max_redemptions,
-        starts_at=body.starts_at,
-        expires_at=body.expires_at,
-        plans=body.plans,
-        min_order_baisa=body.min_order_omr * BAISA if body.min_order_omr is not None else None,
-        new_organizations_only=body.new_organizations_only,
-        credit_valid_for_seconds=body.credit_valid_for_seconds,
-        clear=body.cleared(),
-    )
+    command = IssueVoucher(**body.terms(), active=body.active, clear=body.cleared())
     reply = await send(request, command, principal)
     if isinstance(reply, Rejected):
         _raise_rejected(reply)
