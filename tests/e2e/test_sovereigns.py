@@ -390,7 +390,11 @@ class Storm:
         # one order per customer: a retry after no answer is the same checkout (the key), so a
         # redemption the cut request made is not made twice
         key = f"gk-{sub}"
-        while not self.over.is_set():
+        # A checkout cut by an outage may have redeemed already: it is retried (same key) to a
+        # definitive answer even once the storm is called off, so every redemption on the
+        # Sovereigns is a customer's 200.
+        unsettled = False
+        while unsettled or not self.over.is_set():
             async with gate:
                 try:
                     reply = await shop.checkout(sub, "starter", promo_code=self.code, key=key)
@@ -398,12 +402,15 @@ class Storm:
                     if not self.tolerate_outage:
                         raise
                     self.refusals["no answer"] += 1
+                    unsettled = True
                     await asyncio.sleep(0.2)
                     continue
             if reply.status == 503 and self.tolerate_outage:
                 self.refusals["503"] += 1
+                unsettled = True
                 await asyncio.sleep(0.2)
                 continue
+            unsettled = False
             if reply.status == 200:
                 self.won[name].append(sub)
                 return
