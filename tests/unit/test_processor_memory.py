@@ -24,7 +24,7 @@ from voucher_ledger.commands.wire import (
 )
 from voucher_ledger.jetstream.layout import Layout
 from voucher_ledger.ledger.commands import AnyCommand, IssueVoucher, RedeemVoucher
-from voucher_ledger.ledger.events import Actor, EventEnvelope, VoucherRedeemed
+from voucher_ledger.ledger.events import Actor, EventEnvelope, VoucherIssued, VoucherRedeemed
 from voucher_ledger.ledger.voucher import Policy
 
 ADMIN = Actor(sub="admin-1", role="superadmin")
@@ -63,8 +63,9 @@ class Replies:
 class Rig:
     """One partition's processor on an in-memory store."""
 
-    def __init__(self) -> None:
-        self.store = MemoryEventStore(LAYOUT.event_stream)
+    def __init__(self, store: MemoryEventStore | None = None) -> None:
+        # Another rig's store: a processor started afresh (nothing cached) on the same stream.
+        self.store = store or MemoryEventStore(LAYOUT.event_stream)
         self.replies = Replies()
         self.stats = ProcessorStats()
         # The NATS client is never connected: only the pull loop (not used here) needs it.
@@ -78,7 +79,7 @@ class Rig:
             stats=self.stats,
             replies=self.replies,
         )
-        self._sent = 0
+        self._sent = 0 if store is None else 1000  # command ids of its own
 
     def command(self, command: AnyCommand, actor: Actor = CUSTOMER) -> Delivery:
         self._sent += 1
@@ -281,3 +282,84 @@ async def test_a_transient_refusal_in_flight_sends_the_commands_decided_after_it
     assert rig.stats.transient_refusals == 1
     assert rig.stats.conflicts == 0
     assert all(d.acked for d in [first, *later])
+
+
+# ---------------------------------------------------------------------- presumed new (issue #19)
+
+
+async def test_a_new_aggregate_is_decided_without_reading_its_history() -> None:
+    rig = Rig()
+    code = "MEM-NEW"
+    issued = await rig.issue(code, cap=1)
+    # Nothing read: decided on the empty state, appended expecting the subject to be empty.
+    assert rig.stats.loads == 0
+    assert rig.stats.presumed == 1
+    assert rig.store.calls == [[(LAYOUT.voucher_subject(code), 0, 1)]]
+    assert issued.voucher is not None
+    assert issued.voucher.max_redemptions == 1
+    # Cached from its append: the next command is decided on it, still nothing read.
+    first = rig.redeem(code, "c1")
+    await rig.proc.process([first])
+    assert isinstance(rig.reply(first), Accepted)
+    assert rig.stats.loads == 0
+
+
+async def test_a_presumption_that_was_wrong_is_a_conflict_and_decided_again_on_the_history() -> (
+    None
+):
+    old = Rig()
+    code = "MEM-OLD"
+    issued = await old.issue(code, cap=1)
+    rig = Rig(old.store)  # a fresh processor: nothing cached
+    again = rig.command(IssueVoucher(code=code, credit_baisa=500, max_redemptions=9), ADMIN)
+
+    await rig.proc.process([again])
+
+    # Presumed new, the issue was decided as a creation; its append (expecting no event) was
+    # refused, the history read and the command decided again on it: an update of the code.
+    reply = rig.reply(again)
+    assert isinstance(reply, Accepted)
+    assert again.acked
+    subject = LAYOUT.voucher_subject(code)
+    assert rig.store.calls[1:] == [[(subject, 0, 1)], [(subject, issued.seq, 1)]]
+    history = await rig.store.load(subject)
+    assert [r.seq for r in history] == [issued.seq, reply.seq]
+    event = history[-1].envelope.event
+    assert isinstance(event, VoucherIssued)
+    assert (event.change, event.credit_baisa, event.max_redemptions) == ("updated", 500, 9)
+    assert rig.stats.presumed_wrong == 1
+    assert rig.stats.loads == 1
+    # Not contention: no conflict counted, no backoff.
+    assert rig.stats.conflicts == 0
+    assert rig.store.backoffs == []
+
+
+async def test_a_command_refused_on_the_empty_state_is_decided_on_the_history_read() -> None:
+    old = Rig()
+    code = "MEM-KNOWN"
+    issued = await old.issue(code, cap=2)
+    rig = Rig(old.store)  # a fresh processor: nothing cached
+    first = rig.redeem(code, "c1")
+
+    await rig.proc.process([first])
+
+    # On the empty state the code is unknown: a refusal that no append would confirm, so the
+    # history is read and the redemption decided on it.
+    reply = rig.reply(first)
+    assert isinstance(reply, Accepted)
+    assert reply.seq == issued.seq + 1
+    assert rig.stats.loads == 1
+    assert rig.stats.presumed == 0
+    assert rig.store.calls[1:] == [[(LAYOUT.voucher_subject(code), issued.seq, 1)]]
+    assert await rig.on_stream(code) == ["c1"]
+
+
+async def test_a_code_that_does_not_exist_is_refused_after_its_empty_history_is_read() -> None:
+    rig = Rig()
+    first = rig.redeem("MEM-NOWHERE", "c1")
+    await rig.proc.process([first])
+    reply = rig.reply(first)
+    assert isinstance(reply, Rejected)
+    assert reply.reason == "not_found"
+    assert rig.stats.loads == 1
+    assert rig.store.calls == []

@@ -87,6 +87,8 @@ class ProcessorStats:
     conflicts: int = 0
     transient_refusals: int = 0  # parts the store refused for a passing reason (not conflicts)
     loads: int = 0
+    presumed: int = 0  # aggregates decided as new without reading their history
+    presumed_wrong: int = 0  # ... that had a history after all (reloaded, decided again)
     appends: int = 0
     append_seconds: float = 0.0  # wall time of the appends counted in ``appends``
     events_appended: int = 0
@@ -319,6 +321,9 @@ class _Plan:
     expect: int  # the subject's last sequence the append expects
     after: _Round | None = None
     head: str = GENESIS  # the chain head after ``new`` (each new event chains to the one before)
+    # decided against the empty state, the aggregate's history not read (presumed new): the
+    # append's expectation (no event on the subject) confirms it
+    presumed: bool = False
     links: list[Link] = field(default_factory=list)  # ``new``'s chain links, to seal (signing)
 
 
@@ -388,6 +393,9 @@ class PartitionProcessor:
         self._inflight: _Round | None = None
         self._attempt = 0
         self._held: dict[AggregateKey, int] = {}  # on hold: the sequence that failed the check
+        # Aggregates not cached whose history must be read before deciding (not presumed new:
+        # the presumption was wrong, or would decide nothing that an append could confirm).
+        self._must_load: set[AggregateKey] = set()
 
     @property
     def decided_ahead(self) -> int:
@@ -558,7 +566,11 @@ class PartitionProcessor:
         else:
             for plan, result in zip(flight.plans.values(), results, strict=True):
                 if isinstance(result, ConcurrencyConflict | TransientAppendError):
-                    if isinstance(result, ConcurrencyConflict):
+                    if isinstance(result, ConcurrencyConflict) and plan.presumed:
+                        # Not new after all: not contention, so no backoff; read its history.
+                        self._must_load.add(plan.key)
+                        self._stats.presumed_wrong += 1
+                    elif isinstance(result, ConcurrencyConflict):
                         conflicts += 1
                     else:
                         transient += 1
@@ -621,17 +633,27 @@ class PartitionProcessor:
         of events), against the state each aggregate will have when it goes out."""
         await self._ensure_loaded()
         budget = MAX_BATCH - sum(len(p.new) for p in self._next.values())
+        unconfirmed = False
         for key in list(self._groups):
             if budget <= 0:
                 break
             items = self._groups[key]
             plan = self._next.get(key)
             if plan is None:
+                kind = self._kinds[key[0]]
                 state, after = self._base(key)
+                presumed = state is None
+                if presumed:
+                    # Not cached and not read: decided as new (most uncached aggregates are: an
+                    # Organization's first checkout, a code being issued), which saves reading
+                    # a history that is not there. Exact all the same: the append expects the
+                    # subject to have no event, so a wrong presumption is a conflict, and the
+                    # commands are decided again on the history read.
+                    state = kind.fold(key[1], [])
                 head = after.plans[key].head if after is not None else self.cache.head(key)
                 plan = _Plan(
                     key=key,
-                    kind=self._kinds[key[0]],
+                    kind=kind,
                     subject=self._layout.event_subject(*key),
                     state=state,
                     items=[],
@@ -641,11 +663,20 @@ class PartitionProcessor:
                     expect=0 if after is not None else state.last_seq,
                     after=after,
                     head=head,
+                    presumed=presumed,
                 )
             before = len(plan.new)
             taken = self._decide(plan, items, budget, first=not self._next)
+            if plan.presumed and not plan.new:
+                # Nothing to append, so nothing would confirm the presumption (a refusal of a
+                # code "not found" may be one of an existing code): read the history first.
+                self._must_load.add(key)
+                unconfirmed = True
+                continue
             if not taken:
                 break
+            if plan.presumed and before == 0:
+                self._stats.presumed += 1
             budget -= len(plan.new) - before
             self._next[key] = plan
             rest = items[taken:]
@@ -653,6 +684,8 @@ class PartitionProcessor:
                 self._groups[key] = rest
             else:
                 del self._groups[key]
+        if unconfirmed:
+            await self._decide_pending()  # the ones presumed new, on their histories read
 
     def _base(self, key: AggregateKey) -> tuple[Any, _Round | None]:
         """The state a command for ``key`` is decided against: the outcome of the append in
@@ -666,9 +699,13 @@ class PartitionProcessor:
 
     async def _ensure_loaded(self) -> None:
         """Load (concurrently) the aggregates not in the cache. One that cannot be loaded is
-        left out (its commands are not acked and come back) without holding up the others."""
+        left out (its commands are not acked and come back) without holding up the others.
+        Only those known to need it (``_must_load``) are read: the others are presumed new."""
+        self._must_load.intersection_update(self._groups)
         missing = [
-            key for key in self._groups if key not in self._next and self._base(key)[0] is None
+            key
+            for key in self._groups
+            if key in self._must_load and key not in self._next and self._base(key)[0] is None
         ]
         if not missing:
             return
@@ -683,6 +720,7 @@ class PartitionProcessor:
                 self._groups.pop(key, None)
             elif self._base(key)[0] is None:
                 self.cache.put(key, *outcome)
+        self._must_load.difference_update(missing)
 
     async def _hold(self, key: AggregateKey, error: IntegrityError) -> None:
         """The aggregate's history fails the signature check: nothing of it is folded, its

@@ -237,8 +237,11 @@ class SharedLimiter:
         return 0.0 if tokens >= 1.0 else wait_for(tokens, self.limit)
 
     async def check_all(self, keys: Sequence[str]) -> float:
-        """0 when every key has a token left, else the longest wait."""
-        return max([await self.check(key) for key in keys], default=0.0)
+        """0 when every key has a token left, else the longest wait. The keys are read
+        together (one round trip's wait for both of a checkout's, not one after the other)."""
+        if len(keys) == 1:
+            return await self.check(keys[0])
+        return max(await asyncio.gather(*(self.check(key) for key in keys)), default=0.0)
 
     @contextlib.asynccontextmanager
     async def _turn(self, key: str) -> AsyncIterator[None]:
