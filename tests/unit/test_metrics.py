@@ -47,6 +47,9 @@ def test_the_processor_childs_counters_reach_metrics_through_its_report() -> Non
         appends=4,
         events_appended=6,
         append_seconds=0.25,
+        loads=8,
+        presumed=9,
+        presumed_wrong=1,
     )
     report = ProcessorReport.from_json(ProcessorReport([0, 3], stats).to_json())
     text = Metrics().render(*scrape_samples({"vouchers": 7}, report))
@@ -58,6 +61,9 @@ def test_the_processor_childs_counters_reach_metrics_through_its_report() -> Non
         "voucher_ledger_processor_appends_total 4.0",
         "voucher_ledger_processor_events_appended_total 6.0",
         "voucher_ledger_processor_append_seconds_total 0.25",
+        "voucher_ledger_processor_loads_total 8.0",
+        "voucher_ledger_processor_presumed_total 9.0",
+        "voucher_ledger_processor_presumed_wrong_total 1.0",
         "voucher_ledger_processor_partitions_held 2.0",
         'voucher_ledger_projection_lag_events{projection="vouchers"} 7.0',
     ):

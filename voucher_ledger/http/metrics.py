@@ -46,6 +46,13 @@ HELP = {
     "voucher_ledger_processor_transient_refusals_total": (
         "Appends the event store refused for a passing reason (not conflicts)."
     ),
+    "voucher_ledger_processor_loads_total": "Aggregate histories read from the event stream.",
+    "voucher_ledger_processor_presumed_total": (
+        "Aggregates decided as new without reading their history."
+    ),
+    "voucher_ledger_processor_presumed_wrong_total": (
+        "Aggregates presumed new that had a history (refused append, decided again)."
+    ),
     "voucher_ledger_processor_events_appended_total": "Events the processors appended.",
     "voucher_ledger_processor_appends_total": "Appends that stored events.",
     "voucher_ledger_processor_append_seconds_total": "Wall time of those appends.",
@@ -74,6 +81,11 @@ def scrape_samples(
         counters["voucher_ledger_processor_conflicts_total"] = [((), float(stats.conflicts))]
         counters["voucher_ledger_processor_transient_refusals_total"] = [
             ((), float(stats.transient_refusals))
+        ]
+        counters["voucher_ledger_processor_loads_total"] = [((), float(stats.loads))]
+        counters["voucher_ledger_processor_presumed_total"] = [((), float(stats.presumed))]
+        counters["voucher_ledger_processor_presumed_wrong_total"] = [
+            ((), float(stats.presumed_wrong))
         ]
         counters["voucher_ledger_processor_events_appended_total"] = [
             ((), float(stats.events_appended))
