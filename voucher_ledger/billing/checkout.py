@@ -103,6 +103,7 @@ class CheckoutError(Exception):
         headers: dict[str, str] | None = None,
         seq: int = 0,
         reason: str | None = None,
+        refusal: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -110,6 +111,7 @@ class CheckoutError(Exception):
         self.headers = headers or {}
         self.seq = seq
         self.reason = reason  # a failed order's failure reason (FAILURE_STATUS), when it is one
+        self.refusal = refusal  # the ledger's reason for refusing the promo code, when it did
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +329,12 @@ class CheckoutService:
                 )
             if wants_share(reply):
                 self._want_share(place.promo_code)
-            raise CheckoutError(400, f"invalid promo code: {reply.message}", reason="invalid_promo")
+            raise CheckoutError(
+                400,
+                f"invalid promo code: {reply.message}",
+                reason="invalid_promo",
+                refusal=reply.reason,
+            )
         assert reply.redemption is not None
         rules = reply.voucher or reply.campaign  # a campaign's code: its campaign's rules
         first_only = rules.new_organizations_only if rules is not None else False
@@ -399,7 +406,11 @@ class CheckoutService:
             raise CheckoutError(409, refused.message, reason="account_moved", seq=seq)
         if refused.reason == "not_eligible":
             raise CheckoutError(
-                400, f"invalid promo code: {refused.message}", reason="invalid_promo", seq=seq
+                400,
+                f"invalid promo code: {refused.message}",
+                reason="invalid_promo",
+                seq=seq,
+                refusal=refused.reason,
             )
         if refused.reason == "payment_unavailable":
             raise CheckoutError(
