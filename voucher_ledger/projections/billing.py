@@ -186,7 +186,9 @@ class BillingProjection:
                 _invoice(invoices, subscriptions, item, event)
 
         if new_orders:
-            await SUBSCRIPTION_ORDERS.insert_rows(conn, new_orders)
+            await conn.copy_records_to_table(
+                SUBSCRIPTION_ORDERS.name, columns=SUBSCRIPTION_ORDERS.names, records=new_orders
+            )
         for table, rows, existed in (
             (SUBSCRIPTIONS, subscriptions, subscriptions_existed),
             (INVOICES, invoices, invoices_existed),
@@ -194,7 +196,7 @@ class BillingProjection:
             created = [tuple(r) for k, r in rows.items() if k not in existed]
             changed = [r for k, r in rows.items() if k in existed]
             if created:
-                await table.insert_rows(conn, created)
+                await conn.copy_records_to_table(table.name, columns=table.names, records=created)
             if changed:
                 await conn.execute(table.update, *table.update_args(changed))
 

@@ -226,15 +226,23 @@ class CampaignProjection:
         created = [tuple(r) for cid, r in rows.items() if cid not in existed]
         changed = [r for cid, r in rows.items() if cid in existed]
         if created:
-            await CAMPAIGNS.insert_rows(conn, created)
+            await conn.copy_records_to_table(
+                CAMPAIGNS.name, columns=CAMPAIGNS.names, records=created
+            )
         if changed:
             await conn.execute(CAMPAIGNS.update, *CAMPAIGNS.update_args(changed))
         if codes:
-            await CAMPAIGN_CODES.insert_rows(conn, codes)
+            await conn.copy_records_to_table(
+                CAMPAIGN_CODES.name, columns=CAMPAIGN_CODES.names, records=codes
+            )
         if earlier:
             await conn.execute(
                 CAMPAIGN_REDEMPTIONS.update,
                 *CAMPAIGN_REDEMPTIONS.update_args(list(earlier.values())),
             )
         if new:
-            await CAMPAIGN_REDEMPTIONS.insert_rows(conn, [tuple(r) for r in new])
+            await conn.copy_records_to_table(
+                CAMPAIGN_REDEMPTIONS.name,
+                columns=CAMPAIGN_REDEMPTIONS.names,
+                records=[tuple(r) for r in new],
+            )

@@ -195,13 +195,17 @@ class GlobalVoucherProjection:
         created = [tuple(r) for c, r in rows.items() if c not in existed]
         changed = [r for c, r in rows.items() if c in existed]
         if created:
-            await GLOBAL_VOUCHERS.insert_rows(conn, created)
+            await conn.copy_records_to_table(
+                GLOBAL_VOUCHERS.name, columns=GLOBAL_VOUCHERS.names, records=created
+            )
         if changed:
             await conn.execute(GLOBAL_VOUCHERS.update, *GLOBAL_VOUCHERS.update_args(changed))
         new_shares = [tuple(s) for k, s in shares.items() if k not in shares_existed]
         old_shares = [s for k, s in shares.items() if k in shares_existed]
         if new_shares:
-            await GLOBAL_SHARES.insert_rows(conn, new_shares)
+            await conn.copy_records_to_table(
+                GLOBAL_SHARES.name, columns=GLOBAL_SHARES.names, records=new_shares
+            )
         if old_shares:
             await conn.execute(
                 _SHARES_UPDATE,

@@ -110,10 +110,6 @@ class Column:
     updated: bool = False  # whether a later event changes it (written by the UPDATE)
 
 
-# From this many rows a batch's new rows go in with COPY rather than one INSERT (insert_rows).
-COPY_FROM = 200
-
-
 class Table:
     """One declaration of a table's columns, in the order of its rows in memory (lists, or the
     tuples given to ``COPY``): the rows are addressed by ``index[name]`` (read into module
@@ -144,27 +140,12 @@ class Table:
             + f" WHERE {name}.{self.key} = d.{self.key}"
             + (f" AND {where}" if where else "")
         )
-        every = ", ".join(f"${n}::{c.type}[]" for n, c in enumerate(columns, 1))
-        self.insert = (
-            f"INSERT INTO {name} ({', '.join(self.names)}) "  # noqa: S608
-            f"SELECT * FROM unnest({every})"
-        )
 
     def new_row(self, **values: Any) -> list[Any]:
         """A row from a value for every column, by name (a missing or unknown name raises)."""
         if len(values) != len(self.names):
             raise KeyError(f"{self.name}: columns {sorted(set(self.names) ^ set(values))}")
         return list(self._pick(values))  # KeyError naming a missing column
-
-    async def insert_rows(self, conn: Conn, rows: Sequence[Sequence[Any]]) -> None:
-        """Insert ``rows`` (new rows, in column order): a small batch (a live projector's
-        usual one) as one prepared ``INSERT … SELECT FROM unnest(…)``, one round trip; a large
-        one (a rebuild's, a catch-up's) with ``COPY``, which takes two round trips and more
-        client work per call but less per row."""
-        if len(rows) <= COPY_FROM:
-            await conn.execute(self.insert, *([r[i] for r in rows] for i in range(len(self.names))))
-        else:
-            await conn.copy_records_to_table(self.name, columns=self.names, records=rows)
 
     def update_args(self, rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
         """The UPDATE's arguments for ``rows``: one array per column it takes, keys first."""

@@ -229,12 +229,16 @@ class ReportProjection:
                 _wallet(customer, mine, holds, event, seq, functools.partial(fact, seq, at))
 
         if facts:
-            await REPORT_FACTS.insert_rows(conn, facts)
+            await conn.copy_records_to_table(
+                REPORT_FACTS.name, columns=REPORT_FACTS.names, records=facts
+            )
         rows = [r for mine in grants.values() for r in mine.values()]
         created = [tuple(r) for r in rows if (r[_G_CUSTOMER], r[_G_RID]) not in grants_existed]
         changed = [r for r in rows if (r[_G_CUSTOMER], r[_G_RID]) in grants_existed]
         if created:
-            await REPORT_GRANTS.insert_rows(conn, created)
+            await conn.copy_records_to_table(
+                REPORT_GRANTS.name, columns=REPORT_GRANTS.names, records=created
+            )
         if changed:
             await conn.execute(
                 _GRANTS_UPDATE,
@@ -245,12 +249,16 @@ class ReportProjection:
         new_holds = [(o, to_json(t).decode()) for o, t in holds.items() if o not in holds_existed]
         old_holds = [[o, to_json(t).decode()] for o, t in holds.items() if o in holds_existed]
         if new_holds:
-            await REPORT_HOLDS.insert_rows(conn, new_holds)
+            await conn.copy_records_to_table(
+                REPORT_HOLDS.name, columns=REPORT_HOLDS.names, records=new_holds
+            )
         if old_holds:
             await conn.execute(REPORT_HOLDS.update, *REPORT_HOLDS.update_args(old_holds))
         new_orders = [tuple(r) for o, r in orders.items() if o not in orders_existed]
         if new_orders:
-            await REPORT_ORDERS.insert_rows(conn, new_orders)
+            await conn.copy_records_to_table(
+                REPORT_ORDERS.name, columns=REPORT_ORDERS.names, records=new_orders
+            )
 
 
 def _oldest_lasting(mine: dict[str, list[Any]]) -> list[list[Any]]:

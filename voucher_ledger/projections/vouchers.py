@@ -257,7 +257,7 @@ class VoucherProjection:
         created = [tuple(r) for code, r in rows.items() if code not in existed]
         changed = [r for code, r in rows.items() if code in existed]
         if created:
-            await VOUCHERS.insert_rows(conn, created)
+            await conn.copy_records_to_table(VOUCHERS.name, columns=VOUCHERS.names, records=created)
         if changed:
             await conn.execute(VOUCHERS.update, *VOUCHERS.update_args(changed))
         # Reversals of earlier rows first: they only ever free a (code, customer) slot that a
@@ -265,4 +265,6 @@ class VoucherProjection:
         if earlier:
             await conn.execute(REDEMPTIONS.update, *REDEMPTIONS.update_args(list(earlier.values())))
         if new:
-            await REDEMPTIONS.insert_rows(conn, [tuple(r) for r in new])
+            await conn.copy_records_to_table(
+                REDEMPTIONS.name, columns=REDEMPTIONS.names, records=[tuple(r) for r in new]
+            )

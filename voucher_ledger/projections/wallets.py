@@ -324,21 +324,29 @@ class WalletProjection:
         created_wallets = [tuple(r) for c, r in wallets.items() if c not in wallets_existed]
         changed_wallets = [r for c, r in wallets.items() if c in wallets_existed]
         if created_wallets:
-            await WALLETS.insert_rows(conn, created_wallets)
+            await conn.copy_records_to_table(
+                WALLETS.name, columns=WALLETS.names, records=created_wallets
+            )
         if changed_wallets:
             await conn.execute(WALLETS.update, *WALLETS.update_args(changed_wallets))
         if entries:
-            await CREDIT_ENTRIES.insert_rows(conn, entries)
+            await conn.copy_records_to_table(
+                CREDIT_ENTRIES.name, columns=CREDIT_ENTRIES.names, records=entries
+            )
         created_lots = [tuple(r) for k, r in lots.items() if k not in lots_existed]
         changed_lots = [r for k, r in lots.items() if k in lots_existed]
         if created_lots:
-            await CREDIT_LOTS.insert_rows(conn, created_lots)
+            await conn.copy_records_to_table(
+                CREDIT_LOTS.name, columns=CREDIT_LOTS.names, records=created_lots
+            )
         if changed_lots:
             await conn.execute(CREDIT_LOTS.update, *CREDIT_LOTS.update_args(changed_lots))
         created_orders = [tuple(r) for o, r in orders.items() if o not in orders_existed]
         changed_orders = [r for o, r in orders.items() if o in orders_existed]
         if created_orders:
-            await ORDERS.insert_rows(conn, created_orders)
+            await conn.copy_records_to_table(
+                ORDERS.name, columns=ORDERS.names, records=created_orders
+            )
         if changed_orders:
             await conn.execute(ORDERS.update, *ORDERS.update_args(changed_orders))
 
