@@ -70,6 +70,7 @@ from voucher_ledger.ledger.commands import (
 )
 from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.events import Actor, OrderDraft, OrderLine
+from voucher_ledger.ledger.ids import uuid5_text
 from voucher_ledger.ledger.voucher import VoucherCommandT, redemption_id_for
 from voucher_ledger.ledger.wallet import OrderView, WalletView
 from voucher_ledger.projections import queries
@@ -126,7 +127,7 @@ def order_id_for(account: str, user_id: str, idempotency_key: str | None) -> str
     a new order. (The account is in it: an order lives in one account's wallet.)"""
     if idempotency_key is None:
         return str(uuid.uuid4())
-    return str(uuid.uuid5(_ORDER_NS, f"{account}\x00{user_id}\x00{idempotency_key}"))
+    return uuid5_text(_ORDER_NS, f"{account}\x00{user_id}\x00{idempotency_key}")
 
 
 def discounted_lines(order: OrderView) -> list[OrderLine]:

@@ -52,6 +52,7 @@ from voucher_ledger.ledger.events import (
     VoucherRedeemed,
     VoucherRevoked,
 )
+from voucher_ledger.ledger.ids import uuid5_text
 
 VoucherCommandT = (
     IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption | ReceiveGlobal | WantShare
@@ -335,7 +336,7 @@ def initial_state(code: str) -> VoucherState:
 
 def redemption_id_for(code: str, customer_id: str, command_id: str) -> str:
     """Deterministic, so deciding twice (after a conflict) yields the same id."""
-    return str(uuid.uuid5(_REDEMPTION_NS, f"{code}\x00{customer_id}\x00{command_id}"))
+    return uuid5_text(_REDEMPTION_NS, f"{code}\x00{customer_id}\x00{command_id}")
 
 
 # ---------------------------------------------------------------------------------------- decide

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from voucher_ledger.ledger.ids import uuid5_text
 from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table, expand_placed
 
 SUBSCRIPTION_ORDERS = Table(
@@ -73,11 +74,11 @@ INVOICE_STATUS = {"paid": "paid", "payment_failed": "open"}
 
 def subscription_id(tenant_id: str) -> str:
     """The subscription's id in the API (the seed's uuid): one per Organization."""
-    return str(uuid.uuid5(_NS, f"subscription\x00{tenant_id}"))
+    return uuid5_text(_NS, f"subscription\x00{tenant_id}")
 
 
 def invoice_id(stripe_invoice_id: str) -> str:
-    return str(uuid.uuid5(_NS, f"invoice\x00{stripe_invoice_id}"))
+    return uuid5_text(_NS, f"invoice\x00{stripe_invoice_id}")
 
 
 def one_month_after(at: datetime) -> datetime:
