@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -134,17 +135,24 @@ async def campaign_report(request: web.Request) -> web.Response:
 
 
 def _csv(rows: list[ReportRow]) -> web.Response:
+    return csv_response(rows, CSV_HEADER, "campaign-report.csv")
+
+
+def csv_response(rows: Sequence[BaseModel], header: Sequence[str], filename: str) -> web.Response:
+    """A report's rows as a CSV download: ``header``'s columns of each row, empty for a null,
+    a text that a spreadsheet would run as a formula quoted (the campaign and Sovereign
+    reports)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_HEADER)
+    writer.writerow(header)
     for row in rows:
         doc = row.model_dump()
-        writer.writerow(["" if doc[c] is None else _safe(doc[c]) for c in CSV_HEADER])
+        writer.writerow(["" if doc[c] is None else _safe(doc[c]) for c in header])
     return web.Response(
         body=out.getvalue().encode(),
         content_type="text/csv",
         charset="utf-8",
-        headers={"Content-Disposition": 'attachment; filename="campaign-report.csv"'},
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 
 

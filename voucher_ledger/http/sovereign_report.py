@@ -7,16 +7,13 @@ global vouchers (by the hub's ``global_vouchers`` read model)."""
 
 from __future__ import annotations
 
-import csv
-import io
-
 from aiohttp import web
 from pydantic import BaseModel, Field
 
 from voucher_ledger.http.auth import ISSUER_ROLES
 from voucher_ledger.http.errors import ApiError, ok
 from voucher_ledger.http.keys import POOL, SETTINGS
-from voucher_ledger.http.reports import _safe
+from voucher_ledger.http.reports import csv_response
 from voucher_ledger.http.vouchers import ISSUER_FORBIDDEN, authenticate
 from voucher_ledger.ledger.money import whole_omr
 from voucher_ledger.projections import sovereign_trail
@@ -116,15 +113,4 @@ async def sovereign_report(request: web.Request) -> web.Response:
 
 
 def _csv(rows: list[SovereignLine]) -> web.Response:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_HEADER)
-    for row in rows:
-        doc = row.model_dump()
-        writer.writerow(["" if doc[c] is None else _safe(doc[c]) for c in CSV_HEADER])
-    return web.Response(
-        body=out.getvalue().encode(),
-        content_type="text/csv",
-        charset="utf-8",
-        headers={"Content-Disposition": 'attachment; filename="sovereign-report.csv"'},
-    )
+    return csv_response(rows, CSV_HEADER, "sovereign-report.csv")

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table
-from voucher_ledger.projections.vouchers import discount_json, plans_json
+from voucher_ledger.projections.vouchers import terms_columns
 
 CAMPAIGNS = Table(
     "campaigns",
@@ -154,13 +154,7 @@ class CampaignProjection:
                     updated_at=at,
                     revoked_at=None,
                     last_seq=seq,
-                    starts_at=event["starts_at"],
-                    expires_at=event["expires_at"],
-                    plans=plans_json(event["plans"]),
-                    min_order_baisa=event["min_order_baisa"],
-                    new_organizations_only=event["new_organizations_only"],
-                    credit_valid_for_seconds=event["credit_valid_for_seconds"],
-                    discount=discount_json(event["discount"]),
+                    **terms_columns(event),
                 )
                 continue
             if row is None:

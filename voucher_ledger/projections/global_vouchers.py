@@ -17,7 +17,7 @@ import asyncpg
 
 from voucher_ledger.ledger.global_voucher import share_of
 from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table
-from voucher_ledger.projections.vouchers import discount_json, plans_json
+from voucher_ledger.projections.vouchers import plans_json, terms_columns
 
 GLOBAL_VOUCHERS = Table(
     "global_vouchers",
@@ -145,13 +145,7 @@ class GlobalVoucherProjection:
                     created_at=at,
                     updated_at=at,
                     last_seq=seq,
-                    starts_at=event["starts_at"],
-                    expires_at=event["expires_at"],
-                    plans=plans_json(event["plans"]),
-                    min_order_baisa=event["min_order_baisa"],
-                    new_organizations_only=event["new_organizations_only"],
-                    credit_valid_for_seconds=event["credit_valid_for_seconds"],
-                    discount=discount_json(event["discount"]),
+                    **terms_columns(event),
                 )
                 continue
             if row is None:

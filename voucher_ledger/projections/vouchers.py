@@ -65,16 +65,12 @@ _V = VOUCHERS.index
 _V_CREDIT, _V_DESC, _V_ACTIVE = _V["credit_baisa"], _V["description"], _V["active"]
 _V_REVOKED, _V_MAX, _V_TIMES = _V["revoked"], _V["max_redemptions"], _V["times_redeemed"]
 _V_UPDATED, _V_REVOKED_AT, _V_SEQ = _V["updated_at"], _V["revoked_at"], _V["last_seq"]
-_V_STARTS, _V_EXPIRES, _V_PLANS = _V["starts_at"], _V["expires_at"], _V["plans"]
-_V_MIN_ORDER, _V_NEW_ONLY = _V["min_order_baisa"], _V["new_organizations_only"]
-_V_VALID_FOR = _V["credit_valid_for_seconds"]
 _R = REDEMPTIONS.index
 _R_ID, _R_CODE, _R_CUSTOMER = _R["redemption_id"], _R["code"], _R["customer_id"]
 _R_REVERSED_AT, _R_REVERSED_SEQ = _R["reversed_at"], _R["reversed_seq"]
 _R_REASON = _R["reversal_reason"]
 
 
-_V_DISCOUNT = _V["discount"]
 _V_SHARE_IN, _V_SHARE_OUT = _V["share_received"], _V["share_released"]
 _V_POOL_EMPTY = _V["share_pool_empty"]
 
@@ -87,6 +83,20 @@ def discount_json(terms: dict[str, Any] | None) -> str | None:
 def plans_json(plans: list[str] | None) -> str | None:
     """The ``plans`` jsonb column: a JSON array of plan ids, NULL for any plan."""
     return None if plans is None else to_json(plans).decode()
+
+
+def terms_columns(event: dict[str, Any]) -> dict[str, Any]:
+    """A code's terms as the event that issues it gives them (window, eligibility, expiring
+    credit, discount), by column: vouchers, campaigns and global vouchers store them alike."""
+    return {
+        "starts_at": event["starts_at"],
+        "expires_at": event["expires_at"],
+        "plans": plans_json(event["plans"]),
+        "min_order_baisa": event["min_order_baisa"],
+        "new_organizations_only": event["new_organizations_only"],
+        "credit_valid_for_seconds": event["credit_valid_for_seconds"],
+        "discount": discount_json(event["discount"]),
+    }
 
 
 def _foreign_key_error(code: str) -> asyncpg.ForeignKeyViolationError:
@@ -190,13 +200,7 @@ class VoucherProjection:
                         updated_at=at,
                         revoked_at=None,
                         last_seq=seq,
-                        starts_at=event["starts_at"],
-                        expires_at=event["expires_at"],
-                        plans=plans_json(event["plans"]),
-                        min_order_baisa=event["min_order_baisa"],
-                        new_organizations_only=event["new_organizations_only"],
-                        credit_valid_for_seconds=event["credit_valid_for_seconds"],
-                        discount=discount_json(event["discount"]),
+                        **terms_columns(event),
                         share_received=None,
                         share_released=None,
                         share_pool_empty=None,
@@ -206,12 +210,8 @@ class VoucherProjection:
                     row[_V_DESC] = event["description"]
                     row[_V_ACTIVE] = event["active"]
                     row[_V_MAX] = event["max_redemptions"]
-                    row[_V_STARTS], row[_V_EXPIRES] = event["starts_at"], event["expires_at"]
-                    row[_V_PLANS] = plans_json(event["plans"])
-                    row[_V_MIN_ORDER] = event["min_order_baisa"]
-                    row[_V_NEW_ONLY] = event["new_organizations_only"]
-                    row[_V_VALID_FOR] = event["credit_valid_for_seconds"]
-                    row[_V_DISCOUNT] = discount_json(event["discount"])
+                    for column, value in terms_columns(event).items():
+                        row[_V[column]] = value
                     row[_V_REVOKED], row[_V_REVOKED_AT] = False, None
                     row[_V_UPDATED], row[_V_SEQ] = at, seq
             elif kind in (_SHARE_IN, _SHARE_OUT, _SHARE_WANTED):
