@@ -71,6 +71,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="after the matched rows, py-spy the service during an extra (unmeasured) "
         "hot-code storm at the largest client count; writes profile.md",
     )
+    parser.add_argument(
+        "--profile-workload",
+        default="hot",
+        choices=("hot", "distinct"),
+        help="the workload of the profiled storms (default hot)",
+    )
+    parser.add_argument(
+        "--profile-clients",
+        type=int,
+        default=None,
+        help="the client count of the profiled bus and HTTP storms (default the most); the "
+        "one-client HTTP storm is profiled too",
+    )
     parser.add_argument("--no-rebuild", action="store_true", help="skip the rebuild figure")
     parser.add_argument(
         "--rebuild-runs",
@@ -442,17 +455,18 @@ class Runner:
         during extra, unmeasured hot-code storms: the bus at the most clients, the HTTP checkout
         at one client and at the most; summaries into profile.md (raw stacks: *.folded), with
         each storm's CPU per attempt of every process (nats-server and PostgreSQL included)."""
-        clients = max(self.sizes.clients)
+        kind = self.args.profile_workload
+        most = self.args.profile_clients or max(self.sizes.clients)
         attempts = min(self.sizes.hot_attempts, PROFILE_ATTEMPTS)
-        cap = attempts * self.sizes.hot_cap // self.sizes.hot_attempts
+        cap = attempts * self.sizes.hot_cap // self.sizes.hot_attempts if kind == "hot" else 1
         out_dir: Path = self.args.out
         sections = []
-        most = clients
+        what = "one hot code" if kind == "hot" else "distinct codes"
         runs = [("bus", "command bus", most)]
         if http_ok:
             runs += [("http1", "HTTP checkout", 1), ("http", "HTTP checkout", most)]
         for name, title, clients in runs:
-            log(f"profiling a {title} hot-code storm ({clients} clients)")
+            log(f"profiling a {title} storm, {what} ({clients} clients)")
             targets = {"service": service.process.pid, "client": os.getpid()}
             for pid in service.process.child_pids()[:1]:
                 targets["processors"] = pid
@@ -462,13 +476,13 @@ class Runner:
                 return profiling(targets, raw)
 
             tag = f"PROF-{name.upper()}"
-            workload = Workload("hot", clients, attempts, cap)
+            workload = Workload(kind, clients, attempts, cap)
             if name == "bus":
                 stats = await service.run_bus(workload, tag, wrap)
             else:
                 limit = PROFILE_HTTP_SINGLE_ATTEMPTS if clients == 1 else PROFILE_HTTP_ATTEMPTS
                 count = min(self.sizes.for_http(workload).attempts, limit)
-                smaller = Workload("hot", clients, count, count // 2)
+                smaller = Workload(kind, clients, count, count // 2 if kind == "hot" else 1)
                 stats = await run_http(service, smaller, tag, secret, wrap)
             cpu = stats.extra.get("cpu_s", {})
             split = ", ".join(
@@ -486,7 +500,7 @@ class Runner:
                     "processors": "serve's processor process",
                 }.get(who, "the benchmark's clients")
                 heading = (
-                    f"{process} during a {title} storm: one hot code, {stats.attempts:,} "
+                    f"{process} during a {title} storm: {what}, {stats.attempts:,} "
                     f"attempts, {clients} client{'s' if clients > 1 else ''} "
                     f"({stats.per_second:,.0f}/s under the profiler)"
                 )

@@ -9,8 +9,8 @@ import base64
 
 from nats.aio.client import Client
 
-from tests.conftest import connect
-from voucher_ledger.http.ratelimit import Limit, SharedLimiter, TokenStore
+from tests.conftest import connect, wait_until
+from voucher_ledger.http.ratelimit import KeyMirror, Limit, SharedLimiter, TokenStore
 from voucher_ledger.jetstream import streams
 from voucher_ledger.jetstream.api import js_api
 
@@ -97,3 +97,94 @@ async def test_a_storm_on_one_key_from_one_instance_is_never_refused_for_content
     waits = await asyncio.gather(*(limiter.take(key) for _ in range(200)))
     assert waits == [0.0] * 200
     assert not limiter._locks  # the per-key lock goes with the last waiter
+
+
+async def _mirrored(nc: Client, bucket: str, probe_every: float = 0.2) -> KeyMirror:
+    mirror = KeyMirror(nc, bucket, probe_every=probe_every)
+    mirror.start()
+    await wait_until(lambda: mirror.current, timeout=10)
+    return mirror
+
+
+async def test_the_checks_read_a_local_copy_that_sees_every_instance_s_takes(
+    nats_url: str, applied: streams.StreamsSpec
+) -> None:
+    """Issue #19: the checkout's check reads the bucket's local copy, not NATS. Another
+    instance's takes reach the copy; this instance's own takes are in it as soon as they are
+    acknowledged."""
+    mine, theirs = await connect(nats_url), await connect(nats_url)
+    mirror = await _mirrored(mine, applied.limits_bucket)
+    try:
+        store = TokenStore(mine, applied.limits_bucket, mirror=mirror)
+        here = SharedLimiter(store, Limit(1, 2), "promo")
+        there = SharedLimiter(TokenStore(theirs, applied.limits_bucket), Limit(1, 2), "promo")
+        key, own = here.key("customer", "mallory"), here.key("customer", "eve")
+        assert store.peek(key) == (None, 0)  # from the copy: no such key, a full bucket
+        assert await here.check_all([key, own]) == 0
+        assert await there.take(key) == 0
+        assert await there.take(key) == 0
+        # the copy catches up with the other instance's writes (no NATS read on the way)
+        def emptied() -> bool:
+            state = (store.peek(key) or (None, 0))[0]
+            return state is not None and state[0] < 1
+
+        await wait_until(emptied, timeout=5)
+        assert await here.check(key) > 0
+        # this instance's own takes: in the copy when the write is acknowledged
+        assert await here.take(own) == 0
+        assert await here.take(own) == 0
+        assert await here.check(own) > 0
+        assert await here.check_all([own, here.key("addr", "192.0.2.50")]) > 0
+    finally:
+        await mirror.stop()
+        await mine.close()
+        await theirs.close()
+
+
+async def test_a_copy_whose_consumer_is_gone_is_not_trusted_and_is_read_again(
+    nats_url: str, applied: streams.StreamsSpec
+) -> None:
+    """The copy's consumer deleted behind its back: the next probe finds it gone, the copy is
+    dropped (checks ask NATS meanwhile) and read again, and it sees the writes made while it
+    was gone."""
+    mine, theirs = await connect(nats_url), await connect(nats_url)
+    mirror = await _mirrored(mine, applied.limits_bucket)
+    try:
+        store = TokenStore(mine, applied.limits_bucket, mirror=mirror)
+        here = SharedLimiter(store, Limit(1, 1), "promo")
+        there = SharedLimiter(TokenStore(theirs, applied.limits_bucket), Limit(1, 1), "promo")
+        key = here.key("addr", "203.0.113.99")
+        stream = f"KV_{applied.limits_bucket}"
+        names = (await js_api(theirs, f"CONSUMER.NAMES.{stream}"))["consumers"]
+        assert names
+        for name in names:
+            await js_api(theirs, f"CONSUMER.DELETE.{stream}.{name}")
+        assert await there.take(key) == 0  # while the copy's consumer is gone
+        await wait_until(lambda: mirror.restarts >= 1, timeout=10)
+        assert await here.check(key) > 0  # from NATS, or from the copy read again
+        await wait_until(lambda: mirror.current, timeout=15)
+        assert store.peek(key) is not None
+        assert await here.check(key) > 0  # from the copy read again
+    finally:
+        await mirror.stop()
+        await mine.close()
+        await theirs.close()
+
+
+async def test_with_nats_gone_the_copy_is_not_trusted_and_the_check_fails_open(
+    nats_url: str, applied: streams.StreamsSpec
+) -> None:
+    client = await connect(nats_url)
+    mirror = await _mirrored(client, applied.limits_bucket)
+    try:
+        store = TokenStore(client, applied.limits_bucket, mirror=mirror)
+        limiter = SharedLimiter(store, Limit(1, 1), "promo")
+        key = limiter.key("customer", "trudy")
+        assert await limiter.take(key) == 0
+        assert await limiter.check(key) > 0  # the copy holds the take
+        await client.close()
+        await wait_until(lambda: not mirror.current, timeout=10)
+        assert store.peek(key) is None
+        assert await limiter.check(key) == 0  # not checked: let through, as before
+    finally:
+        await mirror.stop()

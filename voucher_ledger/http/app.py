@@ -234,7 +234,10 @@ async def limiters(app: web.Application) -> AsyncIterator[None]:
     opened = Limiters.open(app[keys.SETTINGS], app[keys.NATS])
     app[keys.LIMITER] = opened.preview
     app[keys.PROMO_LIMITER] = opened.promo_refusals
-    yield
+    try:
+        yield
+    finally:
+        await opened.close()
 
 
 # In start order; they stop in the reverse order, after the HTTP server: the processors, then

@@ -28,6 +28,16 @@ dropped when idle), so a key's writes conflict only with another instance's: a s
 address (every client behind one proxy, a benchmark) costs one read and one write per request,
 in turn, instead of every request retrying against all the others until it is refused.
 
+**The checkout's check reads a local copy** (:class:`KeyMirror`, issue #19): every instance
+follows the bucket with an ordered consumer (each key's last value, then every write), so the
+two reads before each checkout are dictionary lookups, not two NATS round trips. The copy is
+trusted only while it is known to be current: once a second its consumer is asked how far it
+is, and a copy whose consumer is gone, or has writes left to deliver and delivered none since
+the second before, is dropped and read again from the start; meanwhile every check asks NATS
+as before. An
+instance's own writes go into its copy when their acknowledgement comes. Takes (a
+read-modify-write with the key's revision) always read NATS.
+
 **Refused promo codes** are counted, not reserved: a checkout with a promo code first reads
 its address's and its customer's buckets (refused at once when either is empty) and takes a
 token from each only when the ledger refuses the code as a guess (unknown, revoked, malformed;
@@ -53,6 +63,8 @@ from dataclasses import dataclass
 import nats.errors
 from aiohttp import web
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 
 from voucher_ledger.jetstream.api import JetStreamApiError, parse_api_answer
 
@@ -127,14 +139,156 @@ def key_for(kind: str, value: str) -> str:
     return f"{kind}.{hashlib.sha256(value.encode()).hexdigest()[:32]}"
 
 
+class KeyMirror:
+    """Every key of the bucket as last written, kept by an ordered consumer of the bucket (each
+    key's last value, then every write): the checkout's check reads its keys here (see the
+    module docstring). :meth:`get` answers only while the copy is known to be current: its
+    consumer had nothing left to deliver, and at every probe (``probe_every`` seconds) it
+    still has nothing left or has delivered more since the probe before. Otherwise None, and
+    the caller asks NATS."""
+
+    def __init__(
+        self,
+        nc: Client,
+        bucket: str,
+        *,
+        probe_every: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._nc = nc
+        self._stream = f"KV_{bucket}"
+        self._prefix = f"$KV.{bucket}."
+        self._probe_every = probe_every
+        self._clock = clock
+        # key -> (state, revision, when it may go: the write's Nats-TTL after it came)
+        self._keys: dict[str, tuple[State | None, int, float]] = {}
+        self._current = False
+        self._stale = True  # between two follows: nothing may mark the copy current
+        self._task: asyncio.Task[None] | None = None
+        self.restarts = 0  # times the copy was dropped and read again (tests, diagnostics)
+
+    @property
+    def current(self) -> bool:
+        return self._current
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"mirror {self._stream}")
+
+    async def stop(self) -> None:
+        self._current = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            self._task = None
+
+    def get(self, key: str) -> tuple[State | None, int] | None:
+        if not self._current:
+            return None
+        item = self._keys.get(key)
+        return (None, 0) if item is None else (item[0], item[1])
+
+    def note(self, key: str, state: State, revision: int, ttl: int) -> None:
+        """This instance's own write (acknowledged at ``revision``), before its copy comes."""
+        item = self._keys.get(key)
+        if item is None or item[1] < revision:
+            self._keys[key] = (state, revision, self._clock() + ttl)
+
+    def _put(self, subject: str, revision: int, data: bytes, headers: dict[str, str]) -> None:
+        key = subject.removeprefix(self._prefix)
+        item = self._keys.get(key)
+        if item is not None and item[1] >= revision:
+            return
+        try:
+            ttl = float(headers.get("Nats-TTL", "0").rstrip("s") or 0)
+        except ValueError:
+            ttl = 0.0
+        try:
+            raw = json.loads(data)
+            state: State | None = (float(raw["tokens"]), float(raw["at"]))
+        except (ValueError, KeyError, TypeError):
+            state = None  # unreadable: a full bucket, as load() reads it
+        self._keys[key] = (state, revision, self._clock() + ttl if ttl > 0 else math.inf)
+
+    def _sweep(self) -> None:
+        now = self._clock()
+        for key in [k for k, item in self._keys.items() if item[2] < now]:
+            del self._keys[key]
+
+    async def _run(self) -> None:
+        pause = 0.5
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an outage or a stale copy: start over
+                log.info("limits copy of %s: %r; reading it again", self._stream, exc)
+            self._current = False
+            self.restarts += 1
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+    async def _follow(self) -> None:
+        self._current = False
+        self._keys = {}
+        js = self._nc.jetstream()
+
+        async def put(msg: Msg) -> None:
+            meta = msg.metadata
+            self._put(msg.subject, meta.sequence.stream, msg.data, msg.headers or {})
+            if meta.num_pending == 0 and not self._stale:
+                self._current = True
+
+        self._stale = False
+        sub = await js.subscribe(
+            self._prefix + ">",
+            stream=self._stream,
+            cb=put,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        delivered = -1
+        try:
+            while True:
+                # A probe: the consumer has nothing left to deliver, or it delivered more since
+                # the probe before; else the copy is stale (its consumer gone, or stuck).
+                info = await sub.consumer_info()
+                sent = int(info.delivered.stream_seq or 0) if info.delivered else 0
+                if info.num_pending == 0 and sub.pending_msgs == 0:
+                    self._current = True
+                elif sent <= delivered:
+                    raise _Stale(f"{info.num_pending} writes not delivered")
+                delivered = sent
+                self._sweep()
+                await asyncio.sleep(self._probe_every)
+        finally:
+            self._stale = True
+            self._current = False
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+class _Stale(Exception):
+    """The copy fell a probe behind the bucket."""
+
+
 class TokenStore:
     """The bucket states in the KV bucket, read and written with their revision."""
 
-    def __init__(self, nc: Client, bucket: str, *, timeout: float = 2.0) -> None:
+    def __init__(
+        self, nc: Client, bucket: str, *, timeout: float = 2.0, mirror: KeyMirror | None = None
+    ) -> None:
         self._nc = nc
         self._stream = f"KV_{bucket}"
         self._prefix = f"$KV.{bucket}."
         self._timeout = timeout
+        self.mirror = mirror
+
+    def peek(self, key: str) -> tuple[State | None, int] | None:
+        """The key's state and revision from the local copy (:class:`KeyMirror`); None when
+        there is no copy or it is not known to be current (then :meth:`load` asks NATS)."""
+        return self.mirror.get(key) if self.mirror is not None else None
 
     async def load(self, key: str) -> tuple[State | None, int]:
         """The key's state and revision; (None, 0) when it has none (never set, or expired).
@@ -179,13 +333,15 @@ class TokenStore:
             msg = await self._nc.request(
                 self._prefix + key, payload, timeout=self._timeout, headers=headers
             )
-            parse_api_answer(msg.data, what=f"limit {key}")
+            ack = parse_api_answer(msg.data, what=f"limit {key}")
         except _NO_ANSWER as exc:
             raise LimiterUnavailable(f"{self._stream}: no answer") from exc
         except JetStreamApiError as exc:
             if exc.err_code in _WRONG_LAST_SEQUENCE:
                 return False
             raise LimiterUnavailable(f"{self._stream}: {exc.description}") from exc
+        if self.mirror is not None and isinstance(ack.get("seq"), int):
+            self.mirror.note(key, state, ack["seq"], ttl)
         return True
 
     def _check_connected(self) -> None:
@@ -228,19 +384,24 @@ class SharedLimiter:
     async def check(self, key: str) -> float:
         """0 when the key has a token left (none is taken), else the seconds until the next
         one. Fails open (0) when NATS does not answer."""
-        try:
-            state, _ = await self._store.load(key)
-        except LimiterUnavailable as exc:
-            self._unavailable(exc)
-            return 0.0
+        local = self._store.peek(key)
+        if local is not None:
+            state = local[0]
+        else:
+            try:
+                state, _ = await self._store.load(key)
+            except LimiterUnavailable as exc:
+                self._unavailable(exc)
+                return 0.0
         tokens, _ = refill(state, self._clock(), self.limit)
         return 0.0 if tokens >= 1.0 else wait_for(tokens, self.limit)
 
     async def check_all(self, keys: Sequence[str]) -> float:
-        """0 when every key has a token left, else the longest wait. The keys are read
-        together (one round trip's wait for both of a checkout's, not one after the other)."""
-        if len(keys) == 1:
-            return await self.check(keys[0])
+        """0 when every key has a token left, else the longest wait. From the local copy when
+        it is current; else the keys are read together (one round trip's wait for both of a
+        checkout's, not one after the other)."""
+        if len(keys) == 1 or all(self._store.peek(key) is not None for key in keys):
+            return max([await self.check(key) for key in keys], default=0.0)
         return max(await asyncio.gather(*(self.check(key) for key in keys)), default=0.0)
 
     @contextlib.asynccontextmanager

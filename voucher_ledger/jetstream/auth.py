@@ -184,6 +184,7 @@ def role_permissions(spec: StreamsSpec) -> dict[str, Permissions]:
                 *service.publish_allow,
                 *_info(bucket),
                 *_get(bucket),
+                *_consume(bucket),  # the local copy the checkout's check reads
                 f"$KV.{bucket.removeprefix('KV_')}.>",
             ),
             publish_deny=service.publish_deny,

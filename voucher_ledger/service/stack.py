@@ -44,7 +44,7 @@ from voucher_ledger.commands.idempotency import IdempotencyKeys
 from voucher_ledger.config.errors import StartupError
 from voucher_ledger.config.settings import Settings, redact_url
 from voucher_ledger.http.auth import Authenticator, ConfigError, resolve_secret
-from voucher_ledger.http.ratelimit import Limit, SharedLimiter, TokenStore
+from voucher_ledger.http.ratelimit import KeyMirror, Limit, SharedLimiter, TokenStore
 from voucher_ledger.jetstream import fastpaths, streams
 from voucher_ledger.jetstream.auth import NatsUser, role_permissions
 from voucher_ledger.jetstream.connection import NatsCredentials, connect_nats
@@ -516,21 +516,37 @@ class Limiters:
     """The guessing limits (``http/ratelimit.py``), kept in the KV bucket every instance on
     this NATS shares: the public preview per client address (PREVIEW_RATE_PER_MINUTE,
     PREVIEW_BURST), refused promo codes at checkout per address and per customer
-    (PROMO_REFUSAL_RATE_PER_MINUTE, PROMO_REFUSAL_BURST). Nothing to close."""
+    (PROMO_REFUSAL_RATE_PER_MINUTE, PROMO_REFUSAL_BURST); the checkout's check reads a local
+    copy of the bucket (``KeyMirror``)."""
 
-    def __init__(self, preview: SharedLimiter, promo_refusals: SharedLimiter) -> None:
+    def __init__(
+        self,
+        preview: SharedLimiter,
+        promo_refusals: SharedLimiter,
+        mirror: KeyMirror | None = None,
+    ) -> None:
         self.preview = preview
         self.promo_refusals = promo_refusals
+        self.mirror = mirror
 
     @classmethod
     def open(cls, s: Settings, link: NatsLink) -> Limiters:
-        store = TokenStore(link.nc, link.spec.limits_bucket)
+        """The limiters, with the local copy of the bucket the checkout's check reads
+        (started here, stopped by :meth:`close`)."""
+        mirror = KeyMirror(link.nc, link.spec.limits_bucket)
+        mirror.start()
+        store = TokenStore(link.nc, link.spec.limits_bucket, mirror=mirror)
         preview = Limit(s.preview_rate_per_minute, s.preview_burst)
         promo = Limit(s.promo_refusal_rate_per_minute, s.promo_refusal_burst)
         return cls(
             SharedLimiter(store, preview, "preview"),
             SharedLimiter(store, promo, "promo"),
+            mirror,
         )
+
+    async def close(self) -> None:
+        if self.mirror is not None:
+            await self.mirror.stop()
 
 
 class WebClients:
