@@ -224,6 +224,42 @@ FROM cur WHERE p.projection = cur.projection AND cur.last_seq = {before}
 
 READ_MODELS = "read_models"
 
+# How often the projector acknowledges what it applied (seconds), and after how many events at
+# the latest. The position lives in Postgres (a restart recreates the consumer from the
+# checkpoint), so an acknowledgement only keeps the consumer from delivering again after its
+# ack_wait (30 s) and under its max_ack_pending (10,000): one AckAll for many batches does
+# that, where one per batch was a NATS message per checkout (issue #19).
+ACK_EVERY = 0.25
+ACK_AFTER = 1_000
+
+
+class _Acks:
+    """The last applied delivery not acknowledged yet, acknowledged (AckAll: everything up to
+    it) once it is ``ACK_EVERY`` old, ``ACK_AFTER`` events have piled up, or the stream is
+    quiet."""
+
+    __slots__ = ("_count", "_last", "_since")
+
+    def __init__(self) -> None:
+        self._last: Msg | None = None
+        self._count = 0
+        self._since = 0.0
+
+    def applied(self, msg: Msg, count: int) -> None:
+        if self._last is None:
+            self._since = time.monotonic()
+        self._last = msg
+        self._count += count
+
+    async def send_if_due(self, *, idle: bool) -> None:
+        last = self._last
+        if last is None:
+            return
+        if idle or self._count >= ACK_AFTER or time.monotonic() - self._since >= ACK_EVERY:
+            self._last, self._count = None, 0
+            await last.ack()
+
+
 # The read models are the stream's derivatives, so their commits need not wait for the WAL
 # flush: a PostgreSQL crash can lose the last few hundred milliseconds of them, checkpoints
 # included (never one without the other: atomic), and the projector applies those events again
@@ -374,19 +410,24 @@ class Projector:
             # connection at the next start.
             async with self._pool.acquire() as conn:
                 self._conn = conn
+                acks = _Acks()
                 while not self._stopped:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
                         raise asyncio.CancelledError
-                    msgs = await pulls.next(timeout=0.5)
+                    msgs = await pulls.next(timeout=ACK_EVERY)
                     if msgs:
-                        await self.apply_messages(msgs)
+                        await self.apply_messages(msgs, ack=False)
+                        acks.applied(msgs[-1], len(msgs))
+                    await acks.send_if_due(idle=not msgs)
         finally:
             self._conn = None
             with contextlib.suppress(Exception):
                 await pulls.stop()
 
-    async def apply_messages(self, msgs: Sequence[Msg]) -> int:
+    async def apply_messages(self, msgs: Sequence[Msg], *, ack: bool = True) -> int:
+        """Check and apply a batch of deliveries; acknowledge it unless ``ack`` is False (the
+        run loop acknowledges in :class:`_Acks`' rhythm)."""
         decode = self.decode
         events = [decode(stream_sequence(m), m.data) for m in msgs]
         checker = self.checker
@@ -405,7 +446,8 @@ class Projector:
                     await self.apply(good)
                 raise
         reached = await self.apply(events)
-        await msgs[-1].ack()  # AckAll: acknowledges the whole batch
+        if ack:
+            await msgs[-1].ack()  # AckAll: acknowledges the whole batch
         return reached
 
     async def apply(self, events: Sequence[PlainEvent]) -> int:
