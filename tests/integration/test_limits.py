@@ -123,6 +123,7 @@ async def test_the_checks_read_a_local_copy_that_sees_every_instance_s_takes(
         assert await here.check_all([key, own]) == 0
         assert await there.take(key) == 0
         assert await there.take(key) == 0
+
         # the copy catches up with the other instance's writes (no NATS read on the way)
         def emptied() -> bool:
             state = (store.peek(key) or (None, 0))[0]

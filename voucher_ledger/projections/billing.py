@@ -22,6 +22,7 @@ from typing import Any
 
 from voucher_ledger.ledger.ids import uuid5_text
 from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table, expand_placed
+from voucher_ledger.projections.prefetch import Want
 
 SUBSCRIPTION_ORDERS = Table(
     "subscription_orders",
@@ -95,6 +96,28 @@ class BillingProjection:
     name = "billing"
     tables = (SUBSCRIPTION_ORDERS.name, SUBSCRIPTIONS.name, INVOICES.name)
     keyed = frozenset(tables)
+
+    def wants(self, events: Sequence[PlainEvent]) -> list[Want]:
+        """The reads :meth:`apply` will make (projections/prefetch.py); the subscriptions of
+        the tenants whose orders open in the batch (those completed here usually are)."""
+        completed: set[str] = set()
+        tenants: set[str] = set()
+        invoice_ids: set[str] = set()
+        for item in expand_placed(events):
+            event = item.doc["event"]
+            kind = event["type"]
+            if kind == _COMPLETED:
+                completed.add(event["order_id"])
+            elif kind == _OPENED:
+                tenants.add(event["tenant_id"])
+            elif kind == _INVOICE:
+                tenants.add(event["tenant_id"])
+                invoice_ids.add(event["stripe_invoice_id"])
+        return [
+            (SUBSCRIPTION_ORDERS.select, completed),
+            (SUBSCRIPTIONS.select, tenants),
+            (INVOICES.select, invoice_ids),
+        ]
 
     async def apply(self, conn: Conn, events: Sequence[PlainEvent]) -> None:
         events = expand_placed(events)  # order.placed: its parts, one by one

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table
+from voucher_ledger.projections.prefetch import Want
 from voucher_ledger.projections.vouchers import terms_columns
 
 CAMPAIGNS = Table(
@@ -98,6 +99,14 @@ def _missing(campaign_id: str) -> asyncpg.ForeignKeyViolationError:
     )
 
 
+def _campaign_ids(events: Sequence[PlainEvent]) -> set[str]:
+    return {
+        item.doc["event"]["campaign_id"]
+        for item in events
+        if item.doc["event"]["type"] in _CAMPAIGN_EVENTS
+    }
+
+
 class CampaignProjection:
     """``campaigns``, ``campaign_codes`` and ``campaign_redemptions``."""
 
@@ -105,12 +114,12 @@ class CampaignProjection:
     tables = (CAMPAIGNS.name, CAMPAIGN_CODES.name, CAMPAIGN_REDEMPTIONS.name)
     keyed = frozenset((CAMPAIGNS.name, CAMPAIGN_REDEMPTIONS.name))
 
+    def wants(self, events: Sequence[PlainEvent]) -> list[Want]:
+        """The reads :meth:`apply` will make (projections/prefetch.py)."""
+        return [(CAMPAIGNS.select, _campaign_ids(events))]
+
     async def apply(self, conn: Conn, events: Sequence[PlainEvent]) -> None:
-        ids: set[str] = set()
-        for item in events:
-            event = item.doc["event"]
-            if event["type"] in _CAMPAIGN_EVENTS:
-                ids.add(event["campaign_id"])
+        ids = _campaign_ids(events)
         if not ids:
             return
         rows: dict[str, list[Any]] = {

@@ -17,6 +17,7 @@ import asyncpg
 
 from voucher_ledger.ledger.global_voucher import share_of
 from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table
+from voucher_ledger.projections.prefetch import Want
 from voucher_ledger.projections.vouchers import plans_json, terms_columns
 
 GLOBAL_VOUCHERS = Table(
@@ -96,6 +97,12 @@ def _missing(code: str) -> asyncpg.ForeignKeyViolationError:
     )
 
 
+def _global_codes(events: Sequence[PlainEvent]) -> set[str]:
+    return {
+        item.doc["event"]["code"] for item in events if item.doc["event"]["type"] in _GLOBAL_EVENTS
+    }
+
+
 class GlobalVoucherProjection:
     """``global_vouchers`` and ``global_shares`` (the hub's; empty elsewhere)."""
 
@@ -103,12 +110,13 @@ class GlobalVoucherProjection:
     tables = (GLOBAL_VOUCHERS.name, GLOBAL_SHARES.name)
     keyed = frozenset(tables)
 
+    def wants(self, events: Sequence[PlainEvent]) -> list[Want]:
+        """The reads :meth:`apply` will make (projections/prefetch.py)."""
+        codes = _global_codes(events)
+        return [(GLOBAL_VOUCHERS.select, codes), (_SHARES_OF, codes)]
+
     async def apply(self, conn: Conn, events: Sequence[PlainEvent]) -> None:
-        codes = {
-            item.doc["event"]["code"]
-            for item in events
-            if item.doc["event"]["type"] in _GLOBAL_EVENTS
-        }
+        codes = _global_codes(events)
         if not codes:
             return
         wanted = list(codes)

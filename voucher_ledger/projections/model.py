@@ -5,7 +5,8 @@ built.
 Each read model (``vouchers.py``, ``wallets.py``, ``audit.py``) has ONE applier, used by the
 live projector and by a rebuild alike: a batch's events are folded in memory, row by row, as
 one statement per event would change the rows one event after another; the rows a batch
-touches that already exist (from an earlier batch) are read first, rows created by the batch
+touches that already exist (from an earlier batch) are read first (in the live projector, all
+the read models' reads of a batch in one query: ``prefetch.py``), rows created by the batch
 are written once with ``COPY``, rows that existed once with one ``UPDATE … FROM unnest(…)`` per
 table, and insert-only rows with ``COPY``. Table names are unqualified: a rebuild sets
 ``search_path`` to its shadow schema.

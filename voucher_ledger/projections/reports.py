@@ -36,6 +36,7 @@ from pydantic_core import from_json, to_json
 from voucher_ledger.ledger.campaign_codes import campaign_of
 from voucher_ledger.ledger.events import PLACED, placed_parts
 from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table
+from voucher_ledger.projections.prefetch import Want
 
 VOUCHERS_SCOPE = "vouchers"  # codes of no campaign
 NO_CODE_SCOPE = "none"  # orders without a code
@@ -135,6 +136,24 @@ class ReportProjection:
     name = "reports"
     tables = (REPORT_FACTS.name, REPORT_GRANTS.name, REPORT_HOLDS.name, REPORT_ORDERS.name)
     keyed = frozenset((REPORT_GRANTS.name, REPORT_HOLDS.name, REPORT_ORDERS.name))
+
+    def wants(self, events: Sequence[PlainEvent]) -> list[Want]:
+        """The reads :meth:`apply` will make (projections/prefetch.py)."""
+        customers: set[str] = set()
+        order_ids: set[str] = set()
+        for item in events:
+            event = item.doc["event"]
+            kind = event["type"]
+            if kind == PLACED or kind in _WALLET:
+                customers.add(item.doc["aggregate_id"])
+                order_ids.add(event["order_id"])
+            elif kind in _ORDER:
+                order_ids.add(event["order_id"])
+        return [
+            (_GRANTS_OF, customers),
+            (REPORT_HOLDS.select, order_ids),
+            (REPORT_ORDERS.select, order_ids),
+        ]
 
     async def apply(self, conn: Conn, events: Sequence[PlainEvent]) -> None:
         # (seq, doc, event) of every event that matters here, order.placed as its parts

@@ -17,6 +17,7 @@ import asyncpg
 from pydantic_core import to_json
 
 from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table
+from voucher_ledger.projections.prefetch import Want
 
 VOUCHERS = Table(
     "vouchers",
@@ -119,6 +120,12 @@ _VOUCHER_EVENTS = frozenset(
 )
 
 
+def _codes(events: Sequence[PlainEvent]) -> set[str]:
+    return {
+        item.doc["event"]["code"] for item in events if item.doc["event"]["type"] in _VOUCHER_EVENTS
+    }
+
+
 class VoucherProjection:
     """``vouchers`` and ``redemptions``."""
 
@@ -126,12 +133,12 @@ class VoucherProjection:
     tables = (VOUCHERS.name, REDEMPTIONS.name)
     keyed = frozenset(tables)
 
+    def wants(self, events: Sequence[PlainEvent]) -> list[Want]:
+        """The reads :meth:`apply` will make (projections/prefetch.py)."""
+        return [(VOUCHERS.select, _codes(events))]
+
     async def apply(self, conn: Conn, events: Sequence[PlainEvent]) -> None:
-        codes: set[str] = set()
-        for item in events:
-            event = item.doc["event"]
-            if event["type"] in _VOUCHER_EVENTS:
-                codes.add(event["code"])
+        codes = _codes(events)
         if not codes:
             return
         rows: dict[str, list[Any]] = {

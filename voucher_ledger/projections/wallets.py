@@ -17,6 +17,7 @@ import asyncpg
 from pydantic_core import to_json
 
 from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table, expand_placed
+from voucher_ledger.projections.prefetch import Want
 
 WALLETS = Table(
     "wallets",
@@ -130,6 +131,27 @@ def _jsonb(value: Any) -> str:
     return to_json(value).decode()
 
 
+def _wallet_keys(events: Sequence[PlainEvent]) -> tuple[set[str], set[str], set[str]]:
+    """The wallets, orders and credit lots ``events`` (order.placed expanded) touch."""
+    customers: set[str] = set()
+    order_ids: set[str] = set()
+    lot_ids: set[str] = set()
+    for item in events:
+        event = item.doc["event"]
+        kind = event["type"]
+        if kind in _MOVES:
+            customers.add(item.doc["aggregate_id"])
+            if kind == _GRANTED:
+                order_ids.add(event["order_id"])
+            elif kind == _EXPIRED:
+                lot_ids.add(event["redemption_id"])
+            else:
+                lot_ids.update(share["redemption_id"] for share in event.get("lots") or ())
+        elif kind in _ORDER_EVENTS:
+            order_ids.add(event["order_id"])
+    return customers, order_ids, lot_ids
+
+
 class WalletProjection:
     """``wallets``, ``credit_entries`` and ``orders``."""
 
@@ -137,24 +159,18 @@ class WalletProjection:
     tables = (WALLETS.name, CREDIT_ENTRIES.name, ORDERS.name, CREDIT_LOTS.name)
     keyed = frozenset((WALLETS.name, ORDERS.name, CREDIT_LOTS.name))
 
+    def wants(self, events: Sequence[PlainEvent]) -> list[Want]:
+        """The reads :meth:`apply` will make (projections/prefetch.py)."""
+        customers, order_ids, lot_ids = _wallet_keys(expand_placed(events))
+        return [
+            (WALLETS.select, customers),
+            (ORDERS.select, order_ids),
+            (CREDIT_LOTS.select, lot_ids),
+        ]
+
     async def apply(self, conn: Conn, events: Sequence[PlainEvent]) -> None:
         events = expand_placed(events)  # order.placed: its parts, one by one
-        customers: set[str] = set()
-        order_ids: set[str] = set()
-        lot_ids: set[str] = set()
-        for item in events:
-            event = item.doc["event"]
-            kind = event["type"]
-            if kind in _MOVES:
-                customers.add(item.doc["aggregate_id"])
-                if kind == _GRANTED:
-                    order_ids.add(event["order_id"])
-                elif kind == _EXPIRED:
-                    lot_ids.add(event["redemption_id"])
-                else:
-                    lot_ids.update(share["redemption_id"] for share in event.get("lots") or ())
-            elif kind in _ORDER_EVENTS:
-                order_ids.add(event["order_id"])
+        customers, order_ids, lot_ids = _wallet_keys(events)
         if not customers and not order_ids:
             return
         wallets: dict[str, list[Any]] = {}
