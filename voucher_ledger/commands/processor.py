@@ -407,8 +407,8 @@ class PartitionProcessor:
         by ``asyncio.wait_for`` inside nats.py's fetch on Python < 3.12)."""
         self._stopped = True
 
-    def _should_stop(self) -> bool:
-        task = asyncio.current_task()
+    def _should_stop(self, task: asyncio.Task[Any] | None) -> bool:
+        """``task``: the loop's own (looked up once, not on every turn)."""
         return self._stopped or (task is not None and task.cancelling() > 0)
 
     def pull_loop(self) -> PullLoop:
@@ -429,8 +429,9 @@ class PartitionProcessor:
             self.partition,
             self._layout.processor_durable(self.partition),
         )
+        me = asyncio.current_task()
         try:
-            while not self._should_stop():
+            while not self._should_stop(me):
                 flight = self._inflight
                 # No waiting while decided or undecided commands could go out now; with an
                 # append in flight, wake up for new commands or for its end.
@@ -446,7 +447,7 @@ class PartitionProcessor:
                     log.warning("partition %d: pull failed: %r", self.partition, exc)
                     await asyncio.sleep(0.5)
                     continue
-                if self._should_stop():
+                if self._should_stop(me):
                     break
                 await self.turn(msgs)
             # Stopping: what was taken is finished (decided, appended, answered).
