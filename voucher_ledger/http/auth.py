@@ -8,6 +8,8 @@ Neither the token nor the secret ever appears in an error message or a log line.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import os
@@ -254,8 +256,8 @@ class Authenticator:
     async def authenticate(self, authorization: str | None) -> Principal:
         token = _bearer(authorization)
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
+            header = _peek_header(token)
+        except ValueError as exc:
             raise _invalid("malformed header", exc) from None
         alg = header.get("alg")
         if alg == "HS256" and self._secret is not None:
@@ -391,6 +393,20 @@ def _bearer(authorization: str | None) -> str:
     if len(token) > MAX_TOKEN_CHARS:
         raise _invalid("token too long")
     return token
+
+
+def _peek_header(token: str) -> dict[str, Any]:
+    """The token's header, read only to choose the key: ``jwt.decode`` reads it again, and
+    checks it and everything else. (``jwt.get_unverified_header`` decodes and checks all three
+    parts, character by character, to read the first: a third of a token check, issue #19.)"""
+    head = token.split(".", 1)[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (binascii.Error, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError("not base64url JSON") from exc
+    if not isinstance(header, dict):
+        raise ValueError("not a JSON object")
+    return header
 
 
 def _invalid(reason: str, exc: Exception | None = None) -> AuthError:
