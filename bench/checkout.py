@@ -135,13 +135,21 @@ async def checkout_storm(
 
 
 async def run_http(
-    service: Service, workload: Workload, tag: str, secret: str, wrap: Wrap | None = None
+    service: Service,
+    workload: Workload,
+    tag: str,
+    secret: str,
+    wrap: Wrap | None = None,
+    settle: Callable[[], Awaitable[None]] | None = None,
 ) -> RunStats:
     """This service's checkout storm: vouchers issued over HTTP and the read models caught up
-    (not measured), then the storm with the service's lag sampler and CPU meter around it."""
+    (not measured), ``settle`` awaited, then the storm with the service's lag sampler and CPU
+    meter around it."""
     codes = code_names(tag, workload)
     await issue_over_http(service.process.base_url, codes, workload.cap, secret)
     await service.wait_projections()
+    if settle is not None:
+        await settle()
     items = _items(codes, tag, secret)
     async with _session(workload.clients) as session:
         attempt = _attempt(session, service.process.base_url + CHECKOUT)

@@ -504,7 +504,10 @@ def to_markdown(results: Results) -> str:
             "## HTTP checkout: voucher-ledger against the seed's design over HTTP",
             "",
             "Alternated trials per row (`--checkout-trials`: the seed first in odd trials, "
-            "second in even ones), each side's storm on fresh codes; the row shows the trial "
+            "second in even ones), each side's storm on fresh codes and started after a "
+            "PostgreSQL `CHECKPOINT` (the dirty pages of the storm before and of its own "
+            "setup written out, so neither side's CPU carries the other's); the row shows the "
+            "trial "
             "whose ratio is the median, with every trial's ratio. CPU per checkout: the "
             "server processes of each side (the client, the same on both, is left out: it is "
             "in the CPU table below). Load: the 1-minute load average when the row started.",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -112,12 +113,20 @@ class SeedServer(HttpProcess):
 
 
 async def run_seed(
-    server: SeedServer, workload: Workload, tag: str, secret: str, pids: dict[str, int]
+    server: SeedServer,
+    workload: Workload,
+    tag: str,
+    secret: str,
+    pids: dict[str, int],
+    settle: Callable[[], Awaitable[None]] | None = None,
 ) -> RunStats:
     """One storm of checkouts against the seed server: vouchers issued over HTTP (not
-    measured), then ``workload`` through the shared client with the CPU meter on."""
+    measured), ``settle`` awaited, then ``workload`` through the shared client with the CPU
+    meter on."""
     codes = code_names(tag, workload)
     await issue_over_http(server.base_url, codes, workload.cap, secret)
+    if settle is not None:
+        await settle()
     with CpuMeter({"seed": server.pid, **pids}, with_children=("postgres",)) as cpu:
         stats = await checkout_storm(server.base_url, workload, codes, tag, secret)
     stored = await server.stored(tag)
