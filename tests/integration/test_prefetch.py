@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 import asyncpg
 
 from voucher_ledger.projections.migrate import migrate
-from voucher_ledger.projections.prefetch import Prefetched, Prefetching, Row, _row_type
+from voucher_ledger.projections.model import TABLES
+from voucher_ledger.projections.prefetch import DEFER_ROWS, Batched, Prefetching, Row, _row_type
 from voucher_ledger.projections.registry import ALL_PROJECTIONS
 from voucher_ledger.projections.wallets import ORDERS, WALLETS
 
@@ -41,7 +42,7 @@ async def test_announced_reads_come_from_one_query_with_the_connection_s_values(
     conn = await asyncpg.connect(database)
     try:
         await _filled(conn)
-        prefetched = Prefetched(conn)
+        prefetched = Batched(conn)
         await prefetched.load(
             [
                 (WALLETS.select, {"org-a", "org-b"}),
@@ -79,7 +80,7 @@ async def test_reads_not_announced_or_with_other_keys_go_to_the_connection(
     conn = await asyncpg.connect(database)
     try:
         await _filled(conn)
-        prefetched = Prefetched(conn)
+        prefetched = Batched(conn)
         odd = "SELECT customer_id FROM wallets WHERE last_seq > 0 OR $1::text[] IS NULL"
         await prefetched.load([(WALLETS.select, {"org-a"}), (odd, {"x"})])
         # a key beyond the announcement: the connection answers, with the row it has
@@ -103,3 +104,84 @@ def test_every_read_a_read_model_announces_can_be_combined() -> None:
     for projection in announcing:
         for sql, _ in projection.wants([]):
             assert _row_type(sql) is not None, (projection.name, sql)
+
+
+async def test_kept_writes_go_as_one_statement_and_leave_what_one_by_one_would(
+    database: str,
+) -> None:
+    """COPYs and parameter-only UPDATEs of different tables share one statement; a second
+    write to a table sends the kept ones first (its order kept), and a write that reads a
+    table is never kept (it must see the writes before it)."""
+    conn = await asyncpg.connect(database)
+    try:
+        await _filled(conn)
+        async with conn.transaction():
+            batched = Batched(conn)
+            wallet = ("org-new", 10, 0, AT, 20)
+            await batched.copy_records_to_table(
+                WALLETS.name, columns=WALLETS.names, records=[wallet]
+            )
+            row = await conn.fetchrow(ORDERS.select, ["o-1"])
+            assert row is not None
+            changed = [list(row)]
+            changed[0][ORDERS.index["status"]] = "refund_due"
+            await batched.execute(ORDERS.update, *ORDERS.update_args(changed))
+            assert batched.statements == 0  # kept
+            assert await conn.fetchval("SELECT count(*) FROM wallets") == 3
+            # a second write to wallets: the kept ones go first, then this one is kept
+            moved = [list(wallet)]
+            moved[0][WALLETS.index["balance_baisa"]] = 7
+            await batched.execute(WALLETS.update, *WALLETS.update_args(moved))
+            assert batched.statements == 1
+            # a write that reads a table sees every write before it
+            await batched.execute(
+                "UPDATE wallets SET last_seq = (SELECT count(*) FROM orders "
+                "WHERE status = 'refund_due') WHERE customer_id = $1",
+                "org-a",
+            )
+            assert batched.statements == 3
+            await batched.flush()
+            assert batched.statements == 3  # nothing was left
+            balances = dict(await conn.fetch("SELECT customer_id, balance_baisa FROM wallets"))
+            assert balances["org-new"] == 7
+            assert (
+                await conn.fetchval("SELECT last_seq FROM wallets WHERE customer_id = 'org-a'") == 1
+            )
+            # more rows than DEFER_ROWS go as a COPY of their own
+            many = [(f"org-{i}", 0, 0, AT, i) for i in range(DEFER_ROWS + 1)]
+            await batched.copy_records_to_table(WALLETS.name, columns=WALLETS.names, records=many)
+            assert batched.statements == 4
+            assert await conn.fetchval("SELECT count(*) FROM wallets") == 4 + DEFER_ROWS + 1
+    finally:
+        await conn.close()
+
+
+_SAME = {
+    "int4": "integer",
+    "int8": "bigint",
+    "bool": "boolean",
+    "timestamptz": "timestamp with time zone",
+}
+
+
+async def test_every_declared_column_has_its_table_s_type(database: str) -> None:
+    """A kept COPY inserts arrays cast to the declared types: each must be the column's own
+    (else a value could be cast on the way, or refused)."""
+    conn = await asyncpg.connect(database)
+    try:
+        await migrate(conn)
+        for table in TABLES.values():
+            actual = {
+                r["attname"]: r["type"]
+                for r in await conn.fetch(
+                    "SELECT attname, format_type(atttypid, atttypmod) AS type "
+                    "FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 "
+                    "AND NOT attisdropped",
+                    table.name,
+                )
+            }
+            for column in table.columns:
+                declared = _SAME.get(column.type, column.type)
+                assert actual[column.name] == declared, (table.name, column.name)
+    finally:
+        await conn.close()

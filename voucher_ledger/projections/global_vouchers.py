@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from voucher_ledger.ledger.global_voucher import share_of
-from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table
+from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table, parameters_only
 from voucher_ledger.projections.prefetch import Want
 from voucher_ledger.projections.vouchers import plans_json, terms_columns
 
@@ -65,7 +65,8 @@ _S_ANSWERED, _S_REDEEMED, _S_TRAIL = _S["answered"], _S["redeemed"], _S["trail_s
 _S_UPDATED = _S["updated_at"]
 _SHARE_FIGURES = (_S_ALLOTTED, _S_RELEASED, _S_REQUESTED, _S_ANSWERED, _S_REDEEMED, _S_TRAIL)
 # by the whole primary key (the Table's UPDATE matches on the first column only)
-_SHARES_UPDATE = """
+_SHARES_UPDATE = parameters_only(
+    """
 UPDATE global_shares SET allotted = d.allotted, released = d.released,
     requested = d.requested, answered = d.answered, redeemed = d.redeemed,
     trail_seq = d.trail_seq, updated_at = d.updated_at
@@ -75,6 +76,7 @@ FROM unnest($1::text[], $2::text[], $3::integer[], $4::integer[], $5::integer[],
          updated_at)
 WHERE global_shares.code = d.code AND global_shares.sovereign = d.sovereign
 """
+)
 _SHARES_OF = (
     f"SELECT {', '.join(GLOBAL_SHARES.names)} FROM global_shares "  # noqa: S608 - constant names
     "WHERE code = ANY($1::text[])"

@@ -111,6 +111,19 @@ class Column:
     updated: bool = False  # whether a later event changes it (written by the UPDATE)
 
 
+TABLES: dict[str, Table] = {}  # every declared table by name (prefetch.py's writes)
+# The writes that read nothing but their parameters (each table's UPDATE from unnest, and those
+# named by parameters_only): they may share a statement (prefetch.py).
+PARAMETERS_ONLY: set[str] = set()
+
+
+def parameters_only(sql: str) -> str:
+    """Declare ``sql`` a write that reads no table, only its parameters (and the rows it
+    writes), so prefetch.py may send it together with other such writes."""
+    PARAMETERS_ONLY.add(sql)
+    return sql
+
+
 class Table:
     """One declaration of a table's columns, in the order of its rows in memory (lists, or the
     tuples given to ``COPY``): the rows are addressed by ``index[name]`` (read into module
@@ -118,6 +131,7 @@ class Table:
     column is the key the UPDATE matches rows on."""
 
     def __init__(self, name: str, *columns: Column, where: str = "") -> None:
+        TABLES[name] = self
         self.name = name
         self.columns = columns
         self.names = tuple(c.name for c in columns)
@@ -141,6 +155,7 @@ class Table:
             + f" WHERE {name}.{self.key} = d.{self.key}"
             + (f" AND {where}" if where else "")
         )
+        parameters_only(self.update)
 
     def new_row(self, **values: Any) -> list[Any]:
         """A row from a value for every column, by name (a missing or unknown name raises)."""

@@ -35,7 +35,7 @@ from voucher_ledger.jetstream.api import JetStreamApiError, js_api
 from voucher_ledger.jetstream.pulls import PullLoop, stream_sequence
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.projections.model import Conn, PlainEvent, Projection, plain_event
-from voucher_ledger.projections.prefetch import Prefetched, Prefetching, Want
+from voucher_ledger.projections.prefetch import Batched, Prefetching, Want
 from voucher_ledger.signing.chain import Checked, StreamChecker
 from voucher_ledger.signing.cutover import reader_checker
 from voucher_ledger.signing.proof import IntegrityError
@@ -267,7 +267,13 @@ class _Acks:
 # flush: a PostgreSQL crash can lose the last few hundred milliseconds of them, checkpoints
 # included (never one without the other: atomic), and the projector applies those events again
 # from the stream. The ledger's durability is the event stream's fsync'd append (issue #19).
-_ASYNC_COMMIT = "SET LOCAL synchronous_commit TO off"
+#
+# Its statements are planned once per connection, not at every execution (a custom plan for
+# each batch's arrays cost more than running them): the reads and writes by key, and writes
+# from arrays, which a generic plan serves as well.
+_ASYNC_COMMIT = (
+    "SET LOCAL synchronous_commit TO off; SET LOCAL plan_cache_mode TO force_generic_plan"
+)
 
 
 class Projector:
@@ -496,13 +502,13 @@ class Projector:
             if moved != self._moved_all:
                 await conn.execute("ROLLBACK")
                 return None
-            target: Conn = conn
-            if self._wants:  # every read announced goes in one round trip (prefetch.py)
-                prefetched = Prefetched(conn)
-                await prefetched.load([w for wants in self._wants for w in wants(events)])
-                target = cast(Conn, prefetched)  # fetch answered, the rest passed through
+            # The reads announced in one round trip, the writes in one more (prefetch.py).
+            batched = Batched(conn)
+            await batched.load([w for wants in self._wants for w in wants(events)])
+            target = cast(Conn, batched)  # fetch, execute and COPY batched, the rest passed on
             for apply in self._appliers:
                 await apply(target, events)
+            await batched.flush()
             await conn.execute("COMMIT")
         except BaseException:
             if conn.is_in_transaction():

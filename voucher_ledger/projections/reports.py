@@ -35,7 +35,7 @@ from pydantic_core import from_json, to_json
 
 from voucher_ledger.ledger.campaign_codes import campaign_of
 from voucher_ledger.ledger.events import PLACED, placed_parts
-from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table
+from voucher_ledger.projections.model import Column, Conn, PlainEvent, Table, parameters_only
 from voucher_ledger.projections.prefetch import Want
 
 VOUCHERS_SCOPE = "vouchers"  # codes of no campaign
@@ -88,12 +88,12 @@ _G_SCOPE, _G_EXPIRING = _G["scope"], _G["expiring"]
 _G_LEFT, _G_SEQ = _G["left_baisa"], _G["seq"]
 _O = REPORT_ORDERS.index
 # by the whole primary key (the Table's UPDATE matches on the first column only)
-_GRANTS_UPDATE = """
+_GRANTS_UPDATE = parameters_only("""
 UPDATE report_grants SET left_baisa = d.left_baisa
 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS d(customer_id, redemption_id, left_baisa)
 WHERE report_grants.customer_id = d.customer_id
   AND report_grants.redemption_id = d.redemption_id
-"""
+""")
 _GRANTS_OF = (
     f"SELECT {', '.join(REPORT_GRANTS.names)} FROM report_grants "  # noqa: S608 - constant names
     "WHERE customer_id = ANY($1::text[])"
