@@ -50,7 +50,11 @@ class PlainEvent(NamedTuple):
 
 def expand_placed(events: Sequence[PlainEvent]) -> Sequence[PlainEvent]:
     """Each ``order.placed`` as its parts (``OrderPlaced.parts``), at its sequence, for the
-    read models that are written per part (one credit entry per movement, and so on)."""
+    read models that are written per part (one credit entry per movement, and so on). The
+    last batch's expansion is kept: two read models and their announcements ask for it four
+    times a batch (a tuple: nobody changes it)."""
+    if _LAST.events is events:
+        return _LAST.expanded
     if not any(e.doc["event"]["type"] == PLACED for e in events):
         return events
     out: list[PlainEvent] = []
@@ -62,7 +66,18 @@ def expand_placed(events: Sequence[PlainEvent]) -> Sequence[PlainEvent]:
             )
         else:
             out.append(e)
-    return out
+    _LAST.events, _LAST.expanded = events, tuple(out)
+    return _LAST.expanded
+
+
+class _Last:
+    """The batch expanded last (known by identity) and its expansion."""
+
+    events: Sequence[PlainEvent] | None = None
+    expanded: tuple[PlainEvent, ...] = ()
+
+
+_LAST = _Last()
 
 
 def plain_event(seq: int, data: bytes) -> PlainEvent:
