@@ -68,8 +68,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="after the matched rows, py-spy the service during an extra (unmeasured) "
-        "hot-code storm at the largest client count; writes profile.md",
+        help="after the matched rows, py-spy the service during extra (unmeasured) storms "
+        "(--profile-workload, --profile-clients); writes profile.md",
     )
     parser.add_argument(
         "--profile-workload",
@@ -455,8 +455,8 @@ class Runner:
 
     async def profile(self, service: Service, secret: str, http_ok: bool) -> None:
         """py-spy on the serve process, its processor process and this process (the clients)
-        during extra, unmeasured hot-code storms: the bus at the most clients, the HTTP checkout
-        at one client and at the most; summaries into profile.md (raw stacks: *.folded), with
+        during extra, unmeasured storms (``--profile-workload``, hot by default): the bus at the
+        most clients (or ``--profile-clients``), the HTTP checkout at one client and at that; summaries into profile.md (raw stacks: *.folded), with
         each storm's CPU per attempt of every process (nats-server and PostgreSQL included)."""
         kind = self.args.profile_workload
         most = self.args.profile_clients or max(self.sizes.clients)
