@@ -456,8 +456,9 @@ class Runner:
     async def profile(self, service: Service, secret: str, http_ok: bool) -> None:
         """py-spy on the serve process, its processor process and this process (the clients)
         during extra, unmeasured storms (``--profile-workload``, hot by default): the bus at the
-        most clients (or ``--profile-clients``), the HTTP checkout at one client and at that; summaries into profile.md (raw stacks: *.folded), with
-        each storm's CPU per attempt of every process (nats-server and PostgreSQL included)."""
+        most clients (or ``--profile-clients``), the HTTP checkout at one client and at that;
+        summaries into profile.md (raw stacks: *.folded), with each storm's CPU per attempt of
+        every process (nats-server and PostgreSQL included)."""
         kind = self.args.profile_workload
         most = self.args.profile_clients or max(self.sizes.clients)
         attempts = min(self.sizes.hot_attempts, PROFILE_ATTEMPTS)
