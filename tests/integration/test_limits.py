@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+from collections.abc import AsyncIterator
 
 from nats.aio.client import Client
 
@@ -106,16 +108,28 @@ async def _mirrored(nc: Client, bucket: str, probe_every: float = 0.2) -> KeyMir
     return mirror
 
 
+@contextlib.asynccontextmanager
+async def _copy_and_another(
+    nats_url: str, bucket: str
+) -> AsyncIterator[tuple[TokenStore, KeyMirror, Client]]:
+    """This instance's store with its local copy, and another instance's connection."""
+    mine, theirs = await connect(nats_url), await connect(nats_url)
+    mirror = await _mirrored(mine, bucket)
+    try:
+        yield TokenStore(mine, bucket, mirror=mirror), mirror, theirs
+    finally:
+        await mirror.stop()
+        await mine.close()
+        await theirs.close()
+
+
 async def test_the_checks_read_a_local_copy_that_sees_every_instance_s_takes(
     nats_url: str, applied: streams.StreamsSpec
 ) -> None:
     """Issue #19: the checkout's check reads the bucket's local copy, not NATS. Another
     instance's takes reach the copy; this instance's own takes are in it as soon as they are
     acknowledged."""
-    mine, theirs = await connect(nats_url), await connect(nats_url)
-    mirror = await _mirrored(mine, applied.limits_bucket)
-    try:
-        store = TokenStore(mine, applied.limits_bucket, mirror=mirror)
+    async with _copy_and_another(nats_url, applied.limits_bucket) as (store, _mirror, theirs):
         here = SharedLimiter(store, Limit(1, 2), "promo")
         there = SharedLimiter(TokenStore(theirs, applied.limits_bucket), Limit(1, 2), "promo")
         key, own = here.key("customer", "mallory"), here.key("customer", "eve")
@@ -136,10 +150,6 @@ async def test_the_checks_read_a_local_copy_that_sees_every_instance_s_takes(
         assert await here.take(own) == 0
         assert await here.check(own) > 0
         assert await here.check_all([own, here.key("addr", "192.0.2.50")]) > 0
-    finally:
-        await mirror.stop()
-        await mine.close()
-        await theirs.close()
 
 
 async def test_a_copy_whose_consumer_is_gone_is_not_trusted_and_is_read_again(
@@ -148,10 +158,7 @@ async def test_a_copy_whose_consumer_is_gone_is_not_trusted_and_is_read_again(
     """The copy's consumer deleted behind its back: the next probe finds it gone, the copy is
     dropped (checks ask NATS meanwhile) and read again, and it sees the writes made while it
     was gone."""
-    mine, theirs = await connect(nats_url), await connect(nats_url)
-    mirror = await _mirrored(mine, applied.limits_bucket)
-    try:
-        store = TokenStore(mine, applied.limits_bucket, mirror=mirror)
+    async with _copy_and_another(nats_url, applied.limits_bucket) as (store, mirror, theirs):
         here = SharedLimiter(store, Limit(1, 1), "promo")
         there = SharedLimiter(TokenStore(theirs, applied.limits_bucket), Limit(1, 1), "promo")
         key = here.key("addr", "203.0.113.99")
@@ -166,10 +173,6 @@ async def test_a_copy_whose_consumer_is_gone_is_not_trusted_and_is_read_again(
         await wait_until(lambda: mirror.current, timeout=15)
         assert store.peek(key) is not None
         assert await here.check(key) > 0  # from the copy read again
-    finally:
-        await mirror.stop()
-        await mine.close()
-        await theirs.close()
 
 
 async def test_with_nats_gone_the_copy_is_not_trusted_and_the_check_fails_open(

@@ -90,6 +90,28 @@ def one_month_after(at: datetime) -> datetime:
     return at.replace(year=year, month=month, day=day)
 
 
+def _billing_keys(
+    events: Sequence[PlainEvent],
+) -> tuple[set[str], set[str], set[str], set[str]]:
+    """Of ``events`` (order.placed expanded): the orders completed, the tenants of invoices,
+    the invoices, and the tenants of the orders opened."""
+    completed: set[str] = set()
+    tenants: set[str] = set()
+    invoice_ids: set[str] = set()
+    opened: set[str] = set()
+    for item in events:
+        event = item.doc["event"]
+        kind = event["type"]
+        if kind == _COMPLETED:
+            completed.add(event["order_id"])
+        elif kind == _OPENED:
+            opened.add(event["tenant_id"])
+        elif kind == _INVOICE:
+            tenants.add(event["tenant_id"])
+            invoice_ids.add(event["stripe_invoice_id"])
+    return completed, tenants, invoice_ids, opened
+
+
 class BillingProjection:
     """``subscriptions``, ``invoices`` and ``subscription_orders``."""
 
@@ -100,40 +122,17 @@ class BillingProjection:
     def wants(self, events: Sequence[PlainEvent]) -> list[Want]:
         """The reads :meth:`apply` will make (projections/prefetch.py); the subscriptions of
         the tenants whose orders open in the batch (those completed here usually are)."""
-        completed: set[str] = set()
-        tenants: set[str] = set()
-        invoice_ids: set[str] = set()
-        for item in expand_placed(events):
-            event = item.doc["event"]
-            kind = event["type"]
-            if kind == _COMPLETED:
-                completed.add(event["order_id"])
-            elif kind == _OPENED:
-                tenants.add(event["tenant_id"])
-            elif kind == _INVOICE:
-                tenants.add(event["tenant_id"])
-                invoice_ids.add(event["stripe_invoice_id"])
+        completed, tenants, invoice_ids, opened = _billing_keys(expand_placed(events))
         return [
             (SUBSCRIPTION_ORDERS.select, completed),
-            (SUBSCRIPTIONS.select, tenants),
+            (SUBSCRIPTIONS.select, tenants | opened),
             (INVOICES.select, invoice_ids),
         ]
 
     async def apply(self, conn: Conn, events: Sequence[PlainEvent]) -> None:
         events = expand_placed(events)  # order.placed: its parts, one by one
-        completed: set[str] = set()
-        tenants: set[str] = set()
-        invoice_ids: set[str] = set()
-        for item in events:
-            event = item.doc["event"]
-            kind = event["type"]
-            if kind == _COMPLETED:
-                completed.add(event["order_id"])
-            elif kind == _INVOICE:
-                tenants.add(event["tenant_id"])
-                invoice_ids.add(event["stripe_invoice_id"])
-        opened_here = any(item.doc["event"]["type"] == _OPENED for item in events)
-        if not completed and not invoice_ids and not opened_here:
+        completed, tenants, invoice_ids, opened = _billing_keys(events)
+        if not completed and not invoice_ids and not opened:
             return
         orders: dict[str, tuple[Any, ...]] = {}
         if completed:
