@@ -19,6 +19,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -332,6 +333,14 @@ class Projector:
             else None
         )
         self._moved_all = f"UPDATE {len(self._names)}"
+        # The same checkpoint move as a statement prepared on the run loop's connection (planned
+        # once, not at every batch: issue #19), and that connection.
+        self._move_sql = (
+            _MOVE_ALL.replace("{names}", ", ".join(f"'{n}'" for n in self._names))
+            .replace("{last}", "$1")
+            .replace("{before}", "$2")
+        )
+        self._prepared: tuple[Conn, str] | None = None
 
     def stop(self) -> None:
         self._stopped = True
@@ -423,6 +432,7 @@ class Projector:
             # connection at the next start.
             async with self._pool.acquire() as conn:
                 self._conn = conn
+                await self._prepare_move(conn)
                 acks = _Acks()
                 while not self._stopped:
                     task = asyncio.current_task()
@@ -435,8 +445,18 @@ class Projector:
                     await acks.send_if_due(idle=not msgs)
         finally:
             self._conn = None
+            self._prepared = None
             with contextlib.suppress(Exception):
                 await pulls.stop()
+
+    async def _prepare_move(self, conn: Conn) -> None:
+        """Prepare the checkpoint move on ``conn`` (a name of its own: the connection goes
+        back to the pool with it when the loop ends)."""
+        if self._begin_sql is None:
+            return
+        name = f"vl_move_{os.urandom(6).hex()}"
+        await conn.execute(f"PREPARE {name} (bigint, bigint) AS {self._move_sql}")
+        self._prepared = (conn, name)
 
     async def apply_messages(self, msgs: Sequence[Msg], *, ack: bool = True) -> int:
         """Check and apply a batch of deliveries; acknowledge it unless ``ack`` is False (the
@@ -498,7 +518,13 @@ class Projector:
         if begin is None:
             return None
         try:
-            moved = await conn.execute(begin.format(last=int(last), before=int(first) - 1))
+            prepared = self._prepared
+            if prepared is not None and prepared[0] is conn:
+                moved = await conn.execute(
+                    f"BEGIN; {_ASYNC_COMMIT}; EXECUTE {prepared[1]}({int(last)}, {int(first) - 1})"
+                )
+            else:
+                moved = await conn.execute(begin.format(last=int(last), before=int(first) - 1))
             if moved != self._moved_all:
                 await conn.execute("ROLLBACK")
                 return None
