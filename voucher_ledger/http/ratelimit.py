@@ -34,9 +34,8 @@ two reads before each checkout are dictionary lookups, not two NATS round trips.
 trusted only while it is known to be current: once a second its consumer is asked how far it
 is, and a copy whose consumer is gone, or has writes left to deliver and delivered none since
 the second before, is dropped and read again from the start; meanwhile every check asks NATS
-as before. An
-instance's own writes go into its copy when their acknowledgement comes. Takes (a
-read-modify-write with the key's revision) always read NATS.
+as before. An instance's own writes go into its copy when their acknowledgement comes. Takes
+(a read-modify-write with the key's revision) always read NATS.
 
 **Refused promo codes** are counted, not reserved: a checkout with a promo code first reads
 its address's and its customer's buckets (refused at once when either is empty) and takes a
@@ -224,13 +223,13 @@ class KeyMirror:
                 raise
             except Exception as exc:  # noqa: BLE001 - an outage or a stale copy: start over
                 log.info("limits copy of %s: %r; reading it again", self._stream, exc)
-            self._current = False
             self.restarts += 1
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
 
     async def _follow(self) -> None:
-        self._current = False
+        """Read the bucket from the start and follow it, probing; returns only by raising (not
+        current again until the next follow has caught up: see ``finally``)."""
         self._keys = {}
         js = self._nc.jetstream()
 

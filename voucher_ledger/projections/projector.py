@@ -9,7 +9,8 @@ never in the broker. Only the holder of the projector's lease runs it (one per n
 Each batch's events are decoded into plain dicts (``model.plain_event``) and given to each read
 model's one applier (``vouchers.py``, ``wallets.py``, ``audit.py``: the batch folded in memory,
 each table written with a few statements whatever the batch's size), the same a rebuild uses.
-The reads the read models announce (``wants``) go first, all in one query (``prefetch.py``).
+The reads the read models announce (``wants``) go first, all in one query, and their writes
+together in one statement before the commit (``prefetch.py``).
 """
 
 from __future__ import annotations
@@ -325,21 +326,14 @@ class Projector:
         self._conn: Conn | None = None  # held by the running loop
         self._public_key = public_key
         self.checker: StreamChecker | None = None
-        # BEGIN and the usual checkpoint move in one round trip (see _MOVE_ALL).
-        self._begin_sql = (
-            f"BEGIN; {_ASYNC_COMMIT}; "
-            + _MOVE_ALL.replace("{names}", ", ".join(f"'{n}'" for n in self._names))
-            if all(_SAFE_NAME.match(n) for n in self._names)
-            else None
-        )
+        # BEGIN and the usual checkpoint move in one round trip (see _MOVE_ALL): formatted with
+        # the batch's bounds, or (on the run loop's connection, issue #19) prepared once there
+        # and executed with them; that connection and the statement's name.
+        move = _MOVE_ALL.replace("{names}", ", ".join(f"'{n}'" for n in self._names))
+        safe = all(_SAFE_NAME.match(n) for n in self._names)
+        self._begin_sql = f"BEGIN; {_ASYNC_COMMIT}; {move}" if safe else None
+        self._move_sql = move.replace("{last}", "$1").replace("{before}", "$2")
         self._moved_all = f"UPDATE {len(self._names)}"
-        # The same checkpoint move as a statement prepared on the run loop's connection (planned
-        # once, not at every batch: issue #19), and that connection.
-        self._move_sql = (
-            _MOVE_ALL.replace("{names}", ", ".join(f"'{n}'" for n in self._names))
-            .replace("{last}", "$1")
-            .replace("{before}", "$2")
-        )
         self._prepared: tuple[Conn, str] | None = None
 
     def stop(self) -> None:
