@@ -19,6 +19,7 @@ from tests.integration.histories import ROW_KEYS, write_mixed_history
 from tests.integration.statement_oracle import ORACLES
 from voucher_ledger.commands.bus import CommandBus
 from voucher_ledger.commands.eventstore import JetStreamEventStore
+from voucher_ledger.jetstream.api import js_api
 from voucher_ledger.jetstream.streams import StreamsSpec
 from voucher_ledger.ledger.commands import (
     IssueVoucher,
@@ -412,3 +413,32 @@ async def test_the_voucher_code_check_takes_exactly_the_codes_the_rule_allows(
 
 class _RolledBack(Exception):
     pass
+
+
+async def test_the_running_projector_acknowledges_what_it_applied_once_the_stream_is_quiet(
+    make_host: HostFactory, bus: CommandBus, nc: Client, applied: StreamsSpec, pool: asyncpg.Pool
+) -> None:
+    """The run loop acknowledges every 250 ms, not after every batch (issue #19), and at once
+    when the stream goes quiet: after catching up, its consumer holds nothing unacknowledged
+    (else it would deliver it all again after its ack_wait, and stop at max_ack_pending)."""
+    await make_host()
+    await make_history(bus)
+    events = await stream_events(nc, applied)
+    status = ProjectionStatus(pool, ["vouchers"])
+    projector = Projector(nc, pool, applied, VoucherProjection(), status, batch=16)
+    task = asyncio.create_task(projector.run())
+
+    async def nothing_to_ack() -> bool:
+        info = await js_api(nc, f"CONSUMER.INFO.{applied.event_stream}.{projector.durable}")
+        return int(info["num_ack_pending"]) == 0
+
+    try:
+        await wait_until(
+            lambda: status.applied["vouchers"] >= events[-1].seq, what="projector caught up"
+        )
+        assert projector.batches > 1  # many batches, fewer acknowledgements
+        await wait_until(nothing_to_ack, timeout=5, what="nothing left to acknowledge")
+    finally:
+        projector.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
