@@ -131,6 +131,10 @@ async def test_seed_four_step_smoke_test_runs_as_written_on_the_embedded_default
         service.signal(signal.SIGINT)
         assert await service.wait(60) == 0, service.output()[-4000:]
         assert "shutting down" in service.output()
+        # uvloop is a dependency: a newcomer's serve runs on it, unless EVENT_LOOP=asyncio
+        # (CI's run with the fast paths off takes asyncio's own loop).
+        loop = "asyncio" if env.get("EVENT_LOOP") == "asyncio" else "uvloop"
+        assert f"(event loop: {loop})" in service.output()
         assert processes_using(data_dir) == [], "nats-server or postgres left running"
     finally:
         service.kill()

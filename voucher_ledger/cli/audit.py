@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from voucher_ledger.cli.common import PROG, UserError, connected, load_streams
+from voucher_ledger.cli.common import PROG, UserError, connected, load_streams, run_loop
 from voucher_ledger.config.settings import Settings
 from voucher_ledger.ledger.money import BAISA
 
@@ -140,8 +140,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "schema":
             return _schema(args)
         if args.command == "show":
-            return asyncio.run(_show(args, settings))
-        return asyncio.run(_tail(args, settings))
+            return run_loop(_show(args, settings), settings)
+        return run_loop(_tail(args, settings), settings)
     except UserError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.code

@@ -1,15 +1,17 @@
 """What the command groups share: one-line user errors, the connection to the running
-service's NATS, the streams declaration, and the process tuning of long-running commands."""
+service's NATS, the streams declaration, the event loop every command runs on, and the process
+tuning of long-running commands."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
+import importlib
 import logging
 import signal
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from voucher_ledger.config.settings import Settings
 
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROG = "voucher-ledger"
+
+T = TypeVar("T")
 
 
 class UserError(Exception):
@@ -77,6 +81,38 @@ def load_streams(settings: Settings) -> Any:
         return load_spec(settings)
     except Exception as exc:  # a bad STREAMS_FILE: its error is the message
         raise UserError(f"cannot load the streams declaration: {exc}") from exc
+
+
+def loop_factory(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
+    """EVENT_LOOP -> the loop's name and what makes one (None: asyncio's own). ``auto`` takes
+    uvloop where it can be imported; ``uvloop`` where it cannot is a :class:`UserError`."""
+    if choice == "asyncio":
+        return "asyncio", None
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError as exc:
+        if choice == "uvloop":
+            raise UserError(f"EVENT_LOOP=uvloop, but uvloop cannot be imported: {exc}") from exc
+        return "asyncio", None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return "uvloop", factory
+
+
+def run_loop(main: Coroutine[Any, Any, T], settings: Settings) -> T:
+    """``asyncio.run(main)`` on the event loop the settings choose (:func:`loop_factory`)."""
+    try:
+        name, factory = loop_factory(settings.event_loop)
+    except UserError:
+        main.close()  # never awaited: no "coroutine was never awaited" warning
+        raise
+    log.debug("event loop: %s", name)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+def loop_name() -> str:
+    """The running event loop's library: ``uvloop`` or ``asyncio``."""
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
 
 
 def stop_on_signals() -> asyncio.Event:

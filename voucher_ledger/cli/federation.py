@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from voucher_ledger.cli.common import PROG, connected, load_streams
+from voucher_ledger.cli.common import PROG, UserError, connected, load_streams, run_loop
 from voucher_ledger.config.settings import Settings
 from voucher_ledger.service import federation
 
@@ -45,7 +45,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.wait < 0 or args.wait > 3600:
         print(f"{PROG}: --wait must be between 0 and 3600 seconds", file=sys.stderr)
         return 2
-    return asyncio.run(_check(settings, args.wait))
+    try:
+        return run_loop(_check(settings, args.wait), settings)
+    except UserError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.code
 
 
 async def _check(settings: Settings, wait: float) -> int:

@@ -9,12 +9,11 @@ the source cannot be read.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from voucher_ledger.cli.common import PROG, UserError, connected, load_streams
+from voucher_ledger.cli.common import PROG, UserError, connected, load_streams, run_loop
 from voucher_ledger.config.settings import Settings, redact_url
 
 COMMANDS = ("import-seed",)
@@ -114,7 +113,7 @@ def _signer(settings: Settings) -> Any:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        return asyncio.run(_import(args, settings))
+        return run_loop(_import(args, settings), settings)
     except UserError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.code

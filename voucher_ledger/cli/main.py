@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
@@ -18,7 +17,7 @@ from voucher_ledger.cli import natscreds as nats_cli
 from voucher_ledger.cli import orgmove as org_cli
 from voucher_ledger.cli import replay as replay_cli
 from voucher_ledger.cli import signing as signing_cli
-from voucher_ledger.cli.common import stop_on_signals, tune_gc
+from voucher_ledger.cli.common import UserError, loop_name, run_loop, stop_on_signals, tune_gc
 from voucher_ledger.cli.logformat import formatter
 from voucher_ledger.config.errors import StartupError
 from voucher_ledger.config.settings import PARENT_ENV, Settings
@@ -98,7 +97,12 @@ async def _serve(settings: Settings, owner: DataDirLock | None) -> int:
                 nats_url=started.nats_url,
                 database_url=started.database_url,
             )
-        log.info("voucher-ledger listening on http://%s:%d", settings.host, settings.port)
+        log.info(
+            "voucher-ledger listening on http://%s:%d (event loop: %s)",
+            settings.host,
+            settings.port,
+            loop_name(),
+        )
         log.info(
             "console: http://%s:%d/console/ (sign in with `voucher-ledger token`); public redeem "
             "page: /redeem",
@@ -296,7 +300,7 @@ def _serve_owning(settings: Settings) -> int:
         owner = DataDirLock(settings.data_dir)
         owner.acquire()
     try:
-        return asyncio.run(_serve(settings, owner))
+        return run_loop(_serve(settings, owner), settings)
     finally:
         if owner is not None:
             owner.release()
@@ -344,9 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return _serve_owning(settings)
         if args.command == "processors":
-            return asyncio.run(_processors(settings))
-        return asyncio.run(_streams(settings, args.action))
-    except StartupError as exc:
+            return run_loop(_processors(settings), settings)
+        return run_loop(_streams(settings, args.action), settings)
+    except (StartupError, UserError) as exc:
         print(f"voucher-ledger: {exc}", file=sys.stderr)
         return 1
     except StreamsError as exc:

@@ -10,7 +10,6 @@ here); 1: another failure (NATS unreachable, a key file unreadable).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import sys
@@ -18,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from voucher_ledger.cli.common import PROG, UserError, connected, load_streams
+from voucher_ledger.cli.common import PROG, UserError, connected, load_streams, run_loop
 from voucher_ledger.config.settings import Settings
 from voucher_ledger.ledger.codes import validate_customer_id
 from voucher_ledger.ledger.errors import InvalidInput
@@ -266,7 +265,7 @@ async def _import(args: argparse.Namespace, settings: Settings) -> int:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     job = _export if args.action == "export" else _import
     try:
-        return asyncio.run(job(args, settings))
+        return run_loop(job(args, settings), settings)
     except UserError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.code

@@ -19,7 +19,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
 from tqdm import tqdm
 
-from voucher_ledger.cli.common import PROG, UserError, connect, load_streams, nats_url, tune_gc
+from voucher_ledger.cli.common import (
+    PROG,
+    UserError,
+    connect,
+    load_streams,
+    nats_url,
+    run_loop,
+    tune_gc,
+)
 from voucher_ledger.config.settings import Settings, redact_url
 from voucher_ledger.projections import sovereign_trail
 from voucher_ledger.projections.rebuild import Progress, RebuildSummary, rebuild
@@ -236,8 +244,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     fastpaths.configure(settings.fast_paths)
     try:
         if args.command == "rebuild":
-            return asyncio.run(_rebuild(args, settings))
-        return asyncio.run(_verify(settings))
+            return run_loop(_rebuild(args, settings), settings)
+        return run_loop(_verify(settings), settings)
     except UserError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.code

@@ -145,6 +145,11 @@ class Settings(BaseSettings):
     # The fast paths into nats.py's and aiohttp's private internals (README "Fast paths");
     # false: every one of them takes the libraries' public path.
     fast_paths: bool = Field(default=True, alias="FAST_PATHS")
+    # The event loop every command runs on (README "Event loop"): uvloop, libuv's loop with its
+    # transports in C (a checkout's CPU in serve and its processor process fell by about a
+    # fifth, bench/README.md), or asyncio's own. auto: uvloop where it is installed (it is a
+    # dependency on Linux and macOS), else asyncio's.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(default="auto", alias="EVENT_LOOP")
     # Guessed promo codes at checkout (unknown, revoked, malformed), per client address
     # and per customer, across every serve instance (like PREVIEW_RATE_PER_MINUTE/PREVIEW_BURST:
     # a token bucket; past it, a checkout with a promo code answers 429 with Retry-After).
