@@ -23,7 +23,7 @@ import subprocess
 import sys
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -328,6 +328,20 @@ async def issue_global(hub: Site, code: str, cap: int) -> dict[str, Any]:
     return body
 
 
+async def known_on(topology: dict[str, Site], code: str, names: Sequence[str]) -> None:
+    """Wait until each named Sovereign has received its share of the global code ``code``
+    (its read model shows the voucher). Until then, a checkout there is rightly refused as
+    "voucher not found": the share travels by sourcing across the leaf link."""
+    for name in names:
+        shop = topology[name].shop
+
+        async def has_it(shop: Shop = shop) -> bool:
+            reply = await shop.request("GET", f"/billing/vouchers/{code}")
+            return reply.status == 200
+
+        await wait_until(has_it, timeout=60)
+
+
 async def local_redemptions(site: Site, code: str) -> int:
     """The Sovereign's own standing redemptions of ``code`` (its stream, not a read model):
     voucher.redeemed events less reversals, folded from its event stream."""
@@ -502,6 +516,7 @@ async def test_a_global_code_holds_its_cap_across_both_sovereigns(
     issued = await issue_global(hub, code, 100)
     assert issued["pool"] == 50
     assert [s["allotted"] for s in issued["sovereigns"]] == [25, 25]
+    await known_on(topology, code, SOVEREIGNS)
     storm = Storm(topology, code, 150)
     tasks = storm.run()
     peak = 0
@@ -547,11 +562,7 @@ async def test_a_cut_sovereign_redeems_its_share_and_the_cap_holds_through_the_h
     code = new_code("GCUT")
     await issue_global(hub, code, 100)
 
-    async def north_has_it() -> bool:
-        reply = await north.shop.request("GET", f"/billing/vouchers/{code}")
-        return reply.status == 200
-
-    await wait_until(north_has_it, timeout=60)
+    await known_on(topology, code, SOVEREIGNS)
     storm = Storm(topology, code, 150)
     tasks = storm.run()
     await wait_until(lambda: storm.total >= 20, timeout=60)
