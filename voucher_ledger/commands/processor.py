@@ -604,12 +604,12 @@ class PartitionProcessor:
                     later.after = None
             await self._answer(plan.kind, plan.items, plan.outcomes, final)
         if stored:
-            # The answers go out now (their callers' next commands come back sooner); the
-            # acks, which nobody waits for, follow.
-            write_now(self._nc)
+            # The answers, then the acks, go out now in one write (their callers' next
+            # commands come back sooner; written apart, the acks cost a second system call).
             for plan, _ in stored:
                 for item in plan.items:
                     await item.msg.ack()
+            write_now(self._nc)
         if any(plan.new for plan, _ in stored):
             self._stats.appends += 1
             self._stats.append_seconds += flight.seconds
