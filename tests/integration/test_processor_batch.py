@@ -160,7 +160,7 @@ async def test_a_batch_of_several_codes_is_one_append_and_a_stale_code_is_decide
     assert stats.conflicts == 1
 
 
-async def test_a_settled_appends_answers_reach_the_socket_before_its_acks(
+async def test_a_settled_appends_answers_and_acks_go_out_in_one_write_answers_first(
     nc: Client,
     bus: CommandBus,
     store: JetStreamEventStore,
@@ -168,7 +168,8 @@ async def test_a_settled_appends_answers_reach_the_socket_before_its_acks(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The callers wait for their answers, nobody for the acks: every answer of an append is
-    published and written out before the first of its commands' acks is published."""
+    published before the first of its commands' acks, and the answers and the acks are then
+    written out together (one send on the socket, not one for each kind)."""
     (code,) = codes_in_one_partition(applied, 1)
     proc = processor_for(nc, applied, store, applied.layout.partition_of(code))
     issue = IssueVoucher(code=code, credit_baisa=100, max_redemptions=100)
@@ -203,4 +204,7 @@ async def test_a_settled_appends_answers_reach_the_socket_before_its_acks(
     last_answer = max(i for i, what in enumerate(seen) if what == "answer")
     first_ack = seen.index("ack")
     assert last_answer < first_ack, seen
-    assert "write" in seen[last_answer:first_ack], seen
+    first_answer = seen.index("answer")
+    last_ack = max(i for i, what in enumerate(seen) if what == "ack")
+    assert "write" not in seen[first_answer:last_ack], seen  # no write between them ...
+    assert seen[last_ack + 1 : last_ack + 2] == ["write"], seen  # ... one right after the acks
