@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -89,7 +88,7 @@ def loop_factory(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLo
     if choice == "asyncio":
         return "asyncio", None
     try:
-        uvloop = importlib.import_module("uvloop")
+        import uvloop
     except ImportError as exc:
         if choice == "uvloop":
             raise UserError(f"EVENT_LOOP=uvloop, but uvloop cannot be imported: {exc}") from exc
