@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -44,9 +45,18 @@ class ServiceProcess:
         self.proc.send_signal(sig)
 
     async def wait(self, timeout: float = 30) -> int:
+        """The exit code; an AssertionError naming where the process is stuck (its stacks,
+        by py-spy where it can attach, and its output's tail) if it has not exited in time."""
         assert self.proc is not None
         proc = self.proc
-        return await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout)
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout)
+        except TimeoutError:
+            stacks = await asyncio.to_thread(_stacks, proc.pid)
+            raise AssertionError(
+                f"{' '.join(self.args[:1])} (pid {proc.pid}) did not exit in {timeout:.0f} s\n"
+                f"{stacks}\n--- its output's tail ---\n{self.output()[-6000:]}"
+            ) from None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -55,6 +65,32 @@ class ServiceProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def _stacks(pid: int) -> str:
+    """The Python stacks of a process and its children, or why there are none."""
+    pids = [pid]
+    with contextlib.suppress(psutil.Error):
+        pids += [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    dumps = []
+    for one in pids:
+        try:
+            done = subprocess.run(
+                [
+                    os.path.join(os.path.dirname(sys.executable), "py-spy"),
+                    "dump",
+                    "--pid",
+                    str(one),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            dumps.append(f"--- py-spy dump {one} ---\n{done.stdout}{done.stderr}")
+        except (OSError, subprocess.SubprocessError) as exc:
+            dumps.append(f"--- no stacks for {one}: {exc}")
+    return "\n".join(dumps)
 
 
 async def wait_http(url: str, proc: ServiceProcess, timeout: float = 60) -> aiohttp.ClientResponse:

@@ -449,6 +449,9 @@ async def test_the_report_at_the_hub_json_and_csv(
         resp = await client.get(REPORT, params={"code": "OTHER"}, headers=bearer())
         body = await resp.json()
         assert [r["code"] for r in body["rows"]] == ["OTHER"]
+        # a code filter is normalised like every code: " other " is OTHER
+        resp = await client.get(REPORT, params={"code": " other "}, headers=bearer())
+        assert [r["code"] for r in (await resp.json())["rows"]] == ["OTHER"]
 
         # global=true: no global vouchers read model in this database (where a build has
         # one, it is moved aside: the report reads only its codes)
@@ -473,8 +476,11 @@ async def test_the_report_at_the_hub_json_and_csv(
         ({"from": "2026-01-01T00:00:00Z"}, 400, "unknown query parameter 'from'"),
         ({"format": "xml"}, 400, "format must be json or csv"),
         ({"global": "yes"}, 400, "global must be true or false"),
-        ({"code": ""}, 400, "a code is 1 to 64 characters"),
-        ({"code": "X" * 65}, 400, "a code is 1 to 64 characters"),
+        ({"code": ""}, 400, "code: code is required"),
+        ({"code": "X" * 65}, 400, "code: invalid code"),
+        # a NUL once reached Postgres, which refuses it in text: a 500 (found by schemathesis)
+        ({"code": "WEL\x00COME"}, 400, "code: invalid code"),
+        ({"code": "ÑÖ"}, 400, "code: code must be ASCII"),
     ],
 )
 async def test_bad_report_queries_are_400(

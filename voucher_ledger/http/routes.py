@@ -42,6 +42,7 @@ from voucher_ledger.http.openapi import (
 )
 from voucher_ledger.http.paging import LIST_HEADERS
 from voucher_ledger.ledger.campaign_codes import ALPHABET
+from voucher_ledger.ledger.codes import CODE_INPUT_PATTERN
 
 # Operations served at two paths (the seed's legacy aliases): one declaration each.
 
@@ -127,8 +128,8 @@ SOVEREIGN_REPORT_QUERY: tuple[dict[str, Any], ...] = (
         "name": "code",
         "in": "query",
         "required": False,
-        "description": "only this code (repeatable, at most 1000)",
-        "schema": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 64}},
+        "description": "only this code (repeatable, at most 1000; normalised like every code)",
+        "schema": {"type": "array", "items": {"type": "string", "pattern": CODE_INPUT_PATTERN}},
         "style": "form",
         "explode": True,
     },

@@ -2,8 +2,8 @@
 code, the redemptions standing, the redemptions reversed and the credit the standing ones
 granted, then each Sovereign's totals. From the hub's read model of its Sovereigns' trail
 (``projections/sovereign_trail.py``). JSON, or CSV with ``?format=csv`` (or
-``Accept: text/csv``). ``?code=`` (repeatable) keeps those codes; ``?global=true`` only the
-global vouchers (by the hub's ``global_vouchers`` read model)."""
+``Accept: text/csv``). ``?code=`` (repeatable, normalised like every code) keeps those codes;
+``?global=true`` only the global vouchers (by the hub's ``global_vouchers`` read model)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from voucher_ledger.http.errors import ApiError, ok
 from voucher_ledger.http.keys import POOL, SETTINGS
 from voucher_ledger.http.reports import csv_response
 from voucher_ledger.http.vouchers import ISSUER_FORBIDDEN, authenticate
+from voucher_ledger.ledger.codes import normalise_code
+from voucher_ledger.ledger.errors import InvalidInput
 from voucher_ledger.ledger.money import whole_omr
 from voucher_ledger.projections import sovereign_trail
 from voucher_ledger.projections.trail_fold import ReportLine, report_lines
@@ -91,8 +93,10 @@ async def sovereign_report(request: web.Request) -> web.Response:
     if codes is not None:
         if len(codes) > MAX_CODES:
             raise ApiError(400, f"at most {MAX_CODES} codes")
-        if any(not c or len(c) > 64 for c in codes):
-            raise ApiError(400, "a code is 1 to 64 characters")
+        try:  # normalised like every code; a control character never reaches Postgres
+            codes = [normalise_code(c) for c in codes]
+        except InvalidInput as exc:
+            raise ApiError(400, f"code: {exc.message}") from exc
     pool = request.app[POOL]
     if only_global == "true":
         known = await sovereign_trail.global_codes(pool)
