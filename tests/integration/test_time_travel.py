@@ -3,7 +3,7 @@ processors answered at that moment."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -142,7 +142,24 @@ def test_bad_timestamps_say_what_is_expected(raw: str) -> None:
         parse_timestamp(raw)
 
 
-@pytest.mark.parametrize("raw", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "0001-01-01T00:00:00+14:00",
+        "9999-12-31T23:59:59-14:00",
+        # the ends themselves: PostgreSQL's -infinity and infinity to asyncpg
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999999Z",
+        "9999-12-31T23:59:59.999999+00:00",
+    ],
+)
 def test_a_moment_outside_years_1_to_9999_in_utc_is_a_bad_timestamp_not_a_crash(raw: str) -> None:
     with pytest.raises(BadTimestamp, match="years 1-9999"):
         parse_timestamp(raw)
+
+
+@pytest.mark.parametrize(
+    "raw", ["0001-01-01T00:00:00.000001Z", "9999-12-31T23:59:59.999998Z", "9999-12-31T23:59:59Z"]
+)
+def test_the_moments_next_to_the_ends_are_good_timestamps(raw: str) -> None:
+    assert parse_timestamp(raw) == datetime.fromisoformat(raw)

@@ -35,7 +35,7 @@ from voucher_ledger.http.keys import POOL, SETTINGS
 from voucher_ledger.http.models import OkOut
 from voucher_ledger.http.openapi import MAX_OFFSET
 from voucher_ledger.http.paging import page_headers
-from voucher_ledger.http.vouchers import discount_fields, require_issuer, send
+from voucher_ledger.http.vouchers import discount_fields, require_issuer, send, stored_moment
 from voucher_ledger.ledger.campaign_codes import new_campaign_id, validate_campaign_id
 from voucher_ledger.ledger.codes import validate_command_id
 from voucher_ledger.ledger.commands import CreateCampaign, GenerateCampaignCodes, RevokeCampaign
@@ -90,7 +90,8 @@ def campaign_out(row: dict[str, Any], cls: type[CampaignOut] = CampaignOut, **ex
     capped = (row["max_redemptions"] and row["times_redeemed"] >= row["max_redemptions"]) or (
         left is not None and left < row["credit_baisa"]
     )
-    window = window_refusal(row["starts_at"], row["expires_at"], datetime.now(UTC))
+    starts_at, expires_at = stored_moment(row["starts_at"]), stored_moment(row["expires_at"])
+    window = window_refusal(starts_at, expires_at, datetime.now(UTC))
     plans = row["plans"]
     if isinstance(plans, str):  # jsonb as its text
         plans = json.loads(plans)
@@ -116,8 +117,8 @@ def campaign_out(row: dict[str, Any], cls: type[CampaignOut] = CampaignOut, **ex
         accepting_redemptions=bool(live and not capped and window is None),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
-        starts_at=row["starts_at"],
-        expires_at=row["expires_at"],
+        starts_at=starts_at,
+        expires_at=expires_at,
         plans=plans,
         min_order_omr=row["min_order_baisa"] // BAISA,
         new_organizations_only=row["new_organizations_only"],

@@ -25,7 +25,13 @@ from voucher_ledger.http.keys import POOL, SETTINGS
 from voucher_ledger.http.models import OkOut
 from voucher_ledger.http.openapi import MAX_OFFSET
 from voucher_ledger.http.paging import page_headers
-from voucher_ledger.http.vouchers import discount_fields, path_code, require_issuer, send
+from voucher_ledger.http.vouchers import (
+    discount_fields,
+    path_code,
+    require_issuer,
+    send,
+    stored_moment,
+)
 from voucher_ledger.ledger.commands import IssueGlobal, IssueVoucher, RecallShare, RevokeGlobal
 from voucher_ledger.ledger.durations import format_duration
 from voucher_ledger.ledger.errors import InvalidInput
@@ -75,8 +81,8 @@ def global_out(row: dict[str, Any], shares: list[dict[str, Any]]) -> GlobalOut:
         revoked=row["revoked"],
         pool=row["pool"],
         share=row["share"],
-        starts_at=row["starts_at"],
-        expires_at=row["expires_at"],
+        starts_at=stored_moment(row["starts_at"]),
+        expires_at=stored_moment(row["expires_at"]),
         plans=_json_list(row["plans"]),
         min_order_omr=row["min_order_baisa"] // BAISA,
         min_order_baisa=row["min_order_baisa"],

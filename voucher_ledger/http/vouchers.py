@@ -208,6 +208,13 @@ def discount_fields(row: dict[str, Any]) -> dict[str, Any]:
     return gives(row["credit_baisa"], discount_of(row))
 
 
+def stored_moment(value: datetime | None) -> datetime | None:
+    """A read model's moment, in UTC: PostgreSQL's -infinity and infinity come back from
+    asyncpg as Python's first and last moments without a time zone (an expiry of
+    9999-12-31T23:59:59.999999Z, refused at the door since, was stored as infinity)."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 def voucher_out(row: dict[str, Any]) -> VoucherOut:
     return VoucherOut(
         **discount_fields(row),
@@ -220,8 +227,8 @@ def voucher_out(row: dict[str, Any]) -> VoucherOut:
         times_redeemed=row["times_redeemed"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
-        starts_at=row["starts_at"],
-        expires_at=row["expires_at"],
+        starts_at=stored_moment(row["starts_at"]),
+        expires_at=stored_moment(row["expires_at"]),
         plans=_plans(row["plans"]),
         min_order_omr=row["min_order_baisa"] // BAISA,
         min_order_baisa=row["min_order_baisa"],
@@ -241,8 +248,8 @@ def refusal_now(row: dict[str, Any]) -> str | None:
         revoked=row["revoked"],
         max_redemptions=row["max_redemptions"],
         times_redeemed=row["times_redeemed"],
-        starts_at=row["starts_at"],
-        expires_at=row["expires_at"],
+        starts_at=stored_moment(row["starts_at"]),
+        expires_at=stored_moment(row["expires_at"]),
         now=datetime.now(UTC),
     )
     if reason is None and row.get("campaign_capped"):
@@ -365,8 +372,8 @@ async def redeem_preview(request: web.Request) -> web.Response:
         description=row["description"],
         active=row["active"],
         accepting_redemptions=reason is None,
-        starts_at=row["starts_at"],
-        expires_at=row["expires_at"],
+        starts_at=stored_moment(row["starts_at"]),
+        expires_at=stored_moment(row["expires_at"]),
         kind=(discount_of(row) or _CREDIT).kind,
         summary=summary_of(row),
         reason=reason,

@@ -45,9 +45,21 @@ def parse_timestamp(raw: str, *, name: str = "at") -> datetime:
     if value.tzinfo is None:
         raise BadTimestamp(f"{name} needs a time zone (Z or +hh:mm): {_TIMESTAMP_HINT}")
     try:
-        return value.astimezone(UTC)
+        value = value.astimezone(UTC)
     except OverflowError as exc:  # 0001-01-01T00:00:00+14:00 is before year 1 in UTC
         raise BadTimestamp(f"{name} is out of range: years 1-9999 in UTC") from exc
+    if value in _ENDS:
+        # The first and last moments Python has are PostgreSQL's -infinity and infinity to
+        # asyncpg, read back without a time zone (a voucher or campaign whose expires_at was
+        # 9999-12-31T23:59:59.999999Z made every list of them a 500; found by schemathesis).
+        raise BadTimestamp(
+            f"{name} is out of range: years 1-9999 in UTC, after 0001-01-01T00:00:00Z and "
+            "before 9999-12-31T23:59:59.999999Z"
+        )
+    return value
+
+
+_ENDS = (datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
 
 
 @dataclass(frozen=True, slots=True)
