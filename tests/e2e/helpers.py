@@ -54,7 +54,7 @@ class ServiceProcess:
         except TimeoutError:
             stacks = await asyncio.to_thread(_stacks, proc.pid)
             raise AssertionError(
-                f"{' '.join(self.args[:1])} (pid {proc.pid}) did not exit in {timeout:.0f} s\n"
+                f"{self.args[0]} (pid {proc.pid}) did not exit in {timeout:.0f} s\n"
                 f"{stacks}\n--- its output's tail ---\n{self.output()[-6000:]}"
             ) from None
 
