@@ -50,6 +50,7 @@ def test_the_processor_childs_counters_reach_metrics_through_its_report() -> Non
         loads=8,
         presumed=9,
         presumed_wrong=1,
+        chained=11,
     )
     report = ProcessorReport.from_json(ProcessorReport([0, 3], stats).to_json())
     text = Metrics().render(*scrape_samples({"vouchers": 7}, report))
@@ -64,6 +65,7 @@ def test_the_processor_childs_counters_reach_metrics_through_its_report() -> Non
         "voucher_ledger_processor_loads_total 8.0",
         "voucher_ledger_processor_presumed_total 9.0",
         "voucher_ledger_processor_presumed_wrong_total 1.0",
+        "voucher_ledger_processor_chained_total 11.0",
         "voucher_ledger_processor_partitions_held 2.0",
         'voucher_ledger_projection_lag_events{projection="vouchers"} 7.0',
     ):

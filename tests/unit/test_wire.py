@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from voucher_ledger.commands.wire import CommandEnvelope, encode_command
-from voucher_ledger.ledger.commands import AnyCommand, Grant, GrantCredit, OpenOrder
+from voucher_ledger.commands.wire import CommandEnvelope, Then, encode_command
+from voucher_ledger.ledger.commands import AnyCommand, Grant, GrantCredit, OpenOrder, PlaceOrder
 from voucher_ledger.ledger.events import Actor, OrderLine
 from voucher_ledger.ledger.voucher import IssueVoucher, RedeemVoucher
 
@@ -54,3 +54,32 @@ def test_encode_command_equals_the_model(command: AnyCommand, sent_at: datetime)
     )
     assert raw == model.model_dump_json().encode()
     assert CommandEnvelope.model_validate_json(raw) == model
+
+
+def test_encode_command_with_a_chained_placement_equals_the_model() -> None:
+    actor = Actor(sub="u-1", role="member")
+    place = PlaceOrder(
+        customer_id="org-1",
+        order_id="o-1",
+        tenant_id="org-1",
+        plan_id="free",
+        promo_code="HOT-1",
+        lines=[OrderLine(kind="plan", id="free", name="Free \u2028", amount_baisa=0)],
+        total_baisa=0,
+    )
+    then = Then(command_id="place-o-1", command=place)
+    redeem = RedeemVoucher(code="HOT-1", customer_id="org-1", order=place.draft())
+    expires = NOW + timedelta(seconds=65)
+    raw = encode_command("redeem-o-1", actor, NOW, expires, redeem, then)
+    model = CommandEnvelope(
+        command_id="redeem-o-1",
+        actor=actor,
+        sent_at=NOW,
+        expires_at=expires,
+        command=redeem,
+        then=then,
+    )
+    assert raw == model.model_dump_json().encode()
+    assert CommandEnvelope.model_validate_json(raw) == model
+    # Not part of the command: the redemption's fingerprint is the same with or without it.
+    assert CommandEnvelope.model_validate_json(raw).command.fingerprint() == redeem.fingerprint()

@@ -44,16 +44,21 @@ from typing import Any
 import asyncpg
 
 from voucher_ledger.billing.catalog import CatalogError, CatalogSource, CatalogUnavailable
-from voucher_ledger.billing.failpoints import crash_if
+from voucher_ledger.billing.failpoints import armed, crash_if
 from voucher_ledger.billing.stripe_gateway import PaymentError, StripeGateway
-from voucher_ledger.commands.bus import EXPIRY_GRACE, BusError, CommandBus, CommandTimeout
-from voucher_ledger.commands.wire import Accepted, Rejected
+from voucher_ledger.commands.bus import (
+    EXPIRY_GRACE,
+    BusError,
+    CommandBus,
+    CommandTimeout,
+)
+from voucher_ledger.commands.chain import placement_after
+from voucher_ledger.commands.wire import ON_HOLD, Accepted, Rejected, Then
 from voucher_ledger.ledger.codes import validate_customer_id
 from voucher_ledger.ledger.commands import (
     AbandonOrder,
     AttachSession,
     ConfirmPayment,
-    DiscountGrant,
     ExpireCredit,
     FailOrder,
     Failure,
@@ -167,6 +172,11 @@ def wants_share(reply: Rejected) -> bool:
     )
 
 
+def _unavailable() -> CheckoutError:
+    """The answer while the ledger cannot decide (NATS down, a history on hold)."""
+    return CheckoutError(503, "the ledger is unavailable; retry later", {"Retry-After": "2"})
+
+
 def redeem_command_id(order_id: str) -> str:
     return f"redeem-{order_id}"
 
@@ -208,6 +218,7 @@ class CheckoutService:
         actor: Actor,
         *,
         expires_at: datetime | None = None,
+        then: Then | None = None,
     ) -> Accepted | Rejected:
         try:
             return await self._bus.send(
@@ -216,6 +227,7 @@ class CheckoutService:
                 command_id=command_id,
                 timeout=self._timeout,
                 expires_at=expires_at,
+                then=then,
             )
         except CommandTimeout as exc:
             raise CheckoutError(
@@ -224,9 +236,7 @@ class CheckoutService:
                 {"Retry-After": "1"},
             ) from exc
         except BusError as exc:
-            raise CheckoutError(
-                503, "the ledger is unavailable; retry later", {"Retry-After": "2"}
-            ) from exc
+            raise _unavailable() from exc
 
     async def _wallet(
         self, command: WalletCommandT, command_id: str, actor: Actor
@@ -285,30 +295,31 @@ class CheckoutService:
             payment_available=await self.stripe() is not None,
         )
         redeemed: Grant | None = None
+        placed: Accepted | Rejected | None = None  # the placement's reply, when chained
         if promo_code:
-            redeemed, first_order_only, discount = await self._redeem(place, actor)
-            place = place.model_copy(
-                update={
-                    "grant": redeemed,
-                    "first_order_only": first_order_only,
-                    "discount": discount,
-                }
-            )
+            place, placed = await self._redeem(place, actor)
+            redeemed = place.grant
             crash_if("checkout.after_redeem")
-        placed, refused = await self._wallet(place, place_command_id(order_id), actor)
-        if refused is not None:
-            return await self._not_placed(place, redeemed, refused, actor)
-        assert placed is not None
+        if placed is None:
+            placed = await self._send(place, place_command_id(order_id), actor)
+        if isinstance(placed, Rejected):
+            return await self._not_placed(place, redeemed, placed, actor)
         crash_if("checkout.after_settle")
         return await self.advance(customer_id, actor, _order_of(placed), placed.wallet, placed.seq)
 
     async def _redeem(
         self, place: PlaceOrder, actor: Actor
-    ) -> tuple[Grant | None, bool, DiscountGrant | None]:
-        """The order's redemption (carrying the order): its grant, if it earned credit,
-        whether the voucher is for an Organization's first order (the wallet decides that),
-        and the discount it gives, if it is a discount voucher (the wallet applies it)."""
+    ) -> tuple[PlaceOrder, Accepted | Rejected | None]:
+        """The order's redemption (carrying the order), with the order's placement chained to
+        it: ``place`` with the redemption's terms (:func:`placement_after`), and the
+        placement's reply if the processor placed it (None: the checkout places it itself)."""
         assert place.promo_code is not None
+        # A failpoint between the two steps (the crash tests) needs them apart.
+        then = (
+            None
+            if armed("checkout.after_redeem")
+            else Then(command_id=place_command_id(place.order_id), command=place)
+        )
         reply = await self._send(
             RedeemVoucher(
                 code=place.promo_code,
@@ -320,6 +331,7 @@ class CheckoutService:
             ),
             redeem_command_id(place.order_id),
             actor,
+            then=then,
         )
         if isinstance(reply, Rejected):
             if reply.reason == "expired":
@@ -336,29 +348,12 @@ class CheckoutService:
                 reason="invalid_promo",
                 refusal=reply.reason,
             )
-        assert reply.redemption is not None
-        rules = reply.voucher or reply.campaign  # a campaign's code: its campaign's rules
-        first_only = rules.new_organizations_only if rules is not None else False
-        terms = rules.discount if rules is not None else None  # a discount code's terms
-        discount = (
-            DiscountGrant(
-                redemption_id=reply.redemption.redemption_id, code=place.promo_code, terms=terms
-            )
-            if terms is not None
-            else None
-        )
-        if not reply.redemption.credit_baisa:
-            return None, first_only, discount
-        return (
-            Grant(
-                redemption_id=reply.redemption.redemption_id,
-                code=place.promo_code,
-                amount_baisa=reply.redemption.credit_baisa,
-                expires_at=reply.redemption.credit_expires_at,
-            ),
-            first_only,
-            discount,
-        )
+        placed = placement_after(place, reply)
+        if placed is None:
+            raise CheckoutError(503, "the ledger answered without the redemption; retry")
+        if isinstance(reply.then, Rejected) and reply.then.reason == ON_HOLD:
+            raise _unavailable()
+        return placed, reply.then
 
     def _want_share(self, code: str) -> None:
         """This Sovereign's share of the global code ``code`` is used up and a customer was

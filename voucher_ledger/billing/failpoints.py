@@ -13,6 +13,10 @@ _ARMED = frozenset(filter(None, os.environ.get("VL_FAILPOINTS", "").split(",")))
 EXIT_CODE = 86
 
 
+def armed(name: str) -> bool:
+    return name in _ARMED
+
+
 def crash_if(name: str) -> None:
     if name in _ARMED:
         log.critical("failpoint %s reached: exiting", name)

@@ -27,6 +27,7 @@ from voucher_ledger.commands.wire import (
     REPLY_HEADER,
     Accepted,
     Rejected,
+    Then,
     encode_command,
 )
 from voucher_ledger.jetstream.direct import DirectDispatch, status_of
@@ -167,9 +168,11 @@ class CommandBus:
         command_id: str | None = None,
         timeout: float = 10.0,
         expires_at: datetime | None = None,
+        then: Then | None = None,
     ) -> Accepted | Rejected:
         """Send and wait for the outcome. ``expires_at`` can only shorten the deadline after
-        which a processor refuses the command (it defaults to timeout + EXPIRY_GRACE)."""
+        which a processor refuses the command (it defaults to timeout + EXPIRY_GRACE).
+        ``then``: a redemption's chained placement (its reply comes in the redemption's)."""
         if self._sub is None:
             raise BusError("bus not started")
         if not self._nc.is_connected:  # nats.py would buffer the publish and wait it out
@@ -180,7 +183,7 @@ class CommandBus:
         if expires_at is not None and expires_at < expires:
             expires = expires_at
         # Every part is validated already (the command is a model, the actor too).
-        payload = encode_command(command_id, actor, now, expires, command)
+        payload = encode_command(command_id, actor, now, expires, command, then)
         subject = self._layout.command_subject(*command.aggregate)
         n = next(self._counter)
         loop = asyncio.get_running_loop()

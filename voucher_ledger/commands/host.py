@@ -161,6 +161,7 @@ class ProcessorHost(LeaseHost):
             cache=StateCache(),
             signer=self._signer,
             checker=self._checker,
+            route=self.processor,
         )
         task = asyncio.create_task(proc.run(), name=f"partition-{partition}")
         self._held[partition] = _Held(revision, time.monotonic(), proc, task)

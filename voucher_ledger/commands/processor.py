@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -41,6 +41,8 @@ import nats.errors
 from nats.aio.client import Client
 from pydantic import ValidationError
 
+from voucher_ledger.billing.failpoints import crash_if
+from voucher_ledger.commands.chain import placement_after
 from voucher_ledger.commands.store import (
     MAX_BATCH,
     ConcurrencyConflict,
@@ -93,6 +95,7 @@ class ProcessorStats:
     append_seconds: float = 0.0  # wall time of the appends counted in ``appends``
     events_appended: int = 0
     batches: int = 0
+    chained: int = 0  # placements handed on by the partition that decided their redemption
 
 
 def accepted_from(receipt: Receipt) -> Accepted:
@@ -300,6 +303,33 @@ class _Item:
     envelope: CommandEnvelope
 
 
+class _Chained:
+    """A placement chained to a redemption (:class:`~voucher_ledger.commands.wire.Then`),
+    handed by the partition that decided the redemption to the one that decides the wallet,
+    in this process. Nothing to ack: it never was on the command stream (lost with the
+    process, as a command not yet decided on the memory command stream is, so the caller's
+    retry or the checkout recovery finishes it). Its reply goes out inside the redemption's."""
+
+    __slots__ = ("redemption", "reply_to")
+
+    data = b""
+    headers = None
+
+    def __init__(self, reply_to: str, redemption: Accepted) -> None:
+        self.reply_to = reply_to
+        self.redemption = redemption
+
+    async def ack(self) -> None:
+        return None
+
+    async def term(self) -> None:
+        return None
+
+
+# The processor of a partition held in this process, if it is (a placement's chain goes there).
+Route = Callable[[int], "PartitionProcessor | None"]
+
+
 @dataclass
 class _Plan:
     """One aggregate's share of an append: the commands decided (in arrival order), their new
@@ -363,10 +393,13 @@ class PartitionProcessor:
         replies: ReplyPublisher | None = None,
         signer: EventSigner | None = None,
         checker: EventChecker | None = None,
+        route: Route | None = None,
     ) -> None:
         """``replies``: where the replies go (default: ``nc``). ``signer``: every new event is
         sealed with it (chained to its aggregate's head); ``checker``: every loaded history is
-        checked with it before it is folded (both None: unsigned, unchecked; tests only)."""
+        checked with it before it is folded (both None: unsigned, unchecked; tests only).
+        ``route``: the processors of the partitions this process holds (a redemption's chained
+        placement is handed to its wallet's; None, or not held here: the caller places it)."""
         self._nc = nc
         self._replies: ReplyPublisher = nc if replies is None else replies
         self._layout = layout
@@ -379,7 +412,10 @@ class PartitionProcessor:
         self.cache = cache or StateCache()
         self._signer = signer
         self._checker = checker
+        self._route = route
         self._stopped = False
+        self._pulls: PullLoop | None = None
+        self._local: list[_Item] = []  # chained placements handed over, not taken yet
         self._kinds: dict[str, AggregateKind] = {
             "voucher": _VoucherKind(policy),
             "wallet": _WalletKind(),
@@ -401,6 +437,16 @@ class PartitionProcessor:
     def decided_ahead(self) -> int:
         """Commands decided for the next append and not sent yet (tests, diagnostics)."""
         return sum(len(plan.items) for plan in self._next.values())
+
+    def offer(self, item: _Item) -> bool:
+        """Take a chained placement (from this process's partition that decided its
+        redemption); False if this processor is stopping (the caller answers without it)."""
+        if self._stopped:
+            return False
+        self._local.append(item)
+        if self._pulls is not None:
+            self._pulls.nudge()
+        return True
 
     def stop(self) -> None:
         """Ask the loop to end after the current batch (cancellation alone can be swallowed
@@ -424,6 +470,7 @@ class PartitionProcessor:
     async def run(self) -> None:
         pulls = self.pull_loop()
         await pulls.start()
+        self._pulls = pulls
         log.info(
             "partition %d: processing (%s)",
             self.partition,
@@ -435,7 +482,7 @@ class PartitionProcessor:
                 flight = self._inflight
                 # No waiting while decided or undecided commands could go out now; with an
                 # append in flight, wake up for new commands or for its end.
-                ready = flight is None and (self._groups or self._next)
+                ready = flight is None and bool(self._groups or self._next or self._local)
                 try:
                     msgs = await pulls.next(
                         timeout=0.0 if ready else 1.0,
@@ -453,6 +500,7 @@ class PartitionProcessor:
             # Stopping: what was taken is finished (decided, appended, answered).
             await self.drain()
         finally:
+            self._pulls = None
             flight, self._inflight = self._inflight, None
             if flight is not None and not flight.task.done():
                 flight.task.cancel()  # cancelled mid-append: its commands come back
@@ -471,7 +519,7 @@ class PartitionProcessor:
     async def drain(self) -> None:
         """Take every pending command to its end: decided, appended, answered and acked (or
         left unacked to come back, after a failure)."""
-        while self._groups or self._next or self._inflight is not None:
+        while self._groups or self._next or self._local or self._inflight is not None:
             flight = self._inflight
             if flight is not None and not flight.task.done():
                 await asyncio.wait({flight.task})
@@ -486,6 +534,10 @@ class PartitionProcessor:
             await self._settle(flight)
         if msgs:
             await self._take(msgs)
+        if self._local:
+            local, self._local = self._local, []
+            for item in local:
+                self._groups.setdefault(item.envelope.command.aggregate, []).append(item)
         if self._groups:
             await self._decide_pending()
         if self._inflight is None and self._next:
@@ -742,9 +794,7 @@ class PartitionProcessor:
                 message=message,
                 details={"seq": error.seq, "check": error.code},
             )
-            reply_to = (item.msg.headers or {}).get(REPLY_HEADER, "")
-            if reply_to.startswith(REPLY_PREFIX):
-                await self._replies.publish(reply_to, reply.model_dump_json().encode())
+            await self._reply(item, reply)
             await item.msg.ack()
 
     def _decide(self, plan: _Plan, items: list[_Item], budget: int, *, first: bool) -> int:
@@ -861,6 +911,47 @@ class PartitionProcessor:
                 reply = kind.reply(final, item.envelope.command, command_id)
                 # A replay (a retry, or a redelivery after a lease moved) is not a new effect.
                 self._stats.commands[(ctype, "replayed" if replayed else "accepted")] += 1
-            reply_to = (item.msg.headers or {}).get(REPLY_HEADER, "")
-            if reply_to.startswith(REPLY_PREFIX):
-                await self._replies.publish(reply_to, reply.model_dump_json().encode())
+                if item.envelope.then is not None and self._chain(item, reply):
+                    continue  # answered with its placement's reply
+            await self._reply(item, reply)
+
+    async def _reply(self, item: _Item, reply: Accepted | Rejected) -> None:
+        msg = item.msg
+        if isinstance(msg, _Chained):  # a chained placement: inside its redemption's reply
+            reply_to = msg.reply_to
+            reply = msg.redemption.model_copy(update={"then": reply})
+        else:
+            reply_to = (msg.headers or {}).get(REPLY_HEADER, "")
+        if reply_to.startswith(REPLY_PREFIX):
+            await self._replies.publish(reply_to, reply.model_dump_json().encode())
+
+    def _chain(self, item: _Item, reply: Accepted) -> bool:
+        """Hand ``item``'s chained placement (its redemption accepted or replayed: ``reply``)
+        to its wallet's partition if this process holds it; that partition answers the
+        redemption with the placement's reply in it. False: not handed on (the wallet's
+        partition is elsewhere, or stopping), so the redemption is answered alone and the
+        caller places the order itself."""
+        then = item.envelope.then
+        reply_to = (item.msg.headers or {}).get(REPLY_HEADER, "")
+        if then is None or self._route is None or not reply_to.startswith(REPLY_PREFIX):
+            return False
+        place = placement_after(then.command, reply)
+        if place is None:
+            return False
+        target = self._route(self._layout.partition_for(*place.aggregate))
+        if target is None:
+            return False
+        crash_if("processor.before_chained_placement")  # the redemption stored, not this
+        env = item.envelope
+        chained = CommandEnvelope.model_construct(
+            command_id=then.command_id,
+            actor=env.actor,
+            sent_at=env.sent_at,
+            expires_at=env.expires_at,
+            command=place,
+            then=None,
+        )
+        if not target.offer(_Item(_Chained(reply_to, reply), chained)):
+            return False
+        self._stats.chained += 1
+        return True

@@ -10,7 +10,7 @@ from pydantic import Field, TypeAdapter, field_validator
 
 from voucher_ledger.ledger.campaign import CampaignView
 from voucher_ledger.ledger.codes import validate_command_id
-from voucher_ledger.ledger.commands import AnyCommand
+from voucher_ledger.ledger.commands import AnyCommand, PlaceOrder
 from voucher_ledger.ledger.events import Actor, Frozen, isoformat_z
 from voucher_ledger.ledger.global_voucher import GlobalView
 from voucher_ledger.ledger.voucher import RedemptionView, VoucherView
@@ -22,6 +22,22 @@ REPLY_HEADER = "Vl-Reply-To"
 ON_HOLD = "ledger_on_hold"
 
 
+class Then(Frozen):
+    """A checkout's placement, chained to its redemption (issue #19): once the voucher has
+    accepted the redemption (or replays it), the processor that decided it places the order
+    itself, with the redemption's terms (:func:`voucher_ledger.commands.chain.placement_after`),
+    and the one reply carries both outcomes. Not part of the command: a retry without it is the
+    same command (its fingerprint does not see it)."""
+
+    command_id: str
+    command: PlaceOrder
+
+    @field_validator("command_id", mode="before")
+    @classmethod
+    def _command_id(cls, value: object) -> str:
+        return validate_command_id(value)
+
+
 class CommandEnvelope(Frozen):
     command_id: str
     actor: Actor
@@ -31,6 +47,8 @@ class CommandEnvelope(Frozen):
     # A retry with the same command id is a new envelope with a new deadline.
     expires_at: datetime | None = None
     command: AnyCommand
+    # A redemption's chained placement (the chained command has the same actor and deadline).
+    then: Then | None = None
 
     @field_validator("command_id", mode="before")
     @classmethod
@@ -44,6 +62,7 @@ def encode_command(
     sent_at: datetime,
     expires_at: datetime,
     command: AnyCommand,
+    then: Then | None = None,
 ) -> bytes:
     """The JSON of a :class:`CommandEnvelope` of these (already validated) parts, written
     without building the envelope model (the sender's hot path; a unit test holds it equal to
@@ -51,7 +70,8 @@ def encode_command(
     return (
         f'{{"command_id":{json.dumps(command_id)},"actor":{actor.model_dump_json()},'
         f'"sent_at":"{isoformat_z(sent_at)}","expires_at":"{isoformat_z(expires_at)}",'
-        f'"command":{command.model_dump_json()}}}'
+        f'"command":{command.model_dump_json()},'
+        f'"then":{"null" if then is None else then.model_dump_json()}}}'
     ).encode()
 
 
@@ -69,6 +89,8 @@ class Accepted(Frozen):
     campaign: CampaignView | None = None
     # Global voucher commands at the hub (issue #22): the global voucher as it is now.
     global_voucher: GlobalView | None = None
+    # A redemption with a chained placement (:class:`Then`): the placement's own reply.
+    then: Annotated[Accepted | Rejected, Field(discriminator="status")] | None = None
 
 
 class Rejected(Frozen):
@@ -78,6 +100,8 @@ class Rejected(Frozen):
     message: str
     details: dict[str, Any] = Field(default_factory=dict)
 
+
+Accepted.model_rebuild()
 
 Reply = Annotated[Accepted | Rejected, Field(discriminator="status")]
 REPLY_ADAPTER: TypeAdapter[Accepted | Rejected] = TypeAdapter(Reply)

@@ -95,6 +95,8 @@ def scrape_samples(
         counters["voucher_ledger_processor_append_seconds_total"] = [
             ((), round(stats.append_seconds, 6))
         ]
+        # Checkout placements handed on by the partition that decided their redemption.
+        counters["voucher_ledger_processor_chained_total"] = [((), float(stats.chained))]
         gauges["voucher_ledger_processor_partitions_held"] = [((), float(len(report.partitions)))]
     return gauges, counters
 

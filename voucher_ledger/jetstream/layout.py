@@ -116,6 +116,10 @@ class Layout:
             return self.global_command_subject(key)
         return self.voucher_command_subject(key)
 
+    def partition_for(self, aggregate: str, key: str) -> int:
+        """The partition that decides ``aggregate`` ``key``'s commands."""
+        return self.partition_of(account_token(key) if aggregate == "wallet" else key)
+
     def partition_filter(self, partition: int) -> str:
         return f"{self.prefix}.commands.{partition}.>"
 

@@ -80,6 +80,13 @@ class PullLoop:
         self._open_until = 0.0  # loop time after which they are surely over
         self._quiet_until = 0.0  # no new request before this (after a 409)
         self._sub: Subscription | None = None
+        self._nudged = False
+
+    def nudge(self) -> None:
+        """Make the waiting (or next) :meth:`next` return now, with what arrived or ``[]``:
+        the caller has work of its own (a command handed over in the process)."""
+        self._nudged = True
+        self._wake()
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
@@ -164,7 +171,8 @@ class PullLoop:
                 return out
             await self._top_up(now)
             remaining = deadline - now
-            if remaining <= 0 or (until is not None and until.done()):
+            if remaining <= 0 or self._nudged or (until is not None and until.done()):
+                self._nudged = False
                 return []
             if self._open <= 0:  # waiting out a 409: wake up when a request may be sent again
                 remaining = min(remaining, max(0.001, self._quiet_until - now))

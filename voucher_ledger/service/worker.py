@@ -76,6 +76,7 @@ class ProcessorReport:
                 "events_appended": self.stats.events_appended,
                 "appends": self.stats.appends,
                 "append_seconds": self.stats.append_seconds,
+                "chained": self.stats.chained,
             }
         ).encode()
 
@@ -92,6 +93,7 @@ class ProcessorReport:
             events_appended=int(raw["events_appended"]),
             appends=int(raw.get("appends", 0)),
             append_seconds=float(raw.get("append_seconds", 0.0)),
+            chained=int(raw.get("chained", 0)),
         )
         return cls([int(p) for p in raw["partitions"]], stats)
 
