@@ -20,7 +20,7 @@ folds 520 events); the processor keeps the state cached after that.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import immutables
@@ -64,6 +64,7 @@ from voucher_ledger.ledger.events import (
     Frozen,
     RecordedEvent,
 )
+from voucher_ledger.ledger.records import replace
 from voucher_ledger.ledger.voucher import (
     NO_RULES,
     Decided,
@@ -595,7 +596,7 @@ def evolve(state: CampaignState, recorded: RecordedEvent, fingerprint: str = "")
         updated_at=at,
         last_seq=seq,
         receipts=state.receipts.set(env.command_id, receipt),
-        **changes,  # type: ignore[arg-type]
+        **changes,
     )
 
 

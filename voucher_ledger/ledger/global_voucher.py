@@ -55,7 +55,7 @@ not signal again before it receives slots; it is served when a release comes in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import immutables
@@ -85,6 +85,7 @@ from voucher_ledger.ledger.events import (
     GlobalShareAllotted,
     RecordedEvent,
 )
+from voucher_ledger.ledger.records import replace
 from voucher_ledger.ledger.voucher import Decided, Policy, Refused, Replayed
 
 
@@ -490,7 +491,7 @@ def evolve(state: GlobalState, recorded: RecordedEvent, fingerprint: str = "") -
         updated_at=env.occurred_at,
         last_seq=recorded.seq,
         receipts=state.receipts.set(env.command_id, receipt),
-        **changes,  # type: ignore[arg-type]
+        **changes,
     )
 
 

@@ -12,7 +12,7 @@ State maps (redemptions per customer, receipts per command id) are persistent ha
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
@@ -53,6 +53,7 @@ from voucher_ledger.ledger.events import (
     VoucherRevoked,
 )
 from voucher_ledger.ledger.ids import uuid5_text
+from voucher_ledger.ledger.records import replace
 
 VoucherCommandT = (
     IssueVoucher | RevokeVoucher | RedeemVoucher | ReverseRedemption | ReceiveGlobal | WantShare
@@ -789,7 +790,7 @@ def evolve(state: VoucherState, recorded: RecordedEvent, fingerprint: str = "") 
         last_seq=seq,
         facts=facts,
         receipts=state.receipts.set(env.command_id, receipt),
-        **changes,  # type: ignore[arg-type]
+        **changes,
     )
 
 

@@ -18,7 +18,7 @@ one atomic append: a checkout is a small state machine
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import immutables
@@ -80,6 +80,7 @@ from voucher_ledger.ledger.events import (
     RecordedEvent,
     WalletEventT,
 )
+from voucher_ledger.ledger.records import replace
 from voucher_ledger.ledger.voucher import Decided, Refused, Replayed
 
 TERMINAL = frozenset({"completed", "failed", "abandoned", "refund_due"})
