@@ -16,6 +16,7 @@ from voucher_ledger.commands.memory_store import MemoryEventStore
 from voucher_ledger.commands.processor import PartitionProcessor, ProcessorStats
 from voucher_ledger.commands.wire import REPLY_HEADER, Accepted, Rejected, Then, encode_command
 from voucher_ledger.jetstream.layout import Layout
+from voucher_ledger.ledger import wallet
 from voucher_ledger.ledger.commands import AnyCommand, IssueVoucher, PlaceOrder, RedeemVoucher
 from voucher_ledger.ledger.events import OrderLine, OrderPlaced
 from voucher_ledger.ledger.voucher import Policy
@@ -263,3 +264,54 @@ def test_the_placement_takes_the_redemptions_grant_and_nothing_without_a_redempt
         )
         is None
     )
+
+
+async def test_a_wallet_stamped_after_its_append_equals_its_history_folded() -> None:
+    """The processor does not fold a wallet's new events a second time once they are stored:
+    it stamps the state it decided on with their sequences (``wallet.restamp``). That state,
+    cached and answered from, must be the fold of what the stream holds, also for a wallet
+    decided ahead while its previous append was in flight (stamped with both appends'
+    sequences), and every answer must carry its own event's sequence."""
+    process = Process()
+    code, customer = code_on(0, "STAMP"), customer_on(1, "org")
+    await process.issue(code, credit_omr=5, cap=10)
+    wallet_proc = process.procs[1]
+    # One order placed by the chain, then two more placements held in flight and decided ahead.
+    first = await checkout(process, place(customer, "o-1", code))
+    assert isinstance(first, Accepted)
+    assert isinstance(first.then, Accepted)
+    hold = process.store.hold()
+    second_place = process.command(
+        PlaceOrder(
+            customer_id=customer,
+            order_id="o-2",
+            tenant_id=customer,
+            plan_id="plan",
+            lines=[OrderLine(kind="plan", id="plan", name="Plan", amount_baisa=0)],
+            total_baisa=0,
+        )
+    )
+    await wallet_proc.turn([second_place])
+    assert hold.is_reached
+    third = process.command(
+        PlaceOrder(
+            customer_id=customer,
+            order_id="o-3",
+            tenant_id=customer,
+            plan_id="plan",
+            lines=[OrderLine(kind="plan", id="plan", name="Plan", amount_baisa=2 * OMR)],
+            total_baisa=2 * OMR,
+        )
+    )
+    await wallet_proc.turn([third])
+    assert wallet_proc.decided_ahead == 1
+    hold.release()
+    await wallet_proc.drain()
+    replies = [process.reply(second_place), process.reply(third)]
+    assert all(isinstance(r, Accepted) for r in replies), replies
+    history = await process.store.load(LAYOUT.wallet_subject(customer))
+    assert [r.seq for r in history][-2:] == [r.seq for r in replies if r is not None]
+    cached = wallet_proc.cache.get(("wallet", customer))
+    assert cached == wallet.fold(customer, history)
+    assert cached.last_seq == history[-1].seq
+    assert cached.available_baisa == 3 * OMR  # 5 OMR granted, 2 spent on o-3

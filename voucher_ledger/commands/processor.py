@@ -126,6 +126,9 @@ class _VoucherKind:
     def evolve(self, state: Any, recorded: RecordedEvent, fingerprint: str) -> Any:
         return voucher.evolve(state, recorded, fingerprint)
 
+    def restamp(self, working: Any, stamps: list[tuple[str, int]]) -> Any:
+        return None  # its sequences are in more places: folded again
+
     def reply(self, state: Any, command: Any, command_id: str) -> Accepted:
         receipt = state.receipts.get(command_id)
         if receipt is None:  # a ReceiveGlobal that changed nothing (issue #22)
@@ -152,6 +155,9 @@ class _WalletKind:
 
     def evolve(self, state: Any, recorded: RecordedEvent, fingerprint: str) -> Any:
         return wallet.evolve(state, recorded, fingerprint)
+
+    def restamp(self, working: Any, stamps: list[tuple[str, int]]) -> Any:
+        return wallet.restamp(working, stamps)
 
     def reply(self, state: Any, command: Any, command_id: str) -> Accepted:
         receipt = state.receipts.get(command_id)
@@ -184,6 +190,9 @@ class _CampaignKind:
     def evolve(self, state: Any, recorded: RecordedEvent, fingerprint: str) -> Any:
         return campaign.evolve(state, recorded, fingerprint)
 
+    def restamp(self, working: Any, stamps: list[tuple[str, int]]) -> Any:
+        return None  # its sequences are in more places: folded again
+
     def reply(self, state: Any, command: Any, command_id: str) -> Accepted:
         receipt: campaign.CampaignReceipt = state.receipts[command_id]
         return Accepted(
@@ -212,6 +221,9 @@ class _GlobalKind:
 
     def evolve(self, state: Any, recorded: RecordedEvent, fingerprint: str) -> Any:
         return global_voucher.evolve(state, recorded, fingerprint)
+
+    def restamp(self, working: Any, stamps: list[tuple[str, int]]) -> Any:
+        return None  # its sequences are in more places: folded again
 
     def reply(self, state: Any, command: Any, command_id: str) -> Accepted:
         receipt = state.receipts.get(command_id)
@@ -645,8 +657,19 @@ class PartitionProcessor:
             await self._launch()
         for plan, result in stored:
             final = plan.state
-            for rec, (_, fingerprint) in zip(result, plan.new, strict=True):
-                final = plan.kind.evolve(final, rec, fingerprint)
+            stamps: list[tuple[str, int]] = []
+            if plan.new:
+                # The state decided on, stamped with the sequences the events got, where the
+                # kind can (the wallet); else folded again from the state before them.
+                stamps = [
+                    (env.command_id, rec.seq)
+                    for (env, _), rec in zip(plan.new, result, strict=True)
+                ]
+                final = plan.kind.restamp(plan.working, stamps)
+                if final is None:
+                    final = plan.state
+                    for rec, (_, fingerprint) in zip(result, plan.new, strict=True):
+                        final = plan.kind.evolve(final, rec, fingerprint)
             if plan.new:
                 self._stats.events_appended += len(plan.new)
                 self.cache.put(plan.key, final, plan.head)
@@ -654,6 +677,10 @@ class PartitionProcessor:
                 if later is not None:
                     later.state = final
                     later.after = None
+                    # decided on this append's outcome: its events' sequences are known now
+                    stamped = plan.kind.restamp(later.working, stamps)
+                    if stamped is not None:
+                        later.working = stamped
             await self._answer(plan.kind, plan.items, plan.outcomes, final)
         if stored:
             # The answers, then the acks, go out now in one write (their callers' next

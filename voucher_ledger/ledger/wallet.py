@@ -817,6 +817,17 @@ def evolve(state: WalletState, recorded: RecordedEvent, fingerprint: str = "") -
     )
 
 
+def restamp(state: WalletState, stamps: list[tuple[str, int]]) -> WalletState:
+    """``state`` folded from events not stored yet (their sequence 0), once they are stored:
+    ``stamps`` holds each event's command id and stream sequence, in order. What a fold with
+    the sequences would give (they are only in ``last_seq`` and the receipts), without
+    folding again (an ``order.placed`` is six part events, the processor's dearest fold)."""
+    receipts = state.receipts
+    for command_id, seq in stamps:
+        receipts = receipts.set(command_id, replace(receipts[command_id], seq=seq))
+    return replace(state, last_seq=stamps[-1][1], receipts=receipts)
+
+
 def _apply(state: WalletState, event: Frozen, at: datetime) -> WalletState:
     """One event's effect on the state (``order.placed``: one call per part)."""
     order_id: str | None = getattr(event, "order_id", None)
