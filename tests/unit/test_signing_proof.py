@@ -7,6 +7,7 @@ signature fails it."""
 from __future__ import annotations
 
 import json
+from base64 import urlsafe_b64encode
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -31,6 +32,7 @@ from voucher_ledger.signing.proof import (
     merkle,
     proof_of,
     read_proof,
+    root_message,
 )
 
 SIGNER = EventSigner(Ed25519PrivateKey.generate())
@@ -306,3 +308,36 @@ async def test_a_reader_that_starts_inside_a_part_reads_it_from_its_beginning() 
     with pytest.raises(IntegrityError) as refused:
         await fresh.check([forged])
     assert (refused.value.seq, refused.value.code) == (forged.seq, "broken_append")
+
+
+def test_the_append_signature_is_the_same_ed25519_whichever_library_signs_or_verifies() -> None:
+    """The processors sign and the readers verify with libsodium; the key files, the
+    cut-over and the bundles go through OpenSSL (``cryptography``). Ed25519 (RFC 8032) is
+    deterministic: both make the same signature, and each accepts the other's and refuses
+    the same tampering."""
+    key = Ed25519PrivateKey.generate()
+    signer = EventSigner(key)
+    [part] = signer.seal([[signer.chain(envelope(1, "LIB"), GENESIS)]])
+    signed = part[-1]
+    assert isinstance(signed, SignedProof)
+    leaf = signer.chain(envelope(1, "LIB"), GENESIS).leaf
+    message = root_message(signer.key_id, 1, leaf)
+    # the same bytes as OpenSSL's signature of the same root
+    assert signed.sig == urlsafe_b64encode(key.sign(message)).rstrip(b"=").decode()
+    checker_ = EventChecker(key.public_key(), cutover=1)
+    proof = read_proof(encode_envelope(envelope(1, "LIB").model_copy(update={"proof": signed})))
+    assert proof is not None
+    assert proof.signature is not None
+    checker_.check_signature(5, proof.signature, proof.link)  # accepted
+    key.public_key().verify(proof.signature.sig, message)  # and by OpenSSL
+    other = EventChecker(Ed25519PrivateKey.generate().public_key(), cutover=1)
+    forged = proof.signature._replace(key=other.key_id)
+    with pytest.raises(IntegrityError) as refused:
+        other.check_signature(5, forged, proof.link)
+    assert refused.value.code == "bad_signature"
+    flipped = proof.signature._replace(
+        sig=bytes([proof.signature.sig[0] ^ 1]) + proof.signature.sig[1:]
+    )
+    with pytest.raises(IntegrityError) as refused:
+        EventChecker(key.public_key(), cutover=1).check_signature(5, flipped, proof.link)
+    assert refused.value.code == "bad_signature"

@@ -45,7 +45,14 @@ from typing import NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
 
 from voucher_ledger.ledger.events import (
     ChainProof,
@@ -236,6 +243,10 @@ class EventSigner:
         self._key = private_key
         self.public_key = private_key.public_key()
         self.key_id = key_id(self.public_key)
+        # Each append's signature, by libsodium (the same Ed25519 as the key's own ``sign``,
+        # RFC 8032: deterministic, the same bytes; 21 against 28 µs here).
+        seed = private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        self._sodium = SigningKey(seed)
 
     def __repr__(self) -> str:
         return f"EventSigner(key={self.key_id})"
@@ -254,7 +265,7 @@ class EventSigner:
             return [[] for _ in parts]
         root, paths = merkle([part[-1].leaf for part in chosen])
         leaves = len(chosen)
-        sig = _b64(self._key.sign(root_message(self.key_id, leaves, root)))
+        sig = _b64(self._sodium.sign(root_message(self.key_id, leaves, root)).signature)
         sealed = iter(zip(range(leaves), paths, strict=True))
         out: list[list[ChainProof]] = []
         for part in parts:
@@ -322,6 +333,9 @@ class EventChecker:
     def __init__(self, public_key: Ed25519PublicKey, cutover: int) -> None:
         self.public_key = public_key
         self.key_id = key_id(public_key)
+        # Each append's signature is verified by libsodium: 51 µs against OpenSSL's 94 here,
+        # a few per cent of serve, whose projector checks every append it applies.
+        self._sodium = VerifyKey(public_key.public_bytes(Encoding.Raw, PublicFormat.Raw))
         self.cutover = cutover
         self._roots: dict[tuple[int, bytes, bytes], None] = {}  # verified, oldest first
 
@@ -367,10 +381,8 @@ class EventChecker:
         if signed in known:
             return
         try:
-            self.public_key.verify(
-                signature.sig, root_message(signature.key, signature.leaves, node)
-            )
-        except InvalidSignature:
+            self._sodium.verify(root_message(signature.key, signature.leaves, node), signature.sig)
+        except (BadSignatureError, ValueError):
             raise IntegrityError(
                 seq, "bad_signature", "the signature does not match the event", where
             ) from None
