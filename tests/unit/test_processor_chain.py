@@ -25,21 +25,21 @@ OMR = 1000
 LAYOUT = Layout(prefix="chain", partitions=2)
 
 
-def customer_on(partition: int, tag: str) -> str:
-    """A customer whose wallet is decided by ``partition``."""
+def key_on(aggregate: str, partition: int, tag: str) -> str:
+    """A code (``voucher``) or a customer (``wallet``) that ``partition`` decides."""
     for i in range(1000):
-        customer = f"{tag}-{i}"
-        if LAYOUT.partition_for("wallet", customer) == partition:
-            return customer
-    raise AssertionError("no such customer")
+        key = f"{tag}-{i}"
+        if LAYOUT.partition_for(aggregate, key) == partition:
+            return key
+    raise AssertionError(f"no {aggregate} on partition {partition}")
+
+
+def customer_on(partition: int, tag: str) -> str:
+    return key_on("wallet", partition, tag)
 
 
 def code_on(partition: int, tag: str) -> str:
-    for i in range(1000):
-        code = f"{tag}-{i}"
-        if LAYOUT.partition_for("voucher", code) == partition:
-            return code
-    raise AssertionError("no such code")
+    return key_on("voucher", partition, tag)
 
 
 class Process:
@@ -108,7 +108,7 @@ class Process:
         return [r.envelope.event for r in history if isinstance(r.envelope.event, OrderPlaced)]
 
 
-def place(customer: str, order_id: str, code: str, total_omr: int = 0) -> PlaceOrder:
+def place(customer: str, order_id: str, code: str | None, total_omr: int = 0) -> PlaceOrder:
     return PlaceOrder(
         customer_id=customer,
         order_id=order_id,
@@ -281,28 +281,10 @@ async def test_a_wallet_stamped_after_its_append_equals_its_history_folded() -> 
     assert isinstance(first, Accepted)
     assert isinstance(first.then, Accepted)
     hold = process.store.hold()
-    second_place = process.command(
-        PlaceOrder(
-            customer_id=customer,
-            order_id="o-2",
-            tenant_id=customer,
-            plan_id="plan",
-            lines=[OrderLine(kind="plan", id="plan", name="Plan", amount_baisa=0)],
-            total_baisa=0,
-        )
-    )
+    second_place = process.command(place(customer, "o-2", None))
     await wallet_proc.turn([second_place])
     assert hold.is_reached
-    third = process.command(
-        PlaceOrder(
-            customer_id=customer,
-            order_id="o-3",
-            tenant_id=customer,
-            plan_id="plan",
-            lines=[OrderLine(kind="plan", id="plan", name="Plan", amount_baisa=2 * OMR)],
-            total_baisa=2 * OMR,
-        )
-    )
+    third = process.command(place(customer, "o-3", None, total_omr=2))
     await wallet_proc.turn([third])
     assert wallet_proc.decided_ahead == 1
     hold.release()
