@@ -93,6 +93,29 @@ async def test_pull_loop_picks_up_messages_published_while_it_waits(
         await pulls.stop()
 
 
+async def test_a_nudge_ends_the_wait_at_once_and_the_deliveries_are_not_lost(
+    nc: Client, pull_stream: tuple[str, str, str]
+) -> None:
+    """``nudge``: a processor handed a chained placement by another partition of its process
+    stops waiting for its own deliveries (a second's wait otherwise), whether the nudge comes
+    during the wait or before it; what arrives later is still handed over."""
+    stream, durable, subject = pull_stream
+    pulls = PullLoop(nc, stream, durable, batch=10, expires=5.0)
+    await pulls.start()
+    try:
+        # Waits of an hour: without the nudge, wait_for gives up on them.
+        asyncio.get_running_loop().call_later(0.05, pulls.nudge)
+        assert await asyncio.wait_for(pulls.next(timeout=3600.0), 30) == []
+        pulls.nudge()  # before the wait: the next one returns at once, once
+        assert await asyncio.wait_for(pulls.next(timeout=3600.0), 30) == []
+        await nc.jetstream().publish(f"{subject}.after", b"after")
+        msgs = await pulls.next(timeout=5.0)
+        assert [m.data for m in msgs] == [b"after"]
+        await msgs[0].ack()
+    finally:
+        await pulls.stop()
+
+
 async def test_pull_loop_stops_waiting_when_the_other_thing_it_waits_for_is_done(
     nc: Client, pull_stream: tuple[str, str, str]
 ) -> None:
