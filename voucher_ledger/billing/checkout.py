@@ -46,12 +46,7 @@ import asyncpg
 from voucher_ledger.billing.catalog import CatalogError, CatalogSource, CatalogUnavailable
 from voucher_ledger.billing.failpoints import armed, crash_if
 from voucher_ledger.billing.stripe_gateway import PaymentError, StripeGateway
-from voucher_ledger.commands.bus import (
-    EXPIRY_GRACE,
-    BusError,
-    CommandBus,
-    CommandTimeout,
-)
+from voucher_ledger.commands.bus import EXPIRY_GRACE, BusError, CommandBus, CommandTimeout
 from voucher_ledger.commands.chain import placement_after
 from voucher_ledger.commands.wire import ON_HOLD, Accepted, Rejected, Then
 from voucher_ledger.ledger.codes import validate_customer_id

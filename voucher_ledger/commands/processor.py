@@ -108,7 +108,15 @@ def accepted_from(receipt: Receipt) -> Accepted:
     )
 
 
-class _VoucherKind:
+class _FoldedAgain:
+    """A kind whose new events' sequences are in more places than the wallet's: once stored,
+    they are folded again from the state before them (:meth:`PartitionProcessor._settle`)."""
+
+    def restamp(self, working: Any, stamps: list[tuple[str, int]]) -> Any:
+        return None
+
+
+class _VoucherKind(_FoldedAgain):
     """How the processor treats a voucher: folded from its code's events; replies replay the
     receipt (the voucher as the command left it)."""
 
@@ -125,9 +133,6 @@ class _VoucherKind:
 
     def evolve(self, state: Any, recorded: RecordedEvent, fingerprint: str) -> Any:
         return voucher.evolve(state, recorded, fingerprint)
-
-    def restamp(self, working: Any, stamps: list[tuple[str, int]]) -> Any:
-        return None  # its sequences are in more places: folded again
 
     def reply(self, state: Any, command: Any, command_id: str) -> Accepted:
         receipt = state.receipts.get(command_id)
@@ -171,7 +176,7 @@ class _WalletKind:
         )
 
 
-class _CampaignKind:
+class _CampaignKind(_FoldedAgain):
     """A campaign: decides its own commands and every command for one of its codes (issue
     #21); replies replay the receipt (the campaign, and a code's voucher view and redemption,
     as the command left them)."""
@@ -190,9 +195,6 @@ class _CampaignKind:
     def evolve(self, state: Any, recorded: RecordedEvent, fingerprint: str) -> Any:
         return campaign.evolve(state, recorded, fingerprint)
 
-    def restamp(self, working: Any, stamps: list[tuple[str, int]]) -> Any:
-        return None  # its sequences are in more places: folded again
-
     def reply(self, state: Any, command: Any, command_id: str) -> Accepted:
         receipt: campaign.CampaignReceipt = state.receipts[command_id]
         return Accepted(
@@ -205,7 +207,7 @@ class _CampaignKind:
         )
 
 
-class _GlobalKind:
+class _GlobalKind(_FoldedAgain):
     """A global voucher at the hub (issue #22): replies show it as it is now."""
 
     aggregate: Literal["global"] = "global"
@@ -221,9 +223,6 @@ class _GlobalKind:
 
     def evolve(self, state: Any, recorded: RecordedEvent, fingerprint: str) -> Any:
         return global_voucher.evolve(state, recorded, fingerprint)
-
-    def restamp(self, working: Any, stamps: list[tuple[str, int]]) -> Any:
-        return None  # its sequences are in more places: folded again
 
     def reply(self, state: Any, command: Any, command_id: str) -> Accepted:
         receipt = state.receipts.get(command_id)
